@@ -1,0 +1,47 @@
+# kale-pool: one-command setup. `make run` starts the pool on embedded defaults,
+# `make test` runs every check CI runs. Both create .venv and install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kale-pool-installed
+RUST_SOURCES := $(shell find miner_ext/src -name '*.rs' 2>/dev/null) miner_ext/Cargo.toml
+CARGO := cargo
+CARGO_FLAGS := --manifest-path miner_ext/Cargo.toml
+
+.PHONY: run test test-python test-rust lint bench proto clean
+
+$(STAMP): pyproject.toml $(RUST_SOURCES)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kale-pool needs Python >= 3.11, found " + sys.version.split()[0])'
+	@command -v $(CARGO) >/dev/null || { echo "kale-pool needs a Rust toolchain (cargo) to build miner_ext"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/kale-pool up
+
+test: lint test-rust test-python
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(CARGO) fmt $(CARGO_FLAGS) --check
+	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+
+test-rust: $(STAMP)
+	$(CARGO) test $(CARGO_FLAGS)
+
+test-python: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/miner_bench.py
+
+proto: $(STAMP)
+	$(BIN)/python -m kalepool.protogen
+
+clean:
+	rm -rf $(VENV) miner_ext/target .pytest_cache .mypy_cache .ruff_cache

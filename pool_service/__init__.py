@@ -1,0 +1,1 @@
+"""pool_service: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""pooler_agent: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""wallet_service: see docs/architecture.md."""
