@@ -1,17 +1,124 @@
-"""The `kale-pool` command."""
+"""The `kale-pool` command: one entry point for operators, poolers and developers.
+
+Each command imports what it needs lazily so `kale-pool --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-app = typer.Typer(help="kale-pool: pooled KALE farming on Stellar.", no_args_is_help=True)
+from kalepool import __version__
+from kalepool.settings import Network, Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="kale-pool: pooled KALE farming on Stellar.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database: migrations and their status.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration: show the effective settings.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one clear line to stderr and exit (no traceback for a user's mistake)."""
+    print(f"kale-pool: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def settings_from(ctx: typer.Context) -> Settings:
+    """The settings for this invocation: environment and .env, with global flags on top."""
+    overrides: dict[str, Any] = ctx.obj or {}
+    try:
+        return load_settings(**overrides)
+    except SettingsError as error:
+        fail(f"configuration error: {error}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="State directory (embedded database, devnet, certificates, logs). "
+            "Default: KALE_POOL_DATA_DIR or the user's data directory.",
+        ),
+    ] = None,
+    network: Annotated[
+        Network | None,
+        typer.Option("--network", help="Chain profile (default: KALE_POOL_NETWORK or devnet)."),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Global options shared by every command."""
+    ctx.obj = {"data_dir": data_dir, "network": network}
 
 
 @app.command()
-def version() -> None:
-    """Print the version."""
-    from kalepool import __version__
+def up(ctx: typer.Context) -> None:
+    """Run the pool on this machine: database, migrations, chain and services, until Ctrl-C."""
+    from kalepool.runtime import run_up
 
-    print(__version__)
+    run_up(settings_from(ctx))
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Show what runs and what state the data directory holds."""
+    from kalepool.runtime import show_status
+
+    show_status(settings_from(ctx))
+
+
+@app.command()
+def check(ctx: typer.Context) -> None:
+    """Prove derived state (balances, counters, block totals) agrees with the event tables."""
+    from kalepool.runtime import run_check
+
+    if not run_check(settings_from(ctx)):
+        raise typer.Exit(1)
+
+
+@db_app.command("migrate")
+def db_migrate(ctx: typer.Context) -> None:
+    """Apply pending migrations (a no-op when the schema is current)."""
+    from kalepool.runtime import migrate
+
+    migrate(settings_from(ctx))
+
+
+@db_app.command("status")
+def db_status(ctx: typer.Context) -> None:
+    """List applied and pending migrations."""
+    from kalepool.runtime import show_migrations
+
+    show_migrations(settings_from(ctx))
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print every effective setting (secrets masked)."""
+    from kalepool.runtime import show_config
+
+    show_config(settings_from(ctx))
 
 
 def main() -> None:
+    """Console-script entry point."""
     app()

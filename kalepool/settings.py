@@ -1,0 +1,235 @@
+"""Typed settings for every kale-pool process.
+
+Read from the environment (prefix ``KALE_POOL_``; ``DATABASE_URL`` also works
+unprefixed, as every PostgreSQL tool expects) and from a ``.env`` file. A
+*profile* (``devnet``, ``testnet``, ``mainnet``) fills in the chain facts of
+that network; anything set explicitly wins. A bad or missing required setting
+raises :class:`SettingsError` with one line naming it, which the CLI prints.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "KALE_POOL_"
+
+
+class Network(StrEnum):
+    """The chain a deployment talks to."""
+
+    DEVNET = "devnet"
+    TESTNET = "testnet"
+    MAINNET = "mainnet"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names it in one line."""
+
+
+# Chain facts per network (KALE_PROTOCOL.md). The devnet's ids are derived by the
+# devnet itself at start-up and read from its /devnet endpoint, so they stay unset here.
+# Testnet has several published farm deployments: that id is configuration, never a default.
+_PROFILES: dict[Network, dict[str, Any]] = {
+    Network.DEVNET: {
+        "rpc_url": "http://127.0.0.1:8000/",
+    },
+    Network.TESTNET: {
+        "rpc_url": "https://soroban-testnet.stellar.org",
+        "network_passphrase": "Test SDF Network ; September 2015",
+        "asset_code": "KALE",
+        "asset_issuer": "GCHPTWXMT3HYF4RLZHWBNRF4MPXLTJ76ISHMSYIWCCDXWUYOQG5MR2AB",
+        "sac_contract_id": "CAAVU2UQJLMZ3GUZFM56KVNHLPA3ZSSNR4VP2U53YBXFD2GI3QLIVHZZ",
+        "friendbot_url": "https://friendbot.stellar.org/",
+    },
+    Network.MAINNET: {
+        "network_passphrase": "Public Global Stellar Network ; September 2015",
+        "farm_contract_id": "CDL74RF5BLYR2YBLCCI7F5FB6TPSCLKEJUBSD2RSVWZ4YHF3VMFAIGWA",
+        "asset_code": "KALE",
+        "asset_issuer": "GBDVX4VELCDSQ54KQJYTNHXAHFLBCA77ZY2USQBM4CSHTTV7DME7KALE",
+        "sac_contract_id": "CB23WRDQWGSP6YPMY4UV5C4OW5CBTXKYN3XEATG7KJEZCXMJBYEHOUOV",
+    },
+}
+
+# What a real network cannot run without (the devnet supplies its own).
+_REQUIRED_OFF_DEVNET = ("rpc_url", "network_passphrase", "farm_contract_id", "sac_contract_id")
+
+
+def default_data_dir() -> Path:
+    """The user's data directory for kale-pool (platform convention)."""
+    return platformdirs.user_data_path("kale-pool")
+
+
+class Settings(BaseSettings):
+    """Every setting of the pool, the wallet service and the pooler agent."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    # --- where state lives -------------------------------------------------
+    network: Network = Field(Network.DEVNET, description="Chain profile: devnet, testnet, mainnet.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Embedded database, devnet state, certificates and logs live here.",
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("KALE_POOL_DATABASE_URL", "DATABASE_URL"),
+        description="PostgreSQL URL; unset means the embedded server in the data directory.",
+    )
+    db_pool_size: int = Field(20, ge=1, le=500, description="Database connections per process.")
+    db_timeout_seconds: float = Field(30.0, gt=0, description="Database statement timeout.")
+
+    # --- chain -------------------------------------------------------------
+    rpc_url: str | None = Field(None, description="Stellar RPC (Soroban) JSON-RPC endpoint.")
+    network_passphrase: str | None = Field(None, description="The network's passphrase.")
+    farm_contract_id: str | None = Field(None, description="KALE farm contract id (C…).")
+    asset_code: str = Field("KALE", min_length=1, max_length=12, description="KALE asset code.")
+    asset_issuer: str | None = Field(None, description="KALE asset issuer (G…).")
+    sac_contract_id: str | None = Field(None, description="KALE asset contract id (C…).")
+    friendbot_url: str | None = Field(None, description="Friendbot for test networks.")
+    devnet_port: int = Field(8000, ge=0, le=65535, description="Port of the local devnet RPC.")
+    devnet_ledger_seconds: float = Field(5.0, gt=0, description="Devnet ledger close interval.")
+    devnet_block_seconds: int = Field(300, ge=1, description="Devnet farm block interval.")
+    tx_timeout_seconds: int = Field(
+        60, ge=5, le=3600, description="Time bound (maxTime) given to every transaction."
+    )
+    base_fee_stroops: int = Field(100, ge=100, description="Inclusion fee per operation.")
+
+    # --- services ----------------------------------------------------------
+    pool_listen: str = Field("127.0.0.1:50051", description="pool_service gRPC address.")
+    wallet_listen: str = Field("127.0.0.1:50052", description="wallet_service gRPC address.")
+    master_key: SecretStr | None = Field(
+        None, description="Master key (base64, 32 bytes) encrypting custodial keys at rest."
+    )
+    master_key_file: Path | None = Field(
+        None, description="File holding the master key (a mounted secret), instead of master_key."
+    )
+    api_key_length: int = Field(32, ge=16, le=128, description="Bytes of entropy in API keys.")
+    rate_limit_requests_per_minute: int = Field(60, ge=1, description="Per-pooler request limit.")
+
+    # --- pool operation limits -----------------------------------------------
+    max_farmers_per_pooler: int = Field(100, ge=1, description="Farmers one pooler may hold.")
+    max_plant_batch_size: int = Field(50, ge=1, description="Farmers planted per request.")
+    max_harvest_batch_size: int = Field(20, ge=1, description="Pails harvested per request.")
+    plant_concurrency: int = Field(16, ge=1, le=1000, description="Parallel plant transactions.")
+    plant_timeout_seconds: float = Field(30.0, gt=0, description="Deadline of one plant.")
+    harvest_timeout_seconds: float = Field(45.0, gt=0, description="Deadline of one harvest.")
+
+    # --- pooler agent --------------------------------------------------------
+    pooler_api_key: SecretStr | None = Field(None, description="The pooler's API key.")
+    block_poll_interval_seconds: float = Field(5.0, gt=0, description="Block monitor poll period.")
+    work_delay_seconds: float = Field(
+        282.0, ge=0, description="Seconds after the block opens when mining ends and work is sent."
+    )
+    max_farmers_capacity: int = Field(50, ge=1, description="Farmers this pooler mines at once.")
+    mining_threads: int | None = Field(None, ge=1, description="Mining threads (default: cores).")
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Pool RPC deadline.")
+    retry_attempts: int = Field(3, ge=0, le=100, description="Retries of a failed pool RPC.")
+
+    # --- operations ----------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics port.")
+    alert_webhook_url: str | None = Field(None, description="Webhook alerted on failures.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """Fill the network's chain facts under anything set explicitly."""
+        if not isinstance(data, dict):
+            return data
+        raw = data.get("network", Network.DEVNET)
+        try:
+            network = Network(str(raw).lower())
+        except ValueError:
+            return data  # the field validator reports the bad value
+        merged = dict(_PROFILES[network])
+        merged.update({k: v for k, v in data.items() if v is not None})
+        return merged
+
+    @model_validator(mode="after")
+    def _check_required(self) -> Settings:
+        if self.network is not Network.DEVNET:
+            for name in _REQUIRED_OFF_DEVNET:
+                if not getattr(self, name):
+                    raise ValueError(
+                        f"{ENV_PREFIX}{name.upper()} is required on {self.network.value}"
+                    )
+        return self
+
+    def layout(self) -> DataLayout:
+        """Where each piece of state lives under the data directory."""
+        return DataLayout(self.data_dir)
+
+
+class DataLayout:
+    """The data directory's layout: one place that names every path under it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+
+    @property
+    def postgres(self) -> Path:
+        """pgdata of the embedded PostgreSQL."""
+        return self.root / "postgres"
+
+    @property
+    def devnet_state(self) -> Path:
+        """The local chain's saved state."""
+        return self.root / "devnet" / "state.json"
+
+    @property
+    def certs(self) -> Path:
+        """Development CA and service / pooler certificates."""
+        return self.root / "certs"
+
+    @property
+    def logs(self) -> Path:
+        """Log files of background processes."""
+        return self.root / "logs"
+
+    def ensure(self) -> None:
+        """Create the directories (private to the user: they hold keys and data)."""
+        for path in (
+            self.root,
+            self.postgres.parent,
+            self.devnet_state.parent,
+            self.certs,
+            self.logs,
+        ):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _describe(error: ValidationError) -> str:
+    """One line naming the first bad setting the way the user would set it."""
+    first = error.errors()[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "__root__"]
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not loc:
+        return message
+    name = loc[0]
+    env_name = "DATABASE_URL" if name == "database_url" else f"{ENV_PREFIX}{name.upper()}"
+    value = first.get("input")
+    shown = "" if name in {"database_url", "master_key", "pooler_api_key"} else f" (got {value!r})"
+    return f"{env_name}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings from the environment and .env, with explicit overrides (CLI flags) on top."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
