@@ -18,6 +18,7 @@ app = typer.Typer(
     help="kale-pool: pooled KALE farming on Stellar.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    add_completion=False,
 )
 db_app = typer.Typer(help="Database: migrations and their status.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration: show the effective settings.", no_args_is_help=True)
