@@ -1,0 +1,171 @@
+"""Development PKI: a local CA and the certificates every gRPC hop uses for mTLS.
+
+On a developer machine `kale-pool up` creates a CA in ``<data dir>/certs`` on
+first start and issues server certificates (pool and wallet services) and client
+certificates (the pool calling the wallet service, each pooler). In Kubernetes
+the same files come from cert-manager; nothing here runs there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_NAME = "kale-pool development CA"
+_LEAF_DAYS = 365
+_CA_DAYS = 3650
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A certificate chain and its private key, PEM-encoded, as grpc wants them."""
+
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a key readable by the owner only, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    tmp.replace(path)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kale-pool"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+class DevPki:
+    """A development certificate authority kept in one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._ca_cert_path = directory / "ca.pem"
+        self._ca_key_path = directory / "ca-key.pem"
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA certificate every party trusts."""
+        self._ensure_ca()
+        return self._ca_cert_path.read_bytes()
+
+    def _ensure_ca(self) -> None:
+        if self._ca_cert_path.exists() and self._ca_key_path.exists():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(CA_NAME))
+            .issuer_name(_name(CA_NAME))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=_CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        _write_private(self._ca_key_path, _key_pem(key))
+        self._ca_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def _issue(self, name: str, *, server: bool, hosts: Iterable[str]) -> Identity:
+        cert_path = self.directory / f"{name}.pem"
+        key_path = self.directory / f"{name}-key.pem"
+        if cert_path.exists() and key_path.exists():
+            return Identity(cert_path.read_bytes(), key_path.read_bytes())
+        self._ensure_ca()
+        ca_cert = x509.load_pem_x509_certificate(self._ca_cert_path.read_bytes())
+        ca_key = serialization.load_pem_private_key(self._ca_key_path.read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        alt_names: list[x509.GeneralName] = [x509.DNSName(name)]
+        for host in hosts:
+            try:
+                alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                alt_names.append(x509.DNSName(host))
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=_LEAF_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        key_pem = _key_pem(key)
+        _write_private(key_path, key_pem)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return Identity(cert_path.read_bytes(), key_pem)
+
+    def server(self, name: str, hosts: Iterable[str] = ("127.0.0.1", "localhost")) -> Identity:
+        """A server certificate for ``name``, valid for the given hosts (issued once)."""
+        return self._issue(name, server=True, hosts=hosts)
+
+    def client(self, name: str) -> Identity:
+        """A client certificate whose common name identifies the caller (issued once)."""
+        return self._issue(name, server=False, hosts=())
+
+
+def server_credentials(identity: Identity, ca_pem: bytes) -> grpc.ServerCredentials:
+    """Server side of mTLS: present ``identity``, require a client certificate from the CA."""
+    return grpc.ssl_server_credentials(
+        [(identity.key_pem, identity.cert_pem)],
+        root_certificates=ca_pem,
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(identity: Identity, ca_pem: bytes) -> grpc.ChannelCredentials:
+    """Client side of mTLS: trust the CA, present ``identity``."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca_pem,
+        private_key=identity.key_pem,
+        certificate_chain=identity.cert_pem,
+    )
