@@ -14,6 +14,7 @@ subprocess, so importing this module needs neither.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import shutil
 import subprocess
@@ -127,6 +128,17 @@ def generate(out_root: Path, proto_root: Path = PROTO_ROOT) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(package.iterdir()) if is_generated(p.name)}
 
 
+def generator_versions() -> str:
+    """The installed generators; their versions decide the exact output."""
+    found = []
+    for dist in ("grpcio-tools", "mypy-protobuf", "protobuf"):
+        try:
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{dist} (not installed)")
+    return ", ".join(found)
+
+
 def committed(package_dir: Path) -> dict[str, bytes]:
     """The generated files present in a package directory, by file name."""
     if not package_dir.is_dir():
@@ -191,7 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for problem in problems:
                 print(f"kalepool/v1 {problem}", file=sys.stderr)
             if problems:
-                print("generated code is stale: run `make proto` and commit", file=sys.stderr)
+                print(
+                    "generated code is stale: run `make proto` and commit"
+                    f" (generators here: {generator_versions()})",
+                    file=sys.stderr,
+                )
                 return 1
             print("generated code is fresh")
             return 0

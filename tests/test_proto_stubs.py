@@ -123,8 +123,9 @@ def all_enums(
 
 def test_generated_code_is_fresh() -> None:
     problems = protogen.check()
-    assert problems == [], "generated code is stale: run `make proto` and commit\n" + "\n".join(
-        problems
+    assert problems == [], (
+        f"generated code is stale: run `make proto` and commit ({protogen.generator_versions()})\n"
+        + "\n".join(problems)
     )
 
 
