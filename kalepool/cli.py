@@ -74,50 +74,56 @@ def main_options(
 @app.command()
 def up(ctx: typer.Context) -> None:
     """Run the pool on this machine: database, migrations, chain and services, until Ctrl-C."""
+    settings = settings_from(ctx)
     from kalepool.runtime import run_up
 
-    run_up(settings_from(ctx))
+    run_up(settings)
 
 
 @app.command()
 def status(ctx: typer.Context) -> None:
     """Show what runs and what state the data directory holds."""
+    settings = settings_from(ctx)
     from kalepool.runtime import show_status
 
-    show_status(settings_from(ctx))
+    show_status(settings)
 
 
 @app.command()
 def check(ctx: typer.Context) -> None:
     """Prove derived state (balances, counters, block totals) agrees with the event tables."""
+    settings = settings_from(ctx)
     from kalepool.runtime import run_check
 
-    if not run_check(settings_from(ctx)):
+    if not run_check(settings):
         raise typer.Exit(1)
 
 
 @db_app.command("migrate")
 def db_migrate(ctx: typer.Context) -> None:
     """Apply pending migrations (a no-op when the schema is current)."""
+    settings = settings_from(ctx)
     from kalepool.runtime import migrate
 
-    migrate(settings_from(ctx))
+    migrate(settings)
 
 
 @db_app.command("status")
 def db_status(ctx: typer.Context) -> None:
     """List applied and pending migrations."""
+    settings = settings_from(ctx)
     from kalepool.runtime import show_migrations
 
-    show_migrations(settings_from(ctx))
+    show_migrations(settings)
 
 
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """Print every effective setting (secrets masked)."""
+    settings = settings_from(ctx)
     from kalepool.runtime import show_config
 
-    show_config(settings_from(ctx))
+    show_config(settings)
 
 
 def main() -> None:
