@@ -1,12 +1,19 @@
-use pyo3::prelude::*;
+//! KALE proof-of-work: Keccak-256 nonce search.
+//!
+//! The hashing core (`work`, `keccak`, `backend`, `scan`, `search`) is plain
+//! Rust; the Python module (`python`) is a thin layer over it, built with the
+//! default `python` feature.
 
-#[pyfunction]
-fn version() -> &'static str {
-    env!("CARGO_PKG_VERSION")
-}
+pub mod backend;
+mod keccak;
+pub mod scan;
+pub mod search;
+pub mod work;
 
-#[pymodule]
-fn miner_ext(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(version, m)?)?;
-    Ok(())
-}
+#[cfg(feature = "python")]
+mod python;
+
+pub use backend::Backend;
+pub use keccak::keccak_f;
+pub use search::{Search, SearchSpec, Snapshot, SpecError, StopReason};
+pub use work::{leading_zeros, Work};
