@@ -68,8 +68,8 @@ class Search:
     def __init__(
         self,
         index: int,
-        entropy: bytes,
-        farmer: bytes,
+        entropy: bytes | bytearray,
+        farmer: bytes | bytearray,
         *,
         start_nonce: int = 0,
         max_hashes: int | None = None,
@@ -98,16 +98,18 @@ class Search:
         tb: TracebackType | None,
     ) -> bool: ...
 
-def kale_hash(index: int, nonce: int, entropy: bytes, farmer: bytes) -> bytes:
+def kale_hash(
+    index: int, nonce: int, entropy: bytes | bytearray, farmer: bytes | bytearray
+) -> bytes:
     """Keccak-256 of the KALE preimage: the hash the farm contract's ``work`` checks."""
 
-def leading_zeros(hash: bytes) -> int:
+def leading_zeros(hash: bytes | bytearray) -> int:
     """Leading zero hex nibbles (a zero byte counts 2, a byte below 0x10 adds 1)."""
 
 def search(
     index: int,
-    entropy: bytes,
-    farmer: bytes,
+    entropy: bytes | bytearray,
+    farmer: bytes | bytearray,
     *,
     start_nonce: int = 0,
     max_hashes: int | None = None,
@@ -119,7 +121,7 @@ def search(
     """Search and block until a bound is reached (arguments as for ``Search``)."""
 
 def search_many(
-    assignments: Sequence[tuple[int, bytes, bytes]],
+    assignments: Sequence[tuple[int, bytes | bytearray, bytes | bytearray]],
     *,
     start_nonce: int = 0,
     max_hashes: int | None = None,
@@ -139,8 +141,8 @@ def wait_all(searches: Sequence[Search], timeout: float | None = None) -> list[S
 
 def hash_prefixes(
     index: int,
-    entropy: bytes,
-    farmer: bytes,
+    entropy: bytes | bytearray,
+    farmer: bytes | bytearray,
     start_nonce: int,
     count: int,
     backend: str | None = None,

@@ -126,6 +126,34 @@ def config_show(ctx: typer.Context) -> None:
     show_config(settings)
 
 
+@app.command()
+def mine(
+    index: Annotated[int, typer.Option("--index", help="Block index.")],
+    entropy: Annotated[
+        str, typer.Option("--entropy", help="The block's entropy: 64 hex digits (or base64).")
+    ],
+    farmer: Annotated[str, typer.Option("--farmer", help="Farmer address, G... or C....")],
+    seconds: Annotated[float, typer.Option("--seconds", help="How long to mine.")],
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Hashing threads (default: one per core).")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="Force a kernel: scalar, avx2 or avx512.")
+    ] = None,
+    target_zeros: Annotated[
+        int | None, typer.Option("--target-zeros", help="Stop early at this many zeros.")
+    ] = None,
+) -> None:
+    """Mine one farmer's nonce: live hash rate, then the best hash (to size a machine)."""
+    from kalepool.mining import run_mine
+
+    try:
+        code = run_mine(index, entropy, farmer, seconds, threads, backend, target_zeros)
+    except ValueError as error:
+        fail(str(error))
+    raise typer.Exit(code)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::backend::{first_lanes, Backend};
-use crate::search::{default_threads, Search, SearchSpec, Snapshot, NONCE_SPACE};
+use crate::search::{default_threads, Search, SearchSpec, Snapshot, MAX_THREADS, NONCE_SPACE};
 use crate::work::{leading_zeros as count_zeros, Work};
 
 /// How often a waiting caller checks for Ctrl-C.
@@ -20,11 +20,11 @@ const SIGNAL_POLL: Duration = Duration::from_millis(10);
 /// Most nonces `hash_prefixes` computes in one call.
 const MAX_PREFIXES: u128 = 1 << 20;
 
-/// An integer argument in `0..=max`; out of range is a ValueError naming it.
-fn int_arg(value: &Bound<'_, PyAny>, what: &str, max: u128) -> PyResult<u128> {
-    let out_of_range = || PyValueError::new_err(format!("{what} must be between 0 and {max}"));
+/// An integer argument in `min..=max`; out of range is a ValueError naming it.
+fn int_in(value: &Bound<'_, PyAny>, what: &str, min: u128, max: u128) -> PyResult<u128> {
+    let out_of_range = || PyValueError::new_err(format!("{what} must be between {min} and {max}"));
     match value.extract::<u128>() {
-        Ok(v) if v <= max => Ok(v),
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
         Ok(_) => Err(out_of_range()),
         Err(e) if e.is_instance_of::<PyOverflowError>(value.py()) => Err(out_of_range()),
         Err(_) => Err(PyTypeError::new_err(format!(
@@ -32,6 +32,11 @@ fn int_arg(value: &Bound<'_, PyAny>, what: &str, max: u128) -> PyResult<u128> {
             value.get_type().name()?
         ))),
     }
+}
+
+/// An integer argument in `0..=max`.
+fn int_arg(value: &Bound<'_, PyAny>, what: &str, max: u128) -> PyResult<u128> {
+    int_in(value, what, 0, max)
 }
 
 fn key_arg(value: &Bound<'_, PyAny>, what: &str) -> PyResult<[u8; 32]> {
@@ -89,11 +94,7 @@ fn spec_args(
         spec.start_nonce = int_arg(n, "start_nonce", u128::from(u64::MAX))? as u64;
     }
     if let Some(m) = max_hashes {
-        let m = int_arg(m, "max_hashes", NONCE_SPACE)?;
-        if m == 0 {
-            return Err(PyValueError::new_err("max_hashes must be at least 1"));
-        }
-        spec.max_hashes = Some(m);
+        spec.max_hashes = Some(int_in(m, "max_hashes", 1, NONCE_SPACE)?);
     }
     if let Some(t) = target_zeros {
         spec.target_zeros = Some(int_arg(t, "target_zeros", 64)? as u32);
@@ -108,11 +109,7 @@ fn spec_args(
         spec.duration = Some(d);
     }
     if let Some(t) = threads {
-        let t = int_arg(t, "threads", crate::search::MAX_THREADS as u128)?;
-        if t == 0 {
-            return Err(PyValueError::new_err("threads must be at least 1"));
-        }
-        spec.threads = Some(t as usize);
+        spec.threads = Some(int_in(t, "threads", 1, MAX_THREADS as u128)? as usize);
     }
     spec.backend = backend_arg(backend)?;
     spec.validate()

@@ -669,6 +669,18 @@ mod tests {
     }
 
     #[test]
+    fn dropping_the_handle_cancels() {
+        let mut spec = SearchSpec::new(work(6));
+        spec.target_zeros = Some(MAX_ZEROS);
+        let s = Search::start(spec).unwrap();
+        let job = Arc::clone(&s.job);
+        drop(s);
+        let waiter = Search { job };
+        assert!(waiter.wait(Some(Duration::from_secs(5))));
+        assert_eq!(waiter.progress().reason, Some(StopReason::Cancelled));
+    }
+
+    #[test]
     fn concurrent_searches_all_progress() {
         let searches: Vec<Search> = (0..5)
             .map(|i| {
