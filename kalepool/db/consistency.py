@@ -1,0 +1,34 @@
+"""Prove that derived state (balances, counters, block totals) agrees with the events.
+
+The work is done in SQL (``consistency_problems()`` and ``rebuild_derived_state()``,
+migration 0005) so the database is the one home of the rules; these wrappers
+give the services and `kale-pool check` a typed call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+
+def check_consistency(conn: psycopg.Connection[Any]) -> list[str]:
+    """Every disagreement between derived state and the events; empty when all agree.
+
+    Read-only. Each problem is one human-readable line naming the row at fault.
+    """
+    rows = conn.execute("SELECT problem FROM consistency_problems() AS problem").fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def rebuild_derived_state(conn: psycopg.Connection[Any]) -> int:
+    """Recompute all derived state from the events; return the number of rows changed.
+
+    Runs in one transaction (commits it unless the caller already has one open).
+    The events themselves are never touched: only automatic ledger postings that
+    are missing are added, then balances, counters and block totals rewritten.
+    """
+    with conn.transaction():
+        row = conn.execute("SELECT rebuild_derived_state()").fetchone()
+    assert row is not None
+    return int(row[0])

@@ -1,0 +1,1 @@
+"""Tests of the PostgreSQL schema, the migration runner and the embedded server."""

@@ -1,0 +1,142 @@
+"""Row builders for the schema tests: valid rows with realistic values, one call each."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from stellar_sdk import StrKey
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+def account() -> str:
+    """A fresh, valid Stellar account id (G...)."""
+    return StrKey.encode_ed25519_public_key(os.urandom(32))
+
+
+def seed() -> str:
+    """A fresh, valid Stellar secret seed (S...): what must never be stored."""
+    return StrKey.encode_ed25519_secret_seed(os.urandom(32))
+
+
+def tx_hash() -> str:
+    return os.urandom(32).hex()
+
+
+def ciphertext() -> bytes:
+    """Stand-in for AEAD output: a 32-byte seed plus a 16-byte tag of random bytes."""
+    return os.urandom(48)
+
+
+class Rows:
+    """Inserts valid rows; keyword arguments override single columns."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self._sequence = itertools.count(1)
+
+    def _insert(self, table: str, values: dict[str, Any]) -> Any:
+        columns = ", ".join(values)
+        marks = ", ".join(["%s"] * len(values))
+        query = f"INSERT INTO {table} ({columns}) VALUES ({marks}) RETURNING id"
+        row = self.conn.execute(query.encode(), list(values.values())).fetchone()
+        assert row is not None
+        return row[0]
+
+    def pooler(self, **overrides: Any) -> UUID:
+        values = {"name": "pooler", "public_key": account(), "max_farmers": 10}
+        return UUID(str(self._insert("poolers", values | overrides)))
+
+    def farmer(self, pooler_id: UUID, **overrides: Any) -> UUID:
+        values = {
+            "pooler_id": pooler_id,
+            "custodial_public_key": account(),
+            "secret_ciphertext": ciphertext(),
+            "secret_nonce": os.urandom(12),
+            "key_id": "master",
+            "key_version": 1,
+            "payout_address": account(),
+            "stake_bps": 5000,
+        }
+        return UUID(str(self._insert("farmers", values | overrides)))
+
+    def _outcome(self, status: str, **success: Any) -> dict[str, Any]:
+        if status == "success":
+            return {"status": "success", "tx_hash": tx_hash(), "ledger": 100} | success
+        return {"status": "failed", "fault": "chain", "error_message": "rpc timed out"}
+
+    def planting(
+        self, farmer_id: UUID, pooler_id: UUID, block: int, status: str = "success", **kw: Any
+    ) -> int:
+        values = {"block_index": block, "farmer_id": farmer_id, "pooler_id": pooler_id}
+        return int(self._insert("plantings", values | self._outcome(status) | kw))
+
+    def work(
+        self, farmer_id: UUID, pooler_id: UUID, block: int, status: str = "success", **kw: Any
+    ) -> int:
+        values = {"block_index": block, "farmer_id": farmer_id, "pooler_id": pooler_id}
+        found = {"nonce": 20495217910, "hash": os.urandom(32), "zeros": 8, "gap": 12}
+        outcome = self._outcome(status, **found)
+        return int(self._insert("works", values | outcome | kw))
+
+    def harvest(
+        self,
+        farmer_id: UUID,
+        pooler_id: UUID,
+        block: int,
+        status: str = "success",
+        **kw: Any,
+    ) -> int:
+        values = {"block_index": block, "farmer_id": farmer_id, "pooler_id": pooler_id}
+        outcome = self._outcome(status, reward_amount=0, stake_amount=0)
+        return int(self._insert("harvests", values | outcome | kw))
+
+    def transaction(self, kind: str = "payout", **overrides: Any) -> UUID:
+        values: dict[str, Any] = {
+            "idempotency_key": f"test:{os.urandom(8).hex()}",
+            "kind": kind,
+            "source_account": account(),
+            "sequence_number": next(self._sequence),
+            "max_time": 1_900_000_000,
+            "envelope_xdr": base64.b64encode(os.urandom(120)).decode(),
+            "tx_hash": tx_hash(),
+        }
+        return UUID(str(self._insert("transactions", values | overrides)))
+
+    def compensation(self, farmer_id: UUID, pooler_id: UUID, block: int, **kw: Any) -> int:
+        values = {
+            "pooler_id": pooler_id,
+            "farmer_id": farmer_id,
+            "block_index": block,
+            "compensation_type": "work_failure",
+            "owed_by": "pooler",
+            "amount": 1_000_000,
+            "reason": "work missing at the deadline",
+        }
+        return int(self._insert("pooler_compensations", values | kw))
+
+    def ledger(self, farmer_id: UUID, amount: int, kind: str = "adjustment", **kw: Any) -> int:
+        values: dict[str, Any] = {"farmer_id": farmer_id, "amount": amount, "kind": kind}
+        if kind == "adjustment":
+            values["note"] = "reconciled with the chain"
+        return int(self._insert("balance_ledger", values | kw))
+
+    def balance(self, farmer_id: UUID) -> int:
+        row = self.conn.execute(
+            "SELECT current_balance FROM farmers WHERE id = %s", (farmer_id,)
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def ledger_sum(self, farmer_id: UUID) -> int:
+        row = self.conn.execute(
+            "SELECT coalesce(sum(amount), 0) FROM balance_ledger WHERE farmer_id = %s",
+            (farmer_id,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])

@@ -1,0 +1,263 @@
+"""The migration runner against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kalepool.db.migrate import (
+    MIGRATION_LOCK_KEY,
+    Migration,
+    MigrationChecksumError,
+    MigrationError,
+    MigrationFileError,
+    MigrationState,
+    UnknownMigrationError,
+    apply_migrations,
+    load_migrations,
+    migration_status,
+)
+
+SCHEMA_TABLES = {
+    "schema_migrations",
+    "poolers",
+    "pooler_api_keys",
+    "farmers",
+    "transactions",
+    "transaction_events",
+    "plantings",
+    "works",
+    "harvests",
+    "pooler_compensations",
+    "block_operations",
+    "balance_ledger",
+}
+
+
+def _tables(conninfo: str) -> set[str]:
+    with psycopg.connect(conninfo) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _schema_fingerprint(conninfo: str) -> list[tuple[object, ...]]:
+    """Every relation, trigger and function, and the migration rows."""
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute(
+            """
+            SELECT 'rel', relname::text, relkind::text FROM pg_class
+                WHERE relnamespace = 'public'::regnamespace
+            UNION ALL SELECT 'trigger', tgname::text, tgrelid::regclass::text FROM pg_trigger
+                WHERE NOT tgisinternal
+            UNION ALL SELECT 'function', proname::text, md5(prosrc) FROM pg_proc
+                WHERE pronamespace = 'public'::regnamespace
+            UNION ALL SELECT 'migration', version::text, checksum || applied_at::text
+                FROM schema_migrations
+            ORDER BY 1, 2, 3
+            """
+        ).fetchall()
+
+
+def _write(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_migrations_apply_to_a_fresh_database(empty_db_conninfo: str) -> None:
+    shipped = load_migrations()
+    assert [m.version for m in shipped] == list(range(1, len(shipped) + 1))
+
+    applied = apply_migrations(empty_db_conninfo)
+
+    assert [m.label for m in applied] == [m.label for m in shipped]
+    assert _tables(empty_db_conninfo) == SCHEMA_TABLES
+    status = migration_status(empty_db_conninfo)
+    assert [(s.version, s.state) for s in status] == [
+        (m.version, MigrationState.APPLIED) for m in shipped
+    ]
+    assert all(s.applied for s in status)
+
+
+def test_status_of_a_fresh_database_is_all_pending(empty_db_conninfo: str) -> None:
+    status = migration_status(empty_db_conninfo)
+    assert status and all(s.state is MigrationState.PENDING and not s.applied for s in status)
+    # Asking changed nothing.
+    assert _tables(empty_db_conninfo) == set()
+
+
+def test_applying_twice_is_a_noop(empty_db_conninfo: str) -> None:
+    apply_migrations(empty_db_conninfo)
+    before = _schema_fingerprint(empty_db_conninfo)
+
+    assert apply_migrations(empty_db_conninfo) == []
+
+    assert _schema_fingerprint(empty_db_conninfo) == before
+
+
+def test_a_changed_applied_migration_is_refused(tmp_path: Path, empty_db_conninfo: str) -> None:
+    folder = _write(tmp_path / "m", {"0001_first.sql": "CREATE TABLE first (id int);\n"})
+    apply_migrations(empty_db_conninfo, load_migrations(folder))
+    _write(
+        folder,
+        {
+            "0001_first.sql": "CREATE TABLE first (id bigint);\n",
+            "0002_second.sql": "CREATE TABLE second (id int);\n",
+        },
+    )
+
+    with pytest.raises(MigrationChecksumError, match="0001_first was changed after it was applied"):
+        apply_migrations(empty_db_conninfo, load_migrations(folder))
+
+    # Nothing was applied: the history check runs before any migration.
+    assert _tables(empty_db_conninfo) == {"schema_migrations", "first"}
+    status = migration_status(empty_db_conninfo, load_migrations(folder))
+    assert [(s.label, s.state) for s in status] == [
+        ("0001_first", MigrationState.CHANGED),
+        ("0002_second", MigrationState.PENDING),
+    ]
+
+
+def test_a_database_migrated_by_newer_code_is_refused(
+    tmp_path: Path, empty_db_conninfo: str
+) -> None:
+    newer = _write(
+        tmp_path / "newer",
+        {
+            "0001_first.sql": "CREATE TABLE first ();\n",
+            "0002_second.sql": "CREATE TABLE second ();\n",
+        },
+    )
+    apply_migrations(empty_db_conninfo, load_migrations(newer))
+    older = _write(tmp_path / "older", {"0001_first.sql": "CREATE TABLE first ();\n"})
+
+    with pytest.raises(UnknownMigrationError, match="0002_second"):
+        apply_migrations(empty_db_conninfo, load_migrations(older))
+
+    status = migration_status(empty_db_conninfo, load_migrations(older))
+    assert [(s.label, s.state) for s in status] == [
+        ("0001_first", MigrationState.APPLIED),
+        ("0002_second", MigrationState.UNKNOWN),
+    ]
+
+
+def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path, empty_db_conninfo: str) -> None:
+    folder = _write(
+        tmp_path / "m",
+        {
+            "0001_first.sql": "CREATE TABLE first (id int);\n",
+            "0002_broken.sql": (
+                "CREATE TABLE second (id int);\nINSERT INTO second VALUES (1 / 0);\n"
+            ),
+            "0003_third.sql": "CREATE TABLE third (id int);\n",
+        },
+    )
+
+    with pytest.raises(MigrationError, match=r"0002_broken failed: division by zero"):
+        apply_migrations(empty_db_conninfo, load_migrations(folder))
+
+    assert _tables(empty_db_conninfo) == {"schema_migrations", "first"}
+    assert [s.applied for s in migration_status(empty_db_conninfo, load_migrations(folder))] == [
+        True,
+        False,
+        False,
+    ]
+
+    # Fixing the file (never applied, so it may change) lets the run finish.
+    _write(folder, {"0002_broken.sql": "CREATE TABLE second (id int);\n"})
+    applied = apply_migrations(empty_db_conninfo, load_migrations(folder))
+    assert [m.label for m in applied] == ["0002_broken", "0003_third"]
+
+
+def test_concurrent_appliers_apply_each_migration_once(empty_db_conninfo: str) -> None:
+    results = _race(empty_db_conninfo, None, workers=4)
+
+    applied = [m.label for result in results for m in result]
+    assert sorted(applied) == [m.label for m in load_migrations()]
+    assert _tables(empty_db_conninfo) == SCHEMA_TABLES
+
+
+def test_concurrent_appliers_never_run_a_file_twice(tmp_path: Path, empty_db_conninfo: str) -> None:
+    # The second file is slow and leaves a trace of every run, so overlapping
+    # appliers would show up as two rows.
+    folder = _write(
+        tmp_path / "m",
+        {
+            "0001_log.sql": "CREATE TABLE runs (pid int NOT NULL);\n",
+            "0002_slow.sql": "INSERT INTO runs VALUES (pg_backend_pid());\nSELECT pg_sleep(0.2);\n",
+        },
+    )
+    results = _race(empty_db_conninfo, load_migrations(folder), workers=3)
+
+    assert sorted(m.label for result in results for m in result) == ["0001_log", "0002_slow"]
+    with psycopg.connect(empty_db_conninfo) as conn:
+        row = conn.execute("SELECT count(*) FROM runs").fetchone()
+    assert row == (1,)
+
+
+def _race(conninfo: str, migrations: list[Migration] | None, workers: int) -> list[list[Migration]]:
+    """Start ``workers`` appliers at the same instant; return what each applied."""
+    barrier = threading.Barrier(workers)
+    results: list[list[Migration]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            applied = apply_migrations(conninfo, migrations)
+            with lock:
+                results.append(applied)
+        except BaseException as error:
+            with lock:
+                errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(results) == workers
+    return results
+
+
+def test_a_held_lock_gives_a_clear_error_not_a_hang(empty_db_conninfo: str) -> None:
+    with psycopg.connect(empty_db_conninfo) as holder:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        with pytest.raises(MigrationError, match="another process holds it"):
+            apply_migrations(empty_db_conninfo, lock_timeout_s=0.2)
+    assert migration_status(empty_db_conninfo)[0].state is MigrationState.PENDING
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"1_short.sql": "SELECT 1;"}, "not named NNNN_lowercase_name.sql"),
+        ({"0001_Upper.sql": "SELECT 1;"}, "not named NNNN_lowercase_name.sql"),
+        ({"0000_zero.sql": "SELECT 1;"}, "versions start at 0001"),
+        ({"0001_a.sql": "SELECT 1;", "0001_b.sql": "SELECT 2;"}, "0001 appears twice"),
+        ({"0001_tx.sql": "BEGIN;\nCREATE TABLE t ();\nCOMMIT;\n"}, "controls its own transaction"),
+    ],
+)
+def test_malformed_migration_files_are_refused(
+    tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    folder = _write(tmp_path / "m", files | {"README.md": "not a migration"})
+    with pytest.raises(MigrationFileError, match=message):
+        load_migrations(folder)
+
+
+def test_plpgsql_begin_blocks_are_not_mistaken_for_transaction_control(tmp_path: Path) -> None:
+    body = (
+        "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$\nBEGIN\n    RETURN 1;\nEND;\n$$;\n"
+    )
+    folder = _write(tmp_path / "m", {"0001_f.sql": body})
+    assert [m.label for m in load_migrations(folder)] == ["0001_f"]
