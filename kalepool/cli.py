@@ -154,6 +154,29 @@ def mine(
     raise typer.Exit(code)
 
 
+@app.command()
+def devnet(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0 picks a free one).")] = 8000,
+    ledger_seconds: Annotated[
+        int, typer.Option("--ledger-seconds", help="Seconds between ledger closes.")
+    ] = 5,
+    block_seconds: Annotated[
+        int, typer.Option("--block-seconds", help="The farm's block interval in seconds.")
+    ] = 300,
+    state: Annotated[
+        Path | None, typer.Option("--state", help="Keep the chain in this file across restarts.")
+    ] = None,
+) -> None:
+    """Run the local Stellar RPC devnet with the KALE farm contract, until Ctrl-C."""
+    from kalepool.devnet.standalone import run_devnet
+
+    try:
+        run_devnet(host, port, ledger_seconds, block_seconds, state)
+    except ValueError as error:
+        fail(str(error))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

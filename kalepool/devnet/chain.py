@@ -1,0 +1,714 @@
+"""The devnet chain: genesis, the transaction queue, ledger close, history and simulation.
+
+Single-threaded by design: every method runs to completion on the event loop, so the
+state never changes under a request. Transactions wait in the queue (one per source
+account, as stellar-core's queue allows) and apply, in order, when a ledger closes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from stellar_sdk import Account, Asset, TransactionBuilder
+from stellar_sdk import xdr as stellar_xdr
+
+from kalepool.devnet import farm, sac, soroban, txn
+from kalepool.devnet import values as v
+from kalepool.devnet.config import DevnetConfig
+from kalepool.devnet.errors import HostError
+from kalepool.devnet.host import AuthMode, LedgerInfo
+from kalepool.devnet.ledger import (
+    AccountRec,
+    Entry,
+    LedgerState,
+    StateView,
+    contract_code_key,
+    instance_key,
+    load_account,
+    load_trustline,
+    store_account,
+)
+from kalepool.devnet.network import (
+    FARM_WASM,
+    FRIENDBOT_CHANNELS,
+    PROTOCOL_VERSION,
+    DevnetIdentity,
+    friendbot_channel_keypair,
+    friendbot_keypair,
+    homesteader_keypair,
+    identity,
+)
+
+log = logging.getLogger(__name__)
+
+TOTAL_COINS = 100_000_000_000 * 10_000_000  # 100 billion XLM in stroops
+CHANNEL_BALANCE = 1_000_000_000 * 10_000_000
+HOMESTEADER_BALANCE = 1_000_000 * 10_000_000
+FRIENDBOT_TIMEOUT_SECONDS = 300
+
+
+@dataclass
+class LedgerRecord:
+    """A closed ledger's header and the transactions it applied."""
+
+    seq: int
+    close_time: int
+    hash: bytes
+    header_b64: str
+    tx_hashes: list[str] = field(default_factory=list)
+    tx_set_b64: str = ""
+    evicted: list[str] = field(default_factory=list)
+    meta_b64: str | None = None  # built on first request
+
+
+@dataclass
+class TxRecord:
+    """An applied transaction as getTransaction reports it."""
+
+    hash: str
+    ledger: int
+    close_time: int
+    application_order: int
+    fee_bump: bool
+    successful: bool
+    envelope: str
+    result: str
+    meta: str
+    fee_changes: str
+    diagnostics: list[str]
+    transaction_events: list[str]
+    contract_events: list[list[str]]
+
+
+@dataclass
+class EventRecord:
+    """A contract event as getEvents reports it."""
+
+    id: str
+    ledger: int
+    close_time: int
+    tx_index: int
+    op_index: int
+    contract_id: str
+    topics: list[str]
+    value: str
+    tx_hash: str
+    successful: bool = True
+    type: str = "contract"
+
+
+@dataclass
+class SubmitOutcome:
+    status: str
+    hash: str
+    error_result: str | None = None
+    diagnostics: list[str] = field(default_factory=list)
+
+
+def _b64(value: Any) -> str:
+    return str(value.to_xdr())
+
+
+def event_id(ledger: int, tx_index: int, op_index: int, event_index: int) -> str:
+    """Stellar RPC's event id: the operation's TOID (19 digits) and the event's index."""
+    toid = (ledger << 32) | (tx_index << 12) | op_index
+    return f"{toid:019d}-{event_index:010d}"
+
+
+class Chain:
+    """The devnet's ledger state machine."""
+
+    def __init__(self, config: DevnetConfig, *, genesis: bool = True) -> None:
+        self.config = config
+        self.identity: DevnetIdentity = identity()
+        self.state = LedgerState()
+        self.ledgers: dict[int, LedgerRecord] = {}
+        self.txs: dict[str, TxRecord] = {}
+        self.events: deque[EventRecord] = deque()
+        self.pending: list[txn.TxFrame] = []
+        self.pending_by_source: dict[str, str] = {}
+        self.fee_pool = 0
+        self.pending_advance = 0  # seconds added to the next manual close
+        self.clock_offset = 0  # seconds the chain clock runs ahead of the wall clock
+        self.bucket_hash = bytes(32)
+        self.contracts = soroban.Contracts(
+            runtimes={self.identity.farm_wasm_hash: farm.FarmContract(config.block_seconds)},
+            sac=sac.StellarAssetContract(),
+        )
+        self.rules = txn.Rules(self.identity.network_id, config.base_fee, config.base_reserve)
+        self.native_contract = txn.native_contract_id(self.identity.network_passphrase)
+        self._latest: LedgerRecord | None = None
+        if genesis:
+            self._genesis()
+
+    # ---- clock -----------------------------------------------------------------------
+
+    @property
+    def latest(self) -> LedgerRecord:
+        assert self._latest is not None
+        return self._latest
+
+    @property
+    def oldest_ledger(self) -> int:
+        return min(self.ledgers) if self.ledgers else self.latest.seq
+
+    def next_close_time(self, wall: float | None = None) -> int:
+        """The close time the next ledger will get (manual: a fixed step; auto: the wall clock)."""
+        previous = self.latest.close_time
+        if self.config.manual:
+            return previous + self.config.ledger_seconds + self.pending_advance
+        now = int(time.time() if wall is None else wall) + self.clock_offset
+        return max(previous + 1, now)
+
+    def advance_time(self, seconds: int) -> int:
+        """Move the chain clock forward; the jump shows at the next ledger close."""
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        self.pending_advance += seconds
+        self.clock_offset += seconds
+        return self.next_close_time()
+
+    def ledger_info(self, seq: int, timestamp: int) -> LedgerInfo:
+        return LedgerInfo(
+            seq=seq,
+            timestamp=timestamp,
+            network_id=self.identity.network_id,
+            min_temp_ttl=self.config.temp_ttl_ledgers,
+            min_persistent_ttl=self.config.persistent_ttl_ledgers,
+            max_entry_ttl=self.config.max_entry_ttl_ledgers,
+        )
+
+    # ---- genesis ---------------------------------------------------------------------
+
+    def _genesis(self) -> None:
+        ident = self.identity
+        close_time = (
+            self.config.genesis_time if self.config.genesis_time is not None else int(time.time())
+        )
+        seq = 1
+        view = StateView(self.state, seq)
+        channels = [friendbot_channel_keypair(i).public_key for i in range(FRIENDBOT_CHANNELS)]
+        root_balance = TOTAL_COINS - HOMESTEADER_BALANCE - CHANNEL_BALANCE * len(channels)
+        store_account(view, AccountRec(ident.friendbot, root_balance, seq << 32))
+        store_account(view, AccountRec(ident.homesteader, HOMESTEADER_BALANCE, seq << 32))
+        for channel in channels:
+            store_account(view, AccountRec(channel, CHANNEL_BALANCE, seq << 32))
+        max_ttl = seq + self.config.max_entry_ttl_ledgers - 1
+        view.put(
+            contract_code_key(ident.farm_wasm_hash),
+            stellar_xdr.LedgerEntryData(
+                stellar_xdr.LedgerEntryType.CONTRACT_CODE,
+                contract_code=stellar_xdr.ContractCodeEntry(
+                    ext=stellar_xdr.ContractCodeEntryExt(0),
+                    hash=stellar_xdr.Hash(ident.farm_wasm_hash),
+                    code=FARM_WASM,
+                ),
+            ),
+            max_ttl,
+        )
+        self._put_instance(
+            view,
+            ident.sac_contract_id,
+            stellar_xdr.ContractExecutable(
+                stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_STELLAR_ASSET
+            ),
+            sac.genesis_instance_storage(
+                ident.asset_code, ident.asset_issuer, ident.farm_contract_id
+            ),
+            max_ttl,
+        )
+        self._put_instance(
+            view,
+            ident.farm_contract_id,
+            stellar_xdr.ContractExecutable(
+                stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM,
+                wasm_hash=stellar_xdr.Hash(ident.farm_wasm_hash),
+            ),
+            farm.genesis_instance_storage(
+                ident.homesteader,
+                ident.sac_contract_id,
+                close_time,
+                self.config.genesis_farm_index,
+            ),
+            max_ttl,
+        )
+        view.commit()
+        self._latest = self._make_ledger(seq, close_time, [], [], [], bytes(32))
+        self.ledgers[seq] = self._latest
+
+    def _put_instance(
+        self,
+        view: StateView,
+        contract: str,
+        executable: stellar_xdr.ContractExecutable,
+        storage: list[tuple[stellar_xdr.SCVal, stellar_xdr.SCVal]],
+        live_until: int,
+    ) -> None:
+        key = instance_key(contract)
+        assert key.contract_data is not None
+        view.put(
+            key,
+            stellar_xdr.LedgerEntryData(
+                stellar_xdr.LedgerEntryType.CONTRACT_DATA,
+                contract_data=stellar_xdr.ContractDataEntry(
+                    ext=stellar_xdr.ExtensionPoint(0),
+                    contract=key.contract_data.contract,
+                    key=key.contract_data.key,
+                    durability=stellar_xdr.ContractDataDurability.PERSISTENT,
+                    val=stellar_xdr.SCVal(
+                        stellar_xdr.SCValType.SCV_CONTRACT_INSTANCE,
+                        instance=stellar_xdr.SCContractInstance(
+                            executable, v.sorted_map(storage).map
+                        ),
+                    ),
+                ),
+            ),
+            live_until,
+        )
+
+    def _make_ledger(
+        self,
+        seq: int,
+        close_time: int,
+        applied: list[txn.Applied],
+        frames: list[txn.TxFrame],
+        evicted: list[str],
+        change_digest: bytes,
+    ) -> LedgerRecord:
+        previous = self._latest.hash if self._latest is not None else bytes(32)
+        tx_set = self._tx_set(previous, frames)
+        result_set = stellar_xdr.TransactionResultSet(
+            [
+                stellar_xdr.TransactionResultPair(stellar_xdr.Hash(a.frame.hash), a.result)
+                for a in applied
+            ]
+        )
+        self.bucket_hash = hashlib.sha256(self.bucket_hash + change_digest).digest()
+        header = stellar_xdr.LedgerHeader(
+            ledger_version=stellar_xdr.Uint32(PROTOCOL_VERSION),
+            previous_ledger_hash=stellar_xdr.Hash(previous),
+            scp_value=stellar_xdr.StellarValue(
+                tx_set_hash=stellar_xdr.Hash(hashlib.sha256(tx_set.to_xdr_bytes()).digest()),
+                close_time=stellar_xdr.TimePoint(stellar_xdr.Uint64(close_time)),
+                upgrades=[],
+                ext=stellar_xdr.StellarValueExt(stellar_xdr.StellarValueType.STELLAR_VALUE_BASIC),
+            ),
+            tx_set_result_hash=stellar_xdr.Hash(hashlib.sha256(result_set.to_xdr_bytes()).digest()),
+            bucket_list_hash=stellar_xdr.Hash(self.bucket_hash),
+            ledger_seq=stellar_xdr.Uint32(seq),
+            total_coins=stellar_xdr.Int64(TOTAL_COINS),
+            fee_pool=stellar_xdr.Int64(self.fee_pool),
+            inflation_seq=stellar_xdr.Uint32(0),
+            id_pool=stellar_xdr.Uint64(0),
+            base_fee=stellar_xdr.Uint32(self.config.base_fee),
+            base_reserve=stellar_xdr.Uint32(self.config.base_reserve),
+            max_tx_set_size=stellar_xdr.Uint32(self.config.max_tx_per_ledger),
+            skip_list=[stellar_xdr.Hash(bytes(32)) for _ in range(4)],
+            ext=stellar_xdr.LedgerHeaderExt(0),
+        )
+        raw = header.to_xdr_bytes()
+        return LedgerRecord(
+            seq=seq,
+            close_time=close_time,
+            hash=hashlib.sha256(raw).digest(),
+            header_b64=base64.b64encode(raw).decode(),
+            tx_hashes=[a.frame.hash_hex for a in applied],
+            tx_set_b64=_b64(tx_set),
+            evicted=evicted,
+        )
+
+    def _tx_set(
+        self, previous: bytes, frames: list[txn.TxFrame]
+    ) -> stellar_xdr.GeneralizedTransactionSet:
+        base_fee = stellar_xdr.Int64(self.config.base_fee)
+        classic_txs = [f.envelope for f in frames if not f.is_soroban]
+        soroban_txs = [f.envelope for f in frames if f.is_soroban]
+        phases = [
+            stellar_xdr.TransactionPhase(
+                0,
+                v0_components=[
+                    stellar_xdr.TxSetComponent(
+                        stellar_xdr.TxSetComponentType.TXSET_COMP_TXS_MAYBE_DISCOUNTED_FEE,
+                        txs_maybe_discounted_fee=stellar_xdr.TxSetComponentTxsMaybeDiscountedFee(
+                            base_fee, classic_txs
+                        ),
+                    )
+                ]
+                if classic_txs
+                else [],
+            ),
+            stellar_xdr.TransactionPhase(
+                1,
+                parallel_txs_component=stellar_xdr.ParallelTxsComponent(
+                    base_fee,
+                    [
+                        stellar_xdr.ParallelTxExecutionStage(
+                            [stellar_xdr.DependentTxCluster(soroban_txs)]
+                        )
+                    ]
+                    if soroban_txs
+                    else [],
+                ),
+            ),
+        ]
+        return stellar_xdr.GeneralizedTransactionSet(
+            1, v1_tx_set=stellar_xdr.TransactionSetV1(stellar_xdr.Hash(previous), phases)
+        )
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def view(self) -> StateView:
+        """A throwaway view of the latest closed state, as the next ledger will see it."""
+        return StateView(self.state, self.latest.seq + 1)
+
+    def get_entry(self, key: stellar_xdr.LedgerKey) -> Entry | None:
+        return self.state.get(key.to_xdr_bytes(), self.latest.seq)
+
+    def account(self, account_id: str) -> AccountRec | None:
+        return load_account(StateView(self.state, self.latest.seq), account_id)
+
+    # ---- submission ------------------------------------------------------------------
+
+    def submit(self, envelope_b64: str) -> SubmitOutcome:
+        """sendTransaction: queue a valid transaction, or say why not (raises EnvelopeError)."""
+        frame = txn.parse(envelope_b64, self.identity.network_id)
+        queued = self.pending_by_source.get(frame.source)
+        if queued == frame.hash_hex:
+            return SubmitOutcome("DUPLICATE", frame.hash_hex)
+        if queued is not None or (frame.fee_bump and frame.fee_source in self.pending_by_source):
+            return SubmitOutcome("TRY_AGAIN_LATER", frame.hash_hex)
+        error = txn.check_valid(
+            self.view(), frame, self.next_close_time(), self.latest.seq + 1, self.rules
+        )
+        if error is not None:
+            return SubmitOutcome("ERROR", frame.hash_hex, error_result=_b64(error))
+        self._enqueue(frame)
+        return SubmitOutcome("PENDING", frame.hash_hex)
+
+    def _enqueue(self, frame: txn.TxFrame) -> None:
+        self.pending.append(frame)
+        self.pending_by_source[frame.source] = frame.hash_hex
+        if frame.fee_bump:
+            self.pending_by_source.setdefault(frame.fee_source, frame.hash_hex)
+
+    def _dequeue(self, frame: txn.TxFrame) -> None:
+        for account in (frame.source, frame.fee_source):
+            if self.pending_by_source.get(account) == frame.hash_hex:
+                del self.pending_by_source[account]
+
+    # ---- ledger close ----------------------------------------------------------------
+
+    def close_ledger(self, close_time: int | None = None) -> LedgerRecord:
+        """Close the next ledger: evict expired entries, then apply queued transactions."""
+        seq = self.latest.seq + 1
+        if close_time is None:
+            close_time = self.next_close_time()
+        close_time = max(close_time, self.latest.close_time + 1)
+        self.pending_advance = 0
+        evicted = [base64.b64encode(kb).decode() for kb in self.state.evict_expired(seq)]
+        view = StateView(self.state, seq)
+        ctx = txn.ApplyContext(
+            rules=self.rules,
+            ledger=self.ledger_info(seq, close_time),
+            contracts=self.contracts,
+            native_contract=self.native_contract,
+        )
+        batch = self.pending[: self.config.max_tx_per_ledger]
+        self.pending = self.pending[self.config.max_tx_per_ledger :]
+        frames: list[txn.TxFrame] = []
+        for frame in batch:
+            self._dequeue(frame)
+            error = txn.check_valid(view, frame, close_time, seq, self.rules)
+            if error is not None:
+                # No longer valid (expired time bounds, changed balance): dropped unapplied,
+                # as stellar-core drops it from its queue. getTransaction keeps NOT_FOUND.
+                log.info(
+                    "dropping %s at ledger %d: %s", frame.hash_hex, seq, error.result.code.name
+                )
+                continue
+            frames.append(frame)
+        charged = [txn.charge_fee(view, frame, ctx) for frame in frames]
+        applied: list[txn.Applied] = []
+        for frame, (fee, fee_changes, fee_event) in zip(frames, charged, strict=True):
+            self.fee_pool += fee
+            try:
+                applied.append(txn.apply_tx(view, frame, fee, fee_changes, fee_event, ctx))
+            except HostError:  # pragma: no cover - the host reports errors in results
+                log.exception("host error escaped while applying %s", frame.hash_hex)
+                raise
+        digest = hashlib.sha256(
+            b"".join(
+                kb + (c.after.data.to_xdr_bytes() if c.after else b"")
+                for kb, c in view.changes.items()
+            )
+        ).digest()
+        view.commit()
+        record = self._make_ledger(seq, close_time, applied, frames, evicted, digest)
+        self._latest = record
+        self.ledgers[seq] = record
+        for order, item in enumerate(applied, start=1):
+            self._record_tx(record, order, item)
+        self._prune()
+        return record
+
+    def _record_tx(self, ledger: LedgerRecord, order: int, item: txn.Applied) -> None:
+        h = item.frame.hash_hex
+        self.txs[h] = TxRecord(
+            hash=h,
+            ledger=ledger.seq,
+            close_time=ledger.close_time,
+            application_order=order,
+            fee_bump=item.frame.fee_bump,
+            successful=item.successful,
+            envelope=item.frame.b64,
+            result=_b64(item.result),
+            meta=_b64(item.meta),
+            fee_changes=_b64(item.fee_changes),
+            diagnostics=[_b64(d) for d in item.diagnostics],
+            transaction_events=[_b64(e) for e in item.transaction_events],
+            contract_events=[[_b64(e) for e in op] for op in item.contract_events],
+        )
+        for op_index, op_events in enumerate(item.contract_events):
+            for index, event in enumerate(op_events):
+                body = event.body.v0
+                assert body is not None and event.contract_id is not None
+                self.events.append(
+                    EventRecord(
+                        id=event_id(ledger.seq, order, op_index, index),
+                        ledger=ledger.seq,
+                        close_time=ledger.close_time,
+                        tx_index=order,
+                        op_index=op_index,
+                        contract_id=v.address_str(
+                            stellar_xdr.SCAddress(
+                                stellar_xdr.SCAddressType.SC_ADDRESS_TYPE_CONTRACT,
+                                contract_id=event.contract_id,
+                            )
+                        ),
+                        topics=[_b64(t) for t in body.topics],
+                        value=_b64(body.data),
+                        tx_hash=h,
+                    )
+                )
+
+    def _prune(self) -> None:
+        oldest = self.latest.seq - self.config.history_ledgers + 1
+        for seq in [s for s in self.ledgers if s < oldest]:
+            for h in self.ledgers.pop(seq).tx_hashes:
+                self.txs.pop(h, None)
+        while self.events and self.events[0].ledger < oldest:
+            self.events.popleft()
+
+    # ---- ledger metadata -------------------------------------------------------------
+
+    def ledger_close_meta(self, record: LedgerRecord) -> str:
+        """The LedgerCloseMeta (v2) of a ledger, built on first request."""
+        if record.meta_b64 is None:
+            entries = []
+            for h in record.tx_hashes:
+                tx = self.txs.get(h)
+                if tx is None:
+                    continue
+                entries.append(
+                    stellar_xdr.TransactionResultMetaV1(
+                        ext=stellar_xdr.ExtensionPoint(0),
+                        result=stellar_xdr.TransactionResultPair(
+                            stellar_xdr.Hash(bytes.fromhex(h)),
+                            stellar_xdr.TransactionResult.from_xdr(tx.result),
+                        ),
+                        fee_processing=stellar_xdr.LedgerEntryChanges.from_xdr(tx.fee_changes),
+                        tx_apply_processing=stellar_xdr.TransactionMeta.from_xdr(tx.meta),
+                        post_tx_apply_fee_processing=stellar_xdr.LedgerEntryChanges([]),
+                    )
+                )
+            header = stellar_xdr.LedgerHeader.from_xdr(record.header_b64)
+            meta = stellar_xdr.LedgerCloseMeta(
+                2,
+                v2=stellar_xdr.LedgerCloseMetaV2(
+                    ext=stellar_xdr.LedgerCloseMetaExt(0),
+                    ledger_header=stellar_xdr.LedgerHeaderHistoryEntry(
+                        stellar_xdr.Hash(record.hash),
+                        header,
+                        stellar_xdr.LedgerHeaderHistoryEntryExt(0),
+                    ),
+                    tx_set=stellar_xdr.GeneralizedTransactionSet.from_xdr(record.tx_set_b64),
+                    tx_processing=entries,
+                    upgrades_processing=[],
+                    scp_info=[],
+                    total_byte_size_of_live_soroban_state=stellar_xdr.Uint64(0),
+                    evicted_keys=[stellar_xdr.LedgerKey.from_xdr(k) for k in record.evicted],
+                ),
+            )
+            record.meta_b64 = _b64(meta)
+        return record.meta_b64
+
+    # ---- simulation ------------------------------------------------------------------
+
+    def simulate(
+        self, envelope_b64: str, auth_mode: str | None, instruction_leeway: int
+    ) -> dict[str, Any]:
+        """simulateTransaction's result object (errors are reported in it, as RPC does)."""
+        latest = self.latest.seq
+        try:
+            frame = txn.parse(envelope_b64, self.identity.network_id)
+        except txn.EnvelopeError:
+            return {"error": "Could not unmarshal transaction", "latestLedger": latest}
+        ops = frame.ops
+        if len(ops) != 1:
+            return {
+                "error": "Transaction contains more than one operation"
+                if ops
+                else "Transaction contains no operations",
+                "latestLedger": latest,
+            }
+        op = ops[0]
+        if (
+            op.body.type != stellar_xdr.OperationType.INVOKE_HOST_FUNCTION
+            or op.body.invoke_host_function_op is None
+        ):
+            return {
+                "error": f"Transaction contains unsupported operation type: {op.body.type.name}",
+                "latestLedger": latest,
+            }
+        ihf = op.body.invoke_host_function_op
+        if ihf.auth:
+            if auth_mode in ("record", "record_allow_nonroot"):
+                return {
+                    "error": "auth entries are present, so recording authorization is not possible",
+                    "latestLedger": latest,
+                }
+            mode = AuthMode.ENFORCE
+        else:
+            mode = AuthMode(auth_mode) if auth_mode else AuthMode.RECORD
+        seq = latest + 1
+        view = self.view()
+        outcome = soroban.invoke(
+            view,
+            self.ledger_info(seq, self.next_close_time()),
+            ihf,
+            frame.op_source(op),
+            self.contracts,
+            footprint=None,
+            auth_mode=mode,
+        )
+        diagnostics = [_b64(d) for d in outcome.diagnostics]
+        if outcome.error is not None:
+            return {
+                "error": format_host_error(outcome.error, outcome.diagnostics),
+                "events": diagnostics,
+                "latestLedger": latest,
+            }
+        data = soroban.simulated_transaction_data(outcome, frame.size, instruction_leeway)
+        assert outcome.return_value is not None
+        events = [
+            _b64(stellar_xdr.DiagnosticEvent(in_successful_contract_call=True, event=e))
+            for e in outcome.events
+        ] + diagnostics
+        changes = []
+        for kind, key, before, after in view.state_changes():
+            item: dict[str, Any] = {"type": kind, "key": _b64(key)}
+            if before is not None:
+                item["before"] = _b64(before.ledger_entry())
+            if after is not None:
+                item["after"] = _b64(after.ledger_entry())
+            changes.append(item)
+        return {
+            "transactionData": _b64(data),
+            "minResourceFee": str(data.resource_fee.int64),
+            "events": events,
+            "results": [
+                {"auth": [_b64(a) for a in outcome.auth], "xdr": _b64(outcome.return_value)}
+            ],
+            "stateChanges": changes,
+            "latestLedger": latest,
+        }
+
+    # ---- friendbot -------------------------------------------------------------------
+
+    def friendbot(self, address: str, kale: int = 0) -> SubmitOutcome:
+        """Fund (or top up) an account from a free friendbot channel; optionally mint KALE."""
+        ident = self.identity
+        if kale < 0:
+            raise ValueError("kale must not be negative")
+        exists = self.account(address) is not None
+        if kale and not exists:
+            raise ValueError("the account must exist and trust KALE before KALE can be minted")
+        if kale:
+            line = load_trustline(
+                StateView(self.state, self.latest.seq),
+                address,
+                ident.asset_code,
+                ident.asset_issuer,
+            )
+            if line is None:
+                raise ValueError(f"{address} has no KALE trustline")
+        busy = set(self.pending_by_source)
+        for i in range(FRIENDBOT_CHANNELS):
+            channel = friendbot_channel_keypair(i)
+            if channel.public_key not in busy:
+                break
+        else:
+            raise FriendbotBusy(
+                "every friendbot channel has a pending transaction; retry after the next ledger"
+            )
+        account = self.account(channel.public_key)
+        assert account is not None
+        builder = TransactionBuilder(
+            Account(channel.public_key, account.seq_num),
+            ident.network_passphrase,
+            base_fee=self.config.base_fee,
+        )
+        # The time bound follows the chain's clock, which a manual devnet runs apart from the wall.
+        builder.add_time_bounds(0, self.next_close_time() + FRIENDBOT_TIMEOUT_SECONDS)
+        amount = self.config.friendbot_amount / 10_000_000
+        if exists:
+            builder.append_payment_op(
+                address, Asset.native(), f"{amount:.7f}", source=friendbot_keypair().public_key
+            )
+        else:
+            builder.append_create_account_op(
+                address, f"{amount:.7f}", source=friendbot_keypair().public_key
+            )
+        signers = [channel, friendbot_keypair()]
+        if kale:
+            builder.append_payment_op(
+                address, ident.asset, f"{kale / 10_000_000:.7f}", source=ident.asset_issuer
+            )
+            signers.append(homesteader_keypair())
+        envelope = builder.build()
+        for signer in signers:
+            envelope.sign(signer)
+        return self.submit(envelope.to_xdr())
+
+
+class FriendbotBusy(RuntimeError):
+    """Every friendbot channel already has a transaction in this ledger."""
+
+
+def format_host_error(err: HostError, diagnostics: list[stellar_xdr.DiagnosticEvent]) -> str:
+    """The error string Stellar RPC returns for a failed simulation."""
+    lines = [f"HostError: {err.display()}", "", "Event log (newest first):"]
+    for i, diag in enumerate(reversed(diagnostics)):
+        event = diag.event
+        body = event.body.v0
+        assert body is not None
+        prefix = ""
+        if event.contract_id is not None:
+            contract = v.address_str(
+                stellar_xdr.SCAddress(
+                    stellar_xdr.SCAddressType.SC_ADDRESS_TYPE_CONTRACT,
+                    contract_id=event.contract_id,
+                )
+            )
+            prefix = f"contract:{contract}, "
+        topics = ", ".join(v.display(t) for t in body.topics)
+        lines.append(
+            f"   {i}: [Diagnostic Event] {prefix}topics:[{topics}], data:{v.display(body.data)}"
+        )
+    return "\n".join(lines)

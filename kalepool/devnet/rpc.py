@@ -1,0 +1,449 @@
+"""Stellar RPC's JSON-RPC methods over the devnet chain, with its request and answer shapes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from stellar_sdk import StrKey
+from stellar_sdk import xdr as stellar_xdr
+
+from kalepool import __version__
+from kalepool.devnet.chain import Chain, EventRecord, event_id
+from kalepool.devnet.ledger import LT
+from kalepool.devnet.network import PROTOCOL_VERSION
+from kalepool.devnet.txn import EnvelopeError
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+MAX_LEDGER_KEYS = 200
+MAX_EVENTS_LIMIT = 10_000
+DEFAULT_EVENTS_LIMIT = 100
+
+
+class RpcError(Exception):
+    """A JSON-RPC error answer."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _params(params: Any) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise RpcError(INVALID_PARAMS, "invalid parameters: expected an object of named parameters")
+    return params
+
+
+def _str_param(params: dict[str, Any], name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise RpcError(INVALID_PARAMS, f"invalid parameters: {name} must be a non-empty string")
+    return value
+
+
+def _int_param(params: dict[str, Any], name: str) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RpcError(INVALID_PARAMS, f"invalid parameters: {name} must be an integer")
+    return value
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _decode_xdr(cls: Any, b64: str) -> Any:
+    """Decode canonical XDR or raise ValueError."""
+    try:
+        raw = base64.b64decode(b64, validate=True)
+        value = cls.from_xdr_bytes(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(str(exc)) from exc
+    except Exception as exc:  # the XDR decoder raises assorted errors on garbage
+        raise ValueError(str(exc)) from exc
+    if value.to_xdr_bytes() != raw:
+        raise ValueError("non-canonical XDR")
+    return value
+
+
+class RpcService:
+    """Answers Stellar RPC methods for one chain."""
+
+    def __init__(
+        self, chain: Chain, base_url: Callable[[], str], healthy: Callable[[], str | None]
+    ) -> None:
+        self.chain = chain
+        self.base_url = base_url
+        self.healthy = healthy
+        self.methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "getHealth": self.get_health,
+            "getNetwork": self.get_network,
+            "getLatestLedger": self.get_latest_ledger,
+            "getLedgerEntries": self.get_ledger_entries,
+            "simulateTransaction": self.simulate_transaction,
+            "sendTransaction": self.send_transaction,
+            "getTransaction": self.get_transaction,
+            "getEvents": self.get_events,
+            "getVersionInfo": self.get_version_info,
+            "getFeeStats": self.get_fee_stats,
+        }
+
+    def call(self, method: str, params: Any) -> dict[str, Any]:
+        handler = self.methods.get(method)
+        if handler is None:
+            raise RpcError(METHOD_NOT_FOUND, "method not found")
+        return handler(_params(params))
+
+    # ---- the ledger --------------------------------------------------------------------
+
+    def _window(self) -> dict[str, Any]:
+        chain = self.chain
+        oldest = chain.ledgers.get(chain.oldest_ledger, chain.latest)
+        return {
+            "latestLedger": chain.latest.seq,
+            "latestLedgerCloseTime": str(chain.latest.close_time),
+            "oldestLedger": oldest.seq,
+            "oldestLedgerCloseTime": str(oldest.close_time),
+        }
+
+    def get_health(self, params: dict[str, Any]) -> dict[str, Any]:
+        problem = self.healthy()
+        if problem is not None:
+            raise RpcError(INTERNAL_ERROR, problem)
+        chain = self.chain
+        return {
+            "status": "healthy",
+            "latestLedger": chain.latest.seq,
+            "oldestLedger": chain.oldest_ledger,
+            "ledgerRetentionWindow": chain.config.history_ledgers,
+        }
+
+    def get_network(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "friendbotUrl": f"{self.base_url()}/friendbot",
+            "passphrase": self.chain.identity.network_passphrase,
+            "protocolVersion": PROTOCOL_VERSION,
+        }
+
+    def get_version_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "version": f"kale-pool-devnet {__version__}",
+            "commitHash": "",
+            "buildTimestamp": "",
+            "captiveCoreVersion": "none (kale-pool devnet)",
+            "protocolVersion": PROTOCOL_VERSION,
+        }
+
+    def get_fee_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        fee = str(self.chain.config.base_fee)
+        dist = {
+            k: fee
+            for k in (
+                [
+                    "max",
+                    "min",
+                    "mode",
+                    "p10",
+                    "p20",
+                    "p30",
+                    "p40",
+                    "p50",
+                    "p60",
+                    "p70",
+                    "p80",
+                    "p90",
+                    "p95",
+                    "p99",
+                ]
+            )
+        }
+        stats = {**dist, "transactionCount": "0", "ledgerCount": 0}
+        return {
+            "sorobanInclusionFee": stats,
+            "inclusionFee": stats,
+            "latestLedger": self.chain.latest.seq,
+        }
+
+    def get_latest_ledger(self, params: dict[str, Any]) -> dict[str, Any]:
+        latest = self.chain.latest
+        return {
+            "id": latest.hash.hex(),
+            "protocolVersion": PROTOCOL_VERSION,
+            "sequence": latest.seq,
+            "closeTime": str(latest.close_time),
+            "headerXdr": latest.header_b64,
+            "metadataXdr": self.chain.ledger_close_meta(latest),
+        }
+
+    def get_ledger_entries(self, params: dict[str, Any]) -> dict[str, Any]:
+        keys = params.get("keys")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise RpcError(INVALID_PARAMS, "invalid parameters: keys must be a list of strings")
+        if not keys:
+            raise RpcError(INVALID_PARAMS, "key list must not be empty")
+        if len(keys) > MAX_LEDGER_KEYS:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"key count ({len(keys)}) exceeds maximum supported ({MAX_LEDGER_KEYS})",
+            )
+        decoded: list[stellar_xdr.LedgerKey] = []
+        for i, k in enumerate(keys):
+            try:
+                key = _decode_xdr(stellar_xdr.LedgerKey, k)
+            except ValueError:
+                raise RpcError(
+                    INVALID_PARAMS, f"cannot unmarshal key value {k} at index {i}"
+                ) from None
+            if key.type == LT.TTL:
+                raise RpcError(INVALID_PARAMS, "ledger ttl entries cannot be queried directly")
+            decoded.append(key)
+        entries = []
+        for raw, key in zip(keys, decoded, strict=True):
+            entry = self.chain.get_entry(key)
+            if entry is None:
+                continue
+            item: dict[str, Any] = {
+                "key": raw,
+                "xdr": entry.data.to_xdr(),
+                "lastModifiedLedgerSeq": entry.last_modified,
+            }
+            if entry.live_until is not None:
+                item["liveUntilLedgerSeq"] = entry.live_until
+            entries.append(item)
+        return {"entries": entries, "latestLedger": self.chain.latest.seq}
+
+    # ---- transactions ------------------------------------------------------------------
+
+    def simulate_transaction(self, params: dict[str, Any]) -> dict[str, Any]:
+        envelope = _str_param(params, "transaction")
+        auth_mode = params.get("authMode")
+        if auth_mode is not None and auth_mode not in ("enforce", "record", "record_allow_nonroot"):
+            raise RpcError(INVALID_PARAMS, f"invalid authMode: {auth_mode}")
+        leeway = 0
+        config = params.get("resourceConfig")
+        if config is not None:
+            if not isinstance(config, dict):
+                raise RpcError(
+                    INVALID_PARAMS, "invalid parameters: resourceConfig must be an object"
+                )
+            value = _int_param(config, "instructionLeeway")
+            if value is not None:
+                if value < 0:
+                    raise RpcError(INVALID_PARAMS, "instructionLeeway must not be negative")
+                leeway = value
+        return self.chain.simulate(envelope, auth_mode, leeway)
+
+    def send_transaction(self, params: dict[str, Any]) -> dict[str, Any]:
+        envelope = _str_param(params, "transaction")
+        try:
+            outcome = self.chain.submit(envelope)
+        except EnvelopeError:
+            raise RpcError(INVALID_PARAMS, "invalid_xdr") from None
+        answer: dict[str, Any] = {
+            "status": outcome.status,
+            "hash": outcome.hash,
+            "latestLedger": self.chain.latest.seq,
+            "latestLedgerCloseTime": str(self.chain.latest.close_time),
+        }
+        if outcome.error_result is not None:
+            answer["errorResultXdr"] = outcome.error_result
+        if outcome.diagnostics:
+            answer["diagnosticEventsXdr"] = outcome.diagnostics
+        return answer
+
+    def get_transaction(self, params: dict[str, Any]) -> dict[str, Any]:
+        tx_hash = _str_param(params, "hash")
+        if len(tx_hash) != 64:
+            raise RpcError(INVALID_PARAMS, f"unexpected hash length ({len(tx_hash)})")
+        try:
+            bytes.fromhex(tx_hash)
+        except ValueError:
+            raise RpcError(INVALID_PARAMS, f"incorrect hash: {tx_hash}") from None
+        record = self.chain.txs.get(tx_hash.lower())
+        answer: dict[str, Any] = {**self._window(), "txHash": tx_hash.lower()}
+        if record is None:
+            return {**answer, "status": "NOT_FOUND"}
+        return {
+            **answer,
+            "status": "SUCCESS" if record.successful else "FAILED",
+            "applicationOrder": record.application_order,
+            "feeBump": record.fee_bump,
+            "envelopeXdr": record.envelope,
+            "resultXdr": record.result,
+            "resultMetaXdr": record.meta,
+            "diagnosticEventsXdr": record.diagnostics,
+            "events": {
+                "transactionEventsXdr": record.transaction_events,
+                "contractEventsXdr": record.contract_events,
+            },
+            "ledger": record.ledger,
+            "createdAt": str(record.close_time),
+        }
+
+    # ---- events ------------------------------------------------------------------------
+
+    def get_events(self, params: dict[str, Any]) -> dict[str, Any]:
+        chain = self.chain
+        oldest, latest = chain.oldest_ledger, chain.latest.seq
+        pagination = params.get("pagination") or {}
+        if not isinstance(pagination, dict):
+            raise RpcError(INVALID_PARAMS, "invalid parameters: pagination must be an object")
+        limit = _int_param(pagination, "limit") or DEFAULT_EVENTS_LIMIT
+        if not 1 <= limit <= MAX_EVENTS_LIMIT:
+            raise RpcError(INVALID_REQUEST, f"limit must not exceed {MAX_EVENTS_LIMIT}")
+        cursor = pagination.get("cursor")
+        start = _int_param(params, "startLedger")
+        end = _int_param(params, "endLedger")
+        if cursor is not None:
+            if not isinstance(cursor, str) or not _valid_cursor(cursor):
+                raise RpcError(INVALID_PARAMS, "invalid cursor")
+            if start:
+                raise RpcError(INVALID_REQUEST, "ledger ranges and cursor cannot both be set")
+            after = cursor
+            first_ledger = max(int(cursor.split("-")[0]) >> 32, oldest)
+        else:
+            if not start:
+                raise RpcError(INVALID_REQUEST, "startLedger must be positive")
+            if not oldest <= start <= latest:
+                raise RpcError(
+                    INVALID_REQUEST,
+                    f"startLedger must be between the oldest ledger: {oldest} and the latest "
+                    f"ledger: {latest} for this rpc instance.",
+                )
+            after = ""
+            first_ledger = start
+        stop = latest + 1 if end is None else min(end, latest + 1)
+        if end is not None and end <= first_ledger and cursor is None:
+            raise RpcError(INVALID_REQUEST, "endLedger must be after startLedger")
+        matcher = _EventMatcher.parse(params.get("filters"))
+        found: list[EventRecord] = []
+        for ev in chain.events:
+            if ev.ledger < first_ledger or ev.ledger >= stop or ev.id <= after:
+                continue
+            if matcher.matches(ev):
+                found.append(ev)
+                if len(found) == limit:
+                    break
+        next_cursor = found[-1].id if len(found) == limit else event_id(stop, 0, 0, 0)
+        return {
+            "events": [_event_json(ev) for ev in found],
+            "cursor": next_cursor,
+            **self._window(),
+        }
+
+
+def _valid_cursor(cursor: str) -> bool:
+    parts = cursor.split("-")
+    return len(parts) == 2 and all(p.isdigit() for p in parts)
+
+
+def _event_json(ev: EventRecord) -> dict[str, Any]:
+    return {
+        "type": ev.type,
+        "ledger": ev.ledger,
+        "ledgerClosedAt": _iso(ev.close_time),
+        "contractId": ev.contract_id,
+        "id": ev.id,
+        "operationIndex": ev.op_index,
+        "transactionIndex": ev.tx_index,
+        "txHash": ev.tx_hash,
+        "inSuccessfulContractCall": ev.successful,
+        "topic": ev.topics,
+        "value": ev.value,
+    }
+
+
+class _EventMatcher:
+    """getEvents filters: any filter may match; within one, every given field must."""
+
+    def __init__(
+        self, filters: list[tuple[set[str] | None, set[str] | None, list[list[bytes | str]]]]
+    ):
+        self.filters = filters
+
+    @staticmethod
+    def parse(raw: Any) -> _EventMatcher:
+        if raw is None:
+            return _EventMatcher([])
+        if not isinstance(raw, list) or len(raw) > 5:
+            raise RpcError(INVALID_REQUEST, "maximum 5 filters per request")
+        parsed = []
+        for f in raw:
+            if not isinstance(f, dict):
+                raise RpcError(INVALID_PARAMS, "invalid filter")
+            types = f.get("type")
+            type_set: set[str] | None = None
+            if types:
+                type_set = set(types.split(",")) if isinstance(types, str) else None
+                if type_set is None or not type_set <= {"contract", "system", "diagnostic"}:
+                    raise RpcError(INVALID_REQUEST, f"invalid event type: {types}")
+            ids = f.get("contractIds")
+            id_set: set[str] | None = None
+            if ids:
+                if not isinstance(ids, list) or len(ids) > 5:
+                    raise RpcError(INVALID_REQUEST, "maximum 5 contract IDs per filter")
+                for cid in ids:
+                    if not isinstance(cid, str) or not StrKey.is_valid_contract(cid):
+                        raise RpcError(
+                            INVALID_REQUEST, f"contract ID must be a valid 'C' string: {cid}"
+                        )
+                id_set = set(ids)
+            topics: list[list[bytes | str]] = []
+            for topic in f.get("topics") or []:
+                if not isinstance(topic, list) or not 1 <= len(topic) <= 4:
+                    raise RpcError(INVALID_REQUEST, "topic must have between 1 and 4 segments")
+                segments: list[bytes | str] = []
+                for i, seg in enumerate(topic):
+                    if seg == "*" or (seg == "**" and i == len(topic) - 1):
+                        segments.append(seg)
+                        continue
+                    try:
+                        segments.append(_decode_xdr(stellar_xdr.SCVal, seg).to_xdr_bytes())
+                    except (ValueError, TypeError):
+                        raise RpcError(INVALID_REQUEST, f"invalid topic segment: {seg}") from None
+                topics.append(segments)
+            parsed.append((type_set, id_set, topics))
+        return _EventMatcher(parsed)
+
+    def matches(self, ev: EventRecord) -> bool:
+        if not self.filters:
+            return True
+        return any(self._match_one(f, ev) for f in self.filters)
+
+    @staticmethod
+    def _match_one(
+        f: tuple[set[str] | None, set[str] | None, list[list[bytes | str]]], ev: EventRecord
+    ) -> bool:
+        types, ids, topics = f
+        if types is not None and ev.type not in types:
+            return False
+        if ids is not None and ev.contract_id not in ids:
+            return False
+        if not topics:
+            return True
+        actual = [base64.b64decode(t) for t in ev.topics]
+        return any(_topic_matches(segments, actual) for segments in topics)
+
+
+def _topic_matches(segments: list[bytes | str], actual: list[bytes]) -> bool:
+    for i, seg in enumerate(segments):
+        if seg == "**":
+            return True
+        if i >= len(actual):
+            return False
+        if seg != "*" and seg != actual[i]:
+            return False
+    return len(segments) == len(actual)
