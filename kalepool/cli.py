@@ -5,7 +5,9 @@ Each command imports what it needs lazily so `kale-pool --help` stays instant.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -39,6 +41,23 @@ def settings_from(ctx: typer.Context) -> Settings:
         return load_settings(**overrides)
     except SettingsError as error:
         fail(f"configuration error: {error}")
+
+
+@contextlib.contextmanager
+def operator_errors() -> Iterator[None]:
+    """Turn the failures an operator can fix (database unreachable, migration refused)
+    into one clear line instead of a traceback."""
+    import psycopg
+
+    from kalepool.db.migrate import MigrationError
+
+    try:
+        yield
+    except MigrationError as error:
+        fail(f"migration refused: {error}", code=1)
+    except psycopg.OperationalError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        fail(f"cannot reach the database: {first_line}", code=1)
 
 
 def _version(value: bool) -> None:
@@ -77,7 +96,8 @@ def up(ctx: typer.Context) -> None:
     settings = settings_from(ctx)
     from kalepool.runtime import run_up
 
-    run_up(settings)
+    with operator_errors():
+        run_up(settings)
 
 
 @app.command()
@@ -86,7 +106,8 @@ def status(ctx: typer.Context) -> None:
     settings = settings_from(ctx)
     from kalepool.runtime import show_status
 
-    show_status(settings)
+    with operator_errors():
+        show_status(settings)
 
 
 @app.command()
@@ -95,7 +116,9 @@ def check(ctx: typer.Context) -> None:
     settings = settings_from(ctx)
     from kalepool.runtime import run_check
 
-    if not run_check(settings):
+    with operator_errors():
+        agree = run_check(settings)
+    if not agree:
         raise typer.Exit(1)
 
 
@@ -105,7 +128,8 @@ def db_migrate(ctx: typer.Context) -> None:
     settings = settings_from(ctx)
     from kalepool.runtime import migrate
 
-    migrate(settings)
+    with operator_errors():
+        migrate(settings)
 
 
 @db_app.command("status")
@@ -114,7 +138,8 @@ def db_status(ctx: typer.Context) -> None:
     settings = settings_from(ctx)
     from kalepool.runtime import show_migrations
 
-    show_migrations(settings)
+    with operator_errors():
+        show_migrations(settings)
 
 
 @config_app.command("show")

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     sac_contract_id: str | None = Field(None, description="KALE asset contract id (C…).")
     friendbot_url: str | None = Field(None, description="Friendbot for test networks.")
     devnet_port: int = Field(8000, ge=0, le=65535, description="Port of the local devnet RPC.")
-    devnet_ledger_seconds: float = Field(5.0, gt=0, description="Devnet ledger close interval.")
+    devnet_ledger_seconds: int = Field(5, ge=1, description="Devnet ledger close interval.")
     devnet_block_seconds: int = Field(300, ge=1, description="Devnet farm block interval.")
     tx_timeout_seconds: int = Field(
         60, ge=5, le=3600, description="Time bound (maxTime) given to every transaction."

@@ -1,0 +1,183 @@
+"""Bringing up a kale-pool deployment on one machine, and looking at one.
+
+`kale-pool up` and the inspection commands (`status`, `check`, `db ...`) share
+this: how the database is found (``DATABASE_URL`` or the embedded server in the
+data directory) and which parts run. The parts themselves live in their own
+packages; this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from kalepool.db.consistency import check_consistency
+from kalepool.db.embedded import embedded_conninfo, embedded_running
+from kalepool.db.migrate import apply_migrations, migration_status
+from kalepool.settings import ENV_PREFIX, Network, Settings
+
+log = logging.getLogger("kalepool")
+console = Console(stderr=True)
+
+
+def database_conninfo(settings: Settings, *, start: bool = True) -> str | None:
+    """The database to use: ``DATABASE_URL`` when set, else the embedded server.
+
+    With ``start=False`` an embedded server that is not already running gives
+    None, so inspection commands never start one behind the operator's back.
+    """
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    layout = settings.layout()
+    if not start and not embedded_running(layout.postgres):
+        return None
+    layout.ensure()
+    return embedded_conninfo(layout.postgres)
+
+
+def _describe_database(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return "DATABASE_URL"
+    return f"embedded PostgreSQL in {settings.layout().postgres}"
+
+
+def migrate(settings: Settings) -> None:
+    """Apply pending migrations and say what was applied."""
+    conninfo = database_conninfo(settings)
+    assert conninfo is not None
+    applied = apply_migrations(conninfo)
+    if applied:
+        for migration in applied:
+            console.print(f"applied {migration.version:04d} {migration.name}")
+    else:
+        console.print("schema is current: nothing to apply")
+
+
+def show_migrations(settings: Settings) -> None:
+    """Print applied and pending migrations."""
+    conninfo = database_conninfo(settings)
+    assert conninfo is not None
+    table = Table("version", "name", "state")
+    for entry in migration_status(conninfo):
+        table.add_row(f"{entry.version:04d}", entry.name, "applied" if entry.applied else "pending")
+    Console().print(table)
+
+
+def run_check(settings: Settings) -> bool:
+    """Check that derived state agrees with the events; True when it does."""
+    conninfo = database_conninfo(settings)
+    assert conninfo is not None
+    import psycopg
+
+    with psycopg.connect(conninfo) as conn:
+        problems = check_consistency(conn)
+    for problem in problems:
+        console.print(f"[red]inconsistent:[/red] {problem}")
+    if not problems:
+        console.print("balances, counters and block totals agree with the event tables")
+    return not problems
+
+
+def show_status(settings: Settings) -> None:
+    """Print the data directory, the database state and the chain profile."""
+    layout = settings.layout()
+    table = Table("what", "state", show_header=False)
+    table.add_row("network", settings.network.value)
+    table.add_row("data directory", str(layout.root))
+    conninfo = database_conninfo(settings, start=False)
+    if conninfo is None:
+        table.add_row("database", f"{_describe_database(settings)}: not running")
+    else:
+        try:
+            pending = [m for m in migration_status(conninfo) if not m.applied]
+            state = "schema current" if not pending else f"{len(pending)} migrations pending"
+        except Exception as error:  # status must report, not crash, on an unreachable DB
+            state = f"unreachable ({type(error).__name__})"
+        table.add_row("database", f"{_describe_database(settings)}: {state}")
+    table.add_row("rpc", settings.rpc_url or "—")
+    Console().print(table)
+
+
+@dataclass
+class Part:
+    """One part of a deployment as `up` reports it."""
+
+    name: str
+    state: str
+    detail: str = ""
+
+
+def _print_parts(parts: list[Part]) -> None:
+    table = Table("part", "state", "detail", title="kale-pool up")
+    colours = {"running": "green", "ready": "green", "not built yet": "yellow"}
+    for part in parts:
+        colour = colours.get(part.state, "red")
+        table.add_row(part.name, f"[{colour}]{part.state}[/{colour}]", part.detail)
+    console.print(table)
+
+
+async def _wait_for_shutdown() -> None:
+    """Wait for Ctrl-C or SIGTERM (how Kubernetes stops a pod)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def _devnet(settings: Settings) -> AsyncIterator[Part]:
+    """Run the local chain in-process when the profile is devnet."""
+    if settings.network is not Network.DEVNET:
+        yield Part("chain", "ready", f"{settings.network.value} at {settings.rpc_url}")
+        return
+    from kalepool.devnet.config import DevnetConfig
+    from kalepool.devnet.server import DevnetServer
+
+    config = DevnetConfig(
+        host="127.0.0.1",
+        port=settings.devnet_port,
+        ledger_seconds=settings.devnet_ledger_seconds,
+        block_seconds=settings.devnet_block_seconds,
+        state_path=settings.layout().devnet_state,
+    )
+    async with DevnetServer(config) as server:
+        yield Part("devnet", "running", f"Stellar RPC at {server.url}")
+
+
+async def _up(settings: Settings) -> None:
+    parts: list[Part] = []
+    conninfo = await asyncio.to_thread(database_conninfo, settings)
+    assert conninfo is not None
+    parts.append(Part("database", "running", _describe_database(settings)))
+    applied = await asyncio.to_thread(apply_migrations, conninfo)
+    parts.append(Part("migrations", "ready", f"{len(applied)} applied now, schema current"))
+    async with _devnet(settings) as chain:
+        parts.append(chain)
+        for name in ("wallet_service", "pool_service", "pooler_agent"):
+            parts.append(Part(name, "not built yet", "lands with its own issue"))
+        _print_parts(parts)
+        console.print("Ctrl-C stops everything.")
+        await _wait_for_shutdown()
+    console.print("stopped")
+
+
+def run_up(settings: Settings) -> None:
+    """`kale-pool up`: start what exists, say honestly what does not, run until stopped."""
+    settings.layout().ensure()
+    asyncio.run(_up(settings))
+
+
+def show_config(settings: Settings) -> None:
+    """Print every setting as ``NAME=value`` lines (the .env format); secrets are masked."""
+    for name, value in settings.model_dump().items():
+        env_name = "DATABASE_URL" if name == "database_url" else f"{ENV_PREFIX}{name.upper()}"
+        shown = "" if value is None else getattr(value, "value", value)
+        print(f"{env_name}={shown}")

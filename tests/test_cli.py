@@ -1,0 +1,141 @@
+"""The installed `kale-pool` command, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+KALE_POOL = shutil.which("kale-pool", path=str(Path(sys.executable).parent))
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    assert KALE_POOL is not None, "kale-pool is not installed in this environment"
+    return subprocess.run(
+        [KALE_POOL, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment: no inherited kale-pool settings, data under tmp."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KALE_POOL_") and k != "DATABASE_URL"
+    }
+    clean["KALE_POOL_DATA_DIR"] = str(tmp_path / "data")
+    return clean
+
+
+def test_help_lists_the_commands(env: dict[str, str]) -> None:
+    result = run("--help", env=env)
+    assert result.returncode == 0, result.stderr
+    for command in ("up", "status", "check", "db", "config"):
+        assert command in result.stdout
+
+
+def test_version(env: dict[str, str]) -> None:
+    from kalepool import __version__
+
+    result = run("--version", env=env)
+    assert result.returncode == 0
+    assert result.stdout.strip() == __version__
+
+
+def test_bad_setting_stops_with_one_clear_line(env: dict[str, str]) -> None:
+    result = run("config", "show", env={**env, "KALE_POOL_METRICS_PORT": "abc"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("kale-pool: configuration error: KALE_POOL_METRICS_PORT")
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_required_setting_off_devnet(env: dict[str, str]) -> None:
+    result = run("--network", "mainnet", "config", "show", env=env)
+    assert result.returncode == 2
+    assert "KALE_POOL_RPC_URL is required on mainnet" in result.stderr
+
+
+def test_config_show_masks_secrets(env: dict[str, str]) -> None:
+    secret_env = {
+        **env,
+        "DATABASE_URL": "postgresql://pool:s3cret-pw@127.0.0.1/db",
+        "KALE_POOL_MASTER_KEY": "bWFzdGVyLWtleS1ub3QtdG8tYmUtcHJpbnRlZA==",
+    }
+    result = run("config", "show", env=secret_env)
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr
+    assert "bWFzdGVyLWtleS" not in result.stdout + result.stderr
+    assert "DATABASE_URL=**********" in result.stdout.splitlines()
+
+
+def test_data_dir_flag_wins_over_environment(env: dict[str, str], tmp_path: Path) -> None:
+    result = run("--data-dir", str(tmp_path / "flag"), "config", "show", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"KALE_POOL_DATA_DIR={tmp_path / 'flag'}" in result.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_db_migrate_is_idempotent_and_check_agrees(env: dict[str, str]) -> None:
+    first = run("db", "migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001" in first.stderr
+    second = run("db", "migrate", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to apply" in second.stderr
+    listing = run("db", "status", env={**env, "COLUMNS": "200"})
+    assert listing.returncode == 0, listing.stderr
+    assert "pending" not in listing.stdout
+    assert "applied" in listing.stdout
+    check = run("check", env=env)
+    assert check.returncode == 0, check.stderr + check.stdout
+    assert "agree" in check.stderr
+
+
+@pytest.mark.slow
+def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
+    assert KALE_POOL is not None
+    proc = subprocess.Popen(
+        [KALE_POOL, "up"],
+        env={**env, "KALE_POOL_DEVNET_PORT": "0", "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        output = "".join(seen)
+        assert "Ctrl-C stops everything" in output, output
+        assert "database" in output
+        assert "migrations" in output
+        # A second command finds what `up` left in the data directory.
+        status = run("status", env={**env, "COLUMNS": "200"})
+        assert status.returncode == 0, status.stderr
+        assert "schema current" in status.stdout, status.stdout
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, output + rest
+        assert "stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
