@@ -461,7 +461,7 @@ class Host:
         except HostError as err:
             if err.contract is None and err.etype == ErrType.SCE_CONTRACT:
                 err.contract = contract
-            self._diagnose_error(contract, err)
+            self.log_error(contract, err)
             raise
         finally:
             self.frames.pop()
@@ -478,7 +478,7 @@ class Host:
         )
         return result
 
-    def _diagnose_error(self, contract: str, err: HostError) -> None:
+    def log_error(self, contract: str, err: HostError) -> None:
         if err.diagnosed:
             return
         err.diagnosed = True
@@ -565,7 +565,9 @@ class Host:
             signature=v.void(),
         )
         self._recorded_auth.append(_AuthEntry(address, creds, CT.SOROBAN_CREDENTIALS_ADDRESS, node))
-        # What enforcing will touch: the nonce (written) and the account (read).
+        # Exactly what enforcing will do, so the recorded footprint and budget cover it:
+        # read then write the nonce, read the account, verify one signature.
+        self._access(nonce_key(address, nonce), write=False)
         self._access(nonce_key(address, nonce), write=True)
         if v.is_account(address):
             self._access(account_key(address), write=False)

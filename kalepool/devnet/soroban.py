@@ -142,9 +142,11 @@ def invoke(
         outcome.return_value = host.call(contract, name, list(args.args))
         if instruction_limit is not None and host.instructions > instruction_limit:
             outcome.resource_limit_exceeded = True
-            raise HostError(
+            err = HostError(
                 ErrType.SCE_BUDGET, ErrCode.SCEC_EXCEEDED_LIMIT, "instruction budget exceeded"
             )
+            host.log_error(contract, err)
+            raise err
     except HostError as err:
         outcome.error = err
         outcome.return_value = None

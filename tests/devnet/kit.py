@@ -368,3 +368,19 @@ def mine(
 
 def _chunks(items: list[Keypair], size: int) -> list[list[Keypair]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def tx_error(got: GetTransactionResponse) -> str:
+    """The host error a failed contract call reported, e.g. `Error(Contract, #8)`."""
+    for raw in got.diagnostic_events_xdr or []:
+        event = stellar_xdr.DiagnosticEvent.from_xdr(raw).event
+        body = event.body.v0
+        assert body is not None
+        if body.topics and scval.to_native(body.topics[0]) == "error":
+            err = body.topics[1].error
+            assert err is not None
+            if err.contract_code is not None:
+                return f"Error(Contract, #{err.contract_code.uint32})"
+            assert err.code is not None
+            return f"Error({err.type.name}, {err.code.name})"
+    raise AssertionError("no error event in the diagnostics")
