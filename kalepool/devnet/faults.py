@@ -80,7 +80,7 @@ class FaultInjector:
             candidate.validate()
         except (TypeError, ValueError) as exc:
             raise ValueError(str(exc)) from None
-        if candidate.seed != self.config.seed:
+        if "seed" in changes:  # setting a seed (again) restarts its sequence
             self._rng = random.Random(candidate.seed)
         self.config = candidate
         return candidate
