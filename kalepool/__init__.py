@@ -1,3 +1,3 @@
-"""Shared home of kale-pool: settings, data directory, database, protocol math, chain client, generated stubs."""
+"""Shared home of kale-pool: settings, data dir, database, protocol math, chain client, stubs."""
 
 __version__ = "0.1.0"

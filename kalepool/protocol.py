@@ -134,5 +134,5 @@ def normalise(bounds: BlockBounds, gap: int, stake: int, zeros: int) -> Normalis
 def harvest_reward(
     pail_normalised: int, index: int, staked_total: int, normalized_total: int
 ) -> int:
-    """The reward `harvest` returns (stake excluded): the pail's share of reward + unworked stakes."""
+    """The reward `harvest` returns (stake excluded): the pail's share of the pot."""
     return pail_normalised * (block_reward(index) + staked_total) // max(normalized_total, 1)
