@@ -59,6 +59,8 @@ class Search:
     more than the core count adds pool threads for the life of the process).
     ``backend`` forces a kernel (see ``backends()``); by default the fastest.
     Dropping the handle, or leaving a ``with`` block, cancels the search.
+    Handles do not survive ``fork()``: in the child, using one raises
+    RuntimeError (new searches there work).
 
     Raises ValueError for entropy or farmer not 32 bytes, index outside u32,
     start_nonce outside u64, no bound, a bound out of range, threads < 1, or

@@ -9,10 +9,13 @@ Prints, for this machine:
 * the pure-Python reference (pycryptodome's Keccak, as ``kalepool.protocol`` uses it);
 * the ratios: per-core speed-up over both references, and the 1 -> N core scaling.
 
-Each round measures everything once; ``--rounds`` repeats it so the noise of a
-shared machine shows. ``--json`` also writes the numbers to a file.
+Each miner measurement also records the CPU time the process got, so a run on
+a shared machine shows how many CPUs it actually obtained and the rate per
+CPU-second (the kernel's speed, whatever else runs). Each round measures
+everything once; ``--rounds`` repeats it so the noise shows, and the summary
+gives the median and the best round. ``--json`` also writes the numbers.
 
-Usage: python bench/miner_bench.py [--seconds 3] [--rounds 2] [--json out.json]
+Usage: python bench/miner_bench.py [--seconds 2] [--rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -45,11 +48,24 @@ TARGET_SCALING = 1.8
 
 
 @dataclass
-class Round:
-    """Everything one round measured, in hashes per second."""
+class Rate:
+    """One miner measurement."""
 
-    kernels_1t: dict[str, float] = field(default_factory=dict)
-    all_cores: float = 0.0
+    wall: float  # hashes per wall-clock second
+    cpus: float  # CPU seconds the process used per wall-clock second
+
+    @property
+    def per_cpu(self) -> float:
+        """Hashes per CPU-second: the speed of the code, whatever else runs."""
+        return self.wall / self.cpus if self.cpus > 0 else 0.0
+
+
+@dataclass
+class Round:
+    """Everything one round measured (rates in hashes per second)."""
+
+    kernels_1t: dict[str, Rate] = field(default_factory=dict)
+    all_cores: Rate = field(default_factory=lambda: Rate(0.0, 0.0))
     all_cores_threads: int = 0
     openssl: float | None = None
     pycryptodome: float = 0.0
@@ -78,12 +94,14 @@ def cpu_flags() -> list[str]:
     return [f for f in wanted if f in flags]
 
 
-def miner_rate(seconds: float, threads: int, backend: str) -> float:
-    """Hashes per second of one search bounded by time only."""
+def miner_rate(seconds: float, threads: int, backend: str) -> Rate:
+    """Rate of one search bounded by time only, and the CPU share it got."""
+    cpu0 = time.process_time()
     result = miner_ext.search(
         INDEX, ENTROPY, FARMER, seconds=seconds, threads=threads, backend=backend
     )
-    return result.hashes / result.elapsed
+    cpu = time.process_time() - cpu0
+    return Rate(wall=result.hashes / result.elapsed, cpus=cpu / result.elapsed)
 
 
 def openssl_rate(seconds: float) -> float | None:
@@ -137,48 +155,92 @@ def measure(seconds: float) -> Round:
 
 
 def mhs(rate: float | None) -> str:
-    return "n/a" if rate is None else f"{rate / 1e6:8.2f} MH/s"
+    return "n/a" if rate is None else f"{rate / 1e6:6.2f} MH/s"
 
 
 def verdict(value: float, target: float) -> str:
     return "PASS" if value >= target else "FAIL"
 
 
+def target_note(backend: str, rate: float) -> str:
+    if backend == "avx512":
+        return f"target >= 15: {verdict(rate, TARGET_AVX512_PER_CORE)}"
+    if backend == "avx2":
+        return f"target >= 9: {verdict(rate, TARGET_AVX2_PER_CORE)}"
+    return ""
+
+
+def miner_line(label: str, rate: Rate, note: str = "") -> str:
+    return (
+        f"  {label:<26}: {mhs(rate.wall)}  ({rate.cpus:4.2f} CPUs obtained, "
+        f"{mhs(rate.per_cpu)} per CPU-second)" + (f"  {note}" if note else "")
+    )
+
+
 def report(i: int, r: Round) -> None:
     """Print one round."""
     best = miner_ext.backends()[-1]
-    best_1t = r.kernels_1t[best]
+    best_1t = r.kernels_1t[best].wall
     print(f"\nround {i}")
     for backend, rate in r.kernels_1t.items():
-        note = ""
-        if backend == "avx512":
-            note = f"  (target >= 15 MH/s: {verdict(rate, TARGET_AVX512_PER_CORE)})"
-        elif backend == "avx2":
-            note = f"  (target >= 9 MH/s: {verdict(rate, TARGET_AVX2_PER_CORE)})"
-        print(f"  miner_ext {backend:>7}, 1 thread : {mhs(rate)}{note}")
-    scaling = r.all_cores / best_1t
-    print(
-        f"  miner_ext {best:>7}, {r.all_cores_threads} threads: {mhs(r.all_cores)}"
-        f"  (x{scaling:.2f} over 1 thread"
-        + (
-            f", target >= x{TARGET_SCALING}: {verdict(scaling, TARGET_SCALING)})"
-            if r.all_cores_threads == 2
-            else ")"
-        )
-    )
-    print(f"  openssl speed -evp sha3-256 (64 B), 1 thread: {mhs(r.openssl)}")
-    print(f"  pycryptodome keccak-256 from Python, 1 thread: {mhs(r.pycryptodome)}")
+        label = f"miner_ext {backend}, 1 thread"
+        print(miner_line(label, rate, target_note(backend, rate.wall)))
+    scaling = r.all_cores.wall / best_1t
+    note = f"x{scaling:.2f} over 1 thread"
+    if r.all_cores_threads == 2:
+        note += f", target >= x{TARGET_SCALING}: {verdict(scaling, TARGET_SCALING)}"
+    print(miner_line(f"miner_ext {best}, {r.all_cores_threads} threads", r.all_cores, note))
+    print(f"  {'openssl sha3-256, 64 B':<26}: {mhs(r.openssl)}")
+    print(f"  {'pycryptodome from Python':<26}: {mhs(r.pycryptodome)}")
     if r.openssl:
-        print(f"  ratio miner_ext {best} / OpenSSL SHA3-256, per core: x{best_1t / r.openssl:.2f}")
-        scalar = r.kernels_1t["scalar"]
-        print(f"  ratio miner_ext scalar / OpenSSL SHA3-256: x{scalar / r.openssl:.2f}")
-    print(f"  ratio miner_ext {best} / pycryptodome, per core: x{best_1t / r.pycryptodome:.0f}")
+        scalar = r.kernels_1t["scalar"].wall
+        print(f"  ratio {best} / OpenSSL, per core : x{best_1t / r.openssl:.2f}")
+        print(f"  ratio scalar / OpenSSL, per core : x{scalar / r.openssl:.2f}")
+    print(f"  ratio {best} / pycryptodome, per core: x{best_1t / r.pycryptodome:.0f}")
+
+
+def summary(rounds: list[Round]) -> None:
+    """Median and best round of each figure."""
+    best = miner_ext.backends()[-1]
+
+    def line(label: str, values: list[float], fmt: str = "mhs") -> None:
+        show = mhs if fmt == "mhs" else (lambda v: f"x{v:.2f}")
+        print(f"  {label:<34}: median {show(statistics.median(values))}, best {show(max(values))}")
+
+    print(f"\nsummary over {len(rounds)} rounds")
+    for backend in miner_ext.backends():
+        line(f"{backend}, 1 thread", [r.kernels_1t[backend].wall for r in rounds])
+        line(
+            f"{backend}, 1 thread, per CPU-second", [r.kernels_1t[backend].per_cpu for r in rounds]
+        )
+    n = rounds[0].all_cores_threads
+    line(f"{best}, {n} threads", [r.all_cores.wall for r in rounds])
+    line(
+        f"scaling 1 -> {n} threads",
+        [r.all_cores.wall / r.kernels_1t[best].wall for r in rounds],
+        "x",
+    )
+    line(f"CPUs obtained by {n} threads", [r.all_cores.cpus for r in rounds], "x")
+    ossl = [r.openssl for r in rounds if r.openssl]
+    if ossl:
+        line("openssl sha3-256 (64 B)", ossl)
+        line(
+            f"ratio {best} / OpenSSL, per core",
+            [r.kernels_1t[best].wall / r.openssl for r in rounds if r.openssl],
+            "x",
+        )
+    line("pycryptodome", [r.pycryptodome for r in rounds])
+    line(
+        f"ratio {best} / pycryptodome, per core",
+        [r.kernels_1t[best].wall / r.pycryptodome for r in rounds],
+        "x",
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds (each measures everything)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (each measures everything)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = parser.parse_args()
 
@@ -197,17 +259,7 @@ def main() -> None:
         rounds.append(r)
         report(i, r)
 
-    if len(rounds) > 1:
-        best = miner_ext.backends()[-1]
-        print("\nmedian over rounds")
-        for backend in miner_ext.backends():
-            print(
-                f"  {backend:>7}, 1 thread : "
-                f"{mhs(statistics.median(r.kernels_1t[backend] for r in rounds))}"
-            )
-        print(f"  {best:>7}, all cores: {mhs(statistics.median(r.all_cores for r in rounds))}")
-        scale = statistics.median(r.all_cores / r.kernels_1t[best] for r in rounds)
-        print(f"  scaling 1 -> {rounds[0].all_cores_threads} threads: x{scale:.2f}")
+    summary(rounds)
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyOverflowError, PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyOverflowError, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
@@ -217,6 +219,18 @@ struct PySearch {
     inner: Search,
 }
 
+impl PySearch {
+    /// The handle, unless it came through a fork from the parent process.
+    fn live(&self) -> PyResult<&Search> {
+        if self.inner.is_inherited() {
+            return Err(PyRuntimeError::new_err(
+                "this search was started by the parent process before a fork",
+            ));
+        }
+        Ok(&self.inner)
+    }
+}
+
 #[pymethods]
 impl PySearch {
     #[new]
@@ -249,18 +263,19 @@ impl PySearch {
     }
 
     /// Best hash and hash count so far (`reason` is None while running).
-    fn progress(&self) -> PySearchResult {
-        result(self.inner.progress())
+    fn progress(&self) -> PyResult<PySearchResult> {
+        Ok(result(self.live()?.progress()))
     }
 
     /// Stop the search; it finishes within milliseconds.
-    fn cancel(&self) {
-        self.inner.cancel();
+    fn cancel(&self) -> PyResult<()> {
+        self.live()?.cancel();
+        Ok(())
     }
 
     /// Whether the search has finished.
-    fn done(&self) -> bool {
-        self.inner.is_finished()
+    fn done(&self) -> PyResult<bool> {
+        Ok(self.live()?.is_finished())
     }
 
     /// Wait for the final result; `timeout` in seconds raises TimeoutError
@@ -274,10 +289,11 @@ impl PySearch {
                 })
             })
             .transpose()?;
-        if !wait_all(py, &[&self.inner], timeout)? {
+        let search = self.live()?;
+        if !wait_all(py, &[search], timeout)? {
             return Err(PyTimeoutError::new_err("the search is still running"));
         }
-        Ok(result(self.inner.progress()))
+        Ok(result(search.progress()))
     }
 
     /// The kernel this search runs.
@@ -291,9 +307,9 @@ impl PySearch {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
-        self.inner.cancel();
-        false
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.live()?.cancel();
+        Ok(false)
     }
 }
 
@@ -445,7 +461,10 @@ fn wait_all_searches(
                 .map_err(|_| PyValueError::new_err("timeout must be >= 0 and finite"))
         })
         .transpose()?;
-    let refs: Vec<&Search> = searches.iter().map(|s| &s.get().inner).collect();
+    let refs: Vec<&Search> = searches
+        .iter()
+        .map(|s| s.get().live())
+        .collect::<PyResult<_>>()?;
     if !wait_all(py, &refs, timeout)? {
         return Err(PyTimeoutError::new_err("a search is still running"));
     }

@@ -9,8 +9,8 @@
 //! to the lowest offset, so the answer for a fully scanned range does not
 //! depend on how many threads scanned it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
@@ -166,6 +166,8 @@ struct State {
 #[derive(Debug)]
 struct Job {
     spec: SearchSpec,
+    /// The process that started it (handles do not carry over a fork).
+    pid: u32,
     /// Offsets `0..total` are the search's range.
     total: u128,
     started: Instant,
@@ -334,20 +336,42 @@ impl Inner {
 }
 
 struct Pool {
+    /// The process whose threads these are.
+    pid: u32,
     inner: Mutex<Inner>,
     wake: Condvar,
 }
 
+/// This process's pool, started on first use.
+///
+/// A forked child gets a fresh pool: the parent's worker threads did not come
+/// along, and its lock may have been held by one of them at the fork.
 fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool {
+    static CURRENT: AtomicPtr<Pool> = AtomicPtr::new(std::ptr::null_mut());
+    let pid = std::process::id();
+    let seen = CURRENT.load(Ordering::Acquire);
+    // SAFETY: non-null pointers in CURRENT come from Box::leak and are never freed.
+    if let Some(p) = unsafe { seen.as_ref() } {
+        if p.pid == pid {
+            return p;
+        }
+    }
+    let fresh: &'static mut Pool = Box::leak(Box::new(Pool {
+        pid,
         inner: Mutex::new(Inner {
             jobs: Vec::new(),
             cursor: 0,
             workers: 0,
         }),
         wake: Condvar::new(),
-    })
+    }));
+    match CURRENT.compare_exchange(seen, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => fresh,
+        // Another thread installed one first; ours never ran a thread, so a
+        // small leak is all it costs.
+        // SAFETY: as above.
+        Err(winner) => unsafe { &*winner },
+    }
 }
 
 /// Worker threads the pool starts with: one per core this process may use.
@@ -477,6 +501,7 @@ impl Search {
             hash,
         };
         let job = Arc::new(Job {
+            pid: std::process::id(),
             total,
             started,
             deadline: spec.duration.and_then(|d| started.checked_add(d)),
@@ -510,6 +535,13 @@ impl Search {
 
     pub fn spec(&self) -> &SearchSpec {
         &self.job.spec
+    }
+
+    /// Whether this handle was inherited through `fork()`: its search ran in
+    /// the parent, and nothing about it can be known or waited for here (its
+    /// locks may have been held at the fork). Callers must not use it.
+    pub fn is_inherited(&self) -> bool {
+        self.job.pid != std::process::id()
     }
 
     /// Best hash and hash count so far; `reason` is set once finished.
@@ -567,7 +599,9 @@ impl Search {
 
 impl Drop for Search {
     fn drop(&mut self) {
-        self.cancel();
+        if !self.is_inherited() {
+            self.cancel();
+        }
     }
 }
 

@@ -11,7 +11,9 @@ import ast
 import base64
 import importlib
 import importlib.resources
+import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -360,6 +362,30 @@ def test_more_threads_than_cores_still_gives_the_same_answer() -> None:
     r = miner_ext.search(8, ENTROPY, FARMER, max_hashes=300_000, threads=threads)
     r1 = miner_ext.search(8, ENTROPY, FARMER, max_hashes=300_000, threads=1)
     assert (r.nonce, r.hashes) == (r1.nonce, r1.hashes)
+
+
+def test_search_works_in_a_forked_child() -> None:
+    """A forked child has none of the parent's hashing threads; it starts its own."""
+    inherited = miner_ext.Search(1, ENTROPY, FARMER, max_hashes=1)
+    # Fork right as a search ends, while the workers are busiest with the pool's lock.
+    assert miner_ext.search(1, ENTROPY, FARMER, max_hashes=100_000).hashes == 100_000
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 2
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(30)  # a hang kills the child instead of the suite
+            r = miner_ext.search(1, ENTROPY, FARMER, max_hashes=100_000)
+            try:
+                inherited.progress()
+                code = 3
+            except RuntimeError:
+                code = 0 if r.hashes == 100_000 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert inherited.result().hashes == 1  # still fine in the parent
 
 
 # -- bad input ---------------------------------------------------------------------
