@@ -8,7 +8,7 @@ mutated in place: a change builds a new value, which keeps views and rollbacks c
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from stellar_sdk import Keypair
 from stellar_sdk import xdr as stellar_xdr
@@ -208,7 +208,7 @@ class TrustlineRec:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Entry:
     """A stored entry: its data, the ledger that last changed it, and its TTL if any."""
 
@@ -222,6 +222,11 @@ class Entry:
             data=self.data,
             ext=stellar_xdr.LedgerEntryExt(0),
         )
+
+    @cached_property
+    def ledger_entry_b64(self) -> str:
+        """The LedgerEntry XDR, encoded once (entries never change once stored)."""
+        return str(self.ledger_entry().to_xdr())
 
 
 def _alive(entry: Entry, key_is_temporary: bool, seq: int) -> bool:

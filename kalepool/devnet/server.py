@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -68,6 +69,8 @@ class DevnetServer:
         self._port = self.config.port
         self._last_close_wall = time.time()
         self._closed = asyncio.Condition() if _has_loop() else None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devnet-state")
+        self._writes: list[Future[None]] = []
         self._admin: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "devnet_closeLedger": self._admin_close,
             "devnet_advanceTime": self._admin_advance,
@@ -93,6 +96,7 @@ class DevnetServer:
 
     async def start(self) -> None:
         self._closed = asyncio.Condition()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devnet-state")
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -113,6 +117,10 @@ class DevnetServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for pending in self._writes:
+            await asyncio.wrap_future(pending)
+        self._writes = []
+        self._writer.shutdown(wait=True)
         self.save()
 
     async def __aenter__(self) -> DevnetServer:
@@ -123,8 +131,18 @@ class DevnetServer:
         await self.stop()
 
     def save(self) -> None:
+        """Persist the chain now (when a state file is configured)."""
         if self.config.state_path is not None:
             persist.save(self.chain, self.config.state_path)
+
+    def _save_in_background(self) -> None:
+        # The snapshot is taken now, on the loop (consistent); one writer thread writes the
+        # snapshots in order, so the file on disk is always some whole, recent state.
+        if self.config.state_path is None:
+            return
+        data = persist.serialize(self.chain)
+        self._writes = [w for w in self._writes if not w.done()]
+        self._writes.append(self._writer.submit(persist.write, data, self.config.state_path))
 
     # ---- ledgers ---------------------------------------------------------------------
 
@@ -132,7 +150,7 @@ class DevnetServer:
         """Close one ledger now (persisting it when a state file is configured)."""
         record = self.chain.close_ledger(close_time)
         self._last_close_wall = time.time()
-        self.save()
+        self._save_in_background()
         if self._closed is not None:
             asyncio.get_running_loop().create_task(self._notify())
         return record
