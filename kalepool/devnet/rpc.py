@@ -12,7 +12,7 @@ from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
 from kalepool import __version__
-from kalepool.devnet.chain import Chain, EventRecord, event_id
+from kalepool.devnet.chain import Chain, EventRecord, TxRecord, event_id
 from kalepool.devnet.ledger import LT
 from kalepool.devnet.network import PROTOCOL_VERSION
 from kalepool.devnet.txn import EnvelopeError
@@ -99,6 +99,8 @@ class RpcService:
             "getEvents": self.get_events,
             "getVersionInfo": self.get_version_info,
             "getFeeStats": self.get_fee_stats,
+            "getTransactions": self.get_transactions,
+            "getLedgers": self.get_ledgers,
         }
 
     def call(self, method: str, params: Any) -> dict[str, Any]:
@@ -293,6 +295,105 @@ class RpcService:
             "createdAt": str(record.close_time),
         }
 
+    def _tx_json(self, record: TxRecord) -> dict[str, Any]:
+        return {
+            "status": "SUCCESS" if record.successful else "FAILED",
+            "txHash": record.hash,
+            "applicationOrder": record.application_order,
+            "feeBump": record.fee_bump,
+            "envelopeXdr": record.envelope,
+            "resultXdr": record.result,
+            "resultMetaXdr": record.meta,
+            "diagnosticEventsXdr": record.diagnostics,
+            "events": {
+                "transactionEventsXdr": record.transaction_events,
+                "contractEventsXdr": record.contract_events,
+            },
+            "ledger": record.ledger,
+            "createdAt": record.close_time,
+        }
+
+    def _page_start(
+        self, params: dict[str, Any], max_limit: int, default: int
+    ) -> tuple[int, int, int]:
+        """(first ledger, position after which to start, limit) for a paginated method."""
+        chain = self.chain
+        oldest, latest = chain.oldest_ledger, chain.latest.seq
+        pagination = params.get("pagination") or {}
+        if not isinstance(pagination, dict):
+            raise RpcError(INVALID_PARAMS, "invalid parameters: pagination must be an object")
+        limit = _int_param(pagination, "limit") or default
+        if not 1 <= limit <= max_limit:
+            raise RpcError(INVALID_REQUEST, f"limit must be between 1 and {max_limit}")
+        cursor = pagination.get("cursor")
+        start = _int_param(params, "startLedger")
+        if cursor is not None:
+            if start:
+                raise RpcError(INVALID_REQUEST, "startLedger and cursor cannot both be set")
+            if not isinstance(cursor, str) or not cursor.isdigit():
+                raise RpcError(INVALID_PARAMS, "invalid cursor")
+            return oldest, int(cursor), limit
+        if not start or not oldest <= start <= latest:
+            raise RpcError(
+                INVALID_REQUEST,
+                f"start ledger must be between the oldest ledger: {oldest} and the latest "
+                f"ledger: {latest} for this rpc instance.",
+            )
+        return start, -1, limit
+
+    def get_transactions(self, params: dict[str, Any]) -> dict[str, Any]:
+        chain = self.chain
+        first, after, limit = self._page_start(params, 200, 10)
+        found: list[TxRecord] = []
+        for seq in range(first, chain.latest.seq + 1):
+            ledger = chain.ledgers.get(seq)
+            for h in ledger.tx_hashes if ledger else []:
+                record = chain.txs.get(h)
+                if record is None or _toid(record) <= after:
+                    continue
+                found.append(record)
+                if len(found) == limit:
+                    break
+            if len(found) == limit:
+                break
+        cursor = str(_toid(found[-1])) if found else str((chain.latest.seq + 1) << 32)
+        window = self._window()
+        return {
+            "transactions": [self._tx_json(r) for r in found],
+            "latestLedger": window["latestLedger"],
+            "latestLedgerCloseTimestamp": int(window["latestLedgerCloseTime"]),
+            "oldestLedger": window["oldestLedger"],
+            "oldestLedgerCloseTimestamp": int(window["oldestLedgerCloseTime"]),
+            "cursor": cursor,
+        }
+
+    def get_ledgers(self, params: dict[str, Any]) -> dict[str, Any]:
+        chain = self.chain
+        first, after, limit = self._page_start(params, 200, 5)
+        found = []
+        for seq in range(max(first, after + 1), chain.latest.seq + 1):
+            ledger = chain.ledgers.get(seq)
+            if ledger is None:
+                continue
+            entry = stellar_xdr.LedgerHeaderHistoryEntry(
+                stellar_xdr.Hash(ledger.hash),
+                stellar_xdr.LedgerHeader.from_xdr(ledger.header_b64),
+                stellar_xdr.LedgerHeaderHistoryEntryExt(0),
+            )
+            found.append(
+                {
+                    "hash": ledger.hash.hex(),
+                    "sequence": ledger.seq,
+                    "ledgerCloseTime": str(ledger.close_time),
+                    "headerXdr": entry.to_xdr(),
+                    "metadataXdr": chain.ledger_close_meta(ledger),
+                }
+            )
+            if len(found) == limit:
+                break
+        cursor = str(found[-1]["sequence"]) if found else str(chain.latest.seq)
+        return {"ledgers": found, "cursor": cursor, **self._window()}
+
     # ---- events ------------------------------------------------------------------------
 
     def get_events(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -343,6 +444,10 @@ class RpcService:
             "cursor": next_cursor,
             **self._window(),
         }
+
+
+def _toid(record: TxRecord) -> int:
+    return (record.ledger << 32) | (record.application_order << 12)
 
 
 def _valid_cursor(cursor: str) -> bool:

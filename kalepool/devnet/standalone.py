@@ -30,6 +30,12 @@ async def _serve(config: DevnetConfig) -> None:
             f"latest ledger {info['latest_ledger']}"
             + (f", state in {config.state_path}" if config.state_path else ""),
         ]
+        if config.host not in ("127.0.0.1", "localhost", "::1"):
+            # The admin methods (close ledgers, faults) have no authentication.
+            lines.append(
+                f"  warning: listening on {config.host}: anyone who can reach it can close "
+                "ledgers, move the clock and inject faults"
+            )
         print("\n".join(lines), flush=True)
         await stop.wait()
     print("kale-pool devnet: stopped", flush=True)

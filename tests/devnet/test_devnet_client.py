@@ -120,3 +120,53 @@ async def test_get_events_filters_and_pages(kit: Kit) -> None:
     rest = await kit.rpc.get_events(cursor=first.cursor, limit=10)
     assert [e.id for e in first.events + rest.events] == [e.id for e in everything.events]
     assert rest.events[-1].transaction_hash
+
+
+async def test_get_transactions_and_ledgers_page(kit: Kit) -> None:
+    keys = await kit.new_accounts(3)
+    start = (await kit.rpc.get_latest_ledger()).sequence + 1
+    sent = []
+    for kp in keys:
+        tx = (await kit.builder(kp)).append_bump_sequence_op(0).build()
+        tx.sign(kp)
+        sent.append(tx.hash_hex())
+        await kit.send(tx)
+    await kit.close()
+    await kit.close()
+    page = await kit.rpc.get_transactions(start_ledger=start, limit=2)
+    assert [t.transaction_hash for t in page.transactions] == sent[:2]
+    rest = await kit.rpc.get_transactions(cursor=page.cursor, limit=10)
+    assert [t.transaction_hash for t in rest.transactions] == sent[2:]
+    assert all(
+        t.status == "SUCCESS" and t.ledger == start for t in page.transactions + rest.transactions
+    )
+    ledgers = await kit.rpc.get_ledgers(start_ledger=start, limit=1)
+    assert [ledger.sequence for ledger in ledgers.ledgers] == [start]
+    header = stellar_xdr.LedgerHeaderHistoryEntry.from_xdr(ledgers.ledgers[0].header_xdr)
+    assert header.hash.hash.hex() == ledgers.ledgers[0].hash
+    following = await kit.rpc.get_ledgers(cursor=ledgers.cursor, limit=5)
+    assert [ledger.sequence for ledger in following.ledgers] == [start + 1]
+
+
+def test_sync_sdk_against_a_devnet_thread() -> None:
+    """A devnet on its own thread serves the synchronous SorobanServer (requests)."""
+    import requests
+    from stellar_sdk import Keypair, SorobanServer
+
+    from kalepool.devnet import DevnetThread
+
+    from .kit import devnet_config
+
+    runner = DevnetThread(devnet_config())
+    server = runner.start()
+    try:
+        rpc = SorobanServer(server.url)
+        assert rpc.get_health().status == "healthy"
+        kp = Keypair.random()
+        funded = requests.get(f"{server.url}/friendbot", params={"addr": kp.public_key}, timeout=30)
+        assert funded.status_code == 200
+        runner.call(server.close_ledger)
+        assert rpc.load_account(kp.public_key).sequence == 2 << 32
+        rpc.close()
+    finally:
+        runner.stop()
