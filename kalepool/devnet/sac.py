@@ -146,6 +146,13 @@ class StellarAssetContract:
             )
         return TrustlineRec.from_data(entry.data)
 
+    def _authorized_line(self, host: Host, c: str, holder: str) -> TrustlineRec:
+        """The holder's trustline, checked first for existence (#13) and authorization (#11)."""
+        tl = self._trustline(host, c, holder)
+        if not tl.flags & AUTHORIZED_FLAG:
+            raise self._fail(c, SacError.BALANCE_DEAUTHORIZED, "balance is deauthorized")
+        return tl
+
     def _read_balance(self, host: Host, c: str, holder: str) -> int:
         _, issuer = self._asset(host, c)
         if v.is_account(holder):
@@ -162,12 +169,12 @@ class StellarAssetContract:
         if v.is_account(holder):
             if holder == issuer:
                 return  # the issuer's balance is unlimited: paying out mints
-            tl = self._trustline(host, c, holder)
-            if not tl.flags & AUTHORIZED_FLAG:
-                raise self._fail(c, SacError.BALANCE_DEAUTHORIZED, "trustline is not authorized")
+            tl = self._authorized_line(host, c, holder)
+            if amount > I64_MAX:
+                raise self._fail(c, SacError.OVERFLOW, "spent amount is too large for an i64")
             if tl.balance < amount:
                 raise self._fail(
-                    c, SacError.BALANCE, f"balance is not sufficient to spend: {tl.balance}"
+                    c, SacError.BALANCE, "resulting balance is not within the allowed range"
                 )
             self._write_trustline(host, replace(tl, balance=tl.balance - amount))
             return
@@ -181,14 +188,14 @@ class StellarAssetContract:
         if v.is_account(holder):
             if holder == issuer:
                 return  # paying the issuer burns
-            tl = self._trustline(host, c, holder)
-            if not tl.flags & AUTHORIZED_FLAG:
-                raise self._fail(c, SacError.BALANCE_DEAUTHORIZED, "trustline is not authorized")
+            tl = self._authorized_line(host, c, holder)
+            if amount > I64_MAX:
+                raise self._fail(c, SacError.OVERFLOW, "received amount is too large for an i64")
             new = tl.balance + amount
-            if new > I64_MAX:
-                raise self._fail(c, SacError.OVERFLOW, "balance overflows i64")
-            if new > tl.limit:
-                raise self._fail(c, SacError.BALANCE, "balance would exceed the trustline limit")
+            if new > tl.limit:  # the limit is at most i64::MAX, so this covers overflow too
+                raise self._fail(
+                    c, SacError.BALANCE, "resulting balance is not within the allowed range"
+                )
             self._write_trustline(host, replace(tl, balance=new))
             return
         balance = self._read_balance(host, c, holder)

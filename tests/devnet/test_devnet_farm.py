@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stellar_sdk import Keypair, SorobanDataBuilder, TransactionBuilder, scval
+from stellar_sdk import Address, Keypair, SorobanDataBuilder, TransactionBuilder, scval
 from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
@@ -558,3 +558,30 @@ async def test_unknown_function_and_wrong_contract(kit: Kit) -> None:
     err = await kit.simulate_error(farmer, "plant", [], contract=ghost)
     assert err.startswith("HostError: Error(Storage, MissingValue)")
     assert Keypair  # keep the import used
+
+
+async def test_only_the_admin_mints(kit: Kit) -> None:
+    """The KALE contract's admin is the farm: nobody else can mint."""
+    thief = await kit.new_account(trust=True)
+    tx = (
+        (await kit.builder(thief))
+        .append_invoke_contract_function_op(
+            kit.sac, "mint", [scval.to_address(thief.public_key), scval.to_int128(1000 * KALE)]
+        )
+        .build()
+    )
+    prepared = await kit.rpc.prepare_transaction(tx)
+    entry = prepared.transaction.operations[0].auth[0]  # type: ignore[attr-defined]
+    assert entry.credentials.address is not None
+    # Simulation records the admin's (the farm's) authorization, which only it can give.
+    assert Address.from_xdr_sc_address(entry.credentials.address.address).address == kit.farm
+    prepared.sign(thief)
+    failed = await kit.submit(prepared)
+    assert failed.status == GetTransactionStatus.FAILED
+    assert tx_error(failed).startswith("Error(SCE_AUTH")
+    balances = await kit.balances(thief.public_key)
+    assert balances is not None and balances.kale == 0
+    err = await kit.simulate_error(
+        thief, "burn", [scval.to_address(thief.public_key), scval.to_int128(-1)], contract=kit.sac
+    )
+    assert contract_error(8) in err  # negative amount

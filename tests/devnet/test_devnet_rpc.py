@@ -203,3 +203,37 @@ async def test_wrong_passphrase_is_bad_auth(kit: Kit) -> None:
         stellar_xdr.TransactionResult.from_xdr(sent.error_result_xdr).result.code.name
         == "txBAD_AUTH"
     )
+
+
+async def test_storage_maps_are_sorted_as_the_host_sorts_them(kit: Kit) -> None:
+    """Map keys in the host's order: byte-for-byte the layout the real contract writes."""
+    from stellar_sdk.base_soroban_server import Durability
+
+    entry = await kit.rpc.get_contract_data(
+        kit.farm,
+        stellar_xdr.SCVal(stellar_xdr.SCValType.SCV_LEDGER_KEY_CONTRACT_INSTANCE),
+        Durability.PERSISTENT,
+    )
+    assert entry is not None
+    instance = stellar_xdr.LedgerEntryData.from_xdr(entry.xdr).contract_data.val.instance  # type: ignore[union-attr]
+    assert instance is not None and instance.storage is not None
+    names = [scval.to_native(e.key)[0] for e in instance.storage.sc_map]
+    assert names == ["FarmBlock", "HomesteadAsset", "Homesteader"]
+    block = instance.storage.sc_map[0].val
+    assert block.map is not None
+    fields = [scval.to_native(e.key) for e in block.map.sc_map]
+    assert fields == sorted(fields) and len(fields) == 10
+    sac = await kit.rpc.get_contract_data(
+        kit.sac,
+        stellar_xdr.SCVal(stellar_xdr.SCValType.SCV_LEDGER_KEY_CONTRACT_INSTANCE),
+        Durability.PERSISTENT,
+    )
+    assert sac is not None
+    sac_instance = stellar_xdr.LedgerEntryData.from_xdr(sac.xdr).contract_data.val.instance  # type: ignore[union-attr]
+    assert sac_instance is not None and sac_instance.storage is not None
+    assert (
+        sac_instance.executable.type
+        == stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_STELLAR_ASSET
+    )
+    keys = [scval.to_native(e.key) for e in sac_instance.storage.sc_map]
+    assert keys == ["METADATA", ["Admin"], ["AssetInfo"]]  # symbols sort before vectors
