@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 from dataclasses import dataclass, field, replace
 
 from nacl.exceptions import BadSignatureError
@@ -25,6 +26,8 @@ IHF = stellar_xdr.InvokeHostFunctionResultCode
 ET = stellar_xdr.EnvelopeType
 
 MAX_OPS = 100
+
+log = logging.getLogger(__name__)
 
 
 class EnvelopeError(ValueError):
@@ -555,18 +558,30 @@ def apply_tx(
     diagnostics: list[stellar_xdr.DiagnosticEvent] = []
     return_value: stellar_xdr.SCVal | None = None
     success = True
+    internal = False
     classic_ctx = classic.ClassicContext(ctx.ledger.seq, ctx.rules.base_reserve)
     for op in frame.ops:
         op_view = ops_view.child()
         source = frame.op_source(op)
         events: list[stellar_xdr.ContractEvent] = []
-        if op.body.type == OT.INVOKE_HOST_FUNCTION and op.body.invoke_host_function_op is not None:
-            op_result, ok, events, diags, return_value = _apply_invoke(
-                op_view, frame, op.body.invoke_host_function_op, source, ctx
-            )
-            diagnostics.extend(diags)
-        else:
-            op_result, ok = classic.apply(op_view, classic_ctx, op, source)
+        try:
+            if (
+                op.body.type == OT.INVOKE_HOST_FUNCTION
+                and op.body.invoke_host_function_op is not None
+            ):
+                op_result, ok, events, diags, return_value = _apply_invoke(
+                    op_view, frame, op.body.invoke_host_function_op, source, ctx
+                )
+                diagnostics.extend(diags)
+            else:
+                op_result, ok = classic.apply(op_view, classic_ctx, op, source)
+        except Exception:
+            # A defect here must not take the ledger down with it: the transaction
+            # fails as stellar-core reports its own internal errors, and changes nothing.
+            log.exception("internal error applying %s", frame.hash_hex)
+            internal = True
+            success = False
+            break
         results.append(op_result)
         if not ok:
             success = False
@@ -584,7 +599,7 @@ def apply_tx(
         op_metas, contract_events, return_value = [], [], None
 
     code = TRC.txSUCCESS if success else TRC.txFAILED
-    inner = tx_result(code, fee, results)
+    inner = tx_result(TRC.txINTERNAL_ERROR, fee) if internal else tx_result(code, fee, results)
     result = wrap_fee_bump(frame, inner, fee) if frame.fee_bump else inner
     tx_events = [fee_event] if fee_event is not None else []
     meta = stellar_xdr.TransactionMeta(
