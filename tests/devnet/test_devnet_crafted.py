@@ -130,3 +130,69 @@ async def test_block_invalid_is_12(kit: Kit) -> None:
     await kit.plant(a, 0)  # opens block 3
     harvest = [scval.to_address(b.public_key), scval.to_uint32(2)]
     assert "Error(Contract, #12)" in await kit.simulate_error(pooler, "harvest", harvest)
+
+
+async def test_the_published_mainnet_proof_is_accepted(kit: Kit) -> None:
+    """Block 37's published work (8 zeros) verifies on the devnet's farm."""
+    import base64
+
+    from kalepool.devnet.ledger import Durability
+
+    farmer = "GBQHTQ7NTSKHVTSVM6EHUO3TU4P4BK2TAAII25V2TT2Q6OWXUJWEKALE"
+    entropy = base64.b64decode("AAAAAAn66y/43JP7M02rwTmONZoWOmu1OPYz/bmzJ8o=")
+    nonce = 20495217910
+    expected = bytes.fromhex("0000000099be0037e5a48324959cb9dd10965ae59511cfd1996f9b917aad9980")
+    pooler = await kit.new_account()
+    # The farm at index 36, whose FarmBlock carries block 37's entropy, 300 s old.
+    start = (await kit.rpc.get_latest_ledger()).close_time - 1_000
+    chain = kit.server.chain
+    view = StateView(chain.state, chain.latest.seq)
+    chain._put_instance(
+        view,
+        chain.identity.farm_contract_id,
+        stellar_xdr.ContractExecutable(
+            stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM,
+            wasm_hash=stellar_xdr.Hash(chain.identity.farm_wasm_hash),
+        ),
+        [
+            (farm.instance_key("Homesteader"), scval.to_address(chain.identity.homesteader)),
+            (farm.instance_key("HomesteadAsset"), scval.to_address(chain.identity.sac_contract_id)),
+            (
+                farm.instance_key("FarmBlock"),
+                replace(farm.new_farm_block(start), entropy=entropy).to_scval(),
+            ),
+            (farm.instance_key("FarmIndex"), scval.to_uint32(36)),
+        ],
+        chain.latest.seq + 1_000_000,
+    )
+    view.commit()
+    assert (await kit.plant(pooler, 0)).status == GetTransactionStatus.SUCCESS  # opens 37
+    block = await kit.block(37)
+    assert block is not None and block["entropy"] == entropy
+    # The famous farmer planted too (its pail written in place: its key is not ours).
+    pail_key = contract_data_key(
+        chain.identity.farm_contract_id, farm.pail_key(farmer, 37), Durability.TEMPORARY
+    )
+    view = StateView(chain.state, chain.latest.seq)
+    assert pail_key.contract_data is not None
+    view.put(
+        pail_key,
+        stellar_xdr.LedgerEntryData(
+            stellar_xdr.LedgerEntryType.CONTRACT_DATA,
+            contract_data=stellar_xdr.ContractDataEntry(
+                stellar_xdr.ExtensionPoint(0),
+                pail_key.contract_data.contract,
+                pail_key.contract_data.key,
+                Durability.TEMPORARY,
+                farm.Pail(chain.latest.seq, None, 0, None).to_scval(),
+            ),
+        ),
+        chain.latest.seq + 100,
+    )
+    view.commit()
+    await kit.close()
+    got = await kit.work(pooler, farmer, expected, nonce)
+    assert got.status == GetTransactionStatus.SUCCESS
+    pail = await kit.pail(farmer, 37)
+    assert pail is not None and pail["zeros"] == 8
+    assert (await kit.farm_instance())["FarmBlock"]["entropy"] == expected

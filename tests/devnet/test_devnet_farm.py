@@ -585,3 +585,59 @@ async def test_only_the_admin_mints(kit: Kit) -> None:
         thief, "burn", [scval.to_address(thief.public_key), scval.to_int128(-1)], contract=kit.sac
     )
     assert contract_error(8) in err  # negative amount
+
+
+async def test_soroban_transaction_validity(kit: Kit) -> None:
+    """A contract call must pay for what it declares and declare what it may use."""
+    from .kit import result_code
+
+    farmer = await kit.new_account()
+    args = [scval.to_address(farmer.public_key), scval.to_int128(0)]
+    prepared = await kit.prepare_invoke(farmer, "plant", args)
+    data = prepared.transaction.soroban_data
+    assert data is not None
+    # Half the resource fee the simulation asked for does not cover the declared resources.
+    half = data.resource_fee.int64 // 2
+    prepared.transaction.fee -= data.resource_fee.int64 - half
+    data.resource_fee = stellar_xdr.Int64(half)
+    prepared.signatures = []
+    prepared.sign(farmer)
+    sent = await kit.send(prepared)
+    assert sent.status == SendTransactionStatus.ERROR and sent.error_result_xdr is not None
+    assert result_code(sent.error_result_xdr) == "txINSUFFICIENT_FEE"
+    # A footprint beyond the network's limits is invalid.
+    prepared = await kit.prepare_invoke(farmer, "plant", args)
+    data = prepared.transaction.soroban_data
+    assert data is not None
+    extra = [
+        stellar_xdr.LedgerKey(
+            stellar_xdr.LedgerEntryType.ACCOUNT,
+            account=stellar_xdr.LedgerKeyAccount(Keypair.random().xdr_account_id()),
+        )
+        for _ in range(101)
+    ]
+    data.resources.footprint.read_only.extend(extra)
+    prepared.signatures = []
+    prepared.sign(farmer)
+    sent = await kit.send(prepared)
+    assert (
+        sent.error_result_xdr is not None
+        and result_code(sent.error_result_xdr) == "txSOROBAN_INVALID"
+    )
+    # Too small an instruction budget fails on chain, and the fee is still paid.
+    prepared = await kit.prepare_invoke(farmer, "plant", args)
+    data = prepared.transaction.soroban_data
+    assert data is not None
+    data.resources.instructions = stellar_xdr.Uint32(1000)
+    prepared.signatures = []
+    prepared.sign(farmer)
+    failed = await kit.submit(prepared)
+    assert failed.status == GetTransactionStatus.FAILED
+    assert failed.result_xdr is not None
+    op = stellar_xdr.TransactionResult.from_xdr(failed.result_xdr).result.results[0]  # type: ignore[index]
+    assert op.tr is not None and op.tr.invoke_host_function_result is not None
+    assert (
+        op.tr.invoke_host_function_result.code.name
+        == "INVOKE_HOST_FUNCTION_RESOURCE_LIMIT_EXCEEDED"
+    )
+    assert await kit.pail(farmer.public_key, 0) is None

@@ -237,3 +237,9 @@ async def test_storage_maps_are_sorted_as_the_host_sorts_them(kit: Kit) -> None:
     )
     keys = [scval.to_native(e.key) for e in sac_instance.storage.sc_map]
     assert keys == ["METADATA", ["Admin"], ["AssetInfo"]]  # symbols sort before vectors
+
+
+async def test_fee_stats(kit: Kit) -> None:
+    stats = await kit.rpc.get_fee_stats()
+    assert stats.inclusion_fee.min == 100 and stats.soroban_inclusion_fee.p99 == 100
+    assert stats.latest_ledger == 1
