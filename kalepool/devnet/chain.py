@@ -666,25 +666,28 @@ class Chain:
         )
         # The time bound follows the chain's clock, which a manual devnet runs apart from the wall.
         builder.add_time_bounds(0, self.next_close_time() + FRIENDBOT_TIMEOUT_SECONDS)
-        amount = self.config.friendbot_amount / 10_000_000
+        amount = _amount(self.config.friendbot_amount)
         if exists:
             builder.append_payment_op(
-                address, Asset.native(), f"{amount:.7f}", source=friendbot_keypair().public_key
+                address, Asset.native(), amount, source=friendbot_keypair().public_key
             )
         else:
-            builder.append_create_account_op(
-                address, f"{amount:.7f}", source=friendbot_keypair().public_key
-            )
+            builder.append_create_account_op(address, amount, source=friendbot_keypair().public_key)
         signers = [channel, friendbot_keypair()]
         if kale:
             builder.append_payment_op(
-                address, ident.asset, f"{kale / 10_000_000:.7f}", source=ident.asset_issuer
+                address, ident.asset, _amount(kale), source=ident.asset_issuer
             )
             signers.append(homesteader_keypair())
         envelope = builder.build()
         for signer in signers:
             envelope.sign(signer)
         return self.submit(envelope.to_xdr())
+
+
+def _amount(stroops: int) -> str:
+    """Stroops as the decimal string stellar-sdk's operations take (exact, no floats)."""
+    return f"{stroops // 10_000_000}.{stroops % 10_000_000:07d}"
 
 
 class FriendbotBusy(RuntimeError):

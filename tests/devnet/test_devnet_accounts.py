@@ -376,3 +376,10 @@ async def test_fee_bump(kit: Kit) -> None:
         after_sponsor.xlm == before_sponsor.xlm - fee_charged(got)
         and fee_charged(got) == 2 * BASE_FEE
     )
+
+
+async def test_friendbot_kale_is_exact(kit: Kit) -> None:
+    amount = 922_337_203_685_477_580  # near i64's limit: no float rounding on the way
+    kp = await kit.new_account(trust=True, kale=amount)
+    bal = await kit.balances(kp.public_key)
+    assert bal is not None and bal.kale == amount
