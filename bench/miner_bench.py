@@ -215,6 +215,7 @@ def summary(rounds: list[Round]) -> None:
         )
     n = rounds[0].all_cores_threads
     line(f"{best}, {n} threads", [r.all_cores.wall for r in rounds])
+    line(f"{best}, {n} threads, per CPU-second", [r.all_cores.per_cpu for r in rounds])
     line(
         f"scaling 1 -> {n} threads",
         [r.all_cores.wall / r.kernels_1t[best].wall for r in rounds],
