@@ -305,12 +305,17 @@ def test_gil_is_released_while_hashing() -> None:
 
 def test_ctrl_c_cancels_a_blocking_search() -> None:
     """A real SIGINT in a real process: the search stops and KeyboardInterrupt is raised."""
+    # The handler is set explicitly: a process started in the background
+    # inherits SIGINT ignored, and Python then installs none. The deadline only
+    # keeps a broken build from hanging the suite.
     script = """
 import os, signal, threading, time, miner_ext
+signal.signal(signal.SIGINT, signal.default_int_handler)
 threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
 t0 = time.perf_counter()
 try:
-    miner_ext.search(1, bytes(32), bytes(32), target_zeros=64)
+    r = miner_ext.search(1, bytes(32), bytes(32), target_zeros=64, seconds=30)
+    print("not interrupted:", r.reason)
 except KeyboardInterrupt:
     print("interrupted after", time.perf_counter() - t0)
 """
@@ -460,6 +465,9 @@ def test_search_many_checks_everything_before_starting() -> None:
         miner_ext.search_many([good, good], seconds=[1.0])
     with pytest.raises(TypeError, match="assignment 0 must be a tuple"):
         miner_ext.search_many([{"index": 1}], max_hashes=1)  # type: ignore[list-item]
+    assert miner_ext.search_many([], seconds=1) == []
+    with pytest.raises(ValueError, match="count must be between 0 and 1048576"):
+        miner_ext.hash_prefixes(1, ENTROPY, FARMER, 0, 2**20 + 1)
     # Nothing was left running: a bounded search gets the whole pool at once.
     assert miner_ext.search(1, ENTROPY, FARMER, max_hashes=1000).hashes == 1000
 
