@@ -26,7 +26,7 @@ pub const MAX_THREADS: usize = 1024;
 pub const NONCE_SPACE: u128 = 1 << 64;
 /// The most leading zero nibbles a 32-byte hash can have.
 pub const MAX_ZEROS: u32 = 64;
-/// How long an idle worker sleeps before looking at deadlines again.
+/// How long a worker with no chunk to take sleeps before looking at deadlines again.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// Everything that defines one search.
@@ -436,15 +436,21 @@ impl Pool {
                 return (job, range);
             }
             inner.reap(now);
-            let wait = inner
-                .next_deadline()
-                .map_or(IDLE_POLL, |d| d.saturating_duration_since(now))
-                .clamp(Duration::from_millis(1), IDLE_POLL);
-            inner = self
-                .wake
-                .wait_timeout(inner, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            inner = if inner.jobs.is_empty() {
+                // Nothing to do until a search is submitted (which wakes us).
+                self.wake.wait(inner).unwrap_or_else(|e| e.into_inner())
+            } else {
+                // Every job is at its thread limit: look again at the next
+                // deadline, or when a chunk finishes (which wakes us).
+                let wait = inner
+                    .next_deadline()
+                    .map_or(IDLE_POLL, |d| d.saturating_duration_since(now))
+                    .clamp(Duration::from_millis(1), IDLE_POLL);
+                self.wake
+                    .wait_timeout(inner, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            };
         }
     }
 
