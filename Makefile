@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kale-pool-installed
-RUST_SOURCES := $(shell find miner_ext/src -name '*.rs' 2>/dev/null) miner_ext/Cargo.toml
+RUST_SOURCES := $(shell find miner_ext/src -name "*.rs" 2>/dev/null) miner_ext/Cargo.toml miner_ext/Cargo.lock miner_ext.pyi
 CARGO := cargo
 CARGO_FLAGS := --manifest-path miner_ext/Cargo.toml
 
