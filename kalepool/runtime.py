@@ -22,6 +22,7 @@ from kalepool.db.consistency import check_consistency
 from kalepool.db.embedded import embedded_conninfo, embedded_running
 from kalepool.db.migrate import apply_migrations, migration_status
 from kalepool.settings import ENV_PREFIX, Network, Settings
+from kalepool.tls import DevPki, ensure_dev_identities
 
 log = logging.getLogger("kalepool")
 console = Console(stderr=True)
@@ -159,6 +160,9 @@ async def _up(settings: Settings) -> None:
     parts.append(Part("database", "running", _describe_database(settings)))
     applied = await asyncio.to_thread(apply_migrations, conninfo)
     parts.append(Part("migrations", "ready", f"{len(applied)} applied now, schema current"))
+    certs = settings.layout().certs
+    names = await asyncio.to_thread(ensure_dev_identities, DevPki(certs))
+    parts.append(Part("certificates", "ready", f"development CA and {', '.join(names)} in {certs}"))
     async with _devnet(settings) as chain:
         parts.append(chain)
         for name in ("wallet_service", "pool_service", "pooler_agent"):

@@ -169,3 +169,20 @@ def channel_credentials(identity: Identity, ca_pem: bytes) -> grpc.ChannelCreden
         private_key=identity.key_pem,
         certificate_chain=identity.cert_pem,
     )
+
+
+# Names of the development identities. The services check a caller's common name:
+# the wallet service serves only POOL_CLIENT, PoolService only OPERATOR.
+POOL_SERVER = "pool-service"
+WALLET_SERVER = "wallet-service"
+POOL_CLIENT = "pool-client"
+OPERATOR = "operator"
+
+
+def ensure_dev_identities(pki: DevPki) -> list[str]:
+    """Issue (once) the certificates one machine's deployment needs; their names."""
+    pki.server(POOL_SERVER)
+    pki.server(WALLET_SERVER)
+    pki.client(POOL_CLIENT)
+    pki.client(OPERATOR)
+    return [POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR]

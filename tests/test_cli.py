@@ -127,6 +127,9 @@ def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
         assert "Ctrl-C stops everything" in output, output
         assert "database" in output
         assert "migrations" in output
+        certs = Path(env["KALE_POOL_DATA_DIR"]) / "certs"
+        for name in ("ca", "pool-service", "wallet-service", "pool-client", "operator"):
+            assert (certs / f"{name}.pem").is_file(), name
         # A second command finds what `up` left in the data directory.
         status = run("status", env={**env, "COLUMNS": "200"})
         assert status.returncode == 0, status.stderr
