@@ -18,7 +18,7 @@ from typing import Any
 from stellar_sdk import Account, Asset, TransactionBuilder
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import farm, sac, soroban, txn
+from kalepool.devnet import classic, farm, sac, soroban, txn
 from kalepool.devnet import values as v
 from kalepool.devnet.config import DevnetConfig
 from kalepool.devnet.errors import HostError
@@ -46,11 +46,16 @@ from kalepool.devnet.network import (
 )
 
 log = logging.getLogger(__name__)
+TRC = stellar_xdr.TransactionResultCode
 
 TOTAL_COINS = 100_000_000_000 * 10_000_000  # 100 billion XLM in stroops
 CHANNEL_BALANCE = 1_000_000_000 * 10_000_000
 HOMESTEADER_BALANCE = 1_000_000 * 10_000_000
 FRIENDBOT_TIMEOUT_SECONDS = 300
+# stellar-core's transaction queue (HerderImpl, TransactionQueue)
+BAN_LEDGERS = 10  # TRANSACTION_QUEUE_BAN_LEDGERS: how long an applied or dropped hash is banned
+FEE_MULTIPLIER = 10  # a fee bump replaces a queued transaction at ten times its fee rate
+EXPECTED_CLOSE_TIME_MULT = 2  # maxTime must outlast twice the expected ledger time
 
 
 @dataclass
@@ -132,7 +137,10 @@ class Chain:
         self.txs: dict[str, TxRecord] = {}
         self.events: deque[EventRecord] = deque()
         self.pending: list[txn.TxFrame] = []
-        self.pending_by_source: dict[str, str] = {}
+        self.pending_by_source: dict[str, txn.TxFrame] = {}
+        # Hashes stellar-core refuses with TRY_AGAIN_LATER: what a recent ledger applied or
+        # dropped. Slot 0 is the newest; each close shifts them one slot toward expiry.
+        self.banned: deque[set[str]] = deque(set() for _ in range(BAN_LEDGERS))
         self.fee_pool = 0
         self.pending_advance = 0  # seconds added to the next manual close
         self.clock_offset = 0  # seconds the chain clock runs ahead of the wall clock
@@ -165,6 +173,19 @@ class Chain:
             return previous + self.config.ledger_seconds + self.pending_advance
         now = int(time.time() if wall is None else wall) + self.clock_offset
         return max(previous + 1, now)
+
+    def submit_close_time(self, wall: float | None = None) -> int:
+        """The close time a transaction submitted now must outlast (its `maxTime`).
+
+        stellar-core's queue allows twice the expected ledger time past the last close, plus
+        however far its clock already is past that close (getUpperBoundCloseTimeOffset).
+        """
+        last = self.latest.close_time
+        if self.config.manual:
+            now = last + self.pending_advance
+        else:
+            now = int(time.time() if wall is None else wall) + self.clock_offset
+        return last + EXPECTED_CLOSE_TIME_MULT * self.config.ledger_seconds + max(0, now - last)
 
     def advance_time(self, seconds: int) -> int:
         """Move the chain clock forward; the jump shows at the next ledger close."""
@@ -376,31 +397,78 @@ class Chain:
     # ---- submission ------------------------------------------------------------------
 
     def submit(self, envelope_b64: str) -> SubmitOutcome:
-        """sendTransaction: queue a valid transaction, or say why not (raises EnvelopeError)."""
+        """sendTransaction: queue a valid transaction, or say why not (raises EnvelopeError).
+
+        The checks and their order are stellar-core's TransactionQueue::canAdd.
+        """
         frame = txn.parse(envelope_b64, self.identity.network_id)
+        h = frame.hash_hex
+        if any(h in ledger for ledger in self.banned):
+            return SubmitOutcome("TRY_AGAIN_LATER", h)
+        fee = txn.fee_to_charge(frame, self.rules)
+        replaced: txn.TxFrame | None = None
         queued = self.pending_by_source.get(frame.source)
-        if queued == frame.hash_hex:
-            return SubmitOutcome("DUPLICATE", frame.hash_hex)
-        if queued is not None or (frame.fee_bump and frame.fee_source in self.pending_by_source):
-            return SubmitOutcome("TRY_AGAIN_LATER", frame.hash_hex)
+        if queued is not None:
+            if _duplicate(queued, frame):
+                return SubmitOutcome("DUPLICATE", h)
+            if frame.seq < queued.seq:
+                return self._refuse(h, txn.tx_result(TRC.txBAD_SEQ, fee))
+            data = frame.soroban_data
+            if data is not None and soroban.check_resources(data.resources) is not None:
+                return self._refuse(h, txn.tx_result(TRC.txSOROBAN_INVALID, fee))
+            # one transaction per source account; only a fee bump of the same sequence
+            # number may take the queued one's place, and only at ten times its fee rate
+            if not frame.fee_bump or frame.seq != queued.seq:
+                return SubmitOutcome("TRY_AGAIN_LATER", h)
+            least = _replacement_fee(queued, frame)
+            if least is not None:
+                return self._refuse(h, txn.tx_result(TRC.txINSUFFICIENT_FEE, least))
+            replaced = queued
+        view = self.view()
         error = txn.check_valid(
-            self.view(), frame, self.next_close_time(), self.latest.seq + 1, self.rules
+            view,
+            frame,
+            self.submit_close_time(),
+            self.latest.seq + 1,
+            self.rules,
+            min_time_close=self.latest.close_time,
         )
         if error is not None:
-            return SubmitOutcome("ERROR", frame.hash_hex, error_result=_b64(error))
-        self._enqueue(frame)
-        return SubmitOutcome("PENDING", frame.hash_hex)
+            return self._refuse(h, error)
+        # a fee source must afford every fee it already owes the queue as well
+        owed = sum(
+            f.fee_bid
+            for f in self.pending
+            if f.fee_source == frame.fee_source and f is not replaced
+        )
+        if owed and self._available(view, frame.fee_source) - frame.fee_bid < owed:
+            return self._refuse(h, txn.tx_result(TRC.txINSUFFICIENT_BALANCE, fee))
+        if replaced is not None:
+            self._replace(replaced, frame)
+        else:
+            self._enqueue(frame)
+        return SubmitOutcome("PENDING", h)
+
+    @staticmethod
+    def _refuse(h: str, result: stellar_xdr.TransactionResult) -> SubmitOutcome:
+        return SubmitOutcome("ERROR", h, error_result=_b64(result))
+
+    def _available(self, view: StateView, account_id: str) -> int:
+        acc = load_account(view, account_id)
+        return 0 if acc is None else classic.available_balance(acc, self.rules.base_reserve)
 
     def _enqueue(self, frame: txn.TxFrame) -> None:
         self.pending.append(frame)
-        self.pending_by_source[frame.source] = frame.hash_hex
-        if frame.fee_bump:
-            self.pending_by_source.setdefault(frame.fee_source, frame.hash_hex)
+        self.pending_by_source[frame.source] = frame
+
+    def _replace(self, old: txn.TxFrame, new: txn.TxFrame) -> None:
+        index = next(i for i, f in enumerate(self.pending) if f is old)
+        self.pending[index] = new
+        self.pending_by_source[new.source] = new
 
     def _dequeue(self, frame: txn.TxFrame) -> None:
-        for account in (frame.source, frame.fee_source):
-            if self.pending_by_source.get(account) == frame.hash_hex:
-                del self.pending_by_source[account]
+        if self.pending_by_source.get(frame.source) is frame:
+            del self.pending_by_source[frame.source]
 
     # ---- ledger close ----------------------------------------------------------------
 
@@ -422,16 +490,25 @@ class Chain:
         batch = self.pending[: self.config.max_tx_per_ledger]
         self.pending = self.pending[self.config.max_tx_per_ledger :]
         frames: list[txn.TxFrame] = []
+        dropped: list[txn.TxFrame] = []
+        owed: dict[str, int] = {}
         for frame in batch:
             self._dequeue(frame)
             error = txn.check_valid(view, frame, close_time, seq, self.rules)
+            payer = frame.fee_source
+            if error is None and (
+                self._available(view, payer) - owed.get(payer, 0) < frame.fee_bid
+            ):
+                error = txn.tx_result(TRC.txINSUFFICIENT_BALANCE)
             if error is not None:
                 # No longer valid (expired time bounds, changed balance): dropped unapplied,
                 # as stellar-core drops it from its queue. getTransaction keeps NOT_FOUND.
                 log.info(
                     "dropping %s at ledger %d: %s", frame.hash_hex, seq, error.result.code.name
                 )
+                dropped.append(frame)
                 continue
+            owed[payer] = owed.get(payer, 0) + frame.fee_bid
             frames.append(frame)
         charged = [txn.charge_fee(view, frame, ctx) for frame in frames]
         applied: list[txn.Applied] = []
@@ -454,6 +531,11 @@ class Chain:
         self.ledgers[seq] = record
         for order, item in enumerate(applied, start=1):
             self._record_tx(record, order, item)
+        # stellar-core bans what it applied (removeApplied), shifts the ban list, then bans
+        # what it found invalid in its queue: resubmitting either is TRY_AGAIN_LATER a while
+        self.banned[0].update(f.hash_hex for f in frames)
+        self.banned.pop()
+        self.banned.appendleft({f.hash_hex for f in dropped})
         self._prune()
         return record
 
@@ -683,6 +765,29 @@ class Chain:
         for signer in signers:
             envelope.sign(signer)
         return self.submit(envelope.to_xdr())
+
+
+def _duplicate(queued: txn.TxFrame, new: txn.TxFrame) -> bool:
+    """stellar-core's isDuplicateTx: the same envelope, or the inner one of a queued fee bump."""
+    if queued.envelope.type == new.envelope.type:
+        return queued.hash == new.hash
+    return queued.fee_bump and queued.inner_hash == new.hash
+
+
+def _inclusion_fee(frame: txn.TxFrame) -> int:
+    data = frame.soroban_data
+    return frame.fee_bid - (data.resource_fee.int64 if data is not None else 0)
+
+
+def _replacement_fee(queued: txn.TxFrame, new: txn.TxFrame) -> int | None:
+    """None when `new` may replace `queued`, else the least fee that would (canReplaceByFee)."""
+    new_ops = max(1, len(new.ops) + (1 if new.fee_bump else 0))
+    old_ops = max(1, len(queued.ops) + (1 if queued.fee_bump else 0))
+    new_fee = _inclusion_fee(new)
+    least_total = _inclusion_fee(queued) * new_ops * FEE_MULTIPLIER
+    if new_fee >= 0 and new_fee * old_ops >= least_total:
+        return None
+    return -(-least_total // old_ops) + (new.fee_bid - new_fee)
 
 
 def _amount(stroops: int) -> str:

@@ -318,8 +318,14 @@ class SignatureChecker:
 
 
 def _time_and_ledger_bounds(
-    tx: stellar_xdr.Transaction, close_time: int, ledger_seq: int
+    tx: stellar_xdr.Transaction, close_time: int, ledger_seq: int, min_time_close: int
 ) -> stellar_xdr.TransactionResultCode | None:
+    """stellar-core's isTooEarly (time, then ledger) before its isTooLate (time, then ledger).
+
+    `min_time_close` is the close time `minTime` is judged against and `close_time` the one
+    `maxTime` is: both the ledger's close time when applying; at submission the last close
+    and an upper estimate of the next, as stellar-core's queue judges them.
+    """
     cond = tx.cond
     PT = stellar_xdr.PreconditionType
     bounds: stellar_xdr.TimeBounds | None = None
@@ -329,18 +335,14 @@ def _time_and_ledger_bounds(
     elif cond.type == PT.PRECOND_V2 and cond.v2 is not None:
         bounds = cond.v2.time_bounds
         ledger_bounds = cond.v2.ledger_bounds
-    if bounds is not None:
-        min_time = bounds.min_time.time_point.uint64
-        max_time = bounds.max_time.time_point.uint64
-        if min_time and close_time < min_time:
-            return TRC.txTOO_EARLY
-        if max_time and close_time > max_time:
-            return TRC.txTOO_LATE
-    if ledger_bounds is not None:
-        if ledger_seq < ledger_bounds.min_ledger.uint32:
-            return TRC.txTOO_EARLY
-        if ledger_bounds.max_ledger.uint32 and ledger_seq >= ledger_bounds.max_ledger.uint32:
-            return TRC.txTOO_LATE
+    min_time = bounds.min_time.time_point.uint64 if bounds is not None else 0
+    max_time = bounds.max_time.time_point.uint64 if bounds is not None else 0
+    min_ledger = ledger_bounds.min_ledger.uint32 if ledger_bounds is not None else 0
+    max_ledger = ledger_bounds.max_ledger.uint32 if ledger_bounds is not None else 0
+    if (min_time and min_time > min_time_close) or min_ledger > ledger_seq:
+        return TRC.txTOO_EARLY
+    if (max_time and max_time < close_time) or (max_ledger and max_ledger <= ledger_seq):
+        return TRC.txTOO_LATE
     return None
 
 
@@ -372,16 +374,31 @@ def fee_to_charge(frame: TxFrame, rules: Rules) -> int:
 
 
 def check_valid(
-    view: StateView, frame: TxFrame, close_time: int, ledger_seq: int, rules: Rules
+    view: StateView,
+    frame: TxFrame,
+    close_time: int,
+    ledger_seq: int,
+    rules: Rules,
+    *,
+    min_time_close: int | None = None,
 ) -> stellar_xdr.TransactionResult | None:
-    """stellar-core's checkValid: None when valid, else the error result to report."""
+    """stellar-core's checkValid: None when valid, else the error result to report.
+
+    `close_time` judges `maxTime`, `min_time_close` (default: `close_time`) judges `minTime`.
+    """
+    earliest = close_time if min_time_close is None else min_time_close
     if frame.fee_bump:
-        return _check_valid_fee_bump(view, frame, close_time, ledger_seq, rules)
-    return _check_valid_tx(view, frame, close_time, ledger_seq, rules, charge_fee=True)
+        return _check_valid_fee_bump(view, frame, close_time, ledger_seq, rules, earliest)
+    return _check_valid_tx(view, frame, close_time, ledger_seq, rules, earliest, charge_fee=True)
 
 
 def _check_valid_fee_bump(
-    view: StateView, frame: TxFrame, close_time: int, ledger_seq: int, rules: Rules
+    view: StateView,
+    frame: TxFrame,
+    close_time: int,
+    ledger_seq: int,
+    rules: Rules,
+    min_time_close: int,
 ) -> stellar_xdr.TransactionResult | None:
     fee = fee_to_charge(frame, rules)
     if frame.fee_bid < fee:
@@ -394,9 +411,12 @@ def _check_valid_fee_bump(
         return tx_result(TRC.txBAD_AUTH, fee)
     if not checker.all_used():
         return tx_result(TRC.txBAD_AUTH_EXTRA, fee)
-    if classic.available_balance(fee_acc, rules.base_reserve) < fee:
+    # stellar-core wants the whole bid available, not just what it will charge
+    if classic.available_balance(fee_acc, rules.base_reserve) < frame.fee_bid:
         return tx_result(TRC.txINSUFFICIENT_BALANCE, fee)
-    inner = _check_valid_tx(view, frame, close_time, ledger_seq, rules, charge_fee=False)
+    inner = _check_valid_tx(
+        view, frame, close_time, ledger_seq, rules, min_time_close, charge_fee=False
+    )
     if inner is not None:
         return wrap_fee_bump(frame, inner, fee)
     return None
@@ -408,6 +428,7 @@ def _check_valid_tx(
     close_time: int,
     ledger_seq: int,
     rules: Rules,
+    min_time_close: int,
     *,
     charge_fee: bool,
 ) -> stellar_xdr.TransactionResult | None:
@@ -424,19 +445,24 @@ def _check_valid_tx(
             return tx_result(TRC.txMALFORMED, fee)
         if soroban.check_resources(data.resources) is not None or data.resource_fee.int64 < 0:
             return tx_result(TRC.txSOROBAN_INVALID, fee)
+        # stellar-core checks the declared resource fee with the Soroban rules, before the
+        # time bounds: above the whole fee (a fee bump's inner transaction is exempt since
+        # protocol 23) or below what the resources cost is txSOROBAN_INVALID
+        if charge_fee and data.resource_fee.int64 > tx.fee.uint32:
+            return tx_result(TRC.txSOROBAN_INVALID, fee)
+        needed = soroban.resources_fee(data.resources) + soroban.size_fee(frame.size)
+        if data.resource_fee.int64 < needed:
+            return tx_result(TRC.txSOROBAN_INVALID, fee)
     elif data is not None:
         return tx_result(TRC.txMALFORMED, fee)
     if _unsupported_preconditions(tx):
         return tx_result(TRC.txNOT_SUPPORTED, fee)
-    bounds = _time_and_ledger_bounds(tx, close_time, ledger_seq)
+    bounds = _time_and_ledger_bounds(tx, close_time, ledger_seq, min_time_close)
     if bounds is not None:
         return tx_result(bounds, fee)
+    # the inclusion fee (the bid above the declared resource fee) must meet the base fee
     if charge_fee and tx.fee.uint32 < min_fee(frame, rules):
         return tx_result(TRC.txINSUFFICIENT_FEE, fee)
-    if data is not None:
-        needed = soroban.resources_fee(data.resources) + soroban.size_fee(frame.size)
-        if data.resource_fee.int64 < needed:
-            return tx_result(TRC.txINSUFFICIENT_FEE, fee)
     source = load_account(view, frame.source)
     if source is None:
         return tx_result(TRC.txNO_ACCOUNT, fee)
@@ -445,7 +471,8 @@ def _check_valid_tx(
     checker = SignatureChecker(frame.inner_hash, frame.signatures)
     if not checker.check(frame.source):
         return tx_result(TRC.txBAD_AUTH, fee)
-    if charge_fee and classic.available_balance(source, rules.base_reserve) < fee:
+    # stellar-core wants the whole bid available, not just what it will charge
+    if charge_fee and classic.available_balance(source, rules.base_reserve) < tx.fee.uint32:
         return tx_result(TRC.txINSUFFICIENT_BALANCE, fee)
     results: list[stellar_xdr.OperationResult] = []
     failed = False

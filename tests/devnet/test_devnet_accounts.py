@@ -312,7 +312,11 @@ async def test_one_pending_per_account_duplicate_and_replay(kit: Kit) -> None:
     assert (await kit.rpc.get_transaction(sent.hash)).status == GetTransactionStatus.NOT_FOUND
     await kit.close()
     assert (await kit.rpc.get_transaction(sent.hash)).status == GetTransactionStatus.SUCCESS
-    # Replaying the applied envelope: its sequence number is spent.
+    # Replaying the applied envelope: stellar-core bans an applied hash for a while
+    # (TRY_AGAIN_LATER), after which its spent sequence number answers txBAD_SEQ.
+    replay = await kit.rpc.send_transaction(first)
+    assert replay.status == SendTransactionStatus.TRY_AGAIN_LATER
+    await kit.close(10)
     replay = await kit.rpc.send_transaction(first)
     assert replay.status == SendTransactionStatus.ERROR
     assert (
@@ -331,7 +335,7 @@ async def test_expired_transaction_is_dropped_from_the_queue(kit: Kit) -> None:
     tx = (
         TransactionBuilder(account, kit.passphrase, 100)
         .append_payment_op(b.public_key, Asset.native(), "1")
-        .add_time_bounds(0, latest.close_time + 5)  # valid for the next close only
+        .add_time_bounds(0, latest.close_time + 30)  # outlasts the next close, not 60 s
         .build()
     )
     tx.sign(a)
