@@ -1,0 +1,110 @@
+"""The chain client: everything that talks to a Stellar RPC server about KALE.
+
+`config` resolves which network and contracts; `client` holds the RPC connection;
+`farm_state` reads the farm and accounts; `calls` builds transactions; `submit` signs,
+records, sends and follows them safely; `errors` and `faults` say what went wrong and
+whose fault it was. See docs/chain.md.
+"""
+
+from kalepool.chain.calls import (
+    TxKind,
+    UnsignedTx,
+    authorize,
+    build_harvest,
+    build_merge,
+    build_payment,
+    build_plant,
+    build_trustline,
+    build_work,
+)
+from kalepool.chain.client import ChainClient, LedgerInfo, RetryPolicy
+from kalepool.chain.config import ChainConfig, ChainConfigError, resolve_chain_config
+from kalepool.chain.errors import (
+    AccountNotFoundError,
+    AssetError,
+    ChainDataError,
+    ChainError,
+    ChainUnavailableError,
+    ContractError,
+    ContractKind,
+    FarmError,
+    SimulationError,
+)
+from kalepool.chain.farm_state import (
+    AccountState,
+    Block,
+    CurrentBlock,
+    FarmBlock,
+    FarmInstance,
+    Pail,
+    Trustline,
+    current_block,
+    kale_balance,
+    read_account,
+    read_block,
+    read_farm,
+    read_pail,
+    read_pails,
+)
+from kalepool.chain.faults import Fault, attribute_fault
+from kalepool.chain.submit import (
+    SignedTx,
+    SubmitEvent,
+    SubmitStep,
+    TxOutcome,
+    TxStatus,
+    reconcile,
+    sign,
+    submit,
+)
+
+__all__ = [
+    "AccountNotFoundError",
+    "AccountState",
+    "AssetError",
+    "Block",
+    "ChainClient",
+    "ChainConfig",
+    "ChainConfigError",
+    "ChainDataError",
+    "ChainError",
+    "ChainUnavailableError",
+    "ContractError",
+    "ContractKind",
+    "CurrentBlock",
+    "FarmBlock",
+    "FarmError",
+    "FarmInstance",
+    "Fault",
+    "LedgerInfo",
+    "Pail",
+    "RetryPolicy",
+    "SignedTx",
+    "SimulationError",
+    "SubmitEvent",
+    "SubmitStep",
+    "Trustline",
+    "TxKind",
+    "TxOutcome",
+    "TxStatus",
+    "UnsignedTx",
+    "attribute_fault",
+    "authorize",
+    "build_harvest",
+    "build_merge",
+    "build_payment",
+    "build_plant",
+    "build_trustline",
+    "build_work",
+    "current_block",
+    "kale_balance",
+    "read_account",
+    "read_block",
+    "read_farm",
+    "read_pail",
+    "read_pails",
+    "reconcile",
+    "resolve_chain_config",
+    "sign",
+    "submit",
+]
