@@ -23,6 +23,7 @@ from stellar_sdk import (
     Account,
     Address,
     Asset,
+    InvokeHostFunction,
     Keypair,
     Network,
     Preconditions,
@@ -173,6 +174,17 @@ class Books:
         return n * (block_reward(self.index) + self.staked_total) // max(self.normalized_total, 1)
 
 
+def test_own_hash_reproduces_the_published_example() -> None:
+    """The outsider's hash agrees with the example KALE_PROTOCOL.md publishes."""
+    import base64
+
+    entropy = base64.b64decode("AAAAAAn66y/43JP7M02rwTmONZoWOmu1OPYz/bmzJ8o=")
+    farmer = "GBQHTQ7NTSKHVTSVM6EHUO3TU4P4BK2TAAII25V2TT2Q6OWXUJWEKALE"
+    h = work_hash(37, 20495217910, entropy, farmer)
+    assert h.hex() == "0000000099be0037e5a48324959cb9dd10965ae59511cfd1996f9b917aad9980"
+    assert zeros_of(h) == 8
+
+
 # ---------------------------------------------------------------- reading XDR
 
 
@@ -237,14 +249,13 @@ def stats_of(block: dict[str, Any]) -> Stats:
     )
 
 
-def contract_codes_in(events: Sequence[xdr.DiagnosticEvent]) -> list[int]:
-    """Every Error(Contract, #N) carried by diagnostic events, in order."""
-    codes: list[int] = []
+def errors_in(events: Sequence[xdr.DiagnosticEvent]) -> list[xdr.SCError]:
+    """Every error value carried by diagnostic events, in order."""
+    found: list[xdr.SCError] = []
 
     def visit(v: xdr.SCVal) -> None:
         if v.type == xdr.SCValType.SCV_ERROR and v.error is not None:
-            if v.error.type == xdr.SCErrorType.SCE_CONTRACT and v.error.contract_code:
-                codes.append(v.error.contract_code.uint32)
+            found.append(v.error)
         elif v.type == xdr.SCValType.SCV_VEC and v.vec is not None:
             for x in v.vec.sc_vec:
                 visit(x)
@@ -255,7 +266,16 @@ def contract_codes_in(events: Sequence[xdr.DiagnosticEvent]) -> list[int]:
         for t in body.topics:
             visit(t)
         visit(body.data)
-    return codes
+    return found
+
+
+def contract_codes_in(events: Sequence[xdr.DiagnosticEvent]) -> list[int]:
+    """Every Error(Contract, #N) carried by diagnostic events, in order."""
+    return [
+        e.contract_code.uint32
+        for e in errors_in(events)
+        if e.type == xdr.SCErrorType.SCE_CONTRACT and e.contract_code is not None
+    ]
 
 
 def sim_code(exc: PrepareTransactionException) -> int:
@@ -309,13 +329,19 @@ class Applied:
         assert rv is not None
         return rv
 
-    def contract_codes(self) -> list[int]:
+    def diagnostics(self) -> list[xdr.DiagnosticEvent]:
         events: list[xdr.DiagnosticEvent] = []
         if self.meta.v4 is not None:
             events += self.meta.v4.diagnostic_events
         for e in self.res.diagnostic_events_xdr or []:
             events.append(xdr.DiagnosticEvent.from_xdr(e))
-        return contract_codes_in(events)
+        return events
+
+    def contract_codes(self) -> list[int]:
+        return contract_codes_in(self.diagnostics())
+
+    def host_error_types(self) -> set[xdr.SCErrorType]:
+        return {e.type for e in errors_in(self.diagnostics())}
 
 
 class Chain:
@@ -1061,6 +1087,12 @@ async def test_farm_storage_at_genesis(chain: Chain) -> None:
     assert fb["entropy"] == ZERO32
     assert fb["staked_total"] == 0 and fb["normalized_total"] == 0
     assert await chain.block(0) is None
+    # before the first plant there is no Block(0): work and harvest find BlockMissing (#11)
+    helper = Keypair.random()
+    await chain.fund(helper)
+    n, h = mine(0, ZERO32, helper.public_key, 0)
+    assert await chain.sim_error(helper, "work", chain.work_args(helper.public_key, h, n)) == 11
+    assert await chain.sim_error(helper, "harvest", chain.harvest_args(helper.public_key, 0)) == 11
     # KALE's asset contract is the one Stellar derives for the asset
     assert chain.sac == chain.kale.contract_id(chain.passphrase)
 
@@ -1123,6 +1155,10 @@ async def test_plant_and_its_storage() -> None:
         assert await chain.sim_error(bare, "plant", plant_args(bare, 1)) == 13
         # plant with 0 needs no trustline at all
         assert (await chain.plant(bare, 0)).ok
+        # rewriting a temporary entry keeps its TTL
+        again = await chain.temp_entry(block_key(0))
+        assert again is not None and again[1] > ledger
+        assert again[2] == ledger + 40 - 1
 
         # the burn is the asset contract's event
         ev = await chain.rpc.get_events(
@@ -1146,6 +1182,59 @@ async def test_plant_and_its_storage() -> None:
         await chain.close(40)
         assert await chain.pail(a.public_key, 0) is None
         assert await chain.block(0) is None
+
+
+async def test_plant_authorized_by_the_farmer_paid_by_another(chain: Chain) -> None:
+    """The farmer signs only its authorization entry; someone else sources and pays. A
+    signature made for another network does not authorize."""
+    from stellar_sdk.auth import authorize_entry
+
+    farmer, payer, other = Keypair.random(), Keypair.random(), Keypair.random()
+    await chain.fund(farmer, payer, other)
+
+    async def plant_for(kp: Keypair, passphrase: str, amount: int = 0) -> Applied:
+        args = [scval.to_address(kp.public_key), scval.to_int128(0)]
+        acc = await chain.rpc.load_account(payer.public_key)
+        tx = (
+            TransactionBuilder(acc, chain.passphrase, base_fee=100)
+            .append_invoke_contract_function_op(chain.farm, "plant", args)
+            .add_time_bounds(*(await chain.bounds()))
+            .build()
+        )
+        tx = await chain.rpc.prepare_transaction(tx)
+        op = tx.transaction.operations[0]
+        assert isinstance(op, InvokeHostFunction) and len(op.auth) == 1
+        cred = op.auth[0].credentials
+        assert cred.type == xdr.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS
+        seq, _ = await chain.latest()
+        op.auth = [authorize_entry(op.auth[0], kp, seq + 20, passphrase)]
+        if amount:
+            op.host_function.invoke_contract.args[1] = scval.to_int128(amount)  # type: ignore[union-attr]
+        tx.sign(payer)
+        return await chain.apply(tx)
+
+    before = await chain.balance(farmer.public_key)
+    out = await plant_for(farmer, chain.passphrase)
+    assert out.ok
+    assert await chain.pail(farmer.public_key, 0) is not None
+    assert await chain.balance(farmer.public_key) == before  # the payer paid
+    bad = await plant_for(other, Network.TESTNET_NETWORK_PASSPHRASE)
+    assert bad.res.status == GetTransactionStatus.FAILED
+    assert (
+        op_result(bad.res).invoke_host_function_result.code  # type: ignore[union-attr]
+        == xdr.InvokeHostFunctionResultCode.INVOKE_HOST_FUNCTION_TRAPPED
+    )
+    assert await chain.pail(other.public_key, 0) is None
+    # the host's account check fails on the signature: Error(Crypto, InvalidInput)
+    assert xdr.SCErrorType.SCE_CRYPTO in bad.host_error_types()
+    assert bad.contract_codes() == []
+    # the farmer's authorization is checked before the amount: a call whose arguments the
+    # signature does not cover fails on auth, never reaching PlantAmountTooLow (#6)
+    swapped = await plant_for(other, chain.passphrase, amount=-1)
+    assert swapped.res.status == GetTransactionStatus.FAILED
+    assert xdr.SCErrorType.SCE_AUTH in swapped.host_error_types()
+    assert 6 not in swapped.contract_codes()
+    assert await chain.pail(other.public_key, 0) is None
 
 
 async def test_next_block_opens_by_farm_block_timestamp() -> None:
@@ -1272,6 +1361,19 @@ async def test_work_rules(chain: Chain) -> None:
     # real work, submitted by someone else (work needs no signature from the farmer)
     await chain.close(2)
     n1, h1 = mine(0, ZERO32, a.public_key, 1)
+    acc = await chain.rpc.load_account(helper.public_key)
+    sim = await chain.rpc.simulate_transaction(
+        TransactionBuilder(acc, chain.passphrase, base_fee=100)
+        .append_invoke_contract_function_op(
+            chain.farm, "work", chain.work_args(a.public_key, h1, n1)
+        )
+        .add_time_bounds(*(await chain.bounds()))
+        .build()
+    )
+    assert sim.error is None and sim.results is not None
+    # simulation runs at the next ledger: the gap it returns is the one a close now gives
+    assert scval.from_uint32(xdr.SCVal.from_xdr(sim.results[0].xdr)) == 3
+    assert sim.results[0].auth == []  # work needs no authorization
     out = await chain.call(helper, "work", chain.work_args(a.public_key, h1, n1))
     assert out.ok
     assert out.res.ledger is not None
@@ -1500,6 +1602,46 @@ async def test_pause_rules() -> None:
         assert (await chain.call(home, "unpause", [])).ok
         assert await chain.sim_error(home, "unpause", []) == 5
         assert (await chain.plant(b, 0)).ok
+
+
+async def test_removed_block_is_replaced_by_the_next_index() -> None:
+    """`remove_block` stands in for eviction: the next plant bumps the index and builds the new
+    block from FarmBlock as it is, without resetting FarmBlock (its timestamp stays)."""
+    from kalepool.devnet.network import homesteader_keypair
+
+    async with devnet() as chain:
+        home = homesteader_keypair()
+        a, b, c, helper = (Keypair.random() for _ in range(4))
+        await chain.fund(a, b, c, helper, home)
+        t0 = (await chain.farm_block())["timestamp"]
+        await chain.next_close_at(t0 + chain.info["block_seconds"])
+        await chain.plant(a, 0)
+        assert await chain.farm_index() == 1
+        entropy1 = (await chain.block(1) or {})["entropy"]
+        await chain.close()
+        n, h = mine(1, entropy1, a.public_key, 1)
+        out = await chain.call(helper, "work", chain.work_args(a.public_key, h, n))
+        assert out.ok
+        gap = scval.from_uint32(out.return_value)
+        fb = await chain.farm_block()
+
+        assert (await chain.call(home, "remove_block", [scval.to_uint32(1)])).ok
+        assert await chain.block(1) is None
+        assert await chain.pail(a.public_key, 1) is not None
+        await chain.plant(b, 0)
+        assert await chain.farm_index() == 2
+        blk2 = await chain.block(2)
+        assert blk2 is not None
+        assert blk2["entropy"] == h == fb["entropy"]
+        assert stats_of(blk2) == Stats(gap, gap, 0, 0, 1, 1)
+        after = await chain.farm_block()
+        assert after["timestamp"] == fb["timestamp"] == t0 + chain.info["block_seconds"]
+        assert after["entropy"] == h and (after["min_gap"], after["max_gap"]) == (gap, gap)
+        # the removed block's pail can no longer be harvested
+        code = await chain.sim_error(helper, "harvest", chain.harvest_args(a.public_key, 1))
+        assert code == 11
+        await chain.plant(c, 0)
+        assert await chain.farm_index() == 2
 
 
 async def test_contract_address_farmer(chain: Chain) -> None:
