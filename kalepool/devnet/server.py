@@ -88,6 +88,7 @@ class DevnetServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/", self._handle_rpc)
+        app.router.add_get("/", self._handle_root)
         app.router.add_get("/friendbot", self._handle_friendbot)
         app.router.add_get("/devnet", self._handle_info)
         app.router.add_get("/devnet/faults", self._handle_get_faults)
@@ -327,6 +328,18 @@ class DevnetServer:
 
     async def _handle_get_faults(self, request: web.Request) -> web.Response:
         return web.json_response(self.faults.config.to_json())
+
+    async def _handle_root(self, request: web.Request) -> web.Response:
+        """Someone opened the RPC URL in a browser or with curl: say what it speaks."""
+        response = _problem(
+            405,
+            "Method Not Allowed",
+            "this is a Stellar RPC endpoint: POST JSON-RPC 2.0 requests here (getHealth, "
+            "getNetwork, sendTransaction, ...); GET /devnet for this network's ids and clock, "
+            "GET /friendbot?addr=G... to fund an account",
+        )
+        response.headers["Allow"] = "POST"
+        return response
 
     async def _handle_set_faults(self, request: web.Request) -> web.Response:
         try:

@@ -9,15 +9,23 @@ from the project's code, so a shared mistake cannot hide.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
 import re
+import shutil
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import requests
 from Crypto.Hash import keccak
 from stellar_sdk import (
     Account,
@@ -27,6 +35,7 @@ from stellar_sdk import (
     Keypair,
     Network,
     Preconditions,
+    SorobanServer,
     SorobanServerAsync,
     TimeBounds,
     TransactionBuilder,
@@ -34,6 +43,8 @@ from stellar_sdk import (
     scval,
     xdr,
 )
+from stellar_sdk.auth import authorize_entry
+from stellar_sdk.contract import ContractClient
 from stellar_sdk.exceptions import AccountNotFoundException, PrepareTransactionException
 from stellar_sdk.soroban_rpc import (
     EventFilter,
@@ -43,8 +54,10 @@ from stellar_sdk.soroban_rpc import (
     SendTransactionResponse,
     SendTransactionStatus,
 )
+from stellar_sdk.soroban_server import Durability
 
 from kalepool.devnet import DevnetConfig, DevnetServer
+from kalepool.devnet.network import homesteader_keypair  # documented: the fixed admin key
 
 TRC = xdr.TransactionResultCode
 XLM = 10_000_000  # stroops
@@ -176,8 +189,6 @@ class Books:
 
 def test_own_hash_reproduces_the_published_example() -> None:
     """The outsider's hash agrees with the example KALE_PROTOCOL.md publishes."""
-    import base64
-
     entropy = base64.b64decode("AAAAAAn66y/43JP7M02rwTmONZoWOmu1OPYz/bmzJ8o=")
     farmer = "GBQHTQ7NTSKHVTSVM6EHUO3TU4P4BK2TAAII25V2TT2Q6OWXUJWEKALE"
     h = work_hash(37, 20495217910, entropy, farmer)
@@ -1187,8 +1198,6 @@ async def test_plant_and_its_storage() -> None:
 async def test_plant_authorized_by_the_farmer_paid_by_another(chain: Chain) -> None:
     """The farmer signs only its authorization entry; someone else sources and pays. A
     signature made for another network does not authorize."""
-    from stellar_sdk.auth import authorize_entry
-
     farmer, payer, other = Keypair.random(), Keypair.random(), Keypair.random()
     await chain.fund(farmer, payer, other)
 
@@ -1577,8 +1586,6 @@ async def test_farming_blocks_and_rewards() -> None:
 
 
 async def test_pause_rules() -> None:
-    from kalepool.devnet.network import homesteader_keypair  # documented: the fixed admin key
-
     async with devnet() as chain:
         home = homesteader_keypair()
         assert home.public_key == chain.info["homesteader"]
@@ -1607,8 +1614,6 @@ async def test_pause_rules() -> None:
 async def test_removed_block_is_replaced_by_the_next_index() -> None:
     """`remove_block` stands in for eviction: the next plant bumps the index and builds the new
     block from FarmBlock as it is, without resetting FarmBlock (its timestamp stays)."""
-    from kalepool.devnet.network import homesteader_keypair
-
     async with devnet() as chain:
         home = homesteader_keypair()
         a, b, c, helper = (Keypair.random() for _ in range(4))
@@ -1656,3 +1661,105 @@ async def test_contract_address_farmer(chain: Chain) -> None:
     assert tail == Address(c_farmer).key
     n, h = mine(0, ZERO32, c_farmer, 0)
     assert await chain.sim_error(helper, "work", chain.work_args(c_farmer, h, n)) == 9
+
+
+# ================================================================ as a new user runs it
+
+
+def _farm_one_block_sync(url: str) -> None:
+    """The docs' path: plain synchronous stellar-sdk against `kale-pool devnet`."""
+    info = requests.get(f"{url}/devnet", timeout=30).json()
+    passphrase, farm = info["network_passphrase"], info["farm_contract_id"]
+    kale = Asset(info["asset_code"], info["asset_issuer"])
+    rpc = SorobanServer(url)
+    farmer, opener = Keypair.random(), Keypair.random()
+    for kp in (farmer, opener):
+        funded = requests.get(f"{url}/friendbot", params={"addr": kp.public_key}, timeout=60)
+        assert funded.status_code == 200 and funded.json()["successful"], funded.text
+    trust = (
+        TransactionBuilder(rpc.load_account(farmer.public_key), passphrase, 100)
+        .append_change_trust_op(kale)
+        .set_timeout(60)
+        .build()
+    )
+    trust.sign(farmer)
+    assert rpc.poll_transaction(rpc.send_transaction(trust).hash).status.value == "SUCCESS"
+    minted = requests.get(
+        f"{url}/friendbot", params={"addr": farmer.public_key, "kale": "100000000"}, timeout=60
+    )
+    assert minted.status_code == 200, minted.text
+
+    client = ContractClient(farm, url, passphrase)
+    me = scval.to_address(farmer.public_key)
+
+    def invoke(kp: Keypair, fn: str, args: list[xdr.SCVal]) -> xdr.SCVal:
+        out = client.invoke(fn, args, source=kp.public_key, signer=kp).sign_and_submit()
+        assert isinstance(out, xdr.SCVal)
+        return out
+
+    invoke(farmer, "plant", [me, scval.to_int128(30_000_000)])
+
+    def instance() -> dict[str, Any]:
+        got = rpc.get_contract_data(farm, xdr.SCVal(xdr.SCValType.SCV_LEDGER_KEY_CONTRACT_INSTANCE))
+        assert got is not None
+        data = xdr.LedgerEntryData.from_xdr(got.xdr).contract_data
+        assert data is not None and data.val.instance is not None
+        storage = data.val.instance.storage or xdr.SCMap([])
+        return {scval.to_native(e.key)[0]: scval.to_native(e.val) for e in storage.sc_map}
+
+    index = instance().get("FarmIndex", 0)
+    got = rpc.get_contract_data(farm, block_key(index), Durability.TEMPORARY)
+    assert got is not None
+    block = scval.to_native(xdr.LedgerEntryData.from_xdr(got.xdr).contract_data.val)  # type: ignore[union-attr]
+    nonce = 7
+    h = work_hash(index, nonce, block["entropy"], farmer.public_key)
+    gap = scval.from_uint32(invoke(farmer, "work", [me, scval.to_bytes(h), scval.to_uint64(nonce)]))
+    assert gap >= 1
+
+    # the block ends only when someone plants block_seconds after it started
+    opened_at = instance()["FarmBlock"]["timestamp"]
+    while int(rpc.get_latest_ledger().close_time) < opened_at + info["block_seconds"]:
+        time.sleep(0.2)
+    invoke(opener, "plant", [scval.to_address(opener.public_key), scval.to_int128(0)])
+    assert instance()["FarmIndex"] == index + 1
+    reward = scval.from_int128(invoke(farmer, "harvest", [me, scval.to_uint32(index)]))
+    # one farmer in a block with empty ranges: every term is 1, the whole reward is theirs
+    assert reward == block_reward(index)
+    line = rpc.get_ledger_entries(
+        [
+            xdr.LedgerKey(
+                xdr.LedgerEntryType.TRUSTLINE,
+                trust_line=xdr.LedgerKeyTrustLine(
+                    farmer.xdr_account_id(), kale.to_trust_line_asset_xdr_object()
+                ),
+            )
+        ]
+    ).entries[0]
+    balance = xdr.LedgerEntryData.from_xdr(line.xdr).trust_line.balance.int64  # type: ignore[union-attr]
+    assert balance == 100_000_000 + reward
+    client.server.close()
+    rpc.close()
+
+
+async def test_kale_pool_devnet_farms_a_block_for_a_synchronous_client() -> None:
+    kale_pool = shutil.which("kale-pool", path=str(Path(sys.executable).parent))
+    assert kale_pool is not None
+    proc = await asyncio.create_subprocess_exec(
+        kale_pool,
+        *("devnet", "--port", "0", "--ledger-seconds", "1", "--block-seconds", "3"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        url = first.rsplit(" ", 1)[-1].strip()
+        assert url.startswith("http://127.0.0.1:"), first
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/") as r:
+            assert r.status == 405 and "POST JSON-RPC" in (await r.json())["detail"]
+        await asyncio.wait_for(asyncio.to_thread(_farm_one_block_sync, url), 120)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
