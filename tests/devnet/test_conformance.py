@@ -1022,9 +1022,10 @@ async def test_soroban_fee_validity(chain: Chain) -> None:
     _, now = await chain.latest()
     late_and_low = await variant(resource_delta=half, time_bounds=(0, now - 1))
     assert await chain.rejected(late_and_low) == TRC.txSOROBAN_INVALID
-    # what a Soroban call pays is what feeCharged says (the devnet refunds nothing)
+    # what a Soroban call pays is what feeCharged says: the base inclusion fee however
+    # high the bid (no surge pricing), plus the resource fee (the devnet refunds nothing)
     before = await chain.balance(farmer.public_key)
-    out = await chain.apply(await variant())
+    out = await chain.apply(await variant(fee_delta=5000))
     assert out.ok
     assert await chain.balance(farmer.public_key) == before - out.fee_charged
     assert 100 < out.fee_charged <= 100 + resource_fee
@@ -1360,6 +1361,9 @@ async def test_work_rules(chain: Chain) -> None:
     )
     assert failed.contract_codes()[:1] == [15]
     assert failed.fee_charged > 0
+    # a failed transaction still spends its sequence number and pays its fee
+    assert failed.res.envelope_xdr is not None
+    assert await chain.seq(helper.public_key) == same_ledger.transaction.sequence
 
     # a wrong hash a ledger later: #13; no pail: #9
     wrong = await chain.sim_error(helper, "work", chain.work_args(a.public_key, bytes(32), 1))
@@ -1404,6 +1408,8 @@ async def test_work_rules(chain: Chain) -> None:
     assert fb["entropy"] == h1
     assert (fb["min_gap"], fb["max_gap"], fb["min_zeros"], fb["max_zeros"]) == (gap, gap, 1, 1)
 
+    # the hash is checked before the zero count: a wrong hash on a resubmission is #13
+    assert await chain.sim_error(helper, "work", chain.work_args(a.public_key, ZERO32, 5)) == 13
     # resubmission needs strictly more zeros
     same_n, same_h = mine(0, ZERO32, a.public_key, 1, start=n1 + 1)
     assert await chain.sim_error(helper, "work", chain.work_args(a.public_key, same_h, same_n)) == 7
