@@ -9,6 +9,7 @@ The hash here is the reference Keccak (pycryptodome); the fast search lives in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 from Crypto.Hash import keccak
 
@@ -136,3 +137,55 @@ def harvest_reward(
 ) -> int:
     """The reward `harvest` returns (stake excluded): the pail's share of the pot."""
     return pail_normalised * (block_reward(index) + staked_total) // max(normalized_total, 1)
+
+
+class FarmError(IntEnum):
+    """The farm contract's errors, raised as `Error(Contract, #N)`."""
+
+    HOMESTEAD_EXISTS = 1
+    HOMESTEAD_MISSING = 2
+    FARM_BLOCK_MISSING = 3
+    FARM_PAUSED = 4
+    FARM_NOT_PAUSED = 5
+    PLANT_AMOUNT_TOO_LOW = 6
+    ZERO_COUNT_TOO_LOW = 7
+    PAIL_EXISTS = 8
+    PAIL_MISSING = 9
+    WORK_MISSING = 10
+    BLOCK_MISSING = 11
+    BLOCK_INVALID = 12
+    HASH_INVALID = 13
+    HARVEST_NOT_READY = 14
+    GAP_COUNT_TOO_LOW = 15
+
+    @property
+    def contract_name(self) -> str:
+        """The variant's name in the contract source, e.g. `PailExists`."""
+        return "".join(part.capitalize() for part in self.name.split("_"))
+
+
+class AssetError(IntEnum):
+    """The Stellar asset contract's errors, in the same `Error(Contract, #N)` space.
+
+    The numbers overlap the farm's (#10, #13): which contract raised an error
+    decides what it means, never the number alone.
+    """
+
+    INTERNAL_ERROR = 1
+    OPERATION_NOT_SUPPORTED = 2
+    ALREADY_INITIALIZED = 3
+    UNAUTHORIZED = 4
+    AUTHENTICATION = 5
+    ACCOUNT_MISSING = 6
+    ACCOUNT_IS_NOT_CLASSIC = 7
+    NEGATIVE_AMOUNT = 8
+    ALLOWANCE = 9
+    INSUFFICIENT_BALANCE = 10  # not enough to spend, or over the trustline's limit
+    BALANCE_DEAUTHORIZED = 11
+    OVERFLOW = 12
+    TRUSTLINE_MISSING = 13
+
+    @property
+    def contract_name(self) -> str:
+        """A CamelCase name for messages, e.g. `TrustlineMissing`."""
+        return "".join(part.capitalize() for part in self.name.split("_"))

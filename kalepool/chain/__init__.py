@@ -21,13 +21,11 @@ from kalepool.chain.client import ChainClient, LedgerInfo, RetryPolicy
 from kalepool.chain.config import ChainConfig, ChainConfigError, resolve_chain_config
 from kalepool.chain.errors import (
     AccountNotFoundError,
-    AssetError,
     ChainDataError,
     ChainError,
     ChainUnavailableError,
     ContractError,
     ContractKind,
-    FarmError,
     SimulationError,
 )
 from kalepool.chain.farm_state import (
@@ -57,6 +55,7 @@ from kalepool.chain.submit import (
     sign,
     submit,
 )
+from kalepool.protocol import AssetError, FarmError
 
 __all__ = [
     "AccountNotFoundError",

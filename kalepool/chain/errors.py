@@ -11,57 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 
 from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
-
-class FarmError(IntEnum):
-    """The farm contract's errors (`errors.rs` of the KALE contract)."""
-
-    HOMESTEAD_EXISTS = 1
-    HOMESTEAD_MISSING = 2
-    FARM_BLOCK_MISSING = 3
-    FARM_PAUSED = 4
-    FARM_NOT_PAUSED = 5
-    PLANT_AMOUNT_TOO_LOW = 6
-    ZERO_COUNT_TOO_LOW = 7
-    PAIL_EXISTS = 8
-    PAIL_MISSING = 9
-    WORK_MISSING = 10
-    BLOCK_MISSING = 11
-    BLOCK_INVALID = 12
-    HASH_INVALID = 13
-    HARVEST_NOT_READY = 14
-    GAP_COUNT_TOO_LOW = 15
-
-    @property
-    def contract_name(self) -> str:
-        """The variant's name in the contract source, e.g. `PailExists`."""
-        return "".join(part.capitalize() for part in self.name.split("_"))
-
-
-class AssetError(IntEnum):
-    """The Stellar asset contract's errors (the host's built-in `ContractError`)."""
-
-    INTERNAL_ERROR = 1
-    OPERATION_NOT_SUPPORTED = 2
-    ALREADY_INITIALIZED = 3
-    UNAUTHORIZED = 4
-    AUTHENTICATION = 5
-    ACCOUNT_MISSING = 6
-    ACCOUNT_IS_NOT_CLASSIC = 7
-    NEGATIVE_AMOUNT = 8
-    ALLOWANCE = 9
-    INSUFFICIENT_BALANCE = 10  # BalanceError: not enough to spend, or over the line's limit
-    BALANCE_DEAUTHORIZED = 11
-    OVERFLOW = 12
-    TRUSTLINE_MISSING = 13
-
-    @property
-    def contract_name(self) -> str:
-        return "".join(part.capitalize() for part in self.name.split("_"))
+from kalepool.protocol import AssetError, FarmError
 
 
 class ContractKind(StrEnum):

@@ -14,13 +14,12 @@ from kalepool.chain.calls import TxKind
 from kalepool.chain.client import is_transient
 from kalepool.chain.errors import (
     AccountNotFoundError,
-    AssetError,
     ChainUnavailableError,
     ContractError,
     ContractKind,
-    FarmError,
 )
 from kalepool.chain.submit import TxOutcome, TxStatus
+from kalepool.protocol import AssetError, FarmError
 
 
 class Fault(StrEnum):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from stellar_sdk import xdr as stellar_xdr
 
 _TYPE_NAMES = {
@@ -34,44 +32,6 @@ _CODE_NAMES = {
 
 ErrType = stellar_xdr.SCErrorType
 ErrCode = stellar_xdr.SCErrorCode
-
-
-class FarmError(IntEnum):
-    """The KALE farm contract's errors (`Error(Contract, #N)`)."""
-
-    HOMESTEAD_EXISTS = 1
-    HOMESTEAD_MISSING = 2
-    FARM_BLOCK_MISSING = 3
-    FARM_PAUSED = 4
-    FARM_NOT_PAUSED = 5
-    PLANT_AMOUNT_TOO_LOW = 6
-    ZERO_COUNT_TOO_LOW = 7
-    PAIL_EXISTS = 8
-    PAIL_MISSING = 9
-    WORK_MISSING = 10
-    BLOCK_MISSING = 11
-    BLOCK_INVALID = 12
-    HASH_INVALID = 13
-    HARVEST_NOT_READY = 14
-    GAP_COUNT_TOO_LOW = 15
-
-
-class SacError(IntEnum):
-    """The Stellar Asset Contract's errors, in the same `Error(Contract, #N)` space."""
-
-    INTERNAL = 1
-    OPERATION_NOT_SUPPORTED = 2
-    ALREADY_INITIALIZED = 3
-    UNAUTHORIZED = 4
-    AUTHENTICATION = 5
-    ACCOUNT_MISSING = 6
-    ACCOUNT_IS_NOT_CLASSIC = 7
-    NEGATIVE_AMOUNT = 8
-    ALLOWANCE = 9
-    BALANCE = 10
-    BALANCE_DEAUTHORIZED = 11
-    OVERFLOW = 12
-    TRUSTLINE_MISSING = 13
 
 
 class HostError(Exception):

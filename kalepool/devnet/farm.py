@@ -14,9 +14,10 @@ from stellar_sdk import xdr as stellar_xdr
 
 from kalepool import protocol
 from kalepool.devnet import values as v
-from kalepool.devnet.errors import ErrCode, ErrType, FarmError, HostError
+from kalepool.devnet.errors import ErrCode, ErrType, HostError
 from kalepool.devnet.host import COST_KECCAK, WEEK_OF_LEDGERS, Host
 from kalepool.devnet.ledger import Durability
+from kalepool.protocol import FarmError
 
 U32_MAX = protocol.U32_MAX
 I128_MAX = protocol.I128_MAX

@@ -12,7 +12,7 @@ from dataclasses import replace
 from stellar_sdk import xdr as stellar_xdr
 
 from kalepool.devnet import values as v
-from kalepool.devnet.errors import ErrCode, ErrType, HostError, SacError
+from kalepool.devnet.errors import ErrCode, ErrType, HostError
 from kalepool.devnet.host import Host
 from kalepool.devnet.ledger import (
     AUTHORIZED_FLAG,
@@ -21,6 +21,7 @@ from kalepool.devnet.ledger import (
     TrustlineRec,
     trustline_key,
 )
+from kalepool.protocol import AssetError
 
 DECIMALS = 7
 
@@ -106,7 +107,7 @@ class StellarAssetContract:
 
     # ---- helpers -------------------------------------------------------------------
 
-    def _fail(self, contract: str, error: SacError, detail: str) -> HostError:
+    def _fail(self, contract: str, error: AssetError, detail: str) -> HostError:
         return HostError.contract_error(int(error), contract, detail)
 
     def _metadata(self, host: Host, c: str) -> dict[str, stellar_xdr.SCVal]:
@@ -126,14 +127,14 @@ class StellarAssetContract:
     def _admin_addr(self, host: Host, c: str) -> str:
         val = host.instance_get(c, admin_key())
         if val is None:
-            raise self._fail(c, SacError.INTERNAL, "admin is missing")
+            raise self._fail(c, AssetError.INTERNAL_ERROR, "admin is missing")
         return v.as_address(val)
 
     def _amount(self, c: str, val: stellar_xdr.SCVal) -> int:
         amount = v.as_i128(val)
         if amount < 0:
             raise self._fail(
-                c, SacError.NEGATIVE_AMOUNT, f"negative amount is not allowed: {amount}"
+                c, AssetError.NEGATIVE_AMOUNT, f"negative amount is not allowed: {amount}"
             )
         return amount
 
@@ -142,7 +143,7 @@ class StellarAssetContract:
         entry = host.get_entry(trustline_key(account, code, issuer))
         if entry is None:
             raise self._fail(
-                c, SacError.TRUSTLINE_MISSING, "trustline entry is missing for account"
+                c, AssetError.TRUSTLINE_MISSING, "trustline entry is missing for account"
             )
         return TrustlineRec.from_data(entry.data)
 
@@ -150,7 +151,7 @@ class StellarAssetContract:
         """The holder's trustline, checked first for existence (#13) and authorization (#11)."""
         tl = self._trustline(host, c, holder)
         if not tl.flags & AUTHORIZED_FLAG:
-            raise self._fail(c, SacError.BALANCE_DEAUTHORIZED, "balance is deauthorized")
+            raise self._fail(c, AssetError.BALANCE_DEAUTHORIZED, "balance is deauthorized")
         return tl
 
     def _read_balance(self, host: Host, c: str, holder: str) -> int:
@@ -171,16 +172,20 @@ class StellarAssetContract:
                 return  # the issuer's balance is unlimited: paying out mints
             tl = self._authorized_line(host, c, holder)
             if amount > I64_MAX:
-                raise self._fail(c, SacError.OVERFLOW, "spent amount is too large for an i64")
+                raise self._fail(c, AssetError.OVERFLOW, "spent amount is too large for an i64")
             if tl.balance < amount:
                 raise self._fail(
-                    c, SacError.BALANCE, "resulting balance is not within the allowed range"
+                    c,
+                    AssetError.INSUFFICIENT_BALANCE,
+                    "resulting balance is not within the allowed range",
                 )
             self._write_trustline(host, replace(tl, balance=tl.balance - amount))
             return
         balance = self._read_balance(host, c, holder)
         if balance < amount:
-            raise self._fail(c, SacError.BALANCE, f"balance is not sufficient to spend: {balance}")
+            raise self._fail(
+                c, AssetError.INSUFFICIENT_BALANCE, f"balance is not sufficient to spend: {balance}"
+            )
         self._write_contract_balance(host, c, holder, balance - amount)
 
     def _receive(self, host: Host, c: str, holder: str, amount: int) -> None:
@@ -190,17 +195,19 @@ class StellarAssetContract:
                 return  # paying the issuer burns
             tl = self._authorized_line(host, c, holder)
             if amount > I64_MAX:
-                raise self._fail(c, SacError.OVERFLOW, "received amount is too large for an i64")
+                raise self._fail(c, AssetError.OVERFLOW, "received amount is too large for an i64")
             new = tl.balance + amount
             if new > tl.limit:  # the limit is at most i64::MAX, so this covers overflow too
                 raise self._fail(
-                    c, SacError.BALANCE, "resulting balance is not within the allowed range"
+                    c,
+                    AssetError.INSUFFICIENT_BALANCE,
+                    "resulting balance is not within the allowed range",
                 )
             self._write_trustline(host, replace(tl, balance=new))
             return
         balance = self._read_balance(host, c, holder)
         if balance + amount > v.I128_MAX:
-            raise self._fail(c, SacError.OVERFLOW, "balance overflows i128")
+            raise self._fail(c, AssetError.OVERFLOW, "balance overflows i128")
         self._write_contract_balance(host, c, holder, balance + amount)
 
     def _write_trustline(self, host: Host, tl: TrustlineRec) -> None:

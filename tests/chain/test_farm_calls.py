@@ -29,7 +29,7 @@ from kalepool.chain import (
     read_pails,
     sign,
 )
-from kalepool.chain.errors import AssetError
+from kalepool.protocol import AssetError
 
 from .stage import KALE, Stage, mine
 
