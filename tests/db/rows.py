@@ -6,7 +6,7 @@ import base64
 import itertools
 import os
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 from stellar_sdk import StrKey
@@ -56,14 +56,22 @@ class Rows:
         values = {
             "pooler_id": pooler_id,
             "custodial_public_key": account(),
-            "secret_ciphertext": ciphertext(),
-            "secret_nonce": os.urandom(12),
-            "key_id": "master",
-            "key_version": 1,
             "payout_address": account(),
             "stake_bps": 5000,
         }
         return UUID(str(self._insert("farmers", values | overrides)))
+
+    def wallet(self, **overrides: Any) -> UUID:
+        """A custodial wallet row (the wallet service's encrypted key)."""
+        values = {
+            "owner_id": uuid4(),
+            "public_key": account(),
+            "ciphertext": ciphertext(),
+            "nonce": os.urandom(12),
+            "key_id": "master",
+            "key_version": 1,
+        }
+        return UUID(str(self._insert("custodial_wallets", values | overrides)))
 
     def _outcome(self, status: str, **success: Any) -> dict[str, Any]:
         if status == "success":

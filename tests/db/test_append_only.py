@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from uuid import uuid4
 
 import psycopg
 import pytest
@@ -167,12 +168,20 @@ def test_immutable_identity_columns(db: Conn, rows: Rows) -> None:
         db.execute(
             "UPDATE farmers SET custodial_public_key = %s WHERE id = %s", (account(), farmer)
         )
-    # The secret may be re-encrypted (key rotation); its public key stays.
+    # A wallet's secret may be re-encrypted (key rotation); its public key and owner stay.
+    wallet = rows.wallet()
     db.execute(
-        "UPDATE farmers SET secret_ciphertext = %s, secret_nonce = %s, key_version = 2"
-        " WHERE id = %s",
-        (ciphertext(), b"\x01" * 12, farmer),
+        "UPDATE custodial_wallets SET ciphertext = %s, nonce = %s, key_version = 2 WHERE id = %s",
+        (ciphertext(), b"\x01" * 12, wallet),
     )
+    for column, value in (("public_key", account()), ("owner_id", uuid4())):
+        with pytest.raises(errors.RestrictViolation, match=f"{column} cannot change"):
+            db.execute(
+                f"UPDATE custodial_wallets SET {column} = %s WHERE id = %s".encode(),
+                (value, wallet),
+            )
+    with pytest.raises(errors.RestrictViolation):
+        db.execute("DELETE FROM custodial_wallets WHERE id = %s", (wallet,))
 
 
 def test_departed_is_final(db: Conn, rows: Rows) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -133,17 +133,27 @@ def test_events_name_the_farmers_wallet(db: Conn, rows: Rows, farm: tuple[UUID, 
 # Secrets ----------------------------------------------------------------------
 
 
-def _farmer_with_secret(rows: Rows, pooler: UUID, secret: Any, nonce: bytes | None = None) -> UUID:
-    return rows.farmer(pooler, secret_ciphertext=secret, secret_nonce=nonce or os.urandom(12))
+def _wallet_with_secret(rows: Rows, secret: Any, nonce: bytes | None = None) -> UUID:
+    return rows.wallet(ciphertext=secret, nonce=nonce or os.urandom(12))
 
 
 def test_secret_columns_accept_ciphertext(db: Conn, rows: Rows) -> None:
-    pooler = rows.pooler()
-    farmer = _farmer_with_secret(rows, pooler, os.urandom(72), os.urandom(24))
+    wallet = _wallet_with_secret(rows, os.urandom(72), os.urandom(24))
     row = db.execute(
-        "SELECT pg_typeof(secret_ciphertext)::text FROM farmers WHERE id = %s", (farmer,)
+        "SELECT pg_typeof(ciphertext)::text FROM custodial_wallets WHERE id = %s", (wallet,)
     )
     assert row.fetchone() == ("bytea",)
+
+
+def test_farmers_hold_no_secret_columns(db: Conn) -> None:
+    columns = {
+        name
+        for (name,) in db.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'farmers'"
+        ).fetchall()
+    }
+    assert "custodial_public_key" in columns
+    assert not columns & {"secret_ciphertext", "secret_nonce", "key_id", "key_version"}
 
 
 @pytest.mark.parametrize(
@@ -158,40 +168,54 @@ def test_secret_columns_accept_ciphertext(db: Conn, rows: Rows) -> None:
     ],
 )
 def test_secret_columns_refuse_plaintext(db: Conn, rows: Rows, plaintext: Any) -> None:
-    pooler = rows.pooler()
     raw = os.urandom(32)
     secret = StrKey.encode_ed25519_secret_seed(raw)
     value = plaintext(secret, raw)
     with pytest.raises(errors.CheckViolation) as caught:
-        _farmer_with_secret(rows, pooler, value)
+        _wallet_with_secret(rows, value)
     assert caught.value.diag.constraint_name in {
-        "farmers_secret_not_plaintext",
-        "farmers_secret_ciphertext_length",
+        "custodial_wallets_not_plaintext",
+        "custodial_wallets_ciphertext_length",
     }
     # The refusal never echoes the value back.
     assert secret not in str(caught.value)
-    assert _count(db, "farmers") == 0
+    assert _count(db, "custodial_wallets") == 0
 
 
 def test_a_raw_unencrypted_seed_is_too_short_to_be_ciphertext(rows: Rows) -> None:
     with pytest.raises(errors.CheckViolation) as caught:
-        _farmer_with_secret(rows, rows.pooler(), os.urandom(32))
-    assert caught.value.diag.constraint_name == "farmers_secret_ciphertext_length"
+        _wallet_with_secret(rows, os.urandom(32))
+    assert caught.value.diag.constraint_name == "custodial_wallets_ciphertext_length"
 
 
 def test_nonce_rules(rows: Rows) -> None:
-    pooler = rows.pooler()
     with pytest.raises(errors.CheckViolation) as caught:
-        _farmer_with_secret(rows, pooler, os.urandom(48), os.urandom(16))
-    assert caught.value.diag.constraint_name == "farmers_secret_nonce_length"
+        _wallet_with_secret(rows, os.urandom(48), os.urandom(16))
+    assert caught.value.diag.constraint_name == "custodial_wallets_nonce_length"
 
     nonce = os.urandom(12)
-    _farmer_with_secret(rows, pooler, os.urandom(48), nonce)
+    _wallet_with_secret(rows, os.urandom(48), nonce)
     with pytest.raises(errors.UniqueViolation) as unique:
-        _farmer_with_secret(rows, pooler, os.urandom(48), nonce)
-    assert unique.value.diag.constraint_name == "farmers_secret_nonce_unique"
+        _wallet_with_secret(rows, os.urandom(48), nonce)
+    assert unique.value.diag.constraint_name == "custodial_wallets_nonce_unique"
     # The same nonce under another key version is a different key: allowed.
-    rows.farmer(pooler, secret_nonce=nonce, key_version=2)
+    rows.wallet(nonce=nonce, key_version=2)
+
+
+def test_wallet_fields(rows: Rows) -> None:
+    owner, key = uuid4(), account()
+    rows.wallet(owner_id=owner, public_key=key)
+    cases: list[tuple[dict[str, Any], type[psycopg.Error], str]] = [
+        ({"owner_id": owner}, errors.UniqueViolation, "custodial_wallets_owner_id_key"),
+        ({"public_key": key}, errors.UniqueViolation, "custodial_wallets_public_key_key"),
+        ({"public_key": seed()}, errors.CheckViolation, "custodial_wallets_public_key_format"),
+        ({"key_version": 0}, errors.CheckViolation, "custodial_wallets_key_version_positive"),
+        ({"key_id": "bad key"}, errors.CheckViolation, "custodial_wallets_key_id_format"),
+    ]
+    for values, error, constraint in cases:
+        with pytest.raises(error) as caught:
+            rows.wallet(**values)
+        assert caught.value.diag.constraint_name == constraint
 
 
 def test_farmer_fields(rows: Rows) -> None:
@@ -212,7 +236,6 @@ def test_farmer_fields(rows: Rows) -> None:
         ),
         ({"stake_bps": 10001}, errors.CheckViolation, "farmers_stake_bps_range"),
         ({"stake_bps": -1}, errors.CheckViolation, "farmers_stake_bps_range"),
-        ({"key_version": 0}, errors.CheckViolation, "farmers_key_version_positive"),
     ]
     for values, error, constraint in cases:
         with pytest.raises(error) as caught:

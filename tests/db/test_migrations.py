@@ -26,6 +26,7 @@ SCHEMA_TABLES = {
     "poolers",
     "pooler_api_keys",
     "farmers",
+    "custodial_wallets",
     "transactions",
     "transaction_events",
     "plantings",
