@@ -50,9 +50,12 @@ def operator_errors() -> Iterator[None]:
     import psycopg
 
     from kalepool.db.migrate import MigrationError
+    from kalepool.runtime import StartupError
 
     try:
         yield
+    except StartupError as error:
+        fail(str(error), code=1)
     except MigrationError as error:
         fail(f"migration refused: {error}", code=1)
     except psycopg.OperationalError as error:

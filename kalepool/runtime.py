@@ -106,6 +106,10 @@ def show_status(settings: Settings) -> None:
     Console().print(table)
 
 
+class StartupError(Exception):
+    """A part could not start for a reason the operator can fix; the message says how."""
+
+
 @dataclass
 class Part:
     """One part of a deployment as `up` reports it."""
@@ -149,8 +153,19 @@ async def _devnet(settings: Settings) -> AsyncIterator[Part]:
         block_seconds=settings.devnet_block_seconds,
         state_path=settings.layout().devnet_state,
     )
-    async with DevnetServer(config) as server:
+    server = DevnetServer(config)
+    try:
+        await server.start()
+    except OSError as error:
+        raise StartupError(
+            f"cannot start the devnet on 127.0.0.1:{settings.devnet_port}: "
+            f"{error.strerror or error} (another kale-pool up or devnet running? "
+            "set KALE_POOL_DEVNET_PORT)"
+        ) from None
+    try:
         yield Part("devnet", "running", f"Stellar RPC at {server.url}")
+    finally:
+        await server.stop()
 
 
 async def _up(settings: Settings) -> None:

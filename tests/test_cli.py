@@ -142,3 +142,17 @@ def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_up_on_a_taken_port_says_so_in_one_line(env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("up", env={**env, "KALE_POOL_DEVNET_PORT": str(port)})
+    assert result.returncode == 1
+    assert f"cannot start the devnet on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
