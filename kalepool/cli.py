@@ -38,9 +38,13 @@ def settings_from(ctx: typer.Context) -> Settings:
     """The settings for this invocation: environment and .env, with global flags on top."""
     overrides: dict[str, Any] = ctx.obj or {}
     try:
-        return load_settings(**overrides)
+        settings = load_settings(**overrides)
     except SettingsError as error:
         fail(f"configuration error: {error}")
+    from kalepool.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    return settings
 
 
 @contextlib.contextmanager
