@@ -1,0 +1,138 @@
+"""Running the wallet service: its gRPC server, database pool, chain client and keys.
+
+`start_wallet_server()` is what tests and `serve_wallet()` use; `python -m wallet_service`
+runs `serve_wallet(load_settings())` until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from kalepool.chain import ChainClient, resolve_chain_config
+from kalepool.db.embedded import start_embedded
+from kalepool.db.migrate import apply_migrations
+from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
+from kalepool.settings import Settings
+from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, Identity
+from kalepool.v1 import wallet_pb2_grpc
+from wallet_service.keystore import Keyring, load_keyring
+from wallet_service.service import WalletService
+from wallet_service.store import Pool, Store
+
+log = logging.getLogger("wallet_service")
+
+SERVICE_NAME = "kalepool.v1.WalletService"
+
+
+@dataclass
+class WalletServer:
+    """A running wallet service."""
+
+    built: BuiltServer
+    service: WalletService
+    pool: Pool
+    reconciled: asyncio.Task[int]
+    _stack: AsyncExitStack
+
+    @property
+    def port(self) -> int:
+        return self.built.port
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving, then release the pool and the chain client."""
+        if not self.reconciled.done():
+            self.reconciled.cancel()
+        await self.built.stop(grace)
+        await self._stack.aclose()
+
+
+async def start_wallet_server(
+    *,
+    address: str,
+    conninfo: str,
+    keyring: Keyring,
+    chain: ChainClient,
+    identity: Identity,
+    ca_pem: bytes,
+    allowed_callers: tuple[str, ...] = (POOL_CLIENT,),
+    pool_size: int = 10,
+) -> WalletServer:
+    """Open the database pool, start serving, and reconcile unsettled transactions.
+
+    Reconciliation runs in the background (`WalletServer.reconciled`); it takes each
+    account's lock, so a call for an account waits until that account is reconciled.
+    """
+    stack = AsyncExitStack()
+    pool: Pool = AsyncConnectionPool(
+        conninfo, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False
+    )
+    try:
+        await pool.open(wait=True, timeout=30)
+    except Exception:
+        await pool.close()
+        raise
+    stack.push_async_callback(pool.close)
+    service = WalletService(Store(pool), keyring, chain)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        wallet_pb2_grpc.add_WalletServiceServicer_to_server(service, server)
+        return [SERVICE_NAME]
+
+    spec = ServerSpec(
+        address=address,
+        identity=identity,
+        ca_pem=ca_pem,
+        allowed_callers={SERVICE_NAME: allowed_callers},
+        error_map={psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE},
+    )
+    try:
+        built = build_server(spec, register)
+        await built.start([SERVICE_NAME])
+    except BaseException:
+        await stack.aclose()
+        raise
+    task = asyncio.create_task(service.reconcile_all(), name="wallet-reconcile")
+    log.info("wallet service listening on port %d", built.port)
+    return WalletServer(built, service, pool, task, stack)
+
+
+async def serve_wallet(settings: Settings) -> None:
+    """Run the wallet service with these settings until SIGINT or SIGTERM."""
+    keyring = load_keyring(settings)  # first: a missing master key stops start-up at once
+    layout = settings.layout()
+    layout.ensure()
+    async with AsyncExitStack() as stack:
+        if settings.database_url is not None:
+            conninfo = settings.database_url.get_secret_value()
+        else:
+            embedded = await asyncio.to_thread(start_embedded, layout.postgres)
+            stack.callback(embedded.release)
+            conninfo = embedded.conninfo
+        await asyncio.to_thread(apply_migrations, conninfo)
+        chain = ChainClient(await resolve_chain_config(settings))
+        stack.push_async_callback(chain.aclose)
+        pki = DevPki(layout.certs)
+        ca_path = layout.certs / "ca.pem"
+        ca_pem = ca_path.read_bytes() if ca_path.exists() else pki.ca_pem
+        server = await start_wallet_server(
+            address=settings.wallet_listen,
+            conninfo=conninfo,
+            keyring=keyring,
+            chain=chain,
+            identity=pki.server(WALLET_SERVER),
+            ca_pem=ca_pem,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(5.0)

@@ -1,0 +1,735 @@
+"""The WalletService servicer: custodial wallets and every transaction made from them.
+
+Each transaction follows one path (`_transact`): look the idempotency key up first
+(same parameters: replay the stored outcome; other parameters: ALREADY_EXISTS), else
+build, sign with the custodial key, store the signed envelope (the record hook of
+`kalepool.chain.submit`) and only then send, updating the row at each step and settling
+it with the chain's outcome. Calls for one source account are serialized by a lock per
+account (an account can have one pending transaction); different accounts run in
+parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+import hashlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from stellar_sdk import AccountMerge, StrKey, TransactionBuilder, TransactionEnvelope
+from stellar_sdk import xdr as stellar_xdr
+from stellar_sdk.exceptions import NotFoundError as SdkNotFoundError
+
+from kalepool.chain import (
+    AccountNotFoundError,
+    ChainClient,
+    ChainError,
+    ChainUnavailableError,
+    ContractError,
+    Fault,
+    SignedTx,
+    SimulationError,
+    SubmitEvent,
+    SubmitStep,
+    TxKind,
+    TxOutcome,
+    UnsignedTx,
+    attribute_fault,
+    build_harvest,
+    build_payment,
+    build_plant,
+    build_trustline,
+    current_block,
+    read_account,
+    read_pail,
+    reconcile,
+    sign,
+    submit,
+)
+from kalepool.chain.calls import time_bounds
+from kalepool.grpc_server import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from kalepool.v1 import common_pb2, wallet_pb2, wallet_pb2_grpc
+from wallet_service.keystore import Keyring, generate_wallet
+from wallet_service.store import Settlement, Store, TxRow, WalletRow
+
+log = logging.getLogger("wallet_service")
+
+I64_MAX = 2**63 - 1
+BASE_RESERVE_STROOPS = 5_000_000  # the network's base reserve (0.5 XLM)
+
+_KIND_TO_PROTO = {
+    "plant": wallet_pb2.TX_KIND_PLANT,
+    "harvest": wallet_pb2.TX_KIND_HARVEST,
+    "trustline": wallet_pb2.TX_KIND_TRUSTLINE,
+    "payout": wallet_pb2.TX_KIND_TRANSFER,
+    "merge": wallet_pb2.TX_KIND_CLOSE,
+}
+_FAULT_TO_PROTO = {
+    "none": common_pb2.FAULT_PARTY_NONE,
+    "farmer": common_pb2.FAULT_PARTY_FARMER,
+    "pool": common_pb2.FAULT_PARTY_POOL,
+    "pooler": common_pb2.FAULT_PARTY_POOLER,
+    "chain": common_pb2.FAULT_PARTY_CHAIN,
+}
+_CODE_TO_FAILURE = {
+    "farm#4": common_pb2.FAILURE_CODE_FARM_PAUSED,
+    "farm#9": common_pb2.FAILURE_CODE_PAIL_MISSING,
+    "farm#10": common_pb2.FAILURE_CODE_WORK_MISSING,
+    "farm#13": common_pb2.FAILURE_CODE_HASH_INVALID,
+    "farm#14": common_pb2.FAILURE_CODE_HARVEST_NOT_READY,
+    "asset#10": common_pb2.FAILURE_CODE_INSUFFICIENT_KALE,
+    "asset#13": common_pb2.FAILURE_CODE_TRUSTLINE_MISSING,
+    "txINSUFFICIENT_BALANCE": common_pb2.FAILURE_CODE_INSUFFICIENT_XLM,
+    "txNO_ACCOUNT": common_pb2.FAILURE_CODE_ACCOUNT_MISSING,
+    "PAYMENT_UNDERFUNDED": common_pb2.FAILURE_CODE_INSUFFICIENT_KALE,
+    "PAYMENT_SRC_NO_TRUST": common_pb2.FAILURE_CODE_TRUSTLINE_MISSING,
+    "PAYMENT_NO_TRUST": common_pb2.FAILURE_CODE_TRUSTLINE_MISSING,
+    "CHANGE_TRUST_LOW_RESERVE": common_pb2.FAILURE_CODE_INSUFFICIENT_XLM,
+    "block_mismatch": common_pb2.FAILURE_CODE_BLOCK_MISMATCH,
+}
+
+
+def failure_code(status: str, error_code: str | None) -> common_pb2.FailureCode.ValueType:
+    """The API's FailureCode for a stored error code."""
+    if status == "expired":
+        return common_pb2.FAILURE_CODE_TX_EXPIRED
+    if error_code in _CODE_TO_FAILURE:
+        return _CODE_TO_FAILURE[error_code]
+    if error_code and (error_code.startswith("farm#") or error_code.startswith("asset#")):
+        return common_pb2.FAILURE_CODE_CONTRACT_ERROR
+    return common_pb2.FAILURE_CODE_TX_FAILED
+
+
+# --- validation: bad input is refused before anything is read or written --------------
+
+
+def check_account(what: str, address: str) -> str:
+    if not StrKey.is_valid_ed25519_public_key(address):
+        raise InvalidArgument(f"{what} must be a Stellar account address (G…), got {address!r}")
+    return address
+
+
+def check_destination(what: str, address: str) -> str:
+    if not (
+        StrKey.is_valid_ed25519_public_key(address)
+        or StrKey.is_valid_med25519_public_key(address)
+        or StrKey.is_valid_contract(address)
+    ):
+        raise InvalidArgument(f"{what} must be a G…, M… or C… address, got {address!r}")
+    return address
+
+
+def check_uuid(what: str, value: str) -> uuid.UUID:
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(f"{what} must be a UUID, got {value!r}") from None
+    if str(parsed) != value.lower():
+        raise InvalidArgument(f"{what} must be a UUID in canonical form, got {value!r}")
+    return parsed
+
+
+def check_key(key: str) -> str:
+    if not 1 <= len(key) <= 200 or not key.isprintable():
+        raise InvalidArgument("idempotency_key must be 1 to 200 printable characters")
+    return key
+
+
+def digest(*parts: object) -> bytes:
+    """What a request asks for, so a reused key with other parameters can be refused."""
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+
+
+def _ts(when: dt.datetime | None) -> Timestamp | None:
+    if when is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+@dataclass
+class Result:
+    """A transaction's stored (or pre-signing) outcome, ready for a response."""
+
+    outcome: wallet_pb2.TransactionOutcome
+    row: TxRow | None
+
+
+def outcome_of_row(row: TxRow, *, replayed: bool) -> wallet_pb2.TransactionOutcome:
+    """The API's TransactionOutcome of a stored transaction."""
+    if row.status in ("prepared", "submitted", "pending"):
+        status = common_pb2.TX_STATUS_PENDING
+    elif row.status == "success":
+        status = common_pb2.TX_STATUS_SUCCESS
+    elif row.status == "expired":
+        status = common_pb2.TX_STATUS_EXPIRED
+    elif row.rejected:
+        status = common_pb2.TX_STATUS_REJECTED
+    else:
+        status = common_pb2.TX_STATUS_FAILED
+    out = wallet_pb2.TransactionOutcome(
+        idempotency_key=row.idempotency_key,
+        kind=_KIND_TO_PROTO[row.kind],
+        tx_hash=row.tx_hash,
+        status=status,
+        ledger=row.ledger or 0,
+        source_address=row.source_account,
+        sequence=row.sequence_number,
+        fee_charged_stroops=row.fee_charged or 0,
+        replayed=replayed,
+        submitted_at=_ts(row.created_at),
+        valid_until=_ts(dt.datetime.fromtimestamp(row.max_time, dt.UTC)),
+        completed_at=_ts(row.settled_at),
+    )
+    if row.return_value is not None and row.status == "success":
+        out.contract_return_value = int(Decimal(row.return_value))
+    if status not in (common_pb2.TX_STATUS_PENDING, common_pb2.TX_STATUS_SUCCESS):
+        out.failure.CopyFrom(
+            common_pb2.Failure(
+                code=failure_code(row.status, row.error_code),
+                fault=_FAULT_TO_PROTO.get(row.fault or "", common_pb2.FAULT_PARTY_CHAIN),
+                contract_error=row.contract_error or 0,
+                message=row.error_message or row.status,
+            )
+        )
+    return out
+
+
+def refused(
+    key: str,
+    kind: str,
+    source: str,
+    code: common_pb2.FailureCode.ValueType,
+    fault: Fault,
+    message: str,
+    contract_error: int = 0,
+) -> wallet_pb2.TransactionOutcome:
+    """A REJECTED outcome for a transaction refused before anything was signed or stored."""
+    return wallet_pb2.TransactionOutcome(
+        idempotency_key=key,
+        kind=_KIND_TO_PROTO[kind],
+        status=common_pb2.TX_STATUS_REJECTED,
+        source_address=source,
+        failure=common_pb2.Failure(
+            code=code,
+            fault=_FAULT_TO_PROTO[fault.value],
+            contract_error=contract_error,
+            message=message,
+        ),
+    )
+
+
+def settlement(kind: TxKind, outcome: TxOutcome) -> Settlement | None:
+    """The row's final outcome, or None while the chain's answer is unknown."""
+    status = outcome.db_status
+    if status is None:
+        return None
+    err = outcome.contract_error
+    value = outcome.value
+    # The farmer's own account pays every transaction the wallet service makes.
+    fault = attribute_fault(kind, outcome, payer=Fault.FARMER)
+    return Settlement(
+        status=status,
+        ledger=outcome.ledger,
+        error_code=outcome.error_code,
+        error_message=None if outcome.ok else outcome.describe(),
+        result_xdr=outcome.result_xdr,
+        fee_charged=outcome.fee_charged,
+        return_value=value,
+        contract_error=None if err is None else err.number,
+        fault=fault.value,
+        rejected=outcome.status.value == "rejected",
+    )
+
+
+Build = Callable[[], Awaitable[UnsignedTx]]
+
+
+class WalletService(wallet_pb2_grpc.WalletServiceServicer):
+    """kalepool.v1.WalletService over a Store, a Keyring and a ChainClient."""
+
+    def __init__(self, store: Store, keyring: Keyring, chain: ChainClient) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.chain = chain
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, account: str) -> asyncio.Lock:
+        # One in flight per source account: a second envelope would reuse its sequence.
+        return self._locks.setdefault(account, asyncio.Lock())
+
+    async def _wallet(self, public_key: str) -> WalletRow:
+        wallet = await self.store.wallet(public_key)
+        if wallet is None:
+            raise NotFound(f"the wallet service holds no wallet {public_key}")
+        return wallet
+
+    # --- the one path of every transaction ----------------------------------------------
+
+    async def _transact(
+        self,
+        wallet: WalletRow,
+        key: str,
+        kind: str,
+        request_digest: bytes,
+        build: Build,
+        *,
+        block_index: int | None = None,
+        amount: int | None = None,
+        before_build: Callable[[], Awaitable[Result | None]] | None = None,
+    ) -> Result:
+        source = wallet.public_key
+        async with self._lock(source):
+            row = await self.store.tx_by_key(key)
+            if row is not None and not row.rejected:
+                if row.request_digest != request_digest:
+                    raise AlreadyExists(
+                        f"idempotency key {key!r} was used for another request "
+                        f"({row.kind} from {row.source_account})"
+                    )
+                if not row.settled:
+                    row = await self._drive(row, None)
+                return Result(outcome_of_row(row, replayed=True), row)
+            if wallet.closed_at is not None:
+                raise FailedPrecondition(f"wallet {source} is closed")
+            if before_build is not None:
+                early = await before_build()
+                if early is not None:
+                    return early
+            try:
+                unsigned = await build()
+            except AccountNotFoundError:
+                raise FailedPrecondition(
+                    f"account {source} does not exist on chain: fund it with XLM first"
+                ) from None
+            except ContractError as exc:
+                fault = attribute_fault(TxKind(kind), exc, payer=Fault.FARMER)
+                code = f"{exc.kind.value}#{exc.number}"
+                return Result(
+                    refused(
+                        key, kind, source, failure_code("failed", code), fault, str(exc), exc.number
+                    ),
+                    None,
+                )
+            except SimulationError as exc:
+                fault = attribute_fault(TxKind(kind), exc, payer=Fault.FARMER)
+                return Result(
+                    refused(key, kind, source, common_pb2.FAILURE_CODE_TX_FAILED, fault, str(exc)),
+                    None,
+                )
+            except ChainUnavailableError as exc:
+                raise Unavailable(f"the chain cannot be reached: {exc}") from None
+            with self.keyring.signer(wallet.sealed, source) as keypair:
+                if unsigned.kind is TxKind.MERGE:
+                    envelope = copy.deepcopy(unsigned.envelope)
+                    envelope.sign(keypair)
+                    signed = close_signed(envelope.to_xdr(), self.chain.config.network_passphrase)
+                else:
+                    signed = sign(unsigned, keypair)
+            row = await self._send(key, signed, request_digest, block_index, amount)
+            return Result(outcome_of_row(row, replayed=False), row)
+
+    async def _send(
+        self,
+        key: str,
+        signed: SignedTx,
+        request_digest: bytes,
+        block_index: int | None,
+        amount: int | None,
+    ) -> TxRow:
+        stored: list[uuid.UUID] = []
+
+        async def record(tx: SignedTx) -> None:
+            stored.append(
+                await self.store.insert_tx(
+                    key, tx, request_digest, block_index=block_index, amount=amount
+                )
+            )
+
+        try:
+            outcome = await submit(
+                self.chain, signed, record=record, observe=self._observer(stored)
+            )
+        except ChainUnavailableError as exc:
+            if not stored:
+                raise Unavailable(f"the chain cannot be reached: {exc}") from None
+            log.warning("tx %s left pending: %s", signed.hash, exc)
+            return await self.store.tx(stored[0])
+        tx_id = stored[0]
+        done = settlement(signed.kind, outcome)
+        if done is not None:
+            await self.store.settle(tx_id, done)
+        log.info("tx %s %s %s", signed.kind.value, signed.hash, outcome.describe())
+        return await self.store.tx(tx_id)
+
+    def _observer(self, stored: list[uuid.UUID]) -> Callable[[SubmitEvent], Awaitable[None]]:
+        async def observe(event: SubmitEvent) -> None:
+            if not stored:
+                return
+            if event.step in (SubmitStep.SENT, SubmitStep.DUPLICATE):
+                await self.store.mark(stored[0], "pending")
+            elif event.step is SubmitStep.SEND_LOST:
+                await self.store.mark(stored[0], "submitted")
+
+        return observe
+
+    async def _drive(self, row: TxRow, _: None) -> TxRow:
+        """Reconcile a stored, unsettled transaction by hash (resending the same envelope)."""
+        passphrase = self.chain.config.network_passphrase
+        if row.kind == "merge":
+            signed = close_signed(row.envelope_xdr, passphrase)
+        else:
+            signed = SignedTx.from_envelope(row.envelope_xdr, passphrase)
+        try:
+            outcome = await reconcile(self.chain, signed, observe=self._observer([row.id]))
+        except ChainUnavailableError as exc:
+            log.warning("tx %s still pending: %s", row.tx_hash, exc)
+            return row
+        done = settlement(signed.kind, outcome)
+        if done is not None:
+            await self.store.settle(row.id, done)
+        return await self.store.tx(row.id)
+
+    async def reconcile_all(self) -> int:
+        """Settle every stored transaction still unsettled (start-up); how many were settled."""
+        settled = 0
+        rows = await self.store.unsettled()
+
+        async def one(row: TxRow) -> None:
+            nonlocal settled
+            async with self._lock(row.source_account):
+                fresh = await self.store.tx(row.id)
+                if fresh.settled:
+                    return
+                after = await self._drive(fresh, None)
+                if after.settled:
+                    settled += 1
+                log.info("reconciled tx %s: %s", after.tx_hash, after.status)
+
+        await asyncio.gather(*(one(r) for r in rows))
+        return settled
+
+    # --- RPCs ------------------------------------------------------------------------------
+
+    async def CreateWallet(
+        self, request: wallet_pb2.CreateWalletRequest, context: Any
+    ) -> wallet_pb2.CreateWalletResponse:
+        owner = check_uuid("owner_id", request.owner_id)
+        public_key, sealed = generate_wallet(self.keyring)
+        row, created = await self.store.create_wallet(owner, public_key, sealed)
+        if created:
+            log.info("created wallet %s for owner %s", row.public_key, owner)
+        return wallet_pb2.CreateWalletResponse(wallet=self._wallet_pb(row), created=created)
+
+    def _wallet_pb(self, row: WalletRow) -> wallet_pb2.Wallet:
+        return wallet_pb2.Wallet(
+            public_key=row.public_key,
+            owner_id=str(row.owner_id),
+            key_version=row.key_version,
+            created_at=_ts(row.created_at),
+            closed=row.closed_at is not None,
+        )
+
+    async def GetWallet(
+        self, request: wallet_pb2.GetWalletRequest, context: Any
+    ) -> wallet_pb2.GetWalletResponse:
+        address = check_account("public_key", request.public_key)
+        row = await self._wallet(address)
+        return wallet_pb2.GetWalletResponse(
+            wallet=self._wallet_pb(row), account=await self._account_state(address)
+        )
+
+    async def _account_state(self, address: str) -> common_pb2.AccountState:
+        try:
+            state = await read_account(self.chain, address)
+            ledger = state.ledger if state else (await self.chain.latest_ledger()).sequence
+        except ChainUnavailableError as exc:
+            raise Unavailable(f"the chain cannot be reached: {exc}") from None
+        if state is None:
+            return common_pb2.AccountState(address=address, exists=False, observed_ledger=ledger)
+        reserve = (2 + state.sub_entries) * BASE_RESERVE_STROOPS
+        return common_pb2.AccountState(
+            address=address,
+            exists=True,
+            xlm_balance_stroops=state.xlm_balance,
+            xlm_available_stroops=max(0, state.xlm_balance - reserve),
+            kale_trustline=state.kale is not None,
+            kale_balance_stroops=state.kale.balance if state.kale else 0,
+            observed_ledger=state.ledger,
+        )
+
+    async def EnsureTrustline(
+        self, request: wallet_pb2.EnsureTrustlineRequest, context: Any
+    ) -> wallet_pb2.EnsureTrustlineResponse:
+        key = check_key(request.idempotency_key)
+        address = check_account("public_key", request.public_key)
+        wallet = await self._wallet(address)
+        present = False
+
+        async def check_present() -> Result | None:
+            nonlocal present
+            state = await self._account_state(address)
+            if not state.exists:
+                raise FailedPrecondition(
+                    f"account {address} does not exist on chain: fund it with XLM first"
+                )
+            present = state.kale_trustline
+            return Result(wallet_pb2.TransactionOutcome(), None) if present else None
+
+        result = await self._transact(
+            wallet,
+            key,
+            "trustline",
+            digest("trustline", address),
+            lambda: build_trustline(self.chain, address),
+            before_build=check_present,
+        )
+        if present:
+            return wallet_pb2.EnsureTrustlineResponse(already_present=True)
+        return wallet_pb2.EnsureTrustlineResponse(outcome=result.outcome)
+
+    async def Plant(
+        self, request: wallet_pb2.PlantRequest, context: Any
+    ) -> wallet_pb2.PlantResponse:
+        key = check_key(request.idempotency_key)
+        farmer = check_account("farmer_address", request.farmer_address)
+        stake = request.stake_stroops
+        if stake < 0:
+            raise InvalidArgument(f"stake_stroops must be 0 or more, got {stake}")
+        block = request.block_index
+        wallet = await self._wallet(farmer)
+
+        async def check_block() -> Result | None:
+            try:
+                current = await current_block(self.chain)
+                latest = await self.chain.latest_ledger()
+            except ChainError as exc:
+                raise Unavailable(f"the farm cannot be read: {exc}") from None
+            allowed = {current.index}
+            if current.can_open_next(latest.close_time):
+                allowed.add(current.index + 1)
+            if block in allowed:
+                return None
+            return Result(
+                refused(
+                    key,
+                    "plant",
+                    farmer,
+                    common_pb2.FAILURE_CODE_BLOCK_MISMATCH,
+                    Fault.NONE,
+                    f"block {block} cannot be planted now: the farm's block is {current.index}",
+                ),
+                None,
+            )
+
+        result = await self._transact(
+            wallet,
+            key,
+            "plant",
+            digest("plant", farmer, block, stake),
+            lambda: build_plant(self.chain, farmer, stake),
+            block_index=block,
+            before_build=check_block,
+        )
+        response = wallet_pb2.PlantResponse(outcome=result.outcome)
+        if result.outcome.status == common_pb2.TX_STATUS_SUCCESS:
+            pail = await read_pail(self.chain, farmer, block)
+            if pail is not None:
+                response.block_index = block
+                response.plant_ledger = pail.sequence
+        return response
+
+    async def Harvest(
+        self, request: wallet_pb2.HarvestRequest, context: Any
+    ) -> wallet_pb2.HarvestResponse:
+        key = check_key(request.idempotency_key)
+        farmer = check_account("farmer_address", request.farmer_address)
+        block = request.block_index
+        wallet = await self._wallet(farmer)
+        result = await self._transact(
+            wallet,
+            key,
+            "harvest",
+            digest("harvest", farmer, block),
+            lambda: build_harvest(self.chain, farmer, block, source=farmer),
+            block_index=block,
+        )
+        reward = (
+            result.outcome.contract_return_value
+            if result.outcome.HasField("contract_return_value")
+            else 0
+        )
+        return wallet_pb2.HarvestResponse(outcome=result.outcome, reward_stroops=reward)
+
+    async def Transfer(
+        self, request: wallet_pb2.TransferRequest, context: Any
+    ) -> wallet_pb2.TransferResponse:
+        key = check_key(request.idempotency_key)
+        source = check_account("source_address", request.source_address)
+        destination = check_destination("destination_address", request.destination_address)
+        amount = request.amount_stroops
+        if amount <= 0:
+            raise InvalidArgument(f"amount_stroops must be more than 0, got {amount}")
+        if destination == source:
+            raise InvalidArgument("destination_address must differ from source_address")
+        wallet = await self._wallet(source)
+        result = await self._transact(
+            wallet,
+            key,
+            "payout",
+            digest("payout", source, destination, amount),
+            lambda: build_payment(self.chain, source, destination, amount),
+            amount=amount,
+        )
+        return wallet_pb2.TransferResponse(outcome=result.outcome)
+
+    async def CloseWallet(
+        self, request: wallet_pb2.CloseWalletRequest, context: Any
+    ) -> wallet_pb2.CloseWalletResponse:
+        key = check_key(request.idempotency_key)
+        address = check_account("public_key", request.public_key)
+        destination = request.destination_address
+        if not (
+            StrKey.is_valid_ed25519_public_key(destination)
+            or StrKey.is_valid_med25519_public_key(destination)
+        ):
+            raise InvalidArgument(
+                f"destination_address must be a G… or M… account, got {destination!r}"
+            )
+        if destination == address:
+            raise InvalidArgument("destination_address must differ from the closed wallet")
+        wallet = await self._wallet(address)
+        kale_sent = 0
+
+        async def build() -> UnsignedTx:
+            nonlocal kale_sent
+            try:
+                account = await self.chain.call(
+                    "getLedgerEntries",
+                    lambda: self.chain.rpc.load_account(address),
+                )
+            except SdkNotFoundError:
+                raise AccountNotFoundError(address) from None
+            state = await read_account(self.chain, address)
+            bounds = await time_bounds(self.chain)
+            builder = TransactionBuilder(
+                account,
+                self.chain.config.network_passphrase,
+                base_fee=self.chain.config.base_fee_stroops,
+            ).add_time_bounds(*bounds)
+            if state is not None and state.kale is not None:
+                kale_sent = state.kale.balance
+                if kale_sent > 0:
+                    builder.append_payment_op(
+                        destination, self.chain.config.asset, _amount(kale_sent)
+                    )
+                builder.append_change_trust_op(self.chain.config.asset, limit="0")
+            builder.append_account_merge_op(destination)
+            envelope = builder.build()
+            return UnsignedTx(
+                envelope=envelope,
+                kind=TxKind.MERGE,
+                source=address,
+                sequence=envelope.transaction.sequence,
+                min_time=bounds[0],
+                max_time=bounds[1],
+            )
+
+        result = await self._transact(
+            wallet, key, "merge", digest("merge", address, destination), build
+        )
+        response = wallet_pb2.CloseWalletResponse(outcome=result.outcome)
+        row = result.row
+        if row is not None and row.status == "success":
+            await self.store.close_wallet(address)
+            sent, merged = _close_amounts(row)
+            response.kale_sent_stroops = sent if sent is not None else kale_sent
+            response.xlm_merged_stroops = merged or 0
+        return response
+
+    async def GetTransaction(
+        self, request: wallet_pb2.GetTransactionRequest, context: Any
+    ) -> wallet_pb2.GetTransactionResponse:
+        which = request.WhichOneof("key")
+        if which == "idempotency_key":
+            row = await self.store.tx_by_key(check_key(request.idempotency_key))
+            label = f"idempotency key {request.idempotency_key!r}"
+        elif which == "tx_hash":
+            tx_hash = request.tx_hash
+            if len(tx_hash) != 64 or any(c not in "0123456789abcdef" for c in tx_hash):
+                raise InvalidArgument("tx_hash must be 64 lower-case hex characters")
+            row = await self.store.tx_by_hash(tx_hash)
+            label = f"hash {tx_hash}"
+        else:
+            raise InvalidArgument("give an idempotency_key or a tx_hash")
+        if row is None or await self.store.wallet(row.source_account) is None:
+            raise NotFound(f"no wallet transaction with {label}")
+        if not row.settled:
+            async with self._lock(row.source_account):
+                row = await self._drive(await self.store.tx(row.id), None)
+        return wallet_pb2.GetTransactionResponse(outcome=outcome_of_row(row, replayed=True))
+
+
+def close_signed(envelope_xdr: str, passphrase: str) -> SignedTx:
+    """The SignedTx of a closing envelope (payment, trustline removal and merge in one).
+
+    The chain client describes single-operation envelopes only; a close is three
+    operations that must apply together, so it is described here, with the same checks.
+    """
+    envelope = TransactionEnvelope.from_xdr(envelope_xdr, passphrase)
+    tx = envelope.transaction
+    bounds = tx.preconditions.time_bounds if tx.preconditions else None
+    if bounds is None or bounds.max_time == 0 or not envelope.signatures:
+        raise ValueError("a closing envelope must be signed and time-bounded")
+    if not isinstance(tx.operations[-1], AccountMerge):
+        raise ValueError("a closing envelope ends with an account merge")
+    return SignedTx(
+        envelope_xdr=envelope.to_xdr(),
+        hash=envelope.hash_hex(),
+        source=tx.source.account_id,
+        sequence=tx.sequence,
+        min_time=bounds.min_time,
+        max_time=bounds.max_time,
+        kind=TxKind.MERGE,
+        network_passphrase=passphrase,
+    )
+
+
+def _amount(stroops: int) -> str:
+    return f"{stroops // 10_000_000}.{stroops % 10_000_000:07d}"
+
+
+def _close_amounts(row: TxRow) -> tuple[int | None, int | None]:
+    """(KALE sent, XLM merged) read from the applied envelope and its result."""
+    sent: int | None = None
+    merged: int | None = None
+    try:
+        envelope = stellar_xdr.TransactionEnvelope.from_xdr(row.envelope_xdr)
+        assert envelope.v1 is not None
+        for op in envelope.v1.tx.operations:
+            if op.body.payment_op is not None:
+                sent = op.body.payment_op.amount.int64
+        sent = sent or 0
+        if row.result_xdr:
+            result = stellar_xdr.TransactionResult.from_xdr(row.result_xdr)
+            for op_result in result.result.results or []:
+                merge = op_result.tr.account_merge_result if op_result.tr else None
+                if merge is not None and merge.source_account_balance is not None:
+                    merged = merge.source_account_balance.int64
+    except Exception:  # a shape we did not build: report nothing rather than guess
+        return None, None
+    return sent, merged

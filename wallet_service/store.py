@@ -1,0 +1,296 @@
+"""The wallet service's rows: `custodial_wallets` and its `transactions`.
+
+Plain SQL over a psycopg async pool (autocommit: each statement stands alone, and the
+`transactions` row is written before its envelope is sent). Status changes append to
+`transaction_events` by the database's own trigger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+
+from kalepool.chain import SignedTx
+from wallet_service.keystore import Sealed
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+UNSETTLED = ("prepared", "submitted", "pending")
+
+
+@dataclass
+class WalletRow:
+    """A custodial wallet as stored."""
+
+    id: UUID
+    owner_id: UUID
+    public_key: str
+    ciphertext: bytes
+    nonce: bytes
+    key_id: str
+    key_version: int
+    created_at: dt.datetime
+    closed_at: dt.datetime | None
+
+    @property
+    def sealed(self) -> Sealed:
+        return Sealed(self.ciphertext, self.nonce, self.key_id, self.key_version)
+
+    def __repr__(self) -> str:  # the ciphertext is not a secret, but has no place in logs
+        return f"WalletRow({self.public_key}, owner={self.owner_id})"
+
+
+@dataclass
+class TxRow:
+    """A transaction the wallet service signed, as stored."""
+
+    id: UUID
+    idempotency_key: str
+    kind: str
+    source_account: str
+    sequence_number: int
+    min_time: int
+    max_time: int
+    block_index: int | None
+    amount: int | None
+    envelope_xdr: str
+    tx_hash: str
+    status: str
+    ledger: int | None
+    error_code: str | None
+    error_message: str | None
+    result_xdr: str | None
+    request_digest: bytes | None
+    rejected: bool
+    fee_charged: int | None
+    return_value: Any
+    contract_error: int | None
+    fault: str | None
+    created_at: dt.datetime
+    settled_at: dt.datetime | None
+
+    @property
+    def settled(self) -> bool:
+        return self.status not in UNSETTLED
+
+
+_WALLET_COLUMNS = (
+    "id, owner_id, public_key, ciphertext, nonce, key_id, key_version, created_at, closed_at"
+)
+_TX_COLUMNS = (
+    "id, idempotency_key, kind::text, source_account, sequence_number, min_time, max_time,"
+    " block_index, amount, envelope_xdr, tx_hash, status::text, ledger, error_code,"
+    " error_message, result_xdr, request_digest, rejected, fee_charged, return_value,"
+    " contract_error, fault::text, created_at, settled_at"
+)
+
+
+@dataclass
+class Settlement:
+    """The final (or still unknown) outcome to write on a row."""
+
+    status: str
+    ledger: int | None
+    error_code: str | None
+    error_message: str | None
+    result_xdr: str | None
+    fee_charged: int | None
+    return_value: int | None
+    contract_error: int | None
+    fault: str | None
+    rejected: bool
+
+
+class Store:
+    """Queries of the wallet service; one short statement each."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    # --- wallets --------------------------------------------------------------------------
+
+    async def create_wallet(
+        self, owner_id: UUID, public_key: str, sealed: Sealed
+    ) -> tuple[WalletRow, bool]:
+        """Insert the wallet unless the owner has one; (the owner's wallet, whether new)."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(WalletRow))
+            await cur.execute(
+                f"INSERT INTO custodial_wallets (owner_id, public_key, ciphertext, nonce, key_id,"
+                f" key_version) VALUES (%s, %s, %s, %s, %s, %s)"
+                f" ON CONFLICT (owner_id) DO NOTHING RETURNING {_WALLET_COLUMNS}",
+                (
+                    owner_id,
+                    public_key,
+                    sealed.ciphertext,
+                    sealed.nonce,
+                    sealed.key_id,
+                    sealed.key_version,
+                ),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return row, True
+            await cur.execute(
+                f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets WHERE owner_id = %s",
+                (owner_id,),
+            )
+            existing = await cur.fetchone()
+            assert existing is not None  # a conflict on owner_id means the row exists
+            return existing, False
+
+    async def wallet(self, public_key: str) -> WalletRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(WalletRow))
+            await cur.execute(
+                f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets WHERE public_key = %s",
+                (public_key,),
+            )
+            return await cur.fetchone()
+
+    async def close_wallet(self, public_key: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE custodial_wallets SET closed_at = now()"
+                " WHERE public_key = %s AND closed_at IS NULL",
+                (public_key,),
+            )
+
+    async def wallets_not_under(self, key_id: str, key_version: int) -> list[WalletRow]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(WalletRow))
+            await cur.execute(
+                f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets"
+                " WHERE (key_id, key_version) <> (%s, %s)",
+                (key_id, key_version),
+            )
+            return await cur.fetchall()
+
+    async def rewrap(self, row: WalletRow, old: Sealed, new: Sealed) -> bool:
+        """Replace a wallet's sealed secret, only if it is still the one read (rotation)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE custodial_wallets SET ciphertext = %s, nonce = %s, key_id = %s,"
+                " key_version = %s WHERE id = %s AND nonce = %s AND key_id = %s"
+                " AND key_version = %s",
+                (
+                    new.ciphertext,
+                    new.nonce,
+                    new.key_id,
+                    new.key_version,
+                    row.id,
+                    old.nonce,
+                    old.key_id,
+                    old.key_version,
+                ),
+            )
+            return cur.rowcount == 1
+
+    # --- transactions -----------------------------------------------------------------------
+
+    async def _one_tx(self, where: str, params: tuple[Any, ...]) -> TxRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(TxRow))
+            await cur.execute(f"SELECT {_TX_COLUMNS} FROM transactions WHERE {where}", params)
+            return await cur.fetchone()
+
+    async def tx_by_key(self, key: str) -> TxRow | None:
+        """The transaction holding `key` (the live one; else the latest rejected attempt)."""
+        return await self._one_tx(
+            "idempotency_key = %s ORDER BY rejected, created_at DESC LIMIT 1", (key,)
+        )
+
+    async def tx_by_hash(self, tx_hash: str) -> TxRow | None:
+        return await self._one_tx("tx_hash = %s", (tx_hash,))
+
+    async def tx(self, tx_id: UUID) -> TxRow:
+        row = await self._one_tx("id = %s", (tx_id,))
+        assert row is not None
+        return row
+
+    async def insert_tx(
+        self,
+        key: str,
+        signed: SignedTx,
+        digest: bytes,
+        *,
+        block_index: int | None,
+        amount: int | None,
+    ) -> UUID:
+        """Store a signed envelope before it is sent; links the farmer holding the key."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO transactions (idempotency_key, kind, farmer_id, block_index,"
+                " source_account, sequence_number, min_time, max_time, amount, envelope_xdr,"
+                " tx_hash, request_digest)"
+                " VALUES (%s, %s, (SELECT id FROM farmers WHERE custodial_public_key = %s),"
+                " %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (
+                    key,
+                    signed.kind.value,
+                    signed.source,
+                    block_index,
+                    signed.source,
+                    signed.sequence,
+                    signed.min_time,
+                    signed.max_time,
+                    amount,
+                    signed.envelope_xdr,
+                    signed.hash,
+                    digest,
+                ),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return UUID(str(row[0]))
+
+    async def mark(self, tx_id: UUID, status: str) -> None:
+        """Move an unsettled row along (prepared -> submitted / pending)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE transactions SET status = %s::transaction_status"
+                " WHERE id = %s AND status IN ('prepared', 'submitted', 'pending')"
+                " AND status <> %s::transaction_status",
+                (status, tx_id, status),
+            )
+
+    async def settle(self, tx_id: UUID, s: Settlement) -> None:
+        """Write a final outcome (once: a settled row is left as it is)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE transactions SET status = %s::transaction_status, ledger = %s,"
+                " error_code = %s, error_message = %s, result_xdr = %s, fee_charged = %s,"
+                " return_value = %s, contract_error = %s, fault = %s::fault_party,"
+                " rejected = %s, settled_at = now()"
+                " WHERE id = %s AND status IN ('prepared', 'submitted', 'pending')",
+                (
+                    s.status,
+                    s.ledger,
+                    s.error_code,
+                    s.error_message,
+                    s.result_xdr,
+                    s.fee_charged,
+                    s.return_value,
+                    s.contract_error,
+                    s.fault,
+                    s.rejected,
+                    tx_id,
+                ),
+            )
+
+    async def unsettled(self) -> list[TxRow]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(TxRow))
+            await cur.execute(
+                f"SELECT {_TX_COLUMNS} FROM transactions"
+                " WHERE status IN ('prepared', 'submitted', 'pending')"
+                " AND source_account IN (SELECT public_key FROM custodial_wallets)"
+                " ORDER BY created_at"
+            )
+            return await cur.fetchall()
