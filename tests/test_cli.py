@@ -24,6 +24,31 @@ def run(
     )
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wallet_health(certs: Path, port: int) -> str:
+    """Health of the wallet service as the pool sees it (pool-client certificate)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.pem").read_bytes(),
+        private_key=(certs / "pool-client-key.pem").read_bytes(),
+        certificate_chain=(certs / "pool-client.pem").read_bytes(),
+    )
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="kalepool.v1.WalletService"), timeout=10
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """A clean environment: no inherited kale-pool settings, data under tmp."""
@@ -105,9 +130,15 @@ def test_db_migrate_is_idempotent_and_check_agrees(env: dict[str, str]) -> None:
 @pytest.mark.slow
 def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
     assert KALE_POOL is not None
+    wallet_port = free_port()
     proc = subprocess.Popen(
         [KALE_POOL, "up"],
-        env={**env, "KALE_POOL_DEVNET_PORT": "0", "COLUMNS": "200"},
+        env={
+            **env,
+            "KALE_POOL_DEVNET_PORT": "0",
+            "KALE_POOL_WALLET_LISTEN": f"127.0.0.1:{wallet_port}",
+            "COLUMNS": "200",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -130,6 +161,9 @@ def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
         certs = Path(env["KALE_POOL_DATA_DIR"]) / "certs"
         for name in ("ca", "pool-service", "wallet-service", "pool-client", "operator"):
             assert (certs / f"{name}.pem").is_file(), name
+        # The wallet service answers the pool's certificate over mTLS.
+        assert "wallet_service │ running" in output, output
+        assert wallet_health(certs, wallet_port) == "SERVING"
         # A second command finds what `up` left in the data directory.
         status = run("status", env={**env, "COLUMNS": "200"})
         assert status.returncode == 0, status.stderr
