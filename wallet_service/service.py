@@ -12,7 +12,6 @@ parallel.
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import hashlib
 import logging
@@ -23,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from stellar_sdk import AccountMerge, StrKey, TransactionBuilder, TransactionEnvelope
+from stellar_sdk import StrKey, TransactionBuilder
 from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.exceptions import NotFoundError as SdkNotFoundError
 
@@ -334,12 +333,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             except ChainUnavailableError as exc:
                 raise Unavailable(f"the chain cannot be reached: {exc}") from None
             with self.keyring.signer(wallet.sealed, source) as keypair:
-                if unsigned.kind is TxKind.MERGE:
-                    envelope = copy.deepcopy(unsigned.envelope)
-                    envelope.sign(keypair)
-                    signed = close_signed(envelope.to_xdr(), self.chain.config.network_passphrase)
-                else:
-                    signed = sign(unsigned, keypair)
+                signed = sign(unsigned, keypair)
             row = await self._send(key, signed, request_digest, block_index, amount)
             return Result(outcome_of_row(row, replayed=False), row)
 
@@ -390,10 +384,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     async def _drive(self, row: TxRow, _: None) -> TxRow:
         """Reconcile a stored, unsettled transaction by hash (resending the same envelope)."""
         passphrase = self.chain.config.network_passphrase
-        if row.kind == "merge":
-            signed = close_signed(row.envelope_xdr, passphrase)
-        else:
-            signed = SignedTx.from_envelope(row.envelope_xdr, passphrase)
+        signed = SignedTx.from_envelope(row.envelope_xdr, passphrase)
         try:
             outcome = await reconcile(self.chain, signed, observe=self._observer([row.id]))
         except ChainUnavailableError as exc:
@@ -682,31 +673,6 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             async with self._lock(row.source_account):
                 row = await self._drive(await self.store.tx(row.id), None)
         return wallet_pb2.GetTransactionResponse(outcome=outcome_of_row(row, replayed=True))
-
-
-def close_signed(envelope_xdr: str, passphrase: str) -> SignedTx:
-    """The SignedTx of a closing envelope (payment, trustline removal and merge in one).
-
-    The chain client describes single-operation envelopes only; a close is three
-    operations that must apply together, so it is described here, with the same checks.
-    """
-    envelope = TransactionEnvelope.from_xdr(envelope_xdr, passphrase)
-    tx = envelope.transaction
-    bounds = tx.preconditions.time_bounds if tx.preconditions else None
-    if bounds is None or bounds.max_time == 0 or not envelope.signatures:
-        raise ValueError("a closing envelope must be signed and time-bounded")
-    if not isinstance(tx.operations[-1], AccountMerge):
-        raise ValueError("a closing envelope ends with an account merge")
-    return SignedTx(
-        envelope_xdr=envelope.to_xdr(),
-        hash=envelope.hash_hex(),
-        source=tx.source.account_id,
-        sequence=tx.sequence,
-        min_time=bounds.min_time,
-        max_time=bounds.max_time,
-        kind=TxKind.MERGE,
-        network_passphrase=passphrase,
-    )
 
 
 def _amount(stroops: int) -> str:

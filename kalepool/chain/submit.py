@@ -109,8 +109,19 @@ class SignedTx:
 
 def _classify(envelope: TransactionEnvelope) -> tuple[TxKind, str | None, str | None]:
     ops = envelope.transaction.operations
-    if len(ops) != 1:
-        raise ValueError(f"expected one operation, found {len(ops)}")
+    if len(ops) > 1:
+        # The one multi-operation shape we sign: closing an account (send its KALE,
+        # remove the trustline, merge), whose steps must apply together or not at all.
+        if not isinstance(ops[-1], AccountMerge) or not all(
+            isinstance(op, Payment | ChangeTrust) for op in ops[:-1]
+        ):
+            raise ValueError(
+                f"{len(ops)} operations: only a close (payments, trustline removal, then "
+                "an account merge) may have more than one"
+            )
+        return TxKind.MERGE, None, None
+    if not ops:
+        raise ValueError("transaction has no operation")
     op = ops[0]
     if isinstance(op, InvokeHostFunction):
         call = op.host_function.invoke_contract

@@ -290,3 +290,30 @@ def test_transport_failures_are_the_chains() -> None:
     assert attribute_fault(TxKind.PLANT, ChainUnavailableError("down")) is Fault.CHAIN
     assert attribute_fault(TxKind.WORK, TimeoutError()) is Fault.CHAIN
     assert attribute_fault(TxKind.HARVEST, ValueError("bad index")) is Fault.POOL
+
+
+async def test_only_a_close_may_carry_several_operations(stage: Stage) -> None:
+    client = stage.client
+    farmer, other = await stage.accounts(2)
+    passphrase = client.config.network_passphrase
+    account = await client.rpc.load_account(farmer.public_key)
+    close = (
+        TransactionBuilder(account, passphrase, 100)
+        .append_payment_op(other.public_key, client.config.asset, "0")
+        .append_change_trust_op(client.config.asset, limit="0")
+        .append_account_merge_op(other.public_key)
+        .set_timeout(60)
+        .build()
+    )
+    close.sign(farmer)
+    assert SignedTx.from_envelope(close.to_xdr(), passphrase).kind is TxKind.MERGE
+    two_payments = (
+        TransactionBuilder(account, passphrase, 100)
+        .append_payment_op(other.public_key, client.config.asset, "1")
+        .append_payment_op(other.public_key, client.config.asset, "1")
+        .set_timeout(60)
+        .build()
+    )
+    two_payments.sign(farmer)
+    with pytest.raises(ValueError, match="only a close"):
+        SignedTx.from_envelope(two_payments.to_xdr(), passphrase)
