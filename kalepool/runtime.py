@@ -18,29 +18,14 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from kalepool.db import resolve_conninfo
 from kalepool.db.consistency import check_consistency
-from kalepool.db.embedded import embedded_conninfo, embedded_running
 from kalepool.db.migrate import apply_migrations, migration_status
 from kalepool.settings import ENV_PREFIX, Network, Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, ensure_dev_identities
 
 log = logging.getLogger("kalepool")
 console = Console(stderr=True)
-
-
-def database_conninfo(settings: Settings, *, start: bool = True) -> str | None:
-    """The database to use: ``DATABASE_URL`` when set, else the embedded server.
-
-    With ``start=False`` an embedded server that is not already running gives
-    None, so inspection commands never start one behind the operator's back.
-    """
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    layout = settings.layout()
-    if not start and not embedded_running(layout.postgres):
-        return None
-    layout.ensure()
-    return embedded_conninfo(layout.postgres)
 
 
 def _describe_database(settings: Settings) -> str:
@@ -51,7 +36,7 @@ def _describe_database(settings: Settings) -> str:
 
 def migrate(settings: Settings) -> None:
     """Apply pending migrations and say what was applied."""
-    conninfo = database_conninfo(settings)
+    conninfo = resolve_conninfo(settings)
     assert conninfo is not None
     applied = apply_migrations(conninfo)
     if applied:
@@ -63,7 +48,7 @@ def migrate(settings: Settings) -> None:
 
 def show_migrations(settings: Settings) -> None:
     """Print applied and pending migrations."""
-    conninfo = database_conninfo(settings)
+    conninfo = resolve_conninfo(settings)
     assert conninfo is not None
     table = Table("version", "name", "state")
     for entry in migration_status(conninfo):
@@ -73,7 +58,7 @@ def show_migrations(settings: Settings) -> None:
 
 def run_check(settings: Settings) -> bool:
     """Check that derived state agrees with the events; True when it does."""
-    conninfo = database_conninfo(settings)
+    conninfo = resolve_conninfo(settings)
     assert conninfo is not None
     import psycopg
 
@@ -92,7 +77,7 @@ def show_status(settings: Settings) -> None:
     table = Table("what", "state", show_header=False)
     table.add_row("network", settings.network.value)
     table.add_row("data directory", str(layout.root))
-    conninfo = database_conninfo(settings, start=False)
+    conninfo = resolve_conninfo(settings, start=False)
     if conninfo is None:
         table.add_row("database", f"{_describe_database(settings)}: not running")
     else:
@@ -170,7 +155,7 @@ async def _devnet(settings: Settings) -> AsyncIterator[tuple[Part, str | None]]:
 
 async def _up(settings: Settings) -> None:
     parts: list[Part] = []
-    conninfo = await asyncio.to_thread(database_conninfo, settings)
+    conninfo = await asyncio.to_thread(resolve_conninfo, settings)
     assert conninfo is not None
     parts.append(Part("database", "running", _describe_database(settings)))
     applied = await asyncio.to_thread(apply_migrations, conninfo)

@@ -17,7 +17,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from kalepool.chain import ChainClient, resolve_chain_config
-from kalepool.db.embedded import start_embedded
+from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import apply_migrations
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
@@ -110,12 +110,8 @@ async def serve_wallet(settings: Settings) -> None:
     layout = settings.layout()
     layout.ensure()
     async with AsyncExitStack() as stack:
-        if settings.database_url is not None:
-            conninfo = settings.database_url.get_secret_value()
-        else:
-            embedded = await asyncio.to_thread(start_embedded, layout.postgres)
-            stack.callback(embedded.release)
-            conninfo = embedded.conninfo
+        conninfo = await asyncio.to_thread(resolve_conninfo, settings)
+        assert conninfo is not None
         await asyncio.to_thread(apply_migrations, conninfo)
         chain = ChainClient(await resolve_chain_config(settings))
         stack.push_async_callback(chain.aclose)

@@ -10,3 +10,29 @@
 Services talk to the database with psycopg 3 directly; see docs/database.md for
 the schema and its rules.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kalepool.settings import Settings
+
+
+def resolve_conninfo(settings: Settings, *, start: bool = True) -> str | None:
+    """The database every process of a deployment uses: ``DATABASE_URL`` when set,
+    else the embedded server in the data directory (started on demand).
+
+    With ``start=False`` an embedded server that is not already running gives None,
+    so inspection commands never start one behind the operator's back. The embedded
+    server stays up while this process (or any other holder) runs.
+    """
+    from kalepool.db.embedded import embedded_conninfo, embedded_running
+
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    layout = settings.layout()
+    if not start and not embedded_running(layout.postgres):
+        return None
+    layout.ensure()
+    return embedded_conninfo(layout.postgres)
