@@ -114,7 +114,7 @@ class MiningProgress:
 class _Job:
     assignment: Assignment
     search: miner_ext.Search
-    task: asyncio.Task[MinedWork]
+    task: asyncio.Task[MinedWork] | None = None
     cancel_reason: str | None = None
     block_closed: bool = False
 
@@ -167,7 +167,7 @@ class WorkManager:
         if key in self._seen:
             log.info("ignoring duplicate assignment %s in block %d", *key)
             return None
-        running = sum(1 for job in self._jobs.values() if not job.task.done())
+        running = sum(1 for job in self._jobs.values() if not job.search.done())
         if running >= self.capacity:
             raise CapacityError(
                 f"{running} farmers are being mined; this machine mines at most {self.capacity}"
@@ -189,10 +189,12 @@ class WorkManager:
             target_zeros=self.target_zeros,
             threads=self.threads,
         )
+        job = _Job(assignment, search)
         task = asyncio.get_running_loop().create_task(
-            self._wait(key), name=f"mine {assignment.farmer_address} #{assignment.block_index}"
+            self._wait(key, job), name=f"mine {assignment.farmer_address} #{assignment.block_index}"
         )
-        self._jobs[key] = _Job(assignment, search, task)
+        job.task = task
+        self._jobs[key] = job
         log.debug("mining %s in block %d for %.2fs", assignment.farmer_address, key[1], seconds)
         return task
 
@@ -206,8 +208,7 @@ class WorkManager:
             assignment, 0, b"", 0, 0, 0.0, "cancelled", cancelled=reason, block_closed=True
         )
 
-    async def _wait(self, key: tuple[str, int]) -> MinedWork:
-        job = self._jobs[key]
+    async def _wait(self, key: tuple[str, int], job: _Job) -> MinedWork:
         loop = asyncio.get_running_loop()
         try:
             found = await loop.run_in_executor(self._executor, job.search.result)
@@ -256,7 +257,9 @@ class WorkManager:
             if job.cancel_reason is None:
                 job.cancel_reason = "the agent shut down"
             job.search.cancel()
-        await asyncio.gather(*(job.task for job in jobs), return_exceptions=True)
+        await asyncio.gather(
+            *(job.task for job in jobs if job.task is not None), return_exceptions=True
+        )
         self._executor.shutdown(wait=True)
 
     # ---- progress -----------------------------------------------------------------------

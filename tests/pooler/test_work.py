@@ -54,7 +54,7 @@ async def test_farmers_mined_at_once_and_their_work_accepted_with_the_contracts_
     planted = await plant(stage, 4)
     channels = await stage.accounts(2)
     clock = await synced_clock(stage)
-    timing = timing_ending_in(stage, clock, planted.block.timestamp, 0.5)
+    timing = timing_ending_in(stage, clock, planted.block.timestamp, 0.8)
     manager = WorkManager(timing, clock, capacity=8)
     tasks = [manager.assign(a) for a in planted.assignments]
     # All four search at once on the shared pool.
