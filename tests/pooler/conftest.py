@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from chain.stage import Stage, open_stage
 from stellar_sdk import Keypair
 
 from kalepool.chain import CurrentBlock, build_plant, current_block, read_pails, sign
 from pooler_agent.assignment import Assignment
 from pooler_agent.clock import ChainClock
+from tests.chain.stage import Stage, open_stage
 
 
 @pytest.fixture

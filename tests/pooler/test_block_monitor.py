@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from chain.stage import Stage
-
 from kalepool.chain import Fault, build_plant
 from pooler_agent.block_monitor import BlockEvent, BlockEventKind, BlockMonitor
 from pooler_agent.clock import ChainClock
+from tests.chain.stage import Stage
 
 from .conftest import plant
 

@@ -6,7 +6,6 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from chain.stage import Stage
 from stellar_sdk import Keypair
 
 from kalepool import protocol
@@ -28,6 +27,7 @@ from pooler_agent.work_submitter import (
     WorkStatus,
     WorkSubmitter,
 )
+from tests.chain.stage import Stage
 
 from .conftest import plant, synced_clock
 
