@@ -169,12 +169,36 @@ async def _up(settings: Settings) -> None:
         if devnet_url is not None:
             settings = settings.model_copy(update={"rpc_url": devnet_url})
         parts.append(await _wallet(settings, conninfo, stack))
+        parts.append(_metrics(settings, stack))
         for name in ("pool_service", "pooler_agent"):
             parts.append(Part(name, "not built yet", "lands with its own issue"))
         _print_parts(parts)
         console.print("Ctrl-C stops everything.")
         await _wait_for_shutdown()
     console.print("stopped")
+
+
+def _metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> Part:
+    """Serve Prometheus metrics (every gRPC call's count and latency) over HTTP."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{error.strerror or error} (set KALE_POOL_METRICS_PORT)"
+        ) from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    stack.callback(stop)
+    return Part(
+        "metrics", "running", f"http://{settings.metrics_host}:{server.server_port}/metrics"
+    )
 
 
 async def _wallet(settings: Settings, conninfo: str, stack: contextlib.AsyncExitStack) -> Part:

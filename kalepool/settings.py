@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0 in a pod)."
+    )
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics port.")
     alert_webhook_url: str | None = Field(None, description="Webhook alerted on failures.")
 

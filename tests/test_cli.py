@@ -131,12 +131,14 @@ def test_db_migrate_is_idempotent_and_check_agrees(env: dict[str, str]) -> None:
 def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
     assert KALE_POOL is not None
     wallet_port = free_port()
+    metrics_port = free_port()
     proc = subprocess.Popen(
         [KALE_POOL, "up"],
         env={
             **env,
             "KALE_POOL_DEVNET_PORT": "0",
             "KALE_POOL_WALLET_LISTEN": f"127.0.0.1:{wallet_port}",
+            "KALE_POOL_METRICS_PORT": str(metrics_port),
             "COLUMNS": "200",
         },
         stdout=subprocess.PIPE,
@@ -164,6 +166,12 @@ def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
         # The wallet service answers the pool's certificate over mTLS.
         assert "wallet_service │ running" in output, output
         assert wallet_health(certs, wallet_port) == "SERVING"
+        # ...and that call shows in the metrics the deployment exposes.
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert 'kalepool_grpc_requests_total{code="OK",method="Check"' in metrics, metrics[-2000:]
         # A second command finds what `up` left in the data directory.
         status = run("status", env={**env, "COLUMNS": "200"})
         assert status.returncode == 0, status.stderr
