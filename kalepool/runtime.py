@@ -22,7 +22,7 @@ from kalepool.db import resolve_conninfo
 from kalepool.db.consistency import check_consistency
 from kalepool.db.migrate import apply_migrations, migration_status
 from kalepool.settings import ENV_PREFIX, Network, Settings
-from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, ensure_dev_identities
+from kalepool.tls import POOL_CLIENT, DevPki, ensure_dev_identities
 
 log = logging.getLogger("kalepool")
 console = Console(stderr=True)
@@ -203,9 +203,8 @@ def _metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> Part:
 
 async def _wallet(settings: Settings, conninfo: str, stack: contextlib.AsyncExitStack) -> Part:
     """Start the wallet service in-process; on the devnet with a generated master key."""
-    from kalepool.chain import ChainClient, resolve_chain_config
-    from wallet_service.keystore import MasterKeyError, ensure_devnet_master_key, load_keyring
-    from wallet_service.server import start_wallet_server
+    from wallet_service.keystore import MasterKeyError, ensure_devnet_master_key
+    from wallet_service.server import start_wallet_for
 
     if (
         settings.network is Network.DEVNET
@@ -215,27 +214,14 @@ async def _wallet(settings: Settings, conninfo: str, stack: contextlib.AsyncExit
         key_file = ensure_devnet_master_key(settings)
         settings = settings.model_copy(update={"master_key_file": key_file})
     try:
-        keyring = load_keyring(settings)
+        server = await start_wallet_for(settings, conninfo, stack)
     except MasterKeyError as error:
         raise StartupError(str(error)) from None
-    chain = ChainClient(await resolve_chain_config(settings))
-    stack.push_async_callback(chain.aclose)
-    pki = DevPki(settings.layout().certs)
-    try:
-        server = await start_wallet_server(
-            address=settings.wallet_listen,
-            conninfo=conninfo,
-            keyring=keyring,
-            chain=chain,
-            identity=pki.server(WALLET_SERVER),
-            ca_pem=pki.ca_pem,
-        )
     except RuntimeError as error:  # grpc cannot bind the address
         raise StartupError(
             f"cannot start the wallet service on {settings.wallet_listen}: {error} "
             "(set KALE_POOL_WALLET_LISTEN)"
         ) from None
-    stack.push_async_callback(server.stop)
     host = settings.wallet_listen.rsplit(":", 1)[0]
     return Part("wallet_service", "running", f"{host}:{server.port}, mTLS, serves {POOL_CLIENT}")
 

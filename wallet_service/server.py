@@ -104,31 +104,40 @@ async def start_wallet_server(
     return WalletServer(built, service, pool, task, stack)
 
 
+async def start_wallet_for(
+    settings: Settings, conninfo: str, stack: AsyncExitStack
+) -> WalletServer:
+    """Start the wallet service a deployment's settings describe, on ``stack``'s lifetime.
+
+    Raises :class:`MasterKeyError` (missing or bad master key) before anything starts.
+    """
+    keyring = load_keyring(settings)
+    chain = ChainClient(await resolve_chain_config(settings))
+    stack.push_async_callback(chain.aclose)
+    pki = DevPki(settings.layout().certs)
+    server = await start_wallet_server(
+        address=settings.wallet_listen,
+        conninfo=conninfo,
+        keyring=keyring,
+        chain=chain,
+        identity=pki.server(WALLET_SERVER),
+        ca_pem=pki.ca_pem,
+    )
+    stack.push_async_callback(server.stop, 5.0)
+    return server
+
+
 async def serve_wallet(settings: Settings) -> None:
     """Run the wallet service with these settings until SIGINT or SIGTERM."""
-    keyring = load_keyring(settings)  # first: a missing master key stops start-up at once
-    layout = settings.layout()
-    layout.ensure()
+    load_keyring(settings)  # first: a missing master key stops start-up at once
+    settings.layout().ensure()
     async with AsyncExitStack() as stack:
         conninfo = await asyncio.to_thread(resolve_conninfo, settings)
         assert conninfo is not None
         await asyncio.to_thread(apply_migrations, conninfo)
-        chain = ChainClient(await resolve_chain_config(settings))
-        stack.push_async_callback(chain.aclose)
-        pki = DevPki(layout.certs)
-        ca_path = layout.certs / "ca.pem"
-        ca_pem = ca_path.read_bytes() if ca_path.exists() else pki.ca_pem
-        server = await start_wallet_server(
-            address=settings.wallet_listen,
-            conninfo=conninfo,
-            keyring=keyring,
-            chain=chain,
-            identity=pki.server(WALLET_SERVER),
-            ca_pem=ca_pem,
-        )
+        await start_wallet_for(settings, conninfo, stack)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        await server.stop(5.0)
