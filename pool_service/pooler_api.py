@@ -1,0 +1,92 @@
+"""PoolerService: what the pooler agents call. Every call first resolves the pooler from
+its API key (`pool_service.auth`); a pooler acts on its own farmers only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+from kalepool.grpc_server import NotFound
+from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc
+from pool_service.auth import Authenticator
+from pool_service.chain_view import ChainView
+from pool_service.feed import AssignmentFeed
+from pool_service.planting import Planter
+from pool_service.statuses import Unimplemented
+from pool_service.work import WorkReports
+
+HEARTBEAT_SECONDS = 30
+
+
+class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
+    """kalepool.v1.PoolerService."""
+
+    def __init__(
+        self,
+        auth: Authenticator,
+        planter: Planter,
+        feed: AssignmentFeed,
+        works: WorkReports,
+        view: ChainView,
+    ) -> None:
+        self.auth = auth
+        self.planter = planter
+        self.feed = feed
+        self.works = works
+        self.view = view
+
+    async def RequestPlant(
+        self, request: pooler_pb2.RequestPlantRequest, context: Any
+    ) -> pooler_pb2.RequestPlantResponse:
+        pooler = await self.auth.pooler(context)
+        return await self.planter.request(pooler, request.block_index, request.max_farmers)
+
+    async def StreamAssignments(
+        self, request: pooler_pb2.StreamAssignmentsRequest, context: Any
+    ) -> AsyncIterator[pooler_pb2.StreamAssignmentsResponse]:
+        pooler = await self.auth.pooler(context)
+        async for message in self.feed.stream(pooler.id, request.after_cursor):
+            yield message
+
+    async def GetAssignments(
+        self, request: pooler_pb2.GetAssignmentsRequest, context: Any
+    ) -> pooler_pb2.GetAssignmentsResponse:
+        pooler = await self.auth.pooler(context)
+        block_index = request.block_index or await self.view.current_index()
+        if not await self.feed.store.block_known(pooler.id, block_index):
+            raise NotFound(f"this pooler has no record of block {block_index}")
+        rows = [
+            r
+            for r in await self.feed.store.plantings(pooler.id, block_index)
+            if r.status == "success"
+        ]
+        found = [await self.feed.assignment(r) for r in rows]
+        return pooler_pb2.GetAssignmentsResponse(
+            block_index=block_index, assignments=[a for a in found if a is not None]
+        )
+
+    async def ReportWork(
+        self, request: pooler_pb2.ReportWorkRequest, context: Any
+    ) -> pooler_pb2.ReportWorkResponse:
+        pooler = await self.auth.pooler(context)
+        return await self.works.report(pooler, request)
+
+    async def RequestHarvest(
+        self, request: pooler_pb2.RequestHarvestRequest, context: Any
+    ) -> pooler_pb2.RequestHarvestResponse:
+        await self.auth.pooler(context)
+        raise Unimplemented("PoolerService.RequestHarvest is not built yet")
+
+    async def Heartbeat(
+        self, request: pooler_pb2.HeartbeatRequest, context: Any
+    ) -> pooler_pb2.HeartbeatResponse:
+        pooler = await self.auth.pooler(context)
+        response = pooler_pb2.HeartbeatResponse(
+            current_block_index=await self.view.current_index(),
+            interval_seconds=HEARTBEAT_SECONDS,
+            status=common_pb2.POOLER_STATUS_ACTIVE,
+            active_farmers=pooler.current_farmers,
+        )
+        response.server_time.FromDatetime(dt.datetime.now(dt.UTC))
+        return response

@@ -1,0 +1,424 @@
+"""PoolService: the operators' registry of poolers and farmers, funding and balances.
+
+Only an operator's certificate reaches these handlers (the server's caller check).
+Every request is validated whole before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from kalepool.settings import Settings
+from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
+from pool_service import convert
+from pool_service.statuses import Unimplemented
+from pool_service.store import FarmerRow, Store
+from pool_service.validate import (
+    Page,
+    check_account,
+    check_idempotency_key,
+    check_name,
+    check_payout_address,
+    check_stake_bps,
+    check_uuid,
+)
+from pool_service.wallet import WalletClient, wallet_call
+
+log = logging.getLogger("pool_service")
+
+# XLM a new custodial account needs at least: the account's two base reserves, the
+# KALE trustline's reserve, and a margin for fees (0.5 XLM: thousands of plants).
+MIN_FUNDING_XLM_STROOPS = 20_000_000
+
+# Farmer ids derived from RegisterFarmer idempotency keys: the same key always names the
+# same farmer, so a retry finds the wallet (CreateWallet is idempotent per owner) and the
+# row the first call made, even when that call failed between the two.
+_FARMER_ID_NAMESPACE = uuid.UUID("6d1f0f5e-0c1a-4a53-9c55-6b616c65706f")
+
+
+def new_api_key(entropy_bytes: int) -> tuple[str, bytes, str]:
+    """(key, its SHA-256, its public prefix). The key is shown once and never stored."""
+    key = "kp_" + secrets.token_urlsafe(entropy_bytes)
+    return key, hash_api_key(key), key[:12]
+
+
+def hash_api_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _constraint(exc: psycopg.Error) -> str:
+    return exc.diag.constraint_name or ""
+
+
+class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
+    """kalepool.v1.PoolService: poolers, farmers, funding, balances."""
+
+    def __init__(self, store: Store, wallet: WalletClient, settings: Settings) -> None:
+        self.store = store
+        self.wallet = wallet
+        self.settings = settings
+
+    # --- poolers ----------------------------------------------------------------------------
+
+    def _check_capacity(self, max_farmers: int) -> int:
+        cap = self.settings.max_farmers_per_pooler
+        if not 1 <= max_farmers <= cap:
+            raise InvalidArgument(f"max_farmers must be 1 to {cap}, got {max_farmers}")
+        return max_farmers
+
+    async def RegisterPooler(
+        self, request: pool_pb2.RegisterPoolerRequest, context: Any
+    ) -> pool_pb2.RegisterPoolerResponse:
+        name = check_name(request.name)
+        public_key = check_account("public_key", request.public_key)
+        max_farmers = self._check_capacity(request.max_farmers)
+        key, key_hash, prefix = new_api_key(self.settings.api_key_length)
+        try:
+            row = await self.store.insert_pooler(name, public_key, max_farmers, key_hash, prefix)
+        except pg_errors.UniqueViolation as exc:
+            if _constraint(exc) == "poolers_public_key_key":
+                raise AlreadyExists(f"a pooler with public key {public_key} exists") from None
+            raise
+        log.info("registered pooler %s (%s), key %s…", row.id, name, prefix)
+        return pool_pb2.RegisterPoolerResponse(pooler=convert.pooler_pb(row), api_key=key)
+
+    async def _pooler(self, pooler_id: str) -> Any:
+        row = await self.store.pooler(check_uuid("pooler_id", pooler_id))
+        if row is None:
+            raise NotFound(f"no pooler {pooler_id}")
+        return row
+
+    async def GetPooler(
+        self, request: pool_pb2.GetPoolerRequest, context: Any
+    ) -> pool_pb2.GetPoolerResponse:
+        return pool_pb2.GetPoolerResponse(
+            pooler=convert.pooler_pb(await self._pooler(request.pooler_id))
+        )
+
+    async def ListPoolers(
+        self, request: pool_pb2.ListPoolersRequest, context: Any
+    ) -> pool_pb2.ListPoolersResponse:
+        active: bool | None = None
+        if request.status == common_pb2.POOLER_STATUS_ACTIVE:
+            active = True
+        elif request.status == common_pb2.POOLER_STATUS_DISABLED:
+            active = False
+        elif request.status != common_pb2.POOLER_STATUS_UNSPECIFIED:
+            raise InvalidArgument(f"status {request.status} is not a pooler status")
+        page = Page(request.pagination, "poolers", active)
+        after = _after(page)
+        rows = await self.store.list_poolers(active, after, page.size + 1)
+        shown = rows[: page.size]
+        token = page.next_token(
+            rows, [shown[-1].created_at.isoformat(), str(shown[-1].id)] if shown else []
+        )
+        return pool_pb2.ListPoolersResponse(
+            poolers=[convert.pooler_pb(r) for r in shown], next_page_token=token
+        )
+
+    async def UpdatePooler(
+        self, request: pool_pb2.UpdatePoolerRequest, context: Any
+    ) -> pool_pb2.UpdatePoolerResponse:
+        pooler_id = check_uuid("pooler_id", request.pooler_id)
+        name = check_name(request.name) if request.HasField("name") else None
+        max_farmers = (
+            self._check_capacity(request.max_farmers) if request.HasField("max_farmers") else None
+        )
+        active: bool | None = None
+        if request.HasField("status"):
+            if request.status == common_pb2.POOLER_STATUS_ACTIVE:
+                active = True
+            elif request.status == common_pb2.POOLER_STATUS_DISABLED:
+                active = False
+            else:
+                raise InvalidArgument(
+                    "status must be POOLER_STATUS_ACTIVE or POOLER_STATUS_DISABLED"
+                )
+        try:
+            row = await self.store.update_pooler(pooler_id, name, max_farmers, active)
+        except pg_errors.CheckViolation as exc:
+            if _constraint(exc) == "poolers_capacity":
+                raise FailedPrecondition(
+                    f"pooler {pooler_id} serves more than {max_farmers} farmers;"
+                    " max_farmers cannot go below its current farmers"
+                ) from None
+            raise
+        if row is None:
+            raise NotFound(f"no pooler {pooler_id}")
+        return pool_pb2.UpdatePoolerResponse(pooler=convert.pooler_pb(row))
+
+    async def RotatePoolerApiKey(
+        self, request: pool_pb2.RotatePoolerApiKeyRequest, context: Any
+    ) -> pool_pb2.RotatePoolerApiKeyResponse:
+        pooler_id = check_uuid("pooler_id", request.pooler_id)
+        key, key_hash, prefix = new_api_key(self.settings.api_key_length)
+        if not await self.store.rotate_key(pooler_id, key_hash, prefix):
+            raise NotFound(f"no pooler {pooler_id}")
+        log.info("rotated the API key of pooler %s, new key %s…", pooler_id, prefix)
+        return pool_pb2.RotatePoolerApiKeyResponse(api_key=key)
+
+    # --- farmers ----------------------------------------------------------------------------
+
+    async def RegisterFarmer(
+        self, request: pool_pb2.RegisterFarmerRequest, context: Any
+    ) -> pool_pb2.RegisterFarmerResponse:
+        pooler_id = check_uuid("pooler_id", request.pooler_id)
+        payout = check_payout_address(request.payout_address)
+        bps = check_stake_bps(request.stake_bps)
+        if request.idempotency_key:
+            key = check_idempotency_key(request.idempotency_key)
+            farmer_id = uuid.uuid5(_FARMER_ID_NAMESPACE, key)
+            existing = await self.store.farmer(farmer_id)
+            if existing is not None:
+                return self._registered(self._same_farmer(existing, pooler_id, payout, bps))
+        else:
+            farmer_id = uuid.uuid4()
+        pooler = await self.store.pooler(pooler_id)
+        if pooler is None:
+            raise NotFound(f"no pooler {pooler_id}")
+        if not pooler.is_active:
+            raise FailedPrecondition(f"pooler {pooler_id} is disabled")
+        if pooler.current_farmers >= pooler.max_farmers:
+            raise FailedPrecondition(
+                f"pooler {pooler_id} is full ({pooler.current_farmers} of {pooler.max_farmers})"
+            )
+        made = await wallet_call(
+            self.wallet.stub.CreateWallet(wallet_pb2.CreateWalletRequest(owner_id=str(farmer_id))),
+            "create the custodial wallet",
+        )
+        custodial = made.wallet.public_key
+        if custodial == payout:
+            raise InvalidArgument("payout_address must not be the custodial address")
+        try:
+            row, _ = await self.store.insert_farmer(farmer_id, pooler_id, custodial, payout, bps)
+        except pg_errors.CheckViolation as exc:
+            # Another registration took the last place between the check and the insert.
+            # The wallet stays with its owner id: a retry with the same key reuses it.
+            if _constraint(exc) == "poolers_capacity":
+                raise FailedPrecondition(f"pooler {pooler_id} is full") from None
+            raise
+        log.info("registered farmer %s with pooler %s, custodial %s", row.id, pooler_id, custodial)
+        return self._registered(self._same_farmer(row, pooler_id, payout, bps))
+
+    @staticmethod
+    def _same_farmer(row: FarmerRow, pooler_id: uuid.UUID, payout: str, bps: int) -> FarmerRow:
+        if (row.pooler_id, row.payout_address, row.stake_bps) != (pooler_id, payout, bps):
+            raise AlreadyExists(
+                f"idempotency key already registered farmer {row.id} with other settings"
+            )
+        return row
+
+    @staticmethod
+    def _registered(row: FarmerRow) -> pool_pb2.RegisterFarmerResponse:
+        return pool_pb2.RegisterFarmerResponse(
+            farmer=convert.farmer_pb(row),
+            custodial_address=row.custodial_public_key,
+            needs_funding=not row.is_funded,
+            min_funding_xlm_stroops=MIN_FUNDING_XLM_STROOPS,
+        )
+
+    async def _farmer(self, farmer_id: str) -> FarmerRow:
+        row = await self.store.farmer(check_uuid("farmer_id", farmer_id))
+        if row is None:
+            raise NotFound(f"no farmer {farmer_id}")
+        return row
+
+    async def ConfirmFunding(
+        self, request: pool_pb2.ConfirmFundingRequest, context: Any
+    ) -> pool_pb2.ConfirmFundingResponse:
+        farmer = await self._farmer(request.farmer_id)
+        if farmer.status != "active":
+            raise FailedPrecondition(f"farmer {farmer.id} is {farmer.status}")
+        address = farmer.custodial_public_key
+        got = await wallet_call(
+            self.wallet.stub.GetWallet(wallet_pb2.GetWalletRequest(public_key=address)),
+            "read the custodial account",
+        )
+        account = got.account
+        detail = ""
+        if not account.exists:
+            detail = (
+                f"account {address} does not exist on chain yet: send it at least"
+                f" {MIN_FUNDING_XLM_STROOPS / 10_000_000:g} XLM"
+            )
+        elif not account.kale_trustline:
+            trust = await wallet_call(
+                self.wallet.stub.EnsureTrustline(
+                    wallet_pb2.EnsureTrustlineRequest(
+                        idempotency_key=f"trustline:{address}", public_key=address
+                    )
+                ),
+                "add the KALE trustline",
+            )
+            status = trust.outcome.status
+            if not trust.already_present and status != common_pb2.TX_STATUS_SUCCESS:
+                if status == common_pb2.TX_STATUS_PENDING:
+                    detail = "the KALE trustline transaction is pending; confirm again shortly"
+                else:
+                    detail = (
+                        f"the KALE trustline could not be added: {trust.outcome.failure.message}"
+                    )
+            if not detail:
+                account = (
+                    await wallet_call(
+                        self.wallet.stub.GetWallet(wallet_pb2.GetWalletRequest(public_key=address)),
+                        "read the custodial account",
+                    )
+                ).account
+        if detail:
+            return pool_pb2.ConfirmFundingResponse(
+                farmer=convert.farmer_pb(farmer), funded=False, account=account, detail=detail
+            )
+        if not farmer.is_funded:
+            updated = await self.store.mark_funded(farmer.id)
+            assert updated is not None
+            farmer = updated
+            log.info("farmer %s funded and active", farmer.id)
+        return pool_pb2.ConfirmFundingResponse(
+            farmer=convert.farmer_pb(farmer), funded=True, account=account
+        )
+
+    async def GetFarmer(
+        self, request: pool_pb2.GetFarmerRequest, context: Any
+    ) -> pool_pb2.GetFarmerResponse:
+        which = request.WhichOneof("key")
+        if which == "farmer_id":
+            row = await self._farmer(request.farmer_id)
+        elif which == "custodial_address":
+            address = check_account("custodial_address", request.custodial_address)
+            found = await self.store.farmer_by_address(address)
+            if found is None:
+                raise NotFound(f"no farmer with custodial address {address}")
+            row = found
+        else:
+            raise InvalidArgument("give a farmer_id or a custodial_address")
+        return pool_pb2.GetFarmerResponse(farmer=convert.farmer_pb(row))
+
+    async def ListFarmers(
+        self, request: pool_pb2.ListFarmersRequest, context: Any
+    ) -> pool_pb2.ListFarmersResponse:
+        pooler_id = check_uuid("pooler_id", request.pooler_id) if request.pooler_id else None
+        status: str | None = None
+        if request.status != common_pb2.FARMER_STATUS_UNSPECIFIED:
+            if request.status not in convert.FARMER_STATUS_KEY:
+                raise InvalidArgument(f"status {request.status} is not a farmer status")
+            status = convert.FARMER_STATUS_KEY[request.status]
+        page = Page(request.pagination, "farmers", pooler_id, status)
+        rows = await self.store.list_farmers(pooler_id, status, _after(page), page.size + 1)
+        shown = rows[: page.size]
+        token = page.next_token(
+            rows, [shown[-1].created_at.isoformat(), str(shown[-1].id)] if shown else []
+        )
+        return pool_pb2.ListFarmersResponse(
+            farmers=[convert.farmer_pb(r) for r in shown], next_page_token=token
+        )
+
+    async def GetFarmerBalance(
+        self, request: pool_pb2.GetFarmerBalanceRequest, context: Any
+    ) -> pool_pb2.GetFarmerBalanceResponse:
+        farmer = await self._farmer(request.farmer_id)
+        totals = await self.store.balance_totals(farmer.id)
+        response = pool_pb2.GetFarmerBalanceResponse(
+            farmer_id=str(farmer.id),
+            balance_stroops=farmer.current_balance,
+            # Payouts are debited when prepared, so the balance holds nothing pending.
+            available_stroops=max(0, farmer.current_balance),
+            staked_stroops=totals.staked,
+            total_reward_stroops=totals.rewards,
+            total_paid_out_stroops=totals.paid_out,
+        )
+        try:
+            got = await wallet_call(
+                self.wallet.stub.GetWallet(
+                    wallet_pb2.GetWalletRequest(public_key=farmer.custodial_public_key)
+                ),
+                "read the custodial account",
+            )
+        except Exception as exc:  # the chain's view is optional here: leave it unset
+            log.warning("balance of farmer %s without chain state: %s", farmer.id, exc)
+        else:
+            response.account.CopyFrom(got.account)
+        return response
+
+    async def ListFarmerLedger(
+        self, request: pool_pb2.ListFarmerLedgerRequest, context: Any
+    ) -> pool_pb2.ListFarmerLedgerResponse:
+        farmer_id = check_uuid("farmer_id", request.farmer_id)
+        page = Page(request.pagination, "ledger", farmer_id)
+        before: int | None = None
+        if page.after is not None:
+            if len(page.after) != 1 or not isinstance(page.after[0], int):
+                raise InvalidArgument("page_token is not a token this server issued")
+            before = page.after[0]
+        if await self.store.farmer(farmer_id) is None:
+            raise NotFound(f"no farmer {farmer_id}")
+        rows = await self.store.ledger(farmer_id, before, page.size + 1)
+        shown = rows[: page.size]
+        token = page.next_token(rows, [shown[-1].id] if shown else [])
+        return pool_pb2.ListFarmerLedgerResponse(
+            entries=[convert.ledger_pb(r) for r in shown], next_page_token=token
+        )
+
+    # --- not built yet: a clear UNIMPLEMENTED, not the generated stub's INTERNAL ------------
+
+    async def RequestPayout(
+        self, request: pool_pb2.RequestPayoutRequest, context: Any
+    ) -> pool_pb2.RequestPayoutResponse:
+        raise Unimplemented("PoolService.RequestPayout is not built yet")
+
+    async def ListPayouts(
+        self, request: pool_pb2.ListPayoutsRequest, context: Any
+    ) -> pool_pb2.ListPayoutsResponse:
+        raise Unimplemented("PoolService.ListPayouts is not built yet")
+
+    async def LeavePool(
+        self, request: pool_pb2.LeavePoolRequest, context: Any
+    ) -> pool_pb2.LeavePoolResponse:
+        raise Unimplemented("PoolService.LeavePool is not built yet")
+
+    async def GetBlock(
+        self, request: pool_pb2.GetBlockRequest, context: Any
+    ) -> pool_pb2.GetBlockResponse:
+        raise Unimplemented("PoolService.GetBlock is not built yet")
+
+    async def ListBlocks(
+        self, request: pool_pb2.ListBlocksRequest, context: Any
+    ) -> pool_pb2.ListBlocksResponse:
+        raise Unimplemented("PoolService.ListBlocks is not built yet")
+
+    async def GetPoolStats(
+        self, request: pool_pb2.GetPoolStatsRequest, context: Any
+    ) -> pool_pb2.GetPoolStatsResponse:
+        raise Unimplemented("PoolService.GetPoolStats is not built yet")
+
+    async def GetPoolerStats(
+        self, request: pool_pb2.GetPoolerStatsRequest, context: Any
+    ) -> pool_pb2.GetPoolerStatsResponse:
+        raise Unimplemented("PoolService.GetPoolerStats is not built yet")
+
+    async def ListCompensations(
+        self, request: pool_pb2.ListCompensationsRequest, context: Any
+    ) -> pool_pb2.ListCompensationsResponse:
+        raise Unimplemented("PoolService.ListCompensations is not built yet")
+
+
+def _after(page: Page) -> tuple[str, str] | None:
+    """The (created_at, id) position a list token holds."""
+    if page.after is None:
+        return None
+    try:
+        created, row_id = page.after
+        dt.datetime.fromisoformat(created)
+        uuid.UUID(row_id)
+    except (TypeError, ValueError):
+        raise InvalidArgument("page_token is not a token this server issued") from None
+    return created, row_id

@@ -1,0 +1,129 @@
+"""Running the pool service: PoolService and PoolerService on one mTLS port.
+
+`start_pool_server()` is what tests and `serve_pool()` use; `kale-pool up` should start
+it in-process next to the wallet service (see docs/pool.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from kalepool.chain import ChainClient
+from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
+from kalepool.settings import Settings
+from kalepool.tls import OPERATOR, WALLET_SERVER, Identity
+from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
+from pool_service.auth import Authenticator, RateLimiter
+from pool_service.chain_view import ChainView
+from pool_service.feed import AssignmentFeed, Feeds
+from pool_service.planting import Planter
+from pool_service.pooler_api import PoolerApi
+from pool_service.registry import PoolRegistry
+from pool_service.store import Pool, Store
+from pool_service.wallet import WalletClient
+from pool_service.work import WorkReports
+
+log = logging.getLogger("pool_service")
+
+POOL_SERVICE = "kalepool.v1.PoolService"
+POOLER_SERVICE = "kalepool.v1.PoolerService"
+
+
+@dataclass
+class PoolServer:
+    """A running pool service."""
+
+    built: BuiltServer
+    registry: PoolRegistry
+    pooler_api: PoolerApi
+    feeds: Feeds
+    pool: Pool
+    _stack: AsyncExitStack
+
+    @property
+    def port(self) -> int:
+        return self.built.port
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving, then release the wallet channel and the database pool."""
+        await self.built.stop(grace)
+        await self._stack.aclose()
+
+
+async def start_pool_server(
+    *,
+    address: str,
+    conninfo: str,
+    chain: ChainClient,
+    identity: Identity,
+    ca_pem: bytes,
+    wallet_address: str,
+    wallet_identity: Identity,
+    settings: Settings,
+    wallet_server_name: str = WALLET_SERVER,
+    operators: tuple[str, ...] = (OPERATOR,),
+    pool_size: int | None = None,
+    feed_poll_seconds: float = 1.0,
+) -> PoolServer:
+    """Open the database pool and the wallet channel, and start serving.
+
+    `identity` is the pool server's certificate (`pool-service`), `wallet_identity` the
+    client certificate it presents to the wallet service (`pool-client`). PoolService
+    admits the `operators` common names only; PoolerService admits any certificate of
+    the CA and then demands the pooler's API key.
+    """
+    stack = AsyncExitStack()
+    pool: Pool = AsyncConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=pool_size or settings.db_pool_size,
+        kwargs={"autocommit": True},
+        open=False,
+    )
+    try:
+        await pool.open(wait=True, timeout=30)
+    except Exception:
+        await pool.close()
+        raise
+    stack.push_async_callback(pool.close)
+    wallet = WalletClient(wallet_address, wallet_identity, ca_pem, wallet_server_name)
+    stack.push_async_callback(wallet.close)
+
+    store = Store(pool)
+    view = ChainView(chain)
+    feeds = Feeds()
+    registry = PoolRegistry(store, wallet, settings)
+    pooler_api = PoolerApi(
+        Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),
+        Planter(store, wallet, view, settings, feeds.notify),
+        AssignmentFeed(store, view, feeds, feed_poll_seconds),
+        WorkReports(store, view),
+        view,
+    )
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        pool_pb2_grpc.add_PoolServiceServicer_to_server(registry, server)
+        pooler_pb2_grpc.add_PoolerServiceServicer_to_server(pooler_api, server)
+        return [POOL_SERVICE, POOLER_SERVICE]
+
+    spec = ServerSpec(
+        address=address,
+        identity=identity,
+        ca_pem=ca_pem,
+        allowed_callers={POOL_SERVICE: operators},
+        error_map={psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE},
+    )
+    try:
+        built = build_server(spec, register)
+        await built.start([POOL_SERVICE, POOLER_SERVICE])
+    except BaseException:
+        await stack.aclose()
+        raise
+    log.info("pool service listening on port %d", built.port)
+    return PoolServer(built, registry, pooler_api, feeds, pool, stack)

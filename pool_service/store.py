@@ -1,0 +1,597 @@
+"""The pool service's SQL: poolers, API keys, farmers, plantings, works and the ledger.
+
+Plain SQL over a psycopg 3 async pool in autocommit mode; statements that must hold
+together run in an explicit transaction. The database owns the rules (capacity, one
+success per (farmer, block), append-only events, derived balances), so the services map
+its refusals to statuses instead of re-checking them here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+@dataclass
+class PoolerRow:
+    id: UUID
+    name: str
+    public_key: str
+    max_farmers: int
+    current_farmers: int
+    is_active: bool
+    last_seen_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+@dataclass
+class FarmerRow:
+    id: UUID
+    pooler_id: UUID
+    custodial_public_key: str
+    payout_address: str
+    stake_bps: int
+    current_balance: int
+    is_funded: bool
+    status: str
+    created_at: dt.datetime
+
+
+@dataclass
+class PlantingRow:
+    id: int
+    block_index: int
+    farmer_id: UUID
+    pooler_id: UUID
+    custodial_public_key: str
+    stake_amount: int
+    tx_hash: str | None
+    ledger: int | None
+    status: str
+    fault: str
+    error_code: str | None
+    error_message: str | None
+    created_at: dt.datetime
+
+
+@dataclass
+class WorkRow:
+    id: int
+    block_index: int
+    farmer_id: UUID
+    pooler_id: UUID
+    custodial_public_key: str
+    nonce: Any  # numeric(20, 0)
+    hash: bytes | None
+    zeros: int | None
+    gap: int | None
+    tx_hash: str | None
+    ledger: int | None
+    status: str
+    fault: str
+    error_code: str | None
+    error_message: str | None
+    created_at: dt.datetime
+
+
+@dataclass
+class LedgerRow:
+    id: int
+    farmer_id: UUID
+    kind: str
+    amount: int
+    balance_after: int
+    block_index: int | None
+    tx_hash: str | None
+    source_id: str | None
+    created_at: dt.datetime
+
+
+@dataclass
+class BalanceTotals:
+    staked: int
+    rewards: int
+    paid_out: int
+
+
+@dataclass
+class NewPlanting:
+    """One plant outcome to record."""
+
+    farmer_id: UUID
+    block_index: int
+    stake: int
+    status: str  # success | failed
+    tx_hash: str | None
+    ledger: int | None
+    fault: str
+    error_code: str | None
+    error_message: str | None
+
+
+@dataclass
+class NewWork:
+    """One work result to record."""
+
+    farmer_id: UUID
+    status: str  # success | failed
+    nonce: int | None
+    hash: bytes | None
+    zeros: int | None
+    gap: int | None
+    tx_hash: str | None
+    ledger: int | None
+    fault: str
+    error_code: str | None
+    error_message: str | None
+
+
+POOLER_COLUMNS = (
+    "id, name, public_key, max_farmers, current_farmers, is_active, last_seen_at, created_at"
+)
+FARMER_COLUMNS = (
+    "id, pooler_id, custodial_public_key, payout_address, stake_bps, current_balance,"
+    " is_funded, status::text, created_at"
+)
+PLANTING_COLUMNS = (
+    "id, block_index, farmer_id, pooler_id, custodial_public_key, stake_amount, tx_hash,"
+    " ledger, status::text, fault::text, error_code, error_message, created_at"
+)
+WORK_COLUMNS = (
+    "id, block_index, farmer_id, pooler_id, custodial_public_key, nonce, hash, zeros, gap,"
+    " tx_hash, ledger, status::text, fault::text, error_code, error_message, created_at"
+)
+
+# Farmer statuses of the API as conditions on (status, is_funded).
+FARMER_STATUS_SQL = {
+    "pending_funding": "f.status = 'active' AND NOT f.is_funded",
+    "active": "f.status = 'active' AND f.is_funded",
+    "leaving": "f.status = 'leaving'",
+    "departed": "f.status = 'departed'",
+}
+
+
+def _feed_lock_key(pooler_id: UUID) -> str:
+    return f"kalepool.feed:{pooler_id}"
+
+
+class Store:
+    """Queries of the pool service."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    # --- poolers and keys ------------------------------------------------------------------
+
+    async def insert_pooler(
+        self, name: str, public_key: str, max_farmers: int, key_hash: bytes, key_prefix: str
+    ) -> PoolerRow:
+        """A new pooler and its first API key, together or not at all."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=class_row(PoolerRow))
+            await cur.execute(
+                f"INSERT INTO poolers (name, public_key, max_farmers) VALUES (%s, %s, %s)"
+                f" RETURNING {POOLER_COLUMNS}",
+                (name, public_key, max_farmers),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            await conn.execute(
+                "INSERT INTO pooler_api_keys (pooler_id, key_hash, key_prefix) VALUES (%s, %s, %s)",
+                (row.id, key_hash, key_prefix),
+            )
+            return row
+
+    async def pooler(self, pooler_id: UUID) -> PoolerRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PoolerRow))
+            await cur.execute(f"SELECT {POOLER_COLUMNS} FROM poolers WHERE id = %s", (pooler_id,))
+            return await cur.fetchone()
+
+    async def list_poolers(
+        self, active: bool | None, after: tuple[str, str] | None, limit: int
+    ) -> list[PoolerRow]:
+        where = ["TRUE"]
+        params: list[Any] = []
+        if active is not None:
+            where.append("is_active = %s")
+            params.append(active)
+        if after is not None:
+            where.append("(created_at, id) > (%s::timestamptz, %s::uuid)")
+            params.extend(after)
+        params.append(limit)
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PoolerRow))
+            await cur.execute(
+                f"SELECT {POOLER_COLUMNS} FROM poolers WHERE {' AND '.join(where)}"
+                " ORDER BY created_at, id LIMIT %s",
+                params,
+            )
+            return await cur.fetchall()
+
+    async def update_pooler(
+        self, pooler_id: UUID, name: str | None, max_farmers: int | None, active: bool | None
+    ) -> PoolerRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PoolerRow))
+            await cur.execute(
+                "UPDATE poolers SET name = coalesce(%s, name),"
+                " max_farmers = coalesce(%s, max_farmers), is_active = coalesce(%s, is_active)"
+                f" WHERE id = %s RETURNING {POOLER_COLUMNS}",
+                (name, max_farmers, active, pooler_id),
+            )
+            return await cur.fetchone()
+
+    async def rotate_key(self, pooler_id: UUID, key_hash: bytes, key_prefix: str) -> bool:
+        """Revoke every live key of the pooler and add the new one; False if no such pooler."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT 1 FROM poolers WHERE id = %s FOR UPDATE", (pooler_id,))
+            if await cur.fetchone() is None:
+                return False
+            await conn.execute(
+                "UPDATE pooler_api_keys SET revoked_at = now()"
+                " WHERE pooler_id = %s AND revoked_at IS NULL",
+                (pooler_id,),
+            )
+            await conn.execute(
+                "INSERT INTO pooler_api_keys (pooler_id, key_hash, key_prefix) VALUES (%s, %s, %s)",
+                (pooler_id, key_hash, key_prefix),
+            )
+            return True
+
+    async def pooler_by_key(self, key_hash: bytes) -> PoolerRow | None:
+        """The pooler holding this live (unrevoked) key; marks the key and pooler as seen.
+
+        The "seen" writes are skipped within 30 s of the last one, so a busy pooler does
+        not turn every call into a write.
+        """
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PoolerRow))
+            await cur.execute(
+                f"SELECT {', '.join('p.' + c.strip() for c in POOLER_COLUMNS.split(','))}"
+                " FROM pooler_api_keys k JOIN poolers p ON p.id = k.pooler_id"
+                " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
+                (key_hash,),
+            )
+            row = await cur.fetchone()
+            if row is not None and (
+                row.last_seen_at is None
+                or row.last_seen_at < dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+            ):
+                await conn.execute(
+                    "UPDATE pooler_api_keys SET last_used_at = now() WHERE key_hash = %s",
+                    (key_hash,),
+                )
+                await conn.execute(
+                    "UPDATE poolers SET last_seen_at = now() WHERE id = %s", (row.id,)
+                )
+            return row
+
+    # --- farmers -----------------------------------------------------------------------------
+
+    async def insert_farmer(
+        self,
+        farmer_id: UUID,
+        pooler_id: UUID,
+        custodial_public_key: str,
+        payout_address: str,
+        stake_bps: int,
+    ) -> tuple[FarmerRow, bool]:
+        """Insert the farmer unless its id exists; (the farmer with that id, whether new)."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(FarmerRow))
+            await cur.execute(
+                "INSERT INTO farmers (id, pooler_id, custodial_public_key, payout_address,"
+                " stake_bps) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING"
+                f" RETURNING {FARMER_COLUMNS}",
+                (farmer_id, pooler_id, custodial_public_key, payout_address, stake_bps),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return row, True
+        existing = await self.farmer(farmer_id)
+        assert existing is not None  # the conflict was on this id
+        return existing, False
+
+    async def _one_farmer(self, where: str, value: object) -> FarmerRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(FarmerRow))
+            await cur.execute(f"SELECT {FARMER_COLUMNS} FROM farmers WHERE {where}", (value,))
+            return await cur.fetchone()
+
+    async def farmer(self, farmer_id: UUID) -> FarmerRow | None:
+        return await self._one_farmer("id = %s", farmer_id)
+
+    async def farmer_by_address(self, address: str) -> FarmerRow | None:
+        return await self._one_farmer("custodial_public_key = %s", address)
+
+    async def list_farmers(
+        self,
+        pooler_id: UUID | None,
+        status: str | None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[FarmerRow]:
+        where = ["TRUE"]
+        params: list[Any] = []
+        if pooler_id is not None:
+            where.append("f.pooler_id = %s")
+            params.append(pooler_id)
+        if status is not None:
+            where.append(FARMER_STATUS_SQL[status])
+        if after is not None:
+            where.append("(f.created_at, f.id) > (%s::timestamptz, %s::uuid)")
+            params.extend(after)
+        params.append(limit)
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(FarmerRow))
+            await cur.execute(
+                f"SELECT {', '.join('f.' + c.strip() for c in FARMER_COLUMNS.split(','))}"
+                f" FROM farmers f WHERE {' AND '.join(where)} ORDER BY f.created_at, f.id LIMIT %s",
+                params,
+            )
+            return await cur.fetchall()
+
+    async def mark_funded(self, farmer_id: UUID) -> FarmerRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(FarmerRow))
+            await cur.execute(
+                f"UPDATE farmers SET is_funded = true WHERE id = %s RETURNING {FARMER_COLUMNS}",
+                (farmer_id,),
+            )
+            return await cur.fetchone()
+
+    async def plantable_farmers(self, pooler_id: UUID, limit: int) -> list[FarmerRow]:
+        """The pooler's active, funded farmers, oldest first."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(FarmerRow))
+            await cur.execute(
+                f"SELECT {FARMER_COLUMNS} FROM farmers"
+                " WHERE pooler_id = %s AND status = 'active' AND is_funded"
+                " ORDER BY created_at, id LIMIT %s",
+                (pooler_id, limit),
+            )
+            return await cur.fetchall()
+
+    # --- balance ----------------------------------------------------------------------------
+
+    async def balance_totals(self, farmer_id: UUID) -> BalanceTotals:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT"
+                " (SELECT coalesce(sum(p.stake_amount), 0) FROM plantings p"
+                "   WHERE p.farmer_id = %(f)s AND p.status = 'success' AND NOT EXISTS ("
+                "     SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id"
+                "     AND h.block_index = p.block_index AND h.status = 'success')),"
+                " (SELECT coalesce(sum(reward_amount), 0) FROM harvests"
+                "   WHERE farmer_id = %(f)s AND status = 'success'),"
+                " (SELECT coalesce(-sum(amount), 0) FROM balance_ledger"
+                "   WHERE farmer_id = %(f)s AND kind IN ('payout', 'payout_reversal'))",
+                {"f": farmer_id},
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return BalanceTotals(int(row[0]), int(row[1]), int(row[2]))
+
+    async def ledger(self, farmer_id: UUID, before_id: int | None, limit: int) -> list[LedgerRow]:
+        """The farmer's ledger entries, newest first, with the balance after each."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(LedgerRow))
+            await cur.execute(
+                "SELECT * FROM ("
+                " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
+                "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
+                "  coalesce(p.block_index, h.block_index, c.block_index) AS block_index,"
+                "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash) AS tx_hash,"
+                "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
+                "           l.transaction_id::text) AS source_id,"
+                "  l.created_at"
+                " FROM balance_ledger l"
+                " LEFT JOIN plantings p ON p.id = l.planting_id"
+                " LEFT JOIN harvests h ON h.id = l.harvest_id"
+                " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
+                " LEFT JOIN transactions t ON t.id = l.transaction_id"
+                " WHERE l.farmer_id = %s) entries"
+                " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
+                (farmer_id, before_id, before_id, limit),
+            )
+            return await cur.fetchall()
+
+    # --- plantings and the assignment feed --------------------------------------------------
+
+    async def claim_block(self, pooler_id: UUID, block_index: int) -> None:
+        """The (pooler, block) record of a plant request; the first request stamps it."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO block_operations (pooler_id, block_index, plant_requested_at)"
+                " VALUES (%s, %s, now()) ON CONFLICT (pooler_id, block_index) DO UPDATE"
+                " SET plant_requested_at = coalesce(block_operations.plant_requested_at, now())",
+                (pooler_id, block_index),
+            )
+
+    async def plant_settled(self, pooler_id: UUID, block_index: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE block_operations SET plant_completed_at = now()"
+                " WHERE pooler_id = %s AND block_index = %s",
+                (pooler_id, block_index),
+            )
+
+    async def block_known(self, pooler_id: UUID, block_index: int) -> bool:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM block_operations WHERE pooler_id = %s AND block_index = %s",
+                (pooler_id, block_index),
+            )
+            return await cur.fetchone() is not None
+
+    async def plantings(self, pooler_id: UUID, block_index: int) -> list[PlantingRow]:
+        """Every plant attempt of the pooler's farmers in the block, oldest first."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PlantingRow))
+            await cur.execute(
+                f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE pooler_id = %s"
+                " AND block_index = %s ORDER BY id",
+                (pooler_id, block_index),
+            )
+            return await cur.fetchall()
+
+    async def record_planting(self, pooler_id: UUID, p: NewPlanting) -> tuple[PlantingRow, bool]:
+        """Record one plant attempt: (its row, whether new); an attempt already recorded
+        (the same success, or the same failed transaction) is returned as it was.
+
+        Inserted under a per-pooler advisory lock held until commit, so the ids of one
+        pooler's plantings (the assignment cursors) become visible in increasing order:
+        a stream that has sent cursor N can never later find a committed row below N.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (_feed_lock_key(pooler_id),),
+            )
+            cur = conn.cursor(row_factory=class_row(PlantingRow))
+            if p.status == "success":
+                await cur.execute(
+                    f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE farmer_id = %s"
+                    " AND block_index = %s AND status = 'success'",
+                    (p.farmer_id, p.block_index),
+                )
+            else:
+                # The wallet answers a settled key with the same failed transaction each
+                # time: one row for it is the record; a new attempt (new hash) is another.
+                await cur.execute(
+                    f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE farmer_id = %s"
+                    " AND block_index = %s AND status = 'failed' AND tx_hash = %s",
+                    (p.farmer_id, p.block_index, p.tx_hash),
+                )
+            existing = await cur.fetchone()
+            if existing is not None:
+                return existing, False
+            await cur.execute(
+                "INSERT INTO plantings (block_index, farmer_id, pooler_id, stake_amount,"
+                " transaction_id, tx_hash, ledger, status, fault, error_code, error_message)"
+                " VALUES (%s, %s, %s, %s, (SELECT id FROM transactions WHERE tx_hash = %s),"
+                " %s, %s, %s, %s, %s, %s)"
+                f" RETURNING {PLANTING_COLUMNS}",
+                (
+                    p.block_index,
+                    p.farmer_id,
+                    pooler_id,
+                    p.stake,
+                    p.tx_hash,
+                    p.tx_hash,
+                    p.ledger,
+                    p.status,
+                    p.fault,
+                    p.error_code,
+                    p.error_message,
+                ),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return row, True
+
+    async def last_cursor(self, pooler_id: UUID) -> int:
+        """The highest assignment cursor issued to the pooler (0 if none)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT coalesce(max(id), 0) FROM plantings"
+                " WHERE pooler_id = %s AND status = 'success'",
+                (pooler_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    async def assignments_after(
+        self, pooler_id: UUID, cursor: int, min_block: int, limit: int = 500
+    ) -> list[PlantingRow]:
+        """Successful plantings of the pooler after `cursor` in blocks >= min_block."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PlantingRow))
+            await cur.execute(
+                f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE pooler_id = %s"
+                " AND status = 'success' AND id > %s AND block_index >= %s ORDER BY id LIMIT %s",
+                (pooler_id, cursor, min_block, limit),
+            )
+            return await cur.fetchall()
+
+    # --- works ------------------------------------------------------------------------------
+
+    async def record_works(
+        self,
+        pooler_id: UUID,
+        block_index: int,
+        decide: Callable[[list[WorkRow]], list[NewWork]],
+    ) -> list[WorkRow]:
+        """Record a batch of work results in one transaction.
+
+        Under a lock on (pooler, block), `decide` sees the works already recorded for the
+        block and returns what to insert (or raises to refuse the whole batch), so two
+        concurrent reports cannot both find a pail unrecorded.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"kalepool.works:{pooler_id}:{block_index}",),
+            )
+            cur = conn.cursor(row_factory=class_row(WorkRow))
+            await cur.execute(
+                f"SELECT {WORK_COLUMNS} FROM works WHERE pooler_id = %s AND block_index = %s"
+                " ORDER BY id",
+                (pooler_id, block_index),
+            )
+            works = decide(await cur.fetchall())
+            rows: list[WorkRow] = []
+            for w in works:
+                await cur.execute(
+                    "INSERT INTO works (block_index, farmer_id, pooler_id, nonce, hash, zeros,"
+                    " gap, transaction_id, tx_hash, ledger, status, fault, error_code,"
+                    " error_message) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s)"
+                    f" RETURNING {WORK_COLUMNS}",
+                    (
+                        block_index,
+                        w.farmer_id,
+                        pooler_id,
+                        w.nonce,
+                        w.hash,
+                        w.zeros,
+                        w.gap,
+                        w.tx_hash,
+                        w.tx_hash,
+                        w.ledger,
+                        w.status,
+                        w.fault,
+                        w.error_code,
+                        w.error_message,
+                    ),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                rows.append(row)
+            await conn.execute(
+                "UPDATE block_operations SET work_completed_at = now()"
+                " WHERE pooler_id = %s AND block_index = %s",
+                (pooler_id, block_index),
+            )
+            return rows
+
+    async def works(self, pooler_id: UUID, block_index: int) -> list[WorkRow]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(WorkRow))
+            await cur.execute(
+                f"SELECT {WORK_COLUMNS} FROM works WHERE pooler_id = %s AND block_index = %s"
+                " ORDER BY id",
+                (pooler_id, block_index),
+            )
+            return await cur.fetchall()

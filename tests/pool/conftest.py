@@ -1,0 +1,210 @@
+"""The pool service's stage: real PostgreSQL, an in-process devnet whose ledgers a
+background task closes, the real wallet server and the real pool server, both on
+127.0.0.1 over mutual TLS, called through real stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+
+from kalepool.chain import ChainClient, read_account
+from kalepool.settings import Settings
+from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, DevPki, channel_credentials
+from kalepool.v1 import pool_pb2, pool_pb2_grpc, pooler_pb2_grpc
+from pool_service.server import PoolServer, start_pool_server
+from tests.chain.stage import Stage, open_stage
+from tests.wallet.conftest import Closer, WalletStage
+
+KALE = 10_000_000
+
+# Blocks an hour long: a block never rolls over by itself during a test (the closer runs
+# the chain's clock at about 100x); tests that need the next block advance the clock.
+BLOCK_SECONDS = 3600
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class PoolStage:
+    wallet: WalletStage
+    pki: DevPki
+    conninfo: str
+    data_dir: Path
+    server: PoolServer | None = None
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    @property
+    def stage(self) -> Stage:
+        return self.wallet.stage
+
+    @property
+    def chain(self) -> ChainClient:
+        return self.wallet.chain
+
+    async def start(self, **settings: Any) -> PoolServer:
+        """Start (or restart) the pool server with these settings over the same state."""
+        if self.server is not None:
+            await self.server.stop(0)
+        self.server = await start_pool_server(
+            address="127.0.0.1:0",
+            conninfo=self.conninfo,
+            chain=self.chain,
+            identity=self.pki.server(POOL_SERVER),
+            ca_pem=self.pki.ca_pem,
+            wallet_address=f"127.0.0.1:{self.wallet.server.port}",
+            wallet_identity=self.pki.client(POOL_CLIENT),
+            settings=Settings(network="devnet", data_dir=self.data_dir, _env_file=None, **settings),
+            pool_size=8,
+            feed_poll_seconds=0.2,
+        )
+        return self.server
+
+    def channel(self, client: str) -> grpc.aio.Channel:
+        assert self.server is not None
+        ch = grpc.aio.secure_channel(
+            f"127.0.0.1:{self.server.port}",
+            channel_credentials(self.pki.client(client), self.pki.ca_pem),
+            options=[("grpc.ssl_target_name_override", POOL_SERVER)],
+        )
+        self.channels.append(ch)
+        return ch
+
+    def operator(self, client: str = OPERATOR) -> pool_pb2_grpc.PoolServiceStub:
+        return pool_pb2_grpc.PoolServiceStub(self.channel(client))
+
+    def pooler(self, client: str = "rig-1") -> pooler_pb2_grpc.PoolerServiceStub:
+        return pooler_pb2_grpc.PoolerServiceStub(self.channel(client))
+
+    # --- building blocks of the scenarios ------------------------------------------------
+
+    async def register_pooler(
+        self, name: str = "rig", max_farmers: int = 10
+    ) -> tuple[pool_pb2.Pooler, str]:
+        from stellar_sdk import Keypair
+
+        made = await self.operator().RegisterPooler(
+            pool_pb2.RegisterPoolerRequest(
+                name=name, public_key=Keypair.random().public_key, max_farmers=max_farmers
+            )
+        )
+        return made.pooler, made.api_key
+
+    async def funded_farmer(
+        self, pooler_id: str, *, stake_bps: int = 0, kale: int = 0, ledger_kale: int | None = None
+    ) -> pool_pb2.Farmer:
+        """A farmer registered, funded with XLM, confirmed (trustline added); `kale` minted
+        on chain and `ledger_kale` (default: the same) credited in the pool's ledger."""
+        from stellar_sdk import Keypair
+
+        op = self.operator()
+        made = await op.RegisterFarmer(
+            pool_pb2.RegisterFarmerRequest(
+                pooler_id=pooler_id,
+                payout_address=Keypair.random().public_key,
+                stake_bps=stake_bps,
+            )
+        )
+        address = made.custodial_address
+        await self.stage.friendbot(address)
+
+        async def exists() -> bool:
+            return await read_account(self.chain, address) is not None
+
+        await until(exists)
+        confirmed = await op.ConfirmFunding(
+            pool_pb2.ConfirmFundingRequest(farmer_id=made.farmer.farmer_id)
+        )
+        assert confirmed.funded, confirmed
+        if kale:
+            await self.stage.friendbot(address, kale)
+
+            async def minted() -> bool:
+                state = await read_account(self.chain, address)
+                return state is not None and state.kale is not None and state.kale.balance >= kale
+
+            await until(minted)
+        credit = kale if ledger_kale is None else ledger_kale
+        if credit:
+            await self.credit(made.farmer.farmer_id, credit)
+        return confirmed.farmer
+
+    async def credit(self, farmer_id: str, stroops: int) -> None:
+        """Record a deposit in the pool's ledger (an operator's adjustment)."""
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            await conn.execute(
+                "INSERT INTO balance_ledger (farmer_id, amount, kind, note)"
+                " VALUES (%s, %s, 'adjustment', 'deposit seen on chain')",
+                (farmer_id, stroops),
+            )
+
+    async def count(self, table: str) -> int:
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            cur = await conn.execute(f"SELECT count(*) FROM {table}")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    async def counts(self) -> dict[str, int]:
+        tables = (
+            "poolers",
+            "pooler_api_keys",
+            "farmers",
+            "custodial_wallets",
+            "plantings",
+            "works",
+            "transactions",
+            "block_operations",
+        )
+        return {t: await self.count(t) for t in tables}
+
+
+@pytest.fixture
+async def pool(db_conninfo: str, pki: DevPki) -> AsyncIterator[PoolStage]:
+    import base64
+    import os
+
+    from wallet_service.keystore import parse_master_keys
+
+    async with open_stage(stall_seconds=20, block_seconds=BLOCK_SECONDS) as stage:
+        chain = ChainClient(
+            dataclasses.replace(stage.client.config, tx_timeout_seconds=3600),
+            retry=stage.client.retry,
+            poll_interval=0.02,
+            stall_seconds=20,
+        )
+        closer = Closer(stage)
+        keyring = parse_master_keys(base64.b64encode(os.urandom(32)).decode())
+        ws = WalletStage(stage, chain, closer, keyring, db_conninfo, pki, None, None, [])  # type: ignore[arg-type]
+        await ws.start()
+        with tempfile.TemporaryDirectory() as data_dir:
+            ps = PoolStage(ws, pki, db_conninfo, Path(data_dir))
+            await ps.start()
+            try:
+                yield ps
+            finally:
+                for ch in ps.channels + ws.channels:
+                    await ch.close()
+                if ps.server is not None:
+                    await ps.server.stop(0)
+                await ws.server.stop(0)
+                await closer.stop()
+                await chain.aclose()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    return DevPki(Path(tmp_path_factory.mktemp("pool-certs")))
