@@ -14,10 +14,10 @@ import grpc
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from kalepool.chain import ChainClient
+from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
-from kalepool.tls import OPERATOR, WALLET_SERVER, Identity
+from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki, Identity
 from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.auth import Authenticator, RateLimiter
 from pool_service.chain_view import ChainView
@@ -127,3 +127,33 @@ async def start_pool_server(
         raise
     log.info("pool service listening on port %d", built.port)
     return PoolServer(built, registry, pooler_api, feeds, pool, stack)
+
+
+async def start_pool_for(
+    settings: Settings,
+    conninfo: str,
+    stack: AsyncExitStack,
+    *,
+    wallet_address: str | None = None,
+) -> PoolServer:
+    """Start the pool service a deployment's settings describe, on ``stack``'s lifetime.
+
+    Listens on `pool_listen` with the `pool-service` certificate and calls the wallet
+    service at `wallet_address` (default `wallet_listen`) as `pool-client`; the
+    certificates come from the data directory's CA, as the wallet service's do.
+    """
+    chain = ChainClient(await resolve_chain_config(settings))
+    stack.push_async_callback(chain.aclose)
+    pki = DevPki(settings.layout().certs)
+    server = await start_pool_server(
+        address=settings.pool_listen,
+        conninfo=conninfo,
+        chain=chain,
+        identity=pki.server(POOL_SERVER),
+        ca_pem=pki.ca_pem,
+        wallet_address=wallet_address or settings.wallet_listen,
+        wallet_identity=pki.client(POOL_CLIENT),
+        settings=settings,
+    )
+    stack.push_async_callback(server.stop, 5.0)
+    return server
