@@ -12,8 +12,9 @@ from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc
 from pool_service.auth import Authenticator
 from pool_service.chain_view import ChainView
 from pool_service.feed import AssignmentFeed
+from pool_service.harvesting import Harvester
 from pool_service.planting import Planter
-from pool_service.statuses import Unimplemented
+from pool_service.validate import check_uuid
 from pool_service.work import WorkReports
 
 HEARTBEAT_SECONDS = 30
@@ -28,12 +29,14 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
         planter: Planter,
         feed: AssignmentFeed,
         works: WorkReports,
+        harvester: Harvester,
         view: ChainView,
     ) -> None:
         self.auth = auth
         self.planter = planter
         self.feed = feed
         self.works = works
+        self.harvester = harvester
         self.view = view
 
     async def RequestPlant(
@@ -75,8 +78,9 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
     async def RequestHarvest(
         self, request: pooler_pb2.RequestHarvestRequest, context: Any
     ) -> pooler_pb2.RequestHarvestResponse:
-        await self.auth.pooler(context)
-        raise Unimplemented("PoolerService.RequestHarvest is not built yet")
+        pooler = await self.auth.pooler(context)
+        farmer_ids = [check_uuid("farmer_ids", f) for f in request.farmer_ids]
+        return await self.harvester.request(pooler, request.block_index, farmer_ids)
 
     async def Heartbeat(
         self, request: pooler_pb2.HeartbeatRequest, context: Any

@@ -6,6 +6,8 @@ it in-process next to the wallet service (see docs/pool.md).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -22,10 +24,11 @@ from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.auth import Authenticator, RateLimiter
 from pool_service.chain_view import ChainView
 from pool_service.feed import AssignmentFeed, Feeds
+from pool_service.harvesting import Harvester
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
 from pool_service.registry import PoolRegistry
-from pool_service.store import Pool, Store
+from pool_service.store import HarvestStore, Pool, Store
 from pool_service.wallet import WalletClient
 from pool_service.work import WorkReports
 
@@ -44,6 +47,7 @@ class PoolServer:
     pooler_api: PoolerApi
     feeds: Feeds
     pool: Pool
+    harvest_loop: asyncio.Task[None] | None
     _stack: AsyncExitStack
 
     @property
@@ -51,7 +55,11 @@ class PoolServer:
         return self.built.port
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving, then release the wallet channel and the database pool."""
+        """Stop harvesting and serving, then release the wallet channel and the database."""
+        if self.harvest_loop is not None:
+            self.harvest_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.harvest_loop
         await self.built.stop(grace)
         await self._stack.aclose()
 
@@ -70,13 +78,15 @@ async def start_pool_server(
     operators: tuple[str, ...] = (OPERATOR,),
     pool_size: int | None = None,
     feed_poll_seconds: float = 1.0,
+    harvest_interval_seconds: float | None = 10.0,
 ) -> PoolServer:
     """Open the database pool and the wallet channel, and start serving.
 
     `identity` is the pool server's certificate (`pool-service`), `wallet_identity` the
     client certificate it presents to the wallet service (`pool-client`). PoolService
     admits the `operators` common names only; PoolerService admits any certificate of
-    the CA and then demands the pooler's API key.
+    the CA and then demands the pooler's API key. Unless `harvest_interval_seconds` is
+    None, a background task harvests finished blocks' worked pails that often.
     """
     stack = AsyncExitStack()
     pool: Pool = AsyncConnectionPool(
@@ -99,11 +109,13 @@ async def start_pool_server(
     view = ChainView(chain)
     feeds = Feeds()
     registry = PoolRegistry(store, wallet, settings)
+    harvester = Harvester(HarvestStore(pool), wallet, view, settings)
     pooler_api = PoolerApi(
         Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),
         Planter(store, wallet, view, settings, feeds.notify),
         AssignmentFeed(store, view, feeds, feed_poll_seconds),
         WorkReports(store, view),
+        harvester,
         view,
     )
 
@@ -125,8 +137,11 @@ async def start_pool_server(
     except BaseException:
         await stack.aclose()
         raise
+    loop = None
+    if harvest_interval_seconds is not None:
+        loop = asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, stack)
+    return PoolServer(built, registry, pooler_api, feeds, pool, loop, stack)
 
 
 async def start_pool_for(

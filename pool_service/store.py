@@ -595,3 +595,143 @@ class Store:
                 (pooler_id, block_index),
             )
             return await cur.fetchall()
+
+
+@dataclass
+class HarvestRow:
+    id: int
+    block_index: int
+    farmer_id: UUID
+    pooler_id: UUID
+    custodial_public_key: str
+    reward_amount: int | None
+    stake_amount: int | None
+    tx_hash: str | None
+    ledger: int | None
+    status: str
+    fault: str
+    error_code: str | None
+    error_message: str | None
+    created_at: dt.datetime
+
+
+@dataclass
+class Pail:
+    """A worked pail of a finished block: what a harvest needs."""
+
+    farmer_id: UUID
+    pooler_id: UUID
+    block_index: int
+    custodial_public_key: str
+    stake_amount: int
+
+
+HARVEST_COLUMNS = (
+    "id, block_index, farmer_id, pooler_id, custodial_public_key, reward_amount, stake_amount,"
+    " tx_hash, ledger, status::text, fault::text, error_code, error_message, created_at"
+)
+
+
+class HarvestStore:
+    """Queries of the harvest loop."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def pails(
+        self,
+        below_block: int,
+        pooler_id: UUID | None = None,
+        block_index: int | None = None,
+        farmer_ids: list[UUID] | None = None,
+        limit: int = 200,
+    ) -> list[Pail]:
+        """Successfully worked pails of blocks below `below_block` with no harvest
+        recorded as succeeded (or failed for good: a missing pail is not retried)."""
+        where = ["w.status = 'success'", "w.block_index < %s"]
+        params: list[Any] = [below_block]
+        if pooler_id is not None:
+            where.append("w.pooler_id = %s")
+            params.append(pooler_id)
+        if block_index is not None:
+            where.append("w.block_index = %s")
+            params.append(block_index)
+        if farmer_ids:
+            where.append("w.farmer_id = ANY(%s)")
+            params.append(farmer_ids)
+        params.append(limit)
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(Pail))
+            await cur.execute(
+                "SELECT w.farmer_id, w.pooler_id, w.block_index, w.custodial_public_key,"
+                " p.stake_amount FROM works w JOIN plantings p ON p.farmer_id = w.farmer_id"
+                " AND p.block_index = w.block_index AND p.status = 'success'"
+                f" WHERE {' AND '.join(where)} AND NOT EXISTS (SELECT 1 FROM harvests h"
+                " WHERE h.farmer_id = w.farmer_id AND h.block_index = w.block_index"
+                " AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))"
+                " ORDER BY w.block_index, w.id LIMIT %s",
+                params,
+            )
+            return await cur.fetchall()
+
+    async def harvests(
+        self, pooler_id: UUID, block_index: int, farmer_ids: list[UUID] | None
+    ) -> list[HarvestRow]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(HarvestRow))
+            await cur.execute(
+                f"SELECT {HARVEST_COLUMNS} FROM harvests WHERE pooler_id = %s"
+                " AND block_index = %s AND (%s::uuid[] IS NULL OR farmer_id = ANY(%s::uuid[]))"
+                " ORDER BY id",
+                (pooler_id, block_index, farmer_ids or None, farmer_ids or None),
+            )
+            return await cur.fetchall()
+
+    async def record(
+        self,
+        pail: Pail,
+        status: str,
+        reward: int | None,
+        tx_hash: str | None,
+        ledger: int | None,
+        fault: str,
+        error_code: str | None,
+        error_message: str | None,
+    ) -> HarvestRow | None:
+        """Record one harvest attempt; None when its success (or this failed transaction)
+        is already recorded. The ledger credit of a success follows by trigger."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"kalepool.harvest:{pail.farmer_id}:{pail.block_index}",),
+            )
+            cur = await conn.execute(
+                "SELECT 1 FROM harvests WHERE farmer_id = %s AND block_index = %s"
+                " AND (status = 'success' OR (tx_hash IS NOT NULL AND tx_hash = %s))",
+                (pail.farmer_id, pail.block_index, tx_hash),
+            )
+            if await cur.fetchone() is not None:
+                return None
+            rows = conn.cursor(row_factory=class_row(HarvestRow))
+            await rows.execute(
+                "INSERT INTO harvests (block_index, farmer_id, pooler_id, reward_amount,"
+                " stake_amount, transaction_id, tx_hash, ledger, status, fault, error_code,"
+                " error_message) VALUES (%s, %s, %s, %s, %s,"
+                " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s)"
+                f" RETURNING {HARVEST_COLUMNS}",
+                (
+                    pail.block_index,
+                    pail.farmer_id,
+                    pail.pooler_id,
+                    reward,
+                    pail.stake_amount if status == "success" else None,
+                    tx_hash,
+                    tx_hash,
+                    ledger,
+                    status,
+                    fault,
+                    error_code,
+                    error_message,
+                ),
+            )
+            return await rows.fetchone()

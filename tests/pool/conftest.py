@@ -55,7 +55,7 @@ class PoolStage:
     def chain(self) -> ChainClient:
         return self.wallet.chain
 
-    async def start(self, **settings: Any) -> PoolServer:
+    async def start(self, harvest_interval: float | None = None, **settings: Any) -> PoolServer:
         """Start (or restart) the pool server with these settings over the same state."""
         if self.server is not None:
             await self.server.stop(0)
@@ -70,6 +70,7 @@ class PoolStage:
             settings=Settings(network="devnet", data_dir=self.data_dir, _env_file=None, **settings),
             pool_size=8,
             feed_poll_seconds=0.2,
+            harvest_interval_seconds=harvest_interval,
         )
         return self.server
 

@@ -77,10 +77,5 @@ async def test_rate_limit_answers_resource_exhausted(pool: PoolStage) -> None:
 
 
 async def test_unbuilt_rpcs_say_so(pool: PoolStage) -> None:
-    _, key = await pool.register_pooler()
-    code, message = await code_of(
-        pool.pooler().RequestHarvest(
-            pooler_pb2.RequestHarvestRequest(block_index=1), metadata=bearer(key)
-        )
-    )
-    assert code is grpc.StatusCode.UNIMPLEMENTED and "RequestHarvest" in message
+    code, message = await code_of(pool.operator().GetBlock(pool_pb2.GetBlockRequest(block_index=1)))
+    assert code is grpc.StatusCode.UNIMPLEMENTED and "GetBlock" in message

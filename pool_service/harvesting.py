@@ -1,0 +1,182 @@
+"""Harvests: every successfully worked pail of a finished block is harvested through
+WalletService.Harvest (key `harvest:<farmer_id>:<block>`), by a background loop and
+sooner when a pooler asks (RequestHarvest). The reward recorded is the one the contract
+returned; the ledger credit (reward + stake) follows from the `harvests` row by trigger.
+
+A harvest refused before anything was signed (not ready yet, the chain unreachable) is
+not recorded and is tried again; one that failed on chain is recorded once per
+transaction; a pail that is gone (`PAIL_MISSING`) is recorded and not tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import grpc
+
+from kalepool.grpc_server import FailedPrecondition
+from kalepool.settings import Settings
+from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
+from pool_service import convert
+from pool_service.chain_view import ChainView
+from pool_service.store import HarvestRow, HarvestStore, Pail, PoolerRow
+from pool_service.wallet import WalletClient
+
+log = logging.getLogger("pool_service")
+
+
+def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
+    failed = row.status == "failed"
+    return records_pb2.HarvestEvent(
+        harvest_id=str(row.id),
+        block_index=row.block_index,
+        farmer_id=str(row.farmer_id),
+        pooler_id=str(row.pooler_id),
+        custodial_address=row.custodial_public_key,
+        reward_stroops=row.reward_amount or 0,
+        stake_returned_stroops=row.stake_amount or 0,
+        status=convert.EVENT_STATUS[row.status],
+        transaction=common_pb2.TransactionRef(
+            tx_hash=row.tx_hash,
+            status=common_pb2.TX_STATUS_FAILED if failed else common_pb2.TX_STATUS_SUCCESS,
+            ledger=row.ledger or 0,
+        )
+        if row.tx_hash
+        else None,
+        failure=common_pb2.Failure(
+            code=convert.failure_code_value(row.error_code),
+            fault=convert.FAULT_TO_PROTO.get(row.fault, common_pb2.FAULT_PARTY_POOL),
+            message=row.error_message or "",
+        )
+        if failed
+        else None,
+        recorded_at=convert.timestamp(row.created_at),
+    )
+
+
+@dataclass
+class Round:
+    """What one pass over some pails did."""
+
+    pending: list[Pail] = field(default_factory=list)
+
+
+class Harvester:
+    """Harvests worked pails of finished blocks, in parallel."""
+
+    def __init__(
+        self, store: HarvestStore, wallet: WalletClient, view: ChainView, settings: Settings
+    ) -> None:
+        self.store = store
+        self.wallet = wallet
+        self.view = view
+        self.settings = settings
+        self._limit = asyncio.Semaphore(settings.plant_concurrency)
+
+    async def harvest(self, pails: list[Pail]) -> Round:
+        done = Round()
+        await asyncio.gather(*(self._one(pail, done) for pail in pails))
+        return done
+
+    async def _one(self, pail: Pail, done: Round) -> None:
+        request = wallet_pb2.HarvestRequest(
+            idempotency_key=f"harvest:{pail.farmer_id}:{pail.block_index}",
+            farmer_address=pail.custodial_public_key,
+            block_index=pail.block_index,
+        )
+        async with self._limit:
+            try:
+                response = await self.wallet.stub.Harvest(
+                    request, timeout=self.settings.harvest_timeout_seconds
+                )
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "harvest farmer=%s block=%d not made (%s): retried later",
+                    pail.farmer_id,
+                    pail.block_index,
+                    exc.code().name,
+                )
+                done.pending.append(pail)
+                return
+        out = response.outcome
+        code = out.failure.code
+        if out.status == common_pb2.TX_STATUS_SUCCESS:
+            await self.store.record(
+                pail,
+                "success",
+                response.reward_stroops,
+                out.tx_hash,
+                out.ledger,
+                "none",
+                None,
+                None,
+            )
+        elif code == common_pb2.FAILURE_CODE_PAIL_MISSING or out.status in (
+            common_pb2.TX_STATUS_FAILED,
+            common_pb2.TX_STATUS_EXPIRED,
+        ):
+            fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
+            await self.store.record(
+                pail,
+                "failed",
+                None,
+                out.tx_hash or None,
+                None,
+                "pool" if fault == "none" else fault,
+                convert.failure_code_name(code or common_pb2.FAILURE_CODE_TX_FAILED),
+                out.failure.message or common_pb2.TxStatus.Name(out.status),
+            )
+            if code != common_pb2.FAILURE_CODE_PAIL_MISSING:
+                done.pending.append(pail)
+        else:  # pending, not ready yet, or refused before signing: try again later
+            done.pending.append(pail)
+
+    async def request(
+        self, pooler: PoolerRow, block_index: int, farmer_ids: list[UUID]
+    ) -> pooler_pb2.RequestHarvestResponse:
+        current = (await self.view.plantable()).current.index
+        if block_index >= current:
+            raise FailedPrecondition(
+                f"block {block_index} is not over: the farm's current block is {current}"
+            )
+        pails = await self.store.pails(current, pooler.id, block_index, farmer_ids)
+        done = await self.harvest(pails)
+        rows = await self.store.harvests(pooler.id, block_index, farmer_ids)
+        harvested = [r for r in rows if r.status == "success"]
+        settled = {r.farmer_id for r in harvested}
+        failed = [r for r in rows if r.status == "failed" and r.farmer_id not in settled]
+        pending_ids = {p.farmer_id for p in done.pending} - settled
+        return pooler_pb2.RequestHarvestResponse(
+            block_index=block_index,
+            harvested=[harvest_pb(r) for r in harvested],
+            failed=[harvest_pb(r) for r in failed if r.farmer_id not in pending_ids],
+            pending=[
+                records_pb2.HarvestEvent(
+                    block_index=p.block_index,
+                    farmer_id=str(p.farmer_id),
+                    pooler_id=str(p.pooler_id),
+                    custodial_address=p.custodial_public_key,
+                    status=records_pb2.EVENT_STATUS_PENDING,
+                )
+                for p in done.pending
+                if p.farmer_id in pending_ids
+            ],
+            total_reward_stroops=sum(r.reward_amount or 0 for r in harvested),
+        )
+
+    async def run(self, interval: float) -> None:
+        """Harvest every finished block's worked pails, forever, every `interval` s."""
+        while True:
+            try:
+                current = await self.view.current_index()
+                pails = await self.store.pails(current, limit=self.settings.max_harvest_batch_size)
+                if pails:
+                    await self.harvest(pails)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive a bad pass; the next one retries
+                log.exception("harvest pass failed")
+            await asyncio.sleep(interval)
