@@ -22,7 +22,7 @@ from kalepool.db import resolve_conninfo
 from kalepool.db.consistency import check_consistency
 from kalepool.db.migrate import apply_migrations, migration_status
 from kalepool.settings import ENV_PREFIX, Network, Settings
-from kalepool.tls import POOL_CLIENT, DevPki, ensure_dev_identities
+from kalepool.tls import OPERATOR, POOL_CLIENT, DevPki, ensure_dev_identities
 
 log = logging.getLogger("kalepool")
 console = Console(stderr=True)
@@ -168,10 +168,11 @@ async def _up(settings: Settings) -> None:
         parts.append(chain_part)
         if devnet_url is not None:
             settings = settings.model_copy(update={"rpc_url": devnet_url})
-        parts.append(await _wallet(settings, conninfo, stack))
+        wallet_part, wallet_port = await _wallet(settings, conninfo, stack)
+        parts.append(wallet_part)
+        parts.append(await _pool(settings, conninfo, stack, wallet_port))
         parts.append(_metrics(settings, stack))
-        for name in ("pool_service", "pooler_agent"):
-            parts.append(Part(name, "not built yet", "lands with its own issue"))
+        parts.append(Part("pooler_agent", "not built yet", "mining core only; the agent lands next"))
         _print_parts(parts)
         console.print("Ctrl-C stops everything.")
         await _wait_for_shutdown()
@@ -201,7 +202,9 @@ def _metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> Part:
     )
 
 
-async def _wallet(settings: Settings, conninfo: str, stack: contextlib.AsyncExitStack) -> Part:
+async def _wallet(
+    settings: Settings, conninfo: str, stack: contextlib.AsyncExitStack
+) -> tuple[Part, int]:
     """Start the wallet service in-process; on the devnet with a generated master key."""
     from wallet_service.keystore import MasterKeyError, ensure_devnet_master_key
     from wallet_service.server import start_wallet_for
@@ -223,7 +226,27 @@ async def _wallet(settings: Settings, conninfo: str, stack: contextlib.AsyncExit
             "(set KALE_POOL_WALLET_LISTEN)"
         ) from None
     host = settings.wallet_listen.rsplit(":", 1)[0]
-    return Part("wallet_service", "running", f"{host}:{server.port}, mTLS, serves {POOL_CLIENT}")
+    detail = f"{host}:{server.port}, mTLS, serves {POOL_CLIENT}"
+    return Part("wallet_service", "running", detail), server.port
+
+
+async def _pool(
+    settings: Settings, conninfo: str, stack: contextlib.AsyncExitStack, wallet_port: int
+) -> Part:
+    """Start the pool service in-process, calling the wallet service just started."""
+    from pool_service.server import start_pool_for
+
+    try:
+        server = await start_pool_for(
+            settings, conninfo, stack, wallet_address=f"127.0.0.1:{wallet_port}"
+        )
+    except RuntimeError as error:  # grpc cannot bind the address
+        raise StartupError(
+            f"cannot start the pool service on {settings.pool_listen}: {error} "
+            "(set KALE_POOL_POOL_LISTEN)"
+        ) from None
+    host = settings.pool_listen.rsplit(":", 1)[0]
+    return Part("pool_service", "running", f"{host}:{server.port}, mTLS: {OPERATOR} and poolers")
 
 
 def run_up(settings: Settings) -> None:

@@ -49,6 +49,30 @@ def wallet_health(certs: Path, port: int) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
+def register_pooler(certs: Path, port: int) -> str:
+    """RegisterPooler as the operator; the pooler's one-time API key."""
+    import grpc
+    from stellar_sdk import Keypair
+
+    from kalepool.v1 import pool_pb2, pool_pb2_grpc
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.pem").read_bytes(),
+        private_key=(certs / "operator-key.pem").read_bytes(),
+        certificate_chain=(certs / "operator.pem").read_bytes(),
+    )
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+        reply = pool_pb2_grpc.PoolServiceStub(channel).RegisterPooler(
+            pool_pb2.RegisterPoolerRequest(
+                name="rig-1", public_key=Keypair.random().public_key, max_farmers=5
+            ),
+            timeout=30,
+        )
+    assert reply.pooler.name == "rig-1"
+    assert reply.api_key
+    return str(reply.api_key)
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """A clean environment: no inherited kale-pool settings, data under tmp."""
@@ -131,6 +155,7 @@ def test_db_migrate_is_idempotent_and_check_agrees(env: dict[str, str]) -> None:
 def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
     assert KALE_POOL is not None
     wallet_port = free_port()
+    pool_port = free_port()
     metrics_port = free_port()
     proc = subprocess.Popen(
         [KALE_POOL, "up"],
@@ -139,6 +164,7 @@ def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
             "KALE_POOL_DEVNET_PORT": "0",
             "KALE_POOL_WALLET_LISTEN": f"127.0.0.1:{wallet_port}",
             "KALE_POOL_METRICS_PORT": str(metrics_port),
+            "KALE_POOL_POOL_LISTEN": f"127.0.0.1:{pool_port}",
             "COLUMNS": "200",
         },
         stdout=subprocess.PIPE,
@@ -166,12 +192,16 @@ def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
         # The wallet service answers the pool's certificate over mTLS.
         assert "wallet_service │ running" in output, output
         assert wallet_health(certs, wallet_port) == "SERVING"
-        # ...and that call shows in the metrics the deployment exposes.
+        # An operator registers a pooler on the pool service, as with grpcurl.
+        assert "pool_service   │ running" in output, output
+        register_pooler(certs, pool_port)
+        # ...and those calls show in the metrics the deployment exposes.
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
             metrics = r.read().decode()
         assert 'kalepool_grpc_requests_total{code="OK",method="Check"' in metrics, metrics[-2000:]
+        assert 'method="RegisterPooler",service="kalepool.v1.PoolService"' in metrics
         # A second command finds what `up` left in the data directory.
         status = run("status", env={**env, "COLUMNS": "200"})
         assert status.returncode == 0, status.stderr
