@@ -172,7 +172,9 @@ async def _up(settings: Settings) -> None:
         parts.append(wallet_part)
         parts.append(await _pool(settings, conninfo, stack, wallet_port))
         parts.append(_metrics(settings, stack))
-        parts.append(Part("pooler_agent", "not built yet", "mining core only; the agent lands next"))
+        parts.append(
+            Part("pooler_agent", "not built yet", "mining core only; the agent lands next")
+        )
         _print_parts(parts)
         console.print("Ctrl-C stops everything.")
         await _wait_for_shutdown()
