@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from kalepool.grpc_server import NotFound
+from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc
 from pool_service.auth import Authenticator
 from pool_service.chain_view import ChainView
 from pool_service.feed import AssignmentFeed
 from pool_service.harvesting import Harvester
 from pool_service.planting import Planter
-from pool_service.validate import check_uuid
 from pool_service.work import WorkReports
 
 HEARTBEAT_SECONDS = 30

@@ -17,20 +17,18 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from kalepool.request_checks import (
+    check_account,
+    check_destination,
+    check_idempotency_key,
+    check_uuid,
+)
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
 from pool_service import convert
 from pool_service.statuses import Unimplemented
 from pool_service.store import FarmerRow, Store
-from pool_service.validate import (
-    Page,
-    check_account,
-    check_idempotency_key,
-    check_name,
-    check_payout_address,
-    check_stake_bps,
-    check_uuid,
-)
+from pool_service.validate import Page, check_name, check_stake_bps
 from pool_service.wallet import WalletClient, wallet_call
 
 log = logging.getLogger("pool_service")
@@ -172,7 +170,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self, request: pool_pb2.RegisterFarmerRequest, context: Any
     ) -> pool_pb2.RegisterFarmerResponse:
         pooler_id = check_uuid("pooler_id", request.pooler_id)
-        payout = check_payout_address(request.payout_address)
+        payout = check_destination("payout_address", request.payout_address)
         bps = check_stake_bps(request.stake_bps)
         if request.idempotency_key:
             key = check_idempotency_key(request.idempotency_key)

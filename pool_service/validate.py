@@ -7,10 +7,7 @@ import base64
 import binascii
 import hashlib
 import json
-import uuid
 from typing import Any
-
-from stellar_sdk import StrKey
 
 from kalepool.grpc_server import InvalidArgument
 from kalepool.v1 import common_pb2
@@ -18,39 +15,6 @@ from kalepool.v1 import common_pb2
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 BPS_MAX = 10_000
-
-
-def check_uuid(what: str, value: str) -> uuid.UUID:
-    """A UUID in canonical form, or INVALID_ARGUMENT naming the field."""
-    if not value:
-        raise InvalidArgument(f"{what} is required")
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument(f"{what} must be a UUID, got {value!r}") from None
-    if str(parsed) != value.lower():
-        raise InvalidArgument(f"{what} must be a UUID in canonical form, got {value!r}")
-    return parsed
-
-
-def check_account(what: str, address: str) -> str:
-    """A Stellar account address (G…) with a valid checksum."""
-    if not StrKey.is_valid_ed25519_public_key(address):
-        raise InvalidArgument(f"{what} must be a Stellar account address (G…), got {address!r}")
-    return address
-
-
-def check_payout_address(address: str) -> str:
-    """Where payouts go: a G… or M… account or a C… contract, checksum included."""
-    if not (
-        StrKey.is_valid_ed25519_public_key(address)
-        or StrKey.is_valid_med25519_public_key(address)
-        or StrKey.is_valid_contract(address)
-    ):
-        raise InvalidArgument(
-            f"payout_address must be a Stellar G…, M… or C… address, got {address!r}"
-        )
-    return address
 
 
 def check_name(name: str) -> str:
@@ -65,12 +29,6 @@ def check_stake_bps(bps: int) -> int:
     if not 0 <= bps <= BPS_MAX:
         raise InvalidArgument(f"stake_bps must be 0 to {BPS_MAX} (0 % to 100 %), got {bps}")
     return bps
-
-
-def check_idempotency_key(key: str) -> str:
-    if not 1 <= len(key) <= 200 or not key.isprintable():
-        raise InvalidArgument("idempotency_key must be 1 to 200 printable characters")
-    return key
 
 
 class Page:

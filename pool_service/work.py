@@ -20,11 +20,11 @@ from kalepool.grpc_server import (
     PermissionDenied,
 )
 from kalepool.mining import farmer_key
+from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2
 from pool_service import convert
 from pool_service.chain_view import ChainView
 from pool_service.store import NewWork, PlantingRow, PoolerRow, Store, WorkRow
-from pool_service.validate import check_uuid
 
 MAX_RESULTS = 1000
 _HEX = frozenset("0123456789abcdef")

@@ -60,6 +60,12 @@ from kalepool.grpc_server import (
     NotFound,
     Unavailable,
 )
+from kalepool.request_checks import (
+    check_account,
+    check_destination,
+    check_idempotency_key,
+    check_uuid,
+)
 from kalepool.v1 import common_pb2, wallet_pb2, wallet_pb2_grpc
 from wallet_service.keystore import Keyring, generate_wallet
 from wallet_service.store import Settlement, Store, TxRow, WalletRow
@@ -113,38 +119,6 @@ def failure_code(status: str, error_code: str | None) -> common_pb2.FailureCode.
 
 
 # --- validation: bad input is refused before anything is read or written --------------
-
-
-def check_account(what: str, address: str) -> str:
-    if not StrKey.is_valid_ed25519_public_key(address):
-        raise InvalidArgument(f"{what} must be a Stellar account address (G…), got {address!r}")
-    return address
-
-
-def check_destination(what: str, address: str) -> str:
-    if not (
-        StrKey.is_valid_ed25519_public_key(address)
-        or StrKey.is_valid_med25519_public_key(address)
-        or StrKey.is_valid_contract(address)
-    ):
-        raise InvalidArgument(f"{what} must be a G…, M… or C… address, got {address!r}")
-    return address
-
-
-def check_uuid(what: str, value: str) -> uuid.UUID:
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument(f"{what} must be a UUID, got {value!r}") from None
-    if str(parsed) != value.lower():
-        raise InvalidArgument(f"{what} must be a UUID in canonical form, got {value!r}")
-    return parsed
-
-
-def check_key(key: str) -> str:
-    if not 1 <= len(key) <= 200 or not key.isprintable():
-        raise InvalidArgument("idempotency_key must be 1 to 200 printable characters")
-    return key
 
 
 def digest(*parts: object) -> bytes:
@@ -466,7 +440,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     async def EnsureTrustline(
         self, request: wallet_pb2.EnsureTrustlineRequest, context: Any
     ) -> wallet_pb2.EnsureTrustlineResponse:
-        key = check_key(request.idempotency_key)
+        key = check_idempotency_key(request.idempotency_key)
         address = check_account("public_key", request.public_key)
         wallet = await self._wallet(address)
         present = False
@@ -496,7 +470,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     async def Plant(
         self, request: wallet_pb2.PlantRequest, context: Any
     ) -> wallet_pb2.PlantResponse:
-        key = check_key(request.idempotency_key)
+        key = check_idempotency_key(request.idempotency_key)
         farmer = check_account("farmer_address", request.farmer_address)
         stake = request.stake_stroops
         if stake < 0:
@@ -547,7 +521,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     async def Harvest(
         self, request: wallet_pb2.HarvestRequest, context: Any
     ) -> wallet_pb2.HarvestResponse:
-        key = check_key(request.idempotency_key)
+        key = check_idempotency_key(request.idempotency_key)
         farmer = check_account("farmer_address", request.farmer_address)
         block = request.block_index
         wallet = await self._wallet(farmer)
@@ -569,7 +543,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     async def Transfer(
         self, request: wallet_pb2.TransferRequest, context: Any
     ) -> wallet_pb2.TransferResponse:
-        key = check_key(request.idempotency_key)
+        key = check_idempotency_key(request.idempotency_key)
         source = check_account("source_address", request.source_address)
         destination = check_destination("destination_address", request.destination_address)
         amount = request.amount_stroops
@@ -591,7 +565,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     async def CloseWallet(
         self, request: wallet_pb2.CloseWalletRequest, context: Any
     ) -> wallet_pb2.CloseWalletResponse:
-        key = check_key(request.idempotency_key)
+        key = check_idempotency_key(request.idempotency_key)
         address = check_account("public_key", request.public_key)
         destination = request.destination_address
         if not (
@@ -657,7 +631,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     ) -> wallet_pb2.GetTransactionResponse:
         which = request.WhichOneof("key")
         if which == "idempotency_key":
-            row = await self.store.tx_by_key(check_key(request.idempotency_key))
+            row = await self.store.tx_by_key(check_idempotency_key(request.idempotency_key))
             label = f"idempotency key {request.idempotency_key!r}"
         elif which == "tx_hash":
             tx_hash = request.tx_hash
