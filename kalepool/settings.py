@@ -137,6 +137,21 @@ class Settings(BaseSettings):
     mining_threads: int | None = Field(None, ge=1, description="Mining threads (default: cores).")
     request_timeout_seconds: float = Field(30.0, gt=0, description="Pool RPC deadline.")
     retry_attempts: int = Field(3, ge=0, le=100, description="Retries of a failed pool RPC.")
+    pool_address: str = Field(
+        "127.0.0.1:50051", description="Where the pooler agent reaches the pool service."
+    )
+    pooler_cert_name: str = Field(
+        "pooler", min_length=1, description="The pooler's client certificate name under certs/."
+    )
+    pooler_channel_secrets: SecretStr | None = Field(
+        None, description="The pooler's channel accounts' secret keys (S…), comma-separated."
+    )
+    pooler_channel_secrets_file: Path | None = Field(
+        None, description="File of channel account secret keys, one per line, instead."
+    )
+    pooler_submit_margin_seconds: float = Field(
+        10.0, ge=0, description="Mining ends this long before the next block may open."
+    )
 
     # --- operations ----------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -226,7 +241,11 @@ def _describe(error: ValidationError) -> str:
     name = loc[0]
     env_name = "DATABASE_URL" if name == "database_url" else f"{ENV_PREFIX}{name.upper()}"
     value = first.get("input")
-    shown = "" if name in {"database_url", "master_key", "pooler_api_key"} else f" (got {value!r})"
+    shown = (
+        ""
+        if name in {"database_url", "master_key", "pooler_api_key", "pooler_channel_secrets"}
+        else f" (got {value!r})"
+    )
     return f"{env_name}: {message}{shown}"
 
 
