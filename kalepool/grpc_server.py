@@ -13,6 +13,7 @@ standard health service, message size limits and three interceptors, outermost f
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 import uuid
@@ -187,8 +188,9 @@ def _wrap(
 
 
 class _ScopedInterceptor(grpc.aio.ServerInterceptor):
+    @abc.abstractmethod
     def scope(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> _CallScope:
-        raise NotImplementedError
+        """What this interceptor does around one call."""
 
     async def intercept_service(
         self,
