@@ -26,6 +26,7 @@ from kalepool.request_checks import (
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
 from pool_service import convert
+from pool_service.blocks import BlockReports
 from pool_service.statuses import Unimplemented
 from pool_service.store import FarmerRow, Store
 from pool_service.validate import Page, check_name, check_stake_bps
@@ -60,10 +61,13 @@ def _constraint(exc: psycopg.Error) -> str:
 class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
     """kalepool.v1.PoolService: poolers, farmers, funding, balances."""
 
-    def __init__(self, store: Store, wallet: WalletClient, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, wallet: WalletClient, settings: Settings, reports: BlockReports
+    ) -> None:
         self.store = store
         self.wallet = wallet
         self.settings = settings
+        self.reports = reports
 
     # --- poolers ----------------------------------------------------------------------------
 
@@ -366,7 +370,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             entries=[convert.ledger_pb(r) for r in shown], next_page_token=token
         )
 
-    # --- not built yet: a clear UNIMPLEMENTED, not the generated stub's INTERNAL ------------
+    # --- payouts and leaving are not built yet: a clear UNIMPLEMENTED ------------------------
 
     async def RequestPayout(
         self, request: pool_pb2.RequestPayoutRequest, context: Any
@@ -386,27 +390,27 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
     async def GetBlock(
         self, request: pool_pb2.GetBlockRequest, context: Any
     ) -> pool_pb2.GetBlockResponse:
-        raise Unimplemented("PoolService.GetBlock is not built yet")
+        return await self.reports.get_block(request)
 
     async def ListBlocks(
         self, request: pool_pb2.ListBlocksRequest, context: Any
     ) -> pool_pb2.ListBlocksResponse:
-        raise Unimplemented("PoolService.ListBlocks is not built yet")
+        return await self.reports.list_blocks(request)
 
     async def GetPoolStats(
         self, request: pool_pb2.GetPoolStatsRequest, context: Any
     ) -> pool_pb2.GetPoolStatsResponse:
-        raise Unimplemented("PoolService.GetPoolStats is not built yet")
+        return await self.reports.pool_stats(request)
 
     async def GetPoolerStats(
         self, request: pool_pb2.GetPoolerStatsRequest, context: Any
     ) -> pool_pb2.GetPoolerStatsResponse:
-        raise Unimplemented("PoolService.GetPoolerStats is not built yet")
+        return await self.reports.pooler_stats(request)
 
     async def ListCompensations(
         self, request: pool_pb2.ListCompensationsRequest, context: Any
     ) -> pool_pb2.ListCompensationsResponse:
-        raise Unimplemented("PoolService.ListCompensations is not built yet")
+        return await self.reports.list_compensations(request)
 
 
 def _after(page: Page) -> tuple[str, str] | None:

@@ -22,6 +22,7 @@ from kalepool.settings import Settings
 from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki, Identity
 from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.auth import Authenticator, RateLimiter
+from pool_service.blocks import BlockReports, BlockStore
 from pool_service.chain_view import ChainView
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
@@ -108,7 +109,9 @@ async def start_pool_server(
     store = Store(pool)
     view = ChainView(chain)
     feeds = Feeds()
-    registry = PoolRegistry(store, wallet, settings)
+    registry = PoolRegistry(
+        store, wallet, settings, BlockReports(store, BlockStore(pool), view, feeds)
+    )
     harvester = Harvester(HarvestStore(pool), wallet, view, settings)
     pooler_api = PoolerApi(
         Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),

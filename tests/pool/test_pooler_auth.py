@@ -77,5 +77,7 @@ async def test_rate_limit_answers_resource_exhausted(pool: PoolStage) -> None:
 
 
 async def test_unbuilt_rpcs_say_so(pool: PoolStage) -> None:
-    code, message = await code_of(pool.operator().GetBlock(pool_pb2.GetBlockRequest(block_index=1)))
-    assert code is grpc.StatusCode.UNIMPLEMENTED and "GetBlock" in message
+    code, message = await code_of(
+        pool.operator().ListPayouts(pool_pb2.ListPayoutsRequest(farmer_id=""))
+    )
+    assert code is grpc.StatusCode.UNIMPLEMENTED and "ListPayouts" in message

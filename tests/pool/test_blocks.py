@@ -1,0 +1,207 @@
+"""Block history, statistics and compensations over a real block: two farmers planted,
+one worked and harvested, the other never worked (the pooler's fault)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import psycopg
+
+from kalepool.chain import build_work, current_block, sign, submit
+from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2
+from tests.chain.stage import mine
+
+from .conftest import KALE, PoolStage, until
+from .test_pooler_auth import bearer, code_of
+
+
+@dataclass
+class WorkedBlock:
+    pooler: pool_pb2.Pooler
+    auth: tuple[tuple[str, str], ...]
+    block: int
+    worked: pool_pb2.Farmer
+    idle: pool_pb2.Farmer
+    reward: int
+
+
+async def worked_block(pool: PoolStage) -> WorkedBlock:
+    """Plant two farmers (5 KALE stake each), work one, open the next block with the
+    pooler's plant and harvest the worked pail."""
+    pooler, key = await pool.register_pooler()
+    auth = bearer(key)
+    worked, idle = [
+        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE) for _ in range(2)
+    ]
+    stub = pool.pooler()
+    block = (await current_block(pool.chain)).index
+    await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block), metadata=auth)
+    snapshot = await stub.GetAssignments(pooler_pb2.GetAssignmentsRequest(), metadata=auth)
+    (a,) = [a for a in snapshot.assignments if a.farmer_id == worked.farmer_id]
+    fee_account = await pool.stage.account()
+    nonce, digest, zeros = mine(block, a.entropy, a.farmer_address, 1)
+    tx = await build_work(
+        pool.chain, a.farmer_address, digest, nonce, source=fee_account.public_key
+    )
+    outcome = await submit(pool.chain, sign(tx, fee_account))
+    assert outcome.ok, outcome.describe()
+    report = pooler_pb2.WorkReport(
+        farmer_id=a.farmer_id,
+        status=records_pb2.EVENT_STATUS_SUCCEEDED,
+        nonce=nonce,
+        hash=digest,
+        zeros=zeros,
+        gap=outcome.value or 0,
+        transaction=common_pb2.TransactionRef(tx_hash=outcome.hash, ledger=outcome.ledger or 0),
+    )
+    await stub.ReportWork(
+        pooler_pb2.ReportWorkRequest(block_index=block, results=[report]), metadata=auth
+    )
+    now = await current_block(pool.chain)
+    await pool.stage.advance(now.next_block_at - (await pool.chain.latest_ledger()).close_time)
+
+    async def due() -> bool:
+        current = await current_block(pool.chain)
+        return current.can_open_next((await pool.chain.latest_ledger()).close_time)
+
+    await until(due)
+    await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block + 1), metadata=auth)
+    harvested = await stub.RequestHarvest(
+        pooler_pb2.RequestHarvestRequest(block_index=block), metadata=auth
+    )
+    assert [h.farmer_id for h in harvested.harvested] == [worked.farmer_id]
+    return WorkedBlock(pooler, auth, block, worked, idle, harvested.harvested[0].reward_stroops)
+
+
+async def test_blocks_and_stats_from_the_events(pool: PoolStage) -> None:
+    w = await worked_block(pool)
+    op = pool.operator()
+    got = await op.GetBlock(pool_pb2.GetBlockRequest(block_index=w.block))
+    s = got.block
+    assert (s.block_index, s.pooler_id, s.status) == (w.block, "", pool_pb2.BLOCK_STATUS_COMPLETED)
+    assert s.total_farmers == 2 and s.total_staked_stroops == 10 * KALE
+    assert s.total_reward_stroops == w.reward > 0
+    # The idle farmer's work never came: it counts as failed once the block is over.
+    assert s.counts == pool_pb2.CycleCounts(
+        plants_succeeded=2, works_succeeded=1, works_failed=1, harvests_succeeded=1
+    )
+    assert len(s.entropy) == 32 and s.opened_at.seconds > 0
+    assert s.plant_requested_at.seconds > 0
+    assert [p.pooler_id for p in got.poolers] == [w.pooler.pooler_id]
+    assert got.poolers[0].counts == s.counts
+    assert sorted(p.farmer_id for p in got.plantings) == sorted(
+        [w.worked.farmer_id, w.idle.farmer_id]
+    )
+    assert [x.farmer_id for x in got.works] == [w.worked.farmer_id]
+    assert [(h.farmer_id, h.reward_stroops) for h in got.harvests] == [
+        (w.worked.farmer_id, w.reward)
+    ]
+    mine_only = await op.GetBlock(
+        pool_pb2.GetBlockRequest(block_index=w.block, pooler_id=w.pooler.pooler_id)
+    )
+    assert mine_only.block.pooler_id == w.pooler.pooler_id
+    assert mine_only.block.counts == s.counts
+
+    # The next block is the chain's current one: active, planted, nothing worked yet.
+    nxt = (await op.GetBlock(pool_pb2.GetBlockRequest(block_index=w.block + 1))).block
+    assert nxt.status == pool_pb2.BLOCK_STATUS_ACTIVE
+    assert nxt.counts == pool_pb2.CycleCounts(plants_succeeded=2)
+
+    # Newest first, paged; filtered by status and by pooler.
+    first = await op.ListBlocks(
+        pool_pb2.ListBlocksRequest(pagination=common_pb2.Pagination(page_size=1))
+    )
+    assert [b.block_index for b in first.blocks] == [w.block + 1] and first.next_page_token
+    second = await op.ListBlocks(
+        pool_pb2.ListBlocksRequest(
+            pagination=common_pb2.Pagination(page_size=1, page_token=first.next_page_token)
+        )
+    )
+    assert [b.block_index for b in second.blocks] == [w.block] and not second.next_page_token
+    done = await op.ListBlocks(pool_pb2.ListBlocksRequest(status=pool_pb2.BLOCK_STATUS_COMPLETED))
+    assert [b.block_index for b in done.blocks] == [w.block]
+    other, _ = await pool.register_pooler("idle-rig")
+    none = await op.ListBlocks(pool_pb2.ListBlocksRequest(pooler_id=other.pooler_id))
+    assert list(none.blocks) == []
+
+    # Stats: the last block only, then all time.
+    last = await op.GetPoolStats(pool_pb2.GetPoolStatsRequest(last_blocks=1))
+    assert last.blocks == 1 and last.counts == nxt.counts
+    assert last.current_block_index == w.block + 1
+    every = await op.GetPoolStats(pool_pb2.GetPoolStatsRequest())
+    assert every.blocks == 2 and every.total_reward_stroops == w.reward
+    assert every.counts.plants_succeeded == 4 and every.counts.works_failed == 1
+    assert (every.poolers_total, every.poolers_active, every.farmers_active) == (2, 2, 2)
+    assert every.total_staked_stroops == s.total_staked_stroops + nxt.total_staked_stroops
+    with psycopg.connect(pool.conninfo) as conn:
+        row = conn.execute("SELECT sum(current_balance) FROM farmers").fetchone()
+    assert row is not None and every.total_balance_stroops == row[0]
+    stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=w.pooler.pooler_id))
+    assert stats.pooler.pooler_id == w.pooler.pooler_id and stats.blocks == 2
+    assert stats.counts == every.counts and stats.total_reward_stroops == w.reward
+    assert not stats.stream_connected
+    idle_stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=other.pooler_id))
+    assert idle_stats.blocks == 0 and idle_stats.counts == pool_pb2.CycleCounts()
+
+
+async def test_block_and_stats_bad_input(pool: PoolStage) -> None:
+    op = pool.operator()
+    pooler, _ = await pool.register_pooler()
+    before = await pool.counts()
+    unknown = "00000000-0000-4000-8000-000000000000"
+    cases = [
+        (op.GetBlock(pool_pb2.GetBlockRequest(block_index=7)), grpc.StatusCode.NOT_FOUND),
+        (
+            op.GetBlock(pool_pb2.GetBlockRequest(block_index=7, pooler_id="nope")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            op.GetBlock(pool_pb2.GetBlockRequest(block_index=7, pooler_id=unknown)),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (op.ListBlocks(pool_pb2.ListBlocksRequest(status=99)), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            op.ListBlocks(pool_pb2.ListBlocksRequest(pooler_id=unknown)),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            op.ListBlocks(
+                pool_pb2.ListBlocksRequest(pagination=common_pb2.Pagination(page_size=501))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            op.ListBlocks(
+                pool_pb2.ListBlocksRequest(pagination=common_pb2.Pagination(page_token="garbage"))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id="")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=unknown)),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            op.ListCompensations(
+                pool_pb2.ListCompensationsRequest(owed_by=common_pb2.FAULT_PARTY_FARMER)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            op.ListCompensations(pool_pb2.ListCompensationsRequest(farmer_id="x")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ]
+    for call, code in cases:
+        got, message = await code_of(call)
+        assert got is code and message, (code, message)
+    assert await pool.counts() == before
+    # A ListCompensations token is refused with other filters.
+    token_page = await op.ListCompensations(
+        pool_pb2.ListCompensationsRequest(pooler_id=pooler.pooler_id)
+    )
+    assert list(token_page.compensations) == [] and not token_page.next_page_token
