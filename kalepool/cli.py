@@ -187,6 +187,21 @@ def mine(
 
 
 @app.command()
+def pooler(ctx: typer.Context) -> None:
+    """Run the pooler agent: plant through the pool, mine, submit work, until Ctrl-C."""
+    settings = settings_from(ctx)
+    from kalepool.chain import ChainError
+    from pooler_agent.agent import AgentError, run_pooler
+
+    try:
+        run_pooler(settings)
+    except (ValueError, AgentError) as error:
+        fail(str(error), code=1)
+    except ChainError as error:
+        fail(f"cannot reach the chain: {error}", code=1)
+
+
+@app.command()
 def devnet(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port (0 picks a free one).")] = 8000,

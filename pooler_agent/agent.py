@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stellar_sdk import Keypair
+
 from kalepool import __version__
 from kalepool.chain import ChainClient, Fault
 from kalepool.settings import Settings
@@ -356,6 +358,12 @@ def channel_secrets(settings: Settings) -> list[str]:
     secrets = [part.strip() for part in raw.split(",") if part.strip()]
     if not secrets:
         raise ValueError("no channel account secret key is configured")
+    for position, secret in enumerate(secrets, start=1):
+        try:
+            Keypair.from_secret(secret)
+        except Exception:
+            # Named by position only: a near-miss of a key is still secret.
+            raise ValueError(f"channel account {position}: not a valid secret key") from None
     return secrets
 
 
