@@ -22,6 +22,7 @@ from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
 from pool_service.chain_view import ChainView
+from pool_service.compensation import Compensations
 from pool_service.store import HarvestRow, HarvestStore, Pail, PoolerRow
 from pool_service.wallet import WalletClient
 
@@ -68,9 +69,15 @@ class Harvester:
     """Harvests worked pails of finished blocks, in parallel."""
 
     def __init__(
-        self, store: HarvestStore, wallet: WalletClient, view: ChainView, settings: Settings
+        self,
+        store: HarvestStore,
+        wallet: WalletClient,
+        view: ChainView,
+        settings: Settings,
+        compensations: Compensations | None = None,
     ) -> None:
         self.store = store
+        self.compensations = compensations
         self.wallet = wallet
         self.view = view
         self.settings = settings
@@ -134,6 +141,11 @@ class Harvester:
         else:  # pending, not ready yet, or refused before signing: try again later
             done.pending.append(pail)
 
+    async def _settle(self, current: int) -> None:
+        """Compensations become certain once a block's pails are settled (after a pass)."""
+        if self.compensations is not None:
+            await self.compensations.settle(current)
+
     async def request(
         self, pooler: PoolerRow, block_index: int, farmer_ids: list[UUID]
     ) -> pooler_pb2.RequestHarvestResponse:
@@ -144,6 +156,7 @@ class Harvester:
             )
         pails = await self.store.pails(current, pooler.id, block_index, farmer_ids)
         done = await self.harvest(pails)
+        await self._settle(current)
         rows = await self.store.harvests(pooler.id, block_index, farmer_ids)
         harvested = [r for r in rows if r.status == "success"]
         settled = {r.farmer_id for r in harvested}
@@ -175,6 +188,7 @@ class Harvester:
                 pails = await self.store.pails(current, limit=self.settings.max_harvest_batch_size)
                 if pails:
                     await self.harvest(pails)
+                await self._settle(current)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the loop must outlive a bad pass; the next one retries

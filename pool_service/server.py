@@ -24,6 +24,7 @@ from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.auth import Authenticator, RateLimiter
 from pool_service.blocks import BlockReports, BlockStore
 from pool_service.chain_view import ChainView
+from pool_service.compensation import Compensations
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
 from pool_service.planting import Planter
@@ -112,7 +113,7 @@ async def start_pool_server(
     registry = PoolRegistry(
         store, wallet, settings, BlockReports(store, BlockStore(pool), view, feeds)
     )
-    harvester = Harvester(HarvestStore(pool), wallet, view, settings)
+    harvester = Harvester(HarvestStore(pool), wallet, view, settings, Compensations(pool))
     pooler_api = PoolerApi(
         Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),
         Planter(store, wallet, view, settings, feeds.notify),

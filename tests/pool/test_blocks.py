@@ -3,6 +3,7 @@ one worked and harvested, the other never worked (the pooler's fault)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -205,3 +206,65 @@ async def test_block_and_stats_bad_input(pool: PoolStage) -> None:
         pool_pb2.ListCompensationsRequest(pooler_id=pooler.pooler_id)
     )
     assert list(token_page.compensations) == [] and not token_page.next_page_token
+
+
+async def test_missing_work_is_compensated_once_by_the_pooler(pool: PoolStage) -> None:
+    w = await worked_block(pool)
+    op = pool.operator()
+    # The harvest settled the block: the idle farmer's pail was never worked.
+    listed = await op.ListCompensations(pool_pb2.ListCompensationsRequest())
+    (c,) = listed.compensations
+    assert (c.farmer_id, c.pooler_id, c.block_index) == (
+        w.idle.farmer_id,
+        w.pooler.pooler_id,
+        w.block,
+    )
+    assert c.kind == records_pb2.COMPENSATION_KIND_WORK_FAILURE
+    assert c.owed_by == common_pb2.FAULT_PARTY_POOLER and c.reason and not c.paid
+    # The stake burned (half of 10 KALE) plus the block's average reward (one harvest).
+    assert c.amount_stroops == 5 * KALE + w.reward
+    block = await op.GetBlock(pool_pb2.GetBlockRequest(block_index=w.block))
+    assert list(block.compensations) == [c]
+    stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=w.pooler.pooler_id))
+    assert (stats.compensations_owed_stroops, stats.compensations_due_stroops) == (
+        c.amount_stroops,
+        0,
+    )
+    totals = await op.GetPoolStats(pool_pb2.GetPoolStatsRequest())
+    assert (totals.compensations_unpaid_stroops, totals.compensations_paid_stroops) == (
+        c.amount_stroops,
+        0,
+    )
+    # Filters.
+    for request, expected in [
+        (pool_pb2.ListCompensationsRequest(farmer_id=w.idle.farmer_id), [c]),
+        (pool_pb2.ListCompensationsRequest(farmer_id=w.worked.farmer_id), []),
+        (pool_pb2.ListCompensationsRequest(owed_by=common_pb2.FAULT_PARTY_POOL), []),
+        (pool_pb2.ListCompensationsRequest(owed_by=common_pb2.FAULT_PARTY_POOLER), [c]),
+        (pool_pb2.ListCompensationsRequest(pooler_id=w.pooler.pooler_id, unpaid_only=True), [c]),
+    ]:
+        assert list((await op.ListCompensations(request)).compensations) == expected
+
+    # Asked again, and by the background loop: written once.
+    await pool.pooler().RequestHarvest(
+        pooler_pb2.RequestHarvestRequest(block_index=w.block), metadata=w.auth
+    )
+    await pool.start(harvest_interval=0.05)
+    await asyncio.sleep(0.3)  # several loop passes, each settling the block again
+    await pool.start()
+    assert await pool.count("pooler_compensations") == 1
+    # The compensation of a paid block is shown as paid once a ledger entry credits it.
+    with psycopg.connect(pool.conninfo, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO balance_ledger (farmer_id, amount, kind, compensation_id)"
+            " VALUES (%s, %s, 'compensation', %s)",
+            (w.idle.farmer_id, c.amount_stroops, int(c.compensation_id)),
+        )
+    paid = (
+        await pool.operator().ListCompensations(pool_pb2.ListCompensationsRequest())
+    ).compensations
+    assert paid[0].paid and paid[0].paid_at.seconds > 0
+    unpaid = await pool.operator().ListCompensations(
+        pool_pb2.ListCompensationsRequest(unpaid_only=True)
+    )
+    assert list(unpaid.compensations) == []

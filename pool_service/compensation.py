@@ -1,0 +1,123 @@
+"""Compensations owed to farmers (DESIGN.md, fault attribution), written once a block's
+outcome is certain.
+
+A block is settled when it is over (below the farm's current block: no work can land
+any more) and every worked pail of it, pool-wide, has a successful harvest or is gone.
+Only then is the block's average reward final, and each owed amount is computed from it:
+
+- work failure, owed by the **pooler**: a planted pail with no successful work, when no
+  work was reported at all or the last failure was the pooler's. Amount: the pail's
+  stake (burned; without work it is never minted back) + the block's average reward.
+- plant failure, owed by the **pool**: a farmer with no successful plant whose last
+  failed attempt was the pool's fault. Amount: the block's average reward.
+- harvest failure, owed by the **pool**: a worked pail recorded gone (`PAIL_MISSING`)
+  by the pool's fault. Amount: its stake + the block's average reward.
+
+The average reward is the mean of the contract's returned rewards over the block's
+successful harvests in the whole pool (none: 0). A zero amount writes nothing (the
+table requires a positive one). The database's `pooler_compensations_once` makes the
+writes idempotent: every pass may run them again, concurrent replicas included.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pool_service.store import Pool
+
+log = logging.getLogger("pool_service.compensation")
+
+# Blocks over (below %(current)s) whose worked pails all settled, with their mean reward.
+_SETTLED = """
+WITH settled AS (
+  SELECT DISTINCT b.block_index FROM block_operations b
+  WHERE b.block_index < %(current)s AND NOT EXISTS (
+    SELECT 1 FROM works w WHERE w.block_index = b.block_index AND w.status = 'success'
+    AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = w.farmer_id
+      AND h.block_index = w.block_index
+      AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING')))
+), mean AS (
+  SELECT s.block_index, coalesce((SELECT round(avg(h.reward_amount)) FROM harvests h
+    WHERE h.block_index = s.block_index AND h.status = 'success'), 0)::bigint AS reward
+  FROM settled s
+)
+"""
+
+_WORK_FAILURES = (
+    _SETTLED
+    + """
+INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensation_type,
+  owed_by, amount, reason, planting_id, work_id)
+SELECT p.pooler_id, p.farmer_id, p.block_index, 'work_failure', 'pooler',
+  p.stake_amount + m.reward,
+  CASE WHEN last.id IS NULL THEN 'no work was reported for the planted pail before the block closed'
+       ELSE 'the pooler''s work failed: ' || last.error_message END,
+  p.id, last.id
+FROM plantings p JOIN mean m ON m.block_index = p.block_index
+LEFT JOIN LATERAL (SELECT w.id, w.fault, w.error_message FROM works w
+  WHERE w.farmer_id = p.farmer_id AND w.block_index = p.block_index
+  ORDER BY w.id DESC LIMIT 1) last ON true
+WHERE p.status = 'success'
+  AND NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
+    AND w.block_index = p.block_index AND w.status = 'success')
+  AND (last.id IS NULL OR last.fault = 'pooler')
+  AND p.stake_amount + m.reward > 0
+ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
+"""
+)
+
+_PLANT_FAILURES = (
+    _SETTLED
+    + """
+INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensation_type,
+  owed_by, amount, reason, planting_id)
+SELECT last.pooler_id, last.farmer_id, last.block_index, 'plant_failure', 'pool', m.reward,
+  'the pool failed to plant: ' || last.error_message, last.id
+FROM (SELECT DISTINCT ON (p.farmer_id, p.block_index) p.*
+      FROM plantings p WHERE p.status = 'failed'
+      ORDER BY p.farmer_id, p.block_index, p.id DESC) last
+JOIN mean m ON m.block_index = last.block_index
+WHERE last.fault = 'pool' AND m.reward > 0
+  AND NOT EXISTS (SELECT 1 FROM plantings p WHERE p.farmer_id = last.farmer_id
+    AND p.block_index = last.block_index AND p.status = 'success')
+ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
+"""
+)
+
+_HARVEST_FAILURES = (
+    _SETTLED
+    + """
+INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensation_type,
+  owed_by, amount, reason, harvest_id)
+SELECT DISTINCT ON (h.farmer_id, h.block_index) h.pooler_id, h.farmer_id, h.block_index,
+  'harvest_failure', 'pool', p.stake_amount + m.reward,
+  'the pool did not harvest the worked pail before it was gone: ' || h.error_message, h.id
+FROM harvests h JOIN mean m ON m.block_index = h.block_index
+JOIN plantings p ON p.farmer_id = h.farmer_id AND p.block_index = h.block_index
+  AND p.status = 'success'
+WHERE h.error_code = 'PAIL_MISSING' AND h.fault = 'pool'
+  AND NOT EXISTS (SELECT 1 FROM harvests s WHERE s.farmer_id = h.farmer_id
+    AND s.block_index = h.block_index AND s.status = 'success')
+  AND p.stake_amount + m.reward > 0
+ORDER BY h.farmer_id, h.block_index, h.id
+ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
+"""
+)
+
+
+class Compensations:
+    """Writes the compensations of settled blocks (idempotent)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def settle(self, current_block: int) -> int:
+        """Write what settled blocks below `current_block` owe; how many rows were new."""
+        written = 0
+        async with self.pool.connection() as conn, conn.transaction():
+            for sql in (_WORK_FAILURES, _PLANT_FAILURES, _HARVEST_FAILURES):
+                cur = await conn.execute(sql, {"current": current_block})
+                written += max(cur.rowcount, 0)
+        if written:
+            log.info("recorded %d compensation(s) of blocks below %d", written, current_block)
+        return written
