@@ -66,3 +66,10 @@ async def synced_clock(stage: Stage) -> ChainClock:
     latest = await stage.client.latest_ledger()
     clock.observe(latest.sequence, latest.close_time)
     return clock
+
+
+# The pool suite's stage (PostgreSQL, devnet, wallet and pool servers over mTLS), for the
+# tests of the agent's pool-facing part.
+from tests.pool.conftest import pki, pool  # noqa: E402
+
+__all__ = ["Planted", "pki", "plant", "pool", "synced_clock"]

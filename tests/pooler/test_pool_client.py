@@ -1,0 +1,305 @@
+"""The agent's pool-facing part: the WorkResult -> WorkReport converter, the saved cursor,
+retries, authentication, and plant -> stream -> work -> report against the real pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import pytest
+
+from kalepool.chain import Fault, current_block
+from kalepool.tls import DevPki
+from kalepool.v1 import common_pb2, records_pb2
+from pooler_agent.assignment import Assignment
+from pooler_agent.clock import ChainClock
+from pooler_agent.pool_client import (
+    Backoff,
+    CursorFile,
+    CursorTracker,
+    PoolClient,
+    PoolError,
+    WorkReporter,
+    work_report,
+)
+from pooler_agent.work_manager import MinedWork
+from pooler_agent.work_submitter import (
+    ChannelPool,
+    FailureCode,
+    WorkResult,
+    WorkStatus,
+    WorkSubmitter,
+)
+from tests.chain.stage import mine
+from tests.pool.conftest import KALE, PoolStage, until
+
+FARMER = "GBDQHVGYMXRXND7GR6LSSYTLAMADT5L2UV6TRCNQDITL73KETRW6YHPI"
+
+
+def _assignment(cursor: int = 7) -> Assignment:
+    return Assignment(
+        farmer_address=FARMER,
+        block_index=5,
+        entropy=bytes(32),
+        stake_stroops=0,
+        plant_ledger=10,
+        block_opened_at=1_000.0,
+        cursor=cursor,
+        farmer_id="f-1",
+    )
+
+
+async def _reported(reporter: WorkReporter, count: int) -> None:
+    async def enough() -> bool:
+        return reporter.reported >= count
+
+    await until(enough, 10)
+
+
+# --- the converter ----------------------------------------------------------------------
+
+
+def test_a_success_carries_hash_gap_and_transaction() -> None:
+    result = WorkResult(
+        _assignment(),
+        WorkStatus.SUCCESS,
+        nonce=42,
+        hash=b"\x00" + b"\x11" * 31,
+        zeros=2,
+        hashes=1000,
+        gap=3,
+        tx_hash="ab" * 32,
+        ledger=13,
+        submitted_at=1_700_000_000.5,
+    )
+    report = work_report(result)
+    assert report.farmer_id == "f-1"
+    assert report.status == records_pb2.EVENT_STATUS_SUCCEEDED
+    assert (report.nonce, report.hash, report.zeros, report.gap) == (42, result.hash, 2, 3)
+    assert report.transaction.tx_hash == "ab" * 32 and report.transaction.ledger == 13
+    assert report.transaction.status == common_pb2.TX_STATUS_SUCCESS
+    assert report.submitted_at.seconds == 1_700_000_000 and report.hashes_computed == 1000
+    assert not report.HasField("failure")
+
+
+def test_work_never_found_is_reported_without_hash_and_blamed_on_the_pooler() -> None:
+    # A search cancelled because the block ended has no hash: none is sent, none reported.
+    late = WorkResult(
+        _assignment(),
+        WorkStatus.FAILED,
+        nonce=0,
+        hash=b"",
+        zeros=0,
+        hashes=0,
+        fault=Fault.POOLER,
+        failure=FailureCode.WORK_LATE,
+        message="not sent: block 6 opened",
+    )
+    report = work_report(late)
+    assert report.status == records_pb2.EVENT_STATUS_FAILED
+    assert report.hash == b"" and report.nonce == 0 and not report.HasField("transaction")
+    assert report.failure.code == common_pb2.FAILURE_CODE_WORK_LATE
+    assert report.failure.fault == common_pb2.FAULT_PARTY_POOLER
+    # No code and no party: the pooler's, as a miner failure (the pool refuses a failure
+    # without a party).
+    bare = work_report(
+        WorkResult(_assignment(), WorkStatus.FAILED, nonce=0, hash=b"", zeros=0, hashes=0)
+    )
+    assert bare.failure.code == common_pb2.FAILURE_CODE_MINER_FAILED
+    assert bare.failure.fault == common_pb2.FAULT_PARTY_POOLER
+    chain = work_report(
+        WorkResult(
+            _assignment(),
+            WorkStatus.FAILED,
+            nonce=1,
+            hash=b"\x22" * 32,
+            zeros=0,
+            hashes=5,
+            fault=Fault.CHAIN,
+            failure=FailureCode.PAIL_MISSING,
+            contract_error=9,
+        )
+    )
+    assert chain.failure.code == common_pb2.FAILURE_CODE_PAIL_MISSING
+    assert chain.failure.fault == common_pb2.FAULT_PARTY_CHAIN
+    assert chain.failure.contract_error == 9 and chain.hash == b"\x22" * 32
+
+
+def test_a_pending_work_names_its_transaction() -> None:
+    report = work_report(
+        WorkResult(
+            _assignment(),
+            WorkStatus.PENDING,
+            nonce=1,
+            hash=b"\x33" * 32,
+            zeros=0,
+            hashes=1,
+            tx_hash="cd" * 32,
+        )
+    )
+    assert report.status == records_pb2.EVENT_STATUS_PENDING
+    assert report.transaction.tx_hash == "cd" * 32
+    assert report.transaction.status == common_pb2.TX_STATUS_PENDING
+
+
+# --- the saved cursor -------------------------------------------------------------------
+
+
+def test_the_saved_cursor_moves_only_past_reported_assignments(tmp_path: Path) -> None:
+    store = CursorFile(tmp_path / "state" / "cursor.json")
+    assert store.load() == 0
+    tracker = CursorTracker(store)
+    for cursor in (3, 8, 12):
+        tracker.receive(cursor)
+    tracker.receive(8)  # a replay moves nothing
+    assert tracker.received == 12
+    tracker.done([8])  # 3 is not reported yet: nothing saved
+    assert store.load() == 0 and tracker.saved == 0
+    tracker.done([3])
+    assert store.load() == 8
+    tracker.done([12])
+    assert store.load() == 12
+    # A restarted agent resumes after what was reported.
+    again = CursorTracker(store)
+    assert again.saved == again.received == 12
+    again.reset()
+    assert store.load() == 0
+
+
+def test_an_unreadable_cursor_file_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "cursor.json"
+    path.write_text("{not json")
+    assert CursorFile(path).load() == 0
+
+
+# --- calls ------------------------------------------------------------------------------
+
+
+async def test_unavailable_is_retried_with_backoff_then_reported(
+    pki: DevPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens there: every try is UNAVAILABLE.
+    client = PoolClient(
+        "127.0.0.1:1",
+        pki.client("rig-retry"),
+        pki.ca_pem,
+        "secret-api-key-value",
+        timeout=2.0,
+        retry_attempts=2,
+        backoff=Backoff(initial=0.01, maximum=0.02),
+    )
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(PoolError) as failed:
+            await client.request_plant(5)
+    finally:
+        await client.close()
+    assert failed.value.code.name == "UNAVAILABLE"
+    retries = [r for r in caplog.records if "RequestPlant: UNAVAILABLE; retry" in r.getMessage()]
+    assert len(retries) == 2
+    assert all("secret-api-key-value" not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_wrong_key_is_refused_without_echoing_it(pool: PoolStage) -> None:
+    assert pool.server is not None
+    client = PoolClient(
+        f"127.0.0.1:{pool.server.port}", pool.pki.client("rig-x"), pool.pki.ca_pem, "not-a-key"
+    )
+    try:
+        with pytest.raises(PoolError) as refused:
+            await client.request_plant((await current_block(pool.chain)).index)
+    finally:
+        await client.close()
+    assert refused.value.code.name == "UNAUTHENTICATED"
+    assert "not-a-key" not in str(refused.value)
+
+
+async def test_plant_stream_work_report_and_a_restart_resumes_after_the_reported(
+    pool: PoolStage, tmp_path: Path
+) -> None:
+    await pool.start(rate_limit_requests_per_minute=10_000)
+    pooler, key = await pool.register_pooler("rig-stream")
+    farmers = [await pool.funded_farmer(pooler.pooler_id, kale=2 * KALE) for _ in range(3)]
+    assert pool.server is not None
+    address = f"127.0.0.1:{pool.server.port}"
+    client = PoolClient(address, pool.pki.client("rig-stream"), pool.pki.ca_pem, key)
+    store = CursorFile(tmp_path / "cursor.json")
+    tracker = CursorTracker(store)
+    try:
+        block = (await current_block(pool.chain)).index
+        planted = await client.request_plant(block)
+        assert planted.summary.planted == 3
+        # The stream brings the three assignments (cursor order).
+        stream = client.assignments(tracker)
+        messages = [await asyncio.wait_for(anext(stream), 10) for _ in range(3)]
+        await stream.aclose()
+        assert sorted(m.farmer_id for m in messages) == sorted(f.farmer_id for f in farmers)
+        cursors = [m.cursor for m in messages]
+        assert cursors == sorted(cursors) and tracker.received == cursors[-1]
+        assignments = [Assignment.from_proto(m) for m in messages]
+
+        # Two works mined and sent from a channel account; the third never found.
+        clock = ChainClock()
+        latest = await pool.chain.latest_ledger()
+        clock.observe(latest.sequence, latest.close_time)
+        channel = await pool.stage.account()
+        submitter = WorkSubmitter(pool.chain, ChannelPool(pool.chain, [channel], clock=clock))
+        results = []
+        for a in assignments[:2]:
+            nonce, digest, zeros = mine(block, a.entropy, a.farmer_address, 1)
+            mined = MinedWork(a, nonce, digest, zeros, 1, 0.0, "target")
+            results.append(await submitter.submit(mined))
+        assert [r.status for r in results] == [WorkStatus.SUCCESS] * 2
+        lost = MinedWork(
+            assignments[2], 0, b"", 0, 0, 0.0, "cancelled", cancelled="late", block_closed=True
+        )
+        results.append(await submitter.submit(lost))
+        assert results[2].status is WorkStatus.FAILED and results[2].hash == b""
+
+        # Reported in one batch; the first two are acknowledged before the third.
+        answers: list[tuple[int, int, int]] = []
+        reporter = WorkReporter(
+            client,
+            tracker,
+            linger=0.01,
+            on_reported=lambda b, rs, a: answers.append((len(rs), a.recorded, a.already_recorded)),
+        )
+        for r in results[:2]:
+            reporter.add(r)
+        runner = asyncio.create_task(reporter.run())
+        await _reported(reporter, 2)
+        assert answers == [(2, 2, 0)]
+        assert store.load() == cursors[1]  # the third is not reported yet
+    finally:
+        runner.cancel()
+        await client.close()
+
+    # A restarted agent (a new client, the same file) gets only the unreported assignment.
+    client = PoolClient(address, pool.pki.client("rig-stream"), pool.pki.ca_pem, key)
+    tracker = CursorTracker(store)
+    try:
+        stream = client.assignments(tracker)
+        again = await asyncio.wait_for(anext(stream), 10)
+        assert again.cursor == cursors[2]
+        nothing_else = asyncio.ensure_future(anext(stream))
+        done, _ = await asyncio.wait([nothing_else], timeout=0.6)
+        assert not done, "an assignment already reported came again"
+        nothing_else.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await nothing_else
+        await stream.aclose()
+        reporter = WorkReporter(client, tracker, linger=0.01)
+        reporter.add(results[2])  # the empty-hash failure
+        for r in results[:2]:
+            reporter.add(r)  # repeated reports are harmless
+        answer_log: list[tuple[int, int]] = []
+        reporter.on_reported = lambda b, rs, a: answer_log.append((a.recorded, a.already_recorded))
+        runner = asyncio.create_task(reporter.run())
+        await _reported(reporter, 3)
+        assert answer_log == [(1, 2)]
+        assert store.load() == cursors[2]
+        assert await pool.count("works") == 3
+    finally:
+        runner.cancel()
+        await client.close()
