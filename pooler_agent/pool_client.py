@@ -246,7 +246,15 @@ class PoolClient:
     ) -> None:
         if not api_key.strip():
             raise ValueError("the pooler's API key is empty")
-        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        # gRPC's own reconnect backoff grows to minutes by default: after a pool restart the
+        # channel would stay down long after the pool is back. Keep it within ours.
+        options: list[tuple[str, str | int]] = [
+            ("grpc.initial_reconnect_backoff_ms", int(backoff.initial * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(backoff.initial * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(backoff.maximum * 1000)),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
         self._channel = grpc.aio.secure_channel(
             address, channel_credentials(identity, ca_pem), options=options
         )

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from kalepool.chain import Fault, current_block
-from kalepool.tls import DevPki
-from kalepool.v1 import common_pb2, records_pb2
+from kalepool.settings import Settings
+from kalepool.tls import POOL_CLIENT, POOL_SERVER, DevPki
+from kalepool.v1 import common_pb2, pooler_pb2, records_pb2
+from pool_service.server import start_pool_server
 from pooler_agent.assignment import Assignment
 from pooler_agent.clock import ChainClock
 from pooler_agent.pool_client import (
@@ -302,4 +304,63 @@ async def test_plant_stream_work_report_and_a_restart_resumes_after_the_reported
         assert await pool.count("works") == 3
     finally:
         runner.cancel()
+        await client.close()
+
+
+async def test_the_feed_reconnects_after_the_pool_restarts_and_repeats_nothing(
+    pool: PoolStage, tmp_path: Path
+) -> None:
+    await pool.start(rate_limit_requests_per_minute=10_000)
+    pooler, key = await pool.register_pooler("rig-reconnect")
+    first = await pool.funded_farmer(pooler.pooler_id, kale=2 * KALE)
+    assert pool.server is not None
+    port = pool.server.port
+    client = PoolClient(
+        f"127.0.0.1:{port}",
+        pool.pki.client("rig-reconnect"),
+        pool.pki.ca_pem,
+        key,
+        backoff=Backoff(initial=0.05, maximum=0.2),
+    )
+    tracker = CursorTracker(CursorFile(tmp_path / "cursor.json"))
+    stream = client.assignments(tracker)
+    waiting: asyncio.Future[pooler_pb2.Assignment] | None = None
+    try:
+        block = (await current_block(pool.chain)).index
+        await client.request_plant(block)
+        got = await asyncio.wait_for(anext(stream), 10)
+        assert got.farmer_id == first.farmer_id
+        waiting = asyncio.ensure_future(anext(stream))
+
+        # The pool goes away and comes back on the same address.
+        await pool.server.stop(0)
+        await asyncio.sleep(0.3)
+        pool.server = await start_pool_server(
+            address=f"127.0.0.1:{port}",
+            conninfo=pool.conninfo,
+            chain=pool.chain,
+            identity=pool.pki.server(POOL_SERVER),
+            ca_pem=pool.pki.ca_pem,
+            wallet_address=f"127.0.0.1:{pool.wallet.server.port}",
+            wallet_identity=pool.pki.client(POOL_CLIENT),
+            settings=Settings(
+                network="devnet",
+                data_dir=pool.data_dir,
+                _env_file=None,
+                rate_limit_requests_per_minute=10_000,
+            ),
+            pool_size=8,
+            feed_poll_seconds=0.2,
+        )
+        second = await pool.funded_farmer(pooler.pooler_id, kale=2 * KALE)
+        await client.request_plant(block)  # plants the new farmer only
+        after = await asyncio.wait_for(waiting, 15)
+        assert after.farmer_id == second.farmer_id and after.cursor > got.cursor
+        assert tracker.received == after.cursor
+    finally:
+        if waiting is not None and not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        await stream.aclose()
         await client.close()
