@@ -140,6 +140,10 @@ class PoolerAgent:
         # The finishing tasks: submissions already under way end by themselves.
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.pool.timeout)
+        # Let the reporter finish what is queued or in flight, so acknowledged reports
+        # also move the saved cursor; then stop it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.reporter.wait_idle(), self.pool.timeout)
         reporter.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await self.reporter.flush()

@@ -392,14 +392,21 @@ class WorkReporter:
         self.reported = 0  # results acknowledged
         self.dropped = 0  # results the pool refused for good
         self._sending = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def add(self, result: WorkResult) -> None:
+        self._idle.clear()
         self._queue.put_nowait(result)
 
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing being sent."""
         return self._queue.empty() and self._sending == 0
+
+    async def wait_idle(self) -> None:
+        """Until everything queued was sent (acknowledged or dropped)."""
+        await self._idle.wait()
 
     async def run(self) -> None:
         """Send batches until cancelled."""
@@ -417,6 +424,8 @@ class WorkReporter:
                     await self._send(block, results)
             finally:
                 self._sending -= 1
+                if self.idle:
+                    self._idle.set()
 
     async def flush(self) -> None:
         """Send whatever is queued now (at shutdown), trying each batch once more."""
@@ -437,6 +446,9 @@ class WorkReporter:
                 await self._send_once(block, results)
                 return
             except PoolError as exc:
+                if exc.code is grpc.StatusCode.CANCELLED:
+                    # The channel closed under us (shutdown): not acknowledged, not refused.
+                    raise asyncio.CancelledError from None
                 if exc.code in _TRANSIENT or exc.code is grpc.StatusCode.INTERNAL:
                     delay = self.client.backoff.delay(attempt)
                     attempt += 1
