@@ -27,7 +27,7 @@ from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
 from pool_service import convert
 from pool_service.blocks import BlockReports
-from pool_service.statuses import Unimplemented
+from pool_service.payouts import Payouts
 from pool_service.store import FarmerRow, Store
 from pool_service.validate import Page, check_name, check_stake_bps
 from pool_service.wallet import WalletClient, wallet_call
@@ -62,12 +62,18 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
     """kalepool.v1.PoolService: poolers, farmers, funding, balances."""
 
     def __init__(
-        self, store: Store, wallet: WalletClient, settings: Settings, reports: BlockReports
+        self,
+        store: Store,
+        wallet: WalletClient,
+        settings: Settings,
+        reports: BlockReports,
+        payouts: Payouts,
     ) -> None:
         self.store = store
         self.wallet = wallet
         self.settings = settings
         self.reports = reports
+        self.payouts = payouts
 
     # --- poolers ----------------------------------------------------------------------------
 
@@ -370,22 +376,22 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             entries=[convert.ledger_pb(r) for r in shown], next_page_token=token
         )
 
-    # --- payouts and leaving are not built yet: a clear UNIMPLEMENTED ------------------------
+    # --- payouts and leaving; blocks, stats and compensations --------------------------------
 
     async def RequestPayout(
         self, request: pool_pb2.RequestPayoutRequest, context: Any
     ) -> pool_pb2.RequestPayoutResponse:
-        raise Unimplemented("PoolService.RequestPayout is not built yet")
+        return await self.payouts.request_payout(request)
 
     async def ListPayouts(
         self, request: pool_pb2.ListPayoutsRequest, context: Any
     ) -> pool_pb2.ListPayoutsResponse:
-        raise Unimplemented("PoolService.ListPayouts is not built yet")
+        return await self.payouts.list_payouts(request)
 
     async def LeavePool(
         self, request: pool_pb2.LeavePoolRequest, context: Any
     ) -> pool_pb2.LeavePoolResponse:
-        raise Unimplemented("PoolService.LeavePool is not built yet")
+        return await self.payouts.leave(request)
 
     async def GetBlock(
         self, request: pool_pb2.GetBlockRequest, context: Any

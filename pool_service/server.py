@@ -27,6 +27,7 @@ from pool_service.chain_view import ChainView
 from pool_service.compensation import Compensations
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
+from pool_service.payouts import Payouts, PayoutStore
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
 from pool_service.registry import PoolRegistry
@@ -50,6 +51,8 @@ class PoolServer:
     feeds: Feeds
     pool: Pool
     harvest_loop: asyncio.Task[None] | None
+    # Pending payouts driven once at start-up (a restart mid-payout settles them).
+    reconciled: asyncio.Task[int]
     _stack: AsyncExitStack
 
     @property
@@ -58,10 +61,11 @@ class PoolServer:
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop harvesting and serving, then release the wallet channel and the database."""
-        if self.harvest_loop is not None:
-            self.harvest_loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.harvest_loop
+        for task in (self.harvest_loop, self.reconciled):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.built.stop(grace)
         await self._stack.aclose()
 
@@ -110,8 +114,9 @@ async def start_pool_server(
     store = Store(pool)
     view = ChainView(chain)
     feeds = Feeds()
+    payouts = Payouts(store, PayoutStore(pool), wallet, view, settings)
     registry = PoolRegistry(
-        store, wallet, settings, BlockReports(store, BlockStore(pool), view, feeds)
+        store, wallet, settings, BlockReports(store, BlockStore(pool), view, feeds), payouts
     )
     harvester = Harvester(HarvestStore(pool), wallet, view, settings, Compensations(pool))
     pooler_api = PoolerApi(
@@ -144,8 +149,9 @@ async def start_pool_server(
     loop = None
     if harvest_interval_seconds is not None:
         loop = asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
+    reconciled = asyncio.create_task(payouts.reconcile(), name="pool-payouts-reconcile")
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, loop, stack)
+    return PoolServer(built, registry, pooler_api, feeds, pool, loop, reconciled, stack)
 
 
 async def start_pool_for(

@@ -391,15 +391,16 @@ class Store:
                 " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
                 "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
                 "  coalesce(p.block_index, h.block_index, c.block_index) AS block_index,"
-                "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash) AS tx_hash,"
+                "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash, po.tx_hash) AS tx_hash,"
                 "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
-                "           l.transaction_id::text) AS source_id,"
+                "           l.transaction_id::text, l.payout_id::text) AS source_id,"
                 "  l.created_at"
                 " FROM balance_ledger l"
                 " LEFT JOIN plantings p ON p.id = l.planting_id"
                 " LEFT JOIN harvests h ON h.id = l.harvest_id"
                 " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
                 " LEFT JOIN transactions t ON t.id = l.transaction_id"
+                " LEFT JOIN payouts po ON po.id = l.payout_id"
                 " WHERE l.farmer_id = %s) entries"
                 " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
                 (farmer_id, before_id, before_id, limit),

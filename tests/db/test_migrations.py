@@ -35,6 +35,7 @@ SCHEMA_TABLES = {
     "pooler_compensations",
     "block_operations",
     "balance_ledger",
+    "payouts",
 }
 
 

@@ -105,7 +105,13 @@ class PoolStage:
         return made.pooler, made.api_key
 
     async def funded_farmer(
-        self, pooler_id: str, *, stake_bps: int = 0, kale: int = 0, ledger_kale: int | None = None
+        self,
+        pooler_id: str,
+        *,
+        stake_bps: int = 0,
+        kale: int = 0,
+        ledger_kale: int | None = None,
+        payout_address: str | None = None,
     ) -> pool_pb2.Farmer:
         """A farmer registered, funded with XLM, confirmed (trustline added); `kale` minted
         on chain and `ledger_kale` (default: the same) credited in the pool's ledger."""
@@ -115,7 +121,7 @@ class PoolStage:
         made = await op.RegisterFarmer(
             pool_pb2.RegisterFarmerRequest(
                 pooler_id=pooler_id,
-                payout_address=Keypair.random().public_key,
+                payout_address=payout_address or Keypair.random().public_key,
                 stake_bps=stake_bps,
             )
         )
@@ -169,6 +175,8 @@ class PoolStage:
             "works",
             "transactions",
             "block_operations",
+            "payouts",
+            "balance_ledger",
         )
         return {t: await self.count(t) for t in tables}
 

@@ -74,10 +74,3 @@ async def test_rate_limit_answers_resource_exhausted(pool: PoolStage) -> None:
     # The limit is per pooler.
     code, _ = await code_of(stub.Heartbeat(beat, metadata=bearer(other_key)))
     assert code is grpc.StatusCode.OK
-
-
-async def test_unbuilt_rpcs_say_so(pool: PoolStage) -> None:
-    code, message = await code_of(
-        pool.operator().ListPayouts(pool_pb2.ListPayoutsRequest(farmer_id=""))
-    )
-    assert code is grpc.StatusCode.UNIMPLEMENTED and "ListPayouts" in message

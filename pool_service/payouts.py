@@ -1,0 +1,492 @@
+"""Payouts and leaving the pool (PoolService RequestPayout, ListPayouts, LeavePool).
+
+Nothing paid twice, nothing lost: a payout is recorded and its ledger debit written in
+one database transaction *before* the wallet service is asked to sign anything; the
+wallet signs under `payout:<payout id>`, so asking again (a retried RPC, a restart)
+replays the one transaction instead of making another. A transfer that failed, expired
+or was refused before signing settles the payout as failed and posts its
+`payout_reversal` in the same database transaction. One whose fate is unknown stays
+pending, and is driven again by the next request and at start-up (`reconcile`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import grpc
+from psycopg import AsyncConnection
+from psycopg.rows import class_row
+
+from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from kalepool.request_checks import check_idempotency_key, check_uuid
+from kalepool.settings import Settings
+from kalepool.v1 import common_pb2, pool_pb2, records_pb2, wallet_pb2
+from pool_service import convert
+from pool_service.chain_view import ChainView
+from pool_service.store import FARMER_COLUMNS, FarmerRow, Pool, Store
+from pool_service.validate import Page
+from pool_service.wallet import WalletClient, wallet_call
+
+log = logging.getLogger("pool_service.payouts")
+
+# Payout ids derived from (farmer, idempotency key): the same key is the same payout.
+_PAYOUT_ID_NAMESPACE = uuid.UUID("0b7f3a52-3c1e-4f0e-8f7e-706179f0075a")
+
+# How long one Transfer / CloseWallet call may take before its fate counts as unknown
+# (the payout stays pending and is driven again later).
+_WALLET_TIMEOUT_SECONDS = 30.0
+
+# Wallet refusals that are certain nothing was signed under the key: the wallet looks
+# the key up before it checks anything else, so a key already used always replays.
+_REFUSED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+}
+
+
+@dataclass
+class PayoutRow:
+    id: UUID
+    farmer_id: UUID
+    destination: str
+    amount: int
+    request_key: str | None
+    wallet_key: str
+    status: str
+    tx_hash: str | None
+    ledger: int | None
+    error_code: str | None
+    error_message: str | None
+    fault: str | None
+    requested_at: dt.datetime
+    completed_at: dt.datetime | None
+
+
+PAYOUT_COLUMNS = (
+    "id, farmer_id, destination, amount, request_key, wallet_key, status::text, tx_hash,"
+    " ledger, error_code, error_message, fault::text, requested_at, completed_at"
+)
+
+
+def payout_pb(row: PayoutRow) -> records_pb2.Payout:
+    status = {
+        "pending": common_pb2.TX_STATUS_PENDING,
+        "success": common_pb2.TX_STATUS_SUCCESS,
+        "failed": common_pb2.TX_STATUS_FAILED,
+    }[row.status]
+    return records_pb2.Payout(
+        payout_id=str(row.id),
+        farmer_id=str(row.farmer_id),
+        destination_address=row.destination,
+        amount_stroops=row.amount,
+        transaction=common_pb2.TransactionRef(
+            tx_hash=row.tx_hash or "", status=status, ledger=row.ledger or 0
+        ),
+        failure=common_pb2.Failure(
+            code=convert.failure_code_value(row.error_code),
+            fault=convert.FAULT_TO_PROTO.get(row.fault or "pool", common_pb2.FAULT_PARTY_POOL),
+            message=row.error_message or "",
+        )
+        if row.status == "failed"
+        else None,
+        requested_at=convert.timestamp(row.requested_at),
+        completed_at=convert.timestamp(row.completed_at),
+    )
+
+
+class PayoutStore:
+    """SQL of payouts, their ledger entries and leaving."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def payout(self, payout_id: UUID) -> PayoutRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PayoutRow))
+            await cur.execute(f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE id = %s", (payout_id,))
+            return await cur.fetchone()
+
+    async def create(
+        self,
+        payout_id: UUID,
+        farmer_id: UUID,
+        destination: str,
+        amount: int,
+        request_key: str | None,
+    ) -> PayoutRow:
+        """Record the payout and debit it, in one transaction under the farmer's lock.
+        `amount` 0 pays the whole balance. FAILED_PRECONDITION when it is more than the
+        balance or nothing is left to pay."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT current_balance FROM farmers WHERE id = %s FOR UPDATE", (farmer_id,)
+            )
+            got = await cur.fetchone()
+            assert got is not None
+            balance = int(got[0])
+            existing = await self._payout_in(conn, payout_id)
+            if existing is not None:  # the same key won a race: that one is the payout
+                return existing
+            amount = amount or balance
+            if amount <= 0:
+                raise FailedPrecondition(f"farmer {farmer_id} has no balance to pay out")
+            if amount > balance:
+                raise FailedPrecondition(
+                    f"farmer {farmer_id} has {balance} stroops available;"
+                    f" a payout of {amount} would overdraw it"
+                )
+            rows = conn.cursor(row_factory=class_row(PayoutRow))
+            await rows.execute(
+                "INSERT INTO payouts (id, farmer_id, destination, amount, request_key,"
+                f" wallet_key) VALUES (%s, %s, %s, %s, %s, %s) RETURNING {PAYOUT_COLUMNS}",
+                (payout_id, farmer_id, destination, amount, request_key, f"payout:{payout_id}"),
+            )
+            row = await rows.fetchone()
+            assert row is not None
+            await conn.execute(
+                "INSERT INTO balance_ledger (farmer_id, amount, kind, payout_id)"
+                " VALUES (%s, %s, 'payout', %s)",
+                (farmer_id, -amount, payout_id),
+            )
+            return row
+
+    @staticmethod
+    async def _payout_in(conn: AsyncConnection[Any], payout_id: UUID) -> PayoutRow | None:
+        cur = conn.cursor(row_factory=class_row(PayoutRow))
+        await cur.execute(f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE id = %s", (payout_id,))
+        return await cur.fetchone()
+
+    async def succeeded(self, payout_id: UUID, tx_hash: str, ledger: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE payouts SET status = 'success', tx_hash = %s, ledger = %s,"
+                " completed_at = now() WHERE id = %s AND status = 'pending'",
+                (tx_hash, ledger, payout_id),
+            )
+
+    async def still_pending(self, payout_id: UUID, tx_hash: str | None) -> None:
+        if tx_hash:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE payouts SET tx_hash = %s WHERE id = %s AND status = 'pending'",
+                    (tx_hash, payout_id),
+                )
+
+    async def failed(
+        self, payout_id: UUID, tx_hash: str | None, code: str, message: str, fault: str
+    ) -> None:
+        """Settle as failed and give the debit back, together (once)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE payouts SET status = 'failed', tx_hash = coalesce(%s, tx_hash),"
+                " error_code = %s, error_message = %s, fault = %s::fault_party,"
+                " completed_at = now() WHERE id = %s AND status = 'pending'"
+                " RETURNING farmer_id, amount",
+                (tx_hash, code, message, fault, payout_id),
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                await conn.execute(
+                    "INSERT INTO balance_ledger (farmer_id, amount, kind, payout_id)"
+                    " VALUES (%s, %s, 'payout_reversal', %s)",
+                    (row[0], row[1], payout_id),
+                )
+
+    async def pending(self, farmer_id: UUID | None = None) -> list[PayoutRow]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PayoutRow))
+            await cur.execute(
+                f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE status = 'pending'"
+                " AND (%s::uuid IS NULL OR farmer_id = %s::uuid) ORDER BY requested_at",
+                (farmer_id, farmer_id),
+            )
+            return await cur.fetchall()
+
+    async def list(
+        self, farmer_id: UUID, before: tuple[str, str] | None, limit: int
+    ) -> list[PayoutRow]:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PayoutRow))
+            await cur.execute(
+                f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE farmer_id = %s"
+                " AND (%s::timestamptz IS NULL OR (requested_at, id) < (%s::timestamptz, %s::uuid))"
+                " ORDER BY requested_at DESC, id DESC LIMIT %s",
+                (
+                    farmer_id,
+                    before[0] if before else None,
+                    before[0] if before else None,
+                    before[1] if before else None,
+                    limit,
+                ),
+            )
+            return await cur.fetchall()
+
+    async def set_status(self, farmer_id: UUID, status: str, only_from: str) -> FarmerRow | None:
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(FarmerRow))
+            await cur.execute(
+                f"UPDATE farmers f SET status = %s::farmer_status WHERE id = %s"
+                f" AND status = %s::farmer_status RETURNING {FARMER_COLUMNS}",
+                (status, farmer_id, only_from),
+            )
+            return await cur.fetchone()
+
+    async def open_pails(self, farmer_id: UUID, current_block: int) -> int:
+        """Pails that may still be harvested: planted in the current block (still
+        workable), or worked, without a successful harvest and not gone."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM plantings p WHERE p.farmer_id = %(f)s"
+                " AND p.status = 'success'"
+                " AND (p.block_index >= %(c)s OR EXISTS (SELECT 1 FROM works w"
+                "   WHERE w.farmer_id = p.farmer_id AND w.block_index = p.block_index"
+                "   AND w.status = 'success'))"
+                " AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id"
+                "   AND h.block_index = p.block_index"
+                "   AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))",
+                {"f": farmer_id, "c": current_block},
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+
+class Payouts:
+    """RequestPayout, ListPayouts, LeavePool and the start-up reconciliation."""
+
+    def __init__(
+        self,
+        store: Store,
+        payouts: PayoutStore,
+        wallet: WalletClient,
+        view: ChainView,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.payouts = payouts
+        self.wallet = wallet
+        self.view = view
+        self.settings = settings
+        self._locks: dict[UUID, asyncio.Lock] = {}
+
+    def _lock(self, farmer_id: UUID) -> asyncio.Lock:
+        # One payout decision per farmer at a time in this process; across replicas the
+        # farmer's row lock and the ledger's overdraft check keep the balance whole.
+        return self._locks.setdefault(farmer_id, asyncio.Lock())
+
+    async def _farmer(self, farmer_id: UUID) -> FarmerRow:
+        row = await self.store.farmer(farmer_id)
+        if row is None:
+            raise NotFound(f"no farmer {farmer_id}")
+        return row
+
+    # --- driving one payout -------------------------------------------------------------
+
+    async def drive(self, payout: PayoutRow, source: str) -> PayoutRow:
+        """Ask the wallet for the payout's transfer (a replay when it was made) and
+        record what became certain."""
+        request = wallet_pb2.TransferRequest(
+            idempotency_key=payout.wallet_key,
+            source_address=source,
+            destination_address=payout.destination,
+            amount_stroops=payout.amount,
+        )
+        try:
+            response = await self.wallet.stub.Transfer(request, timeout=_WALLET_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _REFUSED:
+                await self.payouts.failed(
+                    payout.id, None, "INTERNAL", exc.details() or exc.code().name, "pool"
+                )
+            else:  # unreachable or timed out: its fate is unknown, ask again later
+                log.warning("payout %s still pending (%s)", payout.id, exc.code().name)
+        else:
+            out = response.outcome
+            if out.status == common_pb2.TX_STATUS_SUCCESS:
+                await self.payouts.succeeded(payout.id, out.tx_hash, out.ledger)
+            elif out.status in (
+                common_pb2.TX_STATUS_FAILED,
+                common_pb2.TX_STATUS_EXPIRED,
+                common_pb2.TX_STATUS_REJECTED,
+            ):
+                fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
+                await self.payouts.failed(
+                    payout.id,
+                    out.tx_hash or None,
+                    convert.failure_code_name(
+                        out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
+                    ),
+                    out.failure.message or common_pb2.TxStatus.Name(out.status),
+                    "pool" if fault == "none" else fault,
+                )
+            else:
+                await self.payouts.still_pending(payout.id, out.tx_hash or None)
+        settled = await self.payouts.payout(payout.id)
+        assert settled is not None
+        if settled.status != "pending":
+            log.info("payout %s of farmer %s: %s", payout.id, payout.farmer_id, settled.status)
+        return settled
+
+    async def reconcile(self) -> int:
+        """Drive every pending payout once (at start-up); how many settled."""
+        settled = 0
+        for payout in await self.payouts.pending():
+            farmer = await self.store.farmer(payout.farmer_id)
+            if farmer is None:
+                continue
+            async with self._lock(payout.farmer_id):
+                done = await self.drive(payout, farmer.custodial_public_key)
+            settled += done.status != "pending"
+        return settled
+
+    async def _drive_pending(self, farmer: FarmerRow) -> bool:
+        """Drive the farmer's pending payouts; whether none is left pending."""
+        left = False
+        for payout in await self.payouts.pending(farmer.id):
+            done = await self.drive(payout, farmer.custodial_public_key)
+            left = left or done.status == "pending"
+        return not left
+
+    # --- the RPCs ----------------------------------------------------------------------
+
+    async def request_payout(
+        self, request: pool_pb2.RequestPayoutRequest
+    ) -> pool_pb2.RequestPayoutResponse:
+        farmer_id = check_uuid("farmer_id", request.farmer_id)
+        if request.amount_stroops < 0:
+            raise InvalidArgument(
+                "amount_stroops must be 0 (the whole balance) or more,"
+                f" got {request.amount_stroops}"
+            )
+        key = check_idempotency_key(request.idempotency_key) if request.idempotency_key else None
+        payout_id = uuid.uuid5(_PAYOUT_ID_NAMESPACE, f"{farmer_id}:{key}") if key else uuid.uuid4()
+        farmer = await self._farmer(farmer_id)
+        async with self._lock(farmer_id):
+            existing = await self.payouts.payout(payout_id)
+            if existing is None:
+                if farmer.status == "departed" or not farmer.is_funded:
+                    status = common_pb2.FarmerStatus.Name(convert.farmer_status(farmer))
+                    raise FailedPrecondition(f"farmer {farmer_id} is {status}: no payouts")
+                payout = await self.payouts.create(
+                    payout_id, farmer_id, farmer.payout_address, request.amount_stroops, key
+                )
+            else:
+                if request.amount_stroops not in (0, existing.amount):
+                    raise AlreadyExists(
+                        f"idempotency key already made payout {existing.id} of"
+                        f" {existing.amount} stroops"
+                    )
+                payout = existing
+            if payout.status == "pending":
+                payout = await self.drive(payout, farmer.custodial_public_key)
+        return pool_pb2.RequestPayoutResponse(payout=payout_pb(payout))
+
+    async def list_payouts(
+        self, request: pool_pb2.ListPayoutsRequest
+    ) -> pool_pb2.ListPayoutsResponse:
+        farmer_id = check_uuid("farmer_id", request.farmer_id)
+        page = Page(request.pagination, "payouts", farmer_id)
+        before: tuple[str, str] | None = None
+        if page.after is not None:
+            try:
+                when, pid = page.after
+                dt.datetime.fromisoformat(when)
+                uuid.UUID(pid)
+            except (TypeError, ValueError):
+                raise InvalidArgument("page_token is not a token this server issued") from None
+            before = (when, pid)
+        await self._farmer(farmer_id)
+        rows = await self.payouts.list(farmer_id, before, page.size + 1)
+        shown = rows[: page.size]
+        token = page.next_token(
+            rows, [shown[-1].requested_at.isoformat(), str(shown[-1].id)] if shown else []
+        )
+        return pool_pb2.ListPayoutsResponse(
+            payouts=[payout_pb(r) for r in shown], next_page_token=token
+        )
+
+    async def leave(self, request: pool_pb2.LeavePoolRequest) -> pool_pb2.LeavePoolResponse:
+        farmer_id = check_uuid("farmer_id", request.farmer_id)
+        farmer = await self._farmer(farmer_id)
+        close_key = f"close:{farmer_id}"
+        async with self._lock(farmer_id):
+            if farmer.status == "departed":
+                return await self._departed(farmer, close_key)
+            if farmer.status == "active":
+                # From now on it is planted no more.
+                farmer = await self.payouts.set_status(farmer_id, "leaving", "active") or farmer
+                log.info("farmer %s is leaving", farmer_id)
+            leaving = pool_pb2.LeavePoolResponse(farmer=convert.farmer_pb(farmer))
+            if not farmer.is_funded:
+                # Never funded: nothing on chain to pay out or merge.
+                departed = await self.payouts.set_status(farmer_id, "departed", "leaving")
+                return pool_pb2.LeavePoolResponse(farmer=convert.farmer_pb(departed or farmer))
+            current = await self.view.current_index()
+            waiting = await self.payouts.open_pails(farmer_id, current)
+            if waiting:
+                leaving.pending_harvests = waiting
+                return leaving
+            if not await self._drive_pending(farmer):
+                return leaving
+            farmer = await self._farmer(farmer_id)
+            if farmer.current_balance > 0:
+                payout = await self.payouts.create(
+                    uuid.uuid4(), farmer_id, farmer.payout_address, farmer.current_balance, None
+                )
+                done = await self.drive(payout, farmer.custodial_public_key)
+                if done.status == "pending":
+                    return leaving
+                if done.status == "failed":
+                    raise FailedPrecondition(
+                        f"paying out farmer {farmer_id}'s balance failed"
+                        f" ({done.error_message}); its balance is restored, it stays leaving"
+                    )
+            closed = await wallet_call(
+                self.wallet.stub.CloseWallet(
+                    wallet_pb2.CloseWalletRequest(
+                        idempotency_key=close_key,
+                        public_key=farmer.custodial_public_key,
+                        destination_address=farmer.payout_address,
+                    ),
+                    timeout=_WALLET_TIMEOUT_SECONDS,
+                ),
+                "close the custodial wallet",
+            )
+            out = closed.outcome
+            leaving.close_transaction.CopyFrom(_tx_ref(out))
+            if out.status == common_pb2.TX_STATUS_SUCCESS:
+                departed = await self.payouts.set_status(farmer_id, "departed", "leaving")
+                log.info(
+                    "farmer %s departed; its account merged into its payout address", farmer_id
+                )
+                leaving.farmer.CopyFrom(
+                    convert.farmer_pb(departed or await self._farmer(farmer_id))
+                )
+            elif out.status != common_pb2.TX_STATUS_PENDING:
+                raise FailedPrecondition(
+                    f"closing farmer {farmer_id}'s wallet failed: {out.failure.message}"
+                )
+            return leaving
+
+    async def _departed(self, farmer: FarmerRow, close_key: str) -> pool_pb2.LeavePoolResponse:
+        response = pool_pb2.LeavePoolResponse(farmer=convert.farmer_pb(farmer))
+        if farmer.is_funded:
+            got = await wallet_call(
+                self.wallet.stub.GetTransaction(
+                    wallet_pb2.GetTransactionRequest(idempotency_key=close_key)
+                ),
+                "read the closing transaction",
+            )
+            response.close_transaction.CopyFrom(_tx_ref(got.outcome))
+        return response
+
+
+def _tx_ref(out: wallet_pb2.TransactionOutcome) -> common_pb2.TransactionRef:
+    return common_pb2.TransactionRef(tx_hash=out.tx_hash, status=out.status, ledger=out.ledger)
