@@ -167,7 +167,8 @@ class PoolerAgent:
 
     async def _watch_blocks(self) -> None:
         async for event in self.monitor.events():
-            self._synced.set()
+            if self.monitor.clock.synced:
+                self._synced.set()
             self._on_block_event(event)
 
     def _on_block_event(self, event: BlockEvent) -> None:
