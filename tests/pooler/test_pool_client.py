@@ -23,6 +23,7 @@ from pooler_agent.pool_client import (
     CursorTracker,
     PoolClient,
     PoolError,
+    StreamTakenOver,
     WorkReporter,
     work_report,
 )
@@ -364,3 +365,28 @@ async def test_the_feed_reconnects_after_the_pool_restarts_and_repeats_nothing(
                 await waiting
         await stream.aclose()
         await client.close()
+
+
+async def test_a_second_agent_with_the_same_key_takes_the_stream_over(
+    pool: PoolStage, tmp_path: Path
+) -> None:
+    await pool.start(rate_limit_requests_per_minute=10_000)
+    pooler, key = await pool.register_pooler("rig-twice")
+    await pool.funded_farmer(pooler.pooler_id, kale=2 * KALE)
+    assert pool.server is not None
+    address = f"127.0.0.1:{pool.server.port}"
+    one = PoolClient(address, pool.pki.client("rig-twice"), pool.pki.ca_pem, key)
+    two = PoolClient(address, pool.pki.client("rig-twice"), pool.pki.ca_pem, key)
+    first = one.assignments(CursorTracker(CursorFile(tmp_path / "one.json")))
+    second = two.assignments(CursorTracker(CursorFile(tmp_path / "two.json")))
+    try:
+        await one.request_plant((await current_block(pool.chain)).index)
+        await asyncio.wait_for(anext(first), 10)
+        waiting = asyncio.ensure_future(anext(first))
+        await asyncio.wait_for(anext(second), 10)  # the newer stream replays from 0
+        with pytest.raises(StreamTakenOver):
+            await asyncio.wait_for(waiting, 10)
+    finally:
+        await second.aclose()
+        await one.close()
+        await two.close()
