@@ -245,14 +245,41 @@ async def test_missing_work_is_compensated_once_by_the_pooler(pool: PoolStage) -
     ]:
         assert list((await op.ListCompensations(request)).compensations) == expected
 
-    # Asked again, and by the background loop: written once.
+    # A plant that failed by the pool's fault is owed by the pool (the block's average
+    # reward: nothing was burned); one that failed by the farmer's own fault is owed by
+    # nobody. (Recorded here as the planter records them.)
+    pool_fault = await pool.funded_farmer(w.pooler.pooler_id)
+    own_fault = await pool.funded_farmer(w.pooler.pooler_id)
+    with psycopg.connect(pool.conninfo, autocommit=True) as conn:
+        for farmer, fault, code in [
+            (pool_fault, "pool", "WALLET_UNAVAILABLE"),
+            (own_fault, "farmer", "INSUFFICIENT_KALE"),
+        ]:
+            conn.execute(
+                "INSERT INTO plantings (block_index, farmer_id, pooler_id, status, fault,"
+                " error_code, error_message) VALUES (%s, %s, %s, 'failed', %s, %s, 'refused')",
+                (w.block, farmer.farmer_id, w.pooler.pooler_id, fault, code),
+            )
+    # Asked again, and by the background loop: each written once.
     await pool.pooler().RequestHarvest(
         pooler_pb2.RequestHarvestRequest(block_index=w.block), metadata=w.auth
     )
     await pool.start(harvest_interval=0.05)
     await asyncio.sleep(0.3)  # several loop passes, each settling the block again
     await pool.start()
-    assert await pool.count("pooler_compensations") == 1
+    op = pool.operator()
+    assert await pool.count("pooler_compensations") == 2
+    owed_by_pool = await op.ListCompensations(
+        pool_pb2.ListCompensationsRequest(owed_by=common_pb2.FAULT_PARTY_POOL)
+    )
+    (p,) = owed_by_pool.compensations
+    assert (p.farmer_id, p.kind, p.amount_stroops) == (
+        pool_fault.farmer_id,
+        records_pb2.COMPENSATION_KIND_PLANT_FAILURE,
+        w.reward,
+    )
+    again = await op.ListCompensations(pool_pb2.ListCompensationsRequest(farmer_id=c.farmer_id))
+    assert list(again.compensations) == [c]
     # The compensation of a paid block is shown as paid once a ledger entry credits it.
     with psycopg.connect(pool.conninfo, autocommit=True) as conn:
         conn.execute(
@@ -260,11 +287,7 @@ async def test_missing_work_is_compensated_once_by_the_pooler(pool: PoolStage) -
             " VALUES (%s, %s, 'compensation', %s)",
             (w.idle.farmer_id, c.amount_stroops, int(c.compensation_id)),
         )
-    paid = (
-        await pool.operator().ListCompensations(pool_pb2.ListCompensationsRequest())
-    ).compensations
-    assert paid[0].paid and paid[0].paid_at.seconds > 0
-    unpaid = await pool.operator().ListCompensations(
-        pool_pb2.ListCompensationsRequest(unpaid_only=True)
-    )
-    assert list(unpaid.compensations) == []
+    paid = await op.ListCompensations(pool_pb2.ListCompensationsRequest(farmer_id=c.farmer_id))
+    assert paid.compensations[0].paid and paid.compensations[0].paid_at.seconds > 0
+    unpaid = await op.ListCompensations(pool_pb2.ListCompensationsRequest(unpaid_only=True))
+    assert [x.farmer_id for x in unpaid.compensations] == [pool_fault.farmer_id]
