@@ -14,7 +14,7 @@ from uuid import UUID
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.rows import class_row
 
-from kalepool.grpc_server import InvalidArgument, NotFound
+from kalepool.grpc_server import InvalidArgument, NotFound, Unavailable
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 from pool_service import convert
@@ -396,7 +396,10 @@ class BlockReports:
             whose = f" for pooler {pooler_id}" if pooler_id else ""
             raise NotFound(f"the pool took no part in block {request.block_index}{whose}")
         summary = _summary(rows[0], pooler_id)
-        block = await self.view.block(request.block_index)
+        try:
+            block = await self.view.block(request.block_index)
+        except Unavailable:  # the chain's view is optional here: leave it unset
+            block = None
         if block is not None:
             summary.opened_at.FromSeconds(block.timestamp)
             summary.entropy = block.entropy
