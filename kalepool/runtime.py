@@ -106,7 +106,7 @@ class Part:
 
 def _print_parts(parts: list[Part]) -> None:
     table = Table("part", "state", "detail", title="kale-pool up")
-    colours = {"running": "green", "ready": "green", "not built yet": "yellow"}
+    colours = {"running": "green", "ready": "green", "separate": "cyan", "not built yet": "yellow"}
     for part in parts:
         colour = colours.get(part.state, "red")
         table.add_row(part.name, f"[{colour}]{part.state}[/{colour}]", part.detail)
@@ -172,9 +172,7 @@ async def _up(settings: Settings) -> None:
         parts.append(wallet_part)
         parts.append(await _pool(settings, conninfo, stack, wallet_port))
         parts.append(_metrics(settings, stack))
-        parts.append(
-            Part("pooler_agent", "not built yet", "mining core only; the agent lands next")
-        )
+        parts.append(Part("pooler_agent", "separate", "runs on mining machines: kale-pool pooler"))
         _print_parts(parts)
         console.print("Ctrl-C stops everything.")
         await _wait_for_shutdown()
