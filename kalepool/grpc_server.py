@@ -91,6 +91,18 @@ class Aborted(StatusError):
     code = grpc.StatusCode.ABORTED
 
 
+class Unauthenticated(StatusError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(StatusError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class OutOfRange(StatusError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 ErrorMap = Mapping[type[BaseException], grpc.StatusCode]
 """Other exception types a service maps to a status (their str() is the message)."""
 

@@ -9,10 +9,9 @@ from uuid import UUID
 
 import grpc
 
-from kalepool.grpc_server import PermissionDenied, caller_name
+from kalepool.grpc_server import PermissionDenied, ResourceExhausted, Unauthenticated, caller_name
 from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER
 from pool_service.registry import hash_api_key
-from pool_service.statuses import ResourceExhausted, Unauthenticated
 from pool_service.store import PoolerRow, Store
 
 # The service identities of the deployment are not poolers, whatever key they send.

@@ -18,10 +18,9 @@ from uuid import UUID
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kalepool.grpc_server import Aborted
+from kalepool.grpc_server import Aborted, OutOfRange
 from kalepool.v1 import pooler_pb2
 from pool_service.chain_view import ChainView
-from pool_service.statuses import OutOfRange
 from pool_service.store import PlantingRow, Store
 
 
