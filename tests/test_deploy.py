@@ -1,0 +1,450 @@
+"""The Kubernetes manifests under deploy/: structure and cross-references.
+
+No cluster runs here, so these tests read the YAML and check what a cluster would
+only reveal at start-up: files a kustomization names exist, every Secret and
+ConfigMap a pod uses is defined (or documented as the operator's to create),
+every environment variable is a real setting, ports agree with the listen
+settings, certificates land under the names the services read, and network
+policies select real pods. When `kubectl` is installed, the overlays are rendered too.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kalepool.settings import DataLayout, Settings, load_settings
+from kalepool.tls import POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+BASE = DEPLOY / "base"
+OVERLAYS = [DEPLOY / "overlays" / "testnet", DEPLOY / "overlays" / "mainnet"]
+POOLER = DEPLOY / "pooler"
+DOC = ROOT / "docs" / "deploy.md"
+
+#: Secrets the operator creates by hand (docs/deploy.md says how); never in manifests.
+OPERATOR_SECRETS = {
+    "kale-pool-master-key",
+    "pooler-1-api-key",
+    "pooler-1-channel-secrets",
+}
+
+#: Settings that hold secrets: never a literal value in a manifest.
+SECRET_SETTINGS = {"database_url", "master_key", "pooler_api_key", "pooler_channel_secrets"}
+
+Doc = dict[str, Any]
+
+
+def _docs(directory: Path) -> list[Doc]:
+    """Every YAML document in the files of one directory (not below it)."""
+    found: list[Doc] = []
+    for path in sorted(directory.glob("*.yaml")):
+        found.extend(d for d in yaml.safe_load_all(path.read_text()) if d is not None)
+    return found
+
+
+def _all_yaml() -> list[Path]:
+    return sorted(DEPLOY.rglob("*.yaml"))
+
+
+def _of_kind(docs: list[Doc], kind: str) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in docs if d.get("kind") == kind}
+
+
+def _setting_env_names() -> set[str]:
+    names = {f"KALE_POOL_{name.upper()}" for name in Settings.model_fields}
+    return names | {"DATABASE_URL"}
+
+
+def _containers(deployment: Doc) -> list[Doc]:
+    """A Deployment's containers (none in an overlay's partial patch)."""
+    return list(deployment["spec"].get("template", {}).get("spec", {}).get("containers", []))
+
+
+def _pod_labels(deployment: Doc) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+
+
+def _config_env(container: Doc, configmaps: dict[str, Doc]) -> dict[str, str]:
+    """The plain (non-secret) environment a container gets, as Kubernetes merges it."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+    return env
+
+
+def _secret_volume_refs(pod_spec: Doc) -> Iterator[tuple[str, str, list[Doc]]]:
+    """(volume name, secret name, items) for every secret a pod's volumes mount."""
+    for volume in pod_spec.get("volumes", []):
+        if "secret" in volume:
+            yield volume["name"], volume["secret"]["secretName"], volume["secret"]["items"]
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                yield volume["name"], source["secret"]["name"], source["secret"]["items"]
+
+
+def _secret_refs(deployment: Doc) -> set[str]:
+    spec = deployment["spec"]["template"]["spec"]
+    names = {secret for _, secret, _ in _secret_volume_refs(spec)}
+    for container in spec["containers"]:
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                names.add(source["secretRef"]["name"])
+    return names
+
+
+def _defined_secrets(docs: list[Doc]) -> set[str]:
+    """Secrets the manifests cause to exist: cert-manager and CloudNativePG write them."""
+    names = {c["spec"]["secretName"] for c in _of_kind(docs, "Certificate").values()}
+    names |= {f"{name}-app" for name in _of_kind(docs, "Cluster")}
+    return names
+
+
+def _kustomization_dirs() -> list[Path]:
+    return sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
+
+
+# --- parsing and kustomizations --------------------------------------------------
+
+
+@pytest.mark.parametrize("path", _all_yaml(), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_manifest_parses_and_names_its_kind(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs, f"{path} is empty"
+    for doc in docs:
+        assert doc.get("apiVersion") and doc.get("kind"), (
+            f"{path}: a document lacks apiVersion/kind"
+        )
+        if doc["kind"] != "Kustomization":
+            assert doc["metadata"]["name"], f"{path}: a {doc['kind']} has no name"
+
+
+@pytest.mark.parametrize("directory", _kustomization_dirs(), ids=lambda p: p.name)
+def test_kustomization_lists_files_that_exist(directory: Path) -> None:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    listed = list(kustomization.get("resources", []))
+    listed += [p["path"] for p in kustomization.get("patches", []) if "path" in p]
+    assert listed
+    for entry in listed:
+        target = (directory / entry).resolve()
+        assert target.exists(), f"{directory.name}/kustomization.yaml lists missing {entry}"
+        if target.is_dir():
+            assert (target / "kustomization.yaml").exists(), f"{entry} is no kustomization"
+
+
+def test_the_base_holds_the_parts_the_design_names() -> None:
+    docs = _docs(BASE)
+    deployments = _of_kind(docs, "Deployment")
+    assert deployments["wallet-service"]["spec"]["replicas"] == 1
+    # Pool replicas share a block's work through the database (DESIGN.md).
+    assert deployments["pool-service"]["spec"]["replicas"] == 2
+    assert _of_kind(docs, "Cluster")["kale-pool-db"]["spec"]["instances"] == 3
+    assert set(_of_kind(docs, "Certificate")) >= {
+        POOL_SERVER,
+        WALLET_SERVER,
+        POOL_CLIENT,
+        "operator",
+    }
+    issuers = _of_kind(docs, "Issuer")
+    assert any("ca" in issuer["spec"] for issuer in issuers.values())
+    assert {s["spec"]["type"] for s in _of_kind(docs, "Service").values()} == {"ClusterIP"}
+
+
+# --- references ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("directory", "extra"),
+    [(BASE, []), (POOLER, [POOLER / "certificate.yaml"])],
+    ids=["base", "pooler"],
+)
+def test_referenced_secrets_and_configmaps_are_defined_or_documented(
+    directory: Path, extra: list[Path]
+) -> None:
+    docs = _docs(directory)
+    for path in extra:
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    configmaps = _of_kind(docs, "ConfigMap")
+    defined = _defined_secrets(docs)
+    doc_text = DOC.read_text()
+    for name, deployment in _of_kind(docs, "Deployment").items():
+        for container in _containers(deployment):
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in configmaps, name
+        for secret in _secret_refs(deployment):
+            if secret in OPERATOR_SECRETS:
+                assert f"`{secret}`" in doc_text, f"{secret} is not documented in docs/deploy.md"
+            else:
+                assert secret in defined, f"{name} uses Secret {secret}, which nothing defines"
+
+
+def test_every_environment_variable_is_a_real_setting() -> None:
+    known = _setting_env_names()
+    for directory in [BASE, POOLER, *OVERLAYS]:
+        docs = _docs(directory)
+        for configmap in _of_kind(docs, "ConfigMap").values():
+            unknown = set(configmap.get("data", {})) - known
+            assert not unknown, f"{directory.name}: {configmap['metadata']['name']}: {unknown}"
+        for deployment in _of_kind(docs, "Deployment").values():
+            for container in _containers(deployment):
+                unknown = {v["name"] for v in container.get("env", [])} - known
+                assert not unknown, f"{directory.name}: {unknown}"
+
+
+def test_no_secret_value_is_written_in_a_manifest() -> None:
+    secret_envs = {f"KALE_POOL_{name.upper()}" for name in SECRET_SETTINGS} | {"DATABASE_URL"}
+    seed = re.compile(r"\bS[A-Z2-7]{55}\b")  # a Stellar secret key
+    url_with_password = re.compile(r"postgres(ql)?://[^\s:/@]+:[^\s@]+@")
+    for path in _all_yaml():
+        text = path.read_text()
+        assert "PRIVATE KEY" not in text, path
+        assert not seed.search(text), path
+        assert not url_with_password.search(text), path
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            assert doc.get("kind") != "Secret", f"{path}: Secrets are created by hand"
+            if doc.get("kind") == "ConfigMap":
+                assert not set(doc.get("data", {})) & secret_envs, path
+            if doc.get("kind") == "Deployment":
+                for container in _containers(doc):
+                    for var in container.get("env", []):
+                        if var["name"] in secret_envs:
+                            assert "valueFrom" in var, f"{path}: {var['name']} set in plain text"
+
+
+# --- ports, probes, certificates ---------------------------------------------------
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_container_and_service_ports_match_the_listen_settings() -> None:
+    docs = _docs(BASE)
+    configmaps = _of_kind(docs, "ConfigMap")
+    deployments = _of_kind(docs, "Deployment")
+    services = _of_kind(docs, "Service")
+    listen = {"wallet-service": "KALE_POOL_WALLET_LISTEN", "pool-service": "KALE_POOL_POOL_LISTEN"}
+    for name, setting in listen.items():
+        (container,) = _containers(deployments[name])
+        env = _config_env(container, configmaps)
+        assert env[setting].startswith("0.0.0.0:"), f"{name} must listen on the pod's addresses"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["grpc"] == _port(env[setting])
+        if "metrics" in ports:
+            assert env["KALE_POOL_METRICS_HOST"] == "0.0.0.0"
+            assert ports["metrics"] == int(env["KALE_POOL_METRICS_PORT"])
+            annotations = deployments[name]["spec"]["template"]["metadata"]["annotations"]
+            assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+        service_ports = {p["name"]: p for p in services[name]["spec"]["ports"]}
+        assert service_ports["grpc"]["port"] == ports["grpc"]
+        assert services[name]["spec"]["selector"].items() <= _pod_labels(deployments[name]).items()
+    # The pool dials the wallet service through its Service, at its port.
+    (pool,) = _containers(deployments["pool-service"])
+    host, port = _config_env(pool, configmaps)["KALE_POOL_WALLET_LISTEN"].rsplit(":", 1)
+    assert host == "wallet-service"
+    assert int(port) == services["wallet-service"]["spec"]["ports"][0]["port"]
+    assert host in _of_kind(docs, "Certificate")[WALLET_SERVER]["spec"]["dnsNames"]
+
+
+def test_probes_check_the_grpc_port() -> None:
+    for directory in (BASE,):
+        for name, deployment in _of_kind(_docs(directory), "Deployment").items():
+            (container,) = _containers(deployment)
+            port_names = {p["name"] for p in container["ports"]}
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                spec = container[probe]
+                # The kubelet's gRPC probe has no client certificate; the servers
+                # admit mTLS only, so such a probe would never pass.
+                assert "grpc" not in spec, f"{name}: a gRPC probe cannot speak mTLS"
+                assert spec["tcpSocket"]["port"] in port_names
+                assert spec["tcpSocket"]["port"] == "grpc"
+
+
+@pytest.mark.parametrize(
+    ("directory", "deployment", "names"),
+    [
+        (BASE, "wallet-service", [WALLET_SERVER]),
+        (BASE, "pool-service", [POOL_SERVER, POOL_CLIENT]),
+        (POOLER, "pooler-1", ["pooler-1"]),
+    ],
+)
+def test_certificates_land_where_the_service_reads_them(
+    directory: Path, deployment: str, names: list[str]
+) -> None:
+    docs = _docs(directory) + [
+        d for d in yaml.safe_load_all(POOLER.joinpath("certificate.yaml").read_text())
+    ]
+    certificates = {c["spec"]["secretName"]: c for c in _of_kind(docs, "Certificate").values()}
+    pod = _of_kind(docs, "Deployment")[deployment]
+    (container,) = _containers(pod)
+    env = _config_env(container, _of_kind(docs, "ConfigMap"))
+    certs_dir = DataLayout(Path(env["KALE_POOL_DATA_DIR"])).certs
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    files: dict[str, tuple[str, str]] = {}
+    for volume, secret, items in _secret_volume_refs(pod["spec"]["template"]["spec"]):
+        if Path(mounts[volume]["mountPath"]) == certs_dir:
+            files.update({item["path"]: (secret, item["key"]) for item in items})
+    assert files.get("ca.pem", ("", ""))[1] == "ca.crt"
+    for name in names:
+        cert_secret, cert_key = files[f"{name}.pem"]
+        key_secret, key_key = files[f"{name}-key.pem"]
+        assert (cert_key, key_key) == ("tls.crt", "tls.key")
+        assert cert_secret == key_secret
+        # The services check callers by common name: the file's name is the CN.
+        assert certificates[cert_secret]["spec"]["commonName"] == name
+    if deployment == "pooler-1":
+        assert env["KALE_POOL_POOLER_CERT_NAME"] == names[0]
+
+
+def test_the_master_key_is_a_mounted_file_and_the_wallet_sees_no_other_secret() -> None:
+    wallet = _of_kind(_docs(BASE), "Deployment")["wallet-service"]
+    (container,) = _containers(wallet)
+    path = next(
+        Path(v["value"]) for v in container["env"] if v["name"] == "KALE_POOL_MASTER_KEY_FILE"
+    )
+    mounts = {m["name"]: Path(m["mountPath"]) for m in container["volumeMounts"]}
+    sources = {
+        mounts[volume] / item["path"]: secret
+        for volume, secret, items in _secret_volume_refs(wallet["spec"]["template"]["spec"])
+        for item in items
+    }
+    assert sources[path] == "kale-pool-master-key"
+    assert _secret_refs(wallet) == {
+        "kale-pool-master-key",
+        "kale-pool-db-app",
+        "wallet-service-tls",
+    }
+
+
+def test_containers_run_unprivileged() -> None:
+    for directory in (BASE, POOLER):
+        for name, deployment in _of_kind(_docs(directory), "Deployment").items():
+            pod = deployment["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, name
+            assert pod["automountServiceAccountToken"] is False, name
+            for container in pod["containers"]:
+                context = container["securityContext"]
+                assert context["readOnlyRootFilesystem"] is True, name
+                assert context["allowPrivilegeEscalation"] is False, name
+                assert context["capabilities"]["drop"] == ["ALL"], name
+                assert container["resources"]["requests"], name
+                assert container["resources"]["limits"]["memory"], name
+
+
+# --- network policies ---------------------------------------------------------------
+
+
+def test_network_policies_select_real_pods() -> None:
+    docs = _docs(BASE)
+    deployments = _of_kind(docs, "Deployment")
+    pods = {name: _pod_labels(d) for name, d in deployments.items()}
+    pods |= {name: {"cnpg.io/cluster": name} for name in _of_kind(docs, "Cluster")}
+
+    def selected(selector: Doc) -> set[str]:
+        wanted = selector["matchLabels"].items()
+        return {name for name, labels in pods.items() if wanted <= labels.items()}
+
+    policies = _of_kind(docs, "NetworkPolicy")
+    allowed: dict[str, set[str]] = {}
+    for policy in policies.values():
+        targets = selected(policy["spec"]["podSelector"])
+        assert targets, f"{policy['metadata']['name']} selects no pod"
+        for rule in policy["spec"]["ingress"]:
+            for peer in rule["from"]:
+                if "podSelector" in peer:
+                    peers = selected(peer["podSelector"])
+                    assert peers, f"{policy['metadata']['name']}: a rule selects no pod"
+                    for target in targets:
+                        allowed.setdefault(target, set()).update(peers)
+    assert allowed["wallet-service"] == {"pool-service"}
+    assert allowed["kale-pool-db"] == {"pool-service", "wallet-service", "kale-pool-db"}
+    (wallet,) = _containers(deployments["wallet-service"])
+    wallet_rule = policies["wallet-service-ingress"]["spec"]["ingress"][0]
+    assert [p["port"] for p in wallet_rule["ports"]] == [wallet["ports"][0]["containerPort"]]
+
+
+# --- overlays -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_overlay_settings_load_for_its_network(
+    overlay: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The base config with the overlay's patch is a complete configuration."""
+    base = _of_kind(_docs(BASE), "ConfigMap")
+    patch = _of_kind(_docs(overlay), "ConfigMap")["kale-pool-config"]["data"]
+    env = {**base["kale-pool-config"]["data"], **patch, **base["pool-service-config"]["data"]}
+    assert env["KALE_POOL_NETWORK"] == overlay.name
+    placeholders = {k for k, v in env.items() if "REPLACE-ME" in v}
+    assert placeholders, "each overlay leaves the operator's values as REPLACE-ME"
+    doc_text = DOC.read_text()
+    for name in placeholders:
+        assert f"`{name}`" in doc_text, f"docs/deploy.md does not explain {name}"
+    monkeypatch.chdir(tmp_path)  # no .env from the working directory
+    for name in list(Settings.model_fields):
+        monkeypatch.delenv(f"KALE_POOL_{name.upper()}", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert settings.network.value == overlay.name
+    assert settings.rpc_url and settings.farm_contract_id and settings.network_passphrase
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("directory", [*OVERLAYS, POOLER], ids=lambda p: p.name)
+def test_kubectl_renders_the_kustomization(directory: Path) -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    for deployment in _of_kind(docs, "Deployment").values():
+        assert deployment["metadata"]["namespace"] in {"kale-pool", "kale-pooler"}
+        for container in _containers(deployment):
+            assert container["image"].startswith("REPLACE-ME.example/kale-pool:")
+
+
+# --- the services' certificate loading against a mounted secret ----------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DevPki.ca_pem makes a new CA when ca-key.pem is absent; a pod has no CA key",
+)
+def test_services_load_certificates_from_a_mounted_secret_without_the_ca_key(
+    tmp_path: Path,
+) -> None:
+    """The pod's certs/ holds ca.pem and the leaf pairs only, as cert-manager issues them."""
+    issuer = DevPki(tmp_path / "issuer")
+    identity = issuer.server(WALLET_SERVER)
+    mounted = tmp_path / "certs"
+    mounted.mkdir()
+    (mounted / "ca.pem").write_bytes(issuer.ca_pem)
+    (mounted / f"{WALLET_SERVER}.pem").write_bytes(identity.cert_pem)
+    (mounted / f"{WALLET_SERVER}-key.pem").write_bytes(identity.key_pem)
+    pki = DevPki(mounted)
+    assert pki.server(WALLET_SERVER) == identity
+    assert pki.ca_pem == issuer.ca_pem
+    assert sorted(p.name for p in mounted.iterdir()) == [
+        "ca.pem",
+        f"{WALLET_SERVER}-key.pem",
+        f"{WALLET_SERVER}.pem",
+    ]
