@@ -70,13 +70,24 @@ class DevPki:
 
     @property
     def ca_pem(self) -> bytes:
-        """The CA certificate every party trusts."""
-        self._ensure_ca()
+        """The CA certificate every party trusts (created on first use on a dev machine).
+
+        A mounted ``ca.pem`` without its key (a pod, where cert-manager keeps the key)
+        is trusted as it is: nothing is generated over it.
+        """
+        if not self._ca_cert_path.exists():
+            self._ensure_ca()
         return self._ca_cert_path.read_bytes()
 
     def _ensure_ca(self) -> None:
         if self._ca_cert_path.exists() and self._ca_key_path.exists():
             return
+        if self._ca_cert_path.exists():
+            # Issuing needs the CA's key; generating a new CA would silently split trust.
+            raise FileNotFoundError(
+                f"{self._ca_key_path} is missing: certificates issued by the CA in "
+                f"{self._ca_cert_path} must be provided (e.g. by cert-manager), not issued here"
+            )
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)

@@ -425,10 +425,6 @@ def test_kubectl_renders_the_kustomization(directory: Path) -> None:
 # --- the services' certificate loading against a mounted secret ----------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DevPki.ca_pem makes a new CA when ca-key.pem is absent; a pod has no CA key",
-)
 def test_services_load_certificates_from_a_mounted_secret_without_the_ca_key(
     tmp_path: Path,
 ) -> None:

@@ -60,3 +60,15 @@ def test_certificates_are_issued_once_and_keys_are_private(tmp_path: Path) -> No
     assert DevPki(tmp_path / "certs").ca_pem == pki.ca_pem
     for key in (tmp_path / "certs").glob("*-key.pem"):
         assert key.stat().st_mode & 0o077 == 0
+
+
+def test_a_mounted_ca_without_its_key_never_issues_or_regenerates(tmp_path: Path) -> None:
+    issuer = DevPki(tmp_path / "issuer")
+    mounted = tmp_path / "certs"
+    mounted.mkdir()
+    (mounted / "ca.pem").write_bytes(issuer.ca_pem)
+    pki = DevPki(mounted)
+    with pytest.raises(FileNotFoundError, match="ca-key.pem is missing"):
+        pki.client("pooler-1")
+    assert (mounted / "ca.pem").read_bytes() == issuer.ca_pem
+    assert not (mounted / "ca-key.pem").exists()
