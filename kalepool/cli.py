@@ -54,7 +54,7 @@ def operator_errors() -> Iterator[None]:
     import psycopg
 
     from kalepool.db.migrate import MigrationError
-    from kalepool.runtime import StartupError
+    from kalepool.serving import StartupError
 
     try:
         yield

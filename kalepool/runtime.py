@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from rich.table import Table
 from kalepool.db import resolve_conninfo
 from kalepool.db.consistency import check_consistency
 from kalepool.db.migrate import apply_migrations, migration_status
+from kalepool.serving import StartupError, serve_metrics, wait_for_shutdown
 from kalepool.settings import ENV_PREFIX, Network, Settings
 from kalepool.tls import OPERATOR, POOL_CLIENT, DevPki, ensure_dev_identities
 
@@ -91,10 +91,6 @@ def show_status(settings: Settings) -> None:
     Console().print(table)
 
 
-class StartupError(Exception):
-    """A part could not start for a reason the operator can fix; the message says how."""
-
-
 @dataclass
 class Part:
     """One part of a deployment as `up` reports it."""
@@ -111,15 +107,6 @@ def _print_parts(parts: list[Part]) -> None:
         colour = colours.get(part.state, "red")
         table.add_row(part.name, f"[{colour}]{part.state}[/{colour}]", part.detail)
     console.print(table)
-
-
-async def _wait_for_shutdown() -> None:
-    """Wait for Ctrl-C or SIGTERM (how Kubernetes stops a pod)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 @contextlib.asynccontextmanager
@@ -175,31 +162,13 @@ async def _up(settings: Settings) -> None:
         parts.append(Part("pooler_agent", "separate", "runs on mining machines: kale-pool pooler"))
         _print_parts(parts)
         console.print("Ctrl-C stops everything.")
-        await _wait_for_shutdown()
+        await wait_for_shutdown()
     console.print("stopped")
 
 
 def _metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> Part:
     """Serve Prometheus metrics (every gRPC call's count and latency) over HTTP."""
-    from prometheus_client import start_http_server
-
-    try:
-        server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    except OSError as error:
-        raise StartupError(
-            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
-            f"{error.strerror or error} (set KALE_POOL_METRICS_PORT)"
-        ) from None
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-    stack.callback(stop)
-    return Part(
-        "metrics", "running", f"http://{settings.metrics_host}:{server.server_port}/metrics"
-    )
+    return Part("metrics", "running", serve_metrics(settings, stack))
 
 
 async def _wallet(

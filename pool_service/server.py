@@ -1,7 +1,7 @@
 """Running the pool service: PoolService and PoolerService on one mTLS port.
 
-`start_pool_server()` is what tests and `serve_pool()` use; `kale-pool up` should start
-it in-process next to the wallet service (see docs/pool.md).
+`start_pool_server()` is what tests use; `start_pool_for()` starts it from settings, for
+`python -m pool_service` (see kalepool.serving) and `kale-pool up` (see docs/pool.md).
 """
 
 from __future__ import annotations

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
 
-from kalepool.settings import SettingsError, load_settings
-from wallet_service.keystore import MasterKeyError
-from wallet_service.server import serve_wallet
+from kalepool.serving import run_service
+from wallet_service.keystore import MasterKeyError, load_keyring
+from wallet_service.server import start_wallet_for
 
 
 def main() -> int:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        print(f"wallet service: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    # The master key is checked first: without it nothing else should start.
+    return run_service(
+        "wallet service",
+        start_wallet_for,
+        preflight=load_keyring,
+        operator_errors=(MasterKeyError,),
     )
-    try:
-        asyncio.run(serve_wallet(settings))
-    except MasterKeyError as exc:
-        print(f"wallet service: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,14 +1,13 @@
 """Running the wallet service: its gRPC server, database pool, chain client and keys.
 
-`start_wallet_server()` is what tests and `serve_wallet()` use; `python -m wallet_service`
-runs `serve_wallet(load_settings())` until SIGINT or SIGTERM.
+`start_wallet_server()` is what tests use; `start_wallet_for()` starts it from settings, for
+`python -m wallet_service` (see kalepool.serving) and `kale-pool up`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -17,8 +16,6 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from kalepool.chain import ChainClient, resolve_chain_config
-from kalepool.db import resolve_conninfo
-from kalepool.db.migrate import apply_migrations
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, Identity
@@ -125,19 +122,3 @@ async def start_wallet_for(
     )
     stack.push_async_callback(server.stop, 5.0)
     return server
-
-
-async def serve_wallet(settings: Settings) -> None:
-    """Run the wallet service with these settings until SIGINT or SIGTERM."""
-    load_keyring(settings)  # first: a missing master key stops start-up at once
-    settings.layout().ensure()
-    async with AsyncExitStack() as stack:
-        conninfo = await asyncio.to_thread(resolve_conninfo, settings)
-        assert conninfo is not None
-        await asyncio.to_thread(apply_migrations, conninfo)
-        await start_wallet_for(settings, conninfo, stack)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()

@@ -1,0 +1,101 @@
+"""Running a service process: what `python -m wallet_service`, `python -m pool_service`
+and `kale-pool up` share — the database and its migrations, the metrics endpoint,
+waiting for SIGINT/SIGTERM, and one clear line for a start-up failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from kalepool.db import resolve_conninfo
+from kalepool.db.migrate import apply_migrations
+from kalepool.logs import configure_logging
+from kalepool.settings import Settings, SettingsError, load_settings
+
+ServiceStarter = Callable[[Settings, str, contextlib.AsyncExitStack], Awaitable[object]]
+"""Starts one service on the database ``conninfo``, stopping it when the stack closes."""
+
+
+class StartupError(Exception):
+    """A part could not start for a reason the operator can fix; the message says how."""
+
+
+async def wait_for_shutdown() -> None:
+    """Wait for Ctrl-C or SIGTERM (how Kubernetes stops a pod)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def serve_metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
+    """Serve Prometheus metrics over HTTP until ``stack`` closes; the endpoint's URL."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, thread = start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{error.strerror or error} (set KALE_POOL_METRICS_PORT)"
+        ) from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    stack.callback(stop)
+    return f"http://{settings.metrics_host}:{server.server_port}/metrics"
+
+
+async def open_database(settings: Settings) -> str:
+    """The deployment's database, migrated (replicas starting together are safe:
+    migrations take an advisory lock)."""
+    conninfo = await asyncio.to_thread(resolve_conninfo, settings)
+    assert conninfo is not None
+    await asyncio.to_thread(apply_migrations, conninfo)
+    return conninfo
+
+
+async def serve(settings: Settings, start: ServiceStarter) -> None:
+    """Run one service with its metrics endpoint until SIGINT or SIGTERM."""
+    settings.layout().ensure()
+    conninfo = await open_database(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        await start(settings, conninfo, stack)
+        serve_metrics(settings, stack)
+        await wait_for_shutdown()
+
+
+def run_service(
+    name: str,
+    start: ServiceStarter,
+    *,
+    preflight: Callable[[Settings], object] | None = None,
+    operator_errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """`python -m <service>`: settings from the environment, one line and exit 2 on a
+    bad setting or any of ``operator_errors``, 0 after a clean stop. ``preflight``
+    checks what can be checked before anything starts (a master key, say)."""
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    known: tuple[type[Exception], ...] = (StartupError, *operator_errors)
+    try:
+        if preflight is not None:
+            preflight(settings)
+        asyncio.run(serve(settings, start))
+    except known as error:
+        print(f"{name}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
