@@ -68,7 +68,7 @@ def test_a_mounted_ca_without_its_key_never_issues_or_regenerates(tmp_path: Path
     mounted.mkdir()
     (mounted / "ca.pem").write_bytes(issuer.ca_pem)
     pki = DevPki(mounted)
-    with pytest.raises(FileNotFoundError, match="ca-key.pem is missing"):
+    with pytest.raises(FileNotFoundError, match=r"ca-key\.pem is missing"):
         pki.client("pooler-1")
     assert (mounted / "ca.pem").read_bytes() == issuer.ca_pem
     assert not (mounted / "ca-key.pem").exists()
