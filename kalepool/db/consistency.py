@@ -1,7 +1,8 @@
 """Prove that derived state (balances, counters, block totals) agrees with the events.
 
 The work is done in SQL (``consistency_problems()`` and ``rebuild_derived_state()``,
-migration 0005) so the database is the one home of the rules; these wrappers
+migration 0005; ``payout_problems()``, migration 0008) so the database is the one
+home of the rules; these wrappers
 give the services and `kale-pool check` a typed call.
 """
 
@@ -17,7 +18,10 @@ def check_consistency(conn: psycopg.Connection[Any]) -> list[str]:
 
     Read-only. Each problem is one human-readable line naming the row at fault.
     """
-    rows = conn.execute("SELECT problem FROM consistency_problems() AS problem").fetchall()
+    rows = conn.execute(
+        "SELECT problem FROM consistency_problems() AS problem"
+        " UNION ALL SELECT problem FROM payout_problems() AS problem"
+    ).fetchall()
     return [str(row[0]) for row in rows]
 
 
