@@ -14,6 +14,7 @@ from uuid import UUID
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.rows import class_row
 
+from kalepool.db.reads import Pool, fetch_all
 from kalepool.grpc_server import InvalidArgument, NotFound, Unavailable
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
@@ -28,7 +29,6 @@ from pool_service.store import (
     WORK_COLUMNS,
     HarvestRow,
     PlantingRow,
-    Pool,
     PoolerRow,
     Store,
     WorkRow,
@@ -303,26 +303,25 @@ class BlockStore:
         limit: int,
     ) -> list[CompensationRow]:
         """Compensations, newest first (by id)."""
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(CompensationRow))
-            await cur.execute(
-                f"SELECT {COMPENSATION_COLUMNS} FROM compensation_status"
-                " WHERE (%(p)s::uuid IS NULL OR pooler_id = %(p)s::uuid)"
-                " AND (%(f)s::uuid IS NULL OR farmer_id = %(f)s::uuid)"
-                " AND (%(o)s::text IS NULL OR owed_by::text = %(o)s::text)"
-                " AND (NOT %(u)s OR NOT is_paid)"
-                " AND (%(b)s::bigint IS NULL OR id < %(b)s::bigint)"
-                " ORDER BY id DESC LIMIT %(n)s",
-                {
-                    "p": pooler_id,
-                    "f": farmer_id,
-                    "o": owed_by,
-                    "u": unpaid_only,
-                    "b": before,
-                    "n": limit,
-                },
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            CompensationRow,
+            f"SELECT {COMPENSATION_COLUMNS} FROM compensation_status"
+            " WHERE (%(p)s::uuid IS NULL OR pooler_id = %(p)s::uuid)"
+            " AND (%(f)s::uuid IS NULL OR farmer_id = %(f)s::uuid)"
+            " AND (%(o)s::text IS NULL OR owed_by::text = %(o)s::text)"
+            " AND (NOT %(u)s OR NOT is_paid)"
+            " AND (%(b)s::bigint IS NULL OR id < %(b)s::bigint)"
+            " ORDER BY id DESC LIMIT %(n)s",
+            {
+                "p": pooler_id,
+                "f": farmer_id,
+                "o": owed_by,
+                "u": unpaid_only,
+                "b": before,
+                "n": limit,
+            },
+        )
 
 
 def _summary(row: BlockRow, pooler_id: UUID | None) -> pool_pb2.BlockSummary:

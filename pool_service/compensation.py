@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 
-from pool_service.store import Pool
+from kalepool.db.reads import Pool
 
 log = logging.getLogger("pool_service.compensation")
 

@@ -23,13 +23,14 @@ import grpc
 from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
+from kalepool.db.reads import Pool, fetch_all, fetch_one
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kalepool.request_checks import check_idempotency_key, check_uuid
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2, wallet_pb2
 from pool_service import convert
 from pool_service.chain_view import ChainView
-from pool_service.store import FARMER_COLUMNS, FarmerRow, Pool, Store
+from pool_service.store import FARMER_COLUMNS, FarmerRow, Store
 from pool_service.validate import Page
 from pool_service.wallet import WalletClient, wallet_call
 
@@ -200,43 +201,40 @@ class PayoutStore:
                 )
 
     async def pending(self, farmer_id: UUID | None = None) -> list[PayoutRow]:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(PayoutRow))
-            await cur.execute(
-                f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE status = 'pending'"
-                " AND (%s::uuid IS NULL OR farmer_id = %s::uuid) ORDER BY requested_at",
-                (farmer_id, farmer_id),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            PayoutRow,
+            f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE status = 'pending'"
+            " AND (%s::uuid IS NULL OR farmer_id = %s::uuid) ORDER BY requested_at",
+            (farmer_id, farmer_id),
+        )
 
     async def list(
         self, farmer_id: UUID, before: tuple[str, str] | None, limit: int
     ) -> list[PayoutRow]:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(PayoutRow))
-            await cur.execute(
-                f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE farmer_id = %s"
-                " AND (%s::timestamptz IS NULL OR (requested_at, id) < (%s::timestamptz, %s::uuid))"
-                " ORDER BY requested_at DESC, id DESC LIMIT %s",
-                (
-                    farmer_id,
-                    before[0] if before else None,
-                    before[0] if before else None,
-                    before[1] if before else None,
-                    limit,
-                ),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            PayoutRow,
+            f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE farmer_id = %s"
+            " AND (%s::timestamptz IS NULL OR (requested_at, id) < (%s::timestamptz, %s::uuid))"
+            " ORDER BY requested_at DESC, id DESC LIMIT %s",
+            (
+                farmer_id,
+                before[0] if before else None,
+                before[0] if before else None,
+                before[1] if before else None,
+                limit,
+            ),
+        )
 
     async def set_status(self, farmer_id: UUID, status: str, only_from: str) -> FarmerRow | None:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(FarmerRow))
-            await cur.execute(
-                f"UPDATE farmers f SET status = %s::farmer_status WHERE id = %s"
-                f" AND status = %s::farmer_status RETURNING {FARMER_COLUMNS}",
-                (status, farmer_id, only_from),
-            )
-            return await cur.fetchone()
+        return await fetch_one(
+            self.pool,
+            FarmerRow,
+            f"UPDATE farmers f SET status = %s::farmer_status WHERE id = %s"
+            f" AND status = %s::farmer_status RETURNING {FARMER_COLUMNS}",
+            (status, farmer_id, only_from),
+        )
 
     async def open_pails(self, farmer_id: UUID, current_block: int) -> int:
         """Pails that may still be harvested: planted in the current block (still

@@ -17,6 +17,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from kalepool.chain import ChainClient, resolve_chain_config
+from kalepool.db.reads import Pool
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
 from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki, Identity
@@ -31,7 +32,7 @@ from pool_service.payouts import Payouts, PayoutStore
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
 from pool_service.registry import PoolRegistry
-from pool_service.store import HarvestStore, Pool, Store
+from pool_service.store import HarvestStore, Store
 from pool_service.wallet import WalletClient
 from pool_service.work import WorkReports
 

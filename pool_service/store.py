@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool
 
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
+from kalepool.db.reads import Pool, fetch_all, fetch_one
 
 
 @dataclass
@@ -209,27 +207,25 @@ class Store:
             where.append("(created_at, id) > (%s::timestamptz, %s::uuid)")
             params.extend(after)
         params.append(limit)
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(PoolerRow))
-            await cur.execute(
-                f"SELECT {POOLER_COLUMNS} FROM poolers WHERE {' AND '.join(where)}"
-                " ORDER BY created_at, id LIMIT %s",
-                params,
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            PoolerRow,
+            f"SELECT {POOLER_COLUMNS} FROM poolers WHERE {' AND '.join(where)}"
+            " ORDER BY created_at, id LIMIT %s",
+            params,
+        )
 
     async def update_pooler(
         self, pooler_id: UUID, name: str | None, max_farmers: int | None, active: bool | None
     ) -> PoolerRow | None:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(PoolerRow))
-            await cur.execute(
-                "UPDATE poolers SET name = coalesce(%s, name),"
-                " max_farmers = coalesce(%s, max_farmers), is_active = coalesce(%s, is_active)"
-                f" WHERE id = %s RETURNING {POOLER_COLUMNS}",
-                (name, max_farmers, active, pooler_id),
-            )
-            return await cur.fetchone()
+        return await fetch_one(
+            self.pool,
+            PoolerRow,
+            "UPDATE poolers SET name = coalesce(%s, name),"
+            " max_farmers = coalesce(%s, max_farmers), is_active = coalesce(%s, is_active)"
+            f" WHERE id = %s RETURNING {POOLER_COLUMNS}",
+            (name, max_farmers, active, pooler_id),
+        )
 
     async def rotate_key(self, pooler_id: UUID, key_hash: bytes, key_prefix: str) -> bool:
         """Revoke every live key of the pooler and add the new one; False if no such pooler."""
@@ -332,35 +328,32 @@ class Store:
             where.append("(f.created_at, f.id) > (%s::timestamptz, %s::uuid)")
             params.extend(after)
         params.append(limit)
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(FarmerRow))
-            await cur.execute(
-                f"SELECT {', '.join('f.' + c.strip() for c in FARMER_COLUMNS.split(','))}"
-                f" FROM farmers f WHERE {' AND '.join(where)} ORDER BY f.created_at, f.id LIMIT %s",
-                params,
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            FarmerRow,
+            f"SELECT {', '.join('f.' + c.strip() for c in FARMER_COLUMNS.split(','))}"
+            f" FROM farmers f WHERE {' AND '.join(where)} ORDER BY f.created_at, f.id LIMIT %s",
+            params,
+        )
 
     async def mark_funded(self, farmer_id: UUID) -> FarmerRow | None:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(FarmerRow))
-            await cur.execute(
-                f"UPDATE farmers SET is_funded = true WHERE id = %s RETURNING {FARMER_COLUMNS}",
-                (farmer_id,),
-            )
-            return await cur.fetchone()
+        return await fetch_one(
+            self.pool,
+            FarmerRow,
+            f"UPDATE farmers SET is_funded = true WHERE id = %s RETURNING {FARMER_COLUMNS}",
+            (farmer_id,),
+        )
 
     async def plantable_farmers(self, pooler_id: UUID, limit: int) -> list[FarmerRow]:
         """The pooler's active, funded farmers, oldest first."""
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(FarmerRow))
-            await cur.execute(
-                f"SELECT {FARMER_COLUMNS} FROM farmers"
-                " WHERE pooler_id = %s AND status = 'active' AND is_funded"
-                " ORDER BY created_at, id LIMIT %s",
-                (pooler_id, limit),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            FarmerRow,
+            f"SELECT {FARMER_COLUMNS} FROM farmers"
+            " WHERE pooler_id = %s AND status = 'active' AND is_funded"
+            " ORDER BY created_at, id LIMIT %s",
+            (pooler_id, limit),
+        )
 
     # --- balance ----------------------------------------------------------------------------
 
@@ -384,28 +377,27 @@ class Store:
 
     async def ledger(self, farmer_id: UUID, before_id: int | None, limit: int) -> list[LedgerRow]:
         """The farmer's ledger entries, newest first, with the balance after each."""
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(LedgerRow))
-            await cur.execute(
-                "SELECT * FROM ("
-                " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
-                "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
-                "  coalesce(p.block_index, h.block_index, c.block_index) AS block_index,"
-                "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash, po.tx_hash) AS tx_hash,"
-                "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
-                "           l.transaction_id::text, l.payout_id::text) AS source_id,"
-                "  l.created_at"
-                " FROM balance_ledger l"
-                " LEFT JOIN plantings p ON p.id = l.planting_id"
-                " LEFT JOIN harvests h ON h.id = l.harvest_id"
-                " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
-                " LEFT JOIN transactions t ON t.id = l.transaction_id"
-                " LEFT JOIN payouts po ON po.id = l.payout_id"
-                " WHERE l.farmer_id = %s) entries"
-                " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
-                (farmer_id, before_id, before_id, limit),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            LedgerRow,
+            "SELECT * FROM ("
+            " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
+            "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
+            "  coalesce(p.block_index, h.block_index, c.block_index) AS block_index,"
+            "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash, po.tx_hash) AS tx_hash,"
+            "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
+            "           l.transaction_id::text, l.payout_id::text) AS source_id,"
+            "  l.created_at"
+            " FROM balance_ledger l"
+            " LEFT JOIN plantings p ON p.id = l.planting_id"
+            " LEFT JOIN harvests h ON h.id = l.harvest_id"
+            " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
+            " LEFT JOIN transactions t ON t.id = l.transaction_id"
+            " LEFT JOIN payouts po ON po.id = l.payout_id"
+            " WHERE l.farmer_id = %s) entries"
+            " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
+            (farmer_id, before_id, before_id, limit),
+        )
 
     # --- plantings and the assignment feed --------------------------------------------------
 
@@ -437,14 +429,13 @@ class Store:
 
     async def plantings(self, pooler_id: UUID, block_index: int) -> list[PlantingRow]:
         """Every plant attempt of the pooler's farmers in the block, oldest first."""
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(PlantingRow))
-            await cur.execute(
-                f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE pooler_id = %s"
-                " AND block_index = %s ORDER BY id",
-                (pooler_id, block_index),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            PlantingRow,
+            f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE pooler_id = %s"
+            " AND block_index = %s ORDER BY id",
+            (pooler_id, block_index),
+        )
 
     async def record_planting(self, pooler_id: UUID, p: NewPlanting) -> tuple[PlantingRow, bool]:
         """Record one plant attempt: (its row, whether new); an attempt already recorded
@@ -517,14 +508,13 @@ class Store:
         self, pooler_id: UUID, cursor: int, min_block: int, limit: int = 500
     ) -> list[PlantingRow]:
         """Successful plantings of the pooler after `cursor` in blocks >= min_block."""
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(PlantingRow))
-            await cur.execute(
-                f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE pooler_id = %s"
-                " AND status = 'success' AND id > %s AND block_index >= %s ORDER BY id LIMIT %s",
-                (pooler_id, cursor, min_block, limit),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            PlantingRow,
+            f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE pooler_id = %s"
+            " AND status = 'success' AND id > %s AND block_index >= %s ORDER BY id LIMIT %s",
+            (pooler_id, cursor, min_block, limit),
+        )
 
     # --- works ------------------------------------------------------------------------------
 
@@ -588,14 +578,13 @@ class Store:
             return rows
 
     async def works(self, pooler_id: UUID, block_index: int) -> list[WorkRow]:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(WorkRow))
-            await cur.execute(
-                f"SELECT {WORK_COLUMNS} FROM works WHERE pooler_id = %s AND block_index = %s"
-                " ORDER BY id",
-                (pooler_id, block_index),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            WorkRow,
+            f"SELECT {WORK_COLUMNS} FROM works WHERE pooler_id = %s AND block_index = %s"
+            " ORDER BY id",
+            (pooler_id, block_index),
+        )
 
 
 @dataclass
@@ -661,32 +650,30 @@ class HarvestStore:
             where.append("w.farmer_id = ANY(%s)")
             params.append(farmer_ids)
         params.append(limit)
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(Pail))
-            await cur.execute(
-                "SELECT w.farmer_id, w.pooler_id, w.block_index, w.custodial_public_key,"
-                " p.stake_amount FROM works w JOIN plantings p ON p.farmer_id = w.farmer_id"
-                " AND p.block_index = w.block_index AND p.status = 'success'"
-                f" WHERE {' AND '.join(where)} AND NOT EXISTS (SELECT 1 FROM harvests h"
-                " WHERE h.farmer_id = w.farmer_id AND h.block_index = w.block_index"
-                " AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))"
-                " ORDER BY w.block_index, w.id LIMIT %s",
-                params,
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            Pail,
+            "SELECT w.farmer_id, w.pooler_id, w.block_index, w.custodial_public_key,"
+            " p.stake_amount FROM works w JOIN plantings p ON p.farmer_id = w.farmer_id"
+            " AND p.block_index = w.block_index AND p.status = 'success'"
+            f" WHERE {' AND '.join(where)} AND NOT EXISTS (SELECT 1 FROM harvests h"
+            " WHERE h.farmer_id = w.farmer_id AND h.block_index = w.block_index"
+            " AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))"
+            " ORDER BY w.block_index, w.id LIMIT %s",
+            params,
+        )
 
     async def harvests(
         self, pooler_id: UUID, block_index: int, farmer_ids: list[UUID] | None
     ) -> list[HarvestRow]:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(HarvestRow))
-            await cur.execute(
-                f"SELECT {HARVEST_COLUMNS} FROM harvests WHERE pooler_id = %s"
-                " AND block_index = %s AND (%s::uuid[] IS NULL OR farmer_id = ANY(%s::uuid[]))"
-                " ORDER BY id",
-                (pooler_id, block_index, farmer_ids or None, farmer_ids or None),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            HarvestRow,
+            f"SELECT {HARVEST_COLUMNS} FROM harvests WHERE pooler_id = %s"
+            " AND block_index = %s AND (%s::uuid[] IS NULL OR farmer_id = ANY(%s::uuid[]))"
+            " ORDER BY id",
+            (pooler_id, block_index, farmer_ids or None, farmer_ids or None),
+        )
 
     async def record(
         self,

@@ -16,13 +16,14 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from kalepool.chain import ChainClient, resolve_chain_config
+from kalepool.db.reads import Pool
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, Identity
 from kalepool.v1 import wallet_pb2_grpc
 from wallet_service.keystore import Keyring, load_keyring
 from wallet_service.service import WalletService
-from wallet_service.store import Pool, Store
+from wallet_service.store import Store
 
 log = logging.getLogger("wallet_service")
 

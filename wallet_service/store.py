@@ -12,14 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection
 from psycopg.rows import class_row
-from psycopg_pool import AsyncConnectionPool
 
 from kalepool.chain import SignedTx
+from kalepool.db.reads import Pool, fetch_all, fetch_one
 from wallet_service.keystore import Sealed
-
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 UNSETTLED = ("prepared", "submitted", "pending")
 
@@ -146,13 +143,12 @@ class Store:
             return existing, False
 
     async def wallet(self, public_key: str) -> WalletRow | None:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(WalletRow))
-            await cur.execute(
-                f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets WHERE public_key = %s",
-                (public_key,),
-            )
-            return await cur.fetchone()
+        return await fetch_one(
+            self.pool,
+            WalletRow,
+            f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets WHERE public_key = %s",
+            (public_key,),
+        )
 
     async def close_wallet(self, public_key: str) -> None:
         async with self.pool.connection() as conn:
@@ -163,14 +159,13 @@ class Store:
             )
 
     async def wallets_not_under(self, key_id: str, key_version: int) -> list[WalletRow]:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(WalletRow))
-            await cur.execute(
-                f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets"
-                " WHERE (key_id, key_version) <> (%s, %s)",
-                (key_id, key_version),
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            WalletRow,
+            f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets"
+            " WHERE (key_id, key_version) <> (%s, %s)",
+            (key_id, key_version),
+        )
 
     async def rewrap(self, row: WalletRow, old: Sealed, new: Sealed) -> bool:
         """Replace a wallet's sealed secret, only if it is still the one read (rotation)."""
@@ -285,12 +280,11 @@ class Store:
             )
 
     async def unsettled(self) -> list[TxRow]:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(TxRow))
-            await cur.execute(
-                f"SELECT {_TX_COLUMNS} FROM transactions"
-                " WHERE status IN ('prepared', 'submitted', 'pending')"
-                " AND source_account IN (SELECT public_key FROM custodial_wallets)"
-                " ORDER BY created_at"
-            )
-            return await cur.fetchall()
+        return await fetch_all(
+            self.pool,
+            TxRow,
+            f"SELECT {_TX_COLUMNS} FROM transactions"
+            " WHERE status IN ('prepared', 'submitted', 'pending')"
+            " AND source_account IN (SELECT public_key FROM custodial_wallets)"
+            " ORDER BY created_at",
+        )
