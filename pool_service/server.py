@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import grpc
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from kalepool.chain import ChainClient, resolve_chain_config
-from kalepool.db.reads import Pool
+from kalepool.db.reads import Pool, open_pool
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
 from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki, Identity
@@ -96,18 +95,11 @@ async def start_pool_server(
     None, a background task harvests finished blocks' worked pails that often.
     """
     stack = AsyncExitStack()
-    pool: Pool = AsyncConnectionPool(
+    pool = await open_pool(
         conninfo,
-        min_size=1,
         max_size=pool_size or settings.db_pool_size,
-        kwargs={"autocommit": True},
-        open=False,
+        statement_timeout_seconds=settings.db_timeout_seconds,
     )
-    try:
-        await pool.open(wait=True, timeout=30)
-    except Exception:
-        await pool.close()
-        raise
     stack.push_async_callback(pool.close)
     wallet = WalletClient(wallet_address, wallet_identity, ca_pem, wallet_server_name)
     stack.push_async_callback(wallet.close)

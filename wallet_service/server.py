@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 import grpc
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from kalepool.chain import ChainClient, resolve_chain_config
-from kalepool.db.reads import Pool
+from kalepool.db.reads import Pool, open_pool
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, Identity
@@ -69,14 +68,7 @@ async def start_wallet_server(
     account's lock, so a call for an account waits until that account is reconciled.
     """
     stack = AsyncExitStack()
-    pool: Pool = AsyncConnectionPool(
-        conninfo, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False
-    )
-    try:
-        await pool.open(wait=True, timeout=30)
-    except Exception:
-        await pool.close()
-        raise
+    pool = await open_pool(conninfo, max_size=pool_size)
     stack.push_async_callback(pool.close)
     service = WalletService(Store(pool), keyring, chain)
 

@@ -34,3 +34,31 @@ async def fetch_one(pool: Pool, row: type[T], query: Query, params: Params = Non
         cur = conn.cursor(row_factory=class_row(row))
         await cur.execute(query, params)
         return await cur.fetchone()
+
+
+async def open_pool(
+    conninfo: str, *, max_size: int, statement_timeout_seconds: float | None = None
+) -> Pool:
+    """The connection pool a service runs on (autocommit connections).
+
+    Every connection is checked when it is taken from the pool, so a pool that
+    outlived a PostgreSQL restart hands out fresh connections instead of broken
+    ones; a statement timeout (when given) bounds every query of the service.
+    """
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if statement_timeout_seconds is not None:
+        kwargs["options"] = f"-c statement_timeout={int(statement_timeout_seconds * 1000)}"
+    pool: Pool = AsyncConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=max_size,
+        kwargs=kwargs,
+        check=AsyncConnectionPool.check_connection,
+        open=False,
+    )
+    try:
+        await pool.open(wait=True, timeout=30)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool

@@ -155,6 +155,10 @@ class _FailureCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureCo
     """The wallet service could not be reached or failed internally."""
     FAILURE_CODE_INTERNAL: _FailureCode.ValueType  # 22
     """An internal error of the pool backend."""
+    FAILURE_CODE_PAIL_EXISTS: _FailureCode.ValueType  # 23
+    """The farmer already holds a pail in the block (contract PailExists, #8): an
+    earlier attempt planted it.
+    """
 
 class FailureCode(_FailureCode, metaclass=_FailureCodeEnumTypeWrapper):
     """What went wrong, machine-readable. Paired with a FaultParty in Failure."""
@@ -205,6 +209,10 @@ FAILURE_CODE_WALLET_UNAVAILABLE: FailureCode.ValueType  # 21
 """The wallet service could not be reached or failed internally."""
 FAILURE_CODE_INTERNAL: FailureCode.ValueType  # 22
 """An internal error of the pool backend."""
+FAILURE_CODE_PAIL_EXISTS: FailureCode.ValueType  # 23
+"""The farmer already holds a pail in the block (contract PailExists, #8): an
+earlier attempt planted it.
+"""
 Global___FailureCode: _TypeAlias = FailureCode  # noqa: Y015
 
 class _FarmerStatus:

@@ -242,6 +242,7 @@ class BlockSummary(_message.Message):
     PLANT_COMPLETED_AT_FIELD_NUMBER: _builtins.int
     WORK_COMPLETED_AT_FIELD_NUMBER: _builtins.int
     HARVEST_COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    BEST_ZEROS_FIELD_NUMBER: _builtins.int
     block_index: _builtins.int
     """The block."""
     pooler_id: _builtins.str
@@ -256,6 +257,8 @@ class BlockSummary(_message.Message):
     """KALE staked by successful plants, in stroops."""
     total_reward_stroops: _builtins.int
     """Rewards harvested, in stroops (as the contract returned them)."""
+    best_zeros: _builtins.int
+    """The most leading zeros of a successful work in the block (0 if none)."""
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp:
         """The block's timestamp on chain (when it opened); unset if not observed."""
@@ -296,10 +299,11 @@ class BlockSummary(_message.Message):
         plant_completed_at: _timestamp_pb2.Timestamp | None = ...,
         work_completed_at: _timestamp_pb2.Timestamp | None = ...,
         harvest_completed_at: _timestamp_pb2.Timestamp | None = ...,
+        best_zeros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "harvest_completed_at", b"harvest_completed_at", "opened_at", b"opened_at", "plant_completed_at", b"plant_completed_at", "plant_requested_at", b"plant_requested_at", "work_completed_at", b"work_completed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_index", b"block_index", "counts", b"counts", "entropy", b"entropy", "harvest_completed_at", b"harvest_completed_at", "opened_at", b"opened_at", "plant_completed_at", b"plant_completed_at", "plant_requested_at", b"plant_requested_at", "pooler_id", b"pooler_id", "status", b"status", "total_farmers", b"total_farmers", "total_reward_stroops", b"total_reward_stroops", "total_staked_stroops", b"total_staked_stroops", "work_completed_at", b"work_completed_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_zeros", b"best_zeros", "block_index", b"block_index", "counts", b"counts", "entropy", b"entropy", "harvest_completed_at", b"harvest_completed_at", "opened_at", b"opened_at", "plant_completed_at", b"plant_completed_at", "plant_requested_at", b"plant_requested_at", "pooler_id", b"pooler_id", "status", b"status", "total_farmers", b"total_farmers", "total_reward_stroops", b"total_reward_stroops", "total_staked_stroops", b"total_staked_stroops", "work_completed_at", b"work_completed_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1296,6 +1300,8 @@ class GetPoolStatsResponse(_message.Message):
     COMPENSATIONS_UNPAID_STROOPS_FIELD_NUMBER: _builtins.int
     COMPENSATIONS_PAID_STROOPS_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    CURRENT_BLOCK_OPENED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_BLOCK_DUE_AT_FIELD_NUMBER: _builtins.int
     current_block_index: _builtins.int
     """The chain's current block as the pool last saw it."""
     poolers_total: _builtins.int
@@ -1332,6 +1338,14 @@ class GetPoolStatsResponse(_message.Message):
     def as_of(self) -> _timestamp_pb2.Timestamp:
         """When these figures were computed."""
 
+    @_builtins.property
+    def current_block_opened_at(self) -> _timestamp_pb2.Timestamp:
+        """When the chain's current block opened; unset when the chain could not be read."""
+
+    @_builtins.property
+    def next_block_due_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next block may open (a plant from then on opens it); unset likewise."""
+
     def __init__(
         self,
         *,
@@ -1351,10 +1365,12 @@ class GetPoolStatsResponse(_message.Message):
         compensations_unpaid_stroops: _builtins.int = ...,
         compensations_paid_stroops: _builtins.int = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        current_block_opened_at: _timestamp_pb2.Timestamp | None = ...,
+        next_block_due_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts", "current_block_opened_at", b"current_block_opened_at", "next_block_due_at", b"next_block_due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "blocks", b"blocks", "compensations_paid_stroops", b"compensations_paid_stroops", "compensations_unpaid_stroops", b"compensations_unpaid_stroops", "counts", b"counts", "current_block_index", b"current_block_index", "farmers_active", b"farmers_active", "farmers_departed", b"farmers_departed", "farmers_leaving", b"farmers_leaving", "farmers_pending_funding", b"farmers_pending_funding", "poolers_active", b"poolers_active", "poolers_total", b"poolers_total", "total_balance_stroops", b"total_balance_stroops", "total_paid_out_stroops", b"total_paid_out_stroops", "total_reward_stroops", b"total_reward_stroops", "total_staked_stroops", b"total_staked_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "blocks", b"blocks", "compensations_paid_stroops", b"compensations_paid_stroops", "compensations_unpaid_stroops", b"compensations_unpaid_stroops", "counts", b"counts", "current_block_index", b"current_block_index", "current_block_opened_at", b"current_block_opened_at", "farmers_active", b"farmers_active", "farmers_departed", b"farmers_departed", "farmers_leaving", b"farmers_leaving", "farmers_pending_funding", b"farmers_pending_funding", "next_block_due_at", b"next_block_due_at", "poolers_active", b"poolers_active", "poolers_total", b"poolers_total", "total_balance_stroops", b"total_balance_stroops", "total_paid_out_stroops", b"total_paid_out_stroops", "total_reward_stroops", b"total_reward_stroops", "total_staked_stroops", b"total_staked_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

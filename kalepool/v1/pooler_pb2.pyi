@@ -19,6 +19,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kalepool.v1 import common_pb2 as _common_pb2
 from kalepool.v1 import records_pb2 as _records_pb2
 import builtins as _builtins
@@ -31,6 +32,46 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReportOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReportOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReportOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPORT_OUTCOME_UNSPECIFIED: _ReportOutcome.ValueType  # 0
+    """Not set."""
+    REPORT_OUTCOME_RECORDED: _ReportOutcome.ValueType  # 1
+    """Recorded by this call."""
+    REPORT_OUTCOME_ALREADY_RECORDED: _ReportOutcome.ValueType  # 2
+    """Recorded identically before; nothing changed."""
+    REPORT_OUTCOME_PENDING: _ReportOutcome.ValueType  # 3
+    """A pending result: acknowledged, not recorded; report it again once it settles."""
+    REPORT_OUTCOME_RETRY: _ReportOutcome.ValueType  # 4
+    """Could not be checked now (the chain could not be read): report it again later."""
+    REPORT_OUTCOME_REFUSED: _ReportOutcome.ValueType  # 5
+    """Refused for good (not this pooler's assignment, a hash or a transaction the
+    chain does not confirm, a conflict with what is recorded); message says why.
+    """
+
+class ReportOutcome(_ReportOutcome, metaclass=_ReportOutcomeEnumTypeWrapper):
+    """What became of one result of a ReportWork batch."""
+
+REPORT_OUTCOME_UNSPECIFIED: ReportOutcome.ValueType  # 0
+"""Not set."""
+REPORT_OUTCOME_RECORDED: ReportOutcome.ValueType  # 1
+"""Recorded by this call."""
+REPORT_OUTCOME_ALREADY_RECORDED: ReportOutcome.ValueType  # 2
+"""Recorded identically before; nothing changed."""
+REPORT_OUTCOME_PENDING: ReportOutcome.ValueType  # 3
+"""A pending result: acknowledged, not recorded; report it again once it settles."""
+REPORT_OUTCOME_RETRY: ReportOutcome.ValueType  # 4
+"""Could not be checked now (the chain could not be read): report it again later."""
+REPORT_OUTCOME_REFUSED: ReportOutcome.ValueType  # 5
+"""Refused for good (not this pooler's assignment, a hash or a transaction the
+chain does not confirm, a conflict with what is recorded); message says why.
+"""
+Global___ReportOutcome: _TypeAlias = ReportOutcome  # noqa: Y015
 
 @_typing.final
 class Assignment(_message.Message):
@@ -403,6 +444,36 @@ class ReportWorkRequest(_message.Message):
 Global___ReportWorkRequest: _TypeAlias = ReportWorkRequest  # noqa: Y015
 
 @_typing.final
+class WorkReportOutcome(_message.Message):
+    """The pool's answer to one result of a ReportWork batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FARMER_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    farmer_id: _builtins.str
+    """The farmer the result was for."""
+    outcome: Global___ReportOutcome.ValueType
+    """What the pool did with it."""
+    message: _builtins.str
+    """Why, for REPORT_OUTCOME_RETRY and REPORT_OUTCOME_REFUSED; one sentence."""
+    def __init__(
+        self,
+        *,
+        farmer_id: _builtins.str = ...,
+        outcome: Global___ReportOutcome.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["farmer_id", b"farmer_id", "message", b"message", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkReportOutcome: _TypeAlias = WorkReportOutcome  # noqa: Y015
+
+@_typing.final
 class ReportWorkResponse(_message.Message):
     """Response of PoolerService.ReportWork."""
 
@@ -412,15 +483,26 @@ class ReportWorkResponse(_message.Message):
     ALREADY_RECORDED_FIELD_NUMBER: _builtins.int
     READY_FOR_HARVEST_FIELD_NUMBER: _builtins.int
     COMPENSATION_OWED_STROOPS_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
     recorded: _builtins.int
     """Results recorded by this call."""
     already_recorded: _builtins.int
     """Results already recorded identically before (ignored)."""
     compensation_owed_stroops: _builtins.int
     """Compensation this pooler owes for the failures in this report, in stroops."""
+    refused: _builtins.int
+    """Results refused for good by this call."""
+    retry: _builtins.int
+    """Results to report again later (pending, or not checkable now)."""
     @_builtins.property
     def ready_for_harvest(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Farmers of this report whose work landed: their pails will be harvested after the block."""
+
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkReportOutcome]:
+        """One outcome per result of the request, in the request's order."""
 
     def __init__(
         self,
@@ -429,10 +511,13 @@ class ReportWorkResponse(_message.Message):
         already_recorded: _builtins.int = ...,
         ready_for_harvest: _abc.Iterable[_builtins.str] | None = ...,
         compensation_owed_stroops: _builtins.int = ...,
+        outcomes: _abc.Iterable[Global___WorkReportOutcome] | None = ...,
+        refused: _builtins.int = ...,
+        retry: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_recorded", b"already_recorded", "compensation_owed_stroops", b"compensation_owed_stroops", "ready_for_harvest", b"ready_for_harvest", "recorded", b"recorded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_recorded", b"already_recorded", "compensation_owed_stroops", b"compensation_owed_stroops", "outcomes", b"outcomes", "ready_for_harvest", b"ready_for_harvest", "recorded", b"recorded", "refused", b"refused", "retry", b"retry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -567,6 +652,8 @@ class HeartbeatResponse(_message.Message):
     INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     ACTIVE_FARMERS_FIELD_NUMBER: _builtins.int
+    CURRENT_BLOCK_OPENED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_BLOCK_DUE_AT_FIELD_NUMBER: _builtins.int
     current_block_index: _builtins.int
     """The chain's current block as the pool last saw it."""
     interval_seconds: _builtins.int
@@ -579,6 +666,14 @@ class HeartbeatResponse(_message.Message):
     def server_time(self) -> _timestamp_pb2.Timestamp:
         """The pool's clock, to spot a skewed machine clock (work deadlines are absolute times)."""
 
+    @_builtins.property
+    def current_block_opened_at(self) -> _timestamp_pb2.Timestamp:
+        """When the chain's current block opened."""
+
+    @_builtins.property
+    def next_block_due_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next block may open (a plant from then on opens it)."""
+
     def __init__(
         self,
         *,
@@ -587,10 +682,12 @@ class HeartbeatResponse(_message.Message):
         interval_seconds: _builtins.int = ...,
         status: _common_pb2.PoolerStatus.ValueType = ...,
         active_farmers: _builtins.int = ...,
+        current_block_opened_at: _timestamp_pb2.Timestamp | None = ...,
+        next_block_due_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current_block_opened_at", b"current_block_opened_at", "next_block_due_at", b"next_block_due_at", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_farmers", b"active_farmers", "current_block_index", b"current_block_index", "interval_seconds", b"interval_seconds", "server_time", b"server_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_farmers", b"active_farmers", "current_block_index", b"current_block_index", "current_block_opened_at", b"current_block_opened_at", "interval_seconds", b"interval_seconds", "next_block_due_at", b"next_block_due_at", "server_time", b"server_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

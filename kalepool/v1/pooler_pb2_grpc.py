@@ -103,10 +103,12 @@ class PoolerServiceServicer:
 
     def ReportWork(self, request, context):
         """Reports the work results of a block, one per farmer: success with nonce,
-        hash, zeros, gap and tx hash, or failure with its reason and fault. The
-        batch is checked whole and recorded whole, or refused whole (the hash of a
-        success must be the work hash of block, nonce, entropy and farmer).
-        Reporting a result already recorded is a no-op.
+        hash, zeros, gap and tx hash, or failure with its reason and fault. Each
+        result is accepted or refused on its own (outcomes, one per result): a
+        claimed success is checked against the chain (the work transaction by its
+        hash, or the pail's worked state) before it is recorded. Reporting a result
+        already recorded is a no-op. Only a malformed request as a whole (no
+        results, too many, a farmer twice) is refused with a status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -64,10 +64,12 @@ class PoolerServiceStub:
     """
     ReportWork: _grpc.UnaryUnaryMultiCallable[_pooler_pb2.ReportWorkRequest, _pooler_pb2.ReportWorkResponse]
     """Reports the work results of a block, one per farmer: success with nonce,
-    hash, zeros, gap and tx hash, or failure with its reason and fault. The
-    batch is checked whole and recorded whole, or refused whole (the hash of a
-    success must be the work hash of block, nonce, entropy and farmer).
-    Reporting a result already recorded is a no-op.
+    hash, zeros, gap and tx hash, or failure with its reason and fault. Each
+    result is accepted or refused on its own (outcomes, one per result): a
+    claimed success is checked against the chain (the work transaction by its
+    hash, or the pail's worked state) before it is recorded. Reporting a result
+    already recorded is a no-op. Only a malformed request as a whole (no
+    results, too many, a farmer twice) is refused with a status.
     """
     RequestHarvest: _grpc.UnaryUnaryMultiCallable[_pooler_pb2.RequestHarvestRequest, _pooler_pb2.RequestHarvestResponse]
     """Asks the pool to harvest this pooler's worked pails of a finished block
@@ -104,10 +106,12 @@ class PoolerServiceAsyncStub(PoolerServiceStub):
     """
     ReportWork: _aio.UnaryUnaryMultiCallable[_pooler_pb2.ReportWorkRequest, _pooler_pb2.ReportWorkResponse]  # type: ignore[assignment]
     """Reports the work results of a block, one per farmer: success with nonce,
-    hash, zeros, gap and tx hash, or failure with its reason and fault. The
-    batch is checked whole and recorded whole, or refused whole (the hash of a
-    success must be the work hash of block, nonce, entropy and farmer).
-    Reporting a result already recorded is a no-op.
+    hash, zeros, gap and tx hash, or failure with its reason and fault. Each
+    result is accepted or refused on its own (outcomes, one per result): a
+    claimed success is checked against the chain (the work transaction by its
+    hash, or the pail's worked state) before it is recorded. Reporting a result
+    already recorded is a no-op. Only a malformed request as a whole (no
+    results, too many, a farmer twice) is refused with a status.
     """
     RequestHarvest: _aio.UnaryUnaryMultiCallable[_pooler_pb2.RequestHarvestRequest, _pooler_pb2.RequestHarvestResponse]  # type: ignore[assignment]
     """Asks the pool to harvest this pooler's worked pails of a finished block
@@ -165,10 +169,12 @@ class PoolerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pooler_pb2.ReportWorkResponse, _abc.Awaitable[_pooler_pb2.ReportWorkResponse]]:
         """Reports the work results of a block, one per farmer: success with nonce,
-        hash, zeros, gap and tx hash, or failure with its reason and fault. The
-        batch is checked whole and recorded whole, or refused whole (the hash of a
-        success must be the work hash of block, nonce, entropy and farmer).
-        Reporting a result already recorded is a no-op.
+        hash, zeros, gap and tx hash, or failure with its reason and fault. Each
+        result is accepted or refused on its own (outcomes, one per result): a
+        claimed success is checked against the chain (the work transaction by its
+        hash, or the pail's worked state) before it is recorded. Reporting a result
+        already recorded is a no-op. Only a malformed request as a whole (no
+        results, too many, a farmer twice) is refused with a status.
         """
 
     @_abc_1.abstractmethod

@@ -99,6 +99,12 @@ class _LedgerEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ledge
     """KALE sent to the farmer's payout address. Negative."""
     LEDGER_ENTRY_KIND_COMPENSATION: _LedgerEntryKind.ValueType  # 6
     """A compensation credited to the farmer. Positive."""
+    LEDGER_ENTRY_KIND_PAYOUT_REVERSAL: _LedgerEntryKind.ValueType  # 7
+    """A failed payout's debit given back. Positive."""
+    LEDGER_ENTRY_KIND_FEE: _LedgerEntryKind.ValueType  # 8
+    """A fee charged by the pool. Negative."""
+    LEDGER_ENTRY_KIND_ADJUSTMENT: _LedgerEntryKind.ValueType  # 9
+    """A correction written by an operator, with a note. Either sign."""
 
 class LedgerEntryKind(_LedgerEntryKind, metaclass=_LedgerEntryKindEnumTypeWrapper):
     """Kind of a balance ledger entry; a farmer's balance is the sum of its entries."""
@@ -117,6 +123,12 @@ LEDGER_ENTRY_KIND_PAYOUT: LedgerEntryKind.ValueType  # 5
 """KALE sent to the farmer's payout address. Negative."""
 LEDGER_ENTRY_KIND_COMPENSATION: LedgerEntryKind.ValueType  # 6
 """A compensation credited to the farmer. Positive."""
+LEDGER_ENTRY_KIND_PAYOUT_REVERSAL: LedgerEntryKind.ValueType  # 7
+"""A failed payout's debit given back. Positive."""
+LEDGER_ENTRY_KIND_FEE: LedgerEntryKind.ValueType  # 8
+"""A fee charged by the pool. Negative."""
+LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind.ValueType  # 9
+"""A correction written by an operator, with a note. Either sign."""
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
 
 @_typing.final
@@ -206,6 +218,7 @@ class WorkEvent(_message.Message):
     TRANSACTION_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
+    OBSERVED_ON_CHAIN_FIELD_NUMBER: _builtins.int
     work_id: _builtins.str
     """Id of this record."""
     block_index: _builtins.int
@@ -226,6 +239,10 @@ class WorkEvent(_message.Message):
     """Ledgers between the plant and the work (the contract's return value)."""
     status: Global___EventStatus.ValueType
     """Outcome of the work."""
+    observed_on_chain: _builtins.bool
+    """True when the pool recorded it from the chain (the pail's worked state)
+    rather than from the pooler's report: nonce, hash and transaction are then unknown.
+    """
     @_builtins.property
     def transaction(self) -> _common_pb2.TransactionRef:
         """The pooler's work transaction; empty tx_hash when none was sent."""
@@ -254,10 +271,11 @@ class WorkEvent(_message.Message):
         transaction: _common_pb2.TransactionRef | None = ...,
         failure: _common_pb2.Failure | None = ...,
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        observed_on_chain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "recorded_at", b"recorded_at", "transaction", b"transaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_index", b"block_index", "custodial_address", b"custodial_address", "failure", b"failure", "farmer_id", b"farmer_id", "gap", b"gap", "hash", b"hash", "nonce", b"nonce", "pooler_id", b"pooler_id", "recorded_at", b"recorded_at", "status", b"status", "transaction", b"transaction", "work_id", b"work_id", "zeros", b"zeros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_index", b"block_index", "custodial_address", b"custodial_address", "failure", b"failure", "farmer_id", b"farmer_id", "gap", b"gap", "hash", b"hash", "nonce", b"nonce", "observed_on_chain", b"observed_on_chain", "pooler_id", b"pooler_id", "recorded_at", b"recorded_at", "status", b"status", "transaction", b"transaction", "work_id", b"work_id", "zeros", b"zeros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,6 +36,9 @@ SCHEMA_TABLES = {
     "block_operations",
     "balance_ledger",
     "payouts",
+    "plant_requests",
+    "deposits",
+    "chain_cursors",
 }
 
 
