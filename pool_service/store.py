@@ -79,6 +79,8 @@ class WorkRow:
     error_code: str | None
     error_message: str | None
     created_at: dt.datetime
+    # Recorded from the pail's worked state, not from a report (nonce, hash, tx unknown).
+    observed_on_chain: bool
 
 
 @dataclass
@@ -131,6 +133,32 @@ class NewWork:
     fault: str
     error_code: str | None
     error_message: str | None
+    observed_on_chain: bool = False  # from the pail's state, not from a report
+
+
+@dataclass
+class Heartbeat:
+    """The figures of a pooler's heartbeat, as stored (`poolers.heartbeat_*`)."""
+
+    capacity: int
+    hashes_per_second: int
+    threads: int
+    mining_farmers: int
+    agent_version: str
+    block_index: int
+
+
+@dataclass
+class HeartbeatRow:
+    """A pooler's last stored heartbeat (all None before the first)."""
+
+    last_heartbeat_at: dt.datetime | None
+    heartbeat_capacity: int | None
+    heartbeat_hashes_per_second: int | None
+    heartbeat_threads: int | None
+    heartbeat_mining_farmers: int | None
+    heartbeat_agent_version: str | None
+    heartbeat_block_index: int | None
 
 
 POOLER_COLUMNS = (
@@ -146,7 +174,8 @@ PLANTING_COLUMNS = (
 )
 WORK_COLUMNS = (
     "id, block_index, farmer_id, pooler_id, custodial_public_key, nonce, hash, zeros, gap,"
-    " tx_hash, ledger, status::text, fault::text, error_code, error_message, created_at"
+    " tx_hash, ledger, status::text, fault::text, error_code, error_message, created_at,"
+    " observed_on_chain"
 )
 
 # Farmer statuses of the API as conditions on (status, is_funded).
@@ -384,9 +413,10 @@ class Store:
             " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
             "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
             "  coalesce(p.block_index, h.block_index, c.block_index) AS block_index,"
-            "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash, po.tx_hash) AS tx_hash,"
+            "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash, po.tx_hash, d.tx_hash) AS tx_hash,"
             "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
-            "           l.transaction_id::text, l.payout_id::text) AS source_id,"
+            "           l.transaction_id::text, l.payout_id::text, l.deposit_id::text)"
+            "   AS source_id,"
             "  l.created_at"
             " FROM balance_ledger l"
             " LEFT JOIN plantings p ON p.id = l.planting_id"
@@ -394,6 +424,7 @@ class Store:
             " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
             " LEFT JOIN transactions t ON t.id = l.transaction_id"
             " LEFT JOIN payouts po ON po.id = l.payout_id"
+            " LEFT JOIN deposits d ON d.id = l.deposit_id"
             " WHERE l.farmer_id = %s) entries"
             " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
             (farmer_id, before_id, before_id, limit),
@@ -547,8 +578,9 @@ class Store:
                 await cur.execute(
                     "INSERT INTO works (block_index, farmer_id, pooler_id, nonce, hash, zeros,"
                     " gap, transaction_id, tx_hash, ledger, status, fault, error_code,"
-                    " error_message) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s)"
+                    " error_message, observed_on_chain) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s,"
+                    " %s)"
                     f" RETURNING {WORK_COLUMNS}",
                     (
                         block_index,
@@ -565,6 +597,7 @@ class Store:
                         w.fault,
                         w.error_code,
                         w.error_message,
+                        w.observed_on_chain,
                     ),
                 )
                 row = await cur.fetchone()
@@ -584,6 +617,44 @@ class Store:
             f"SELECT {WORK_COLUMNS} FROM works WHERE pooler_id = %s AND block_index = %s"
             " ORDER BY id",
             (pooler_id, block_index),
+        )
+
+    # --- heartbeats -------------------------------------------------------------------------
+
+    async def record_heartbeat(self, pooler_id: UUID, beat: Heartbeat, min_seconds: float) -> bool:
+        """Store a heartbeat's figures and time; whether it was written.
+
+        Skipped within `min_seconds` of the last one stored (the database's clock decides,
+        so several machines or replicas of one pooler cost one write every few seconds).
+        """
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE poolers SET last_heartbeat_at = now(), heartbeat_capacity = %s,"
+                " heartbeat_hashes_per_second = %s, heartbeat_threads = %s,"
+                " heartbeat_mining_farmers = %s, heartbeat_agent_version = %s,"
+                " heartbeat_block_index = %s WHERE id = %s AND (last_heartbeat_at IS NULL"
+                " OR last_heartbeat_at <= now() - make_interval(secs => %s))",
+                (
+                    beat.capacity,
+                    beat.hashes_per_second,
+                    beat.threads,
+                    beat.mining_farmers,
+                    beat.agent_version,
+                    beat.block_index,
+                    pooler_id,
+                    min_seconds,
+                ),
+            )
+            return cur.rowcount > 0
+
+    async def heartbeat(self, pooler_id: UUID) -> HeartbeatRow | None:
+        return await fetch_one(
+            self.pool,
+            HeartbeatRow,
+            "SELECT last_heartbeat_at, heartbeat_capacity, heartbeat_hashes_per_second,"
+            " heartbeat_threads, heartbeat_mining_farmers, heartbeat_agent_version,"
+            " heartbeat_block_index FROM poolers WHERE id = %s",
+            (pooler_id,),
         )
 
 

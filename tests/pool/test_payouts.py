@@ -10,7 +10,7 @@ import psycopg
 
 from kalepool.chain import current_block, kale_balance, read_account
 from kalepool.db.consistency import check_consistency
-from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2
+from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2
 
 from .conftest import KALE, PoolStage, until
 from .test_pooler_auth import bearer, code_of
@@ -181,6 +181,14 @@ async def test_a_failed_transfer_is_reversed(pool: PoolStage) -> None:
     # Asked again: the same failed payout, reversed once.
     assert (await op.RequestPayout(ask)).payout == failed
     assert len(await _ledger(pool, farmer.farmer_id)) == 2
+    # The farmer's ledger shows the reversal as a reversal, not as another payout.
+    entries = await op.ListFarmerLedger(
+        pool_pb2.ListFarmerLedgerRequest(farmer_id=farmer.farmer_id)
+    )
+    assert [(e.kind, e.amount_stroops, e.source_id) for e in entries.entries[:2]] == [
+        (records_pb2.LEDGER_ENTRY_KIND_PAYOUT_REVERSAL, 5 * KALE, failed.payout_id),
+        (records_pb2.LEDGER_ENTRY_KIND_PAYOUT, -5 * KALE, failed.payout_id),
+    ]
 
 
 async def test_leave_pool_pays_out_and_merges_the_account(pool: PoolStage) -> None:
