@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     plant_concurrency: int = Field(16, ge=1, le=1000, description="Parallel plant transactions.")
     plant_timeout_seconds: float = Field(30.0, gt=0, description="Deadline of one plant.")
     harvest_timeout_seconds: float = Field(45.0, gt=0, description="Deadline of one harvest.")
+    payout_settle_interval_seconds: float = Field(
+        60.0, gt=0, description="Period of the pool's pass that drives pending payouts."
+    )
 
     # --- pooler agent --------------------------------------------------------
     pooler_api_key: SecretStr | None = Field(None, description="The pooler's API key.")

@@ -23,6 +23,7 @@ from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
 from pool_service.chain_view import ChainView
 from pool_service.compensation import Compensations
+from pool_service.loops import every
 from pool_service.store import HarvestRow, HarvestStore, Pail, PoolerRow
 from pool_service.wallet import WalletClient
 
@@ -180,17 +181,14 @@ class Harvester:
             total_reward_stroops=sum(r.reward_amount or 0 for r in harvested),
         )
 
+    async def run_once(self) -> None:
+        """One pass: harvest every finished block's worked pails, then settle blocks."""
+        current = await self.view.current_index()
+        pails = await self.store.pails(current, limit=self.settings.max_harvest_batch_size)
+        if pails:
+            await self.harvest(pails)
+        await self._settle(current)
+
     async def run(self, interval: float) -> None:
         """Harvest every finished block's worked pails, forever, every `interval` s."""
-        while True:
-            try:
-                current = await self.view.current_index()
-                pails = await self.store.pails(current, limit=self.settings.max_harvest_batch_size)
-                if pails:
-                    await self.harvest(pails)
-                await self._settle(current)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must outlive a bad pass; the next one retries
-                log.exception("harvest pass failed")
-            await asyncio.sleep(interval)
+        await every(interval, self.run_once, "harvest")

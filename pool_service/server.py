@@ -27,6 +27,7 @@ from pool_service.chain_view import ChainView
 from pool_service.compensation import Compensations
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
+from pool_service.loops import every
 from pool_service.payouts import Payouts, PayoutStore
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
@@ -51,8 +52,9 @@ class PoolServer:
     feeds: Feeds
     pool: Pool
     harvest_loop: asyncio.Task[None] | None
-    # Pending payouts driven once at start-up (a restart mid-payout settles them).
-    reconciled: asyncio.Task[int]
+    # Pending payouts driven at start-up (a restart mid-payout settles them) and then
+    # every `payout_settle_interval_seconds` (one left unreachable settles by itself).
+    payout_loop: asyncio.Task[None]
     _stack: AsyncExitStack
 
     @property
@@ -61,7 +63,7 @@ class PoolServer:
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop harvesting and serving, then release the wallet channel and the database."""
-        for task in (self.harvest_loop, self.reconciled):
+        for task in (self.harvest_loop, self.payout_loop):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -142,9 +144,12 @@ async def start_pool_server(
     loop = None
     if harvest_interval_seconds is not None:
         loop = asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
-    reconciled = asyncio.create_task(payouts.reconcile(), name="pool-payouts-reconcile")
+    payout_loop = asyncio.create_task(
+        every(settings.payout_settle_interval_seconds, payouts.reconcile, "payout settlement"),
+        name="pool-payouts",
+    )
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, loop, reconciled, stack)
+    return PoolServer(built, registry, pooler_api, feeds, pool, loop, payout_loop, stack)
 
 
 async def start_pool_for(
