@@ -191,6 +191,16 @@ def _feed_lock_key(pooler_id: UUID) -> str:
     return f"kalepool.feed:{pooler_id}"
 
 
+def works_lock_key(pooler_id: UUID, block_index: int) -> str:
+    """The advisory lock under which a (pooler, block)'s works are decided and written."""
+    return f"kalepool.works:{pooler_id}:{block_index}"
+
+
+# The chain follower's row in chain_cursors (pool_service.deposits): how far the KALE
+# asset's events have been read, so also how far harvests made by anyone are recorded.
+FOLLOWER_CURSOR = "kale-events"
+
+
 class Store:
     """Queries of the pool service."""
 
@@ -564,7 +574,7 @@ class Store:
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (f"kalepool.works:{pooler_id}:{block_index}",),
+                (works_lock_key(pooler_id, block_index),),
             )
             cur = conn.cursor(row_factory=class_row(WorkRow))
             await cur.execute(
@@ -687,6 +697,18 @@ class Pail:
     stake_amount: int
 
 
+@dataclass
+class Unreported:
+    """A successful planting of a finished block whose work the chain has not been
+    asked about: no successful work row, none observed on chain, no successful harvest."""
+
+    farmer_id: UUID
+    pooler_id: UUID
+    block_index: int
+    custodial_public_key: str
+    ledger: int
+
+
 HARVEST_COLUMNS = (
     "id, block_index, farmer_id, pooler_id, custodial_public_key, reward_amount, stake_amount,"
     " tx_hash, ledger, status::text, fault::text, error_code, error_message, created_at"
@@ -733,6 +755,82 @@ class HarvestStore:
             " ORDER BY w.block_index, w.id LIMIT %s",
             params,
         )
+
+    async def unreported(
+        self,
+        below_block: int,
+        from_block: int,
+        after_ledger: int,
+        pooler_id: UUID | None = None,
+        block_index: int | None = None,
+        limit: int = 200,
+    ) -> list[Unreported]:
+        """Successful plantings of blocks in [from_block, below_block) planted after
+        `after_ledger` (pails still alive) whose work is not settled in the books."""
+        return await fetch_all(
+            self.pool,
+            Unreported,
+            "SELECT p.farmer_id, p.pooler_id, p.block_index, p.custodial_public_key, p.ledger"
+            " FROM plantings p WHERE p.status = 'success' AND p.block_index < %(below)s"
+            " AND p.block_index >= %(from)s AND p.ledger > %(after)s"
+            " AND (%(pooler)s::uuid IS NULL OR p.pooler_id = %(pooler)s::uuid)"
+            " AND (%(block)s::bigint IS NULL OR p.block_index = %(block)s::bigint)"
+            " AND NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id"
+            "  AND w.block_index = p.block_index AND (w.status = 'success' OR w.observed_on_chain))"
+            " AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id"
+            "  AND h.block_index = p.block_index AND h.status = 'success')"
+            " ORDER BY p.block_index, p.id LIMIT %(limit)s",
+            {
+                "below": below_block,
+                "from": from_block,
+                "after": after_ledger,
+                "pooler": pooler_id,
+                "block": block_index,
+                "limit": limit,
+            },
+        )
+
+    async def record_observed(self, pail: Unreported, work: NewWork) -> WorkRow | None:
+        """Record what the chain shows of an unreported pail's work (observed_on_chain);
+        None when its work got settled meanwhile (a report, another replica, a harvest)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (works_lock_key(pail.pooler_id, pail.block_index),),
+            )
+            cur = conn.cursor(row_factory=class_row(WorkRow))
+            await cur.execute(
+                "INSERT INTO works (block_index, farmer_id, pooler_id, zeros, gap, status,"
+                " fault, error_code, error_message, observed_on_chain)"
+                " SELECT %(block)s, %(farmer)s, %(pooler)s, %(zeros)s, %(gap)s, %(status)s,"
+                " %(fault)s, %(code)s, %(message)s, true"
+                " WHERE NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = %(farmer)s"
+                "  AND w.block_index = %(block)s AND (w.status = 'success' OR w.observed_on_chain))"
+                " AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = %(farmer)s"
+                "  AND h.block_index = %(block)s AND h.status = 'success')"
+                f" RETURNING {WORK_COLUMNS}",
+                {
+                    "block": pail.block_index,
+                    "farmer": pail.farmer_id,
+                    "pooler": pail.pooler_id,
+                    "zeros": work.zeros,
+                    "gap": work.gap,
+                    "status": work.status,
+                    "fault": work.fault,
+                    "code": work.error_code,
+                    "message": work.error_message,
+                },
+            )
+            return await cur.fetchone()
+
+    async def follower_ledger(self) -> int | None:
+        """The last ledger the chain follower has read through (None before it started)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT ledger FROM chain_cursors WHERE name = %s", (FOLLOWER_CURSOR,)
+            )
+            row = await cur.fetchone()
+            return None if row is None else int(row[0])
 
     async def harvests(
         self, pooler_id: UUID, block_index: int, farmer_ids: list[UUID] | None

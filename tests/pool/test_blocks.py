@@ -97,7 +97,14 @@ async def test_blocks_and_stats_from_the_events(pool: PoolStage) -> None:
     assert sorted(p.farmer_id for p in got.plantings) == sorted(
         [w.worked.farmer_id, w.idle.farmer_id]
     )
-    assert [x.farmer_id for x in got.works] == [w.worked.farmer_id]
+    # The reported work, and the idle pail as the harvest pass found it on chain.
+    assert [(x.farmer_id, x.status, x.observed_on_chain) for x in got.works] == [
+        (w.worked.farmer_id, records_pb2.EVENT_STATUS_SUCCEEDED, False),
+        (w.idle.farmer_id, records_pb2.EVENT_STATUS_FAILED, True),
+    ]
+    idle_work = got.works[1].failure
+    assert idle_work.code == common_pb2.FAILURE_CODE_WORK_MISSING
+    assert idle_work.fault == common_pb2.FAULT_PARTY_POOLER
     assert [(h.farmer_id, h.reward_stroops) for h in got.harvests] == [
         (w.worked.farmer_id, w.reward)
     ]
