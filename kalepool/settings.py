@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     payout_settle_interval_seconds: float = Field(
         60.0, gt=0, description="Period of the pool's pass that drives pending payouts."
     )
+    deposit_poll_interval_seconds: float = Field(
+        5.0, gt=0, description="Period of the pool's chain follower (deposits, harvests)."
+    )
 
     # --- pooler agent --------------------------------------------------------
     pooler_api_key: SecretStr | None = Field(None, description="The pooler's API key.")

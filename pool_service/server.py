@@ -25,6 +25,7 @@ from pool_service.auth import Authenticator, RateLimiter
 from pool_service.blocks import BlockReports, BlockStore
 from pool_service.chain_view import ChainView
 from pool_service.compensation import Compensations
+from pool_service.deposits import ChainFollower
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
 from pool_service.loops import every
@@ -55,6 +56,9 @@ class PoolServer:
     # Pending payouts driven at start-up (a restart mid-payout settles them) and then
     # every `payout_settle_interval_seconds` (one left unreachable settles by itself).
     payout_loop: asyncio.Task[None]
+    # The chain follower (pool_service.deposits): deposits credited, harvests by anyone
+    # recorded, every `deposit_poll_interval_seconds`.
+    deposit_loop: asyncio.Task[None]
     _stack: AsyncExitStack
 
     @property
@@ -63,7 +67,7 @@ class PoolServer:
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop harvesting and serving, then release the wallet channel and the database."""
-        for task in (self.harvest_loop, self.payout_loop):
+        for task in (self.harvest_loop, self.payout_loop, self.deposit_loop):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -113,7 +117,9 @@ async def start_pool_server(
     registry = PoolRegistry(
         store, wallet, settings, BlockReports(store, BlockStore(pool), view, feeds), payouts
     )
-    harvester = Harvester(HarvestStore(pool), wallet, view, settings, Compensations(pool))
+    harvests = HarvestStore(pool)
+    harvester = Harvester(harvests, wallet, view, settings, Compensations(pool))
+    follower = ChainFollower(pool, chain, harvests)
     pooler_api = PoolerApi(
         Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),
         Planter(store, wallet, view, settings, feeds.notify),
@@ -148,8 +154,14 @@ async def start_pool_server(
         every(settings.payout_settle_interval_seconds, payouts.reconcile, "payout settlement"),
         name="pool-payouts",
     )
+    deposit_loop = asyncio.create_task(
+        every(settings.deposit_poll_interval_seconds, follower.run_once, "chain follower"),
+        name="pool-deposits",
+    )
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, loop, payout_loop, stack)
+    return PoolServer(
+        built, registry, pooler_api, feeds, pool, loop, payout_loop, deposit_loop, stack
+    )
 
 
 async def start_pool_for(

@@ -46,6 +46,7 @@ class PoolStage:
     data_dir: Path
     server: PoolServer | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    replicas: list[PoolServer] = field(default_factory=list)
 
     @property
     def stage(self) -> Stage:
@@ -56,10 +57,22 @@ class PoolStage:
         return self.wallet.chain
 
     async def start(self, harvest_interval: float | None = None, **settings: Any) -> PoolServer:
-        """Start (or restart) the pool server with these settings over the same state."""
+        """Start (or restart) the pool server with these settings over the same state.
+        The chain follower polls every 0.1 s unless the settings say otherwise."""
         if self.server is not None:
             await self.server.stop(0)
-        self.server = await start_pool_server(
+        self.server = await self._server(harvest_interval, **settings)
+        return self.server
+
+    async def replica(self, harvest_interval: float | None = None, **settings: Any) -> PoolServer:
+        """A second pool server on the same database and chain (another replica)."""
+        server = await self._server(harvest_interval, **settings)
+        self.replicas.append(server)
+        return server
+
+    async def _server(self, harvest_interval: float | None, **settings: Any) -> PoolServer:
+        settings.setdefault("deposit_poll_interval_seconds", 0.1)
+        return await start_pool_server(
             address="127.0.0.1:0",
             conninfo=self.conninfo,
             chain=self.chain,
@@ -72,7 +85,6 @@ class PoolStage:
             feed_poll_seconds=0.2,
             harvest_interval_seconds=harvest_interval,
         )
-        return self.server
 
     def channel(self, client: str) -> grpc.aio.Channel:
         assert self.server is not None
@@ -113,8 +125,10 @@ class PoolStage:
         ledger_kale: int | None = None,
         payout_address: str | None = None,
     ) -> pool_pb2.Farmer:
-        """A farmer registered, funded with XLM, confirmed (trustline added); `kale` minted
-        on chain and `ledger_kale` (default: the same) credited in the pool's ledger."""
+        """A farmer registered, funded with XLM, confirmed (trustline added), and `kale`
+        minted on chain by the friendbot and credited by the pool's chain follower (a
+        deposit; this waits for it). `ledger_kale` is credited on top by an operator's
+        adjustment, for tests where the books deliberately differ from the chain."""
         from stellar_sdk import Keypair
 
         op = self.operator()
@@ -136,21 +150,32 @@ class PoolStage:
             pool_pb2.ConfirmFundingRequest(farmer_id=made.farmer.farmer_id)
         )
         assert confirmed.funded, confirmed
+        farmer_id = made.farmer.farmer_id
         if kale:
             await self.stage.friendbot(address, kale)
 
-            async def minted() -> bool:
-                state = await read_account(self.chain, address)
-                return state is not None and state.kale is not None and state.kale.balance >= kale
+            async def credited() -> bool:
+                return await self.deposited(farmer_id) >= kale
 
-            await until(minted)
-        credit = kale if ledger_kale is None else ledger_kale
-        if credit:
-            await self.credit(made.farmer.farmer_id, credit)
-        return confirmed.farmer
+            await until(credited, 30)
+        if ledger_kale:
+            await self.credit(farmer_id, ledger_kale)
+        return (await op.GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=farmer_id))).farmer
+
+    async def deposited(self, farmer_id: str) -> int:
+        """The KALE the pool credited to the farmer as deposits."""
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT coalesce(sum(amount), 0) FROM deposits WHERE farmer_id = %s",
+                (farmer_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
 
     async def credit(self, farmer_id: str, stroops: int) -> None:
-        """Record a deposit in the pool's ledger (an operator's adjustment)."""
+        """Credit the farmer in the pool's ledger by an operator's adjustment (no KALE
+        moves on chain)."""
         async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
             await conn.execute(
                 "INSERT INTO balance_ledger (farmer_id, amount, kind, note)"
@@ -182,13 +207,17 @@ class PoolStage:
 
 
 @pytest.fixture
-async def pool(db_conninfo: str, pki: DevPki) -> AsyncIterator[PoolStage]:
+async def pool(
+    db_conninfo: str, pki: DevPki, request: pytest.FixtureRequest
+) -> AsyncIterator[PoolStage]:
+    """The stage; devnet settings may be given by indirect parametrization."""
     import base64
     import os
 
     from wallet_service.keystore import parse_master_keys
 
-    async with open_stage(stall_seconds=20, block_seconds=BLOCK_SECONDS) as stage:
+    devnet: dict[str, Any] = getattr(request, "param", {})
+    async with open_stage(stall_seconds=20, block_seconds=BLOCK_SECONDS, **devnet) as stage:
         chain = ChainClient(
             dataclasses.replace(stage.client.config, tx_timeout_seconds=3600),
             retry=stage.client.retry,
@@ -207,6 +236,8 @@ async def pool(db_conninfo: str, pki: DevPki) -> AsyncIterator[PoolStage]:
             finally:
                 for ch in ps.channels + ws.channels:
                     await ch.close()
+                for server in ps.replicas:
+                    await server.stop(0)
                 if ps.server is not None:
                     await ps.server.stop(0)
                 await ws.server.stop(0)
