@@ -51,9 +51,9 @@ COMPENSATION_KIND = {
 }
 
 # One (pooler, block) row with the outcome counts the API defines, computed from the
-# events: a work "failed or never came" (a planted pail with no work row counts once the
-# block is over), a harvest "failed for good" (the pail is gone), and the pails still
-# waiting for their harvest.
+# events: a work "failed or never came" (a planted pail with no work row and no harvest,
+# which proves it was worked, counts once the block is over), a harvest "failed for
+# good" (the pail is gone), and the pails still waiting for their harvest.
 _PER_POOLER = """
 SELECT b.pooler_id, b.block_index, b.total_farmers, b.successful_plants, b.failed_plants,
   b.successful_works, b.failed_works, b.successful_harvests, b.total_staked, b.total_rewards,
@@ -61,7 +61,9 @@ SELECT b.pooler_id, b.block_index, b.total_farmers, b.successful_plants, b.faile
   (SELECT count(*) FROM plantings p WHERE p.pooler_id = b.pooler_id
      AND p.block_index = b.block_index AND p.status = 'success' AND NOT EXISTS (
        SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
-       AND w.block_index = p.block_index)) AS unworked,
+       AND w.block_index = p.block_index) AND NOT EXISTS (
+       SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
+       AND h.block_index = p.block_index AND h.status = 'success')) AS unworked,
   (SELECT count(*) FROM harvests h WHERE h.pooler_id = b.pooler_id
      AND h.block_index = b.block_index AND h.error_code = 'PAIL_MISSING') AS gone,
   (SELECT count(*) FROM works w WHERE w.pooler_id = b.pooler_id

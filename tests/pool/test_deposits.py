@@ -112,14 +112,18 @@ async def test_deposits_are_credited_once_across_restarts_and_replicas(pool: Poo
 async def test_a_harvest_made_by_someone_else_is_recorded_once(pool: PoolStage) -> None:
     pooler, key = await pool.register_pooler()
     auth = bearer(key)
-    farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE)
+    farmer, silent = [
+        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE) for _ in range(2)
+    ]
     stub = pool.pooler()
     block = (await current_block(pool.chain)).index
     await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block), metadata=auth)
-    (assignment,) = (
-        await stub.GetAssignments(pooler_pb2.GetAssignmentsRequest(), metadata=auth)
-    ).assignments
-    worked = await submit_work(pool, assignment, await pool.stage.account())
+    snapshot = await stub.GetAssignments(pooler_pb2.GetAssignmentsRequest(), metadata=auth)
+    by_farmer = {a.farmer_id: a for a in snapshot.assignments}
+    fee = await pool.stage.account()
+    worked = await submit_work(pool, by_farmer[farmer.farmer_id], fee)
+    # The other farmer's work lands on chain but is never reported.
+    await submit_work(pool, by_farmer[silent.farmer_id], fee)
     reported = await stub.ReportWork(
         pooler_pb2.ReportWorkRequest(block_index=block, results=[worked.report]), metadata=auth
     )
@@ -138,59 +142,69 @@ async def test_a_harvest_made_by_someone_else_is_recorded_once(pool: PoolStage) 
     await until(first_pass)
     stub = pool.pooler()
     third = await pool.stage.account()
-    tx = await build_harvest(pool.chain, farmer.custodial_address, block, source=third.public_key)
-    outcome = await pool.stage.run(tx, third)
-    assert outcome.ok and outcome.value is not None and outcome.value > 0
-    reward = outcome.value
+    outcomes = {}
+    for f in (farmer, silent):
+        tx = await build_harvest(pool.chain, f.custodial_address, block, source=third.public_key)
+        outcome = await pool.stage.run(tx, third)
+        assert outcome.ok and outcome.value is not None and outcome.value > 0
+        outcomes[f.farmer_id] = outcome
 
-    # The pool finds the pail gone; until the follower has read that far it cannot know
-    # whether someone harvested it: pending, nothing recorded, nothing owed.
+    # The pool finds the pails gone; until the follower has read that far it cannot know
+    # whether someone harvested them: pending, nothing recorded, nothing owed.
     early = await stub.RequestHarvest(
         pooler_pb2.RequestHarvestRequest(block_index=block), metadata=auth
     )
     assert [p.farmer_id for p in early.pending] == [farmer.farmer_id]
     assert not early.harvested and not early.failed
     assert await pool.count("harvests") == 0
+    assert await pool.count("works") == 1  # the silent pail is not recorded gone
 
-    # The follower reads the chain: the harvest is recorded, with the contract's reward.
+    # The follower reads the chain: the harvests are recorded, with the contract's reward.
     await pool.start()
     stub = pool.pooler()
 
     async def recorded() -> bool:
-        return await pool.count("harvests") > 0
+        return await pool.count("harvests") == 2
 
     await until(recorded, 30)
     asked = await stub.RequestHarvest(
         pooler_pb2.RequestHarvestRequest(block_index=block), metadata=auth
     )
-    (h,) = asked.harvested
-    assert (h.farmer_id, h.reward_stroops, h.stake_returned_stroops) == (
-        farmer.farmer_id,
-        reward,
-        5 * KALE,
-    )
-    assert h.transaction.tx_hash == outcome.hash and h.status == records_pb2.EVENT_STATUS_SUCCEEDED
+    got = {h.farmer_id: h for h in asked.harvested}
+    assert set(got) == {farmer.farmer_id, silent.farmer_id}
+    for farmer_id, outcome in outcomes.items():
+        h = got[farmer_id]
+        assert (h.reward_stroops, h.stake_returned_stroops) == (outcome.value, 5 * KALE)
+        assert h.transaction.tx_hash == outcome.hash
+        assert h.status == records_pb2.EVENT_STATUS_SUCCEEDED
     assert not asked.failed and not asked.pending
     await pool.start(harvest_interval=0.05)
     stub = pool.pooler()
     await stub.RequestHarvest(pooler_pb2.RequestHarvestRequest(block_index=block), metadata=auth)
-    assert await pool.count("harvests") == 1
-    # Credited once, as a harvest (no deposit), and nothing owed for the pail.
-    assert await _credits(pool, farmer.farmer_id) == [10 * KALE]
+    assert await pool.count("harvests") == 2
+    assert await pool.count("works") == 1  # a harvested pail needs no work row to be owed nothing
     op = pool.operator()
-    entries = await op.ListFarmerLedger(
-        pool_pb2.ListFarmerLedgerRequest(farmer_id=farmer.farmer_id)
-    )
-    rewards = [e for e in entries.entries if e.kind == records_pb2.LEDGER_ENTRY_KIND_REWARD]
-    assert [(e.amount_stroops, e.tx_hash) for e in rewards] == [(reward + 5 * KALE, outcome.hash)]
-    # The books and the chain agree (the next block's plant staked half the rest).
-    now = (await op.GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=farmer.farmer_id))).farmer
-    assert now.balance_stroops == await kale_balance(pool.chain, farmer.custodial_address)
+    for f in (farmer, silent):
+        # Credited once, as a harvest (no deposit); the books equal the chain.
+        assert await _credits(pool, f.farmer_id) == [10 * KALE]
+        entries = await op.ListFarmerLedger(pool_pb2.ListFarmerLedgerRequest(farmer_id=f.farmer_id))
+        rewards = [e for e in entries.entries if e.kind == records_pb2.LEDGER_ENTRY_KIND_REWARD]
+        outcome = outcomes[f.farmer_id]
+        assert outcome.value is not None
+        assert [(e.amount_stroops, e.tx_hash) for e in rewards] == [
+            (outcome.value + 5 * KALE, outcome.hash)
+        ]
+        now = (await op.GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=f.farmer_id))).farmer
+        assert now.balance_stroops == await kale_balance(pool.chain, f.custodial_address)
+    # Nothing is owed: both pails were worked on chain.
     comps = await op.ListCompensations(pool_pb2.ListCompensationsRequest())
     assert list(comps.compensations) == []
     block_view = await op.GetBlock(pool_pb2.GetBlockRequest(block_index=block))
     assert block_view.block.status == pool_pb2.BLOCK_STATUS_COMPLETED
-    assert block_view.block.counts.harvests_succeeded == 1
+    assert (block_view.block.counts.harvests_succeeded, block_view.block.counts.works_failed) == (
+        2,
+        0,
+    )
     assert block_view.harvests[0].transaction.status == common_pb2.TX_STATUS_SUCCESS
     with psycopg.connect(pool.conninfo) as conn:
         assert check_consistency(conn) == []
