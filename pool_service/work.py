@@ -278,6 +278,8 @@ class WorkReports:
     async def _check_block(self, block_index: int) -> None:
         try:
             current = await self.view.current_index()
+            if block_index > current:  # the cached index may be a second old: read again
+                current = (await self.view.plantable()).current.index
         except Unavailable:
             return  # each success will say RETRY; failures need no chain
         if block_index > current:
