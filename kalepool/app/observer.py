@@ -29,10 +29,19 @@ class StackObserver(Protocol):
 
 
 class PlainObserver:
-    """Prints each event as one line (a time, the message), to a terminal or a log."""
+    """Prints each event as one line (a time, the message); errors go to stderr."""
 
-    def __init__(self, console: Console | None = None, *, file: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        file: TextIO | None = None,
+        errors: Console | None = None,
+    ) -> None:
         self.console = console or Console(file=file, highlight=False, soft_wrap=True)
+        self.errors = errors or (
+            self.console if file is not None else Console(stderr=True, highlight=False)
+        )
 
     def event(self, message: str, *, level: str = "info") -> None:
         if level not in LEVELS:
@@ -41,7 +50,8 @@ class PlainObserver:
         style = _STYLE[level]
         text = escape(message)
         line = f"[dim]{stamp}[/dim] " + (f"[{style}]{text}[/{style}]" if style else text)
-        self.console.print(line, highlight=False, soft_wrap=True)
+        out = self.errors if level == "error" else self.console
+        out.print(line, highlight=False, soft_wrap=True)
 
     async def run(self, stop: asyncio.Event) -> None:
         # Events print as they come; there is nothing else to draw.

@@ -60,7 +60,8 @@ from kalepool.v1 import pool_pb2
 _NOT_FOR_POOLERS = ("database_url", "master_key", "master_key_file", "data_dir")
 # How long --blocks K may take beyond K blocks before it gives up (start-up, late blocks).
 _BLOCKS_SLACK_SECONDS = 180
-_DEPOSIT_WAIT_SECONDS = 20.0
+# The pool credits a deposit once its chain follower sees it: a few ledgers.
+_DEPOSIT_WAIT_LEDGERS = 5
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -200,6 +201,7 @@ class Stack:
 
     settings: Settings
     options: UpOptions
+    ports: Ports
     observer: StackObserver
     console: Console
     started: float = field(default_factory=time.time)
@@ -288,8 +290,7 @@ class Stack:
         settings = self.settings
         devnet = settings.network is Network.DEVNET
         self.observer.event(f"kale-pool up: {settings.network.value}, data in {self.layout.root}")
-        ports = Ports.plan(settings)
-        ports.check(devnet)
+        ports = self.ports
         await self._database()
         names = await asyncio.to_thread(ensure_dev_identities, self.pki)
         self.observer.event(f"certificates: development CA and {', '.join(names)} ready")
@@ -510,7 +511,8 @@ class Stack:
                 self.options.farmers,
                 self.observer,
             )
-            await wait_for_deposits(self.op, self.farmers, _DEPOSIT_WAIT_SECONDS, self.observer)
+            wait = _DEPOSIT_WAIT_LEDGERS * settings.ledger_seconds() + 5.0
+            await wait_for_deposits(self.op, self.farmers, wait, self.observer)
         for p in self.poolers:
             await self._start_part(self._pooler_part(p))
 
@@ -579,7 +581,9 @@ def run_up(settings: Settings, options: UpOptions, console: Console | None = Non
     settings.layout().ensure()
     console = console or Console(highlight=False)
     with StackLock(settings):
-        stack = Stack(settings, options, PlainObserver(console), console)
+        ports = Ports.plan(settings)
+        ports.check(settings.network is Network.DEVNET)
+        stack = Stack(settings, options, ports, PlainObserver(console), console)
         code = asyncio.run(stack.run())
     console.print("stopped", highlight=False)
     return code
