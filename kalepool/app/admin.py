@@ -16,6 +16,7 @@ from kalepool.app.funding import KALE, Friendbot, FundingError
 from kalepool.app.operator import OperatorClient
 from kalepool.app.poolers import csr_instructions, provision_pooler
 from kalepool.app.runstate import RunState
+from kalepool.app.tables import format_kale
 from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.settings import ENV_PREFIX, Network, Settings
 from kalepool.v1 import pool_pb2
@@ -245,7 +246,9 @@ async def _fund_farmer(settings: Settings, farmer_id: str, kale: float, console:
         await friendbot.close()
     console.print(f"farmer {farmer.farmer_id} is funded and active", highlight=False)
     if paid:
-        console.print(f"{paid / KALE:g} KALE paid to {farmer.custodial_address}", highlight=False)
+        console.print(
+            f"{format_kale(paid)} KALE paid to {farmer.custodial_address}", highlight=False
+        )
 
 
 def fund_farmer_command(

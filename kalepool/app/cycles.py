@@ -23,9 +23,9 @@ from rich.table import Table
 
 from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
+from kalepool.app.tables import block_failures, blocks_table, format_kale
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 
-KALE = 10_000_000
 _POLL_SECONDS = 2.0
 _SETTLED = (pool_pb2.BLOCK_STATUS_COMPLETED, pool_pb2.BLOCK_STATUS_FAILED)
 _ATTRIBUTED = (
@@ -59,6 +59,7 @@ class BlockOutcome:
 
     index: int
     status: str  # active | harvesting | completed | failed
+    block: pool_pb2.GetBlockResponse = field(default_factory=pool_pb2.GetBlockResponse)
     planted: int = 0
     worked: int = 0
     harvested: int = 0
@@ -94,7 +95,7 @@ def assess(block: pool_pb2.GetBlockResponse, *, final: bool = False) -> BlockOut
     harvest attempt counts as the pail's outcome even while the pool still retries it."""
     summary = block.block
     status = pool_pb2.BlockStatus.Name(summary.status).removeprefix("BLOCK_STATUS_").lower()
-    outcome = BlockOutcome(summary.block_index, status)
+    outcome = BlockOutcome(summary.block_index, status, block)
     planted = {p.farmer_id for p in block.plantings if p.status == _SUCCEEDED}
     plant_failures: dict[str, FarmerFailure] = {}  # the last attempt's failure per farmer
     for p in block.plantings:
@@ -149,7 +150,7 @@ def describe(outcome: BlockOutcome) -> str:
     line = (
         f"block {outcome.index}: {outcome.planted} planted, {outcome.worked} worked,"
         f" {outcome.harvested} harvested, best {outcome.best_zeros} zeros,"
-        f" reward {outcome.reward_stroops / KALE:,.4f} KALE"
+        f" reward {format_kale(outcome.reward_stroops)} KALE"
     )
     if outcome.failures:
         line += f", {len(outcome.failures)} failure(s)"
@@ -231,37 +232,22 @@ class CycleWatcher:
 
 
 def summary_table(outcomes: list[BlockOutcome]) -> Table:
-    """Per block: planted, worked, harvested, best zeros, reward; then failures."""
-    table = Table(title="farmed blocks", title_justify="left")
-    for column in ("block", "planted", "worked", "harvested", "best zeros", "reward KALE", "state"):
-        table.add_column(column, justify="right" if column != "state" else "left")
-    for o in outcomes:
-        state = (
-            "ok"
-            if o.accepted and not o.failures
-            else ("attributed" if o.accepted else "INCOMPLETE")
-        )
-        table.add_row(
-            str(o.index),
-            str(o.planted),
-            str(o.worked),
-            str(o.harvested),
-            str(o.best_zeros),
-            f"{o.reward_stroops / KALE:,.4f}",
-            state,
-        )
-    return table
+    """The blocks table (planted, worked, harvested, best zeros, reward, failures' causes)
+    of the run's blocks, as the pool reported them."""
+    return blocks_table(
+        [o.block.block for o in outcomes],
+        {o.index: block_failures(o.block) for o in outcomes},
+        title="farmed blocks",
+    )
 
 
 def failure_lines(outcomes: list[BlockOutcome]) -> list[str]:
-    """Each failure with its cause, and each farmer left without an outcome."""
+    """Each failure with its cause, and each planted farmer left without an outcome."""
     lines: list[str] = []
     for o in outcomes:
-        for f in o.failures:
-            lines.append(
-                f"block {o.index} farmer {f.farmer_id[:8]}: {f.stage} failed,"
-                f" {f.fault}'s fault ({f.code}): {f.message}"
-            )
-        for farmer_id in o.unresolved:
-            lines.append(f"block {o.index} farmer {farmer_id[:8]}: no recorded outcome")
+        lines += [note.describe() for note in block_failures(o.block)]
+        lines += [
+            f"block {o.index}: farmer {farmer_id} has no recorded outcome"
+            for farmer_id in o.unresolved
+        ]
     return lines

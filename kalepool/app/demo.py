@@ -30,6 +30,7 @@ from kalepool.app.funding import (
 from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.app.poolers import ProvisionedPooler
+from kalepool.app.tables import format_kale
 from kalepool.chain import ChainClient, read_account
 from kalepool.settings import Settings, make_private
 from kalepool.v1 import common_pb2, pool_pb2
@@ -204,7 +205,7 @@ async def provision_demo(
     paid = sum(1 for f in farmers if f.deposited)
     observer.event(
         f"demo farmers: {len(farmers)} ready ({new} new, {paid} paid"
-        f" {DEMO_KALE / KALE:g} KALE each now), spread over {len(poolers)} pooler(s)",
+        f" {format_kale(DEMO_KALE)} KALE each now), spread over {len(poolers)} pooler(s)",
         level="good",
     )
     return farmers

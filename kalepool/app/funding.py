@@ -13,11 +13,12 @@ from typing import Any
 import aiohttp
 from stellar_sdk import Keypair
 
+from kalepool.app.tables import STROOPS_PER_KALE as KALE
 from kalepool.chain import ChainClient, build_trustline, read_account, sign, submit
 from kalepool.chain.config import fetch_devnet_info, redact_url
 from kalepool.settings import Network, Settings
 
-KALE = 10_000_000  # stroops
+__all__ = ["KALE", "Friendbot", "FundingError", "ensure_account", "ensure_trustline"]
 # Friendbot calls at once: the devnet's friendbot pays from 32 channel accounts.
 _CONCURRENCY = 16
 

@@ -9,16 +9,14 @@ import json
 import time
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
+from kalepool.app.tables import format_age, format_kale, format_span, poolers_table, when
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2
-
-KALE = 10_000_000
 
 
 def nothing_has_run(settings: Settings) -> bool:
@@ -27,23 +25,6 @@ def nothing_has_run(settings: Settings) -> bool:
     if settings.database_url is not None:
         return False
     return not (settings.layout().postgres / "PG_VERSION").is_file()
-
-
-def _ago(when: Timestamp | None, now: float) -> str:
-    if when is None or (when.seconds == 0 and when.nanos == 0):
-        return "never"
-    seconds = now - when.ToDatetime(dt.UTC).timestamp()
-    if seconds < 0:
-        return f"in {-seconds:.0f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
-
-
-def _clock(when: Timestamp) -> str:
-    return when.ToDatetime(dt.UTC).astimezone().strftime("%H:%M:%S")
 
 
 def data_dir_table(settings: Settings) -> Table:
@@ -115,16 +96,13 @@ def processes_table(state: RunState) -> Table:
 
 async def pool_tables(settings: Settings, state: RunState) -> list[Table | str]:
     """Poolers with last-seen, the current block and when the next is due, pool totals."""
-    now = time.time()
+    now = dt.datetime.now(dt.UTC)
     out: list[Table | str] = []
     async with OperatorClient(settings, address=state.pool_address, timeout=10) as op:
         stats = await op.pool.GetPoolStats(pool_pb2.GetPoolStatsRequest(), timeout=op.timeout)
         listing = await op.pool.ListPoolers(
             pool_pb2.ListPoolersRequest(pagination=common_pb2.Pagination(page_size=100)),
             timeout=op.timeout,
-        )
-        poolers = Table(
-            "pooler", "id", "farmers", "last seen", "stream", "hash rate", title="poolers"
         )
         details = await asyncio.gather(
             *(
@@ -134,27 +112,22 @@ async def pool_tables(settings: Settings, state: RunState) -> list[Table | str]:
                 for p in listing.poolers
             )
         )
-        for p, d in zip(listing.poolers, details, strict=True):
-            seen = d.last_heartbeat_at if d.HasField("last_heartbeat_at") else p.last_seen_at
-            rate = f"{d.hashes_per_second / 1e6:.2f} MH/s" if d.hashes_per_second else "—"
-            poolers.add_row(
-                p.name,
-                p.pooler_id,
-                f"{p.current_farmers}/{p.max_farmers}",
-                _ago(seen if seen.seconds else None, now),
-                "connected" if d.stream_connected else "—",
-                rate,
-            )
     block = f"current block {stats.current_block_index}"
-    if stats.HasField("current_block_opened_at"):
-        block += f", opened {_clock(stats.current_block_opened_at)}"
-    if stats.HasField("next_block_due_at"):
-        due = stats.next_block_due_at.ToDatetime(dt.UTC).timestamp() - now
-        when = f"in {due:.0f} s" if due > 0 else f"{-due:.0f} s ago (the next plant opens it)"
-        block += f", next due {when}"
+    opened = when(stats.current_block_opened_at)
+    if opened is not None:
+        block += f", opened {format_age(stats.current_block_opened_at, now)}"
+    due = when(stats.next_block_due_at)
+    if due is not None:
+        left = (due - now).total_seconds()
+        block += (
+            f", the next is due in {format_span(left)}"
+            if left > 0
+            else f", the next was due {format_span(-left)} ago (the next plant opens it)"
+        )
     out.append(block)
-    out.append(poolers)
-    totals = Table("pool", "", show_header=False, title="totals")
+    by_id = {p.pooler_id: d for p, d in zip(listing.poolers, details, strict=True)}
+    out.append(poolers_table(list(listing.poolers), by_id, now=now))
+    totals = Table("pool", "", show_header=False, title="totals", title_justify="left")
     totals.add_row("farmers active", str(stats.farmers_active))
     totals.add_row("farmers waiting for funding", str(stats.farmers_pending_funding))
     totals.add_row("blocks farmed", str(stats.blocks))
@@ -164,9 +137,9 @@ async def pool_tables(settings: Settings, state: RunState) -> list[Table | str]:
         f"{c.plants_succeeded} / {c.works_succeeded} / {c.harvests_succeeded}"
         f" (failed {c.plants_failed} / {c.works_failed} / {c.harvests_failed})",
     )
-    totals.add_row("rewards", f"{stats.total_reward_stroops / KALE:,.4f} KALE")
-    totals.add_row("farmers' balances", f"{stats.total_balance_stroops / KALE:,.4f} KALE")
-    totals.add_row("paid out", f"{stats.total_paid_out_stroops / KALE:,.4f} KALE")
+    totals.add_row("rewards", f"{format_kale(stats.total_reward_stroops)} KALE")
+    totals.add_row("farmers' balances", f"{format_kale(stats.total_balance_stroops)} KALE")
+    totals.add_row("paid out", f"{format_kale(stats.total_paid_out_stroops)} KALE")
     out.append(totals)
     return out
 
