@@ -255,6 +255,9 @@ class Stack:
             )
         finally:
             stopper.cancel()
+            # Asked again while stopping: no more grace periods.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.supervisor.hurry)
             await self._close_clients()
             await self.supervisor.stop_all()
             RunState.clear(self.settings)

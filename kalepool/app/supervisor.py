@@ -105,6 +105,12 @@ class Supervisor:
         self.observer = observer
         self.children: dict[str, Child] = {}
         self._exits: asyncio.Queue[Child] = asyncio.Queue()
+        self._hurry = asyncio.Event()
+
+    def hurry(self) -> None:
+        """Stop waiting out grace periods: parts still stopping are killed now (a second
+        Ctrl-C)."""
+        self._hurry.set()
 
     async def start(self, part: Part) -> Child:
         """Start ``part`` and wait until its probe says it is ready (PartFailed if it
@@ -195,12 +201,19 @@ class Supervisor:
             await child.waiter
             return
         _signal_group(child.pid, signal.SIGINT)
+        hurry = asyncio.create_task(self._hurry.wait())
         try:
-            await asyncio.wait_for(asyncio.shield(child.waiter), child.part.stop_grace)
-        except TimeoutError:
+            await asyncio.wait(
+                {child.waiter, hurry},
+                timeout=child.part.stop_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            hurry.cancel()
+        if child.running:
+            why = "asked twice" if self._hurry.is_set() else f"{child.part.stop_grace:.0f} s"
             self.observer.event(
-                f"{child.part.name}: still running {child.part.stop_grace:.0f} s after"
-                " SIGINT, killed",
+                f"{child.part.name}: still running after SIGINT ({why}), killed",
                 level="warning",
             )
             _signal_group(child.pid, signal.SIGKILL)

@@ -203,3 +203,16 @@ def _alive(pid: int) -> bool:
             return handle.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_asked_twice_it_kills_without_waiting_out_the_grace(tmp_path: Path) -> None:
+    supervisor = Supervisor(tmp_path / "logs", RecordingObserver())
+    part = _service("pooler-1", tmp_path, ignore_sigint=True)
+    part.stop_grace = 3600
+    child = await supervisor.start(part)
+    stopping = asyncio.create_task(supervisor.stop_all())
+    await asyncio.sleep(0.2)  # it is waiting for the part to stop by itself
+    assert not stopping.done()
+    supervisor.hurry()
+    await asyncio.wait_for(stopping, 60)
+    assert child.process.returncode == -signal.SIGKILL
