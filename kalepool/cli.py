@@ -26,7 +26,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database: migrations and their status.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration: show the effective settings.", no_args_is_help=True)
 pooler_app = typer.Typer(
-    help="Pooler: run the pooler agent (mining machine), or add a pooler (operator).",
+    help="Pooler: `kale-pool pooler` runs the pooler agent on a mining machine (plant through"
+    " the pool, mine, submit work, until Ctrl-C); `kale-pool pooler add NAME` adds a pooler"
+    " (operator).",
     invoke_without_command=True,
 )
 farmer_app = typer.Typer(help="Farmers: add one, fund it on the devnet.", no_args_is_help=True)
