@@ -300,7 +300,7 @@ async def provision_pooler(
             found = await _find_by_public_key(op, public_key)
             if found is None:
                 raise
-            pooler, api_key = found, ""  # the key issued then is not known here
+            pooler = found  # registered by an earlier run whose record was lost
         else:
             pooler, api_key, registered = made.pooler, made.api_key, True
         bundle.write_record(pooler)

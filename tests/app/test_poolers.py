@@ -167,6 +167,7 @@ async def test_provisioning_registers_once_and_rotates_a_lost_key(
             bundle.record_file.unlink()
             found = await provision_pooler(op, settings, "rig-a", **kwargs)  # type: ignore[arg-type]
             assert found.pooler.pooler_id == first.pooler.pooler_id and not found.registered
+            assert not found.api_key_issued and found.api_key == first.api_key
 
             # The settings file is lost: the same pooler, a new key, the old one revoked.
             bundle.env_file.unlink()
