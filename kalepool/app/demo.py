@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from stellar_sdk import Keypair
 
 from kalepool.app.files import write_atomic
@@ -178,15 +179,23 @@ async def provision_demo(
         payout = entry.payout
         await ensure_account(chain, friendbot, payout.public_key)
         await ensure_trustline(chain, payout)
-        made = await op.pool.RegisterFarmer(
-            pool_pb2.RegisterFarmerRequest(
-                pooler_id=pooler.pooler.pooler_id,
-                payout_address=payout.public_key,
-                stake_bps=DEMO_STAKE_BPS,
-                idempotency_key=book.idempotency_key(entry),
-            ),
-            timeout=op.timeout,
-        )
+        try:
+            made = await op.pool.RegisterFarmer(
+                pool_pb2.RegisterFarmerRequest(
+                    pooler_id=pooler.pooler.pooler_id,
+                    payout_address=payout.public_key,
+                    stake_bps=DEMO_STAKE_BPS,
+                    idempotency_key=book.idempotency_key(entry),
+                ),
+                timeout=op.timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
+                raise
+            # Registered before with another pooler (its bundle was removed and the
+            # pooler registered anew): that farmer stays as it is.
+            observer.event(f"{entry.name}: {exc.details()}; left as it is", level="warning")
+            return None
         if made.farmer.status in (
             common_pb2.FARMER_STATUS_LEAVING,
             common_pb2.FARMER_STATUS_DEPARTED,
