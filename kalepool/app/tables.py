@@ -313,30 +313,33 @@ def farmers_table(
     pooler_names: Mapping[str, str] | None = None,
     *,
     title: str | None = "farmers",
+    compact: bool = False,
 ) -> Table:
-    """Per farmer: id, pooler, status, stake share, balance in KALE, its two addresses."""
+    """Per farmer: id, pooler, status, stake share, balance in KALE and, unless `compact`
+    (the live view), its two addresses and when it registered."""
     names = pooler_names or {}
     table = Table(title=title, title_justify="left")
-    table.add_column("farmer id", no_wrap=True)
+    table.add_column("farmer", no_wrap=True)
     table.add_column("pooler", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("stake", justify="right")
     table.add_column("balance KALE", justify="right")
-    table.add_column("custodial", no_wrap=True)
-    table.add_column("payout to", no_wrap=True)
-    table.add_column("registered (UTC)", no_wrap=True)
+    if not compact:
+        table.add_column("custodial", no_wrap=True)
+        table.add_column("payout to", no_wrap=True)
+        table.add_column("registered (UTC)", no_wrap=True)
     for f in farmers:
         status = farmer_status(f.status)
-        table.add_row(
-            f.farmer_id,
-            names.get(f.pooler_id) or short(f.pooler_id, 8, 0).rstrip("…"),
+        row: list[str | Text] = [
+            f.farmer_id[:8] if compact else f.farmer_id,
+            names.get(f.pooler_id) or f.pooler_id[:8],
             Text(status, style=FARMER_STATUS_STYLE.get(status, "")),
             f"{f.stake_bps / 100:g}%",
             format_kale(f.balance_stroops),
-            short(f.custodial_address),
-            short(f.payout_address),
-            format_time(f.created_at),
-        )
+        ]
+        if not compact:
+            row += [short(f.custodial_address), short(f.payout_address), format_time(f.created_at)]
+        table.add_row(*row)
     return table
 
 
@@ -365,13 +368,14 @@ def poolers_table(
     *,
     now: dt.datetime | None = None,
     title: str | None = "poolers",
+    compact: bool = False,
 ) -> Table:
-    """Per pooler: id, name, status, farmers, last seen; with `stats` (pooler id ->
-    GetPoolerStats) its stream, last heartbeat's hash rate and capacity, blocks, works
-    and rewards."""
+    """Per pooler: id (its first 8 characters when `compact`), name, status, farmers, last
+    seen; with `stats` (pooler id -> GetPoolerStats) its stream, last heartbeat's hash rate
+    and capacity, blocks, works and rewards."""
     moment = now or dt.datetime.now(dt.UTC)
     table = Table(title=title, title_justify="left")
-    table.add_column("pooler id", no_wrap=True)
+    table.add_column("pooler", no_wrap=True)
     table.add_column("name")
     table.add_column("status", no_wrap=True)
     table.add_column("farmers", justify="right", no_wrap=True)
@@ -386,7 +390,7 @@ def poolers_table(
     for p in poolers:
         status = pooler_status(p.status)
         row: list[str | Text] = [
-            p.pooler_id,
+            p.pooler_id[:8] if compact else p.pooler_id,
             p.name,
             Text(status, style="green" if status == "active" else "red"),
             f"{p.current_farmers}/{p.max_farmers}",
