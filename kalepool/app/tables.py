@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,22 @@ def format_kale(stroops: int) -> str:
     whole, frac = divmod(abs(stroops), STROOPS_PER_KALE)
     decimals = f"{frac:07d}".rstrip("0")
     return f"{sign}{whole:,}" + (f".{decimals}" if decimals else "")
+
+
+def parse_kale(text: str) -> int:
+    """A KALE amount a person typed (`12`, `0.5`, `1,000.25`) in stroops; ValueError with
+    a one-sentence reason for anything else (negative, more than 7 decimals, not a number)."""
+    cleaned = text.strip().replace(",", "").replace("_", "")
+    match = _AMOUNT.fullmatch(cleaned)
+    if match is None or cleaned in ("", "."):
+        raise ValueError(f"{text!r} is not an amount of KALE (e.g. 12 or 0.5)")
+    whole, frac = match.group(1), match.group(2) or ""
+    if len(frac) > 7:
+        raise ValueError(f"{text!r} has more than 7 decimals (1 stroop is 0.0000001 KALE)")
+    return int(whole or "0") * STROOPS_PER_KALE + int(frac.ljust(7, "0"))
+
+
+_AMOUNT = re.compile(r"([0-9]*)(?:\.([0-9]+))?", re.ASCII)
 
 
 def format_rate(hashes_per_second: float) -> str:
@@ -498,5 +515,5 @@ def write_csv(rows: Sequence[Mapping[str, Cell]], out: IO[str], header: Sequence
 # Column names of the plain rows, for a CSV with no rows.
 BLOCK_FIELDS = tuple(block_row(pool_pb2.BlockSummary()))
 FARMER_FIELDS = tuple(farmer_row(pool_pb2.Farmer()))
-POOLER_FIELDS = tuple(pooler_row(pool_pb2.Pooler()))
+POOLER_FIELDS = tuple(pooler_row(pool_pb2.Pooler(), pool_pb2.GetPoolerStatsResponse()))
 LEDGER_FIELDS = tuple(ledger_row(records_pb2.LedgerEntry()))
