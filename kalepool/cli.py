@@ -341,6 +341,22 @@ def farmer_leave(
         leave(settings, farmer_id)
 
 
+@app.command()
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the report into.")],
+    last: Annotated[
+        int, typer.Option("--last", help="Only the last N blocks (default: all).", min=0)
+    ] = 0,
+) -> None:
+    """The pool's history as CSV (blocks, farmers, ledger; stroops) and PNG charts."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import report as write
+
+    with pool_command():
+        write(settings, out, last)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -296,3 +297,25 @@ def leave(settings: Settings, farmer_id: str) -> None:
     else:
         text = f"farmer {farmer_id} is leaving: its last payout is not final yet; {again}"
     _out().print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def report(settings: Settings, out: Path, last: int) -> None:
+    """`kale-pool report`: read the pool's history and write CSV files and charts."""
+    from kalepool.app.report import run_report
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"cannot write to {out}: {error.strerror or error}") from None
+    history, written = with_pool(settings, lambda op: run_report(op, out, last))
+    entries = sum(len(e) for e in history.ledger.values())
+    console = _out()
+    for path in written:
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"{len(history.blocks)} blocks, {len(history.farmers)} farmers, {entries} ledger entries",
+        highlight=False,
+    )

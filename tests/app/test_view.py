@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -161,7 +160,6 @@ async def test_the_view_tells_what_happened_between_polls(
         assert "work: miner_failed" in screen  # the failures column, folded
         assert format_kale(reward) in screen
         assert ok.farmer_id[:8] in screen and failing.farmer_id[:8] in screen
-        _save_screenshot(view, "live-view.svg")
     finally:
         await watch.close()
 
@@ -275,13 +273,3 @@ def operator_settings_offline(tmp_path: Path) -> Settings:
     settings = Settings(network="devnet", data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
     DevPki(settings.layout().certs).client(OPERATOR)
     return settings
-
-
-def _save_screenshot(view: ConsoleView, name: str) -> None:
-    """With KALEPOOL_DOCS_IMAGES=DIR, keep the screen as an SVG for the docs."""
-    target = os.environ.get("KALEPOOL_DOCS_IMAGES")
-    if not target:
-        return
-    console = Console(record=True, width=118, file=io.StringIO(), force_terminal=True)
-    console.print(view.render())
-    console.save_svg(str(Path(target) / name), title="kale-pool up")
