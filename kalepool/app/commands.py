@@ -10,6 +10,7 @@ command line to print, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -86,7 +87,12 @@ def with_pool(settings: Settings, body: Callable[[OperatorClient], Awaitable[T]]
 
 
 def _out() -> Console:
-    return Console()
+    """Standard output. Off a terminal (a pipe, a file) rich would assume 80 columns and
+    squeeze the tables; there it takes COLUMNS, or room enough for every column."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200
+    return console
 
 
 # --- listing ------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ async def kale_pool(settings: Settings, *args: str) -> Ran:
     loop, so the wait must not block it)."""
     assert KALE_POOL is not None, "kale-pool is not installed in this environment"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALE_POOL_")}
-    env["COLUMNS"] = "220"  # rich's width off a terminal
+    env["COLUMNS"] = os.environ.get("KALEPOOL_TEST_COLUMNS", "220")  # rich's width off a terminal
     proc = await asyncio.create_subprocess_exec(
         KALE_POOL,
         "--data-dir",
@@ -77,10 +77,12 @@ async def test_blocks_farmers_and_poolers_as_tables_and_csv(
     ran = await kale_pool(operator_settings, "blocks", "--last", "5")
     assert ran.code == 0, ran.err
     row = _line(ran.out, "completed")
-    assert row.split("│")[1].strip() == str(block)
+    assert row.split()[0] == str(block)
     assert "1 ✗1" in row  # worked: one, one failed
-    assert "work: miner_failed (pooler)" in row
-    assert "active" in _line(ran.out, f"│ {block + 1:>5} │")
+    assert f"block {block} failures: work: miner_failed (pooler)" in ran.out
+    assert "active" in next(
+        line for line in ran.out.splitlines() if line.split()[:1] == [str(block + 1)]
+    )
     listed = await op.ListBlocks(pool_pb2.ListBlocksRequest())
     assert format_kale(listed.blocks[1].total_reward_stroops) in row
     ran = await kale_pool(operator_settings, "blocks", "--csv")

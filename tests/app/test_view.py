@@ -157,7 +157,7 @@ async def test_the_view_tells_what_happened_between_polls(
         screen = console.export_text()
         assert f"block {block + 1}" in screen
         assert "recent blocks" in screen and "rig-east" in screen
-        assert "work: miner_failed" in screen  # the failures column, folded
+        assert f"block {block} failures: work: miner_failed (pooler)" in screen
         assert format_kale(reward) in screen
         assert ok.farmer_id[:8] in screen and failing.farmer_id[:8] in screen
     finally:
