@@ -43,7 +43,7 @@ async def kale_pool(settings: Settings, *args: str) -> Ran:
     loop, so the wait must not block it)."""
     assert KALE_POOL is not None, "kale-pool is not installed in this environment"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KALE_POOL_")}
-    env["COLUMNS"] = os.environ.get("KALEPOOL_TEST_COLUMNS", "220")  # rich's width off a terminal
+    env["COLUMNS"] = "220"  # rich's width off a terminal
     proc = await asyncio.create_subprocess_exec(
         KALE_POOL,
         "--data-dir",

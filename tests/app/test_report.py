@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -153,4 +154,7 @@ def _docs_images(report: Path, view: ConsoleView) -> None:
         shutil.copyfile(report / name, Path(target) / f"report-{name}")
     console = Console(record=True, width=118, file=io.StringIO(), force_terminal=True)
     console.print(view.render())
-    console.save_svg(str(Path(target) / "live-view.svg"), title="kale-pool up")
+    svg = console.export_svg(title="kale-pool up")
+    # The page needs no web font: the reader's monospace font will do.
+    svg = re.sub(r"@font-face \{.*?\}\s*", "", svg, flags=re.DOTALL)
+    (Path(target) / "live-view.svg").write_text(svg)
