@@ -472,13 +472,18 @@ class ConsoleView:
 
     async def _poll_loop(self, stop: asyncio.Event) -> None:
         last_full = float("-inf")
+        last_error = ""
         while not stop.is_set():
             full = time.monotonic() - last_full >= self.full_every_seconds
             try:
                 events = await self.watch.poll(full=full)
+                last_error = ""
             except Exception as error:  # a bug here must not take the stack down
-                log.exception("the live view failed to read the pool")
-                events = [_event(f"the view failed to read the pool: {error!r}", "error")]
+                told = f"the view failed to read the pool: {error!r}"
+                events = [] if told == last_error else [_event(told, "error")]
+                if told != last_error:
+                    log.debug("the live view failed to read the pool", exc_info=True)
+                last_error = told
             if full and self.watch.reachable:
                 last_full = time.monotonic()
             for event in events:

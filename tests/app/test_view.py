@@ -6,14 +6,23 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from kalepool.app.operator import OperatorClient
+from kalepool.app.runstate import RunState
 from kalepool.app.tables import format_kale
-from kalepool.app.view import EVENT_LOGGER, ConsoleView, PoolWatch, ViewEvent, redact
+from kalepool.app.view import (
+    EVENT_LOGGER,
+    ConsoleView,
+    PoolWatch,
+    ViewEvent,
+    make_view,
+    redact,
+)
 from kalepool.settings import Settings
 from tests.pool.conftest import PoolStage, until
 
@@ -273,3 +282,42 @@ def operator_settings_offline(tmp_path: Path) -> Settings:
     settings = Settings(network="devnet", data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
     DevPki(settings.layout().certs).client(OPERATOR)
     return settings
+
+
+def test_make_view_is_live_on_a_terminal_only(operator_settings_offline: Settings) -> None:
+    state = RunState(
+        network="devnet",
+        rpc_url="",
+        pool_address="127.0.0.1:9",
+        wallet_address="127.0.0.1:9",
+        started_at=0.0,
+        supervisor_pid=os.getpid(),
+    )
+    on_terminal = make_view(operator_settings_offline, state, Console(force_terminal=True))
+    in_a_pipe = make_view(operator_settings_offline, state, Console(file=io.StringIO()))
+    assert isinstance(on_terminal, ConsoleView) and on_terminal.live
+    assert isinstance(in_a_pipe, ConsoleView) and not in_a_pipe.live
+    assert in_a_pipe.network == "devnet"
+
+
+async def test_a_view_that_cannot_even_connect_says_so_once() -> None:
+    tries = 0
+
+    def connect() -> OperatorClient:
+        nonlocal tries
+        tries += 1
+        raise RuntimeError("no operator certificate")
+
+    console = _console()
+    view = ConsoleView(PoolWatch(connect), console, live=False, poll_seconds=0.25)
+    stop = asyncio.Event()
+    task = asyncio.create_task(view.run(stop))
+
+    async def tried_thrice() -> bool:
+        return tries >= 3
+
+    await until(tried_thrice)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    lines = _out(console).splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "no operator certificate" in lines[0]
