@@ -7,7 +7,7 @@ stroops, times in ISO 8601) for CSV files and scripts. Both read the API's messa
 only; nothing here talks to the pool.
 
 This module is also the one home for writing KALE amounts (`format_kale`,
-`exact_kale`) and the API's times and enums the way the console shows them.
+`short_kale`, `exact_kale`) and the API's times and enums the way the console shows them.
 """
 
 from __future__ import annotations
@@ -43,19 +43,25 @@ def exact_kale(stroops: int) -> str:
 
 
 def format_kale(stroops: int) -> str:
-    """A stroop amount as people read KALE: thousands grouped, rounded to 2 decimals
-    from 1 KALE up (`1,234.5`, `-3`), all 7 below (`0.0001234`), no trailing zeros.
-    The exact figure is `exact_kale`'s (CSV, scripts)."""
+    """A stroop amount as people read KALE, exact to the stroop: thousands grouped, no
+    trailing zeros (`1,234.5`, `0.0001234`, `-3.0000001`). Messages and logs use it."""
     sign = "-" if stroops < 0 else ""
-    magnitude = abs(stroops)
-    if magnitude >= STROOPS_PER_KALE:
-        hundredths = (magnitude + 50_000) // 100_000  # to the nearest 0.01 KALE, half up
-        whole, cents = divmod(hundredths, 100)
-        decimals = f"{cents:02d}".rstrip("0")
-    else:
-        whole, frac = divmod(magnitude, STROOPS_PER_KALE)
-        decimals = f"{frac:07d}".rstrip("0")
+    whole, frac = divmod(abs(stroops), STROOPS_PER_KALE)
+    decimals = f"{frac:07d}".rstrip("0")
     return f"{sign}{whole:,}" + (f".{decimals}" if decimals else "")
+
+
+def short_kale(stroops: int) -> str:
+    """KALE for a table cell: rounded to the hundredth from 1 KALE up (`1,891.25`,
+    `-3`), exact below (`0.0001234`). The exact figure is `format_kale`'s, and the
+    plain rows' stroops."""
+    magnitude = abs(stroops)
+    if magnitude < STROOPS_PER_KALE:
+        return format_kale(stroops)
+    hundredths = (magnitude + 50_000) // 100_000  # to the nearest 0.01 KALE, half up
+    whole, cents = divmod(hundredths, 100)
+    decimals = f"{cents:02d}".rstrip("0")
+    return ("-" if stroops < 0 else "") + f"{whole:,}" + (f".{decimals}" if decimals else "")
 
 
 def parse_kale(text: str) -> int:
@@ -307,8 +313,8 @@ def blocks_table(
             _outcome(c.works_succeeded, c.works_failed),
             _outcome(c.harvests_succeeded, c.harvests_failed),
             str(s.best_zeros) if s.best_zeros else "—",
-            format_kale(s.total_staked_stroops),
-            format_kale(s.total_reward_stroops),
+            short_kale(s.total_staked_stroops),
+            short_kale(s.total_reward_stroops),
         )
     lines = [
         f"block {s.block_index} failures: {summarize_failures(failures[s.block_index])}"
@@ -375,7 +381,7 @@ def farmers_table(
             names.get(f.pooler_id) or f.pooler_id[:8],
             Text(status, style=FARMER_STATUS_STYLE.get(status, "")),
             f"{f.stake_bps / 100:g}%",
-            format_kale(f.balance_stroops),
+            short_kale(f.balance_stroops),
         ]
         if not compact:
             row += [short(f.custodial_address), short(f.payout_address)]
@@ -449,7 +455,7 @@ def poolers_table(
                         format_rate(st.hashes_per_second) if beat else "—",
                         str(st.capacity) if beat else "—",
                         _outcome(st.counts.works_succeeded, st.counts.works_failed),
-                        format_kale(st.total_reward_stroops),
+                        short_kale(st.total_reward_stroops),
                     ]
                 )
         table.add_row(*row)

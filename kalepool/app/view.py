@@ -45,6 +45,7 @@ from kalepool.app.tables import (
     format_kale,
     format_span,
     poolers_table,
+    short_kale,
     when,
 )
 from kalepool.settings import Settings
@@ -546,9 +547,9 @@ class ConsoleView:
                     f"poolers {stats.poolers_active}/{stats.poolers_total} active   "
                     f"farmers {stats.farmers_active} active, {stats.farmers_pending_funding}"
                     f" pending funding, {stats.farmers_leaving} leaving   "
-                    f"rewards {format_kale(stats.total_reward_stroops)} KALE   "
-                    f"balances {format_kale(stats.total_balance_stroops)} KALE   "
-                    f"paid out {format_kale(stats.total_paid_out_stroops)} KALE"
+                    f"rewards {short_kale(stats.total_reward_stroops)} KALE   "
+                    f"balances {short_kale(stats.total_balance_stroops)} KALE   "
+                    f"paid out {short_kale(stats.total_paid_out_stroops)} KALE"
                 )
             )
         return grid

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kalepool.app.runstate import RunState
-from kalepool.app.tables import block_row, farmer_row, format_kale
+from kalepool.app.tables import block_row, farmer_row, short_kale
 from kalepool.chain import kale_balance
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2
@@ -84,7 +84,7 @@ async def test_blocks_farmers_and_poolers_as_tables_and_csv(
         line for line in ran.out.splitlines() if line.split()[:1] == [str(block + 1)]
     )
     listed = await op.ListBlocks(pool_pb2.ListBlocksRequest())
-    assert format_kale(listed.blocks[1].total_reward_stroops) in row
+    assert short_kale(listed.blocks[1].total_reward_stroops) in row
     ran = await kale_pool(operator_settings, "blocks", "--csv")
     assert ran.code == 0, ran.err
     detail = {
@@ -107,7 +107,7 @@ async def test_blocks_farmers_and_poolers_as_tables_and_csv(
     for f in farmers:
         line = _line(ran.out, f.farmer_id)
         assert "rig-east" in line and "active" in line and "50%" in line
-        assert format_kale(f.balance_stroops) in line
+        assert short_kale(f.balance_stroops) in line
     ran = await kale_pool(operator_settings, "farmers", "--status", "active", "--csv")
     assert ran.rows() == [{k: str(v) for k, v in farmer_row(f).items()} for f in farmers]
     ran = await kale_pool(operator_settings, "farmers", "--status", "departed")
@@ -121,7 +121,7 @@ async def test_blocks_farmers_and_poolers_as_tables_and_csv(
     line = _line(ran.out, pooler_id)
     stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler_id))
     assert "rig-east" in line and "2/10" in line
-    assert format_kale(stats.total_reward_stroops) in line
+    assert short_kale(stats.total_reward_stroops) in line
     rows = (await kale_pool(operator_settings, "poolers", "--csv")).rows()
     assert [(r["pooler_id"], r["total_reward_stroops"], r["works_failed"]) for r in rows] == [
         (pooler_id, str(stats.total_reward_stroops), str(stats.counts.works_failed))

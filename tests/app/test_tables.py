@@ -24,6 +24,7 @@ from kalepool.app.tables import (
     payout_summary,
     pooler_row,
     poolers_table,
+    short_kale,
     write_csv,
 )
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
@@ -56,11 +57,12 @@ def test_kale_amounts_are_exact_to_the_stroop() -> None:
     assert format_kale(5 * KALE) == "5"
     assert format_kale(12_345 * KALE + 5_000_000) == "12,345.5"
     assert format_kale(1) == "0.0000001"
-    # From 1 KALE up people read hundredths; the exact figure is exact_kale's.
-    assert format_kale(-3 * KALE - 1) == "-3"
-    assert format_kale(18_912_499_998) == "1,891.25"
-    assert format_kale(KALE + 49_999) == "1" and format_kale(KALE + 50_000) == "1.01"
-    assert format_kale(9_999_999) == "0.9999999"
+    assert format_kale(-3 * KALE - 1) == "-3.0000001"
+    # In a table, from 1 KALE up people read hundredths.
+    assert short_kale(-3 * KALE - 1) == "-3"
+    assert short_kale(18_912_499_998) == "1,891.25"
+    assert short_kale(KALE + 49_999) == "1" and short_kale(KALE + 50_000) == "1.01"
+    assert short_kale(9_999_999) == "0.9999999"
     assert exact_kale(-1) == "-0.0000001"
     assert exact_kale(25 * KALE // 10) == "2.5000000"
     assert exact_kale(0) == "0.0000000"
