@@ -2,7 +2,8 @@
 
 `config` resolves which network and contracts; `client` holds the RPC connection;
 `farm_state` reads the farm and accounts; `calls` builds transactions; `submit` signs,
-records, sends and follows them safely; `errors` and `faults` say what went wrong and
+records, sends and follows them safely; `events` reads the asset's token events and
+`farm_calls` what a farm transaction did; `errors` and `faults` say what went wrong and
 whose fault it was. See docs/chain.md.
 """
 
@@ -26,8 +27,11 @@ from kalepool.chain.errors import (
     ChainUnavailableError,
     ContractError,
     ContractKind,
+    EventsOutOfRangeError,
     SimulationError,
 )
+from kalepool.chain.events import EventPage, TokenEvent, read_token_events
+from kalepool.chain.farm_calls import FarmCall, read_farm_call
 from kalepool.chain.farm_state import (
     AccountState,
     Block,
@@ -71,7 +75,10 @@ __all__ = [
     "ContractError",
     "ContractKind",
     "CurrentBlock",
+    "EventPage",
+    "EventsOutOfRangeError",
     "FarmBlock",
+    "FarmCall",
     "FarmError",
     "FarmInstance",
     "Fault",
@@ -82,6 +89,7 @@ __all__ = [
     "SimulationError",
     "SubmitEvent",
     "SubmitStep",
+    "TokenEvent",
     "Trustline",
     "TxKind",
     "TxOutcome",
@@ -100,8 +108,10 @@ __all__ = [
     "read_account",
     "read_block",
     "read_farm",
+    "read_farm_call",
     "read_pail",
     "read_pails",
+    "read_token_events",
     "reconcile",
     "resolve_chain_config",
     "sign",

@@ -47,6 +47,23 @@ class ChainDataError(ChainError):
     """The chain answered with data of an unexpected shape (wrong contract, wrong network)."""
 
 
+class EventsOutOfRangeError(ChainError):
+    """getEvents was asked to start outside the ledgers the server keeps.
+
+    Below `oldest_ledger`, the server has already dropped events that were asked for; above
+    `latest_ledger`, it has not seen that ledger yet.
+    """
+
+    def __init__(self, start_ledger: int, oldest_ledger: int, latest_ledger: int) -> None:
+        self.start_ledger = start_ledger
+        self.oldest_ledger = oldest_ledger
+        self.latest_ledger = latest_ledger
+        super().__init__(
+            f"events from ledger {start_ledger} are outside the server's window "
+            f"(ledgers {oldest_ledger} to {latest_ledger})"
+        )
+
+
 class SimulationError(ChainError):
     """Simulation failed with something other than a contract error (auth, storage, budget)."""
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from stellar_sdk import Keypair, scval
 from stellar_sdk import xdr as stellar_xdr
@@ -92,19 +93,48 @@ class SignedTx:
             raise ValueError("transaction has no time bound (max_time): refused")
         if not envelope.signatures:
             raise ValueError("transaction is not signed")
+        return cls.describing(envelope)
+
+    @classmethod
+    def describing(cls, envelope: TransactionEnvelope) -> SignedTx:
+        """The description of any envelope of a kind we know, e.g. one read back from the
+        chain that someone else built: unlike `from_envelope`, no bound or signature is
+        required (a missing time bound reads as 0). ValueError for an unknown kind."""
+        tx = envelope.transaction
+        bounds = tx.preconditions.time_bounds if tx.preconditions else None
         kind, contract_id, function = _classify(envelope)
         return cls(
             envelope_xdr=envelope.to_xdr(),
             hash=envelope.hash_hex(),
             source=tx.source.account_id,
             sequence=tx.sequence,
-            min_time=bounds.min_time,
-            max_time=bounds.max_time,
+            min_time=0 if bounds is None else bounds.min_time,
+            max_time=0 if bounds is None else bounds.max_time,
             kind=kind,
             network_passphrase=envelope.network_passphrase,
             contract_id=contract_id,
             function=function,
         )
+
+
+class ContractCall(NamedTuple):
+    """An InvokeHostFunction operation that calls a contract function."""
+
+    contract_id: str
+    function: str
+    args: list[stellar_xdr.SCVal]
+
+
+def contract_call(op: InvokeHostFunction) -> ContractCall | None:
+    """The contract, function and arguments the operation calls; None for another host
+    function (an upload or a deployment)."""
+    call = op.host_function.invoke_contract
+    if call is None:
+        return None
+    contract = scval.from_address(
+        stellar_xdr.SCVal(stellar_xdr.SCValType.SCV_ADDRESS, address=call.contract_address)
+    ).address
+    return ContractCall(contract, call.function_name.sc_symbol.decode(), list(call.args))
 
 
 def _classify(envelope: TransactionEnvelope) -> tuple[TxKind, str | None, str | None]:
@@ -124,19 +154,15 @@ def _classify(envelope: TransactionEnvelope) -> tuple[TxKind, str | None, str | 
         raise ValueError("transaction has no operation")
     op = ops[0]
     if isinstance(op, InvokeHostFunction):
-        call = op.host_function.invoke_contract
+        call = contract_call(op)
         if call is None:
             raise ValueError("host function is not a contract call")
-        function = call.function_name.sc_symbol.decode()
-        contract = scval.from_address(
-            stellar_xdr.SCVal(stellar_xdr.SCValType.SCV_ADDRESS, address=call.contract_address)
-        ).address
         kinds = {"plant": TxKind.PLANT, "work": TxKind.WORK, "harvest": TxKind.HARVEST}
-        if function in kinds:
-            return kinds[function], contract, function
-        if function == "transfer":
-            return TxKind.PAYOUT, contract, function
-        raise ValueError(f"unsupported contract function {function!r}")
+        if call.function in kinds:
+            return kinds[call.function], call.contract_id, call.function
+        if call.function == "transfer":
+            return TxKind.PAYOUT, call.contract_id, call.function
+        raise ValueError(f"unsupported contract function {call.function!r}")
     if isinstance(op, ChangeTrust):
         return TxKind.TRUSTLINE, None, None
     if isinstance(op, Payment):

@@ -120,6 +120,14 @@ def _b64(value: Any) -> str:
     return str(value.to_xdr())
 
 
+def _contract_str(contract_id: stellar_xdr.ContractID) -> str:
+    return v.address_str(
+        stellar_xdr.SCAddress(
+            stellar_xdr.SCAddressType.SC_ADDRESS_TYPE_CONTRACT, contract_id=contract_id
+        )
+    )
+
+
 def event_id(ledger: int, tx_index: int, op_index: int, event_index: int) -> str:
     """Stellar RPC's event id: the operation's TOID (19 digits) and the event's index."""
     toid = (ledger << 32) | (tx_index << 12) | op_index
@@ -529,6 +537,7 @@ class Chain:
         record = self._make_ledger(seq, close_time, applied, frames, evicted, digest)
         self._latest = record
         self.ledgers[seq] = record
+        self._record_fee_events(record, applied)
         for order, item in enumerate(applied, start=1):
             self._record_tx(record, order, item)
         # stellar-core bans what it applied (removeApplied), shifts the ban list, then bans
@@ -538,6 +547,35 @@ class Chain:
         self.banned.appendleft({f.hash_hex for f in dropped})
         self._prune()
         return record
+
+    def _record_fee_events(self, ledger: LedgerRecord, applied: list[txn.Applied]) -> None:
+        """The fees every transaction paid before any applied, for getEvents.
+
+        Stellar RPC serves transaction-level events too: those charged before all
+        transactions get the ids `(ledger, 0, 0, n)`, numbered across the ledger, so they
+        come before every operation's events (failed transactions pay fees as well).
+        """
+        index = 0
+        for item in applied:
+            for tx_event in item.transaction_events:
+                event = tx_event.event
+                body = event.body.v0
+                assert body is not None and event.contract_id is not None
+                self.events.append(
+                    EventRecord(
+                        id=event_id(ledger.seq, 0, 0, index),
+                        ledger=ledger.seq,
+                        close_time=ledger.close_time,
+                        tx_index=0,
+                        op_index=0,
+                        contract_id=_contract_str(event.contract_id),
+                        topics=[_b64(t) for t in body.topics],
+                        value=_b64(body.data),
+                        tx_hash=item.frame.hash_hex,
+                        successful=item.successful,
+                    )
+                )
+                index += 1
 
     def _record_tx(self, ledger: LedgerRecord, order: int, item: txn.Applied) -> None:
         h = item.frame.hash_hex
@@ -567,12 +605,7 @@ class Chain:
                         close_time=ledger.close_time,
                         tx_index=order,
                         op_index=op_index,
-                        contract_id=v.address_str(
-                            stellar_xdr.SCAddress(
-                                stellar_xdr.SCAddressType.SC_ADDRESS_TYPE_CONTRACT,
-                                contract_id=event.contract_id,
-                            )
-                        ),
+                        contract_id=_contract_str(event.contract_id),
                         topics=[_b64(t) for t in body.topics],
                         value=_b64(body.data),
                         tx_hash=h,

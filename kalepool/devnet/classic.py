@@ -1,5 +1,6 @@
 """Classic operations the pool needs: CreateAccount, Payment, ChangeTrust, AccountMerge,
-BumpSequence, with stellar-core's validity checks, reserves and result codes."""
+BumpSequence, with stellar-core's validity checks, reserves and result codes, and the
+token events protocol 23 has them emit (CAP-67, `token_events`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, replace
 from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
+from kalepool.devnet import token_events
 from kalepool.devnet.ledger import (
     AUTHORIZED_FLAG,
     I64_MAX,
@@ -40,10 +42,17 @@ SUPPORTED = {
 }
 
 
+NATIVE = stellar_xdr.Asset(stellar_xdr.AssetType.ASSET_TYPE_NATIVE)
+
+Events = list[stellar_xdr.ContractEvent]
+
+
 @dataclass(frozen=True, slots=True)
 class ClassicContext:
     ledger_seq: int
     base_reserve: int
+    network_id: bytes  # the asset contract ids the events come from depend on it
+    memo: stellar_xdr.Memo  # the transaction's memo: a classic event's `to_muxed_id`
 
 
 def muxed_to_account(muxed: stellar_xdr.MuxedAccount) -> str:
@@ -164,31 +173,61 @@ def check_valid(op: stellar_xdr.Operation, source: str) -> stellar_xdr.Operation
 
 def apply(
     view: StateView, ctx: ClassicContext, op: stellar_xdr.Operation, source: str
-) -> tuple[stellar_xdr.OperationResult, bool]:
-    """Apply one classic operation; returns (result, success)."""
+) -> tuple[stellar_xdr.OperationResult, bool, Events]:
+    """Apply one classic operation; returns (result, success, the events it emitted)."""
     body = op.body
+    events: Events = []
     if load_account(view, source) is None:
-        return op_code(stellar_xdr.OperationResultCode.opNO_ACCOUNT), False
+        return op_code(stellar_xdr.OperationResultCode.opNO_ACCOUNT), False, events
     if body.type == OT.CREATE_ACCOUNT and body.create_account_op is not None:
-        return _apply_create(view, ctx, body.create_account_op, source)
-    if body.type == OT.PAYMENT and body.payment_op is not None:
-        return _apply_payment(view, ctx, body.payment_op, source)
-    if body.type == OT.CHANGE_TRUST and body.change_trust_op is not None:
-        return _apply_change_trust(view, ctx, body.change_trust_op, source)
-    if body.type == OT.ACCOUNT_MERGE and body.destination is not None:
-        return _apply_merge(view, ctx, muxed_to_account(body.destination), source)
-    if body.type == OT.BUMP_SEQUENCE and body.bump_sequence_op is not None:
+        result, ok = _apply_create(view, ctx, body.create_account_op, source, events)
+    elif body.type == OT.PAYMENT and body.payment_op is not None:
+        result, ok = _apply_payment(view, ctx, body.payment_op, source, events)
+    elif body.type == OT.CHANGE_TRUST and body.change_trust_op is not None:
+        result, ok = _apply_change_trust(view, ctx, body.change_trust_op, source)
+    elif body.type == OT.ACCOUNT_MERGE and body.destination is not None:
+        result, ok = _apply_merge(view, ctx, body.destination, source, events)
+    elif body.type == OT.BUMP_SEQUENCE and body.bump_sequence_op is not None:
         acc = load_account(view, source)
         assert acc is not None
         bump_to = body.bump_sequence_op.bump_to.sequence_number.int64
         if bump_to > acc.seq_num:
             store_account(view, replace(acc, seq_num=bump_to))
-        return _bump(BSR.BUMP_SEQUENCE_SUCCESS), True
-    return op_code(stellar_xdr.OperationResultCode.opNOT_SUPPORTED), False
+        result, ok = _bump(BSR.BUMP_SEQUENCE_SUCCESS), True
+    else:
+        result, ok = op_code(stellar_xdr.OperationResultCode.opNOT_SUPPORTED), False
+    # A failed operation fails its transaction, whose operations then leave no meta.
+    return result, ok, events if ok else []
+
+
+def _emit(
+    events: Events,
+    ctx: ClassicContext,
+    asset: stellar_xdr.Asset,
+    from_: str,
+    to: str,
+    amount: int,
+    destination: stellar_xdr.MuxedAccount | None,
+) -> None:
+    """Record the movement's token event; `destination` is the operation's (maybe muxed) one."""
+    events.append(
+        token_events.classic_event(
+            ctx.network_id,
+            asset,
+            from_,
+            to,
+            amount,
+            token_events.classic_muxed_id(destination, ctx.memo),
+        )
+    )
 
 
 def _apply_create(
-    view: StateView, ctx: ClassicContext, o: stellar_xdr.CreateAccountOp, source: str
+    view: StateView,
+    ctx: ClassicContext,
+    o: stellar_xdr.CreateAccountOp,
+    source: str,
+    events: Events,
 ) -> tuple[stellar_xdr.OperationResult, bool]:
     dest = account_id_str(o.destination)
     amount = o.starting_balance.int64
@@ -203,10 +242,27 @@ def _apply_create(
     store_account(view, replace(src, balance=src.balance - amount))
     # A new account's sequence number starts at the creating ledger shifted into the high bits.
     store_account(view, AccountRec(dest, amount, ctx.ledger_seq << 32, 0))
+    # The destination of CreateAccount cannot be muxed: only the memo can name a sub-account.
+    _emit(events, ctx, NATIVE, source, dest, amount, None)
     return _create(CAR.CREATE_ACCOUNT_SUCCESS), True
 
 
 def _apply_payment(
+    view: StateView,
+    ctx: ClassicContext,
+    p: stellar_xdr.PaymentOp,
+    source: str,
+    events: Events,
+) -> tuple[stellar_xdr.OperationResult, bool]:
+    result, ok = _move_payment(view, ctx, p, source)
+    if ok:
+        # stellar-core emits the movement even for XLM paid to oneself (a transfer to self).
+        dest = muxed_to_account(p.destination)
+        _emit(events, ctx, p.asset, source, dest, p.amount.int64, p.destination)
+    return result, ok
+
+
+def _move_payment(
     view: StateView, ctx: ClassicContext, p: stellar_xdr.PaymentOp, source: str
 ) -> tuple[stellar_xdr.OperationResult, bool]:
     dest = muxed_to_account(p.destination)
@@ -286,8 +342,13 @@ def _apply_change_trust(
 
 
 def _apply_merge(
-    view: StateView, ctx: ClassicContext, dest: str, source: str
+    view: StateView,
+    ctx: ClassicContext,
+    destination: stellar_xdr.MuxedAccount,
+    source: str,
+    events: Events,
 ) -> tuple[stellar_xdr.OperationResult, bool]:
+    dest = muxed_to_account(destination)
     dest_acc = load_account(view, dest)
     if dest_acc is None:
         return _merge(AMR.ACCOUNT_MERGE_NO_ACCOUNT), False
@@ -301,4 +362,5 @@ def _apply_merge(
         return _merge(AMR.ACCOUNT_MERGE_DEST_FULL), False
     store_account(view, replace(dest_acc, balance=dest_acc.balance + src.balance))
     view.delete(account_key(source))
+    _emit(events, ctx, NATIVE, source, dest, src.balance, destination)
     return _merge(AMR.ACCOUNT_MERGE_SUCCESS, src.balance), True

@@ -32,6 +32,8 @@ class DevnetConfig:
     max_tx_per_ledger: int = 1_000
     # How many ledgers of transactions, events and headers the RPC keeps.
     history_ledgers: int = 17_280
+    # How many ledgers one getEvents request scans at most (Stellar RPC: 10,000).
+    event_scan_ledgers: int = 10_000
     friendbot_amount: int = 10_000 * XLM
     # Start the farm at this block index (mainnet is tens of thousands of blocks in, where
     # the reward has decayed); 0 starts it as a freshly constructed farm.
@@ -46,8 +48,10 @@ class DevnetConfig:
             raise ValueError("block_seconds must be at least 1")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be between 0 and 65535")
-        if self.temp_ttl_ledgers < 1 or self.history_ledgers < 1:
-            raise ValueError("temp_ttl_ledgers and history_ledgers must be at least 1")
+        if self.temp_ttl_ledgers < 1 or self.history_ledgers < 1 or self.event_scan_ledgers < 1:
+            raise ValueError(
+                "temp_ttl_ledgers, history_ledgers and event_scan_ledgers must be at least 1"
+            )
         if not 0 <= self.genesis_farm_index < 2**32 - 1:
             raise ValueError("genesis_farm_index must be a u32")
         if self.max_tx_per_ledger < 1:

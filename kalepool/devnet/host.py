@@ -132,12 +132,13 @@ class _Frame:
     auth_nodes: dict[str, _AuthNode] = field(default_factory=dict)
 
 
-def _contract_event(
+def contract_event(
     contract: str | None,
     etype: stellar_xdr.ContractEventType,
     topics: Sequence[stellar_xdr.SCVal],
     data: stellar_xdr.SCVal,
 ) -> stellar_xdr.ContractEvent:
+    """A contract event from `contract` (a C… strkey; None for a system event)."""
     cid = (
         None
         if contract is None
@@ -419,7 +420,7 @@ class Host:
         self.diagnostics.append(
             stellar_xdr.DiagnosticEvent(
                 in_successful_contract_call=True,
-                event=_contract_event(
+                event=contract_event(
                     None,
                     stellar_xdr.ContractEventType.DIAGNOSTIC,
                     [
@@ -468,7 +469,7 @@ class Host:
         self.diagnostics.append(
             stellar_xdr.DiagnosticEvent(
                 in_successful_contract_call=True,
-                event=_contract_event(
+                event=contract_event(
                     contract,
                     stellar_xdr.ContractEventType.DIAGNOSTIC,
                     [v.symbol("fn_return"), v.symbol(fn)],
@@ -486,7 +487,7 @@ class Host:
         self.diagnostics.append(
             stellar_xdr.DiagnosticEvent(
                 in_successful_contract_call=False,
-                event=_contract_event(
+                event=contract_event(
                     contract,
                     stellar_xdr.ContractEventType.DIAGNOSTIC,
                     [v.symbol("error"), v.error_val(err)],
@@ -498,7 +499,7 @@ class Host:
     def emit(self, topics: Sequence[stellar_xdr.SCVal], data: stellar_xdr.SCVal) -> None:
         """A contract event from the current contract."""
         self.events.append(
-            _contract_event(
+            contract_event(
                 self.current_contract, stellar_xdr.ContractEventType.CONTRACT, topics, data
             )
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +28,14 @@ INTERNAL_ERROR = -32603
 MAX_LEDGER_KEYS = 200
 MAX_EVENTS_LIMIT = 10_000
 DEFAULT_EVENTS_LIMIT = 100
+MAX_FILTERS = 5
+MAX_CONTRACT_IDS = 5
+MAX_TOPIC_FILTERS = 5
+MAX_TOPIC_SEGMENTS = 4  # not counting a trailing "**"
+# An event id's TOID: ledger << 32 | transaction (20 bits) << 12 | operation (12 bits)
+TX_MASK = (1 << 20) - 1
+OP_MASK = (1 << 12) - 1
+U32_MAX = 2**32 - 1
 
 
 class RpcError(Exception):
@@ -397,48 +407,63 @@ class RpcService:
     # ---- events ------------------------------------------------------------------------
 
     def get_events(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stellar RPC's getEvents (its `get_events.go`): validation, scan window, cursor.
+
+        Events are kept in id order. A page is cut at `limit` events or at the end of the
+        scan window (`event_scan_ledgers` ledgers at most, up to the latest); its cursor is the
+        last event's id when full, otherwise the largest id of the window's last ledger, so
+        passing it back continues exactly where the scan stopped.
+        """
         chain = self.chain
         oldest, latest = chain.oldest_ledger, chain.latest.seq
         pagination = params.get("pagination") or {}
         if not isinstance(pagination, dict):
             raise RpcError(INVALID_PARAMS, "invalid parameters: pagination must be an object")
         limit = _int_param(pagination, "limit") or DEFAULT_EVENTS_LIMIT
-        if not 1 <= limit <= MAX_EVENTS_LIMIT:
-            raise RpcError(INVALID_REQUEST, f"limit must not exceed {MAX_EVENTS_LIMIT}")
         cursor = pagination.get("cursor")
-        start = _int_param(params, "startLedger")
-        end = _int_param(params, "endLedger")
+        start = _int_param(params, "startLedger") or 0
+        end = _int_param(params, "endLedger") or 0
         if cursor is not None:
-            if not isinstance(cursor, str) or not _valid_cursor(cursor):
-                raise RpcError(INVALID_PARAMS, "invalid cursor")
-            if start:
-                raise RpcError(INVALID_REQUEST, "ledger ranges and cursor cannot both be set")
-            after = cursor
-            first_ledger = max(int(cursor.split("-")[0]) >> 32, oldest)
+            position = _parse_cursor(cursor)
+            if position is None:
+                raise RpcError(INVALID_PARAMS, f"invalid event id {cursor}")
+            if start or end:
+                raise RpcError(INVALID_PARAMS, "ledger ranges and cursor cannot both be set")
+            # Paging starts with the item right after the cursor (a uint32 increment, as
+            # the real server does it).
+            ledger, tx, op, index = position
+            first = (ledger, tx, op, (index + 1) & U32_MAX)
+        elif start <= 0:
+            raise RpcError(INVALID_PARAMS, "startLedger must be positive")
         else:
-            if not start:
-                raise RpcError(INVALID_REQUEST, "startLedger must be positive")
-            if not oldest <= start <= latest:
-                raise RpcError(
-                    INVALID_REQUEST,
-                    f"startLedger must be between the oldest ledger: {oldest} and the latest "
-                    f"ledger: {latest} for this rpc instance.",
-                )
-            after = ""
-            first_ledger = start
-        stop = latest + 1 if end is None else min(end, latest + 1)
-        if end is not None and end <= first_ledger and cursor is None:
-            raise RpcError(INVALID_REQUEST, "endLedger must be after startLedger")
+            first = (start, 0, 0, 0)
+        if limit < 0 or limit > MAX_EVENTS_LIMIT:
+            raise RpcError(INVALID_PARAMS, f"limit must not exceed {MAX_EVENTS_LIMIT}")
         matcher = _EventMatcher.parse(params.get("filters"))
+        if not oldest <= first[0] <= latest:
+            raise RpcError(
+                INVALID_REQUEST,
+                f"startLedger must be within the ledger range: {oldest} - {latest}",
+            )
+        stop = min(first[0] + chain.config.event_scan_ledgers, latest + 1)
+        if end:
+            stop = min(stop, end)
+        lowest, beyond = event_id(*first), event_id(stop, 0, 0, 0)
         found: list[EventRecord] = []
-        for ev in chain.events:
-            if ev.ledger < first_ledger or ev.ledger >= stop or ev.id <= after:
-                continue
+        # The ids are fixed-width, so string order is event order (the real server compares
+        # them the same way); a follower's poll starts near the end without a full scan.
+        begin = bisect.bisect_left(chain.events, lowest, key=lambda ev: ev.id)
+        for ev in itertools.islice(chain.events, begin, None):
+            if ev.id >= beyond:
+                break
             if matcher.matches(ev):
                 found.append(ev)
                 if len(found) == limit:
                     break
-        next_cursor = found[-1].id if len(found) == limit else event_id(stop, 0, 0, 0)
+        if len(found) == limit:
+            next_cursor = found[-1].id
+        else:  # the end of the scan window: the largest cursor of its last ledger
+            next_cursor = event_id(stop - 1, TX_MASK, OP_MASK, U32_MAX)
         return {
             "events": [_event_json(ev) for ev in found],
             "cursor": next_cursor,
@@ -450,9 +475,17 @@ def _toid(record: TxRecord) -> int:
     return (record.ledger << 32) | (record.application_order << 12)
 
 
-def _valid_cursor(cursor: str) -> bool:
+def _parse_cursor(cursor: Any) -> tuple[int, int, int, int] | None:
+    """(ledger, transaction, operation, event) of an event id `TOID-INDEX`, or None."""
+    if not isinstance(cursor, str):
+        return None
     parts = cursor.split("-")
-    return len(parts) == 2 and all(p.isdigit() for p in parts)
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    toid, index = int(parts[0]), int(parts[1])
+    if toid >= 2**63 or index > U32_MAX:
+        return None
+    return toid >> 32, (toid >> 12) & TX_MASK, toid & OP_MASK, index
 
 
 def _event_json(ev: EventRecord) -> dict[str, Any]:
@@ -471,57 +504,28 @@ def _event_json(ev: EventRecord) -> dict[str, Any]:
     }
 
 
-class _EventMatcher:
-    """getEvents filters: any filter may match; within one, every given field must."""
+Filter = tuple[set[str] | None, set[str] | None, list[list[bytes | str]]]
 
-    def __init__(
-        self, filters: list[tuple[set[str] | None, set[str] | None, list[list[bytes | str]]]]
-    ):
+
+class _EventMatcher:
+    """getEvents filters: any filter may match; within one, every given field must.
+
+    A topic filter matches an event with exactly as many topics, each segment equal or
+    `*`; a trailing `**` matches any number of further topics (none included).
+    """
+
+    def __init__(self, filters: list[Filter]):
         self.filters = filters
 
     @staticmethod
     def parse(raw: Any) -> _EventMatcher:
         if raw is None:
             return _EventMatcher([])
-        if not isinstance(raw, list) or len(raw) > 5:
-            raise RpcError(INVALID_REQUEST, "maximum 5 filters per request")
-        parsed = []
-        for f in raw:
-            if not isinstance(f, dict):
-                raise RpcError(INVALID_PARAMS, "invalid filter")
-            types = f.get("type")
-            type_set: set[str] | None = None
-            if types:
-                type_set = set(types.split(",")) if isinstance(types, str) else None
-                if type_set is None or not type_set <= {"contract", "system", "diagnostic"}:
-                    raise RpcError(INVALID_REQUEST, f"invalid event type: {types}")
-            ids = f.get("contractIds")
-            id_set: set[str] | None = None
-            if ids:
-                if not isinstance(ids, list) or len(ids) > 5:
-                    raise RpcError(INVALID_REQUEST, "maximum 5 contract IDs per filter")
-                for cid in ids:
-                    if not isinstance(cid, str) or not StrKey.is_valid_contract(cid):
-                        raise RpcError(
-                            INVALID_REQUEST, f"contract ID must be a valid 'C' string: {cid}"
-                        )
-                id_set = set(ids)
-            topics: list[list[bytes | str]] = []
-            for topic in f.get("topics") or []:
-                if not isinstance(topic, list) or not 1 <= len(topic) <= 4:
-                    raise RpcError(INVALID_REQUEST, "topic must have between 1 and 4 segments")
-                segments: list[bytes | str] = []
-                for i, seg in enumerate(topic):
-                    if seg == "*" or (seg == "**" and i == len(topic) - 1):
-                        segments.append(seg)
-                        continue
-                    try:
-                        segments.append(_decode_xdr(stellar_xdr.SCVal, seg).to_xdr_bytes())
-                    except (ValueError, TypeError):
-                        raise RpcError(INVALID_REQUEST, f"invalid topic segment: {seg}") from None
-                topics.append(segments)
-            parsed.append((type_set, id_set, topics))
-        return _EventMatcher(parsed)
+        if not isinstance(raw, list):
+            raise RpcError(INVALID_PARAMS, "invalid parameters: filters must be a list")
+        if len(raw) > MAX_FILTERS:
+            raise RpcError(INVALID_PARAMS, f"maximum {MAX_FILTERS} filters per request")
+        return _EventMatcher([_parse_filter(i, f) for i, f in enumerate(raw, start=1)])
 
     def matches(self, ev: EventRecord) -> bool:
         if not self.filters:
@@ -529,9 +533,7 @@ class _EventMatcher:
         return any(self._match_one(f, ev) for f in self.filters)
 
     @staticmethod
-    def _match_one(
-        f: tuple[set[str] | None, set[str] | None, list[list[bytes | str]]], ev: EventRecord
-    ) -> bool:
+    def _match_one(f: Filter, ev: EventRecord) -> bool:
         types, ids, topics = f
         if types is not None and ev.type not in types:
             return False
@@ -543,12 +545,78 @@ class _EventMatcher:
         return any(_topic_matches(segments, actual) for segments in topics)
 
 
-def _topic_matches(segments: list[bytes | str], actual: list[bytes]) -> bool:
-    for i, seg in enumerate(segments):
+def _parse_filter(number: int, f: Any) -> Filter:
+    """One filter, checked as the real server checks it (`EventFilter.Valid`)."""
+
+    def invalid(why: str) -> RpcError:
+        return RpcError(INVALID_PARAMS, f"filter {number} invalid: {why}")
+
+    if not isinstance(f, dict):
+        raise invalid("not an object")
+    types = f.get("type")
+    type_set: set[str] | None = None
+    if types:
+        if not isinstance(types, str):
+            raise invalid("type must be a string")
+        type_set = set(types.split(","))
+        if not type_set <= {"contract", "system"}:
+            raise invalid("filter type invalid: if set, type must be either 'system' or 'contract'")
+    ids = f.get("contractIds") or []
+    if not isinstance(ids, list):
+        raise invalid("contractIds must be a list")
+    if len(ids) > MAX_CONTRACT_IDS:
+        raise invalid(f"maximum {MAX_CONTRACT_IDS} contract IDs per filter")
+    topics_raw = f.get("topics") or []
+    if not isinstance(topics_raw, list):
+        raise invalid("topics must be a list")
+    if len(topics_raw) > MAX_TOPIC_FILTERS:
+        raise invalid(f"maximum {MAX_TOPIC_FILTERS} topics per filter")
+    for i, cid in enumerate(ids, start=1):
+        if not isinstance(cid, str) or not StrKey.is_valid_contract(cid):
+            raise invalid(f"contract ID {i} invalid")
+    topics: list[list[bytes | str]] = []
+    for i, topic in enumerate(topics_raw, start=1):
+        try:
+            topics.append(_parse_topic(topic))
+        except ValueError as exc:
+            raise invalid(f"topic {i} invalid: {exc}") from None
+    return type_set, (set(ids) if ids else None), topics
+
+
+def _parse_topic(topic: Any) -> list[bytes | str]:
+    """A topic filter's segments (XDR bytes, `*`, a trailing `**`); ValueError says why not."""
+    if not isinstance(topic, list) or not topic:
+        raise ValueError("topic must have at least 1 segment")
+    fixed = topic[:-1] if topic[-1] == "**" else topic
+    segments: list[bytes | str] = []
+    for i, seg in enumerate(fixed, start=1):
         if seg == "**":
-            return True
-        if i >= len(actual):
+            raise ValueError(
+                f"segment {i} invalid: wildcard '**' is only allowed as the last segment"
+            )
+        if seg == "*":
+            segments.append(seg)
+            continue
+        if not isinstance(seg, str):
+            raise ValueError(f"segment {i} invalid: must set either wildcard or scval")
+        try:
+            segments.append(_decode_xdr(stellar_xdr.SCVal, seg).to_xdr_bytes())
+        except (ValueError, TypeError):
+            raise ValueError(f"segment {i} invalid: not an SCVal") from None
+    if len(segments) > MAX_TOPIC_SEGMENTS:
+        raise ValueError(f"topic cannot have more than {MAX_TOPIC_SEGMENTS} segments")
+    if len(fixed) < len(topic):
+        segments.append("**")
+    return segments
+
+
+def _topic_matches(segments: list[bytes | str], actual: list[bytes]) -> bool:
+    if segments and segments[-1] == "**":
+        fixed = segments[:-1]
+        if len(actual) < len(fixed):
             return False
-        if seg != "*" and seg != actual[i]:
+    else:
+        fixed = segments
+        if len(actual) != len(fixed):
             return False
-    return len(segments) == len(actual)
+    return all(seg == "*" or seg == got for seg, got in zip(fixed, actual, strict=False))

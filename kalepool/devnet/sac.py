@@ -2,7 +2,8 @@
 
 Balances of `G…` accounts live in their trustlines (the issuer's is unlimited); balances
 of `C…` contracts live in the SAC's persistent `Balance` entries. Events follow the
-protocol-23 format (no admin topic on `mint`).
+protocol-23 format (`token_events`): no admin topic on `mint`, and a `transfer` from or to
+the issuer is announced as the `mint` or `burn` it is.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import replace
 
 from stellar_sdk import xdr as stellar_xdr
 
+from kalepool.devnet import token_events
 from kalepool.devnet import values as v
 from kalepool.devnet.errors import ErrCode, ErrType, HostError
 from kalepool.devnet.host import Host
@@ -241,14 +243,23 @@ class StellarAssetContract:
 
     def _transfer(self, host: Host, c: str, args: list[stellar_xdr.SCVal]) -> stellar_xdr.SCVal:
         source = v.as_address(args[0])
-        dest = v.as_address(args[1])
+        # Since protocol 23 the destination may be a muxed account: the SAC pays the account
+        # and reports the id in the event's data.
+        dest, muxed_id = v.as_destination(args[1])
         amount = self._amount(c, args[2])
         host.require_auth(source)
         self._spend(host, c, source, amount)
         self._receive(host, c, dest, amount)
+        _, issuer = self._asset(host, c)
         host.emit(
-            [v.symbol("transfer"), v.address(source), v.address(dest), self._name_val(host, c)],
-            v.i128(amount),
+            *token_events.movement(
+                source,
+                dest,
+                issuer,
+                self._name_val(host, c),
+                amount,
+                None if muxed_id is None else v.u64(muxed_id),
+            )
         )
         return v.void()
 
@@ -257,7 +268,7 @@ class StellarAssetContract:
         amount = self._amount(c, args[1])
         host.require_auth(source)
         self._spend(host, c, source, amount)
-        host.emit([v.symbol("burn"), v.address(source), self._name_val(host, c)], v.i128(amount))
+        host.emit(*token_events.burn(source, self._name_val(host, c), amount))
         return v.void()
 
     def _mint(self, host: Host, c: str, args: list[stellar_xdr.SCVal]) -> stellar_xdr.SCVal:
@@ -265,7 +276,7 @@ class StellarAssetContract:
         amount = self._amount(c, args[1])
         host.require_auth(self._admin_addr(host, c))
         self._receive(host, c, dest, amount)
-        host.emit([v.symbol("mint"), v.address(dest), self._name_val(host, c)], v.i128(amount))
+        host.emit(*token_events.mint(dest, self._name_val(host, c), amount))
         return v.void()
 
     def _set_admin(self, host: Host, c: str, args: list[stellar_xdr.SCVal]) -> stellar_xdr.SCVal:

@@ -16,7 +16,7 @@ from stellar_sdk import xdr as stellar_xdr
 
 from kalepool.devnet import classic, soroban
 from kalepool.devnet import values as v
-from kalepool.devnet.host import AuthMode, Footprint, LedgerInfo
+from kalepool.devnet.host import AuthMode, Footprint, LedgerInfo, contract_event
 from kalepool.devnet.ledger import StateView, load_account, store_account
 
 TRC = stellar_xdr.TransactionResultCode
@@ -545,18 +545,11 @@ def charge_fee(
     fee_view.commit()
     event = stellar_xdr.TransactionEvent(
         stellar_xdr.TransactionEventStage.TRANSACTION_EVENT_STAGE_BEFORE_ALL_TXS,
-        stellar_xdr.ContractEvent(
-            ext=stellar_xdr.ExtensionPoint(0),
-            contract_id=stellar_xdr.ContractID(
-                stellar_xdr.Hash(StrKey.decode_contract(ctx.native_contract))
-            ),
-            type=stellar_xdr.ContractEventType.CONTRACT,
-            body=stellar_xdr.ContractEventBody(
-                0,
-                stellar_xdr.ContractEventV0(
-                    [v.symbol("fee"), v.address(frame.fee_source)], v.i128(fee)
-                ),
-            ),
+        contract_event(
+            ctx.native_contract,
+            stellar_xdr.ContractEventType.CONTRACT,
+            [v.symbol("fee"), v.address(frame.fee_source)],
+            v.i128(fee),
         ),
     )
     return fee, changes, event
@@ -586,7 +579,9 @@ def apply_tx(
     return_value: stellar_xdr.SCVal | None = None
     success = True
     internal = False
-    classic_ctx = classic.ClassicContext(ctx.ledger.seq, ctx.rules.base_reserve)
+    classic_ctx = classic.ClassicContext(
+        ctx.ledger.seq, ctx.rules.base_reserve, ctx.rules.network_id, frame.tx.memo
+    )
     for op in frame.ops:
         op_view = ops_view.child()
         source = frame.op_source(op)
@@ -601,7 +596,7 @@ def apply_tx(
                 )
                 diagnostics.extend(diags)
             else:
-                op_result, ok = classic.apply(op_view, classic_ctx, op, source)
+                op_result, ok, events = classic.apply(op_view, classic_ctx, op, source)
         except Exception:
             # A defect here must not take the ledger down with it: the transaction
             # fails as stellar-core reports its own internal errors, and changes nothing.

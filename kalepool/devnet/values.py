@@ -139,6 +139,22 @@ def as_address(val: stellar_xdr.SCVal) -> str:
     return address_str(as_sc_address(val))
 
 
+def as_destination(val: stellar_xdr.SCVal) -> tuple[str, int | None]:
+    """A destination that may be muxed (CAP-67): the account or contract, and the id if any."""
+    if (
+        val.type == T.SCV_ADDRESS
+        and val.address is not None
+        and val.address.type == stellar_xdr.SCAddressType.SC_ADDRESS_TYPE_MUXED_ACCOUNT
+        and val.address.muxed_account is not None
+    ):
+        muxed = val.address.muxed_account
+        return (
+            str(Address.from_raw_account(muxed.ed25519.uint256).address),
+            int(muxed.id.uint64),
+        )
+    return as_address(val), None
+
+
 def address_str(sc: stellar_xdr.SCAddress) -> str:
     return str(Address.from_xdr_sc_address(sc).address)
 

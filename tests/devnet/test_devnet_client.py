@@ -70,7 +70,7 @@ async def test_contract_client_farms(kit: Kit) -> None:
 
 async def test_get_events_filters_and_pages(kit: Kit) -> None:
     a, b = await kit.new_accounts(2, trust=True, kale=50 * KALE)
-    start = (await kit.rpc.get_latest_ledger()).sequence
+    start = (await kit.rpc.get_latest_ledger()).sequence + 1  # after the setup's events
     for _ in range(3):
         tx = (
             (await kit.builder(a))
@@ -109,7 +109,11 @@ async def test_get_events_filters_and_pages(kit: Kit) -> None:
     everything = await kit.rpc.get_events(
         start_ledger=start, filters=[EventFilter(topics=[["**"]])]
     )
-    assert len(everything.events) == 4  # three transfers and the plant's burn
+    # three transfers, the plant's burn and the four fees (from the native asset's contract)
+    assert len(everything.events) == 8
+    fees = [e for e in everything.events if e.contract_id != kit.sac]
+    assert [e.transaction_index for e in fees] == [0] * 4  # charged before any applied
+    assert {scval.to_native(stellar_xdr.SCVal.from_xdr(e.topic[0])) for e in fees} == {"fee"}
     none = await kit.rpc.get_events(
         start_ledger=start, filters=[EventFilter(contract_ids=[kit.farm])]
     )

@@ -1,0 +1,477 @@
+"""`kale-pool check`: the pool's books proved against themselves and against the chain.
+
+The database already proves its derived state against its events
+(`kalepool.db.consistency`). That cannot see a record that is missing altogether: a
+plant the wallet sent and the pool never recorded leaves books that agree with
+themselves and not with the chain. This module compares the books with the chain:
+
+- **balances**: each farmer's ledger balance equals its custodial account's KALE on
+  chain, allowing for what is in flight (a pending payout, a plant or harvest whose
+  outcome is not recorded yet, a deposit the pool has not read yet), each named;
+- **pails**: for the farm's recent blocks, every pool farmer's pail on chain has its
+  successful planting in the same block and every planting without a harvest has its
+  pail; every worked pail a successful work record; no harvest recorded for a pail
+  that is still there;
+- **transactions**: every transaction the wallet settled (plant, harvest, payout,
+  close) is an event of the pool's books (by its hash or its payout), and every
+  unsettled one is named as in flight;
+- **token events**: every movement of KALE into or out of a custodial account in the
+  chain's recent events (from the first ledger of the blocks compared, or the oldest the
+  server still serves) is explained by the books: a harvest, a deposit, a planting's
+  stake, a payout or a close.
+
+A difference is a line naming what disagrees; anything that will settle by itself
+(the reconciler, the harvest loop and the deposit follower drive it) is "in flight"
+and named as such, but is not a difference. The check reads the database as the
+operator (every schema) and the chain through the RPC; it writes nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+
+from kalepool.app.tables import format_kale
+from kalepool.chain import (
+    ChainClient,
+    EventsOutOfRangeError,
+    TokenEvent,
+    current_block,
+    read_pails,
+    read_token_events,
+)
+from kalepool.chain.farm_state import get_entries, trustline_key
+from kalepool.db.consistency import check_consistency
+
+# Above this many in-flight amounts for one farmer, their combinations are not tried:
+# the difference is reported as in flight when any is pending.
+_SUBSET_LIMIT = 12
+
+
+def kale(stroops: int) -> str:
+    """Stroops as KALE for a message, exact to the stroop."""
+    return f"{format_kale(stroops)} KALE"
+
+
+@dataclass
+class BooksReport:
+    """What the check found."""
+
+    differences: list[str] = field(default_factory=list)
+    in_flight: list[str] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+@dataclass(frozen=True, slots=True)
+class _Effect:
+    """Something in flight and what it does to (chain - ledger) once it lands."""
+
+    what: str
+    amount: int | None  # exact change; None: some positive amount (a harvest's reward)
+
+
+@dataclass
+class _Books:
+    """The rows the check compares, read once."""
+
+    farmers: list[dict[str, Any]]
+    plantings: list[dict[str, Any]]
+    works: list[dict[str, Any]]
+    harvests: list[dict[str, Any]]
+    plant_requests: list[dict[str, Any]]
+    payouts: list[dict[str, Any]]
+    transactions: list[dict[str, Any]]
+    deposits: list[dict[str, Any]]
+    followed_to: int  # the ledger the pool's chain followers have read up to
+    first_plant_ledger: int | None  # the earliest plant ledger of the blocks compared
+
+    @property
+    def farmer_by_address(self) -> dict[str, dict[str, Any]]:
+        return {f["custodial_public_key"]: f for f in self.farmers}
+
+
+async def _rows(
+    conn: psycopg.AsyncConnection[Any], query: str, params: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query, params)
+    return list(await cur.fetchall())
+
+
+async def _read_books(conn: psycopg.AsyncConnection[Any], since_block: int) -> _Books:
+    return _Books(
+        farmers=await _rows(
+            conn,
+            "SELECT id, custodial_public_key, status::text AS status, is_funded,"
+            " current_balance FROM farmers ORDER BY created_at, id",
+        ),
+        plantings=await _rows(
+            conn,
+            "SELECT id, farmer_id, block_index, status::text AS status, tx_hash, stake_amount"
+            " FROM plantings WHERE block_index >= %s OR status = 'success'",
+            (since_block,),
+        ),
+        works=await _rows(
+            conn,
+            "SELECT farmer_id, block_index, status::text AS status, zeros, gap,"
+            " observed_on_chain FROM works WHERE block_index >= %s",
+            (since_block,),
+        ),
+        harvests=await _rows(
+            conn,
+            "SELECT farmer_id, block_index, status::text AS status, tx_hash,"
+            " reward_amount, error_code FROM harvests",
+        ),
+        plant_requests=await _rows(
+            conn,
+            "SELECT idempotency_key, farmer_id, block_index, stake_amount FROM plant_requests"
+            " WHERE settled_at IS NULL",
+        ),
+        payouts=await _rows(
+            conn,
+            "SELECT id, farmer_id, amount, status::text AS status, tx_hash, wallet_key"
+            " FROM payouts",
+        ),
+        transactions=await _rows(
+            conn,
+            "SELECT t.idempotency_key, t.kind::text AS kind, t.status::text AS status,"
+            " t.tx_hash, t.source_account, t.block_index, t.rejected"
+            " FROM transactions t JOIN custodial_wallets w ON w.public_key = t.source_account"
+            " WHERE t.kind IN ('plant', 'harvest', 'payout', 'merge')"
+            " AND (t.block_index IS NULL OR t.block_index >= %s"
+            "      OR t.status IN ('prepared', 'submitted', 'pending'))",
+            (since_block,),
+        ),
+        deposits=await _rows(conn, "SELECT event_id, farmer_id, amount, tx_hash FROM deposits"),
+        followed_to=int(
+            (await _rows(conn, "SELECT coalesce(min(ledger), 0) AS l FROM chain_cursors"))[0]["l"]
+        ),
+        first_plant_ledger=(
+            await _rows(
+                conn,
+                "SELECT min(ledger) AS l FROM plantings WHERE block_index >= %s",
+                (since_block,),
+            )
+        )[0]["l"],
+    )
+
+
+# --- balances ------------------------------------------------------------------------
+
+
+def explained(difference: int, effects: Sequence[_Effect]) -> bool:
+    """Whether some of the in-flight effects landing would account for `difference`.
+
+    Each exact effect either landed or not; an effect of unknown positive size (a
+    harvest's reward) can take up any positive remainder.
+    """
+    if difference == 0:
+        return True
+    exact = [e.amount for e in effects if e.amount is not None]
+    open_ended = any(e.amount is None for e in effects)
+    if len(exact) > _SUBSET_LIMIT:
+        return bool(effects)
+    for size in range(len(exact) + 1):
+        for subset in itertools.combinations(exact, size):
+            rest = difference - sum(subset)
+            if rest == 0 or (open_ended and rest > 0):
+                return True
+    return False
+
+
+def _effects(books: _Books) -> dict[UUID, list[_Effect]]:
+    """What is in flight per farmer, as (chain - ledger) changes once it lands."""
+    out: dict[UUID, list[_Effect]] = defaultdict(list)
+    by_address = books.farmer_by_address
+    for r in books.plant_requests:
+        out[r["farmer_id"]].append(
+            _Effect(
+                f"plant {r['idempotency_key']} not recorded yet ({kale(r['stake_amount'])})",
+                -int(r["stake_amount"]),
+            )
+        )
+    for p in books.payouts:
+        if p["status"] == "pending":
+            # Debited in the ledger when requested; leaves the chain account once applied.
+            out[p["farmer_id"]].append(
+                _Effect(f"payout {p['id']} pending ({kale(p['amount'])})", int(p["amount"]))
+            )
+    recorded_harvests = {h["tx_hash"] for h in books.harvests if h["status"] == "success"}
+    for t in books.transactions:
+        farmer = by_address.get(t["source_account"])
+        if farmer is None or t["kind"] != "harvest":
+            continue
+        unsettled = t["status"] in ("prepared", "submitted", "pending")
+        unrecorded = t["status"] == "success" and t["tx_hash"] not in recorded_harvests
+        if unsettled or unrecorded:
+            out[farmer["id"]].append(
+                _Effect(f"harvest {t['tx_hash'][:12]} of block {t['block_index']} in flight", None)
+            )
+    return out
+
+
+async def _check_balances(books: _Books, chain: ChainClient, report: BooksReport) -> None:
+    farmers = [f for f in books.farmers if f["status"] != "departed" and f["is_funded"]]
+    keys = [trustline_key(chain, f["custodial_public_key"]) for f in farmers]
+    entries, _ = await get_entries(chain, keys)
+    effects = _effects(books)
+    for farmer, entry in zip(farmers, entries, strict=True):
+        line = None if entry is None else entry.data.trust_line
+        on_chain = 0 if line is None else int(line.balance.int64)
+        ledger = int(farmer["current_balance"])
+        difference = on_chain - ledger
+        if difference == 0:
+            continue
+        pending = effects.get(farmer["id"], [])
+        where = f"farmer {farmer['id']} ({farmer['custodial_public_key']})"
+        summary = (
+            f"{where}: ledger balance {kale(ledger)}, chain {kale(on_chain)}"
+            f" (chain - ledger = {kale(difference)})"
+        )
+        if pending and explained(difference, pending):
+            report.in_flight.append(f"{summary}; in flight: {'; '.join(e.what for e in pending)}")
+        else:
+            report.differences.append(summary)
+    report.checked["balances"] = len(farmers)
+
+
+# --- pails ---------------------------------------------------------------------------
+
+
+async def _check_pails(
+    books: _Books, chain: ChainClient, current: int, since_block: int, report: BooksReport
+) -> None:
+    blocks = range(since_block, current + 1)
+    planted: dict[tuple[UUID, int], dict[str, Any]] = {
+        (p["farmer_id"], p["block_index"]): p
+        for p in books.plantings
+        if p["status"] == "success" and p["block_index"] >= since_block
+    }
+    worked = {(w["farmer_id"], w["block_index"]) for w in books.works if w["status"] == "success"}
+    harvested = {
+        (h["farmer_id"], h["block_index"]) for h in books.harvests if h["status"] == "success"
+    }
+    recorded_harvests = {h["tx_hash"] for h in books.harvests if h["status"] == "success"}
+    harvesting = {
+        (t["source_account"], t["block_index"])
+        for t in books.transactions
+        if t["kind"] == "harvest"
+        and (
+            t["status"] in ("prepared", "submitted", "pending")
+            or (t["status"] == "success" and t["tx_hash"] not in recorded_harvests)
+        )
+    }
+    requested: dict[UUID, set[int]] = defaultdict(set)
+    for r in books.plant_requests:
+        requested[r["farmer_id"]].update({r["block_index"], r["block_index"] + 1})
+    in_scope = [
+        f
+        for f in books.farmers
+        if f["status"] != "departed" or any(k[0] == f["id"] for k in planted)
+    ]
+    pairs = [(f["custodial_public_key"], b) for f in in_scope for b in blocks]
+    pails = await read_pails(chain, pairs) if pairs else {}
+    for farmer in in_scope:
+        fid, address = farmer["id"], farmer["custodial_public_key"]
+        for block in blocks:
+            pail = pails[(address, block)]
+            key = (fid, block)
+            where = f"farmer {fid}, block {block}"
+            if pail is not None and key not in planted:
+                note = f"{where}: a pail is on chain (planted in ledger {pail.sequence})"
+                if block in requested[fid]:
+                    report.in_flight.append(f"{note}; its plant is not recorded yet")
+                else:
+                    report.differences.append(f"{note} but no planting is recorded")
+            if pail is None and key in planted and key not in harvested and block < current:
+                if (address, block) in harvesting:
+                    report.in_flight.append(f"{where}: harvested on chain, not recorded yet")
+                    continue
+                # Harvested by someone else or expired: either way the books miss it.
+                report.differences.append(
+                    f"{where}: planting {planted[key]['id']} is recorded, the pail is gone from"
+                    " the chain, and no harvest is recorded"
+                )
+            if pail is not None and pail.worked and key not in worked:
+                note = (
+                    f"{where}: the pail on chain is worked ({pail.zeros} zeros, gap {pail.gap})"
+                    " but no successful work is recorded"
+                )
+                if block == current:
+                    # The pooler reports during the block; the harvest loop records it from
+                    # the chain once the block is over if the report never comes.
+                    report.in_flight.append(f"{note} yet")
+                else:
+                    report.differences.append(note)
+            if pail is not None and not pail.worked and key in worked:
+                report.differences.append(
+                    f"{where}: a successful work is recorded but the pail on chain has no work"
+                )
+            if pail is not None and key in harvested:
+                report.differences.append(
+                    f"{where}: a harvest is recorded but the pail is still on chain"
+                )
+    report.checked["pails"] = len(pairs)
+
+
+# --- wallet transactions ---------------------------------------------------------------
+
+
+def _check_transactions(books: _Books, report: BooksReport) -> None:
+    plant_hashes = {p["tx_hash"]: p["status"] for p in books.plantings if p["tx_hash"]}
+    harvest_hashes = {h["tx_hash"]: h["status"] for h in books.harvests if h["tx_hash"]}
+    payouts = {p["wallet_key"]: p for p in books.payouts}
+    departed = {f["custodial_public_key"] for f in books.farmers if f["status"] == "departed"}
+    unsettled_plants = {r["idempotency_key"] for r in books.plant_requests}
+    for t in books.transactions:
+        what = f"{t['kind']} {t['tx_hash']} ({t['idempotency_key']})"
+        if t["status"] in ("prepared", "submitted", "pending"):
+            report.in_flight.append(f"{what}: sent, outcome not known yet")
+            continue
+        if t["rejected"] or t["status"] == "expired":
+            continue  # never applied: nothing on chain to record
+        status = "success" if t["status"] == "success" else "failed"
+        if t["kind"] == "plant":
+            if plant_hashes.get(t["tx_hash"]) == status:
+                continue
+            if t["idempotency_key"] in unsettled_plants:
+                report.in_flight.append(f"{what}: {status} on chain, not recorded yet")
+            else:
+                report.differences.append(f"{what}: {status} on chain but no such planting record")
+        elif t["kind"] == "harvest":
+            if harvest_hashes.get(t["tx_hash"]) == status:
+                continue
+            if status == "success":
+                report.in_flight.append(f"{what}: applied, the harvest loop records it")
+            else:
+                report.differences.append(f"{what}: failed on chain but no such harvest record")
+        elif t["kind"] == "payout":
+            payout = payouts.get(t["idempotency_key"])
+            if payout is None:
+                report.differences.append(f"{what}: {status} on chain but no payout holds it")
+            elif payout["status"] == "pending":
+                report.in_flight.append(f"{what}: {status} on chain, payout not settled yet")
+            elif (payout["status"] == "success") != (status == "success"):
+                report.differences.append(
+                    f"{what}: {status} on chain but payout {payout['id']} is {payout['status']}"
+                )
+        elif t["kind"] == "merge" and status == "success" and t["source_account"] not in departed:
+            report.in_flight.append(f"{what}: the account was closed; the farmer departs next")
+    report.checked["transactions"] = len(books.transactions)
+
+
+# --- token events ----------------------------------------------------------------------
+
+
+async def _token_events(chain: ChainClient, start: int) -> list[TokenEvent]:
+    """Every KALE movement from `start` (or the oldest ledger the server keeps) to now."""
+    try:
+        page = await read_token_events(chain, start_ledger=start)
+    except EventsOutOfRangeError as exc:
+        if start > exc.latest_ledger:
+            return []
+        page = await read_token_events(chain, start_ledger=exc.oldest_ledger)
+    events = list(page.events)
+    while page.events and page.cursor is not None:
+        page = await read_token_events(chain, cursor=page.cursor)
+        events.extend(page.events)
+    return events
+
+
+def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) -> None:
+    by_address = books.farmer_by_address
+    harvest_txs = {h["tx_hash"] for h in books.harvests if h["status"] == "success"}
+    plant_txs = {p["tx_hash"] for p in books.plantings if p["status"] == "success"}
+    deposit_events = {d["event_id"] for d in books.deposits}
+    settled_out = {p["tx_hash"] for p in books.payouts if p["status"] == "success"} | {
+        t["tx_hash"]
+        for t in books.transactions
+        if t["kind"] == "merge" and t["status"] == "success"
+    }
+    wallet_harvests = {t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"}
+    pending_plants = {r["farmer_id"] for r in books.plant_requests}
+    pending_payouts = {p["farmer_id"] for p in books.payouts if p["status"] == "pending"}
+    checked = 0
+    for e in events:
+        into = by_address.get(e.to_address or "")
+        out_of = by_address.get(e.from_address or "")
+        what = f"{e.kind} of {kale(e.amount)} in tx {e.tx_hash[:12]} (ledger {e.ledger})"
+        if into is not None and e.kind in ("transfer", "mint"):
+            checked += 1
+            if e.tx_hash in harvest_txs or e.id in deposit_events:
+                continue
+            where = f"farmer {into['id']}: {what}"
+            if e.tx_hash in wallet_harvests:
+                report.in_flight.append(f"{where}: the pool's harvest, not recorded yet")
+            elif e.ledger > books.followed_to:
+                report.in_flight.append(f"{where}: not read by the deposit follower yet")
+            else:
+                report.differences.append(
+                    f"{where} reached the custodial account; the books hold neither a harvest"
+                    " nor a deposit for it"
+                )
+        if out_of is not None and e.kind == "burn":
+            checked += 1
+            if e.tx_hash in plant_txs:
+                continue
+            where = f"farmer {out_of['id']}: {what}"
+            if out_of["id"] in pending_plants:
+                report.in_flight.append(f"{where}: a plant not recorded yet")
+            else:
+                report.differences.append(f"{where} burned KALE; no planting records it")
+        if out_of is not None and e.kind in ("transfer", "clawback"):
+            checked += 1
+            if e.tx_hash in settled_out:
+                continue
+            where = f"farmer {out_of['id']}: {what}"
+            if out_of["id"] in pending_payouts:
+                report.in_flight.append(f"{where}: a payout not settled yet")
+            else:
+                report.differences.append(
+                    f"{where} left the custodial account; no payout or close records it"
+                )
+    report.checked["token events"] = checked
+
+
+# --- the whole check -------------------------------------------------------------------
+
+
+async def audit_books(conninfo: str, chain: ChainClient | None, *, blocks: int = 12) -> BooksReport:
+    """Check the books against themselves and, when `chain` is given, against the chain.
+
+    `blocks`: how many of the farm's most recent blocks have their pails compared (every
+    farmer's pail in each is read).
+    """
+    report = BooksReport()
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        # The database's own proof of derived state, from a plain connection.
+        with psycopg.connect(conninfo, autocommit=True) as sync_conn:
+            report.differences.extend(check_consistency(sync_conn))
+        if chain is None:
+            return report
+        current = (await current_block(chain)).index
+        since_block = max(0, current - blocks + 1)
+        books = await _read_books(conn, since_block)
+    await _check_balances(books, chain, report)
+    await _check_pails(books, chain, current, since_block, report)
+    _check_transactions(books, report)
+    latest = (await chain.latest_ledger()).sequence
+    start = books.first_plant_ledger or max(1, latest - 1000)
+    _check_events(books, await _token_events(chain, min(int(start), latest)), report)
+    return report
+
+
+def lines(items: Iterable[str]) -> list[str]:
+    """Sorted, de-duplicated report lines."""
+    return sorted(set(items))
