@@ -23,6 +23,7 @@ from pooler_agent.pool_client import (
     CursorTracker,
     PoolClient,
     PoolError,
+    ReportOutcome,
     StreamTakenOver,
     WorkReporter,
     work_report,
@@ -261,18 +262,15 @@ async def test_plant_stream_work_report_and_a_restart_resumes_after_the_reported
         assert results[2].status is WorkStatus.FAILED and results[2].hash == b""
 
         # Reported in one batch; the first two are acknowledged before the third.
-        answers: list[tuple[int, int, int]] = []
+        answers: list[ReportOutcome] = []
         reporter = WorkReporter(
-            client,
-            tracker,
-            linger=0.01,
-            on_reported=lambda b, rs, a: answers.append((len(rs), a.recorded, a.already_recorded)),
+            client, tracker, linger=0.01, on_acknowledged=lambda r, o: answers.append(o)
         )
         for r in results[:2]:
             reporter.add(r)
         runner = asyncio.create_task(reporter.run())
         await _reported(reporter, 2)
-        assert answers == [(2, 2, 0)]
+        assert answers == [ReportOutcome.RECORDED] * 2
         assert store.load() == cursors[1]  # the third is not reported yet
     finally:
         runner.cancel()
@@ -296,11 +294,15 @@ async def test_plant_stream_work_report_and_a_restart_resumes_after_the_reported
         reporter.add(results[2])  # the empty-hash failure
         for r in results[:2]:
             reporter.add(r)  # repeated reports are harmless
-        answer_log: list[tuple[int, int]] = []
-        reporter.on_reported = lambda b, rs, a: answer_log.append((a.recorded, a.already_recorded))
+        answer_log: list[ReportOutcome] = []
+        reporter.on_acknowledged = lambda r, o: answer_log.append(o)
         runner = asyncio.create_task(reporter.run())
         await _reported(reporter, 3)
-        assert answer_log == [(1, 2)]
+        # A pool from before per-result outcomes answers none: the batch was accepted.
+        assert len(answer_log) == 3 and set(answer_log) <= {
+            ReportOutcome.RECORDED,
+            ReportOutcome.ALREADY_RECORDED,
+        }
         assert store.load() == cursors[2]
         assert await pool.count("works") == 3
     finally:
