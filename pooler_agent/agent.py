@@ -817,8 +817,14 @@ def run_pooler(settings: Settings) -> None:
     from pooler_agent.view import log_to_file, showing_events
 
     live = sys.stdout.isatty()
+    path = log_path(settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write the log file {path} ({exc.strerror})") from None
     with (
-        log_to_file(log_path(settings), settings.log_level),
+        log_to_file(path, settings.log_level),
         showing_events() if live else contextlib.nullcontext(),
         contextlib.suppress(KeyboardInterrupt),
     ):

@@ -219,7 +219,8 @@ class WorkJournal:
     # ---- writing ----------------------------------------------------------------------
 
     async def record(self, mined: MinedWork, tx: SignedTx) -> None:
-        """The submitter's `record` hook: the envelope is on disk before it is sent."""
+        """The submitter's `record` hook: the envelope is on disk before it is sent (an
+        OSError here means it is not sent)."""
         entry = JournalEntry.of(mined, tx, time.time())
         async with self._lock:
             await asyncio.to_thread(self._append, {"sent": entry.to_json()})
@@ -231,10 +232,16 @@ class WorkJournal:
         if entry is None or entry.reported:
             return
         async with self._lock:
-            await asyncio.to_thread(self._append, {"reported": tx_hash})
-            self._entries[tx_hash] = replace(entry, reported=True)
-            if self._lines > self.rewrite_after and self._lines > 2 * len(self._needed()):
-                await asyncio.to_thread(self._rewrite)
+            try:
+                await asyncio.to_thread(self._append, {"reported": tx_hash})
+                self._entries[tx_hash] = replace(entry, reported=True)
+                if self._lines > self.rewrite_after and self._lines > 2 * len(self._needed()):
+                    await asyncio.to_thread(self._rewrite)
+            except OSError as exc:
+                # The entry stays open: the next start reports it again (harmless).
+                log.warning(
+                    "work journal %s: cannot note %s as reported (%s)", self.path, tx_hash, exc
+                )
 
     def _append(self, item: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

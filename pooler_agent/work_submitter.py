@@ -285,6 +285,10 @@ def _failure_of(error: ContractError | None, status: TxStatus | None) -> Failure
 WorkRecordHook = Callable[[MinedWork, SignedTx], Awaitable[None]]
 
 
+class _NotJournaled(Exception):
+    """The `record` hook failed, so the envelope was not sent."""
+
+
 class WorkSubmitter:
     """Submits mined work from the channel pool and reports each farmer's result.
 
@@ -371,10 +375,25 @@ class WorkSubmitter:
 
         async def journal(tx: SignedTx) -> None:
             if record is not None:
-                await record(mined, tx)
+                try:
+                    await record(mined, tx)
+                except Exception as exc:
+                    raise _NotJournaled(describe_failure(exc)) from exc
 
         try:
             outcome = await submit(self.client, signed, record=journal, observe=self.observe)
+        except _NotJournaled as exc:
+            # Not sent: work that a crash could lose is not sent at all.
+            channel.account.sequence = sequence
+            log.error("work for %s not sent: the work journal cannot be written (%s)", farmer, exc)
+            return replace(
+                base,
+                status=WorkStatus.FAILED,
+                channel=channel.address,
+                fault=Fault.POOLER,
+                failure=FailureCode.MINER_FAILED,
+                message=f"not sent: the work journal cannot be written ({exc})",
+            )
         except Exception as exc:
             # The envelope may be in flight: hold the account back until it cannot apply.
             channel.stale = True

@@ -12,6 +12,7 @@ from kalepool import protocol
 from kalepool.chain import (
     FarmError,
     Fault,
+    SignedTx,
     SubmitEvent,
     SubmitStep,
     build_plant,
@@ -300,3 +301,34 @@ async def test_a_due_block_ends_its_searches_early_and_their_work_is_sent(stage:
     )
     results = [await submitter.submit(w) for w in (finished, quick)]
     assert [r.status for r in results] == [WorkStatus.SUCCESS] * 2, [r.message for r in results]
+
+
+async def test_work_that_cannot_be_journaled_is_not_sent(stage: Stage) -> None:
+    planted = await plant(stage, 1)
+    (channel,) = await stage.accounts(1)
+    clock = await synced_clock(stage)
+    manager = WorkManager(
+        timing_ending_in(stage, clock, planted.block.timestamp, 30), clock, target_zeros=1
+    )
+    (mined,) = await manager.mine(planted.assignments)
+    await manager.shutdown()
+    await stage.close()
+    pool = ChannelPool(stage.client, [channel], clock=clock)
+    journaled: list[str] = []
+
+    async def full_disk(work: MinedWork, tx: SignedTx) -> None:
+        raise OSError(28, "No space left on device")
+
+    async def journal(work: MinedWork, tx: SignedTx) -> None:
+        journaled.append(tx.hash)
+
+    refused = await WorkSubmitter(stage.client, pool, record=full_disk).submit(mined)
+    assert refused.status is WorkStatus.FAILED and refused.tx_hash is None
+    assert refused.fault is Fault.POOLER and refused.failure is FailureCode.MINER_FAILED
+    assert refused.message is not None and "journal" in refused.message
+    assert (await stage.info())["pending_transactions"] == 0
+    # Its sequence number is still free: the next work from the account lands.
+    submitter = WorkSubmitter(stage.client, pool, record=journal, observe=stage.closer())
+    sent = await submitter.submit(mined)
+    assert sent.status is WorkStatus.SUCCESS, sent.message
+    assert journaled == [sent.tx_hash]
