@@ -376,28 +376,11 @@ class PoolerAgent:
                 self.stats.plant_refused += 1
             else:
                 self.stats.plant_errors += 1
-            delay = self.pool.backoff.delay(self._plant_failures)
-            self._plant_failures += 1
-            self._plant_not_before = asyncio.get_running_loop().time() + delay
-            # Loud the first time; the same answer again is routine until the block moves.
-            level = logging.WARNING if self._plant_failures == 1 else logging.INFO
-            log.log(
-                level,
-                "plant in block %d %s (%s); asking again while it can be planted",
-                index,
-                "refused" if refused else "failed",
-                exc,
-            )
+            self._plant_failed(index, "refused" if refused else "failed", str(exc))
             return
         finally:
             self._plant_task = None
             self._wake.set()
-        self._plant_failures = 0
-        self._planted.add(index)
-        planted = {p.farmer_id for p in answer.planted}
-        waiting = planted - self._assigned.get(index, set())
-        if waiting:
-            self._expected[index] = (waiting, asyncio.get_running_loop().time())
         s = answer.summary
         log.info(
             "block %d: %d planted, %d failed, %d pending of %d",
@@ -406,6 +389,33 @@ class PoolerAgent:
             s.failed,
             s.pending,
             s.total_requested,
+        )
+        if s.total_requested and not s.planted:
+            # Nobody planted (yet): a due block is not opened by this, and the pool tries
+            # failed farmers again on the next request. Not a plant: ask again.
+            self.stats.plant_errors += 1
+            self._plant_failed(index, "planted nobody", f"{s.failed} failed, {s.pending} pending")
+            return
+        self._plant_failures = 0
+        self._planted.add(index)
+        planted = {p.farmer_id for p in answer.planted}
+        waiting = planted - self._assigned.get(index, set())
+        if waiting:
+            self._expected[index] = (waiting, asyncio.get_running_loop().time())
+
+    def _plant_failed(self, index: int, what: str, why: str) -> None:
+        """Ask for `index` again at a later tick, after a backoff."""
+        delay = self.pool.backoff.delay(self._plant_failures)
+        self._plant_failures += 1
+        self._plant_not_before = asyncio.get_running_loop().time() + delay
+        # Loud the first time; the same answer again is routine until the block moves.
+        level = logging.WARNING if self._plant_failures == 1 else logging.INFO
+        log.log(
+            level,
+            "plant in block %d %s (%s); asking again while it can be planted",
+            index,
+            what,
+            why,
         )
 
     def _maybe_harvest(self, block: int) -> None:

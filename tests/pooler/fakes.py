@@ -86,6 +86,7 @@ class FakePool:
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.01, maximum=0.05))
     plant_failures: list[grpc.StatusCode] = field(default_factory=list)  # next plants fail so
     report_failures: list[grpc.StatusCode] = field(default_factory=list)  # next reports fail so
+    nobody_planted: int = 0  # the next plants answer that every farmer's plant failed
     plants: list[int] = field(default_factory=list)
     reports: list[tuple[int, list[pooler_pb2.WorkReport]]] = field(default_factory=list)
     answer: Callable[[list[pooler_pb2.WorkReport]], pooler_pb2.ReportWorkResponse] | None = None
@@ -99,6 +100,12 @@ class FakePool:
         if self.plant_failures:
             code = self.plant_failures.pop(0)
             raise PoolError("RequestPlant", code, f"block {block_index} cannot be planted now")
+        if self.nobody_planted:
+            self.nobody_planted -= 1
+            return pooler_pb2.RequestPlantResponse(
+                block_index=block_index,
+                summary=pooler_pb2.PlantSummary(total_requested=1, failed=1),
+            )
         return pooler_pb2.RequestPlantResponse(
             block_index=block_index,
             planted=[

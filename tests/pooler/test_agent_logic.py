@@ -201,6 +201,17 @@ async def test_a_refused_or_failed_due_plant_is_asked_again_until_answered(
     assert agent.stats.plant_refused == 2 and agent.stats.plant_errors == 1
 
 
+async def test_a_due_plant_that_planted_nobody_is_asked_again(tmp_path: Path) -> None:
+    chain = FakeChain()
+    chain.opened(7, 301)  # due
+    pool = FakePool(nobody_planted=2)  # every farmer's plant failed: block 8 did not open
+    agent = make_agent(chain, pool, FakeSubmitter(), _cursors(tmp_path))
+    async with running(agent):
+        await until(lambda: pool.plants == [8, 8, 8])
+        await ticks(chain)
+    assert pool.plants == [8, 8, 8] and agent.stats.plant_errors == 2
+
+
 async def test_a_refused_plant_of_the_current_block_is_asked_again_while_it_is_open(
     tmp_path: Path,
 ) -> None:
