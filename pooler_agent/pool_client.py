@@ -49,6 +49,13 @@ _TRANSIENT = frozenset(
 )
 
 
+# The feed is opened again after these too: the pool failing inside (a restart, its
+# database away) must not stop the agent; a refusal (a bad key, a disabled pooler) does.
+_STREAM_AGAIN = frozenset(
+    {grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
+
+
 class PoolError(Exception):
     """A pool call failed for good; the message names the call and the pool's reason."""
 
@@ -329,7 +336,8 @@ class PoolClient:
 
         A cursor the pool never issued (OUT_OF_RANGE: a new pool database) starts the feed
         over from 0; a newer stream of this pooler raises StreamTakenOver; a refusal
-        (bad key, disabled pooler) raises PoolError.
+        (bad key, disabled pooler) raises PoolError. The pool away or failing inside
+        (UNAVAILABLE, INTERNAL, ...) is waited out.
         """
         attempt = 0
         while True:
@@ -355,7 +363,7 @@ class PoolClient:
                 )
                 cursors.reset()
                 continue
-            if code not in _TRANSIENT and code is not grpc.StatusCode.CANCELLED:
+            if code not in _TRANSIENT and code not in _STREAM_AGAIN:
                 raise PoolError("StreamAssignments", code, detail)
             delay = self.backoff.delay(attempt)
             attempt += 1

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from kalepool.chain import Fault, current_block
@@ -392,3 +394,59 @@ async def test_a_second_agent_with_the_same_key_takes_the_stream_over(
         await second.aclose()
         await one.close()
         await two.close()
+
+
+class _Call:
+    """A StreamAssignments call that fails with `code`, or yields `messages`."""
+
+    def __init__(self, code: grpc.StatusCode | None, messages: list[pooler_pb2.Assignment]) -> None:
+        self.code = code
+        self.messages = messages
+
+    def cancel(self) -> None:
+        pass
+
+    def __aiter__(self) -> AsyncIterator[pooler_pb2.StreamAssignmentsResponse]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[pooler_pb2.StreamAssignmentsResponse]:
+        if self.code is not None:
+            raise grpc.aio.AioRpcError(
+                self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "the pool failed inside"
+            )
+        for message in self.messages:
+            yield pooler_pb2.StreamAssignmentsResponse(assignment=message)
+        await asyncio.Event().wait()  # then nothing more, as an open stream
+
+
+@pytest.mark.parametrize(
+    ("codes", "fatal"),
+    [
+        ([grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE], False),
+        ([grpc.StatusCode.UNAUTHENTICATED], True),
+    ],
+)
+async def test_the_feed_waits_out_a_failing_pool_but_not_a_refusal(
+    pki: DevPki, tmp_path: Path, codes: list[grpc.StatusCode], fatal: bool
+) -> None:
+    client = PoolClient(
+        "127.0.0.1:1",
+        pki.client("rig-feed"),
+        pki.ca_pem,
+        "key",
+        backoff=Backoff(initial=0.01, maximum=0.02),
+    )
+    calls = [_Call(code, []) for code in codes] + [_Call(None, [_assignment(9).to_proto()])]
+    client.stub = type("Stub", (), {"StreamAssignments": lambda self, *a, **k: calls.pop(0)})()
+    stream = client.assignments(CursorTracker(CursorFile(tmp_path / "cursor.json")))
+    try:
+        if fatal:
+            with pytest.raises(PoolError) as refused:
+                await asyncio.wait_for(anext(stream), 5)
+            assert refused.value.code is grpc.StatusCode.UNAUTHENTICATED
+        else:
+            got = await asyncio.wait_for(anext(stream), 5)
+            assert got.cursor == 9 and calls == []
+    finally:
+        await stream.aclose()
+        await client.close()
