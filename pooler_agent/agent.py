@@ -524,8 +524,9 @@ class PoolerAgent:
         self._unsettled[result.key] = result
         self._wake.set()
         task = asyncio.current_task()
-        if task is not None:
+        if task is not None and task not in self._followers:
             self._followers.add(task)
+            task.add_done_callback(self._followers.discard)
         attempt = 0
         while True:
             settled, final = await self.submitter.settle(result)
