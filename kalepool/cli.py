@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -31,7 +32,10 @@ pooler_app = typer.Typer(
     " (operator).",
     invoke_without_command=True,
 )
-farmer_app = typer.Typer(help="Farmers: add one, fund it on the devnet.", no_args_is_help=True)
+farmer_app = typer.Typer(
+    help="Farmers: add one, fund it on the devnet, pay out, leave the pool.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(pooler_app, name="pooler")
@@ -255,27 +259,6 @@ def pooler(ctx: typer.Context) -> None:
         fail(f"cannot reach the chain: {error}", code=1)
 
 
-@contextlib.contextmanager
-def pool_errors() -> Iterator[None]:
-    """A refusal of the pool (bad input, unknown id, unreachable) as one line."""
-    import grpc
-
-    from kalepool.app.admin import AdminError
-    from kalepool.app.funding import FundingError
-    from kalepool.app.poolers import PoolerSetupError
-    from kalepool.chain import ChainError
-
-    try:
-        with operator_errors():
-            yield
-    except grpc.aio.AioRpcError as error:
-        if error.code() is grpc.StatusCode.UNAVAILABLE:
-            fail(f"the pool does not answer: {error.details()} (is kale-pool up running?)", 1)
-        fail(f"the pool refused ({error.code().name}): {error.details()}", code=1)
-    except (AdminError, PoolerSetupError, FundingError, ChainError) as error:
-        fail(str(error), code=1)
-
-
 @pooler_app.command("add")
 def pooler_add(
     ctx: typer.Context,
@@ -297,7 +280,7 @@ def pooler_add(
     settings = settings_from(ctx)
     from kalepool.app.admin import add_pooler
 
-    with pool_errors():
+    with pool_command(), operator_errors():
         add_pooler(settings, name, public_key=public_key, max_farmers=max_farmers)
 
 
@@ -321,7 +304,7 @@ def farmer_add(
     settings = settings_from(ctx)
     from kalepool.app.admin import add_farmer
 
-    with pool_errors():
+    with pool_command(), operator_errors():
         add_farmer(
             settings,
             pooler_id=pooler_id,
@@ -343,7 +326,7 @@ def farmer_fund(
     settings = settings_from(ctx)
     from kalepool.app.admin import fund_farmer_command
 
-    with pool_errors():
+    with pool_command(), operator_errors():
         fund_farmer_command(settings, farmer_id, kale=kale)
 
 
@@ -368,6 +351,136 @@ def devnet(
         run_devnet(host, port, ledger_seconds, block_seconds, state)
     except ValueError as error:
         fail(str(error))
+
+
+# --- looking at the pool and handling money, through its API (as grpcurl would) ---------
+
+
+@contextlib.contextmanager
+def pool_command() -> Iterator[None]:
+    """A pool that cannot be reached, or a refusal, as one line and a non-zero exit."""
+    from kalepool.app.commands import CommandError
+
+    try:
+        yield
+    except CommandError as error:
+        fail(str(error), code=error.code)
+
+
+CsvOption = Annotated[
+    bool, typer.Option("--csv", help="Plain CSV on stdout: full ids, amounts in stroops.")
+]
+
+
+@app.command()
+def blocks(
+    ctx: typer.Context,
+    last: Annotated[int, typer.Option("--last", help="How many recent blocks.")] = 10,
+    csv: CsvOption = False,
+) -> None:
+    """The pool's recent blocks: planted, worked, harvested, best zeros, rewards, failures."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import show_blocks
+
+    with pool_command():
+        show_blocks(settings, last, csv)
+
+
+class FarmerStatusChoice(StrEnum):
+    """The farmer statuses `farmers --status` takes."""
+
+    pending_funding = "pending-funding"
+    active = "active"
+    leaving = "leaving"
+    departed = "departed"
+
+
+@app.command()
+def farmers(
+    ctx: typer.Context,
+    pooler: Annotated[str, typer.Option("--pooler", help="Only this pooler's farmers (id).")] = "",
+    status: Annotated[
+        FarmerStatusChoice | None, typer.Option("--status", help="Only farmers with this status.")
+    ] = None,
+    csv: CsvOption = False,
+) -> None:
+    """The pool's farmers: status, stake, balance in KALE, addresses."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import show_farmers
+
+    with pool_command():
+        show_farmers(settings, pooler, status.value if status else None, csv)
+
+
+@app.command()
+def poolers(ctx: typer.Context, csv: CsvOption = False) -> None:
+    """The pool's poolers: farmers, last seen, stream, hash rate and capacity, rewards."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import show_poolers
+
+    with pool_command():
+        show_poolers(settings, csv)
+
+
+@farmer_app.command("payout")
+def farmer_payout(
+    ctx: typer.Context,
+    farmer_id: Annotated[str, typer.Argument(help="The farmer's id.")],
+    amount: Annotated[
+        str | None,
+        typer.Option("--amount", help="KALE to pay out (default: the whole available balance)."),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Idempotency key: asking again with it never pays twice."),
+    ] = None,
+) -> None:
+    """Send a farmer's KALE to its registered payout address."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import payout
+    from kalepool.app.tables import parse_kale
+
+    stroops = 0
+    if amount is not None:
+        try:
+            stroops = parse_kale(amount)
+        except ValueError as error:
+            fail(f"--amount: {error}")
+        if stroops == 0:
+            fail("--amount must be more than 0 (leave it out to pay out the whole balance)")
+    with pool_command():
+        settled = payout(settings, farmer_id, stroops, key)
+    if not settled:
+        raise typer.Exit(1)
+
+
+@farmer_app.command("leave")
+def farmer_leave(
+    ctx: typer.Context,
+    farmer_id: Annotated[str, typer.Argument(help="The farmer's id.")],
+) -> None:
+    """Leave the pool: planted no more; once harvested, everything goes to the payout address."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import leave
+
+    with pool_command():
+        leave(settings, farmer_id)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the report into.")],
+    last: Annotated[
+        int, typer.Option("--last", help="Only the last N blocks (default: all).", min=0)
+    ] = 0,
+) -> None:
+    """The pool's history as CSV (blocks, farmers, ledger; stroops) and PNG charts."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import report as write
+
+    with pool_command():
+        write(settings, out, last)
 
 
 def main() -> None:

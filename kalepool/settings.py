@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     pooler_submit_margin_seconds: float = Field(
         10.0, ge=0, description="Mining ends this long before the next block may open."
     )
+    pooler_min_work_window_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A block is planted only while this long remains before the next may open.",
+    )
 
     # --- operations ----------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(

@@ -7,23 +7,38 @@ else `KALE_POOL_POOL_LISTEN`), exactly as grpcurl would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
+import grpc
 from rich.console import Console
 from rich.markup import escape
 from stellar_sdk import StrKey
 
+from kalepool.app.commands import CommandError, rpc_error
 from kalepool.app.funding import KALE, Friendbot, FundingError
 from kalepool.app.operator import OperatorClient
-from kalepool.app.poolers import csr_instructions, provision_pooler
+from kalepool.app.poolers import PoolerSetupError, csr_instructions, provision_pooler
 from kalepool.app.runstate import RunState
 from kalepool.app.tables import format_kale
-from kalepool.chain import ChainClient, resolve_chain_config
+from kalepool.chain import ChainClient, ChainConfigError, ChainError, resolve_chain_config
 from kalepool.settings import ENV_PREFIX, Network, Settings
 from kalepool.v1 import pool_pb2
 
 
-class AdminError(Exception):
-    """The command cannot do what was asked; one line says why."""
+def _one_line(address: str) -> contextlib.AbstractContextManager[None]:
+    """The pool's refusals and the chain's failures as a CommandError (one line)."""
+
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        try:
+            yield
+        except grpc.aio.AioRpcError as error:
+            raise rpc_error(error, address) from None
+        except (FundingError, PoolerSetupError, ChainError, ChainConfigError) as error:
+            raise CommandError(str(error)) from None
+
+    return guard()
 
 
 def running_stack(settings: Settings) -> RunState | None:
@@ -151,8 +166,9 @@ def add_pooler(
 ) -> None:
     """`kale-pool pooler add NAME`."""
     if public_key is not None and not StrKey.is_valid_ed25519_public_key(public_key):
-        raise AdminError(f"--public-key: not a Stellar account id (G…): {public_key!r}")
-    asyncio.run(_add_pooler(settings, name, public_key, max_farmers, console or _console()))
+        raise CommandError(f"--public-key: not a Stellar account id (G…): {public_key!r}")
+    with _one_line(operator_address(settings)):
+        asyncio.run(_add_pooler(settings, name, public_key, max_farmers, console or _console()))
 
 
 async def _add_farmer(
@@ -216,7 +232,8 @@ def add_farmer(
     import secrets
 
     key = idempotency_key or f"cli:{secrets.token_hex(16)}"
-    asyncio.run(_add_farmer(settings, pooler_id, payout, stake_bps, key, console or _console()))
+    with _one_line(operator_address(settings)):
+        asyncio.run(_add_farmer(settings, pooler_id, payout, stake_bps, key, console or _console()))
 
 
 async def _fund_farmer(settings: Settings, farmer_id: str, kale: float, console: Console) -> None:
@@ -256,13 +273,11 @@ def fund_farmer_command(
 ) -> None:
     """`kale-pool farmer fund` (devnet only)."""
     if settings.network is not Network.DEVNET:
-        raise AdminError(
+        raise CommandError(
             f"farmer fund uses the devnet's friendbot; on {settings.network.value} send XLM"
             " and KALE to the custodial address yourself"
         )
     if kale < 0:
-        raise AdminError("--kale cannot be negative")
-    try:
+        raise CommandError("--kale cannot be negative")
+    with _one_line(operator_address(settings)):
         asyncio.run(_fund_farmer(settings, farmer_id, kale, console or _console()))
-    except FundingError as error:
-        raise AdminError(str(error)) from None

@@ -8,6 +8,7 @@ line; the live view implements the same Protocol and draws the farm around them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Protocol, TextIO
 
@@ -15,6 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 LEVELS = ("info", "good", "warning", "error")
+# Where the stack's events are logged (`kale-pool up` writes it to logs/events.log).
+EVENT_LOGGER = "kalepool.events"
+_LOG_LEVEL = {"info": logging.INFO, "good": logging.INFO, "warning": logging.WARNING}
 _STYLE = {"info": "", "good": "green", "warning": "yellow", "error": "bold red"}
 
 
@@ -52,6 +56,7 @@ class PlainObserver:
         line = f"[dim]{stamp}[/dim] " + (f"[{style}]{text}[/{style}]" if style else text)
         out = self.errors if level == "error" else self.console
         out.print(line, highlight=False, soft_wrap=True)
+        logging.getLogger(EVENT_LOGGER).log(_LOG_LEVEL.get(level, logging.ERROR), message)
 
     async def run(self, stop: asyncio.Event) -> None:
         # Events print as they come; there is nothing else to draw.

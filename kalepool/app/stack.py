@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +36,13 @@ from rich.console import Console
 from kalepool.app.cycles import BlockOutcome, CycleWatcher, failure_lines, summary_table
 from kalepool.app.demo import DemoFarmer, provision_demo, wait_for_deposits
 from kalepool.app.funding import Friendbot, FundingError
-from kalepool.app.observer import PlainObserver, StackObserver
+from kalepool.app.observer import EVENT_LOGGER, PlainObserver, StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.app.poolers import PoolerSetupError, ProvisionedPooler, provision_pooler
 from kalepool.app.probes import free_port, grpc_serving, http_ok, port_taken, split_address
 from kalepool.app.runstate import ProcessInfo, RunState
 from kalepool.app.supervisor import Part, PartFailed, Supervisor
+from kalepool.app.view import make_view
 from kalepool.chain import ChainClient, ChainError, resolve_chain_config
 from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import apply_migrations
@@ -523,9 +525,8 @@ class Stack:
 
     async def _farm(self, stop: asyncio.Event) -> int:
         assert self.state is not None
-        # The live view takes over here once it exists:
-        # `live = make_view(self.settings, self.state, self.console)`.
-        live: StackObserver = self.observer
+        # The farm's view takes over from the start-up lines: live on a terminal.
+        live: StackObserver = make_view(self.settings, self.state, self.console)
         self.supervisor.observer = live
         view_stop = asyncio.Event()
         view = asyncio.create_task(live.run(view_stop), name="view")
@@ -576,6 +577,25 @@ class Stack:
         return code
 
 
+@contextlib.contextmanager
+def _event_log(settings: Settings) -> Iterator[None]:
+    """The stack's events (the supervisor's and the view's) also go to
+    `<data dir>/logs/events.log`, and only there: the terminal shows them its own way."""
+    events = logging.getLogger(EVENT_LOGGER)
+    path = settings.layout().logs / "events.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    os.chmod(path, 0o600)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    events.addHandler(handler)
+    events.setLevel(logging.INFO)
+    events.propagate = False
+    try:
+        yield
+    finally:
+        events.removeHandler(handler)
+        handler.close()
+
+
 def run_up(settings: Settings, options: UpOptions, console: Console | None = None) -> int:
     """`kale-pool up` (UpError or StackLockedError for what cannot start, in one line)."""
     from kalepool.app.runstate import StackLock
@@ -583,7 +603,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console | None = Non
     check_options(settings, options)
     settings.layout().ensure()
     console = console or Console(highlight=False)
-    with StackLock(settings):
+    with StackLock(settings), _event_log(settings):
         ports = Ports.plan(settings)
         ports.check(settings.network is Network.DEVNET)
         stack = Stack(settings, options, ports, PlainObserver(console), console)

@@ -120,6 +120,6 @@ def test_the_summary_table_has_a_row_per_block() -> None:
     outcome = assess(block)
     table = summary_table([outcome])
     assert table.row_count == 1
-    headers = [str(c.header) for c in table.columns]
+    headers = [str(c.header).replace("\n", " ") for c in table.columns]
     for column in ("block", "planted", "worked", "harvested", "best zeros", "reward KALE"):
         assert column in headers
