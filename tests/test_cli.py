@@ -350,3 +350,31 @@ def test_up_on_a_taken_port_says_so_in_one_line(env: dict[str, str]) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot start the devnet on 127.0.0.1:{port}" in lines[0]
     assert "KALE_POOL_DEVNET_PORT" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_part_that_dies_stops_everything_with_exit_1(env: dict[str, str]) -> None:
+    assert KALE_POOL is not None
+    env = _free_ports_env(env)
+    proc = subprocess.Popen(
+        [KALE_POOL, "up", "--no-demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = _read_until(proc, "Ctrl-C stops everything")
+        assert "Ctrl-C stops everything" in output, output
+        state = _stack(env)
+        assert state is not None
+        os.kill(state.processes["wallet"].pid, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1, output + rest
+        assert "wallet stopped by itself (signal 9)" in rest, rest
+        assert "pool: stopping" in rest and "devnet: stopping" in rest
+        _wait_gone([p.pid for p in state.processes.values()])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
