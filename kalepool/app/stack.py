@@ -602,7 +602,10 @@ def run_up(settings: Settings, options: UpOptions, console: Console | None = Non
 
     check_options(settings, options)
     settings.layout().ensure()
-    console = console or Console(highlight=False)
+    if console is None:
+        from kalepool.app.commands import _out  # standard output at a useful width
+
+        console = _out()
     with StackLock(settings), _event_log(settings):
         ports = Ports.plan(settings)
         ports.check(settings.network is Network.DEVNET)

@@ -146,7 +146,10 @@ async def pool_tables(settings: Settings, state: RunState) -> list[Table | str]:
 
 def show_status(settings: Settings, console: Console | None = None) -> int:
     """Print the status; the exit code (0)."""
-    console = console or Console(highlight=False)
+    if console is None:
+        from kalepool.app.commands import _out  # standard output at a useful width
+
+        console = _out()
     state = RunState.load(settings)
     root = settings.layout().root
     if state is None:
