@@ -125,10 +125,12 @@ class Settings(BaseSettings):
 
     # --- pool operation limits -----------------------------------------------
     max_farmers_per_pooler: int = Field(100, ge=1, description="Farmers one pooler may hold.")
-    max_plant_batch_size: int = Field(50, ge=1, description="Farmers planted per request.")
     max_harvest_batch_size: int = Field(20, ge=1, description="Pails harvested per request.")
     plant_concurrency: int = Field(16, ge=1, le=1000, description="Parallel plant transactions.")
     plant_timeout_seconds: float = Field(30.0, gt=0, description="Deadline of one plant.")
+    plant_reconcile_interval_seconds: float = Field(
+        5.0, gt=0, description="How often plant requests without a recorded outcome are retried."
+    )
     harvest_timeout_seconds: float = Field(45.0, gt=0, description="Deadline of one harvest.")
 
     # --- pooler agent --------------------------------------------------------

@@ -30,6 +30,7 @@ from pool_service.harvesting import Harvester
 from pool_service.payouts import Payouts, PayoutStore
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
+from pool_service.reconcile import PlantReconciler
 from pool_service.registry import PoolRegistry
 from pool_service.store import HarvestStore, Store
 from pool_service.wallet import WalletClient
@@ -54,6 +55,8 @@ class PoolServer:
     # Pending payouts driven once at start-up (a restart mid-payout settles them).
     reconciled: asyncio.Task[int]
     _stack: AsyncExitStack
+    # Unsettled plant requests driven at start-up and then periodically.
+    plants: PlantReconciler | None = None
 
     @property
     def port(self) -> int:
@@ -61,6 +64,8 @@ class PoolServer:
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop harvesting and serving, then release the wallet channel and the database."""
+        if self.plants is not None:
+            await self.plants.stop()
         for task in (self.harvest_loop, self.reconciled):
             if task is not None:
                 task.cancel()
@@ -92,7 +97,8 @@ async def start_pool_server(
     client certificate it presents to the wallet service (`pool-client`). PoolService
     admits the `operators` common names only; PoolerService admits any certificate of
     the CA and then demands the pooler's API key. Unless `harvest_interval_seconds` is
-    None, a background task harvests finished blocks' worked pails that often.
+    None, a background task harvests finished blocks' worked pails that often. Another
+    drives unsettled plant requests at once and every `plant_reconcile_interval_seconds`.
     """
     stack = AsyncExitStack()
     pool = await open_pool(
@@ -112,9 +118,10 @@ async def start_pool_server(
         store, wallet, settings, BlockReports(store, BlockStore(pool), view, feeds), payouts
     )
     harvester = Harvester(HarvestStore(pool), wallet, view, settings, Compensations(pool))
+    planter = Planter(store, wallet, view, settings, feeds.notify)
     pooler_api = PoolerApi(
         Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),
-        Planter(store, wallet, view, settings, feeds.notify),
+        planter,
         AssignmentFeed(store, view, feeds, feed_poll_seconds),
         WorkReports(store, view),
         harvester,
@@ -143,8 +150,10 @@ async def start_pool_server(
     if harvest_interval_seconds is not None:
         loop = asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
     reconciled = asyncio.create_task(payouts.reconcile(), name="pool-payouts-reconcile")
+    plants = PlantReconciler(store, planter)
+    plants.start(settings.plant_reconcile_interval_seconds)
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, loop, reconciled, stack)
+    return PoolServer(built, registry, pooler_api, feeds, pool, loop, reconciled, stack, plants)
 
 
 async def start_pool_for(
