@@ -25,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import grpc
 from rich.console import Console, Group, RenderableType
@@ -34,6 +33,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kalepool.app.observer import EVENT_LOGGER, StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
 from kalepool.app.tables import (
@@ -51,11 +51,15 @@ from kalepool.app.tables import (
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 
-EVENT_LOGGER = "kalepool.events"
 log = logging.getLogger(EVENT_LOGGER)
 
-LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
+LEVELS = {
+    "info": logging.INFO,
+    "good": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+LEVEL_STYLE = {"info": "", "good": "green", "warning": "yellow", "error": "bold red"}
 
 # Errors that mean "the pool is not there (now)", as opposed to a refusal.
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -69,15 +73,6 @@ _SECRET = re.compile(r"\bS[A-Z2-7]{55}\b|\bkp_[A-Za-z0-9_-]{8,}")
 def redact(text: str) -> str:
     """`text` with anything shaped like a secret seed or an API key masked."""
     return _SECRET.sub("[redacted]", text)
-
-
-class StackObserver(Protocol):
-    """What the supervisor of `kale-pool up` drives: its own events, and a task that
-    polls and renders until `stop` is set."""
-
-    def event(self, message: str, *, level: str = "info") -> None: ...
-
-    async def run(self, stop: asyncio.Event) -> None: ...
 
 
 @dataclass(frozen=True)
