@@ -167,11 +167,20 @@ def status(ctx: typer.Context) -> None:
 
 
 @app.command()
-def check(ctx: typer.Context) -> None:
-    """Prove derived state (balances, counters, block totals) agrees with the event tables."""
+def check(
+    ctx: typer.Context,
+    blocks: Annotated[
+        int,
+        typer.Option("--blocks", min=1, help="Recent blocks whose pails are compared."),
+    ] = 12,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Only the books against themselves (no chain).")
+    ] = False,
+) -> None:
+    """Prove the books: derived state against the events, and the events against the chain
+    (balances, pails, works, harvests, every wallet transaction and KALE movement)."""
     settings = settings_from(ctx)
     from kalepool.app.status import nothing_has_run
-    from kalepool.runtime import run_check
 
     if nothing_has_run(settings):
         fail(
@@ -179,9 +188,22 @@ def check(ctx: typer.Context) -> None:
             " (kale-pool up creates it)",
             code=1,
         )
+    import asyncio
+
+    from rich.console import Console
+
+    from kalepool.app.books import ChainUnreachableError, check_books, print_report
+    from kalepool.db import resolve_conninfo
+
     with operator_errors():
-        agree = run_check(settings)
-    if not agree:
+        conninfo = resolve_conninfo(settings)
+        assert conninfo is not None
+        try:
+            report = asyncio.run(check_books(settings, conninfo, blocks=blocks, offline=offline))
+        except ChainUnreachableError as error:
+            fail(str(error), code=1)
+    print_report(report, Console(stderr=True, highlight=False, soft_wrap=True), offline=offline)
+    if not report.ok:
         raise typer.Exit(1)
 
 

@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.table import Table
 
 from kalepool.db import resolve_conninfo
-from kalepool.db.consistency import check_consistency
 from kalepool.db.migrate import apply_migrations, migration_status
 from kalepool.settings import ENV_PREFIX, Settings
 
@@ -41,21 +40,6 @@ def show_migrations(settings: Settings) -> None:
     for entry in migration_status(conninfo):
         table.add_row(f"{entry.version:04d}", entry.name, "applied" if entry.applied else "pending")
     Console().print(table)
-
-
-def run_check(settings: Settings) -> bool:
-    """Check that derived state agrees with the events; True when it does."""
-    conninfo = resolve_conninfo(settings)
-    assert conninfo is not None
-    import psycopg
-
-    with psycopg.connect(conninfo) as conn:
-        problems = check_consistency(conn)
-    for problem in problems:
-        console.print(f"[red]inconsistent:[/red] {problem}")
-    if not problems:
-        console.print("balances, counters and block totals agree with the event tables")
-    return not problems
 
 
 def show_config(settings: Settings) -> None:

@@ -28,27 +28,41 @@ operator (every schema) and the chain through the RPC; it writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import shutil
+import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import aiohttp
 import psycopg
 from psycopg.rows import dict_row
+from rich.console import Console
+from rich.markup import escape
 
+from kalepool.app.runstate import RunState
 from kalepool.app.tables import format_kale
 from kalepool.chain import (
     ChainClient,
+    ChainConfigError,
+    ChainError,
+    ChainUnavailableError,
     EventsOutOfRangeError,
     TokenEvent,
     current_block,
     read_pails,
     read_token_events,
+    resolve_chain_config,
 )
+from kalepool.chain.config import redact_url
 from kalepool.chain.farm_state import get_entries, trustline_key
 from kalepool.db.consistency import check_consistency
+from kalepool.settings import Network, Settings
 
 # Above this many in-flight amounts for one farmer, their combinations are not tried:
 # the difference is reported as in flight when any is pending.
@@ -475,3 +489,89 @@ async def audit_books(conninfo: str, chain: ChainClient | None, *, blocks: int =
 def lines(items: Iterable[str]) -> list[str]:
     """Sorted, de-duplicated report lines."""
     return sorted(set(items))
+
+
+# --- `kale-pool check` -----------------------------------------------------------------
+
+
+class ChainUnreachableError(Exception):
+    """The chain could not be read; the message says where and what to do."""
+
+
+@contextlib.asynccontextmanager
+async def _chain_for(settings: Settings) -> AsyncIterator[ChainClient]:
+    """The chain the books are kept against.
+
+    A running stack's RPC, else the configured one. On the devnet with no stack running,
+    the chain is the devnet's saved state: a copy is served read-only (ledgers closed on
+    request only, none requested) for the length of the check.
+    """
+    state = RunState.load(settings)
+    running = state is not None and state.alive().get("supervisor", False)
+    if running and state is not None:
+        settings = settings.model_copy(update={"rpc_url": state.rpc_url})
+    saved = settings.layout().devnet_state
+    offline_devnet = settings.network is Network.DEVNET and not running and saved.exists()
+    async with contextlib.AsyncExitStack() as stack:
+        if offline_devnet:
+            from kalepool.devnet import DevnetConfig, DevnetServer
+
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            copy = scratch / "state.json"
+            shutil.copy(saved, copy)
+            devnet = DevnetServer(
+                DevnetConfig(
+                    port=0,
+                    manual=True,
+                    state_path=copy,
+                    block_seconds=settings.devnet_block_seconds,
+                    ledger_seconds=settings.ledger_seconds(),
+                )
+            )
+            await stack.enter_async_context(devnet)
+            settings = settings.model_copy(update={"rpc_url": f"{devnet.url}/"})
+        try:
+            config = await resolve_chain_config(settings)
+        except (ChainError, ChainConfigError, aiohttp.ClientError, OSError) as exc:
+            raise ChainUnreachableError(
+                f"cannot read the chain at {redact_url(settings.rpc_url or '')}: {exc}"
+                " (is kale-pool up running? --offline checks the books against themselves only)"
+            ) from None
+        chain = ChainClient(config)
+        stack.push_async_callback(chain.aclose)
+        yield chain
+
+
+async def check_books(
+    settings: Settings, conninfo: str, *, blocks: int = 12, offline: bool = False
+) -> BooksReport:
+    """`kale-pool check`: the books against themselves, then (unless `offline`) the chain."""
+    if offline:
+        return await audit_books(conninfo, None)
+    async with _chain_for(settings) as chain:
+        try:
+            return await audit_books(conninfo, chain, blocks=blocks)
+        except ChainUnavailableError as exc:
+            raise ChainUnreachableError(
+                f"the chain stopped answering during the check: {exc}"
+            ) from None
+
+
+def print_report(report: BooksReport, console: Console, *, offline: bool) -> None:
+    """One line per difference and per thing in flight, then what was compared."""
+    for line in lines(report.differences):
+        console.print(f"[red]difference:[/red] {escape(line)}")
+    for line in lines(report.in_flight):
+        console.print(f"[yellow]in flight:[/yellow] {escape(line)}")
+    compared = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+    against = "themselves" if offline else "the chain"
+    if report.ok:
+        console.print(
+            "balances, counters and block totals agree with the event tables"
+            + ("" if offline else f"; the books agree with the chain ({compared})")
+        )
+    else:
+        console.print(
+            f"[red]{len(report.differences)} difference(s)[/red] between the books and {against}"
+            + (f" ({compared} compared)" if compared else "")
+        )
