@@ -115,7 +115,8 @@ async def test_the_examples_work_against_a_real_pool(pool: PoolStage) -> None:
         ),
         "RequestPlant": (
             grpc.StatusCode.FAILED_PRECONDITION,
-            "block 12 cannot be planted now: the block to plant is 0 (the farm's current block is 0)",
+            "block 12 cannot be planted now: the block to plant is 0"
+            " (the farm's current block is 0)",
         ),
         "GetAssignments": (grpc.StatusCode.NOT_FOUND, "this pooler has no record of block 12"),
     }

