@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml $(RUST_SOURCES)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# Options for `kale-pool up`: make run ARGS="--poolers 2 --farmers 10".
+ARGS ?=
+
 run: $(STAMP)
-	$(BIN)/kale-pool up
+	@echo "kale-pool is in $(BIN) (not on PATH): $(BIN)/kale-pool --help, or source $(BIN)/activate"
+	$(BIN)/kale-pool up $(ARGS)
 
 test: lint test-rust test-python
 

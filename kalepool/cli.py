@@ -6,15 +6,17 @@ Each command imports what it needs lazily so `kale-pool --help` stays instant.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from kalepool import __version__
-from kalepool.settings import Network, Settings, SettingsError, load_settings
+from kalepool.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     help="kale-pool: pooled KALE farming on Stellar.",
@@ -24,8 +26,20 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database: migrations and their status.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration: show the effective settings.", no_args_is_help=True)
+pooler_app = typer.Typer(
+    help="Pooler: `kale-pool pooler` runs the pooler agent on a mining machine (plant through"
+    " the pool, mine, submit work, until Ctrl-C); `kale-pool pooler add NAME` adds a pooler"
+    " (operator).",
+    invoke_without_command=True,
+)
+farmer_app = typer.Typer(
+    help="Farmers: add one, fund it on the devnet, pay out, leave the pool.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(pooler_app, name="pooler")
+app.add_typer(farmer_app, name="farmer")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -34,9 +48,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings_from(ctx: typer.Context) -> Settings:
-    """The settings for this invocation: environment and .env, with global flags on top."""
-    overrides: dict[str, Any] = ctx.obj or {}
+def settings_from(ctx: typer.Context, **extra: Any) -> Settings:
+    """The settings for this invocation: environment and .env, with global flags (and a
+    command's own ``extra`` overrides) on top."""
+    overrides: dict[str, Any] = {**(ctx.find_root().obj or {}), **extra}
     try:
         settings = load_settings(**overrides)
     except SettingsError as error:
@@ -85,8 +100,11 @@ def main_options(
         ),
     ] = None,
     network: Annotated[
-        Network | None,
-        typer.Option("--network", help="Chain profile (default: KALE_POOL_NETWORK or devnet)."),
+        str | None,
+        typer.Option(
+            "--network",
+            help="Chain profile: devnet, testnet or mainnet (default: KALE_POOL_NETWORK, devnet).",
+        ),
     ] = None,
     version: Annotated[
         bool,
@@ -98,34 +116,94 @@ def main_options(
 
 
 @app.command()
-def up(ctx: typer.Context) -> None:
-    """Run the pool on this machine: database, migrations, chain and services, until Ctrl-C."""
-    settings = settings_from(ctx)
-    from kalepool.runtime import run_up
+def up(
+    ctx: typer.Context,
+    poolers: Annotated[
+        int, typer.Option("--poolers", help="Local pooler agents to provision and run.")
+    ] = 1,
+    farmers: Annotated[
+        int, typer.Option("--farmers", help="Demo farmers to register and fund (devnet).")
+    ] = 6,
+    blocks: Annotated[
+        int | None,
+        typer.Option("--blocks", help="Stop after this many complete cycles; print a summary."),
+    ] = None,
+    block_seconds: Annotated[
+        int | None,
+        typer.Option(
+            "--block-seconds",
+            help="Devnet block interval (default: KALE_POOL_DEVNET_BLOCK_SECONDS, 60).",
+        ),
+    ] = None,
+    no_demo: Annotated[
+        bool,
+        typer.Option("--no-demo", help="The bare pool: services only, no poolers or farmers."),
+    ] = False,
+) -> None:
+    """Run the pool on this machine, farming: database, devnet, services, poolers, demo
+    farmers, each part its own process; until Ctrl-C (or --blocks)."""
+    settings = settings_from(ctx, devnet_block_seconds=block_seconds)
+    from kalepool.app.runstate import StackLockedError
+    from kalepool.app.stack import UpError, UpOptions, run_up
 
-    with operator_errors():
-        run_up(settings)
+    options = UpOptions(poolers=poolers, farmers=farmers, blocks=blocks, demo=not no_demo)
+    try:
+        with operator_errors():
+            code = run_up(settings, options)
+    except (UpError, StackLockedError) as error:
+        fail(str(error), code=1)
+    raise typer.Exit(code)
 
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Show what runs and what state the data directory holds."""
+    """Show what runs (processes, addresses), the poolers, the current block and the pool's
+    totals; without a running stack, what the data directory holds."""
     settings = settings_from(ctx)
-    from kalepool.runtime import show_status
+    from kalepool.app.status import show_status
 
     with operator_errors():
-        show_status(settings)
+        raise typer.Exit(show_status(settings))
 
 
 @app.command()
-def check(ctx: typer.Context) -> None:
-    """Prove derived state (balances, counters, block totals) agrees with the event tables."""
+def check(
+    ctx: typer.Context,
+    blocks: Annotated[
+        int,
+        typer.Option("--blocks", min=1, help="Recent blocks whose pails are compared."),
+    ] = 12,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Only the books against themselves (no chain).")
+    ] = False,
+) -> None:
+    """Prove the books: derived state against the events, and the events against the chain
+    (balances, pails, works, harvests, every wallet transaction and KALE movement)."""
     settings = settings_from(ctx)
-    from kalepool.runtime import run_check
+    from kalepool.app.status import nothing_has_run
+
+    if nothing_has_run(settings):
+        fail(
+            f"nothing has run here yet: {settings.layout().root} holds no database"
+            " (kale-pool up creates it)",
+            code=1,
+        )
+    import asyncio
+
+    from rich.console import Console
+
+    from kalepool.app.books import ChainUnreachableError, check_books, print_report
+    from kalepool.db import resolve_conninfo
 
     with operator_errors():
-        agree = run_check(settings)
-    if not agree:
+        conninfo = resolve_conninfo(settings)
+        assert conninfo is not None
+        try:
+            report = asyncio.run(check_books(settings, conninfo, blocks=blocks, offline=offline))
+        except ChainUnreachableError as error:
+            fail(str(error), code=1)
+    print_report(report, Console(stderr=True, highlight=False, soft_wrap=True), offline=offline)
+    if not report.ok:
         raise typer.Exit(1)
 
 
@@ -186,9 +264,11 @@ def mine(
     raise typer.Exit(code)
 
 
-@app.command()
+@pooler_app.callback()
 def pooler(ctx: typer.Context) -> None:
     """Run the pooler agent: plant through the pool, mine, submit work, until Ctrl-C."""
+    if ctx.invoked_subcommand is not None:
+        return
     settings = settings_from(ctx)
     from kalepool.chain import ChainError
     from pooler_agent.agent import AgentError, run_pooler
@@ -199,6 +279,77 @@ def pooler(ctx: typer.Context) -> None:
         fail(str(error), code=1)
     except ChainError as error:
         fail(f"cannot reach the chain: {error}", code=1)
+
+
+@pooler_app.command("add")
+def pooler_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The pooler's name (letters, digits, dashes).")],
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key",
+            help="The mining machine's own account (G...); default: made here, with fee"
+            " accounts (friendbot-funded where the network has one).",
+        ),
+    ] = None,
+    max_farmers: Annotated[
+        int | None, typer.Option("--max-farmers", help="The most farmers it may serve.")
+    ] = None,
+) -> None:
+    """Register a pooler, issue its client certificate and API key, and print the settings
+    its mining machine needs (operator)."""
+    settings = settings_from(ctx)
+    from kalepool.app.admin import add_pooler
+
+    with pool_command(), operator_errors():
+        add_pooler(settings, name, public_key=public_key, max_farmers=max_farmers)
+
+
+@farmer_app.command("add")
+def farmer_add(
+    ctx: typer.Context,
+    pooler_id: Annotated[str, typer.Option("--pooler", help="The pooler's id.")],
+    payout: Annotated[
+        str, typer.Option("--payout", help="The farmer's own account (G...) for payouts.")
+    ],
+    stake_bps: Annotated[
+        int,
+        typer.Option("--stake-bps", help="Share of the balance staked per block, 0 to 10000."),
+    ] = 0,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Repeat safely: the same key, the same farmer."),
+    ] = None,
+) -> None:
+    """Register a farmer: prints its custodial address and exactly what to send there."""
+    settings = settings_from(ctx)
+    from kalepool.app.admin import add_farmer
+
+    with pool_command(), operator_errors():
+        add_farmer(
+            settings,
+            pooler_id=pooler_id,
+            payout=payout,
+            stake_bps=stake_bps,
+            idempotency_key=idempotency_key,
+        )
+
+
+@farmer_app.command("fund")
+def farmer_fund(
+    ctx: typer.Context,
+    farmer_id: Annotated[str, typer.Argument(help="The farmer's id.")],
+    kale: Annotated[
+        float, typer.Option("--kale", help="KALE to pay the custodial account (devnet).")
+    ] = 100.0,
+) -> None:
+    """Fund a farmer on the devnet: friendbot XLM, ConfirmFunding (the trustline), KALE."""
+    settings = settings_from(ctx)
+    from kalepool.app.admin import fund_farmer_command
+
+    with pool_command(), operator_errors():
+        fund_farmer_command(settings, farmer_id, kale=kale)
 
 
 @app.command()
@@ -224,6 +375,144 @@ def devnet(
         fail(str(error))
 
 
+# --- looking at the pool and handling money, through its API (as grpcurl would) ---------
+
+
+@contextlib.contextmanager
+def pool_command() -> Iterator[None]:
+    """A pool that cannot be reached, or a refusal, as one line and a non-zero exit."""
+    from kalepool.app.commands import CommandError
+
+    try:
+        yield
+    except CommandError as error:
+        fail(str(error), code=error.code)
+
+
+CsvOption = Annotated[
+    bool, typer.Option("--csv", help="Plain CSV on stdout: full ids, amounts in stroops.")
+]
+
+
+@app.command()
+def blocks(
+    ctx: typer.Context,
+    last: Annotated[int, typer.Option("--last", help="How many recent blocks.")] = 10,
+    csv: CsvOption = False,
+) -> None:
+    """The pool's recent blocks: planted, worked, harvested, best zeros, rewards, failures."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import show_blocks
+
+    with pool_command():
+        show_blocks(settings, last, csv)
+
+
+class FarmerStatusChoice(StrEnum):
+    """The farmer statuses `farmers --status` takes."""
+
+    pending_funding = "pending-funding"
+    active = "active"
+    leaving = "leaving"
+    departed = "departed"
+
+
+@app.command()
+def farmers(
+    ctx: typer.Context,
+    pooler: Annotated[str, typer.Option("--pooler", help="Only this pooler's farmers (id).")] = "",
+    status: Annotated[
+        FarmerStatusChoice | None, typer.Option("--status", help="Only farmers with this status.")
+    ] = None,
+    csv: CsvOption = False,
+) -> None:
+    """The pool's farmers: status, stake, balance in KALE, addresses."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import show_farmers
+
+    with pool_command():
+        show_farmers(settings, pooler, status.value if status else None, csv)
+
+
+@app.command()
+def poolers(ctx: typer.Context, csv: CsvOption = False) -> None:
+    """The pool's poolers: farmers, last seen, stream, hash rate and capacity, rewards."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import show_poolers
+
+    with pool_command():
+        show_poolers(settings, csv)
+
+
+@farmer_app.command("payout")
+def farmer_payout(
+    ctx: typer.Context,
+    farmer_id: Annotated[str, typer.Argument(help="The farmer's id.")],
+    amount: Annotated[
+        str | None,
+        typer.Option("--amount", help="KALE to pay out (default: the whole available balance)."),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="Idempotency key: asking again with it never pays twice."),
+    ] = None,
+) -> None:
+    """Send a farmer's KALE to its registered payout address."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import payout
+    from kalepool.app.tables import parse_kale
+
+    stroops = 0
+    if amount is not None:
+        try:
+            stroops = parse_kale(amount)
+        except ValueError as error:
+            fail(f"--amount: {error}")
+        if stroops == 0:
+            fail("--amount must be more than 0 (leave it out to pay out the whole balance)")
+    with pool_command():
+        settled = payout(settings, farmer_id, stroops, key)
+    if not settled:
+        raise typer.Exit(1)
+
+
+@farmer_app.command("leave")
+def farmer_leave(
+    ctx: typer.Context,
+    farmer_id: Annotated[str, typer.Argument(help="The farmer's id.")],
+) -> None:
+    """Leave the pool: planted no more; once harvested, everything goes to the payout address."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import leave
+
+    with pool_command():
+        leave(settings, farmer_id)
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the report into.")],
+    last: Annotated[
+        int, typer.Option("--last", help="Only the last N blocks (default: all).", min=0)
+    ] = 0,
+) -> None:
+    """The pool's history as CSV (blocks, farmers, ledger; stroops) and PNG charts."""
+    settings = settings_from(ctx)
+    from kalepool.app.commands import report as write
+
+    with pool_command():
+        write(settings, out, last)
+
+
 def main() -> None:
     """Console-script entry point."""
+    # gRPC's C core writes its own log lines (absl start-up notices, fork warnings) to the
+    # terminal; they must be silenced before grpc is first imported. Inherited by every
+    # process `up` starts. Set GRPC_VERBOSITY=ERROR (or DEBUG) to see them.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -234,6 +234,10 @@ class _Telemetry(_CallScope):
     def __init__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.service, self.name = _split(method)
         self.context = context
+        # Read while the call is live: after a client vanished mid-stream (a killed
+        # process), the call's auth context may already be freed, and reading it then
+        # crashes the process.
+        self.caller = caller_name(context) or "-"
         self.started = time.perf_counter()
         self.failed: BaseException | None = None
 
@@ -260,7 +264,7 @@ class _Telemetry(_CallScope):
             self.name,
             status,
             seconds * 1000,
-            caller_name(self.context) or "-",
+            self.caller,
         )
 
 

@@ -1,6 +1,8 @@
-"""Running a service process: what `python -m wallet_service`, `python -m pool_service`
-and `kale-pool up` share — the database and its migrations, the metrics endpoint,
-waiting for SIGINT/SIGTERM, and one clear line for a start-up failure."""
+"""Running a service process: what `python -m wallet_service` and `python -m pool_service`
+share (in a pod, or as processes of `kale-pool up`) — the database and its migrations,
+the metrics endpoint, waiting for SIGINT/SIGTERM, and one clear line for a start-up
+failure (a bad setting, a taken port, an unreachable chain), which `up` shows as the
+reason the part stopped."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import apply_migrations
 from kalepool.logs import configure_logging
-from kalepool.settings import Settings, SettingsError, load_settings
+from kalepool.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 ServiceStarter = Callable[[Settings, str, contextlib.AsyncExitStack], Awaitable[object]]
 """Starts one service on the database ``conninfo``, stopping it when the stack closes."""
@@ -67,7 +69,16 @@ async def serve(settings: Settings, start: ServiceStarter) -> None:
     settings.layout().ensure()
     conninfo = await open_database(settings)
     async with contextlib.AsyncExitStack() as stack:
-        await start(settings, conninfo, stack)
+        try:
+            await start(settings, conninfo, stack)
+        except RuntimeError as error:
+            # kalepool.grpc_server's "cannot listen on ADDRESS: ..." when the port is taken.
+            if not str(error).startswith("cannot listen on"):
+                raise
+            raise StartupError(
+                f"{error} (another process on that port? set {ENV_PREFIX}POOL_LISTEN or"
+                f" {ENV_PREFIX}WALLET_LISTEN)"
+            ) from None
         serve_metrics(settings, stack)
         await wait_for_shutdown()
 
@@ -88,7 +99,15 @@ def run_service(
         print(f"{name}: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
-    known: tuple[type[Exception], ...] = (StartupError, *operator_errors)
+    from kalepool.chain import ChainConfigError, ChainError
+
+    # The chain unreachable or misconfigured at start-up is the operator's to fix too.
+    known: tuple[type[Exception], ...] = (
+        StartupError,
+        ChainConfigError,
+        ChainError,
+        *operator_errors,
+    )
     try:
         if preflight is not None:
             preflight(settings)

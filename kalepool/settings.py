@@ -9,6 +9,7 @@ raises :class:`SettingsError` with one line naming it, which the CLI prints.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -33,12 +34,11 @@ class SettingsError(Exception):
 
 
 # Chain facts per network (KALE_PROTOCOL.md). The devnet's ids are derived by the
-# devnet itself at start-up and read from its /devnet endpoint, so they stay unset here.
+# devnet itself at start-up and read from its /devnet endpoint, so they stay unset here;
+# its RPC URL follows `devnet_port` (see `_devnet_rpc_url`).
 # Testnet has several published farm deployments: that id is configuration, never a default.
 _PROFILES: dict[Network, dict[str, Any]] = {
-    Network.DEVNET: {
-        "rpc_url": "http://127.0.0.1:8000/",
-    },
+    Network.DEVNET: {},
     Network.TESTNET: {
         "rpc_url": "https://soroban-testnet.stellar.org",
         "network_passphrase": "Test SDF Network ; September 2015",
@@ -100,8 +100,12 @@ class Settings(BaseSettings):
     sac_contract_id: str | None = Field(None, description="KALE asset contract id (C…).")
     friendbot_url: str | None = Field(None, description="Friendbot for test networks.")
     devnet_port: int = Field(8000, ge=0, le=65535, description="Port of the local devnet RPC.")
-    devnet_ledger_seconds: int = Field(5, ge=1, description="Devnet ledger close interval.")
-    devnet_block_seconds: int = Field(300, ge=1, description="Devnet farm block interval.")
+    devnet_ledger_seconds: int | None = Field(
+        None, ge=1, description="Devnet ledger close interval (default: a 30th of a block, 1-5 s)."
+    )
+    devnet_block_seconds: int = Field(
+        60, ge=10, description="Devnet farm block interval (`kale-pool up --block-seconds`)."
+    )
     tx_timeout_seconds: int = Field(
         60, ge=5, le=3600, description="Time bound (maxTime) given to every transaction."
     )
@@ -121,10 +125,12 @@ class Settings(BaseSettings):
 
     # --- pool operation limits -----------------------------------------------
     max_farmers_per_pooler: int = Field(100, ge=1, description="Farmers one pooler may hold.")
-    max_plant_batch_size: int = Field(50, ge=1, description="Farmers planted per request.")
     max_harvest_batch_size: int = Field(20, ge=1, description="Pails harvested per request.")
     plant_concurrency: int = Field(16, ge=1, le=1000, description="Parallel plant transactions.")
     plant_timeout_seconds: float = Field(30.0, gt=0, description="Deadline of one plant.")
+    plant_reconcile_interval_seconds: float = Field(
+        5.0, gt=0, description="How often plant requests without a recorded outcome are retried."
+    )
     harvest_timeout_seconds: float = Field(45.0, gt=0, description="Deadline of one harvest.")
     payout_settle_interval_seconds: float = Field(
         60.0, gt=0, description="Period of the pool's pass that drives pending payouts."
@@ -158,6 +164,11 @@ class Settings(BaseSettings):
     pooler_submit_margin_seconds: float = Field(
         10.0, ge=0, description="Mining ends this long before the next block may open."
     )
+    pooler_min_work_window_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="A block is planted only while this long remains before the next may open.",
+    )
 
     # --- operations ----------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -186,6 +197,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_required(self) -> Settings:
+        if self.network is Network.DEVNET and not self.rpc_url:
+            self.rpc_url = devnet_rpc_url(self.devnet_port)
         if self.network is not Network.DEVNET:
             for name in _REQUIRED_OFF_DEVNET:
                 if not getattr(self, name):
@@ -197,6 +210,18 @@ class Settings(BaseSettings):
     def layout(self) -> DataLayout:
         """Where each piece of state lives under the data directory."""
         return DataLayout(self.data_dir)
+
+    def ledger_seconds(self) -> int:
+        """The devnet's ledger interval: as set, else a 30th of a block (1 to 5 s), so a
+        block has enough ledgers for the gap between plant and work to matter."""
+        if self.devnet_ledger_seconds is not None:
+            return self.devnet_ledger_seconds
+        return max(1, min(5, self.devnet_block_seconds // 30))
+
+
+def devnet_rpc_url(port: int, host: str = "127.0.0.1") -> str:
+    """The local devnet's RPC URL on ``port`` (what the devnet profile points at)."""
+    return f"http://{host}:{port}/"
 
 
 class DataLayout:
@@ -226,15 +251,28 @@ class DataLayout:
         return self.root / "logs"
 
     def ensure(self) -> None:
-        """Create the directories (private to the user: they hold keys and data)."""
-        for path in (
-            self.root,
-            self.postgres.parent,
-            self.devnet_state.parent,
-            self.certs,
-            self.logs,
-        ):
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Create the directories, private to the user (0700): they hold keys and money.
+
+        mkdir's mode is masked by the umask and ignored for a directory that exists, so
+        each is set explicitly. One exception: as root, the embedded PostgreSQL runs as a
+        system user of its own, and the wheel opens the data directory itself for it to
+        traverse (r-x for others); those bits are kept, or the server could not be
+        stopped or started again.
+        """
+        for path in (self.root, self.devnet_state.parent, self.certs, self.logs):
+            make_private(path, keep_traverse=path == self.root)
+
+
+def make_private(path: Path, *, keep_traverse: bool = False) -> None:
+    """Create ``path`` (and parents) and make it 0700, whatever the umask or its old mode.
+
+    ``keep_traverse`` keeps others' r-x bits when running as root (see DataLayout.ensure).
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = 0o700
+    if keep_traverse and os.name == "posix" and os.geteuid() == 0:
+        mode |= path.stat().st_mode & 0o055
+    os.chmod(path, mode)
 
 
 def _describe(error: ValidationError) -> str:

@@ -1,4 +1,4 @@
-"""The pool's reads of the farm: which blocks may be planted now, the current block
+"""The pool's reads of the farm: the block a plant may name now, the current block
 (briefly cached: every stream asks), and each block's entropy and opening time."""
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ from kalepool.grpc_server import Unavailable
 
 @dataclass(frozen=True, slots=True)
 class Plantable:
-    """The farm's current block and the blocks a plant may name now."""
+    """The farm's current block and the close time of the latest ledger."""
 
     current: CurrentBlock
     close_time: int
 
     @property
-    def allowed(self) -> tuple[int, ...]:
-        # DESIGN.md step 1: the current block, or the next one once the current block is
-        # a block interval old, because then the plant itself opens it.
-        if self.current.can_open_next(self.close_time):
-            return (self.current.index, self.current.index + 1)
-        return (self.current.index,)
+    def target(self) -> int:
+        """The only block a plant may name now (the chain client's rule, shared with the
+        wallet service): the current block, or the next one once the current is due."""
+        return self.current.plant_target(self.close_time)
 
 
 class ChainView:

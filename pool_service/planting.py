@@ -1,16 +1,21 @@
 """RequestPlant: plant every active funded farmer of a pooler in one block, in parallel.
 
-Each farmer's plant goes to WalletService.Plant with the idempotency key
-`plant:<farmer_id>:<block>`, at most `plant_concurrency` at once; every settled outcome
-becomes a `plantings` row (success, or failure with whose fault it was). Asking again
-for the same (pooler, block) plants nobody twice: farmers with a recorded success are
-answered from the record, the wallet replays any transaction it already made for a
-key, and the database holds one success per (farmer, block).
+Each farmer's plant is first written down as a `plant_requests` row (idempotency key
+`plant:<farmer_id>:<block>`, the stake), and only then sent to `WalletService.Plant`, at
+most `plant_concurrency` at once. An answer that settles the plant is recorded as a
+`plantings` row (success, in the block where the chain put the pail; or failure, with
+whose fault it was) in the same database transaction that settles the request. An answer
+that proves nothing leaves the request unsettled: the reconciler (`pool_service.reconcile`)
+asks again with the same key until it does. Asking again for the same (pooler, block)
+plants nobody twice: farmers with a recorded success are answered from the record, the
+wallet replays any transaction it already made for a key, and the database holds one
+success per (farmer, block) and one request per (farmer, block).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,12 +28,29 @@ from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
 from pool_service.chain_view import ChainView
-from pool_service.store import FarmerRow, NewPlanting, PlantingRow, PoolerRow, Store
+from pool_service.store import (
+    FarmerRow,
+    NewPlanting,
+    PlantingRow,
+    PlantRequestRow,
+    PoolerRow,
+    Store,
+)
 from pool_service.wallet import WalletClient
 
 log = logging.getLogger("pool_service")
 
 BPS_MAX = 10_000
+
+# Refusals of the wallet service that prove nothing was signed: it checks the request and
+# looks the key up before it builds anything. Any other status (deadline, unavailable,
+# cancelled, internal, unknown, a dropped connection) may come after the send.
+_NOTHING_SIGNED: dict[grpc.StatusCode, tuple[str, common_pb2.FailureCode.ValueType]] = {
+    grpc.StatusCode.FAILED_PRECONDITION: ("farmer", common_pb2.FAILURE_CODE_ACCOUNT_MISSING),
+    grpc.StatusCode.INVALID_ARGUMENT: ("pool", common_pb2.FAILURE_CODE_INTERNAL),
+    grpc.StatusCode.NOT_FOUND: ("pool", common_pb2.FAILURE_CODE_INTERNAL),
+    grpc.StatusCode.ALREADY_EXISTS: ("pool", common_pb2.FAILURE_CODE_INTERNAL),
+}
 
 
 def stake_for(farmer: FarmerRow) -> int:
@@ -36,17 +58,118 @@ def stake_for(farmer: FarmerRow) -> int:
     return max(0, farmer.current_balance) * farmer.stake_bps // BPS_MAX
 
 
+def plant_key(farmer_id: UUID, block_index: int) -> str:
+    """The wallet's idempotency key of the farmer's plant for the block."""
+    return f"plant:{farmer_id}:{block_index}"
+
+
+class Unsettled(enum.Enum):
+    """An answer that records nothing now."""
+
+    PENDING = "pending"  # the plant's fate is unknown: ask again later
+    PAIL_EXISTS = "pail_exists"  # another attempt holds the pail: settle by its record
+
+
+Decision = NewPlanting | Unsettled
+
+
+def decide_answer(
+    request: PlantRequestRow, response: wallet_pb2.PlantResponse, *, late: bool
+) -> Decision:
+    """What the wallet's answer to a plant means for the books.
+
+    `late`: the request is driven again after its RequestPlant (by the reconciler), so a
+    block that moved on means the pool did not get the plant out in time.
+    """
+    out = response.outcome
+    tx_hash = out.tx_hash or None
+    if out.status == common_pb2.TX_STATUS_PENDING:
+        return Unsettled.PENDING
+    if out.status == common_pb2.TX_STATUS_SUCCESS:
+        if response.plant_ledger > 0:
+            # Recorded where the chain put the pail: the block asked, or the next one
+            # when the plant applied after the block became due (block 0 is a block:
+            # the pail's ledger says whether the wallet found it).
+            return NewPlanting(
+                request.farmer_id,
+                response.block_index,
+                request.stake_amount,
+                "success",
+                tx_hash,
+                response.plant_ledger,
+                "none",
+                None,
+                None,
+            )
+        log.warning(
+            "plant %s applied (tx %s) but the wallet found no pail of it: left unsettled",
+            request.idempotency_key,
+            tx_hash,
+        )
+        return Unsettled.PENDING
+    if out.failure.code == common_pb2.FAILURE_CODE_PAIL_EXISTS:
+        return Unsettled.PAIL_EXISTS
+    code = out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
+    message = out.failure.message or common_pb2.TxStatus.Name(out.status)
+    fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
+    mismatch = code == common_pb2.FAILURE_CODE_BLOCK_MISMATCH
+    if mismatch and out.status == common_pb2.TX_STATUS_REJECTED:
+        if late:
+            fault = "pool"
+            message = (
+                f"the plant for block {request.block_index} was never sent and that block is"
+                f" over: the pool did not complete the request in time ({message})"
+            )
+        else:
+            fault = "chain"  # the block moved on between the pool's check and the wallet's
+    elif fault == "none":
+        fault = "chain"  # a refusal nobody caused
+    return NewPlanting(
+        request.farmer_id,
+        request.block_index,
+        request.stake_amount,
+        "failed",
+        tx_hash,
+        None,
+        fault,
+        convert.failure_code_name(code),
+        message,
+    )
+
+
+def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decision:
+    """A wallet call that ended in an error status: a failure only when it proves nothing
+    was signed; otherwise the plant may be on its way and stays pending."""
+    code = exc.code()
+    known = _NOTHING_SIGNED.get(code)
+    if known is None:
+        return Unsettled.PENDING
+    fault, failure = known
+    return NewPlanting(
+        request.farmer_id,
+        request.block_index,
+        request.stake_amount,
+        "failed",
+        None,
+        None,
+        fault,
+        convert.failure_code_name(failure),
+        f"the wallet service refused the plant ({code.name}): {exc.details()}",
+    )
+
+
 @dataclass
 class Attempt:
-    """One farmer's plant in this request: a recorded row, or pending (not settled)."""
+    """One farmer's plant in this request: its request and its record (None: pending)."""
 
     farmer: FarmerRow
+    request: PlantRequestRow | None = None
     row: PlantingRow | None = None
-    pending: records_pb2.PlantingEvent | None = None
 
 
 class Planter:
-    """Runs plant requests; `on_planted(pooler_id)` is called when assignments appear."""
+    """Runs plant requests and drives plant requests to their record;
+    `on_planted(pooler_id)` is called when a new success is recorded."""
 
     def __init__(
         self,
@@ -63,20 +186,24 @@ class Planter:
         self.on_planted = on_planted
         self._limit = asyncio.Semaphore(settings.plant_concurrency)
         self._locks: dict[tuple[UUID, int], asyncio.Lock] = {}
+        # Requests this process is asking the wallet about right now (the reconciler
+        # leaves them to the call in flight).
+        self.driving: set[int] = set()
 
     async def request(
         self, pooler: PoolerRow, block_index: int, max_farmers: int
     ) -> pooler_pb2.RequestPlantResponse:
         plantable = await self.view.plantable()
-        if block_index not in plantable.allowed:
+        target = plantable.target
+        if block_index != target:
             current = plantable.current.index
+            why = "" if target == current else ", which is due: a plant now opens the next"
             raise FailedPrecondition(
-                f"block {block_index} cannot be planted now: the farm's current block is"
-                f" {current}"
-                + (f" (or {current + 1} is due)" if len(plantable.allowed) > 1 else "")
+                f"block {block_index} cannot be planted now: the block to plant is {target}"
+                f" (the farm's current block is {current}{why})"
             )
-        # One request per (pooler, block) at a time in this process; the wallet's keys
-        # and the database's unique index hold across processes.
+        # One request per (pooler, block) at a time in this process; the database's
+        # unique keys and locks hold across processes.
         lock = self._locks.setdefault((pooler.id, block_index), asyncio.Lock())
         async with lock:
             return await self._plant(pooler, block_index, max_farmers)
@@ -91,9 +218,7 @@ class Planter:
         succeeded = {r.farmer_id: r for r in recorded if r.status == "success"}
         attempts = [Attempt(f, row=succeeded.get(f.id)) for f in farmers]
         todo = [a for a in attempts if a.row is None]
-        await asyncio.gather(*(self._attempt(pooler, block_index, a) for a in todo))
-        if any(a.row is not None and a.row.status == "success" for a in todo):
-            self.on_planted(pooler.id)
+        await asyncio.gather(*(self._attempt(pooler.id, block_index, a) for a in todo))
 
         planted = {a.farmer.id: a.row for a in attempts if a.row and a.row.status == "success"}
         # Farmers planted earlier but outside this request's selection are still planted.
@@ -101,7 +226,9 @@ class Planter:
             if r.status == "success":
                 planted.setdefault(r.farmer_id, r)
         failed = [a.row for a in attempts if a.row is not None and a.row.status == "failed"]
-        pending = [a.pending for a in attempts if a.pending is not None]
+        pending = [
+            _pending_event(a.request) for a in todo if a.row is None and a.request is not None
+        ]
         if not pending:
             await self.store.plant_settled(pooler.id, block_index)
         planted_rows = sorted((r for r in planted.values() if r is not None), key=lambda r: r.id)
@@ -119,113 +246,69 @@ class Planter:
             ),
         )
 
-    async def _attempt(self, pooler: PoolerRow, block_index: int, attempt: Attempt) -> None:
+    async def _attempt(self, pooler_id: UUID, block_index: int, attempt: Attempt) -> None:
         farmer = attempt.farmer
-        stake = stake_for(farmer)
-        request = wallet_pb2.PlantRequest(
-            idempotency_key=f"plant:{farmer.id}:{block_index}",
-            farmer_address=farmer.custodial_public_key,
-            block_index=block_index,
-            stake_stroops=stake,
+        # Written down before the wallet is called: a crash from here on leaves an
+        # unsettled request, which the reconciler drives to its record.
+        request = await self.store.open_plant_request(
+            pooler_id, farmer.id, block_index, plant_key(farmer.id, block_index), stake_for(farmer)
         )
-        async with self._limit:
-            try:
-                response = await self.wallet.stub.Plant(
-                    request, timeout=self.settings.plant_timeout_seconds
-                )
-            except grpc.aio.AioRpcError as exc:
-                outcome = self._refused(farmer, block_index, stake, exc)
-            else:
-                outcome = self._settled(farmer, block_index, stake, response)
-        if outcome is None:  # sent, fate unknown: nothing to record yet
-            attempt.pending = records_pb2.PlantingEvent(
-                block_index=block_index,
-                farmer_id=str(farmer.id),
-                pooler_id=str(pooler.id),
-                custodial_address=farmer.custodial_public_key,
-                stake_stroops=stake,
-                status=records_pb2.EVENT_STATUS_PENDING,
-            )
+        attempt.request = request
+        if request.settled_at is not None and request.planting_id is not None:
+            # Settled by a success (e.g. the plant landed in the next block).
+            attempt.row = await self.store.planting(request.planting_id)
             return
-        attempt.row, new = await self.store.record_planting(pooler.id, outcome)
-        if new:
+        attempt.row = await self.drive(request, late=False)
+
+    async def drive(self, request: PlantRequestRow, *, late: bool) -> PlantingRow | None:
+        """Ask the wallet for the request's plant (the same key and parameters every
+        time: it replays what it already signed) and record what the answer settles.
+        The record that settles the request, or None while its fate is unknown."""
+        self.driving.add(request.id)
+        try:
+            async with self._limit:
+                try:
+                    response = await self.wallet.stub.Plant(
+                        wallet_pb2.PlantRequest(
+                            idempotency_key=request.idempotency_key,
+                            farmer_address=request.custodial_public_key,
+                            block_index=request.block_index,
+                            stake_stroops=request.stake_amount,
+                        ),
+                        timeout=self.settings.plant_timeout_seconds,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    decision = decide_refusal(request, exc)
+                else:
+                    decision = decide_answer(request, response, late=late)
+        finally:
+            self.driving.discard(request.id)
+        if decision is Unsettled.PENDING:
+            return None
+        if decision is Unsettled.PAIL_EXISTS:
+            # Nobody's failure: the attempt that opened the pail is the record, once it
+            # is recorded (its own request is driven too).
+            return await self.store.settle_by_success(request)
+        row, new = await self.store.record_planting(request, decision)
+        if new and row is not None:
             log.info(
                 "plant farmer=%s block=%d %s%s",
-                farmer.id,
-                block_index,
-                outcome.status,
-                f" ({outcome.fault}: {outcome.error_message})" if outcome.error_message else "",
+                row.farmer_id,
+                row.block_index,
+                row.status,
+                f" ({row.fault}: {row.error_message})" if row.error_message else "",
             )
+            if row.status == "success":
+                self.on_planted(row.pooler_id)
+        return row
 
-    @staticmethod
-    def _settled(
-        farmer: FarmerRow, block_index: int, stake: int, response: wallet_pb2.PlantResponse
-    ) -> NewPlanting | None:
-        out = response.outcome
-        tx_hash = out.tx_hash or None
-        if out.status == common_pb2.TX_STATUS_PENDING:
-            return None
-        if out.status == common_pb2.TX_STATUS_SUCCESS:
-            if response.plant_ledger > 0:
-                return NewPlanting(
-                    farmer.id,
-                    block_index,
-                    stake,
-                    "success",
-                    tx_hash,
-                    response.plant_ledger,
-                    "none",
-                    None,
-                    None,
-                )
-            # Applied, but the block rolled over in between: the pail is in another block.
-            return NewPlanting(
-                farmer.id,
-                block_index,
-                stake,
-                "failed",
-                tx_hash,
-                None,
-                "chain",
-                convert.failure_code_name(common_pb2.FAILURE_CODE_BLOCK_MISMATCH),
-                f"the plant applied but opened no pail in block {block_index}",
-            )
-        fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
-        if fault == "none":
-            # A refusal nobody caused (the block moved on between checks): the chain's.
-            fault = "chain"
-        code = out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
-        return NewPlanting(
-            farmer.id,
-            block_index,
-            stake,
-            "failed",
-            tx_hash,
-            None,
-            fault,
-            convert.failure_code_name(code),
-            out.failure.message or common_pb2.TxStatus.Name(out.status),
-        )
 
-    @staticmethod
-    def _refused(
-        farmer: FarmerRow, block_index: int, stake: int, exc: grpc.aio.AioRpcError
-    ) -> NewPlanting | None:
-        code = exc.code()
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return None  # it may have been sent: the next request replays its key
-        if code is grpc.StatusCode.FAILED_PRECONDITION:
-            fault, failure = "farmer", common_pb2.FAILURE_CODE_ACCOUNT_MISSING
-        else:
-            fault, failure = "pool", common_pb2.FAILURE_CODE_WALLET_UNAVAILABLE
-        return NewPlanting(
-            farmer.id,
-            block_index,
-            stake,
-            "failed",
-            None,
-            None,
-            fault,
-            convert.failure_code_name(failure),
-            f"the wallet service refused the plant ({code.name}): {exc.details()}",
-        )
+def _pending_event(request: PlantRequestRow) -> records_pb2.PlantingEvent:
+    return records_pb2.PlantingEvent(
+        block_index=request.block_index,
+        farmer_id=str(request.farmer_id),
+        pooler_id=str(request.pooler_id),
+        custodial_address=request.custodial_public_key,
+        stake_stroops=request.stake_amount,
+        status=records_pb2.EVENT_STATUS_PENDING,
+    )

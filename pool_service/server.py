@@ -32,6 +32,7 @@ from pool_service.loops import every
 from pool_service.payouts import Payouts, PayoutStore
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
+from pool_service.reconcile import PlantReconciler
 from pool_service.registry import PoolRegistry
 from pool_service.store import HarvestStore, Store
 from pool_service.wallet import WalletClient
@@ -60,6 +61,8 @@ class PoolServer:
     # recorded, every `deposit_poll_interval_seconds`.
     deposit_loop: asyncio.Task[None]
     _stack: AsyncExitStack
+    # Unsettled plant requests driven at start-up and then periodically.
+    plants: PlantReconciler | None = None
 
     @property
     def port(self) -> int:
@@ -67,6 +70,8 @@ class PoolServer:
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop harvesting and serving, then release the wallet channel and the database."""
+        if self.plants is not None:
+            await self.plants.stop()
         for task in (self.harvest_loop, self.payout_loop, self.deposit_loop):
             if task is not None:
                 task.cancel()
@@ -98,7 +103,8 @@ async def start_pool_server(
     client certificate it presents to the wallet service (`pool-client`). PoolService
     admits the `operators` common names only; PoolerService admits any certificate of
     the CA and then demands the pooler's API key. Unless `harvest_interval_seconds` is
-    None, a background task harvests finished blocks' worked pails that often.
+    None, a background task harvests finished blocks' worked pails that often. Another
+    drives unsettled plant requests at once and every `plant_reconcile_interval_seconds`.
     """
     stack = AsyncExitStack()
     pool = await open_pool(
@@ -120,9 +126,10 @@ async def start_pool_server(
     harvests = HarvestStore(pool)
     harvester = Harvester(harvests, wallet, view, settings, Compensations(pool))
     follower = ChainFollower(pool, chain, harvests)
+    planter = Planter(store, wallet, view, settings, feeds.notify)
     pooler_api = PoolerApi(
         Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),
-        Planter(store, wallet, view, settings, feeds.notify),
+        planter,
         AssignmentFeed(store, view, feeds, feed_poll_seconds),
         WorkReports(store, view),
         harvester,
@@ -158,9 +165,11 @@ async def start_pool_server(
         every(settings.deposit_poll_interval_seconds, follower.run_once, "chain follower"),
         name="pool-deposits",
     )
+    plants = PlantReconciler(store, planter)
+    plants.start(settings.plant_reconcile_interval_seconds)
     log.info("pool service listening on port %d", built.port)
     return PoolServer(
-        built, registry, pooler_api, feeds, pool, loop, payout_loop, deposit_loop, stack
+        built, registry, pooler_api, feeds, pool, loop, payout_loop, deposit_loop, stack, plants
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
 from kalepool.db.reads import Pool, fetch_all, fetch_one
@@ -59,6 +60,22 @@ class PlantingRow:
     error_code: str | None
     error_message: str | None
     created_at: dt.datetime
+
+
+@dataclass
+class PlantRequestRow:
+    """A plant the pool asked the wallet for (`plant_requests`), with the farmer's account."""
+
+    id: int
+    idempotency_key: str
+    farmer_id: UUID
+    pooler_id: UUID
+    block_index: int
+    stake_amount: int
+    attempts: int
+    settled_at: dt.datetime | None
+    planting_id: int | None
+    custodial_public_key: str
 
 
 @dataclass
@@ -171,6 +188,10 @@ FARMER_COLUMNS = (
 PLANTING_COLUMNS = (
     "id, block_index, farmer_id, pooler_id, custodial_public_key, stake_amount, tx_hash,"
     " ledger, status::text, fault::text, error_code, error_message, created_at"
+)
+PLANT_REQUEST_COLUMNS = (
+    "r.id, r.idempotency_key, r.farmer_id, r.pooler_id, r.block_index, r.stake_amount,"
+    " r.attempts, r.settled_at, r.planting_id, f.custodial_public_key"
 )
 WORK_COLUMNS = (
     "id, block_index, farmer_id, pooler_id, custodial_public_key, nonce, hash, zeros, gap,"
@@ -478,19 +499,96 @@ class Store:
             (pooler_id, block_index),
         )
 
-    async def record_planting(self, pooler_id: UUID, p: NewPlanting) -> tuple[PlantingRow, bool]:
-        """Record one plant attempt: (its row, whether new); an attempt already recorded
-        (the same success, or the same failed transaction) is returned as it was.
+    async def planting(self, planting_id: int) -> PlantingRow | None:
+        return await fetch_one(
+            self.pool,
+            PlantingRow,
+            f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE id = %s",
+            (planting_id,),
+        )
 
-        Inserted under a per-pooler advisory lock held until commit, so the ids of one
-        pooler's plantings (the assignment cursors) become visible in increasing order:
-        a stream that has sent cursor N can never later find a committed row below N.
+    async def open_plant_request(
+        self, pooler_id: UUID, farmer_id: UUID, block_index: int, key: str, stake: int
+    ) -> PlantRequestRow:
+        """The farmer's plant request for the block, written before the wallet is called.
+
+        The first request stores its stake; every later one (a repeat, another replica,
+        the reconciler) drives the same key with the same stored stake, so the wallet
+        sees the same parameters and never signs a second plant. A request settled by a
+        failure is opened again for a new attempt (`attempts` + 1); one settled by a
+        success, or still unsettled, is returned as it is.
         """
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (_feed_lock_key(pooler_id),),
+                "INSERT INTO plant_requests (idempotency_key, farmer_id, pooler_id, block_index,"
+                " stake_amount) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (key, farmer_id, pooler_id, block_index, stake),
             )
+            await conn.execute(
+                "UPDATE plant_requests r SET settled_at = NULL, planting_id = NULL,"
+                " attempts = r.attempts + 1 FROM plantings p"
+                " WHERE r.idempotency_key = %s AND p.id = r.planting_id AND p.status = 'failed'",
+                (key,),
+            )
+            cur = conn.cursor(row_factory=class_row(PlantRequestRow))
+            await cur.execute(
+                f"SELECT {PLANT_REQUEST_COLUMNS} FROM plant_requests r"
+                " JOIN farmers f ON f.id = r.farmer_id WHERE r.idempotency_key = %s",
+                (key,),
+            )
+            row = await cur.fetchone()
+            assert row is not None  # inserted, or there already
+            return row
+
+    async def unsettled_plant_requests(self, limit: int = 500) -> list[PlantRequestRow]:
+        """Plant requests whose outcome is not recorded yet, oldest first."""
+        return await fetch_all(
+            self.pool,
+            PlantRequestRow,
+            f"SELECT {PLANT_REQUEST_COLUMNS} FROM plant_requests r"
+            " JOIN farmers f ON f.id = r.farmer_id WHERE r.settled_at IS NULL"
+            " ORDER BY r.requested_at, r.id LIMIT %s",
+            (limit,),
+        )
+
+    async def _lock_request(
+        self, conn: AsyncConnection[Any], request: PlantRequestRow
+    ) -> tuple[bool, PlantingRow | None]:
+        """Within a transaction: the pooler's feed lock, then the request's row lock;
+        (whether the request is settled, the planting that settled it)."""
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (_feed_lock_key(request.pooler_id),),
+        )
+        cur = await conn.execute(
+            "SELECT settled_at, planting_id FROM plant_requests WHERE id = %s FOR UPDATE",
+            (request.id,),
+        )
+        found = await cur.fetchone()
+        assert found is not None
+        if found[0] is None:
+            return False, None
+        rows = conn.cursor(row_factory=class_row(PlantingRow))
+        await rows.execute(f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE id = %s", (found[1],))
+        return True, await rows.fetchone()
+
+    async def record_planting(
+        self, request: PlantRequestRow, p: NewPlanting
+    ) -> tuple[PlantingRow | None, bool]:
+        """Record one plant outcome and settle its request, in one database transaction:
+        (the planting that settles the request, whether it is a new row).
+
+        A request already settled (by another replica, or a racing call) keeps its record
+        and nothing is written. An outcome already recorded (the same success, or the same
+        failed transaction) is not recorded again: the request is settled by that row.
+        Inserted under the pooler's advisory lock held until commit, so the ids of one
+        pooler's plantings (the assignment cursors) become visible in increasing order: a
+        stream that has sent cursor N can never later find a committed row below N.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
+            settled, by = await self._lock_request(conn, request)
+            if settled:
+                return by, False
             cur = conn.cursor(row_factory=class_row(PlantingRow))
             if p.status == "success":
                 await cur.execute(
@@ -506,32 +604,59 @@ class Store:
                     " AND block_index = %s AND status = 'failed' AND tx_hash = %s",
                     (p.farmer_id, p.block_index, p.tx_hash),
                 )
-            existing = await cur.fetchone()
-            if existing is not None:
-                return existing, False
+            row = await cur.fetchone()
+            new = row is None
+            if row is None:
+                await cur.execute(
+                    "INSERT INTO plantings (block_index, farmer_id, pooler_id, stake_amount,"
+                    " transaction_id, tx_hash, ledger, status, fault, error_code, error_message)"
+                    " VALUES (%s, %s, %s, %s, (SELECT id FROM transactions WHERE tx_hash = %s),"
+                    " %s, %s, %s, %s, %s, %s)"
+                    f" RETURNING {PLANTING_COLUMNS}",
+                    (
+                        p.block_index,
+                        p.farmer_id,
+                        request.pooler_id,
+                        p.stake,
+                        p.tx_hash,
+                        p.tx_hash,
+                        p.ledger,
+                        p.status,
+                        p.fault,
+                        p.error_code,
+                        p.error_message,
+                    ),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+            await conn.execute(
+                "UPDATE plant_requests SET settled_at = now(), planting_id = %s WHERE id = %s",
+                (row.id, request.id),
+            )
+            return row, new
+
+    async def settle_by_success(self, request: PlantRequestRow) -> PlantingRow | None:
+        """Settle a request whose plant the chain refused because the farmer already holds
+        the pail (an earlier attempt planted it) with that attempt's recorded success in
+        the block asked, or the next one; None while that success is not recorded yet."""
+        async with self.pool.connection() as conn, conn.transaction():
+            settled, by = await self._lock_request(conn, request)
+            if settled:
+                return by
+            cur = conn.cursor(row_factory=class_row(PlantingRow))
             await cur.execute(
-                "INSERT INTO plantings (block_index, farmer_id, pooler_id, stake_amount,"
-                " transaction_id, tx_hash, ledger, status, fault, error_code, error_message)"
-                " VALUES (%s, %s, %s, %s, (SELECT id FROM transactions WHERE tx_hash = %s),"
-                " %s, %s, %s, %s, %s, %s)"
-                f" RETURNING {PLANTING_COLUMNS}",
-                (
-                    p.block_index,
-                    p.farmer_id,
-                    pooler_id,
-                    p.stake,
-                    p.tx_hash,
-                    p.tx_hash,
-                    p.ledger,
-                    p.status,
-                    p.fault,
-                    p.error_code,
-                    p.error_message,
-                ),
+                f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE farmer_id = %s"
+                " AND block_index IN (%s, %s + 1) AND status = 'success'"
+                " ORDER BY block_index LIMIT 1",
+                (request.farmer_id, request.block_index, request.block_index),
             )
             row = await cur.fetchone()
-            assert row is not None
-            return row, True
+            if row is not None:
+                await conn.execute(
+                    "UPDATE plant_requests SET settled_at = now(), planting_id = %s WHERE id = %s",
+                    (row.id, request.id),
+                )
+            return row
 
     async def last_cursor(self, pooler_id: UUID) -> int:
         """The highest assignment cursor issued to the pooler (0 if none)."""

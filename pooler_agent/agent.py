@@ -2,17 +2,28 @@
 
 Four loops share one event loop:
 
-- the block monitor: `OPENED`/`DUE` -> `RequestPlant(plant_index)`; `OPENED` also cancels
-  the searches of older blocks and asks the pool to harvest the blocks that just ended;
+- blocks: every tick of the block monitor (and sooner when something it waits on
+  changed), `plan_plant` decides what to plant. A block is planted only while there is
+  time left to work it (`min_work_window`); a block that is due is first finished (its
+  mining ended early, the best hashes sent, and those works settled or past their time
+  bound) and only then is the next one planted, so the agent's own plant never makes its
+  own work late. A plant refused or failed is asked again, with backoff, while it still
+  makes sense. `OPENED` cancels the searches of older blocks and asks the pool to
+  harvest the blocks that just ended;
 - the assignment stream: each assignment is mined (`WorkManager.assign`) until its
-  deadline, its work submitted from a channel account, and the result queued for
-  `ReportWork`;
-- the work reporter: per-block batches sent until acknowledged;
+  deadline, its work submitted from a channel account (journaled before it is sent),
+  and the result queued for `ReportWork`. A work whose fate is unknown is followed by
+  its hash until the chain settles it, and reported again with its real outcome;
+- the work reporter: per-block batches, each result answered on its own;
 - the heartbeat: hash rate, capacity and the last cursor, at the pool's interval.
+
+At start the agent follows every journaled work envelope not yet reported (an agent
+killed after sending work) and reports it.
 
 `stop()` (SIGINT/SIGTERM in `run_pooler`) stops the monitor and the stream, cancels the
 searches and sends what was already queued. Work cancelled by the shutdown is not
-reported: the saved cursor stays before it, so a restarted agent gets it again.
+reported: the saved cursor stays before it, so a restarted agent gets it again; work
+sent and not yet settled stays in the journal for the restarted agent.
 """
 
 from __future__ import annotations
@@ -21,11 +32,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 from stellar_sdk import Keypair
 
 from kalepool import __version__
@@ -34,12 +47,21 @@ from kalepool.settings import Settings
 from kalepool.tls import Identity
 from kalepool.v1 import pooler_pb2
 from pooler_agent.assignment import Assignment
-from pooler_agent.block_monitor import BlockEvent, BlockEventKind, BlockMonitor
+from pooler_agent.block_monitor import (
+    BlockEvent,
+    BlockEventKind,
+    BlockMonitor,
+    PlantAction,
+    plan_plant,
+)
+from pooler_agent.journal import WorkJournal
 from pooler_agent.pool_client import (
+    Backoff,
     CursorFile,
     CursorTracker,
     PoolClient,
     PoolError,
+    ReportOutcome,
     StreamTakenOver,
     WorkReporter,
 )
@@ -49,25 +71,67 @@ from pooler_agent.work_submitter import WorkResult, WorkStatus, WorkSubmitter
 log = logging.getLogger(__name__)
 
 
+# Between lookups of a work transaction whose fate is unknown (the chain is not answering).
+FOLLOW_BACKOFF = Backoff(initial=0.5, maximum=15.0)
+
+
 class AgentError(Exception):
     """The agent cannot go on (the pool refused it, another agent took its stream)."""
 
 
 @dataclass
 class AgentStats:
-    """What the agent did, for its last log line and for tests."""
+    """What the agent did, for its last log line, the live view and tests."""
 
     plant_requests: int = 0
+    plant_refused: int = 0  # RequestPlant refused (FAILED_PRECONDITION and the like)
+    plant_errors: int = 0  # RequestPlant failed (the pool unreachable, ...)
+    blocks_skipped: int = 0  # blocks judged too late to work
     assignments: int = 0
-    submitted: int = 0
-    succeeded: int = 0
+    submitted: int = 0  # work transactions sent
+    succeeded: int = 0  # ... that landed
+    failed: int = 0  # works that failed (sent or not)
+    recovered: int = 0  # journaled works followed after a restart
     harvest_requests: int = 0
     harvested: int = 0
     harvest_reward_stroops: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class FarmerState:
+    """One farmer's work in one block, as the live view shows it."""
+
+    farmer_address: str
+    block_index: int
+    zeros: int  # best so far
+    hashes: int
+    state: str  # mining, sending, following, landed, failed, pending
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """The agent's state at one moment (read on the event loop; immutable afterwards)."""
+
+    hashes_per_second: float
+    threads: int | None
+    capacity: int
+    mining_farmers: int
+    block_index: int | None  # the farm's current block as last read
+    block_opened_at: float | None
+    seconds_to_work_deadline: float | None  # until mining of the current block ends
+    seconds_to_next_block: float | None  # until a plant may open the next block
+    farmers: tuple[FarmerState, ...]
+    following: int  # works sent whose fate is not known yet
+    stats: AgentStats
+
+
 class PoolerAgent:
-    """Runs the cycle until `stop()`; `run()` returns then (or raises AgentError)."""
+    """Runs the cycle until `stop()`; `run()` returns then (or raises AgentError).
+
+    With a `journal`, the submitter records every work envelope in it before sending
+    (its `record` hook is set here), acknowledged reports close their entries, and
+    `run()` first follows and reports the entries a previous run left open.
+    """
 
     def __init__(
         self,
@@ -77,30 +141,58 @@ class PoolerAgent:
         manager: WorkManager,
         submitter: WorkSubmitter,
         cursors: CursorTracker,
+        journal: WorkJournal | None = None,
         heartbeat_seconds: float = 30.0,
         report_linger: float = 0.2,
         harvest_attempts: int = 20,
+        min_work_window: float = 30.0,
+        follow_backoff: Backoff = FOLLOW_BACKOFF,
     ) -> None:
         self.pool = pool
         self.monitor = monitor
         self.manager = manager
         self.submitter = submitter
         self.cursors = cursors
+        self.journal = journal
+        if journal is not None:
+            submitter.record = journal.record
         self.heartbeat_seconds = heartbeat_seconds
         self.harvest_attempts = harvest_attempts
+        self.min_work_window = min_work_window
+        self.follow_backoff = follow_backoff
         self.reporter = WorkReporter(
-            pool, cursors, linger=report_linger, on_reported=self._reported
+            pool,
+            cursors,
+            linger=report_linger,
+            journal=journal,
+            on_acknowledged=self._acknowledged,
         )
         self.stats = AgentStats()
         self._stop = asyncio.Event()
         self._stopping = False
         self._synced = asyncio.Event()
+        self._wake = asyncio.Event()  # something the block loop waits on changed
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._outstanding: dict[int, int] = {}  # block -> works assigned, not yet reported
+        # Works of this machine not settled yet: None while mining or being submitted,
+        # the PENDING result while its transaction is followed by hash.
+        self._unsettled: dict[tuple[str, int], WorkResult | None] = {}
+        self._journaled: set[tuple[str, int]] = set()  # sent before this start
+        self._outstanding: dict[int, set[tuple[str, int]]] = {}  # block -> not finally reported
         self._worked: set[int] = set()  # blocks with work that landed, not yet harvested
         self._harvesting: set[int] = set()
         self._newest = -1
         self._fatal: BaseException | None = None
+        # Planting.
+        self._planted: set[int] = set()  # blocks whose RequestPlant was answered
+        self._plant_task: asyncio.Task[None] | None = None
+        self._plant_block: int | None = None  # the block asked for last
+        self._plant_failures = 0  # consecutive failures asking for `_plant_block`
+        self._plant_not_before = 0.0  # loop time before which it is not asked again
+        self._expected: dict[int, tuple[set[str], float]] = {}  # planted, not yet assigned
+        self._assigned: dict[int, set[str]] = {}  # block -> farmer ids assigned
+        self._said: set[tuple[str, int]] = set()  # (what, block) logged once
+        self._board: dict[tuple[str, int], FarmerState] = {}
+        self._followers: set[asyncio.Task[Any]] = set()  # tasks following a work by hash
 
     def stop(self) -> None:
         """Ask `run()` to end (safe from a signal handler)."""
@@ -109,6 +201,7 @@ class PoolerAgent:
     # ---- the main loop ------------------------------------------------------------------
 
     async def run(self) -> AgentStats:
+        self._recover()
         loops = [
             asyncio.create_task(self._watch_blocks(), name="block monitor"),
             asyncio.create_task(self._consume_assignments(), name="assignment stream"),
@@ -137,11 +230,16 @@ class PoolerAgent:
                 task.cancel()
         running = self.manager.progress().mining_farmers
         await self.manager.shutdown()
-        # The finishing tasks: submissions already under way end by themselves.
+        # Works followed by hash stay in the journal for the next start; submissions
+        # already under way end by themselves.
+        following = sum(1 for r in self._unsettled.values() if r is not None)
+        for task in list(self._followers):
+            task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.pool.timeout)
         # Let the reporter finish what is queued or in flight, so acknowledged reports
         # also move the saved cursor; then stop it.
+        self.reporter.cancel_later()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.reporter.wait_idle(), self.pool.timeout)
         reporter.cancel()
@@ -152,43 +250,137 @@ class PoolerAgent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info(
             "pooler agent stopped: %d searches cancelled (to be mined again after a restart),"
-            " %d works submitted, %d landed",
+            " %d works submitted, %d landed, %d still followed (journaled for the next start)",
             running,
             self.stats.submitted,
             self.stats.succeeded,
+            following,
         )
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    # ---- blocks: plant, cancel, harvest -------------------------------------------------
+    # ---- blocks: plan, plant, cancel, harvest -------------------------------------------
 
     async def _watch_blocks(self) -> None:
-        async for event in self.monitor.events():
+        async for events in self.monitor.ticks(self._wake):
             if self.monitor.clock.synced:
                 self._synced.set()
-            self._on_block_event(event)
+            for event in events:
+                self._on_block_event(event)
+            self._plan()
 
     def _on_block_event(self, event: BlockEvent) -> None:
-        index = event.plant_index
-        if event.kind is BlockEventKind.CHAIN_ERROR or index is None:
+        if event.kind is not BlockEventKind.OPENED or event.block is None:
             return
-        if event.kind is BlockEventKind.OPENED:
-            self._newest = max(self._newest, index)
-            self.manager.block_opened(index)
-            for block in sorted(self._worked):
-                self._maybe_harvest(block)
-        self._spawn(self._plant(index), f"plant #{index}")
+        index = event.block.index
+        self._newest = max(self._newest, index)
+        self.manager.block_opened(index)
+        # Only the current block and the one before it still matter.
+        for table in (self._expected, self._assigned):
+            for block in [b for b in table if b < index - 1]:
+                del table[block]
+        self._planted = {b for b in self._planted if b >= index - 1}
+        self._said = {s for s in self._said if s[1] >= index - 1}
+        self._board = {k: v for k, v in self._board.items() if k[1] >= index - 1}
+        for block in sorted(self._worked):
+            self._maybe_harvest(block)
+
+    def _holding(self, block: int) -> bool:
+        """Whether this machine still holds work of `block` (or older) that a plant opening
+        the next block would make late: searches running, works being submitted, works
+        whose transaction may still apply, a plant of it in flight, or farmers it planted
+        whose assignments have not arrived yet (for a while)."""
+        if self._plant_task is not None and self._plant_block == block:
+            return True
+        now = self.monitor.clock.now()
+        for key, result in self._unsettled.items():
+            if key[1] > block:
+                continue
+            if result is None:
+                return True
+            envelope = result.envelope
+            if envelope is None or now <= envelope.max_time:
+                return True
+        expected = self._expected.get(block)
+        if expected is not None and expected[0]:
+            waited = asyncio.get_running_loop().time() - expected[1]
+            if waited < self.pool.timeout:
+                return True
+        return False
+
+    def _plan(self) -> None:
+        current = self.monitor.latest
+        if current is None or not self.monitor.clock.synced or self._stopping:
+            return
+        asked = set(self._planted)
+        if self._plant_task is not None and self._plant_block is not None:
+            asked.add(self._plant_block)  # being asked for now
+        plan = plan_plant(
+            current,
+            self.monitor.clock.now(),
+            min_window=self.min_work_window,
+            planted=asked,
+            holding=self._holding(current.index),
+        )
+        if plan.action is PlantAction.SKIP and plan.block is not None:
+            if ("skip", plan.block) not in self._said:
+                self._said.add(("skip", plan.block))
+                self.stats.blocks_skipped += 1
+                log.info(
+                    "block %d: %.0f s left before the next block may open, under the %.0f s"
+                    " a plant, mining and a work transaction need: not planting it;"
+                    " the next block is planted when it is due",
+                    plan.block,
+                    plan.seconds_left,
+                    self.min_work_window,
+                )
+        elif plan.action is PlantAction.FINISH and plan.block is not None:
+            self.manager.finish_block(plan.block)
+            if ("finish", plan.block) not in self._said:
+                self._said.add(("finish", plan.block))
+                log.info(
+                    "block %d is due: its work is sent and settled before block %d is planted",
+                    plan.block,
+                    plan.block + 1,
+                )
+        elif plan.action is PlantAction.PLANT and plan.block is not None:
+            self._ask_plant(plan.block)
+
+    def _ask_plant(self, block: int) -> None:
+        if self._plant_task is not None:
+            return  # one request at a time; the next tick looks again
+        if block != self._plant_block:
+            self._plant_block = block
+            self._plant_failures = 0
+            self._plant_not_before = 0.0
+        if asyncio.get_running_loop().time() < self._plant_not_before:
+            return
+        self._plant_task = self._spawn(self._plant(block), f"plant #{block}")
 
     async def _plant(self, index: int) -> None:
         self.stats.plant_requests += 1
         try:
             answer = await self.pool.request_plant(index, self.manager.capacity)
         except PoolError as exc:
-            log.warning("plant in block %d: %s", index, exc)
+            refused = exc.code not in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.CANCELLED,
+            )
+            if refused:
+                self.stats.plant_refused += 1
+            else:
+                self.stats.plant_errors += 1
+            self._plant_failed(index, "refused" if refused else "failed", str(exc))
             return
+        finally:
+            self._plant_task = None
+            self._wake.set()
         s = answer.summary
         log.info(
             "block %d: %d planted, %d failed, %d pending of %d",
@@ -197,6 +389,33 @@ class PoolerAgent:
             s.failed,
             s.pending,
             s.total_requested,
+        )
+        if s.total_requested and not s.planted:
+            # Nobody planted (yet): a due block is not opened by this, and the pool tries
+            # failed farmers again on the next request. Not a plant: ask again.
+            self.stats.plant_errors += 1
+            self._plant_failed(index, "planted nobody", f"{s.failed} failed, {s.pending} pending")
+            return
+        self._plant_failures = 0
+        self._planted.add(index)
+        planted = {p.farmer_id for p in answer.planted}
+        waiting = planted - self._assigned.get(index, set())
+        if waiting:
+            self._expected[index] = (waiting, asyncio.get_running_loop().time())
+
+    def _plant_failed(self, index: int, what: str, why: str) -> None:
+        """Ask for `index` again at a later tick, after a backoff."""
+        delay = self.pool.backoff.delay(self._plant_failures)
+        self._plant_failures += 1
+        self._plant_not_before = asyncio.get_running_loop().time() + delay
+        # Loud the first time; the same answer again is routine until the block moves.
+        level = logging.WARNING if self._plant_failures == 1 else logging.INFO
+        log.log(
+            level,
+            "plant in block %d %s (%s); asking again while it can be planted",
+            index,
+            what,
+            why,
         )
 
     def _maybe_harvest(self, block: int) -> None:
@@ -240,7 +459,7 @@ class PoolerAgent:
         finally:
             self._harvesting.discard(block)
 
-    # ---- assignments: mine, submit, report ----------------------------------------------
+    # ---- assignments: mine, submit, follow, report --------------------------------------
 
     async def _consume_assignments(self) -> None:
         await self._synced.wait()  # mining times against the chain's clock
@@ -259,42 +478,168 @@ class PoolerAgent:
             log.error("malformed assignment %d skipped: %s", message.cursor, exc)
             self.cursors.done([message.cursor])
             return
+        block, key = assignment.block_index, assignment.key
+        self._assigned.setdefault(block, set()).add(assignment.farmer_id)
+        expected = self._expected.get(block)
+        if expected is not None:
+            expected[0].discard(assignment.farmer_id)
+        if key in self._journaled:
+            # Its work was sent before a restart: the journal follows and reports it.
+            self.cursors.done([message.cursor])
+            return
         try:
             task = self.manager.assign(assignment)
         except CapacityError as exc:
-            self._count(assignment.block_index, +1)
-            self.reporter.add(_not_mined(assignment, str(exc)))
+            self._outstanding.setdefault(block, set()).add(key)
+            self._result(_not_mined(assignment, str(exc)))
             return
         if task is None:  # already mining this (farmer, block)
             self.cursors.done([message.cursor])
             return
         self.stats.assignments += 1
-        self._count(assignment.block_index, +1)
-        self._spawn(self._finish(task), f"work {assignment.farmer_address}")
+        self._outstanding.setdefault(block, set()).add(key)
+        self._unsettled[key] = None
+        self._board[key] = FarmerState(assignment.farmer_address, block, 0, 0, "mining")
+        self._spawn(self._finish(key, task), f"work {assignment.farmer_address}")
 
-    async def _finish(self, task: asyncio.Task[MinedWork]) -> None:
-        mined = await task
-        if self._stopping and not mined.sendable and not mined.block_closed:
-            return  # cancelled by the shutdown: left for the restarted agent
-        if mined.sendable:
-            self.stats.submitted += 1
-        result = await self.submitter.submit(mined)
+    async def _finish(self, key: tuple[str, int], task: asyncio.Task[MinedWork]) -> None:
+        try:
+            mined = await task
+            if self._stopping and not mined.sendable and not mined.block_closed:
+                return  # cancelled by the shutdown: left for the restarted agent
+            if mined.sendable:
+                self.stats.submitted += 1
+                self._show(key, zeros=mined.zeros, hashes=mined.hashes, state="sending")
+            result = await self.submitter.submit(mined)
+            self._result(result)
+            if result.status is WorkStatus.PENDING and result.envelope is not None:
+                await self._follow(result)
+        finally:
+            self._unsettled.pop(key, None)
+            self._wake.set()
+
+    async def _follow(self, result: WorkResult) -> None:
+        """Follow a sent work of unknown fate by its hash until the chain settles it (or
+        can no longer tell), then report its outcome."""
+        self._unsettled[result.key] = result
+        self._wake.set()
+        task = asyncio.current_task()
+        if task is not None and task not in self._followers:
+            self._followers.add(task)
+            task.add_done_callback(self._followers.discard)
+        attempt = 0
+        while True:
+            settled, final = await self.submitter.settle(result)
+            if settled.status is not WorkStatus.PENDING:
+                self._result(settled)
+                return
+            if final:
+                self._result(replace(settled, final=True))
+                return
+            result = settled
+            self._unsettled[result.key] = result
+            await asyncio.sleep(self.follow_backoff.delay(attempt))
+            attempt += 1
+
+    def _recover(self) -> None:
+        """Follow and report every journaled work a previous run left unreported."""
+        if self.journal is None:
+            return
+        self._journaled = self.journal.keys
+        passphrase = self.submitter.client.config.network_passphrase
+        for entry in self.journal.unreported:
+            try:
+                result = entry.pending_result(passphrase)
+            except ValueError as exc:
+                log.error("work journal: entry %s cannot be followed: %s", entry.tx_hash, exc)
+                continue
+            self.stats.recovered += 1
+            self.submitter.channels.hold(entry.channel, entry.max_time)
+            self._outstanding.setdefault(entry.assignment.block_index, set()).add(entry.key)
+            self._unsettled[entry.key] = result
+            self._board[entry.key] = FarmerState(
+                entry.assignment.farmer_address,
+                entry.assignment.block_index,
+                entry.zeros,
+                entry.hashes,
+                "following",
+            )
+            log.info(
+                "work for %s in block %d was sent before a restart (%s): following it",
+                entry.assignment.farmer_address,
+                entry.assignment.block_index,
+                entry.tx_hash,
+            )
+            self._spawn(self._follow_recovered(result), f"follow {entry.tx_hash[:12]}")
+
+    async def _follow_recovered(self, result: WorkResult) -> None:
+        try:
+            await self._follow(result)
+        finally:
+            self._unsettled.pop(result.key, None)
+            self._wake.set()
+
+    def _result(self, result: WorkResult) -> None:
+        """A result to report (and to count and show)."""
         if result.status is WorkStatus.SUCCESS:
             self.stats.succeeded += 1
+            state = "landed"
+        elif result.status is WorkStatus.FAILED:
+            self.stats.failed += 1
+            state = "failed"
+        else:
+            state = "pending" if result.final else "following"
+        self._show(result.key, zeros=result.zeros, hashes=result.hashes, state=state)
         self.reporter.add(result)
 
-    def _count(self, block: int, delta: int) -> None:
-        self._outstanding[block] = self._outstanding.get(block, 0) + delta
-        if self._outstanding[block] <= 0:
-            del self._outstanding[block]
+    def _show(self, key: tuple[str, int], *, zeros: int, hashes: int, state: str) -> None:
+        self._board[key] = FarmerState(key[0], key[1], zeros, hashes, state)
 
-    def _reported(
-        self, block: int, results: list[WorkResult], answer: pooler_pb2.ReportWorkResponse
-    ) -> None:
-        self._count(block, -len(results))
-        if any(r.status is WorkStatus.SUCCESS for r in results):
-            self._worked.add(block)
-        self._maybe_harvest(block)
+    def _acknowledged(self, result: WorkResult, outcome: ReportOutcome) -> None:
+        if outcome.final or (outcome is ReportOutcome.PENDING and result.final):
+            block = result.block_index
+            keys = self._outstanding.get(block)
+            if keys is not None:
+                keys.discard(result.key)
+                if not keys:
+                    del self._outstanding[block]
+            if result.status is WorkStatus.SUCCESS and outcome is not ReportOutcome.REFUSED:
+                self._worked.add(block)
+            self._maybe_harvest(block)
+
+    # ---- what the agent is doing --------------------------------------------------------
+
+    def snapshot(self) -> AgentSnapshot:
+        """The state for the live view (cheap: call it a few times a second)."""
+        progress = self.manager.progress()
+        board = dict(self._board)
+        for farmer in progress.farmers:
+            key = (farmer.farmer_address, farmer.block_index)
+            if farmer.running:
+                board[key] = FarmerState(
+                    farmer.farmer_address, farmer.block_index, farmer.zeros, farmer.hashes, "mining"
+                )
+        current = self.monitor.latest
+        clock = self.monitor.clock
+        to_deadline = to_next = opened = None
+        if current is not None and clock.synced:
+            now = clock.now()
+            opened = float(current.timestamp)
+            to_next = current.next_block_at - now
+            to_deadline = self.manager.timing.block_mining_ends_at(opened) - now
+        return AgentSnapshot(
+            hashes_per_second=progress.hashes_per_second,
+            threads=self.manager.threads,
+            capacity=self.manager.capacity,
+            mining_farmers=progress.mining_farmers,
+            block_index=current.index if current is not None else None,
+            block_opened_at=opened,
+            seconds_to_work_deadline=to_deadline,
+            seconds_to_next_block=to_next,
+            farmers=tuple(sorted(board.values(), key=lambda f: (-f.block_index, f.farmer_address))),
+            following=sum(1 for r in self._unsettled.values() if r is not None),
+            stats=replace(self.stats),
+        )
 
     # ---- heartbeat ----------------------------------------------------------------------
 
@@ -343,6 +688,16 @@ def state_path(settings: Settings) -> Path:
     return settings.layout().root / "pooler" / f"{settings.pooler_cert_name}-cursor.json"
 
 
+def journal_path(settings: Settings) -> Path:
+    """The work journal, beside the cursor file."""
+    return state_path(settings).with_name(f"{settings.pooler_cert_name}-journal.jsonl")
+
+
+def log_path(settings: Settings) -> Path:
+    """The command's log file under the data directory's `logs/`."""
+    return settings.layout().logs / f"pooler-{settings.pooler_cert_name}.log"
+
+
 def channel_secrets(settings: Settings) -> list[str]:
     """The channel accounts' secret keys from the setting or its file (never echoed)."""
     if settings.pooler_channel_secrets is not None:
@@ -386,8 +741,11 @@ def pooler_identity(settings: Settings) -> tuple[Identity, bytes]:
     return Identity(paths[0].read_bytes(), paths[1].read_bytes()), paths[2].read_bytes()
 
 
-async def run_agent(settings: Settings, *, install_signals: bool = True) -> AgentStats:
-    """Build every part from settings and run the agent until SIGINT/SIGTERM."""
+async def run_agent(
+    settings: Settings, *, install_signals: bool = True, live: bool = False
+) -> AgentStats:
+    """Build every part from settings and run the agent until SIGINT/SIGTERM; with
+    `live`, the live view on the terminal while it runs."""
     import aiohttp
 
     from kalepool.chain import resolve_chain_config
@@ -421,43 +779,78 @@ async def run_agent(settings: Settings, *, install_signals: bool = True) -> Agen
         capacity=settings.max_farmers_capacity,
         threads=settings.mining_threads,
     )
+    view: asyncio.Task[None] | None = None
     try:
         channels = ChannelPool.from_secrets(chain, secrets, clock=clock)
+        cursors = CursorTracker(CursorFile(state_path(settings)))
+        journal = WorkJournal(journal_path(settings), covered=lambda: cursors.saved)
         agent = PoolerAgent(
             pool=pool,
             monitor=BlockMonitor(chain, interval=settings.block_poll_interval_seconds, clock=clock),
             manager=manager,
             submitter=WorkSubmitter(chain, channels),
-            cursors=CursorTracker(CursorFile(state_path(settings))),
+            cursors=cursors,
+            journal=journal,
+            min_work_window=settings.pooler_min_work_window_seconds,
         )
         if install_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, agent.stop)
         log.info(
-            "pooler agent: pool %s, %d channel accounts, capacity %d",
+            "pooler agent: pool %s, %d channel accounts, capacity %d, %d journaled works to follow",
             settings.pool_address,
             channels.size,
             manager.capacity,
+            len(journal.unreported),
         )
+        if live:
+            from pooler_agent.view import LiveView
+
+            view = asyncio.create_task(LiveView(agent).run(), name="live view")
         return await agent.run()
     finally:
+        if view is not None:
+            view.cancel()
+            await asyncio.gather(view, return_exceptions=True)
         await manager.shutdown()
         await pool.close()
         await chain.aclose()
 
 
 def run_pooler(settings: Settings) -> None:
-    """`kale-pool pooler`: the agent in the foreground until Ctrl-C."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_agent(settings))
+    """`kale-pool pooler`: the agent in the foreground until Ctrl-C.
+
+    Logs also go to `logs/pooler-<cert name>.log` under the data directory. On a terminal
+    the live view holds it (recent log lines show in the view); otherwise each event is
+    one plain log line on stderr.
+    """
+    from pooler_agent.view import log_to_file, showing_events
+
+    live = sys.stdout.isatty()
+    path = log_path(settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.touch(mode=0o600, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write the log file {path} ({exc.strerror})") from None
+    with (
+        log_to_file(path, settings.log_level),
+        showing_events() if live else contextlib.nullcontext(),
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        asyncio.run(run_agent(settings, live=live))
 
 
 __all__ = [
     "AgentError",
+    "AgentSnapshot",
     "AgentStats",
+    "FarmerState",
     "PoolerAgent",
     "channel_secrets",
+    "journal_path",
+    "log_path",
     "pooler_identity",
     "run_agent",
     "run_pooler",

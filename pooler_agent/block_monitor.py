@@ -6,20 +6,24 @@ reports (DESIGN.md, cycle step 1):
 - `OPENED` when a block index appears (the first sighting too, marked `initial`): the
   agent then asks the pool to plant in it;
 - `DUE` when the current block is at least a block interval old on the chain's clock and
-  nobody has opened the next one: a plant now opens block `index + 1`, so the agent asks
-  the pool to plant in that one (once per block);
+  nobody has opened the next one: a plant now opens block `index + 1` (reported once per
+  block);
 - `CHAIN_ERROR` when the RPC fails (after the chain client's own retries): logged, blamed
   on the chain, and tried again at the next tick.
 
 Each read also sets the shared :class:`ChainClock`, which the work manager times against.
+
+What to plant is not decided by the events alone: :func:`plan_plant` looks at the block
+as the last read left it, every tick, so a plant refused or failed once is asked again
+while it still makes sense, and a block is opened only once this machine holds no
+unsent work of the block before it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -143,8 +147,80 @@ class BlockMonitor:
 
     async def events(self) -> AsyncIterator[BlockEvent]:
         """Poll every `interval` seconds and yield each event, until `stop()`."""
-        while not self._stop.is_set():
-            for event in await self.poll():
+        async for events in self.ticks():
+            for event in events:
                 yield event
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.interval)
+
+    async def ticks(self, wake: asyncio.Event | None = None) -> AsyncIterator[list[BlockEvent]]:
+        """Poll every `interval` seconds (sooner when `wake` is set) and yield each poll's
+        events, an empty list included, until `stop()`."""
+        while not self._stop.is_set():
+            yield await self.poll()
+            waiters = [asyncio.ensure_future(self._stop.wait())]
+            if wake is not None:
+                waiters.append(asyncio.ensure_future(wake.wait()))
+            try:
+                await asyncio.wait(
+                    waiters, timeout=self.interval, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if wake is not None:
+                wake.clear()
+
+
+# --- what to plant -----------------------------------------------------------------------
+
+
+class PlantAction(StrEnum):
+    """What the agent should do about planting, as of one look at the farm."""
+
+    WAIT = "wait"  # nothing to ask now (planted already, or the farm is paused)
+    PLANT = "plant"  # ask the pool to plant `block`
+    SKIP = "skip"  # `block` is current but too little time is left to work it
+    FINISH = "finish"  # `block` is due but work of it is unsent: end its mining, send, settle
+
+
+@dataclass(frozen=True, slots=True)
+class PlantPlan:
+    """One decision of :func:`plan_plant`."""
+
+    action: PlantAction
+    block: int | None  # the block planted, skipped or finished (None for WAIT)
+    seconds_left: float  # chain seconds until the next block may open (negative once due)
+
+
+def plan_plant(
+    current: CurrentBlock,
+    now: float,
+    *,
+    min_window: float,
+    planted: Collection[int],
+    holding: bool,
+) -> PlantPlan:
+    """What to plant now, on the chain's clock `now`.
+
+    - Not due yet: plant the current block unless it is planted already, and only while
+      at least `min_window` seconds remain before the next block may open (a plant, some
+      mining and a work transaction must fit); otherwise SKIP it and wait for it to be due.
+    - Due: a plant now opens `index + 1`. While this machine still `holding` unsent or
+      unsettled work of the current block, FINISH it first (end its mining and send the
+      best hashes); only then PLANT the next block, so our own plant never makes our own
+      work late.
+    """
+    left = current.next_block_at - now
+    if current.paused:
+        return PlantPlan(PlantAction.WAIT, None, left)
+    if left > 0:
+        if current.index in planted:
+            return PlantPlan(PlantAction.WAIT, None, left)
+        if left < min_window:
+            return PlantPlan(PlantAction.SKIP, current.index, left)
+        return PlantPlan(PlantAction.PLANT, current.index, left)
+    following = current.index + 1
+    if following in planted:
+        return PlantPlan(PlantAction.WAIT, None, left)
+    if holding:
+        return PlantPlan(PlantAction.FINISH, current.index, left)
+    return PlantPlan(PlantAction.PLANT, following, left)

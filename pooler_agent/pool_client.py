@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -44,6 +46,13 @@ _TRANSIENT = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
+)
+
+
+# The feed is opened again after these too: the pool failing inside (a restart, its
+# database away) must not stop the agent; a refusal (a bad key, a disabled pooler) does.
+_STREAM_AGAIN = frozenset(
+    {grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 )
 
 
@@ -127,7 +136,8 @@ class CursorTracker:
         self._open.append(cursor)
 
     def done(self, cursors: Sequence[int]) -> None:
-        self._done.update(c for c in cursors if c > 0)
+        """These assignments are dealt with (reported, or held by the work journal)."""
+        self._done.update(c for c in cursors if c > self.saved)
         moved = False
         while self._open and self._open[0] in self._done:
             self.saved = self._open.pop(0)
@@ -326,7 +336,8 @@ class PoolClient:
 
         A cursor the pool never issued (OUT_OF_RANGE: a new pool database) starts the feed
         over from 0; a newer stream of this pooler raises StreamTakenOver; a refusal
-        (bad key, disabled pooler) raises PoolError.
+        (bad key, disabled pooler) raises PoolError. The pool away or failing inside
+        (UNAVAILABLE, INTERNAL, ...) is waited out.
         """
         attempt = 0
         while True:
@@ -352,7 +363,7 @@ class PoolClient:
                 )
                 cursors.reset()
                 continue
-            if code not in _TRANSIENT and code is not grpc.StatusCode.CANCELLED:
+            if code not in _TRANSIENT and code not in _STREAM_AGAIN:
                 raise PoolError("StreamAssignments", code, detail)
             delay = self.backoff.delay(attempt)
             attempt += 1
@@ -365,14 +376,104 @@ class PoolClient:
 # --- reporting work ------------------------------------------------------------------
 
 
+class ReportOutcome(StrEnum):
+    """What the pool did with one reported result (the proto's ReportOutcome)."""
+
+    RECORDED = "recorded"  # recorded by this report
+    ALREADY_RECORDED = "already_recorded"  # recorded identically before
+    PENDING = "pending"  # a pending result, acknowledged: report it again once it settles
+    RETRY = "retry"  # could not be checked now: report it again later
+    REFUSED = "refused"  # refused for good: sending it again would be refused again
+
+    @property
+    def final(self) -> bool:
+        """Nothing more will come of reporting this result again."""
+        return self in (
+            ReportOutcome.RECORDED,
+            ReportOutcome.ALREADY_RECORDED,
+            ReportOutcome.REFUSED,
+        )
+
+
+_OUTCOME = {
+    pooler_pb2.REPORT_OUTCOME_RECORDED: ReportOutcome.RECORDED,
+    pooler_pb2.REPORT_OUTCOME_ALREADY_RECORDED: ReportOutcome.ALREADY_RECORDED,
+    pooler_pb2.REPORT_OUTCOME_PENDING: ReportOutcome.PENDING,
+    pooler_pb2.REPORT_OUTCOME_RETRY: ReportOutcome.RETRY,
+    pooler_pb2.REPORT_OUTCOME_REFUSED: ReportOutcome.REFUSED,
+}
+
+
+def report_outcomes(
+    results: Sequence[WorkResult], answer: pooler_pb2.ReportWorkResponse
+) -> list[tuple[ReportOutcome, str]]:
+    """One (outcome, message) per result, in order.
+
+    A pool that answers no `outcomes` (one from before per-result outcomes) accepted the
+    whole batch: pending results as pending, the others as recorded. Outcomes are matched
+    by farmer (each farmer appears once in a batch), else by position; a result the
+    answer says nothing of is reported again (RETRY).
+    """
+    if not answer.outcomes:
+        return [
+            (
+                ReportOutcome.PENDING if r.status is WorkStatus.PENDING else ReportOutcome.RECORDED,
+                "",
+            )
+            for r in results
+        ]
+    by_farmer = {o.farmer_id: o for o in answer.outcomes if o.farmer_id}
+    positional = len(answer.outcomes) == len(results)
+    found: list[tuple[ReportOutcome, str]] = []
+    for position, result in enumerate(results):
+        one = by_farmer.get(result.assignment.farmer_id)
+        if one is None and positional:
+            one = answer.outcomes[position]
+        if one is None or one.outcome not in _OUTCOME:
+            found.append((ReportOutcome.RETRY, "the pool's answer gave no outcome for it"))
+            continue
+        found.append((_OUTCOME[one.outcome], one.message))
+    return found
+
+
+class ReportJournal(Protocol):
+    """Where sent work is journaled (`pooler_agent.journal.WorkJournal`)."""
+
+    async def reported(self, tx_hash: str) -> None: ...
+
+
+@dataclass
+class _Item:
+    result: WorkResult
+    serial: int  # the order results were added: a newer one for the same pail supersedes
+    attempts: int = 0  # reports that came back RETRY (for the backoff)
+
+
+# At most this many results per ReportWork (the pool takes up to 1000).
+MAX_BATCH = 500
+
+
 class WorkReporter:
-    """Sends work results to the pool in per-block batches, retrying until acknowledged.
+    """Sends work results to the pool in per-block batches; every result is answered.
 
     `add()` queues a result; the running `run()` waits `linger` seconds for the rest of
-    the block's results to arrive, then sends each block's batch. A batch the pool
-    cannot take now is sent again with backoff until it is acknowledged (repeating an
-    identical report is harmless); one it refuses for good is logged and dropped (sending
-    it again would be refused again). `on_reported` sees each acknowledged batch.
+    the block's results to arrive, then sends each block's batch. A newer result for the
+    same (farmer, block) (the settled outcome of a pending one) supersedes one still
+    queued. Each result's outcome is handled on its own:
+
+    - RECORDED / ALREADY_RECORDED: acknowledged: the saved cursor may move past it, its
+      journal entry is closed;
+    - PENDING (for a pending result): acknowledged, and the agent keeps following the
+      transaction; its settled result is reported later;
+    - RETRY (or PENDING for a settled result): reported again after a backoff;
+    - REFUSED: logged once at warning level with the pool's message and acknowledged
+      (sending it again would be refused again).
+
+    A report the pool could not take at all now (UNAVAILABLE and the like) is sent again
+    with backoff until it is answered. One refused as a whole (a pool from before
+    per-result outcomes refuses the whole batch for one bad result) is sent again result
+    by result, so only the bad one is refused. `on_acknowledged(result, outcome)` sees
+    each acknowledged result.
     """
 
     def __init__(
@@ -381,70 +482,101 @@ class WorkReporter:
         cursors: CursorTracker,
         *,
         linger: float = 0.2,
-        on_reported: Callable[[int, list[WorkResult], pooler_pb2.ReportWorkResponse], None]
-        | None = None,
+        journal: ReportJournal | None = None,
+        on_acknowledged: Callable[[WorkResult, ReportOutcome], None] | None = None,
     ) -> None:
         self.client = client
         self.cursors = cursors
         self.linger = linger
-        self.on_reported = on_reported
-        self._queue: asyncio.Queue[WorkResult] = asyncio.Queue()
+        self.journal = journal
+        self.on_acknowledged = on_acknowledged
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._serials = itertools.count(1)
+        self._latest: dict[tuple[str, int], int] = {}  # pail -> serial of its newest result
+        self._later: set[asyncio.Task[None]] = set()  # results waiting to be sent again
         self.reported = 0  # results acknowledged
-        self.dropped = 0  # results the pool refused for good
+        self.refused = 0  # results the pool refused for good
+        self.retried = 0  # RETRY answers
         self._sending = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     def add(self, result: WorkResult) -> None:
+        serial = next(self._serials)
+        self._latest[result.key] = serial
+        self._put(_Item(result, serial))
+
+    def _put(self, item: _Item) -> None:
         self._idle.clear()
-        self._queue.put_nowait(result)
+        self._queue.put_nowait(item)
+
+    def _current(self, item: _Item) -> bool:
+        return self._latest.get(item.result.key) == item.serial
 
     @property
     def idle(self) -> bool:
-        """Nothing queued and nothing being sent."""
-        return self._queue.empty() and self._sending == 0
+        """Nothing queued, nothing being sent, nothing waiting to be sent again."""
+        return self._queue.empty() and self._sending == 0 and not self._later
+
+    def _check_idle(self) -> None:
+        if self.idle:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
-        """Until everything queued was sent (acknowledged or dropped)."""
+        """Until everything queued was sent and answered."""
         await self._idle.wait()
+
+    def _batches(self, items: list[_Item]) -> list[tuple[int, list[_Item]]]:
+        """Per block, the newest result of each pail (a superseded one is not sent)."""
+        by_block: dict[int, dict[tuple[str, int], _Item]] = {}
+        for item in items:
+            if self._current(item):
+                by_block.setdefault(item.result.block_index, {})[item.result.key] = item
+        batches = []
+        for block, pails in sorted(by_block.items()):
+            listed = list(pails.values())
+            for start in range(0, len(listed), MAX_BATCH):
+                batches.append((block, listed[start : start + MAX_BATCH]))
+        return batches
 
     async def run(self) -> None:
         """Send batches until cancelled."""
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
             self._sending += 1
             try:
                 await asyncio.sleep(self.linger)
+                batch = [first]
                 while not self._queue.empty():
                     batch.append(self._queue.get_nowait())
-                by_block: dict[int, list[WorkResult]] = {}
-                for result in batch:
-                    by_block.setdefault(result.block_index, []).append(result)
-                for block, results in sorted(by_block.items()):
-                    await self._send(block, results)
+                for block, items in self._batches(batch):
+                    await self._send(block, items)
             finally:
                 self._sending -= 1
-                if self.idle:
-                    self._idle.set()
+                self._check_idle()
 
     async def flush(self) -> None:
-        """Send whatever is queued now (at shutdown), trying each batch once more."""
-        batch: list[WorkResult] = []
+        """Send whatever is queued now (at shutdown), each batch tried once more."""
+        batch: list[_Item] = []
         while not self._queue.empty():
             batch.append(self._queue.get_nowait())
-        by_block: dict[int, list[WorkResult]] = {}
-        for result in batch:
-            by_block.setdefault(result.block_index, []).append(result)
-        for block, results in sorted(by_block.items()):
+        for block, items in self._batches(batch):
             with contextlib.suppress(PoolError):
-                await self._send_once(block, results)
+                answer = await self.client.report_work(
+                    block, [work_report(i.result) for i in items]
+                )
+                await self._answered(block, items, answer)
 
-    async def _send(self, block: int, results: list[WorkResult]) -> None:
+    async def _report(self, block: int, items: list[_Item]) -> pooler_pb2.ReportWorkResponse:
+        return await self.client.report_work(block, [work_report(i.result) for i in items])
+
+    async def _send(self, block: int, items: list[_Item]) -> None:
         attempt = 0
         while True:
             try:
-                await self._send_once(block, results)
-                return
+                answer = await self.client.report_work(
+                    block, [work_report(i.result) for i in items]
+                )
             except PoolError as exc:
                 if exc.code is grpc.StatusCode.CANCELLED:
                     # The channel closed under us (shutdown): not acknowledged, not refused.
@@ -453,32 +585,109 @@ class WorkReporter:
                     delay = self.client.backoff.delay(attempt)
                     attempt += 1
                     log.warning(
-                        "report of block %d not acknowledged (%s); again in %.1fs",
-                        block,
-                        exc,
-                        delay,
+                        "report of block %d not answered (%s); again in %.1fs", block, exc, delay
                     )
                     await asyncio.sleep(delay)
                     continue
-                log.error("report of block %d refused, dropped: %s", block, exc)
-                self.dropped += len(results)
-                self.cursors.done([r.assignment.cursor for r in results])
-                if self.on_reported is not None:
-                    self.on_reported(block, results, pooler_pb2.ReportWorkResponse())
+                if len(items) > 1:
+                    log.info(
+                        "report of %d results of block %d refused as a whole (%s):"
+                        " reporting each on its own",
+                        len(items),
+                        block,
+                        exc,
+                    )
+                    for item in items:
+                        await self._send(block, [item])
+                    return
+                await self._handle(
+                    items, [(ReportOutcome.REFUSED, f"{exc.code.name}: {exc.detail}")]
+                )
                 return
+            await self._answered(block, items, answer)
+            return
 
-    async def _send_once(self, block: int, results: list[WorkResult]) -> None:
-        reports = [work_report(r) for r in results]
-        answer = await self.client.report_work(block, reports)
-        self.reported += len(results)
-        self.cursors.done([r.assignment.cursor for r in results])
+    async def _answered(
+        self, block: int, items: list[_Item], answer: pooler_pb2.ReportWorkResponse
+    ) -> None:
+        outcomes = report_outcomes([i.result for i in items], answer)
         log.info(
-            "block %d: reported %d results (%d new, %d repeated), %d ready for harvest",
+            "block %d: reported %d results (%d new, %d repeated, %d refused, %d to retry),"
+            " %d ready for harvest",
             block,
-            len(results),
-            answer.recorded,
-            answer.already_recorded,
+            len(items),
+            sum(1 for o, _ in outcomes if o is ReportOutcome.RECORDED),
+            sum(1 for o, _ in outcomes if o is ReportOutcome.ALREADY_RECORDED),
+            sum(1 for o, _ in outcomes if o is ReportOutcome.REFUSED),
+            sum(1 for o, _ in outcomes if o is ReportOutcome.RETRY),
             len(answer.ready_for_harvest),
         )
-        if self.on_reported is not None:
-            self.on_reported(block, results, answer)
+        await self._handle(items, outcomes)
+
+    async def _handle(self, items: list[_Item], outcomes: list[tuple[ReportOutcome, str]]) -> None:
+        acknowledged: list[tuple[_Item, ReportOutcome]] = []
+        for item, (outcome, message) in zip(items, outcomes, strict=True):
+            result = item.result
+            pending = result.status is WorkStatus.PENDING
+            if outcome is ReportOutcome.RETRY or (outcome is ReportOutcome.PENDING and not pending):
+                self.retried += 1
+                self._again(item, message or "the pool could not check it now")
+                continue
+            if outcome is ReportOutcome.REFUSED:
+                self.refused += 1
+                log.warning(
+                    "work report of farmer %s in block %d refused for good: %s",
+                    result.assignment.farmer_id or result.farmer_address,
+                    result.block_index,
+                    message or "no reason given",
+                )
+            acknowledged.append((item, outcome))
+        if not acknowledged:
+            return
+        self.reported += len(acknowledged)
+        # The cursor first, then the journal: a crash in between reports the work again
+        # (harmless) rather than mining an assignment again.
+        self.cursors.done([item.result.assignment.cursor for item, _ in acknowledged])
+        for item, _ in acknowledged:
+            result = item.result
+            if result.status is WorkStatus.PENDING and not result.final:
+                continue  # still followed: its settled result comes later
+            if self.journal is not None and result.tx_hash:
+                await self.journal.reported(result.tx_hash)
+            if self._current(item):
+                del self._latest[result.key]  # nothing more will come for this pail
+        if self.on_acknowledged is not None:
+            for item, outcome in acknowledged:
+                self.on_acknowledged(item.result, outcome)
+
+    def _again(self, item: _Item, why: str) -> None:
+        """Report this result again after a backoff (unless a newer one supersedes it)."""
+        delay = self.client.backoff.delay(item.attempts)
+        item.attempts += 1
+        log.info(
+            "work report of farmer %s in block %d: %s; again in %.1fs",
+            item.result.assignment.farmer_id or item.result.farmer_address,
+            item.result.block_index,
+            why,
+            delay,
+        )
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            if self._current(item):
+                self._put(item)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._later.add(task)
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._later.discard(done)
+            self._check_idle()
+
+        task.add_done_callback(finished)
+
+    def cancel_later(self) -> None:
+        """Drop the results waiting to be sent again (at shutdown: their cursors are not
+        saved and their journal entries stay, so a restart reports them)."""
+        for task in list(self._later):
+            task.cancel()

@@ -3,7 +3,8 @@
 One `miner_ext.Search` per (farmer, block), all on the process-wide pool of hashing
 threads, which takes chunks from every running search in turn: N farmers share the
 cores evenly, each with its own deadline. A search keeps the best hash it has seen and
-ends at its deadline (or a target, when one is set), is cancelled when a newer block
+ends at its deadline (or a target, when one is set), is ended early by `finish_block`
+when its block is due (the best hash so far is sent), and is cancelled when a newer block
 opens (its work could no longer land) or on shutdown.
 
 Timing (KALE_PROTOCOL.md): more gap is rewarded, so mining runs late into the block, but
@@ -55,10 +56,13 @@ class WorkTiming:
 
     def mining_ends_at(self, assignment: Assignment) -> float:
         """Chain time at which mining this assignment stops and its work is sent."""
-        opened = assignment.block_opened_at
+        return self.block_mining_ends_at(assignment.block_opened_at, assignment.work_deadline)
+
+    def block_mining_ends_at(self, opened: float, work_deadline: float | None = None) -> float:
+        """Chain time at which mining of a block opened at `opened` stops."""
         cutoff = opened + self.block_seconds  # from here a plant may open the next block
-        if assignment.work_deadline is not None:
-            cutoff = min(cutoff, assignment.work_deadline)
+        if work_deadline is not None:
+            cutoff = min(cutoff, work_deadline)
         return min(opened + self.work_delay_seconds, cutoff - self.submit_margin_seconds)
 
 
@@ -72,7 +76,7 @@ class MinedWork:
     zeros: int
     hashes: int
     elapsed: float
-    stop_reason: str  # the miner's: "deadline", "target", "cancelled", ...
+    stop_reason: str  # the miner's: "deadline", "target", "cancelled"; "finished" when ended early
     cancelled: str | None = None  # why mining was cancelled (then the work is not sent)
     block_closed: bool = False  # cancelled because a newer block opened (the work is late)
 
@@ -117,15 +121,18 @@ class _Job:
     task: asyncio.Task[MinedWork] | None = None
     cancel_reason: str | None = None
     block_closed: bool = False
+    finished: bool = False  # ended early by finish_block: the best hash is still sent
 
 
 class WorkManager:
     """Accepts assignments and mines them concurrently; each yields one :class:`MinedWork`.
 
     `assign()` starts mining at once and returns the task that ends with the result (None
-    for a duplicate (farmer, block)). `block_opened(index)` cancels every search of an
-    older block; `shutdown()` cancels everything. `target_zeros` ends a search early once
-    a hash that good is found (a cap for cheap blocks and tests; None mines to the deadline).
+    for a duplicate (farmer, block)). `finish_block(index)` ends the searches of a block
+    that is due now, keeping their best hashes sendable; `block_opened(index)` cancels
+    every search of an older block; `shutdown()` cancels everything. `target_zeros` ends
+    a search early once a hash that good is found (a cap for cheap blocks and tests; None
+    mines to the deadline).
     """
 
     def __init__(
@@ -147,6 +154,7 @@ class WorkManager:
         self._jobs: dict[tuple[str, int], _Job] = {}
         self._seen: set[tuple[str, int]] = set()
         self._newest_block = -1
+        self._finished_through = -1  # blocks up to this one are due: mine them briefly
         self._closed = False
         self._executor = ThreadPoolExecutor(
             max_workers=capacity, thread_name_prefix="kale-search-wait"
@@ -177,10 +185,13 @@ class WorkManager:
         if assignment.block_index < self._newest_block:
             reason = f"block {self._newest_block} opened before mining began"
             return asyncio.get_running_loop().create_task(self._stale(assignment, reason))
-        seconds = max(
-            self.clock.seconds_until(self.timing.mining_ends_at(assignment)),
-            self.timing.min_search_seconds,
-        )
+        if assignment.block_index <= self._finished_through:
+            seconds = self.timing.min_search_seconds  # its block is due: send at once
+        else:
+            seconds = max(
+                self.clock.seconds_until(self.timing.mining_ends_at(assignment)),
+                self.timing.min_search_seconds,
+            )
         search = miner_ext.Search(
             assignment.block_index,
             assignment.entropy,
@@ -218,6 +229,9 @@ class WorkManager:
         finally:
             self._jobs.pop(key, None)
         cancelled = job.cancel_reason if found.reason == "cancelled" else None
+        reason: str = found.reason or "cancelled"
+        if reason == "cancelled" and cancelled is None and job.finished:
+            reason = "finished"
         return MinedWork(
             assignment=job.assignment,
             nonce=found.nonce,
@@ -225,12 +239,32 @@ class WorkManager:
             zeros=found.zeros,
             hashes=found.hashes,
             elapsed=found.elapsed,
-            stop_reason=found.reason or "cancelled",
+            stop_reason=reason,
             cancelled=cancelled,
             block_closed=cancelled is not None and job.block_closed,
         )
 
     # ---- stopping -----------------------------------------------------------------------
+
+    def finish_block(self, index: int) -> int:
+        """Block `index` is due: end its searches (and older ones) now, keeping each best
+        hash as sendable work, unlike cancelling. Assignments of it that come later get a
+        short search only. Returns how many searches were ended."""
+        self._finished_through = max(self._finished_through, index)
+        ended = 0
+        for job in list(self._jobs.values()):
+            if (
+                job.assignment.block_index <= index
+                and job.cancel_reason is None
+                and not job.finished
+                and not job.search.done()
+            ):
+                job.finished = True
+                job.search.cancel()
+                ended += 1
+        if ended:
+            log.info("block %d is due: ended %d searches early, sending their best", index, ended)
+        return ended
 
     def block_opened(self, index: int) -> int:
         """A block opened: cancel the searches of older blocks (their work can no longer

@@ -12,7 +12,9 @@ envelope resent until it applies or provably cannot) and ends in a :class:`WorkR
 the nonce, hash and zeros, the gap the contract returned and the transaction hash, or
 the failure with whose fault it was (`kalepool.chain.attribute_fault`): work after the
 next block opened (the farm's PailMissing, #9) is the pooler's, an unreachable RPC the
-chain's.
+chain's. A result whose fate is unknown (PENDING) keeps its signed envelope, and
+:meth:`WorkSubmitter.settle` follows it by hash (resending the same envelope while it can
+still apply) until the chain settles it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -36,17 +38,19 @@ from kalepool.chain import (
     ContractError,
     FarmError,
     Fault,
+    SignedTx,
     TxKind,
     TxOutcome,
     TxStatus,
     attribute_fault,
     build_work,
     read_account,
+    reconcile,
     sign,
     submit,
 )
-from kalepool.chain.client import describe_failure
-from kalepool.chain.submit import Observer, RecordHook
+from kalepool.chain.client import describe_failure, is_transient
+from kalepool.chain.submit import Observer
 from pooler_agent.assignment import Assignment
 from pooler_agent.clock import ChainClock
 from pooler_agent.work_manager import MinedWork
@@ -133,6 +137,25 @@ class ChannelPool:
     @property
     def in_flight(self) -> int:
         return sum(1 for ch in self._channels if ch.busy)
+
+    def _channel(self, address: str) -> ChannelAccount | None:
+        return next((ch for ch in self._channels if ch.address == address), None)
+
+    def hold(self, address: str, until: float) -> None:
+        """An envelope of this account may be in flight until chain time `until` (one
+        journaled before a restart): lend the account only after that, and read it again."""
+        channel = self._channel(address)
+        if channel is not None:
+            channel.stale = True
+            channel.blocked_until = max(channel.blocked_until or until, until)
+
+    def settled(self, address: str) -> None:
+        """The envelope that held this account back settled (applied or can no longer
+        apply): lend it again at once, after reading its sequence number."""
+        channel = self._channel(address)
+        if channel is not None:
+            channel.stale = True
+            channel.blocked_until = None
 
     def _usable(self, channel: ChannelAccount) -> bool:
         if channel.busy:
@@ -227,6 +250,13 @@ class WorkResult:
     contract_error: int | None = None  # N of Error(Contract, #N)
     error_code: str | None = None  # e.g. "farm#9", "txBAD_SEQ"
     message: str | None = None  # one line for a person
+    envelope: SignedTx | None = None  # the signed work transaction, to follow a pending one
+    final: bool = False  # PENDING for good: the chain can no longer tell (nothing follows)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(farmer, block): one work per pail."""
+        return self.assignment.key
 
     @property
     def farmer_address(self) -> str:
@@ -252,11 +282,19 @@ def _failure_of(error: ContractError | None, status: TxStatus | None) -> Failure
 # --- submitting ------------------------------------------------------------------------
 
 
+WorkRecordHook = Callable[[MinedWork, SignedTx], Awaitable[None]]
+
+
+class _NotJournaled(Exception):
+    """The `record` hook failed, so the envelope was not sent."""
+
+
 class WorkSubmitter:
     """Submits mined work from the channel pool and reports each farmer's result.
 
-    `record` runs before each envelope is first sent (a journal, so a restart can
-    reconcile by hash); `observe` sees every submission step.
+    `record(mined, signed)` runs before each envelope is first sent (the agent's journal,
+    so a restart can reconcile by hash; if it raises, nothing is sent); `observe` sees
+    every submission step.
     """
 
     def __init__(
@@ -264,7 +302,7 @@ class WorkSubmitter:
         client: ChainClient,
         channels: ChannelPool,
         *,
-        record: RecordHook | None = None,
+        record: WorkRecordHook | None = None,
         observe: Observer | None = None,
     ) -> None:
         self.client = client
@@ -333,8 +371,29 @@ class WorkSubmitter:
             channel.account.sequence = sequence
             return self._refused(exc, channel, base)
         submitted_at = time.time()
+        record = self.record
+
+        async def journal(tx: SignedTx) -> None:
+            if record is not None:
+                try:
+                    await record(mined, tx)
+                except Exception as exc:
+                    raise _NotJournaled(describe_failure(exc)) from exc
+
         try:
-            outcome = await submit(self.client, signed, record=self.record, observe=self.observe)
+            outcome = await submit(self.client, signed, record=journal, observe=self.observe)
+        except _NotJournaled as exc:
+            # Not sent: work that a crash could lose is not sent at all.
+            channel.account.sequence = sequence
+            log.error("work for %s not sent: the work journal cannot be written (%s)", farmer, exc)
+            return replace(
+                base,
+                status=WorkStatus.FAILED,
+                channel=channel.address,
+                fault=Fault.POOLER,
+                failure=FailureCode.MINER_FAILED,
+                message=f"not sent: the work journal cannot be written ({exc})",
+            )
         except Exception as exc:
             # The envelope may be in flight: hold the account back until it cannot apply.
             channel.stale = True
@@ -351,10 +410,54 @@ class WorkSubmitter:
                 fault=fault,
                 failure=FailureCode.CHAIN_UNAVAILABLE if fault is Fault.CHAIN else None,
                 message=f"outcome unknown: {detail}",
+                envelope=signed,
             )
         if outcome.status not in (TxStatus.SUCCESS, TxStatus.FAILED):
             channel.stale = True  # the sequence number may not have been used
-        return self._settled(outcome, channel, submitted_at, base)
+        return self._settled(outcome, channel.address, submitted_at, base)
+
+    async def settle(self, result: WorkResult) -> tuple[WorkResult, bool]:
+        """Follow a PENDING result by its transaction hash (`reconcile`: the same envelope
+        is sent again while it can still apply). Returns the result and whether that is
+        final: still PENDING and not final when the chain could not answer (ask again
+        later); final when it settled, or when the chain can no longer tell (its history
+        no longer covers the transaction)."""
+        tx = result.envelope
+        if result.status is not WorkStatus.PENDING or tx is None:
+            return result, True
+        try:
+            outcome = await reconcile(self.client, tx, observe=self.observe)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            detail = str(exc) if isinstance(exc, ChainError) else describe_failure(exc)
+            pending = replace(result, message=f"outcome unknown: {detail}")
+            if isinstance(exc, ChainError) or is_transient(exc):
+                log.info(
+                    "work %s for %s: still unknown (%s)",
+                    tx.hash[:12],
+                    result.farmer_address,
+                    detail,
+                )
+                return pending, False
+            # Not the chain's silence (an envelope of another network, a malformed answer):
+            # asking again would fail the same way.
+            log.error("work %s cannot be followed: %s", tx.hash[:12], detail)
+            return pending, True
+        if outcome.status is not TxStatus.UNKNOWN:
+            # Applied, rejected or expired: the old envelope can never apply again.
+            self.channels.settled(tx.source)
+        settled = self._settled(outcome, tx.source, result.submitted_at, result)
+        if settled.status is WorkStatus.PENDING:
+            log.warning("work for %s: %s", result.farmer_address, outcome.describe())
+            return settled, True
+        log.info(
+            "work for %s in block %d settled: %s",
+            result.farmer_address,
+            result.block_index,
+            outcome.describe(),
+        )
+        return settled, True
 
     def _refused(self, exc: Exception, channel: ChannelAccount, base: WorkResult) -> WorkResult:
         fault = attribute_fault(TxKind.WORK, exc)
@@ -379,22 +482,26 @@ class WorkSubmitter:
     def _settled(
         self,
         outcome: TxOutcome,
-        channel: ChannelAccount,
-        submitted_at: float,
+        channel: str,
+        submitted_at: float | None,
         base: WorkResult,
     ) -> WorkResult:
         base = replace(
             base,
             tx_hash=outcome.hash,
             ledger=outcome.ledger,
-            channel=channel.address,
+            channel=channel,
             submitted_at=submitted_at,
+            envelope=outcome.tx,
         )
         if outcome.ok:
             return replace(
                 base,
                 status=WorkStatus.SUCCESS,
                 gap=outcome.value,
+                fault=Fault.NONE,
+                failure=None,
+                message=None,
             )
         if outcome.status is TxStatus.UNKNOWN:
             return replace(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,30 +50,6 @@ def wallet_health(certs: Path, port: int) -> str:
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-def register_pooler(certs: Path, port: int) -> str:
-    """RegisterPooler as the operator; the pooler's one-time API key."""
-    import grpc
-    from stellar_sdk import Keypair
-
-    from kalepool.v1 import pool_pb2, pool_pb2_grpc
-
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=(certs / "ca.pem").read_bytes(),
-        private_key=(certs / "operator-key.pem").read_bytes(),
-        certificate_chain=(certs / "operator.pem").read_bytes(),
-    )
-    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
-        reply = pool_pb2_grpc.PoolServiceStub(channel).RegisterPooler(
-            pool_pb2.RegisterPoolerRequest(
-                name="rig-1", public_key=Keypair.random().public_key, max_farmers=5
-            ),
-            timeout=30,
-        )
-    assert reply.pooler.name == "rig-1"
-    assert reply.api_key
-    return str(reply.api_key)
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """A clean environment: no inherited kale-pool settings, data under tmp."""
@@ -88,7 +65,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 def test_help_lists_the_commands(env: dict[str, str]) -> None:
     result = run("--help", env=env)
     assert result.returncode == 0, result.stderr
-    for command in ("up", "status", "check", "db", "config"):
+    for command in ("up", "status", "check", "db", "config", "pooler", "farmer"):
         assert command in result.stdout
 
 
@@ -151,69 +128,213 @@ def test_db_migrate_is_idempotent_and_check_agrees(env: dict[str, str]) -> None:
     assert "agree" in check.stderr
 
 
+def _free_ports_env(env: dict[str, str]) -> dict[str, str]:
+    return {
+        **env,
+        "KALE_POOL_DEVNET_PORT": "0",
+        "KALE_POOL_WALLET_LISTEN": "127.0.0.1:0",
+        "KALE_POOL_POOL_LISTEN": "127.0.0.1:0",
+        "KALE_POOL_METRICS_PORT": "0",
+        "COLUMNS": "200",
+    }
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, seconds: float = 180) -> str:
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            break
+    return "".join(seen)
+
+
+def _stack(env: dict[str, str]) -> Any:
+    from kalepool.app.runstate import RunState
+    from kalepool.settings import Settings
+
+    settings = Settings(data_dir=Path(env["KALE_POOL_DATA_DIR"]), _env_file=None)  # type: ignore[call-arg]
+    return RunState.load(settings)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids: list[int], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, [pid for pid in pids if _alive(pid)]
+        time.sleep(0.1)
+
+
+def test_a_bad_network_flag_is_one_line(env: dict[str, str]) -> None:
+    result = run("--network", "moonnet", "status", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "kale-pool: configuration error: KALE_POOL_NETWORK: Input should be 'devnet',"
+        " 'testnet' or 'mainnet' (got 'moonnet')"
+    )
+
+
+def test_the_devnet_port_reaches_every_command(env: dict[str, str]) -> None:
+    result = run("config", "show", env={**env, "KALE_POOL_DEVNET_PORT": "9123"})
+    assert "KALE_POOL_RPC_URL=http://127.0.0.1:9123/" in result.stdout.splitlines()
+
+
+def test_check_and_status_on_a_fresh_data_dir_create_nothing(env: dict[str, str]) -> None:
+    data = Path(env["KALE_POOL_DATA_DIR"])
+    check = run("check", env=env)
+    assert check.returncode == 1
+    assert check.stderr.strip().splitlines() == [
+        f"kale-pool: nothing has run here yet: {data} holds no database (kale-pool up creates it)"
+    ]
+    status = run("status", env={**env, "COLUMNS": "200"})
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[0] == f"kale-pool up is not running on {data}"
+    assert "none yet" in status.stdout
+    assert not (data / "postgres").exists()
+
+
+def test_up_refuses_options_that_cannot_work_in_one_line(env: dict[str, str]) -> None:
+    result = run("up", "--no-demo", "--blocks", "2", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "kale-pool: --blocks counts farmed blocks: it needs the demo (drop --no-demo)"
+    ]
+    result = run(
+        "--network", "mainnet", "up", env={**env, "KALE_POOL_RPC_URL": "https://x.example"}
+    )
+    assert result.returncode == 1
+    assert "the demo needs a friendbot" in result.stderr
+
+
 @pytest.mark.slow
-def test_up_starts_what_exists_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
+def test_up_no_demo_serves_the_operator_and_stops_on_ctrl_c(env: dict[str, str]) -> None:
+    """The bare pool: services only. The operator's commands work against it."""
     assert KALE_POOL is not None
-    wallet_port = free_port()
-    pool_port = free_port()
-    metrics_port = free_port()
+    env = _free_ports_env(env)
+    data = Path(env["KALE_POOL_DATA_DIR"])
     proc = subprocess.Popen(
-        [KALE_POOL, "up"],
-        env={
-            **env,
-            "KALE_POOL_DEVNET_PORT": "0",
-            "KALE_POOL_WALLET_LISTEN": f"127.0.0.1:{wallet_port}",
-            "KALE_POOL_METRICS_PORT": str(metrics_port),
-            "KALE_POOL_POOL_LISTEN": f"127.0.0.1:{pool_port}",
-            "COLUMNS": "200",
-        },
+        [KALE_POOL, "up", "--no-demo"],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        assert proc.stdout is not None
-        seen: list[str] = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        output = "".join(seen)
+        output = _read_until(proc, "Ctrl-C stops everything")
         assert "Ctrl-C stops everything" in output, output
-        assert "database" in output
-        assert "migrations" in output
-        certs = Path(env["KALE_POOL_DATA_DIR"]) / "certs"
+        for part in ("devnet: ready", "wallet: ready", "pool: ready"):
+            assert part in output, output
+        assert "pooler-1" not in output  # --no-demo: no poolers, no farmers
+        state = _stack(env)
+        assert state is not None and set(state.processes) == {"devnet", "wallet", "pool"}
+        certs = data / "certs"
         for name in ("ca", "pool-service", "wallet-service", "pool-client", "operator"):
             assert (certs / f"{name}.pem").is_file(), name
-        # The wallet service answers the pool's certificate over mTLS.
-        assert "wallet_service │ running" in output, output
-        assert wallet_health(certs, wallet_port) == "SERVING"
-        # An operator registers a pooler on the pool service, as with grpcurl.
-        assert "pool_service   │ running" in output, output
-        register_pooler(certs, pool_port)
-        # ...and those calls show in the metrics the deployment exposes.
+        # The wallet service answers the pool's certificate over mTLS, in its own process.
+        assert wallet_health(certs, int(state.wallet_address.rsplit(":", 1)[1])) == "SERVING"
+        # The operator adds a pooler: registered, certificate, API key shown once.
+        added = run("pooler", "add", "rig-7", env=env)
+        assert added.returncode == 0, added.stderr
+        key_lines = [line for line in added.stdout.splitlines() if line.startswith("API key")]
+        assert len(key_lines) == 1
+        api_key = key_lines[0].rsplit(" ", 1)[1]
+        bundle = data / "poolers" / "rig-7"
+        assert (bundle / "pooler.env").stat().st_mode & 0o077 == 0
+        assert f"KALE_POOL_POOLER_API_KEY={api_key}" in (bundle / "pooler.env").read_text()
+        assert (bundle / "certs" / "rig-7.pem").is_file()
+        secrets = (bundle / "pooler.env").read_text().split("CHANNEL_SECRETS=")[1].split()[0]
+        assert all(secret not in added.stdout for secret in secrets.split(","))
+        pooler_id = added.stdout.split("id ", 1)[1].split(",", 1)[0]
+        # A farmer for it, and its funding on the devnet.
+        from stellar_sdk import Keypair
+
+        farmer = run(
+            "farmer",
+            "add",
+            "--pooler",
+            pooler_id,
+            "--payout",
+            Keypair.random().public_key,
+            "--stake-bps",
+            "5000",
+            env=env,
+        )
+        assert farmer.returncode == 0, farmer.stderr
+        assert "custodial address: G" in farmer.stdout
+        farmer_id = farmer.stdout.split("farmer ", 1)[1].split(" ", 1)[0]
+        funded = run("farmer", "fund", farmer_id, "--kale", "5", env=env)
+        assert funded.returncode == 0, funded.stderr
+        assert "is funded and active" in funded.stdout and "5 KALE paid" in funded.stdout
+        # ...and those calls show in the pool's own metrics endpoint.
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(state.metrics["pool"], timeout=10) as r:
             metrics = r.read().decode()
-        assert 'kalepool_grpc_requests_total{code="OK",method="Check"' in metrics, metrics[-2000:]
         assert 'method="RegisterPooler",service="kalepool.v1.PoolService"' in metrics
-        # A second command finds what `up` left in the data directory.
-        status = run("status", env={**env, "COLUMNS": "200"})
+        # A second command finds what `up` left: the processes, the pool's poolers.
+        status = run("status", env=env)
         assert status.returncode == 0, status.stderr
-        assert "schema current" in status.stdout, status.stdout
+        assert status.stdout.startswith(f"kale-pool up is running on {data}"), status.stdout
+        assert "rig-7" in status.stdout and "schema current" in status.stdout
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, output + rest
-        assert "stopped" in rest
+        assert rest.index("pool: stopping") < rest.index("wallet: stopping")
+        assert rest.index("wallet: stopping") < rest.index("devnet: stopping")
+        assert rest.rstrip().endswith("stopped")
+        _wait_gone([p.pid for p in state.processes.values()])
+        assert _stack(env) is None
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_up_leaves_nothing_holding_its_ports(env: dict[str, str]) -> None:
+    assert KALE_POOL is not None
+    env = _free_ports_env(env)
+    data = Path(env["KALE_POOL_DATA_DIR"])
+    proc = subprocess.Popen(
+        [KALE_POOL, "up", "--no-demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = _read_until(proc, "Ctrl-C stops everything")
+        assert "Ctrl-C stops everything" in output, output
+        state = _stack(env)
+        assert state is not None
+        proc.kill()  # SIGKILL: the supervisor runs no clean-up at all
+        proc.wait()
+        _wait_gone([p.pid for p in state.processes.values()])
+        from kalepool.app.probes import port_taken, split_address
+
+        for address in (state.pool_address, state.wallet_address):
+            assert port_taken(*split_address(address)) is None, address
+        status = run("status", env=env)
+        assert "stopped without cleaning up" in status.stdout.splitlines()[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        # The embedded PostgreSQL (a unix socket, no port) outlives a SIGKILL: stop it.
+        from kalepool.db.embedded import stop_embedded
+
+        stop_embedded(data / "postgres")
 
 
 @pytest.mark.slow
@@ -226,5 +347,34 @@ def test_up_on_a_taken_port_says_so_in_one_line(env: dict[str, str]) -> None:
         port = taken.getsockname()[1]
         result = run("up", env={**env, "KALE_POOL_DEVNET_PORT": str(port)})
     assert result.returncode == 1
-    assert f"cannot start the devnet on 127.0.0.1:{port}" in result.stderr
-    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot start the devnet on 127.0.0.1:{port}" in lines[0]
+    assert "KALE_POOL_DEVNET_PORT" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_part_that_dies_stops_everything_with_exit_1(env: dict[str, str]) -> None:
+    assert KALE_POOL is not None
+    env = _free_ports_env(env)
+    proc = subprocess.Popen(
+        [KALE_POOL, "up", "--no-demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = _read_until(proc, "Ctrl-C stops everything")
+        assert "Ctrl-C stops everything" in output, output
+        state = _stack(env)
+        assert state is not None
+        os.kill(state.processes["wallet"].pid, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1, output + rest
+        assert "wallet stopped by itself (signal 9)" in rest, rest
+        assert "pool: stopping" in rest and "devnet: stopping" in rest
+        _wait_gone([p.pid for p in state.processes.values()])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

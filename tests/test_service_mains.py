@@ -50,3 +50,56 @@ def test_the_wallet_will_not_start_without_its_master_key(env: dict[str, str]) -
     assert "Traceback" not in result.stderr
     # Checked before anything started: no database was created.
     assert not (Path(env["KALE_POOL_DATA_DIR"]) / "postgres").exists()
+
+
+def test_an_unreachable_chain_is_one_line(env: dict[str, str], db_conninfo: str) -> None:
+    import base64
+    import os
+
+    result = run_module(
+        "wallet_service",
+        {
+            **env,
+            "DATABASE_URL": db_conninfo,
+            "KALE_POOL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "KALE_POOL_DEVNET_PORT": "1",  # nothing listens there
+            "KALE_POOL_WALLET_LISTEN": "127.0.0.1:0",
+            "KALE_POOL_METRICS_PORT": "0",
+        },
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("wallet service: cannot reach the devnet at http://127.0.0.1:1")
+
+
+async def test_a_taken_port_is_one_line_naming_the_setting(
+    env: dict[str, str], db_conninfo: str
+) -> None:
+    """What `kale-pool up` shows as the reason a part stopped is this last line."""
+    import asyncio
+    import socket
+
+    from kalepool.devnet import DevnetConfig, DevnetServer
+
+    async with DevnetServer(DevnetConfig(port=0)) as devnet:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = await asyncio.to_thread(
+                run_module,
+                "pool_service",
+                {
+                    **env,
+                    "DATABASE_URL": db_conninfo,
+                    "KALE_POOL_RPC_URL": devnet.url,
+                    "KALE_POOL_POOL_LISTEN": f"127.0.0.1:{port}",
+                    "KALE_POOL_METRICS_PORT": "0",
+                },
+            )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pool service: cannot listen on 127.0.0.1:{port}")
+    assert "KALE_POOL_POOL_LISTEN" in last

@@ -61,14 +61,20 @@ async def start_wallet_server(
     ca_pem: bytes,
     allowed_callers: tuple[str, ...] = (POOL_CLIENT,),
     pool_size: int = 10,
+    statement_timeout_seconds: float = 30.0,
 ) -> WalletServer:
     """Open the database pool, start serving, and reconcile unsettled transactions.
 
-    Reconciliation runs in the background (`WalletServer.reconciled`); it takes each
-    account's lock, so a call for an account waits until that account is reconciled.
+    The pool's connections are checked on checkout (a PostgreSQL restart costs no call)
+    and bounded by the statement timeout (a stuck query fails instead of holding an
+    account's lock for ever). Reconciliation runs in the background
+    (`WalletServer.reconciled`); it takes each account's lock, so a call for an account
+    waits until that account is reconciled.
     """
     stack = AsyncExitStack()
-    pool = await open_pool(conninfo, max_size=pool_size)
+    pool = await open_pool(
+        conninfo, max_size=pool_size, statement_timeout_seconds=statement_timeout_seconds
+    )
     stack.push_async_callback(pool.close)
     service = WalletService(Store(pool), keyring, chain)
 
@@ -112,6 +118,7 @@ async def start_wallet_for(
         chain=chain,
         identity=pki.server(WALLET_SERVER),
         ca_pem=pki.ca_pem,
+        statement_timeout_seconds=settings.db_timeout_seconds,
     )
     stack.push_async_callback(server.stop, 5.0)
     return server

@@ -47,7 +47,7 @@ from kalepool.chain import (
     build_trustline,
     current_block,
     read_account,
-    read_pail,
+    read_pails,
     reconcile,
     sign,
     submit,
@@ -68,7 +68,7 @@ from kalepool.request_checks import (
 )
 from kalepool.v1 import common_pb2, wallet_pb2, wallet_pb2_grpc
 from wallet_service.keystore import Keyring, generate_wallet
-from wallet_service.store import Settlement, Store, TxRow, WalletRow
+from wallet_service.store import Settlement, Store, Taken, TxRow, WalletRow
 
 log = logging.getLogger("wallet_service")
 
@@ -91,6 +91,7 @@ _FAULT_TO_PROTO = {
 }
 _CODE_TO_FAILURE = {
     "farm#4": common_pb2.FAILURE_CODE_FARM_PAUSED,
+    "farm#8": common_pb2.FAILURE_CODE_PAIL_EXISTS,
     "farm#9": common_pb2.FAILURE_CODE_PAIL_MISSING,
     "farm#10": common_pb2.FAILURE_CODE_WORK_MISSING,
     "farm#13": common_pb2.FAILURE_CODE_HASH_INVALID,
@@ -269,14 +270,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         async with self._lock(source):
             row = await self.store.tx_by_key(key)
             if row is not None and not row.rejected:
-                if row.request_digest != request_digest:
-                    raise AlreadyExists(
-                        f"idempotency key {key!r} was used for another request "
-                        f"({row.kind} from {row.source_account})"
-                    )
-                if not row.settled:
-                    row = await self._drive(row, None)
-                return Result(outcome_of_row(row, replayed=True), row)
+                return await self._replay(row, key, request_digest)
             if wallet.closed_at is not None:
                 raise FailedPrecondition(f"wallet {source} is closed")
             if before_build is not None:
@@ -308,8 +302,32 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                 raise Unavailable(f"the chain cannot be reached: {exc}") from None
             with self.keyring.signer(wallet.sealed, source) as keypair:
                 signed = sign(unsigned, keypair)
-            row = await self._send(key, signed, request_digest, block_index, amount)
+            try:
+                row = await self._send(key, signed, request_digest, block_index, amount)
+            except Taken:
+                # Another process (a second replica, or a second call racing on this key)
+                # stored its envelope between our look-up and our insert; ours was never
+                # sent. The key's transaction is the winner's: replay it.
+                row = await self.store.tx_by_key(key)
+                if row is None or row.rejected:
+                    raise Unavailable(
+                        f"another transaction of account {source} was signed at the same "
+                        "time; nothing was sent: retry"
+                    ) from None
+                return await self._replay(row, key, request_digest)
             return Result(outcome_of_row(row, replayed=False), row)
+
+    async def _replay(self, row: TxRow, key: str, request_digest: bytes) -> Result:
+        """The stored transaction of a key used before, reconciled with the chain first
+        while unsettled; the same key with other parameters is ALREADY_EXISTS."""
+        if row.request_digest != request_digest:
+            raise AlreadyExists(
+                f"idempotency key {key!r} was used for another request "
+                f"({row.kind} from {row.source_account})"
+            )
+        if not row.settled:
+            row = await self._drive(row, None)
+        return Result(outcome_of_row(row, replayed=True), row)
 
     async def _send(
         self,
@@ -484,10 +502,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                 latest = await self.chain.latest_ledger()
             except ChainError as exc:
                 raise Unavailable(f"the farm cannot be read: {exc}") from None
-            allowed = {current.index}
-            if current.can_open_next(latest.close_time):
-                allowed.add(current.index + 1)
-            if block in allowed:
+            target = current.plant_target(latest.close_time)
+            if block == target:
                 return None
             return Result(
                 refused(
@@ -496,7 +512,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     farmer,
                     common_pb2.FAILURE_CODE_BLOCK_MISMATCH,
                     Fault.NONE,
-                    f"block {block} cannot be planted now: the farm's block is {current.index}",
+                    f"block {block} cannot be planted now: the block to plant is {target}",
                 ),
                 None,
             )
@@ -511,12 +527,35 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             before_build=check_block,
         )
         response = wallet_pb2.PlantResponse(outcome=result.outcome)
-        if result.outcome.status == common_pb2.TX_STATUS_SUCCESS:
-            pail = await read_pail(self.chain, farmer, block)
-            if pail is not None:
-                response.block_index = block
-                response.plant_ledger = pail.sequence
+        out = response.outcome
+        if out.HasField("failure") and out.failure.code == common_pb2.FAILURE_CODE_PAIL_EXISTS:
+            # An earlier attempt for this farmer already opened the pail: not a failure of
+            # anyone (that attempt's outcome is the record).
+            out.failure.fault = common_pb2.FAULT_PARTY_NONE
+        row = result.row
+        if out.status == common_pb2.TX_STATUS_SUCCESS and row is not None and row.ledger:
+            found = await self._pail_of(farmer, block, row.ledger)
+            if found is not None:
+                response.block_index, response.plant_ledger = found
         return response
+
+    async def _pail_of(self, farmer: str, block: int, ledger: int) -> tuple[int, int] | None:
+        """(block, ledger) of the pail an applied plant opened: the one of `block` or the
+        next whose sequence is the plant's ledger (the plant may have applied after the
+        block became due, opening the next). None when neither holds it any more."""
+        candidates = [(farmer, block), (farmer, block + 1)]
+        try:
+            pails = await read_pails(self.chain, candidates)
+        except ChainError as exc:
+            raise Unavailable(
+                f"the plant applied in ledger {ledger} but its pail cannot be read: {exc}"
+            ) from None
+        for where in candidates:
+            pail = pails[where]
+            if pail is not None and pail.sequence == ledger:
+                return where[1], pail.sequence
+        log.warning("plant of %s applied in ledger %d opened no pail found now", farmer, ledger)
+        return None
 
     async def Harvest(
         self, request: wallet_pb2.HarvestRequest, context: Any

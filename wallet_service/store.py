@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg.rows import class_row
 
 from kalepool.chain import SignedTx
@@ -19,6 +20,10 @@ from kalepool.db.reads import Pool, fetch_all, fetch_one
 from wallet_service.keystore import Sealed
 
 UNSETTLED = ("prepared", "submitted", "pending")
+
+
+class Taken(Exception):
+    """Another process stored a live transaction for this key or sequence number first."""
 
 
 @dataclass
@@ -218,29 +223,36 @@ class Store:
         block_index: int | None,
         amount: int | None,
     ) -> UUID:
-        """Store a signed envelope before it is sent; links the farmer holding the key."""
+        """Store a signed envelope before it is sent; links the farmer holding the key.
+
+        Raises :class:`Taken` when another process stored a live transaction for the key
+        (or the account's sequence number) first: the caller then sends nothing.
+        """
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "INSERT INTO transactions (idempotency_key, kind, farmer_id, block_index,"
-                " source_account, sequence_number, min_time, max_time, amount, envelope_xdr,"
-                " tx_hash, request_digest)"
-                " VALUES (%s, %s, (SELECT id FROM farmers WHERE custodial_public_key = %s),"
-                " %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    key,
-                    signed.kind.value,
-                    signed.source,
-                    block_index,
-                    signed.source,
-                    signed.sequence,
-                    signed.min_time,
-                    signed.max_time,
-                    amount,
-                    signed.envelope_xdr,
-                    signed.hash,
-                    digest,
-                ),
-            )
+            try:
+                cur = await conn.execute(
+                    "INSERT INTO transactions (idempotency_key, kind, farmer_id, block_index,"
+                    " source_account, sequence_number, min_time, max_time, amount, envelope_xdr,"
+                    " tx_hash, request_digest)"
+                    " VALUES (%s, %s, (SELECT id FROM farmers WHERE custodial_public_key = %s),"
+                    " %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                    (
+                        key,
+                        signed.kind.value,
+                        signed.source,
+                        block_index,
+                        signed.source,
+                        signed.sequence,
+                        signed.min_time,
+                        signed.max_time,
+                        amount,
+                        signed.envelope_xdr,
+                        signed.hash,
+                        digest,
+                    ),
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                raise Taken(str(exc.diag.constraint_name)) from None
             row = await cur.fetchone()
             assert row is not None
             return UUID(str(row[0]))

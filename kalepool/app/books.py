@@ -16,8 +16,9 @@ themselves and not with the chain. This module compares the books with the chain
   close) is an event of the pool's books (by its hash or its payout), and every
   unsettled one is named as in flight;
 - **token events**: every movement of KALE into or out of a custodial account in the
-  chain's recent events is explained by the books (a harvest, a deposit, a planting's
-  stake, a payout or a close).
+  chain's recent events (from the first ledger of the blocks compared, or the oldest the
+  server still serves) is explained by the books: a harvest, a deposit, a planting's
+  stake, a payout or a close.
 
 A difference is a line naming what disagrees; anything that will settle by itself
 (the reconciler, the harvest loop and the deposit follower drive it) is "in flight"
@@ -27,20 +28,41 @@ operator (every schema) and the chain through the RPC; it writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import shutil
+import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import aiohttp
 import psycopg
 from psycopg.rows import dict_row
+from rich.console import Console
+from rich.markup import escape
 
+from kalepool.app.runstate import RunState
 from kalepool.app.tables import format_kale
-from kalepool.chain import ChainClient, current_block, read_pails
+from kalepool.chain import (
+    ChainClient,
+    ChainConfigError,
+    ChainError,
+    ChainUnavailableError,
+    EventsOutOfRangeError,
+    TokenEvent,
+    current_block,
+    read_pails,
+    read_token_events,
+    resolve_chain_config,
+)
+from kalepool.chain.config import redact_url
 from kalepool.chain.farm_state import get_entries, trustline_key
 from kalepool.db.consistency import check_consistency
+from kalepool.settings import Network, Settings
 
 # Above this many in-flight amounts for one farmer, their combinations are not tried:
 # the difference is reported as in flight when any is pending.
@@ -59,6 +81,7 @@ class BooksReport:
     differences: list[str] = field(default_factory=list)
     in_flight: list[str] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # why a part was not compared
 
     @property
     def ok(self) -> bool:
@@ -85,6 +108,8 @@ class _Books:
     payouts: list[dict[str, Any]]
     transactions: list[dict[str, Any]]
     deposits: list[dict[str, Any]]
+    followed_to: int  # the ledger the pool's chain followers have read up to
+    first_plant_ledger: int | None  # the earliest plant ledger of the blocks compared
 
     @property
     def farmer_by_address(self) -> dict[str, dict[str, Any]]:
@@ -144,6 +169,16 @@ async def _read_books(conn: psycopg.AsyncConnection[Any], since_block: int) -> _
             (since_block,),
         ),
         deposits=await _rows(conn, "SELECT event_id, farmer_id, amount, tx_hash FROM deposits"),
+        followed_to=int(
+            (await _rows(conn, "SELECT coalesce(min(ledger), 0) AS l FROM chain_cursors"))[0]["l"]
+        ),
+        first_plant_ledger=(
+            await _rows(
+                conn,
+                "SELECT min(ledger) AS l FROM plantings WHERE block_index >= %s",
+                (since_block,),
+            )
+        )[0]["l"],
     )
 
 
@@ -351,6 +386,79 @@ def _check_transactions(books: _Books, report: BooksReport) -> None:
     report.checked["transactions"] = len(books.transactions)
 
 
+# --- token events ----------------------------------------------------------------------
+
+
+async def _token_events(chain: ChainClient, start: int) -> list[TokenEvent]:
+    """Every KALE movement from `start` (or the oldest ledger the server keeps) to now."""
+    try:
+        page = await read_token_events(chain, start_ledger=start)
+    except EventsOutOfRangeError as exc:
+        if start > exc.latest_ledger:
+            return []
+        page = await read_token_events(chain, start_ledger=exc.oldest_ledger)
+    events = list(page.events)
+    while page.events and page.cursor is not None:
+        page = await read_token_events(chain, cursor=page.cursor)
+        events.extend(page.events)
+    return events
+
+
+def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) -> None:
+    by_address = books.farmer_by_address
+    harvest_txs = {h["tx_hash"] for h in books.harvests if h["status"] == "success"}
+    plant_txs = {p["tx_hash"] for p in books.plantings if p["status"] == "success"}
+    deposit_events = {d["event_id"] for d in books.deposits}
+    settled_out = {p["tx_hash"] for p in books.payouts if p["status"] == "success"} | {
+        t["tx_hash"]
+        for t in books.transactions
+        if t["kind"] == "merge" and t["status"] == "success"
+    }
+    wallet_harvests = {t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"}
+    pending_plants = {r["farmer_id"] for r in books.plant_requests}
+    pending_payouts = {p["farmer_id"] for p in books.payouts if p["status"] == "pending"}
+    checked = 0
+    for e in events:
+        into = by_address.get(e.to_address or "")
+        out_of = by_address.get(e.from_address or "")
+        what = f"{e.kind} of {kale(e.amount)} in tx {e.tx_hash[:12]} (ledger {e.ledger})"
+        if into is not None and e.kind in ("transfer", "mint"):
+            checked += 1
+            if e.tx_hash in harvest_txs or e.id in deposit_events:
+                continue
+            where = f"farmer {into['id']}: {what}"
+            if e.tx_hash in wallet_harvests:
+                report.in_flight.append(f"{where}: the pool's harvest, not recorded yet")
+            elif e.ledger > books.followed_to:
+                report.in_flight.append(f"{where}: not read by the deposit follower yet")
+            else:
+                report.differences.append(
+                    f"{where} reached the custodial account; the books hold neither a harvest"
+                    " nor a deposit for it"
+                )
+        if out_of is not None and e.kind == "burn":
+            checked += 1
+            if e.tx_hash in plant_txs:
+                continue
+            where = f"farmer {out_of['id']}: {what}"
+            if out_of["id"] in pending_plants:
+                report.in_flight.append(f"{where}: a plant not recorded yet")
+            else:
+                report.differences.append(f"{where} burned KALE; no planting records it")
+        if out_of is not None and e.kind in ("transfer", "clawback"):
+            checked += 1
+            if e.tx_hash in settled_out:
+                continue
+            where = f"farmer {out_of['id']}: {what}"
+            if out_of["id"] in pending_payouts:
+                report.in_flight.append(f"{where}: a payout not settled yet")
+            else:
+                report.differences.append(
+                    f"{where} left the custodial account; no payout or close records it"
+                )
+    report.checked["token events"] = checked
+
+
 # --- the whole check -------------------------------------------------------------------
 
 
@@ -373,9 +481,107 @@ async def audit_books(conninfo: str, chain: ChainClient | None, *, blocks: int =
     await _check_balances(books, chain, report)
     await _check_pails(books, chain, current, since_block, report)
     _check_transactions(books, report)
+    latest = (await chain.latest_ledger()).sequence
+    start = books.first_plant_ledger or max(1, latest - 1000)
+    _check_events(books, await _token_events(chain, min(int(start), latest)), report)
     return report
 
 
 def lines(items: Iterable[str]) -> list[str]:
     """Sorted, de-duplicated report lines."""
     return sorted(set(items))
+
+
+# --- `kale-pool check` -----------------------------------------------------------------
+
+
+class ChainUnreachableError(Exception):
+    """The chain could not be read; the message says where and what to do."""
+
+
+@contextlib.asynccontextmanager
+async def _chain_for(settings: Settings) -> AsyncIterator[ChainClient]:
+    """The chain the books are kept against.
+
+    A running stack's RPC, else the configured one. On the devnet with no stack running,
+    the chain is the devnet's saved state: a copy is served read-only (ledgers closed on
+    request only, none requested) for the length of the check.
+    """
+    state = RunState.load(settings)
+    running = state is not None and state.alive().get("supervisor", False)
+    if running and state is not None:
+        settings = settings.model_copy(update={"rpc_url": state.rpc_url})
+    saved = settings.layout().devnet_state
+    offline_devnet = settings.network is Network.DEVNET and not running and saved.exists()
+    async with contextlib.AsyncExitStack() as stack:
+        if offline_devnet:
+            from kalepool.devnet import DevnetConfig, DevnetServer
+
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            copy = scratch / "state.json"
+            shutil.copy(saved, copy)
+            devnet = DevnetServer(
+                DevnetConfig(
+                    port=0,
+                    manual=True,
+                    state_path=copy,
+                    block_seconds=settings.devnet_block_seconds,
+                    ledger_seconds=settings.ledger_seconds(),
+                )
+            )
+            await stack.enter_async_context(devnet)
+            settings = settings.model_copy(update={"rpc_url": f"{devnet.url}/"})
+        try:
+            config = await resolve_chain_config(settings)
+        except (ChainError, ChainConfigError, aiohttp.ClientError, OSError) as exc:
+            raise ChainUnreachableError(
+                f"cannot read the chain at {redact_url(settings.rpc_url or '')}: {exc}"
+                " (is kale-pool up running? --offline checks the books against themselves only)"
+            ) from None
+        chain = ChainClient(config)
+        stack.push_async_callback(chain.aclose)
+        yield chain
+
+
+async def check_books(
+    settings: Settings, conninfo: str, *, blocks: int = 12, offline: bool = False
+) -> BooksReport:
+    """`kale-pool check`: the books against themselves, then (unless `offline`) the chain."""
+    if offline:
+        return await audit_books(conninfo, None)
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        cur = await conn.execute("SELECT NOT EXISTS (SELECT 1 FROM custodial_wallets)")
+        row = await cur.fetchone()
+    if row is not None and row[0]:
+        report = await audit_books(conninfo, None)
+        report.notes.append("no custodial wallet yet: nothing on chain to compare the books with")
+        return report
+    async with _chain_for(settings) as chain:
+        try:
+            return await audit_books(conninfo, chain, blocks=blocks)
+        except ChainUnavailableError as exc:
+            raise ChainUnreachableError(
+                f"the chain stopped answering during the check: {exc}"
+            ) from None
+
+
+def print_report(report: BooksReport, console: Console, *, offline: bool) -> None:
+    """One line per difference and per thing in flight, then what was compared."""
+    for line in lines(report.differences):
+        console.print(f"[red]difference:[/red] {escape(line)}")
+    for line in lines(report.in_flight):
+        console.print(f"[yellow]in flight:[/yellow] {escape(line)}")
+    for line in report.notes:
+        console.print(escape(line))
+    compared = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+    against = "themselves" if offline else "the chain"
+    if report.ok:
+        console.print(
+            "balances, counters and block totals agree with the event tables"
+            + ("" if offline or not compared else f"; the books agree with the chain ({compared})")
+        )
+    else:
+        console.print(
+            f"[red]{len(report.differences)} difference(s)[/red] between the books and {against}"
+            + (f" ({compared} compared)" if compared else "")
+        )

@@ -7,19 +7,21 @@ stroops, times in ISO 8601) for CSV files and scripts. Both read the API's messa
 only; nothing here talks to the pool.
 
 This module is also the one home for writing KALE amounts (`format_kale`,
-`exact_kale`) and the API's times and enums the way the console shows them.
+`short_kale`, `exact_kale`) and the API's times and enums the way the console shows them.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -41,12 +43,41 @@ def exact_kale(stroops: int) -> str:
 
 
 def format_kale(stroops: int) -> str:
-    """A stroop amount as people read KALE: thousands grouped, no trailing zeros
-    (`1,234.5`, `0.0001234`, `-3`); exact to the stroop."""
+    """A stroop amount as people read KALE, exact to the stroop: thousands grouped, no
+    trailing zeros (`1,234.5`, `0.0001234`, `-3.0000001`). Messages and logs use it."""
     sign = "-" if stroops < 0 else ""
     whole, frac = divmod(abs(stroops), STROOPS_PER_KALE)
     decimals = f"{frac:07d}".rstrip("0")
     return f"{sign}{whole:,}" + (f".{decimals}" if decimals else "")
+
+
+def short_kale(stroops: int) -> str:
+    """KALE for a table cell: rounded to the hundredth from 1 KALE up (`1,891.25`,
+    `-3`), exact below (`0.0001234`). The exact figure is `format_kale`'s, and the
+    plain rows' stroops."""
+    magnitude = abs(stroops)
+    if magnitude < STROOPS_PER_KALE:
+        return format_kale(stroops)
+    hundredths = (magnitude + 50_000) // 100_000  # to the nearest 0.01 KALE, half up
+    whole, cents = divmod(hundredths, 100)
+    decimals = f"{cents:02d}".rstrip("0")
+    return ("-" if stroops < 0 else "") + f"{whole:,}" + (f".{decimals}" if decimals else "")
+
+
+def parse_kale(text: str) -> int:
+    """A KALE amount a person typed (`12`, `0.5`, `1,000.25`) in stroops; ValueError with
+    a one-sentence reason for anything else (negative, more than 7 decimals, not a number)."""
+    cleaned = text.strip().replace(",", "").replace("_", "")
+    match = _AMOUNT.fullmatch(cleaned)
+    if match is None or cleaned in ("", "."):
+        raise ValueError(f"{text!r} is not an amount of KALE (e.g. 12 or 0.5)")
+    whole, frac = match.group(1), match.group(2) or ""
+    if len(frac) > 7:
+        raise ValueError(f"{text!r} has more than 7 decimals (1 stroop is 0.0000001 KALE)")
+    return int(whole or "0") * STROOPS_PER_KALE + int(frac.ljust(7, "0"))
+
+
+_AMOUNT = re.compile(r"([0-9]*)(?:\.([0-9]+))?", re.ASCII)
 
 
 def format_rate(hashes_per_second: float) -> str:
@@ -75,18 +106,29 @@ def format_time(stamp: Timestamp) -> str:
     return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _table(title: str | None) -> Table:
+    """The tables' one look: a rule under the header, no vertical lines (narrow)."""
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+
+
 def iso_time(stamp: Timestamp) -> str:
     """ISO 8601 in UTC for plain rows; empty when unset."""
     moment = when(stamp)
     return "" if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
-def format_age(stamp: Timestamp, now: dt.datetime) -> str:
-    """How long ago: `4s ago`, `12m ago`, `3h ago`, `2d ago`; `never` when unset."""
+def format_age(stamp: Timestamp, now: dt.datetime, *, suffix: str = " ago") -> str:
+    """How long ago: `4s ago`, `12m05s ago`, `3h10m ago`; `never` when unset."""
     moment = when(stamp)
     if moment is None:
         return "never"
-    return f"{format_span((now - moment).total_seconds())} ago"
+    return f"{format_span((now - moment).total_seconds())}{suffix}"
 
 
 def format_span(seconds: float) -> str:
@@ -243,40 +285,45 @@ def blocks_table(
     *,
     title: str | None = "blocks",
 ) -> Table:
-    """Per block: status, planted, worked, harvested (✗ failed), best zeros, stake, reward;
-    with `failures` (block index -> notes) a column of their causes."""
-    table = Table(title=title, title_justify="left")
+    """Per block: status, when it opened, farmers, planted, worked, harvested (✗ failed),
+    best zeros, stake and reward in KALE. `failures` (block index -> notes) are listed
+    under the table with their causes, one line per block (a column would be squeezed
+    out on a narrow terminal)."""
+    table = _table(title)
     table.add_column("block", justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    table.add_column("opened (UTC)", no_wrap=True)
-    table.add_column("farmers", justify="right")
+    table.add_column("opened UTC", no_wrap=True)
+    table.add_column("farmers", justify="right", no_wrap=True)
     table.add_column("planted", justify="right", no_wrap=True)
     table.add_column("worked", justify="right", no_wrap=True)
     table.add_column("harvested", justify="right", no_wrap=True)
-    table.add_column("best zeros", justify="right")
-    table.add_column("staked KALE", justify="right")
-    table.add_column("reward KALE", justify="right")
-    if failures is not None:
-        table.add_column("failures", overflow="fold")
+    table.add_column("best\nzeros", justify="right", no_wrap=True)
+    table.add_column("staked\nKALE", justify="right", no_wrap=True)
+    table.add_column("reward\nKALE", justify="right", no_wrap=True)
     for s in summaries:
         status = block_status(s.status)
         c = s.counts
-        row: list[str | Text] = [
+        opened = when(s.opened_at)
+        table.add_row(
             str(s.block_index),
             Text(status, style=BLOCK_STATUS_STYLE.get(status, "")),
-            format_time(s.opened_at),
+            "—" if opened is None else opened.strftime("%m-%d %H:%M:%S"),
             str(s.total_farmers),
             _outcome(c.plants_succeeded, c.plants_failed),
             _outcome(c.works_succeeded, c.works_failed),
             _outcome(c.harvests_succeeded, c.harvests_failed),
             str(s.best_zeros) if s.best_zeros else "—",
-            format_kale(s.total_staked_stroops),
-            format_kale(s.total_reward_stroops),
-        ]
-        if failures is not None:
-            notes = failures.get(s.block_index, ())
-            row.append(Text(summarize_failures(notes), style="red") if notes else "")
-        table.add_row(*row)
+            short_kale(s.total_staked_stroops),
+            short_kale(s.total_reward_stroops),
+        )
+    lines = [
+        f"block {s.block_index} failures: {summarize_failures(failures[s.block_index])}"
+        for s in summaries
+        if failures and failures.get(s.block_index)
+    ]
+    if lines:
+        table.caption = Text("\n".join(lines), style="red")
+        table.caption_justify = "left"
     return table
 
 
@@ -313,30 +360,32 @@ def farmers_table(
     pooler_names: Mapping[str, str] | None = None,
     *,
     title: str | None = "farmers",
+    compact: bool = False,
 ) -> Table:
-    """Per farmer: id, pooler, status, stake share, balance in KALE, its two addresses."""
+    """Per farmer: id (8 characters when `compact`: the live view), pooler, status, stake
+    share, balance in KALE and, unless `compact`, its two addresses (shortened)."""
     names = pooler_names or {}
-    table = Table(title=title, title_justify="left")
-    table.add_column("farmer id", no_wrap=True)
-    table.add_column("pooler", no_wrap=True)
+    table = _table(title)
+    table.add_column("farmer", no_wrap=True)
+    table.add_column("pooler", overflow="ellipsis", max_width=16)
     table.add_column("status", no_wrap=True)
-    table.add_column("stake", justify="right")
-    table.add_column("balance KALE", justify="right")
-    table.add_column("custodial", no_wrap=True)
-    table.add_column("payout to", no_wrap=True)
-    table.add_column("registered (UTC)", no_wrap=True)
+    table.add_column("stake", justify="right", no_wrap=True)
+    table.add_column("balance\nKALE", justify="right", no_wrap=True)
+    if not compact:
+        table.add_column("custodial", no_wrap=True)
+        table.add_column("payout to", no_wrap=True)
     for f in farmers:
         status = farmer_status(f.status)
-        table.add_row(
-            f.farmer_id,
-            names.get(f.pooler_id) or short(f.pooler_id, 8, 0).rstrip("…"),
+        row: list[str | Text] = [
+            f.farmer_id[:8] if compact else f.farmer_id,
+            names.get(f.pooler_id) or f.pooler_id[:8],
             Text(status, style=FARMER_STATUS_STYLE.get(status, "")),
             f"{f.stake_bps / 100:g}%",
-            format_kale(f.balance_stroops),
-            short(f.custodial_address),
-            short(f.payout_address),
-            format_time(f.created_at),
-        )
+            short_kale(f.balance_stroops),
+        ]
+        if not compact:
+            row += [short(f.custodial_address), short(f.payout_address)]
+        table.add_row(*row)
     return table
 
 
@@ -365,49 +414,48 @@ def poolers_table(
     *,
     now: dt.datetime | None = None,
     title: str | None = "poolers",
+    compact: bool = False,
 ) -> Table:
-    """Per pooler: id, name, status, farmers, last seen; with `stats` (pooler id ->
-    GetPoolerStats) its stream, last heartbeat's hash rate and capacity, blocks, works
-    and rewards."""
+    """Per pooler: id (its first 8 characters when `compact`), name, status, farmers, last
+    seen; with `stats` (pooler id -> GetPoolerStats) its stream, last heartbeat's hash rate
+    and capacity, works and rewards."""
     moment = now or dt.datetime.now(dt.UTC)
-    table = Table(title=title, title_justify="left")
-    table.add_column("pooler id", no_wrap=True)
-    table.add_column("name")
+    table = _table(title)
+    table.add_column("pooler", no_wrap=True)
+    table.add_column("name", overflow="ellipsis", max_width=16)
     table.add_column("status", no_wrap=True)
     table.add_column("farmers", justify="right", no_wrap=True)
-    table.add_column("last seen", justify="right", no_wrap=True)
+    table.add_column("last\nseen", justify="right", no_wrap=True)
     if stats is not None:
         table.add_column("stream", no_wrap=True)
-        table.add_column("hash rate", justify="right", no_wrap=True)
-        table.add_column("capacity", justify="right")
-        table.add_column("blocks", justify="right")
+        table.add_column("hash\nrate", justify="right", no_wrap=True)
+        table.add_column("can\nmine", justify="right", no_wrap=True)  # heartbeat capacity
         table.add_column("worked", justify="right", no_wrap=True)
-        table.add_column("reward KALE", justify="right")
+        table.add_column("reward\nKALE", justify="right", no_wrap=True)
     for p in poolers:
         status = pooler_status(p.status)
         row: list[str | Text] = [
-            p.pooler_id,
+            p.pooler_id[:8] if compact else p.pooler_id,
             p.name,
             Text(status, style="green" if status == "active" else "red"),
             f"{p.current_farmers}/{p.max_farmers}",
-            format_age(p.last_seen_at, moment),
+            format_age(p.last_seen_at, moment, suffix=""),
         ]
         if stats is not None:
             st = stats.get(p.pooler_id)
             if st is None:
-                row.extend(["?", "?", "?", "?", "?", "?"])
+                row.extend(["?"] * 5)
             else:
                 beat = when(st.last_heartbeat_at) is not None
                 row.extend(
                     [
-                        Text("connected", style="green")
+                        Text("yes", style="green")
                         if st.stream_connected
                         else Text("no", style="dim"),
                         format_rate(st.hashes_per_second) if beat else "—",
                         str(st.capacity) if beat else "—",
-                        str(st.blocks),
                         _outcome(st.counts.works_succeeded, st.counts.works_failed),
-                        format_kale(st.total_reward_stroops),
+                        short_kale(st.total_reward_stroops),
                     ]
                 )
         table.add_row(*row)
@@ -494,5 +542,5 @@ def write_csv(rows: Sequence[Mapping[str, Cell]], out: IO[str], header: Sequence
 # Column names of the plain rows, for a CSV with no rows.
 BLOCK_FIELDS = tuple(block_row(pool_pb2.BlockSummary()))
 FARMER_FIELDS = tuple(farmer_row(pool_pb2.Farmer()))
-POOLER_FIELDS = tuple(pooler_row(pool_pb2.Pooler()))
+POOLER_FIELDS = tuple(pooler_row(pool_pb2.Pooler(), pool_pb2.GetPoolerStatsResponse()))
 LEDGER_FIELDS = tuple(ledger_row(records_pb2.LedgerEntry()))

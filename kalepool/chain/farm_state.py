@@ -135,6 +135,21 @@ class CurrentBlock:
         """Whether a plant applied in a ledger closing at `close_time` opens the next block."""
         return close_time >= self.next_block_at
 
+    def plant_target(self, close_time: int) -> int:
+        """The only block a plant may name when the latest ledger closed at `close_time`.
+
+        The contract's own rule: a plant opens block index + 1 once the current block is
+        due (a block interval old) or its `Block` entry is gone (evicted); otherwise it
+        lands in the current block. So the target is the current block while it is not
+        due, and only the next one once it is: a plant naming the current block then
+        would land in the next one. One rule for the pool and the wallet service alike.
+        A plant sent for the target can still apply after it became due (no check can
+        close that race): where its pail landed is read back from the chain.
+        """
+        if self.can_open_next(close_time) or (self.block is None and self.index > 0):
+            return self.index + 1
+        return self.index
+
 
 @dataclass(frozen=True, slots=True)
 class Trustline:

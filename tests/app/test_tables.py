@@ -24,6 +24,7 @@ from kalepool.app.tables import (
     payout_summary,
     pooler_row,
     poolers_table,
+    short_kale,
     write_csv,
 )
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
@@ -44,7 +45,7 @@ def render(table: Table, width: int = 200) -> str:
 
 def by_first_cell(text: str) -> dict[str, str]:
     """The body lines of a rendered table by their first cell."""
-    return {line.split("│")[1].strip(): line for line in text.splitlines() if line.startswith("│")}
+    return {line.split()[0]: line for line in text.splitlines() if line.strip()}
 
 
 def stamp(seconds: int) -> Timestamp:
@@ -57,6 +58,11 @@ def test_kale_amounts_are_exact_to_the_stroop() -> None:
     assert format_kale(12_345 * KALE + 5_000_000) == "12,345.5"
     assert format_kale(1) == "0.0000001"
     assert format_kale(-3 * KALE - 1) == "-3.0000001"
+    # In a table, from 1 KALE up people read hundredths.
+    assert short_kale(-3 * KALE - 1) == "-3"
+    assert short_kale(18_912_499_998) == "1,891.25"
+    assert short_kale(KALE + 49_999) == "1" and short_kale(KALE + 50_000) == "1.01"
+    assert short_kale(9_999_999) == "0.9999999"
     assert exact_kale(-1) == "-0.0000001"
     assert exact_kale(25 * KALE // 10) == "2.5000000"
     assert exact_kale(0) == "0.0000000"
@@ -135,11 +141,14 @@ def test_blocks_table_shows_the_cycle_and_failures_with_their_cause() -> None:
     assert "completed" in lines["41"] and "active" in lines["42"]
     assert "2 ✗1" in lines["41"]  # worked: 2 succeeded, 1 failed
     assert "0.1234567" in lines["41"] and "15" in lines["41"]  # reward and stake in KALE
-    assert "work: work_late (pooler)" in lines["41"]
-    assert "2025-06-15 15:06:40" in lines["42"]
+    # Failures are listed under the table, with their cause.
+    assert "block 41 failures: work: work_late (pooler)" in text
+    assert "06-15 15:06:40" in lines["42"]
     assert " 7 " in lines["42"]  # best zeros
-    # Without failures there is no failures column.
     assert "failures" not in render(blocks_table([completed]))
+    # Narrow (an 80-column terminal): every figure is still whole.
+    narrow = by_first_cell(render(blocks_table([active, completed], {41: notes}), width=100))
+    assert "2 ✗1" in narrow["41"] and "0.1234567" in narrow["41"]
 
 
 def test_plain_rows_keep_stroops_and_full_ids() -> None:
@@ -215,7 +224,7 @@ def test_poolers_table_with_heartbeat_figures() -> None:
     text = render(poolers_table([pooler, quiet], {POOLER: stats}, now=now))
     east = next(line for line in text.splitlines() if "rig-east" in line)
     west = next(line for line in text.splitlines() if "rig-west" in line)
-    assert "2/10" in east and "4s ago" in east and "connected" in east
+    assert "2/10" in east and " 4s " in east and " yes " in east
     assert "2.50 MH/s" in east and "5 ✗1" in east
     assert "never" in west and "?" in west
     assert pooler_row(pooler, stats)["hashes_per_second"] == 2_500_000

@@ -18,6 +18,7 @@ from kalepool.v1 import pool_pb2
 from pooler_agent.agent import PoolerAgent
 from pooler_agent.block_monitor import BlockMonitor
 from pooler_agent.clock import ChainClock
+from pooler_agent.journal import WorkJournal
 from pooler_agent.pool_client import Backoff, CursorFile, CursorTracker, PoolClient
 from pooler_agent.work_manager import WorkManager, WorkTiming
 from pooler_agent.work_submitter import ChannelPool, WorkSubmitter
@@ -73,12 +74,14 @@ async def test_a_block_is_planted_mined_worked_and_harvested_through_the_pool(
         threads=1,
     )
     cursor_file = CursorFile(tmp_path / "cursor.json")
+    journal = WorkJournal(tmp_path / "journal.jsonl")
     agent = PoolerAgent(
         pool=client,
         monitor=BlockMonitor(pool.chain, interval=0.05, clock=clock),
         manager=manager,
         submitter=WorkSubmitter(pool.chain, ChannelPool(pool.chain, channel_keys, clock=clock)),
         cursors=CursorTracker(cursor_file),
+        journal=journal,
         heartbeat_seconds=0.5,
         report_linger=0.05,
     )
@@ -189,5 +192,9 @@ async def test_a_block_is_planted_mined_worked_and_harvested_through_the_pool(
         assert on_chain == (chain_before[farmer.farmer_id] or 0) - stake + credited - staked_next
     with psycopg.connect(pool.conninfo) as conn:
         assert check_consistency(conn) == []
-    # The cursor saved covers every assignment reported.
+    # The cursor saved covers every assignment reported; every work envelope was journaled
+    # before it was sent, and its entry closed once its report was acknowledged.
     assert cursor_file.load() == agent.cursors.received > 0
+    journaled = (tmp_path / "journal.jsonl").read_text()
+    assert all(str(tx_hash) in journaled for tx_hash, _, _ in works)
+    assert WorkJournal(tmp_path / "journal.jsonl").unreported == []

@@ -5,7 +5,7 @@ background task closes, the real wallet server and the real pool server, both on
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,8 +21,8 @@ from kalepool.settings import Settings
 from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, DevPki, channel_credentials
 from kalepool.v1 import pool_pb2, pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.server import PoolServer, start_pool_server
-from tests.chain.stage import Stage, open_stage
-from tests.wallet.conftest import Closer, WalletStage
+from tests.chain.stage import Stage
+from tests.wallet.conftest import WalletStage, wallet_stage
 
 KALE = 10_000_000
 
@@ -56,21 +56,28 @@ class PoolStage:
     def chain(self) -> ChainClient:
         return self.wallet.chain
 
-    async def start(self, harvest_interval: float | None = None, **settings: Any) -> PoolServer:
+    async def start(
+        self,
+        harvest_interval: float | None = None,
+        feed_poll_seconds: float = 0.2,
+        **settings: Any,
+    ) -> PoolServer:
         """Start (or restart) the pool server with these settings over the same state.
         The chain follower polls every 0.1 s unless the settings say otherwise."""
         if self.server is not None:
             await self.server.stop(0)
-        self.server = await self._server(harvest_interval, **settings)
+        self.server = await self._server(harvest_interval, feed_poll_seconds, **settings)
         return self.server
 
-    async def replica(self, harvest_interval: float | None = None, **settings: Any) -> PoolServer:
-        """A second pool server on the same database and chain (another replica)."""
-        server = await self._server(harvest_interval, **settings)
-        self.replicas.append(server)
-        return server
+    async def start_replica(self, **settings: Any) -> PoolServer:
+        """Another pool server on the same database and wallet (a second replica)."""
+        replica = await self._server(None, 0.2, **settings)
+        self.replicas.append(replica)
+        return replica
 
-    async def _server(self, harvest_interval: float | None, **settings: Any) -> PoolServer:
+    async def _server(
+        self, harvest_interval: float | None, feed_poll_seconds: float, **settings: Any
+    ) -> PoolServer:
         settings.setdefault("deposit_poll_interval_seconds", 0.1)
         return await start_pool_server(
             address="127.0.0.1:0",
@@ -82,7 +89,7 @@ class PoolStage:
             wallet_identity=self.pki.client(POOL_CLIENT),
             settings=Settings(network="devnet", data_dir=self.data_dir, _env_file=None, **settings),
             pool_size=8,
-            feed_poll_seconds=0.2,
+            feed_poll_seconds=feed_poll_seconds,
             harvest_interval_seconds=harvest_interval,
         )
 
@@ -211,38 +218,28 @@ async def pool(
     db_conninfo: str, pki: DevPki, request: pytest.FixtureRequest
 ) -> AsyncIterator[PoolStage]:
     """The stage; devnet settings may be given by indirect parametrization."""
-    import base64
-    import os
-
-    from wallet_service.keystore import parse_master_keys
-
     devnet: dict[str, Any] = getattr(request, "param", {})
-    async with open_stage(stall_seconds=20, block_seconds=BLOCK_SECONDS, **devnet) as stage:
-        chain = ChainClient(
-            dataclasses.replace(stage.client.config, tx_timeout_seconds=3600),
-            retry=stage.client.retry,
-            poll_interval=0.02,
-            stall_seconds=20,
-        )
-        closer = Closer(stage)
-        keyring = parse_master_keys(base64.b64encode(os.urandom(32)).decode())
-        ws = WalletStage(stage, chain, closer, keyring, db_conninfo, pki, None, None, [])  # type: ignore[arg-type]
-        await ws.start()
+    async with pool_stage(db_conninfo, pki, **devnet) as stage:
+        yield stage
+
+
+@contextlib.asynccontextmanager
+async def pool_stage(db_conninfo: str, pki: DevPki, **devnet: Any) -> AsyncIterator[PoolStage]:
+    """The stage on this database: devnet (hour-long blocks, and these settings), wallet
+    server, pool server."""
+    async with wallet_stage(db_conninfo, pki, block_seconds=BLOCK_SECONDS, **devnet) as ws:
         with tempfile.TemporaryDirectory() as data_dir:
             ps = PoolStage(ws, pki, db_conninfo, Path(data_dir))
             await ps.start()
             try:
                 yield ps
             finally:
-                for ch in ps.channels + ws.channels:
+                for ch in ps.channels:
                     await ch.close()
-                for server in ps.replicas:
-                    await server.stop(0)
+                for replica in ps.replicas:
+                    await replica.stop(0)
                 if ps.server is not None:
                     await ps.server.stop(0)
-                await ws.server.stop(0)
-                await closer.stop()
-                await chain.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,7 @@ async def test_deposits_are_credited_once_across_restarts_and_replicas(pool: Poo
     await credited(7 * KALE)
 
     # Two pool servers on one database: each deposit is credited once.
-    await pool.replica()
+    await pool.start_replica()
     await pool.stage.friendbot(address, KALE)
     await pay(KALE)
     await pool.stage.friendbot(address, 2 * KALE)

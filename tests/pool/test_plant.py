@@ -108,7 +108,7 @@ async def test_a_wrong_block_is_refused_and_the_due_one_accepted(pool: PoolStage
             )
         except grpc.aio.AioRpcError as exc:
             assert exc.code() is grpc.StatusCode.FAILED_PRECONDITION
-            assert f"current block is {now.index}" in (exc.details() or "")
+            assert f"the block to plant is {now.index}" in (exc.details() or "")
         else:
             raise AssertionError(f"block {wrong} was accepted")
     assert await pool.counts() == before

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from kalepool.chain import Fault, current_block
@@ -23,6 +25,7 @@ from pooler_agent.pool_client import (
     CursorTracker,
     PoolClient,
     PoolError,
+    ReportOutcome,
     StreamTakenOver,
     WorkReporter,
     work_report,
@@ -261,18 +264,15 @@ async def test_plant_stream_work_report_and_a_restart_resumes_after_the_reported
         assert results[2].status is WorkStatus.FAILED and results[2].hash == b""
 
         # Reported in one batch; the first two are acknowledged before the third.
-        answers: list[tuple[int, int, int]] = []
+        answers: list[ReportOutcome] = []
         reporter = WorkReporter(
-            client,
-            tracker,
-            linger=0.01,
-            on_reported=lambda b, rs, a: answers.append((len(rs), a.recorded, a.already_recorded)),
+            client, tracker, linger=0.01, on_acknowledged=lambda r, o: answers.append(o)
         )
         for r in results[:2]:
             reporter.add(r)
         runner = asyncio.create_task(reporter.run())
         await _reported(reporter, 2)
-        assert answers == [(2, 2, 0)]
+        assert answers == [ReportOutcome.RECORDED] * 2
         assert store.load() == cursors[1]  # the third is not reported yet
     finally:
         runner.cancel()
@@ -296,11 +296,15 @@ async def test_plant_stream_work_report_and_a_restart_resumes_after_the_reported
         reporter.add(results[2])  # the empty-hash failure
         for r in results[:2]:
             reporter.add(r)  # repeated reports are harmless
-        answer_log: list[tuple[int, int]] = []
-        reporter.on_reported = lambda b, rs, a: answer_log.append((a.recorded, a.already_recorded))
+        answer_log: list[ReportOutcome] = []
+        reporter.on_acknowledged = lambda r, o: answer_log.append(o)
         runner = asyncio.create_task(reporter.run())
         await _reported(reporter, 3)
-        assert answer_log == [(1, 2)]
+        # A pool from before per-result outcomes answers none: the batch was accepted.
+        assert len(answer_log) == 3 and set(answer_log) <= {
+            ReportOutcome.RECORDED,
+            ReportOutcome.ALREADY_RECORDED,
+        }
         assert store.load() == cursors[2]
         assert await pool.count("works") == 3
     finally:
@@ -390,3 +394,59 @@ async def test_a_second_agent_with_the_same_key_takes_the_stream_over(
         await second.aclose()
         await one.close()
         await two.close()
+
+
+class _Call:
+    """A StreamAssignments call that fails with `code`, or yields `messages`."""
+
+    def __init__(self, code: grpc.StatusCode | None, messages: list[pooler_pb2.Assignment]) -> None:
+        self.code = code
+        self.messages = messages
+
+    def cancel(self) -> None:
+        pass
+
+    def __aiter__(self) -> AsyncIterator[pooler_pb2.StreamAssignmentsResponse]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[pooler_pb2.StreamAssignmentsResponse]:
+        if self.code is not None:
+            raise grpc.aio.AioRpcError(
+                self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "the pool failed inside"
+            )
+        for message in self.messages:
+            yield pooler_pb2.StreamAssignmentsResponse(assignment=message)
+        await asyncio.Event().wait()  # then nothing more, as an open stream
+
+
+@pytest.mark.parametrize(
+    ("codes", "fatal"),
+    [
+        ([grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE], False),
+        ([grpc.StatusCode.UNAUTHENTICATED], True),
+    ],
+)
+async def test_the_feed_waits_out_a_failing_pool_but_not_a_refusal(
+    pki: DevPki, tmp_path: Path, codes: list[grpc.StatusCode], fatal: bool
+) -> None:
+    client = PoolClient(
+        "127.0.0.1:1",
+        pki.client("rig-feed"),
+        pki.ca_pem,
+        "key",
+        backoff=Backoff(initial=0.01, maximum=0.02),
+    )
+    calls = [_Call(code, []) for code in codes] + [_Call(None, [_assignment(9).to_proto()])]
+    client.stub = type("Stub", (), {"StreamAssignments": lambda self, *a, **k: calls.pop(0)})()
+    stream = client.assignments(CursorTracker(CursorFile(tmp_path / "cursor.json")))
+    try:
+        if fatal:
+            with pytest.raises(PoolError) as refused:
+                await asyncio.wait_for(anext(stream), 5)
+            assert refused.value.code is grpc.StatusCode.UNAUTHENTICATED
+        else:
+            got = await asyncio.wait_for(anext(stream), 5)
+            assert got.cursor == 9 and calls == []
+    finally:
+        await stream.aclose()
+        await client.close()

@@ -12,6 +12,7 @@ from kalepool import protocol
 from kalepool.chain import (
     FarmError,
     Fault,
+    SignedTx,
     SubmitEvent,
     SubmitStep,
     build_plant,
@@ -262,3 +263,72 @@ async def test_rpc_down_during_submission_is_the_chains_fault(stage: Stage) -> N
     assert result.status is WorkStatus.PENDING and result.fault is Fault.CHAIN
     assert result.tx_hash is not None
     assert pool._channels[0].blocked_until is not None and pool._channels[0].stale
+    # Followed by hash: nothing while the chain does not answer, then the same envelope
+    # is sent again and settles; the account is lent again at once.
+    submitter = WorkSubmitter(stage.client, pool, observe=stage.closer())
+    still, final = await submitter.settle(result)
+    assert still.status is WorkStatus.PENDING and not final and still.envelope == result.envelope
+    await stage.faults(fail_next={})
+    settled, final = await submitter.settle(result)
+    assert final and settled.status is WorkStatus.SUCCESS, settled.message
+    assert settled.tx_hash == result.tx_hash and settled.gap is not None and settled.gap >= 1
+    assert settled.fault is Fault.NONE and settled.failure is None
+    assert pool._channels[0].blocked_until is None and pool._channels[0].stale
+
+
+async def test_a_due_block_ends_its_searches_early_and_their_work_is_sent(stage: Stage) -> None:
+    planted = await plant(stage, 2)
+    (channel,) = await stage.accounts(1)
+    clock = await synced_clock(stage)
+    # Mining would run for four minutes.
+    manager = WorkManager(timing_ending_in(stage, clock, planted.block.timestamp, 240), clock)
+    first = manager.assign(planted.assignments[0])
+    assert first is not None
+    await asyncio.sleep(0.05)
+    assert manager.finish_block(planted.block.index) == 1
+    assert manager.finish_block(planted.block.index) == 0  # once
+    finished = await asyncio.wait_for(first, timeout=5)
+    assert finished.sendable and finished.stop_reason == "finished" and finished.elapsed < 60
+    check_hash(finished)
+    # An assignment of that block arriving now is mined briefly, not until its deadline.
+    late = manager.assign(planted.assignments[1])
+    assert late is not None
+    quick = await asyncio.wait_for(late, timeout=5)
+    assert quick.sendable and quick.stop_reason == "deadline" and quick.elapsed < 1
+    await manager.shutdown()
+    submitter = WorkSubmitter(
+        stage.client, ChannelPool(stage.client, [channel], clock=clock), observe=stage.closer()
+    )
+    results = [await submitter.submit(w) for w in (finished, quick)]
+    assert [r.status for r in results] == [WorkStatus.SUCCESS] * 2, [r.message for r in results]
+
+
+async def test_work_that_cannot_be_journaled_is_not_sent(stage: Stage) -> None:
+    planted = await plant(stage, 1)
+    (channel,) = await stage.accounts(1)
+    clock = await synced_clock(stage)
+    manager = WorkManager(
+        timing_ending_in(stage, clock, planted.block.timestamp, 30), clock, target_zeros=1
+    )
+    (mined,) = await manager.mine(planted.assignments)
+    await manager.shutdown()
+    await stage.close()
+    pool = ChannelPool(stage.client, [channel], clock=clock)
+    journaled: list[str] = []
+
+    async def full_disk(work: MinedWork, tx: SignedTx) -> None:
+        raise OSError(28, "No space left on device")
+
+    async def journal(work: MinedWork, tx: SignedTx) -> None:
+        journaled.append(tx.hash)
+
+    refused = await WorkSubmitter(stage.client, pool, record=full_disk).submit(mined)
+    assert refused.status is WorkStatus.FAILED and refused.tx_hash is None
+    assert refused.fault is Fault.POOLER and refused.failure is FailureCode.MINER_FAILED
+    assert refused.message is not None and "journal" in refused.message
+    assert (await stage.info())["pending_transactions"] == 0
+    # Its sequence number is still free: the next work from the account lands.
+    submitter = WorkSubmitter(stage.client, pool, record=journal, observe=stage.closer())
+    sent = await submitter.submit(mined)
+    assert sent.status is WorkStatus.SUCCESS, sent.message
+    assert journaled == [sent.tx_hash]

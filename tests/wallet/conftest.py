@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -36,13 +37,25 @@ class Closer:
         self.interval = interval
         self.running = asyncio.Event()
         self.running.set()
+        self.parked = asyncio.Event()  # set while held, once no close is under way
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         while True:
-            await self.running.wait()
+            if not self.running.is_set():
+                self.parked.set()
+                await self.running.wait()
+                self.parked.clear()
             await self.stage.close()
             await asyncio.sleep(self.interval)
+
+    async def hold(self) -> None:
+        """Stop closing ledgers; returns once no close is under way (the chain stands still)."""
+        self.running.clear()
+        await self.parked.wait()
+
+    def release(self) -> None:
+        self.running.set()
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -62,10 +75,11 @@ class WalletStage:
     stub: wallet_pb2_grpc.WalletServiceStub
     channels: list[grpc.aio.Channel]
 
-    async def start(self) -> WalletServer:
-        """Start a (new) wallet server on this database and chain."""
+    async def start(self, port: int = 0) -> WalletServer:
+        """Start a (new) wallet server on this database and chain (on `port`, e.g. the
+        one a stopped server had, so that the pool's channel reaches it again)."""
         self.server = await start_wallet_server(
-            address="127.0.0.1:0",
+            address=f"127.0.0.1:{port}",
             conninfo=self.conninfo,
             keyring=self.keyring,
             chain=self.chain,
@@ -91,7 +105,14 @@ class WalletStage:
 
 @pytest.fixture
 async def wallet(db_conninfo: str, pki: DevPki) -> AsyncIterator[WalletStage]:
-    async with open_stage(stall_seconds=20) as stage:
+    async with wallet_stage(db_conninfo, pki) as ws:
+        yield ws
+
+
+@contextlib.asynccontextmanager
+async def wallet_stage(db_conninfo: str, pki: DevPki, **devnet: Any) -> AsyncIterator[WalletStage]:
+    """A devnet (these settings) whose ledgers a closer closes, and a wallet server."""
+    async with open_stage(stall_seconds=20, **devnet) as stage:
         # Long time bounds: the closer runs the chain's clock at about 100x.
         chain = ChainClient(
             dataclasses.replace(stage.client.config, tx_timeout_seconds=3600),

@@ -1,0 +1,615 @@
+"""`kale-pool up`: the whole pool on one machine, each part its own process, farming.
+
+Order of start-up: the database (embedded PostgreSQL in the data directory unless
+`DATABASE_URL` is set) and its migrations, the development certificates, then the
+processes, each waited on until ready: the devnet (`kale-pool devnet --state ...`, so a
+rerun continues the same chain), the wallet service (`python -m wallet_service`), the
+pool service (`python -m pool_service`). Unless `--no-demo`, the local poolers are then
+provisioned (`kalepool.app.poolers`) and the demo farmers registered and funded
+(`kalepool.app.demo`), and one `kale-pool pooler` process per pooler is started, talking
+to the pool over mutual TLS exactly as a remote mining machine does.
+
+Each part gets its settings in its environment (`KALE_POOL_*`, `DATABASE_URL`) and writes
+its output to `<data dir>/logs/<name>.log`. Where everything listens goes to the run
+state file (`kalepool.app.runstate`) for the other commands. Ctrl-C stops the poolers,
+then the pool, the wallet and the devnet; a part that stops by itself stops everything
+with exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from pydantic import SecretStr
+from rich.console import Console
+
+from kalepool.app.cycles import BlockOutcome, CycleWatcher, failure_lines, summary_table
+from kalepool.app.demo import DemoFarmer, provision_demo, wait_for_deposits
+from kalepool.app.funding import Friendbot, FundingError
+from kalepool.app.observer import EVENT_LOGGER, PlainObserver, StackObserver
+from kalepool.app.operator import OperatorClient
+from kalepool.app.poolers import PoolerSetupError, ProvisionedPooler, provision_pooler
+from kalepool.app.probes import free_port, grpc_serving, http_ok, port_taken, split_address
+from kalepool.app.runstate import ProcessInfo, RunState
+from kalepool.app.supervisor import Part, PartFailed, Supervisor
+from kalepool.app.view import make_view
+from kalepool.chain import ChainClient, ChainError, resolve_chain_config
+from kalepool.db import resolve_conninfo
+from kalepool.db.migrate import apply_migrations
+from kalepool.settings import ENV_PREFIX, Network, Settings, devnet_rpc_url
+from kalepool.tls import (
+    OPERATOR,
+    POOL_CLIENT,
+    POOL_SERVER,
+    WALLET_SERVER,
+    DevPki,
+    ensure_dev_identities,
+)
+from kalepool.v1 import pool_pb2
+
+# Settings a pooler process does not get: a mining machine has no database, no master
+# key and a data directory of its own.
+_NOT_FOR_POOLERS = ("database_url", "master_key", "master_key_file", "data_dir")
+# How long --blocks K may take beyond K blocks before it gives up (start-up, late blocks).
+_BLOCKS_SLACK_SECONDS = 180
+# The pool credits a deposit once its chain follower sees it: a few ledgers.
+_DEPOSIT_WAIT_LEDGERS = 5
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+class UpError(Exception):
+    """`up` cannot run as asked; one line says why."""
+
+
+@dataclass
+class UpOptions:
+    """`kale-pool up`'s own options."""
+
+    poolers: int = 1
+    farmers: int = 6
+    blocks: int | None = None  # stop after this many complete cycles
+    demo: bool = True  # False: the bare pool (services only)
+
+
+def check_options(settings: Settings, options: UpOptions) -> None:
+    """Refuse combinations that cannot work, in one line."""
+    if options.poolers < 0 or options.farmers < 0:
+        raise UpError("--poolers and --farmers cannot be negative")
+    if options.blocks is not None and options.blocks < 1:
+        raise UpError("--blocks must be at least 1")
+    if not options.demo:
+        if options.blocks is not None:
+            raise UpError("--blocks counts farmed blocks: it needs the demo (drop --no-demo)")
+        return
+    if settings.network is Network.MAINNET:
+        raise UpError(
+            "the demo needs a friendbot, which mainnet has not: run `kale-pool up --no-demo`"
+            " and add poolers with `kale-pool pooler add`"
+        )
+    if options.farmers and not options.poolers:
+        raise UpError("demo farmers need at least one pooler (--poolers)")
+    if options.blocks is not None and not (options.farmers and options.poolers):
+        raise UpError("--blocks needs poolers and farmers to farm with")
+
+
+def settings_env(settings: Settings, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every effective setting as the environment variable a process reads it from."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        if name in exclude:
+            continue
+        value: Any = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        value = getattr(value, "value", value)  # enums
+        key = "DATABASE_URL" if name == "database_url" else f"{ENV_PREFIX}{name.upper()}"
+        env[key] = str(value)
+    return env
+
+
+def base_env() -> dict[str, str]:
+    """The supervisor's environment without kale-pool settings (each child gets the
+    effective ones explicitly), quiet gRPC C-core, unbuffered output."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "DATABASE_URL"
+    }
+    env.setdefault("GRPC_VERBOSITY", "NONE")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in _WILDCARDS else host
+
+
+@dataclass
+class Ports:
+    """Where each part listens (port 0 in the settings: a free port picked now)."""
+
+    devnet: int
+    wallet_host: str
+    wallet: int
+    pool_host: str
+    pool: int
+    metrics_host: str
+    pool_metrics: int
+    wallet_metrics: int
+
+    @classmethod
+    def plan(cls, settings: Settings) -> Ports:
+        try:
+            wallet_host, wallet = split_address(settings.wallet_listen)
+            pool_host, pool = split_address(settings.pool_listen)
+        except ValueError as error:
+            raise UpError(f"{ENV_PREFIX}WALLET_LISTEN / POOL_LISTEN: {error}") from None
+        metrics = settings.metrics_port
+        return cls(
+            devnet=settings.devnet_port or free_port(),
+            wallet_host=wallet_host,
+            wallet=wallet or free_port(wallet_host),
+            pool_host=pool_host,
+            pool=pool or free_port(pool_host),
+            metrics_host=settings.metrics_host,
+            pool_metrics=metrics or free_port(settings.metrics_host),
+            # The wallet's metrics next to the pool's (both processes serve their own).
+            wallet_metrics=metrics + 1 if metrics else free_port(settings.metrics_host),
+        )
+
+    def check(self, devnet: bool) -> None:
+        """One line for a port already taken, before anything starts."""
+        wanted = [
+            ("the wallet service", self.wallet_host, self.wallet, "WALLET_LISTEN"),
+            ("the pool service", self.pool_host, self.pool, "POOL_LISTEN"),
+            ("the pool's metrics", self.metrics_host, self.pool_metrics, "METRICS_PORT"),
+            ("the wallet's metrics", self.metrics_host, self.wallet_metrics, "METRICS_PORT"),
+        ]
+        if devnet:
+            wanted.insert(0, ("the devnet", "127.0.0.1", self.devnet, "DEVNET_PORT"))
+        for what, host, port, setting in wanted:
+            why = port_taken(host, port)
+            if why is not None:
+                raise UpError(
+                    f"cannot start {what} on {host}:{port}: {why} (another kale-pool up"
+                    f" running? set {ENV_PREFIX}{setting})"
+                )
+
+    @property
+    def wallet_address(self) -> str:
+        return f"{_connect_host(self.wallet_host)}:{self.wallet}"
+
+    @property
+    def pool_address(self) -> str:
+        return f"{_connect_host(self.pool_host)}:{self.pool}"
+
+    def metrics_url(self, port: int) -> str:
+        return f"http://{_connect_host(self.metrics_host)}:{port}/metrics"
+
+
+@dataclass
+class Stack:
+    """One `kale-pool up`: starts, provisions, farms, stops."""
+
+    settings: Settings
+    options: UpOptions
+    ports: Ports
+    observer: StackObserver
+    console: Console
+    started: float = field(default_factory=time.time)
+    state: RunState | None = None
+    op: OperatorClient | None = None
+    chain: ChainClient | None = None
+    friendbot: Friendbot | None = None
+    poolers: list[ProvisionedPooler] = field(default_factory=list)
+    farmers: list[DemoFarmer] = field(default_factory=list)
+    conninfo: str = ""
+    outcomes: list[BlockOutcome] | None = None  # --blocks: the run's blocks, for the summary
+
+    def __post_init__(self) -> None:
+        self.layout = self.settings.layout()
+        self.supervisor = Supervisor(self.layout.logs, self.observer)
+        self.pki = DevPki(self.layout.certs)
+
+    # ---- the whole run ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start, farm until stopped (or --blocks done), stop; the exit code."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stopper = asyncio.create_task(stop.wait())
+        code = 1
+        try:
+            startup = asyncio.create_task(self._start())
+            await asyncio.wait({startup, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not startup.done():
+                self.observer.event("interrupted: stopping what was started")
+                startup.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await startup
+                return 0
+            startup.result()
+            code = await self._farm(stop)
+        except (
+            PartFailed,
+            UpError,
+            FundingError,
+            PoolerSetupError,
+            ChainError,
+        ) as error:
+            self.observer.event(str(error), level="error")
+        except grpc.aio.AioRpcError as error:
+            self.observer.event(
+                f"the pool refused a provisioning call ({error.code().name}): {error.details()}",
+                level="error",
+            )
+        finally:
+            stopper.cancel()
+            # Asked again while stopping: no more grace periods.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.supervisor.hurry)
+            await self._close_clients()
+            await self.supervisor.stop_all()
+            RunState.clear(self.settings)
+        if self.outcomes is not None:
+            code = self._print_summary(self.outcomes, code)
+        return code
+
+    def _print_summary(self, outcomes: list[BlockOutcome], code: int) -> int:
+        """The --blocks summary; the exit code (1 unless every block was accepted)."""
+        want = self.options.blocks
+        self.console.print(summary_table(outcomes))
+        for line in failure_lines(outcomes):
+            self.console.print(line, highlight=False, soft_wrap=True)
+        accepted = sum(o.accepted for o in outcomes)
+        self.console.print(
+            f"{accepted} of {want} blocks farmed with every planted farmer worked and harvested"
+            " or its failure attributed",
+            highlight=False,
+        )
+        return code if accepted == want else 1
+
+    async def _close_clients(self) -> None:
+        if self.op is not None:
+            await self.op.close()
+        if self.friendbot is not None:
+            await self.friendbot.close()
+        if self.chain is not None:
+            await self.chain.aclose()
+
+    # ---- start-up -----------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        settings = self.settings
+        devnet = settings.network is Network.DEVNET
+        self.observer.event(f"kale-pool up: {settings.network.value}, data in {self.layout.root}")
+        ports = self.ports
+        await self._database()
+        names = await asyncio.to_thread(ensure_dev_identities, self.pki)
+        self.observer.event(f"certificates: development CA and {', '.join(names)} ready")
+
+        rpc_url = devnet_rpc_url(ports.devnet) if devnet else (settings.rpc_url or "")
+        self.state = RunState(
+            network=settings.network.value,
+            rpc_url=rpc_url,
+            pool_address=ports.pool_address,
+            wallet_address=ports.wallet_address,
+            started_at=self.started,
+            supervisor_pid=os.getpid(),
+            metrics={
+                "pool": ports.metrics_url(ports.pool_metrics),
+                "wallet": ports.metrics_url(ports.wallet_metrics),
+            },
+        )
+        # The settings every part shares: the chain this stack talks to.
+        self.settings = settings = settings.model_copy(update={"rpc_url": rpc_url})
+        if devnet:
+            await self._start_part(self._devnet_part(ports, rpc_url))
+        await self._start_part(self._wallet_part(ports))
+        await self._start_part(self._pool_part(ports))
+        if self.options.demo:
+            await self._provision(ports)
+        self.observer.event(
+            f"running: pool at {ports.pool_address}, logs in {self.layout.logs};"
+            " Ctrl-C stops everything",
+            level="good",
+        )
+
+    async def _database(self) -> None:
+        where = (
+            "DATABASE_URL"
+            if self.settings.database_url is not None
+            else f"embedded PostgreSQL in {self.layout.postgres}"
+        )
+        # One summary line instead of the database's own line per migration.
+        logging.getLogger("kalepool.db").setLevel(logging.WARNING)
+        conninfo = await asyncio.to_thread(resolve_conninfo, self.settings)
+        assert conninfo is not None
+        self.conninfo = conninfo
+        applied = await asyncio.to_thread(apply_migrations, self.conninfo)
+        self.observer.event(
+            f"database: {where}, schema current ({len(applied)} migrations applied now)"
+        )
+
+    async def _start_part(self, part: Part) -> None:
+        child = await self.supervisor.start(part)
+        assert self.state is not None
+        self.state.processes[part.name] = ProcessInfo(
+            pid=child.pid, role=part.role, log=str(child.log), address=part.address
+        )
+        self.state.save(self.settings)
+
+    def _env(self, overrides: dict[str, str] | None = None) -> dict[str, str]:
+        """A service's environment: the shared settings, the database, its own ports."""
+        env = base_env()
+        env.update(settings_env(self.settings))
+        if self.settings.database_url is None:
+            env["DATABASE_URL"] = self.conninfo  # the embedded server this run started
+        env.update({f"{ENV_PREFIX}{k.upper()}": v for k, v in (overrides or {}).items()})
+        return env
+
+    def _devnet_part(self, ports: Ports, rpc_url: str) -> Part:
+        s = self.settings
+        argv = [
+            sys.executable,
+            "-m",
+            "kalepool.cli",
+            "devnet",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports.devnet),
+            "--ledger-seconds",
+            str(s.ledger_seconds()),
+            "--block-seconds",
+            str(s.devnet_block_seconds),
+            "--state",
+            str(self.layout.devnet_state),
+        ]
+        self.observer.event(
+            f"devnet: blocks every {s.devnet_block_seconds} s, ledgers every"
+            f" {s.ledger_seconds()} s, chain kept in {self.layout.devnet_state}"
+        )
+        return Part(
+            name="devnet",
+            role="devnet",
+            argv=argv,
+            env=self._env(),
+            address=rpc_url,
+            probe=lambda: http_ok(rpc_url.rstrip("/") + "/devnet"),
+        )
+
+    def _wallet_part(self, ports: Ports) -> Part:
+        from wallet_service.keystore import ensure_devnet_master_key, load_keyring
+
+        overrides: dict[str, str] = {
+            "wallet_listen": f"{ports.wallet_host}:{ports.wallet}",
+            "metrics_port": str(ports.wallet_metrics),
+        }
+        s = self.settings
+        if s.network is Network.DEVNET and s.master_key is None and s.master_key_file is None:
+            overrides["master_key_file"] = str(ensure_devnet_master_key(s))
+        else:
+            from wallet_service.keystore import MasterKeyError
+
+            try:
+                load_keyring(s)  # a missing key is one line now, not a dead process later
+            except MasterKeyError as error:
+                raise UpError(str(error)) from None
+        identity = self.pki.client(POOL_CLIENT)
+        return Part(
+            name="wallet",
+            role="wallet",
+            argv=[sys.executable, "-m", "wallet_service"],
+            env=self._env(overrides),
+            address=ports.wallet_address,
+            probe=lambda: grpc_serving(
+                ports.wallet_address,
+                identity,
+                self.pki.ca_pem,
+                WALLET_SERVER,
+                "kalepool.v1.WalletService",
+            ),
+        )
+
+    def _pool_part(self, ports: Ports) -> Part:
+        identity = self.pki.client(OPERATOR)
+        return Part(
+            name="pool",
+            role="pool",
+            argv=[sys.executable, "-m", "pool_service"],
+            env=self._env(
+                {
+                    "pool_listen": f"{ports.pool_host}:{ports.pool}",
+                    "wallet_listen": ports.wallet_address,
+                    "metrics_port": str(ports.pool_metrics),
+                }
+            ),
+            address=ports.pool_address,
+            probe=lambda: grpc_serving(
+                ports.pool_address,
+                identity,
+                self.pki.ca_pem,
+                POOL_SERVER,
+                "kalepool.v1.PoolService",
+            ),
+        )
+
+    def _pooler_part(self, pooler: ProvisionedPooler) -> Part:
+        env = base_env()
+        env.update(settings_env(self.settings, _NOT_FOR_POOLERS))
+        env.update(pooler.env)
+        env[f"{ENV_PREFIX}DATA_DIR"] = str(pooler.bundle.directory)
+        pooler_id = pooler.pooler.pooler_id
+
+        async def connected() -> bool:
+            assert self.op is not None
+            got = await self.op.pool.GetPoolerStats(
+                pool_pb2.GetPoolerStatsRequest(pooler_id=pooler_id), timeout=5
+            )
+            return bool(got.stream_connected)
+
+        return Part(
+            name=pooler.bundle.name,
+            role="pooler",
+            argv=[sys.executable, "-m", "kalepool.cli", "pooler"],
+            env=env,
+            probe=connected,
+            ready_timeout=120.0,
+            stop_grace=self.settings.request_timeout_seconds + 10,
+        )
+
+    async def _provision(self, ports: Ports) -> None:
+        settings = self.settings
+        self.op = OperatorClient(settings, address=ports.pool_address)
+        self.chain = ChainClient(await resolve_chain_config(settings), poll_interval=0.5)
+        assert self.state is not None
+        self.friendbot = await Friendbot.for_network(settings, self.state.rpc_url)
+        if self.friendbot is None:
+            raise UpError(
+                f"{settings.network.value} has no friendbot to fund demo accounts:"
+                " run with --no-demo"
+            )
+        names = [f"pooler-{i}" for i in range(1, self.options.poolers + 1)]
+        self.poolers = list(
+            await asyncio.gather(
+                *(
+                    provision_pooler(
+                        self.op,
+                        settings,
+                        name,
+                        pool_address=ports.pool_address,
+                        rpc_url=self.state.rpc_url,
+                        chain=self.chain,
+                        friendbot=self.friendbot,
+                        observer=self.observer,
+                    )
+                    for name in names
+                )
+            )
+        )
+        for p in self.poolers:
+            how = "registered" if p.registered else "found again"
+            self.observer.event(
+                f"{p.bundle.name}: {how} (pooler {p.pooler.pooler_id}), settings in"
+                f" {p.bundle.env_file}"
+            )
+        if self.options.farmers:
+            self.farmers = await provision_demo(
+                self.op,
+                settings,
+                self.chain,
+                self.friendbot,
+                self.poolers,
+                self.options.farmers,
+                self.observer,
+            )
+            wait = _DEPOSIT_WAIT_LEDGERS * settings.ledger_seconds() + 5.0
+            await wait_for_deposits(self.op, self.farmers, wait, self.observer)
+        for p in self.poolers:
+            await self._start_part(self._pooler_part(p))
+
+    # ---- farming ------------------------------------------------------------------------
+
+    async def _farm(self, stop: asyncio.Event) -> int:
+        assert self.state is not None
+        # The farm's view takes over from the start-up lines: live on a terminal.
+        live: StackObserver = make_view(self.settings, self.state, self.console)
+        self.supervisor.observer = live
+        view_stop = asyncio.Event()
+        view = asyncio.create_task(live.run(view_stop), name="view")
+        want = self.options.blocks
+        watcher = (
+            CycleWatcher(self.op, self.started, live)
+            if self.op is not None and self.farmers
+            else None
+        )
+        waits: dict[str, asyncio.Task[Any]] = {
+            "stop": asyncio.create_task(stop.wait()),
+            "exit": asyncio.create_task(self.supervisor.unexpected_exit()),
+        }
+        if watcher is not None:
+            waits["cycles"] = asyncio.create_task(watcher.watch(view_stop, want))
+        timeout = None
+        if want is not None:
+            timeout = (want + 3) * self.settings.devnet_block_seconds + _BLOCKS_SLACK_SECONDS
+        code = 0
+        try:
+            done, _ = await asyncio.wait(
+                waits.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if waits["exit"] in done:
+                live.event(f"{waits['exit'].result()}: stopping everything", level="error")
+                code = 1
+            elif "cycles" in waits and waits["cycles"] in done and want is not None:
+                waits["cycles"].result()
+            elif waits["stop"] in done:
+                live.event("stopping (Ctrl-C)")
+                code = 0 if want is None else 1
+            elif not done:
+                live.event(f"--blocks {want}: not complete after {timeout} s", level="error")
+                code = 1
+        finally:
+            view_stop.set()
+            for task in waits.values():
+                task.cancel()
+            await asyncio.gather(*waits.values(), return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await view
+        if want is not None and watcher is not None:
+            try:
+                self.outcomes = await watcher.final(want)
+            except grpc.aio.AioRpcError as error:
+                live.event(f"the pool's block report failed: {error.details()}", level="error")
+                self.outcomes = sorted(watcher.completed.values(), key=lambda o: o.index)
+        return code
+
+
+@contextlib.contextmanager
+def _event_log(settings: Settings) -> Iterator[None]:
+    """The stack's events (the supervisor's and the view's) also go to
+    `<data dir>/logs/events.log`, and only there: the terminal shows them its own way."""
+    events = logging.getLogger(EVENT_LOGGER)
+    path = settings.layout().logs / "events.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    os.chmod(path, 0o600)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    events.addHandler(handler)
+    events.setLevel(logging.INFO)
+    events.propagate = False
+    try:
+        yield
+    finally:
+        events.removeHandler(handler)
+        handler.close()
+
+
+def run_up(settings: Settings, options: UpOptions, console: Console | None = None) -> int:
+    """`kale-pool up` (UpError or StackLockedError for what cannot start, in one line)."""
+    from kalepool.app.runstate import StackLock
+
+    check_options(settings, options)
+    settings.layout().ensure()
+    if console is None:
+        from kalepool.app.commands import _out  # standard output at a useful width
+
+        console = _out()
+    with StackLock(settings), _event_log(settings):
+        ports = Ports.plan(settings)
+        ports.check(settings.network is Network.DEVNET)
+        stack = Stack(settings, options, ports, PlainObserver(console), console)
+        code = asyncio.run(stack.run())
+    console.print("stopped", highlight=False)
+    return code

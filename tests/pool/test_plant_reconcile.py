@@ -1,0 +1,233 @@
+"""Plants recorded exactly once whatever crashes: every plant is written down as a request
+before the wallet is called, and the reconciler drives every unsettled request to its
+record (after a restart, with the wallet back, with two replicas at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import psycopg
+import pytest
+
+from kalepool.chain import current_block, kale_balance, read_pail
+from kalepool.v1 import pool_pb2, pooler_pb2, records_pb2
+
+from .books import (
+    consistency,
+    make_due,
+    plantings,
+    requests,
+    rows,
+    stakes,
+    wait_due,
+    wait_sent,
+    wallet_status,
+)
+from .conftest import KALE, PoolStage, until
+from .test_pooler_auth import bearer
+from .test_stream_and_work import next_assignment
+
+
+async def _balance(pool: PoolStage, farmer_id: str) -> int:
+    got = await pool.operator().GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=farmer_id))
+    return got.farmer.balance_stroops
+
+
+async def _settled(pool: PoolStage, count: int) -> None:
+    async def done() -> bool:
+        found = await requests(pool)
+        return len(found) == count and all(r[3] for r in found)
+
+    await until(done, 30)
+
+
+async def _strand_plants(pool: PoolStage, key: str, farmers: list[str], block: int) -> None:
+    """The crash: the wallet stores and sends the block's plants, and the pool stops
+    with its RequestPlant in flight, so it never sees an answer; then the chain applies
+    them. (With the ledger held, the wallet waits for the outcome while the pool dies.)"""
+    await pool.wallet.closer.hold()
+    call = asyncio.ensure_future(
+        pool.pooler().RequestPlant(
+            pooler_pb2.RequestPlantRequest(block_index=block), metadata=bearer(key)
+        )
+    )
+    for farmer in farmers:
+        await wait_sent(pool, f"plant:{farmer}:{block}")
+    assert pool.server is not None
+    await pool.server.stop(0)
+    pool.server = None
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call
+    pool.wallet.closer.release()
+
+
+async def test_a_plant_the_pool_never_saw_answered_is_recorded_after_a_restart(
+    pool: PoolStage,
+) -> None:
+    pooler, key = await pool.register_pooler()
+    farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=20 * KALE)
+    address = farmer.custodial_address
+    block = (await current_block(pool.chain)).index
+    plant_key = f"plant:{farmer.farmer_id}:{block}"
+
+    await _strand_plants(pool, key, [farmer.farmer_id], block)
+
+    async def planted_on_chain() -> bool:
+        return await read_pail(pool.chain, address, block) is not None
+
+    await until(planted_on_chain)
+    # The split the crash left: the stake burned on chain, nothing in the books but the
+    # request written before the wallet was called.
+    assert await kale_balance(pool.chain, address) == 10 * KALE
+    assert await plantings(pool) == []
+    assert await requests(pool) == [(plant_key, block, 10 * KALE, False, None, 1)]
+
+    # Both restart (kale-pool up runs them in one process): the wallet settles its own
+    # transaction by hash, then the pool's reconciler records it.
+    port = pool.wallet.server.port
+    await pool.wallet.server.stop(0)
+    restarted = await pool.wallet.start(port)
+    await asyncio.wait_for(restarted.reconciled, 20)
+    assert await wallet_status(pool, plant_key) == "success"
+    await pool.start(plant_reconcile_interval_seconds=3600)  # its start-up pass does it
+    await _settled(pool, 1)
+
+    pail = await read_pail(pool.chain, address, block)
+    assert pail is not None and pail.stake == 10 * KALE
+    [row] = await plantings(pool)
+    assert row[1:] == (farmer.farmer_id, block, "success", 10 * KALE, pail.sequence, "none")
+    assert await requests(pool) == [(plant_key, block, 10 * KALE, True, row[0], 1)]
+    assert await stakes(pool) == [(farmer.farmer_id, -10 * KALE, row[0])]
+    # The books agree with the chain again.
+    assert await _balance(pool, farmer.farmer_id) == 10 * KALE
+    assert await kale_balance(pool.chain, address) == 10 * KALE
+    assert await consistency(pool) == []
+    # The pooler gets the assignment, and a repeat of its request plants nobody again.
+    got = await pool.pooler().GetAssignments(
+        pooler_pb2.GetAssignmentsRequest(block_index=block), metadata=bearer(key)
+    )
+    assert [a.planting_id for a in got.assignments] == [str(row[0])]
+    again = await pool.pooler().RequestPlant(
+        pooler_pb2.RequestPlantRequest(block_index=block), metadata=bearer(key)
+    )
+    assert [p.planting_id for p in again.planted] == [str(row[0])]
+    assert await pool.count("transactions") == 2  # the trustline and the one plant
+
+
+async def test_two_replicas_reconciling_at_once_record_each_plant_once(pool: PoolStage) -> None:
+    pooler, key = await pool.register_pooler()
+    farmers = [
+        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=20 * KALE) for _ in range(2)
+    ]
+    block = (await current_block(pool.chain)).index
+    await _strand_plants(pool, key, [f.farmer_id for f in farmers], block)
+
+    async def applied() -> bool:
+        pails = [await read_pail(pool.chain, f.custodial_address, block) for f in farmers]
+        return all(p is not None for p in pails)
+
+    await until(applied)
+    # Both replicas' start-up passes get their answers from the wallet while the request
+    # rows are locked, so both try to record every plant at once.
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as blocker:
+        await blocker.execute("LOCK TABLE plant_requests IN EXCLUSIVE MODE")
+        await pool.start(plant_reconcile_interval_seconds=3600)
+        await pool.start_replica(plant_reconcile_interval_seconds=3600)
+
+        async def all_waiting() -> bool:
+            # each replica records two plants: one waits for the table, three for the
+            # pooler's lock behind it
+            found = await rows(pool, "SELECT count(*) FROM pg_locks WHERE NOT granted")
+            return int(found[0][0]) == 4
+
+        await until(all_waiting, 30)
+        await blocker.commit()
+    await _settled(pool, 2)
+
+    recorded = await plantings(pool)
+    assert sorted(r[1] for r in recorded) == sorted(f.farmer_id for f in farmers)
+    assert all(r[2:5] == (block, "success", 10 * KALE) for r in recorded)
+    assert sorted(r[4] for r in await requests(pool)) == sorted(r[0] for r in recorded)
+    assert sorted(s[2] for s in await stakes(pool)) == sorted(r[0] for r in recorded)
+    for f in farmers:
+        assert await _balance(pool, f.farmer_id) == 10 * KALE
+    assert await consistency(pool) == []
+
+
+async def test_an_unreachable_wallet_leaves_the_plant_pending_until_it_is_recorded(
+    pool: PoolStage,
+) -> None:
+    pooler, key = await pool.register_pooler()
+    farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=10_000, kale=4 * KALE)
+    block = (await current_block(pool.chain)).index
+    # Streams are woken by new plants only (no poll within the test).
+    await pool.start(feed_poll_seconds=3600, plant_reconcile_interval_seconds=0.05)
+    port = pool.wallet.server.port
+    await pool.wallet.server.stop(0)
+
+    stub = pool.pooler()
+    answer = await stub.RequestPlant(
+        pooler_pb2.RequestPlantRequest(block_index=block), metadata=bearer(key)
+    )
+    # UNAVAILABLE proves nothing about a send: pending, not failed, nobody blamed.
+    assert not answer.planted and not answer.failed
+    assert [(p.farmer_id, p.status, p.stake_stroops) for p in answer.pending] == [
+        (farmer.farmer_id, records_pb2.EVENT_STATUS_PENDING, 4 * KALE)
+    ]
+    assert answer.summary.pending == 1
+    assert await plantings(pool) == []
+    assert [r[3] for r in await requests(pool)] == [False]
+
+    stream = stub.StreamAssignments(
+        pooler_pb2.StreamAssignmentsRequest(after_cursor=0), metadata=bearer(key)
+    )
+    pooler_id = uuid.UUID(pooler.pooler_id)
+
+    async def connected() -> bool:
+        assert pool.server is not None
+        return pool.server.feeds.connected(pooler_id)
+
+    await until(connected)
+    await pool.wallet.start(port)  # the wallet is back: the reconciler plants it
+    assignment = await next_assignment(stream)
+    assert assignment.farmer_id == farmer.farmer_id and assignment.block_index == block
+    [row] = await plantings(pool)
+    assert str(row[0]) == assignment.planting_id and row[3] == "success"
+    assert await _balance(pool, farmer.farmer_id) == 0
+    assert await kale_balance(pool.chain, farmer.custodial_address) == 0
+    assert await consistency(pool) == []
+    stream.cancel()
+
+
+async def test_a_request_never_signed_whose_block_is_over_is_the_pools_failure(
+    pool: PoolStage,
+) -> None:
+    pooler, key = await pool.register_pooler()
+    farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=20 * KALE)
+    block = (await current_block(pool.chain)).index
+    await pool.start(plant_reconcile_interval_seconds=0.05)
+    port = pool.wallet.server.port
+    await pool.wallet.server.stop(0)
+    answer = await pool.pooler().RequestPlant(
+        pooler_pb2.RequestPlantRequest(block_index=block), metadata=bearer(key)
+    )
+    assert len(answer.pending) == 1
+
+    # The block ends before the wallet is back: the plant was never sent, and now never
+    # will be; the request is settled as the pool's failure.
+    await make_due(pool)
+    await wait_due(pool)
+    await pool.wallet.start(port)
+    await _settled(pool, 1)
+    [row] = await plantings(pool)
+    assert row[1:] == (farmer.farmer_id, block, "failed", 10 * KALE, None, "pool")
+    found = await rows(pool, "SELECT error_code, error_message FROM plantings")
+    assert found[0][0] == "BLOCK_MISMATCH" and "never sent" in found[0][1]
+    assert await pool.count("transactions") == 1  # the trustline only
+    assert await read_pail(pool.chain, farmer.custodial_address, block) is None
+    assert await read_pail(pool.chain, farmer.custodial_address, block + 1) is None
+    assert await _balance(pool, farmer.farmer_id) == 20 * KALE
+    assert await kale_balance(pool.chain, farmer.custodial_address) == 20 * KALE
+    assert await consistency(pool) == []
