@@ -56,7 +56,14 @@ COMPENSATION_KIND = {
 # good" (the pail is gone), and the pails still waiting for their harvest.
 _PER_POOLER = """
 SELECT b.pooler_id, b.block_index, b.total_farmers, b.successful_plants, b.failed_plants,
-  b.successful_works, b.failed_works, b.successful_harvests, b.total_staked, b.total_rewards,
+  b.successful_works,
+  -- a failure observed on chain that confirms one the pooler reported is the same one
+  b.failed_works - (SELECT count(*) FROM works o WHERE o.pooler_id = b.pooler_id
+     AND o.block_index = b.block_index AND o.status = 'failed' AND o.observed_on_chain
+     AND EXISTS (SELECT 1 FROM works r WHERE r.farmer_id = o.farmer_id
+       AND r.block_index = o.block_index AND r.status = 'failed'
+       AND NOT r.observed_on_chain)) AS failed_works,
+  b.successful_harvests, b.total_staked, b.total_rewards,
   b.plant_requested_at, b.plant_completed_at, b.work_completed_at, b.harvest_completed_at,
   (SELECT count(*) FROM plantings p WHERE p.pooler_id = b.pooler_id
      AND p.block_index = b.block_index AND p.status = 'success' AND NOT EXISTS (

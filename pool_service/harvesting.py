@@ -328,6 +328,6 @@ def _observed(u: Unreported, pail: ChainPail | None, follower_knows: bool) -> Ne
         None,
         "pooler",
         convert.failure_code_name(common_pb2.FAILURE_CODE_WORK_MISSING),
-        f"no work was reported, and the chain shows {where} never worked",
+        f"the chain shows {where} never worked (no successful work was reported)",
         observed_on_chain=True,
     )
