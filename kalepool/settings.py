@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How often plant requests without a recorded outcome are retried."
     )
     harvest_timeout_seconds: float = Field(45.0, gt=0, description="Deadline of one harvest.")
+    payout_settle_interval_seconds: float = Field(
+        60.0, gt=0, description="Period of the pool's pass that drives pending payouts."
+    )
+    deposit_poll_interval_seconds: float = Field(
+        5.0, gt=0, description="Period of the pool's chain follower (deposits, harvests)."
+    )
 
     # --- pooler agent --------------------------------------------------------
     pooler_api_key: SecretStr | None = Field(None, description="The pooler's API key.")

@@ -14,6 +14,7 @@ from uuid import UUID
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.rows import class_row
 
+from kalepool.chain import CurrentBlock
 from kalepool.db.reads import Pool, fetch_all
 from kalepool.grpc_server import InvalidArgument, NotFound, Unavailable
 from kalepool.request_checks import check_uuid
@@ -50,24 +51,35 @@ COMPENSATION_KIND = {
 }
 
 # One (pooler, block) row with the outcome counts the API defines, computed from the
-# events: a work "failed or never came" (a planted pail with no work row counts once the
-# block is over), a harvest "failed for good" (the pail is gone), and the pails still
-# waiting for their harvest.
+# events: a work "failed or never came" (a planted pail with no work row and no harvest,
+# which proves it was worked, counts once the block is over), a harvest "failed for
+# good" (the pail is gone), and the pails still waiting for their harvest.
 _PER_POOLER = """
 SELECT b.pooler_id, b.block_index, b.total_farmers, b.successful_plants, b.failed_plants,
-  b.successful_works, b.failed_works, b.successful_harvests, b.total_staked, b.total_rewards,
+  b.successful_works,
+  -- a failure observed on chain that confirms one the pooler reported is the same one
+  b.failed_works - (SELECT count(*) FROM works o WHERE o.pooler_id = b.pooler_id
+     AND o.block_index = b.block_index AND o.status = 'failed' AND o.observed_on_chain
+     AND EXISTS (SELECT 1 FROM works r WHERE r.farmer_id = o.farmer_id
+       AND r.block_index = o.block_index AND r.status = 'failed'
+       AND NOT r.observed_on_chain)) AS failed_works,
+  b.successful_harvests, b.total_staked, b.total_rewards,
   b.plant_requested_at, b.plant_completed_at, b.work_completed_at, b.harvest_completed_at,
   (SELECT count(*) FROM plantings p WHERE p.pooler_id = b.pooler_id
      AND p.block_index = b.block_index AND p.status = 'success' AND NOT EXISTS (
        SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
-       AND w.block_index = p.block_index)) AS unworked,
+       AND w.block_index = p.block_index) AND NOT EXISTS (
+       SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
+       AND h.block_index = p.block_index AND h.status = 'success')) AS unworked,
   (SELECT count(*) FROM harvests h WHERE h.pooler_id = b.pooler_id
      AND h.block_index = b.block_index AND h.error_code = 'PAIL_MISSING') AS gone,
   (SELECT count(*) FROM works w WHERE w.pooler_id = b.pooler_id
      AND w.block_index = b.block_index AND w.status = 'success' AND NOT EXISTS (
        SELECT 1 FROM harvests h WHERE h.farmer_id = w.farmer_id
        AND h.block_index = w.block_index
-       AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))) AS open_pails
+       AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))) AS open_pails,
+  (SELECT coalesce(max(w.zeros), 0) FROM works w WHERE w.pooler_id = b.pooler_id
+     AND w.block_index = b.block_index AND w.status = 'success') AS best_zeros
 FROM block_operations b WHERE (%(pooler)s::uuid IS NULL OR b.pooler_id = %(pooler)s::uuid)
 """
 
@@ -90,7 +102,8 @@ blocks AS (
     max(plant_completed_at) AS plant_completed_at,
     max(work_completed_at) AS work_completed_at,
     max(harvest_completed_at) AS harvest_completed_at,
-    sum(open_pails)::bigint AS open_pails
+    sum(open_pails)::bigint AS open_pails,
+    max(best_zeros)::integer AS best_zeros
   FROM per GROUP BY block_index
 )
 SELECT *, CASE
@@ -120,6 +133,7 @@ class BlockRow:
     work_completed_at: dt.datetime | None
     harvest_completed_at: dt.datetime | None
     open_pails: int
+    best_zeros: int
     status: str
 
     def counts(self) -> pool_pb2.CycleCounts:
@@ -257,6 +271,14 @@ class BlockStore:
             row = await cur.fetchone()
             return None if row is None or row[0] is None else int(row[0])
 
+    async def newest_block(self) -> int:
+        """The newest block the pool took part in (0 if none)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT coalesce(max(block_index), 0) FROM block_operations")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
     async def pool_figures(self) -> dict[str, int]:
         """Registry counts, balances, payouts and compensations, pool-wide, now."""
         farmer_counts = ", ".join(
@@ -337,6 +359,7 @@ def _summary(row: BlockRow, pooler_id: UUID | None) -> pool_pb2.BlockSummary:
         plant_completed_at=_ts(row.plant_completed_at),
         work_completed_at=_ts(row.work_completed_at),
         harvest_completed_at=_ts(row.harvest_completed_at),
+        best_zeros=row.best_zeros,
     )
 
 
@@ -441,7 +464,13 @@ class BlockReports:
     async def pool_stats(
         self, request: pool_pb2.GetPoolStatsRequest
     ) -> pool_pb2.GetPoolStatsResponse:
-        current = await self.view.current_index()
+        try:
+            chain: CurrentBlock | None = (await self.view.plantable()).current
+        except Unavailable:  # the figures stand without the chain; its fields stay unset
+            chain = None
+        # Without the chain, the newest block the pool took part in counts as current
+        # (its idle pails are not counted as failed works before it is known to be over).
+        current = chain.index if chain is not None else await self.blocks.newest_block()
         low = await self.blocks.last_blocks(None, request.last_blocks)
         rows = [
             r
@@ -450,8 +479,11 @@ class BlockReports:
         ]
         counts, staked, rewards = _total(rows)
         f = await self.blocks.pool_figures()
+        opened, due = convert.block_times(chain) if chain is not None else (None, None)
         return pool_pb2.GetPoolStatsResponse(
-            current_block_index=current,
+            current_block_index=chain.index if chain is not None else 0,
+            current_block_opened_at=opened,
+            next_block_due_at=due,
             poolers_total=f["poolers_total"],
             poolers_active=f["poolers_active"],
             farmers_pending_funding=f["pending_funding"],
@@ -483,6 +515,7 @@ class BlockReports:
         ]
         counts, _, rewards = _total(rows)
         owed, due = await self.blocks.pooler_compensations(pooler_id)
+        beat = await self.store.heartbeat(pooler_id)
         return pool_pb2.GetPoolerStatsResponse(
             pooler=convert.pooler_pb(pooler),
             blocks=len(rows),
@@ -491,6 +524,10 @@ class BlockReports:
             compensations_owed_stroops=owed,
             compensations_due_stroops=due,
             stream_connected=self.feeds.connected(pooler_id),
+            last_heartbeat_at=_ts(beat.last_heartbeat_at) if beat else None,
+            capacity=(beat.heartbeat_capacity or 0) if beat else 0,
+            hashes_per_second=(beat.heartbeat_hashes_per_second or 0) if beat else 0,
+            agent_version=(beat.heartbeat_agent_version or "") if beat else "",
             as_of=_now(),
         )
 

@@ -2,11 +2,14 @@
 outcome is certain.
 
 A block is settled when it is over (below the farm's current block: no work can land
-any more) and every worked pail of it, pool-wide, has a successful harvest or is gone.
-Only then is the block's average reward final, and each owed amount is computed from it:
+any more), every worked pail of it, pool-wide, has a successful harvest or is gone, and
+every planted pail's work is known (a success, a row observed on chain by the harvest
+loop, or a harvest by anyone; pails past their lifetime excepted). Only then is the
+block's average reward final, and each owed amount is computed from it:
 
-- work failure, owed by the **pooler**: a planted pail with no successful work, when no
-  work was reported at all or the last failure was the pooler's. Amount: the pail's
+- work failure, owed by the **pooler**: a planted pail with no successful work and never
+  harvested (a harvested pail was worked on chain), when no work was reported at all or
+  the last failure (reported, or observed on chain) was the pooler's. Amount: the pail's
   stake (burned; without work it is never minted back) + the block's average reward.
 - plant failure, owed by the **pool**: a farmer with no successful plant whose last
   failed attempt was the pool's fault. Amount: the block's average reward.
@@ -28,6 +31,9 @@ from kalepool.db.reads import Pool
 log = logging.getLogger("pool_service.compensation")
 
 # Blocks over (below %(current)s) whose worked pails all settled, with their mean reward.
+# A planted pail's work is settled once it succeeded, was observed on chain, or the pail
+# was harvested (by anyone); a pail planted at or before %(oldest_ledger)s is past its
+# lifetime and nothing more can be learnt of it.
 _SETTLED = """
 WITH settled AS (
   SELECT DISTINCT b.block_index FROM block_operations b
@@ -36,6 +42,13 @@ WITH settled AS (
     AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = w.farmer_id
       AND h.block_index = w.block_index
       AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING')))
+  AND NOT EXISTS (
+    SELECT 1 FROM plantings p WHERE p.block_index = b.block_index AND p.status = 'success'
+    AND p.ledger > %(oldest_ledger)s
+    AND NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
+      AND w.block_index = p.block_index AND (w.status = 'success' OR w.observed_on_chain))
+    AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
+      AND h.block_index = p.block_index AND h.status = 'success'))
 ), mean AS (
   SELECT s.block_index, coalesce((SELECT round(avg(h.reward_amount)) FROM harvests h
     WHERE h.block_index = s.block_index AND h.status = 'success'), 0)::bigint AS reward
@@ -51,15 +64,19 @@ INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensatio
 SELECT p.pooler_id, p.farmer_id, p.block_index, 'work_failure', 'pooler',
   p.stake_amount + m.reward,
   CASE WHEN last.id IS NULL THEN 'no work was reported for the planted pail before the block closed'
+       WHEN last.observed_on_chain THEN last.error_message
        ELSE 'the pooler''s work failed: ' || last.error_message END,
   p.id, last.id
 FROM plantings p JOIN mean m ON m.block_index = p.block_index
-LEFT JOIN LATERAL (SELECT w.id, w.fault, w.error_message FROM works w
+LEFT JOIN LATERAL (SELECT w.id, w.fault, w.error_message, w.observed_on_chain FROM works w
   WHERE w.farmer_id = p.farmer_id AND w.block_index = p.block_index
   ORDER BY w.id DESC LIMIT 1) last ON true
 WHERE p.status = 'success'
   AND NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
     AND w.block_index = p.block_index AND w.status = 'success')
+  -- a pail harvested (by anyone) was worked on chain: nobody owes anything for it
+  AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
+    AND h.block_index = p.block_index AND h.status = 'success')
   AND (last.id IS NULL OR last.fault = 'pooler')
   AND p.stake_amount + m.reward > 0
 ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
@@ -111,12 +128,14 @@ class Compensations:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    async def settle(self, current_block: int) -> int:
-        """Write what settled blocks below `current_block` owe; how many rows were new."""
+    async def settle(self, current_block: int, oldest_ledger: int) -> int:
+        """Write what settled blocks below `current_block` owe (pails planted at or before
+        `oldest_ledger` are past their lifetime); how many rows were new."""
         written = 0
+        params = {"current": current_block, "oldest_ledger": oldest_ledger}
         async with self.pool.connection() as conn, conn.transaction():
             for sql in (_WORK_FAILURES, _PLANT_FAILURES, _HARVEST_FAILURES):
-                cur = await conn.execute(sql, {"current": current_block})
+                cur = await conn.execute(sql, params)
                 written += max(cur.rowcount, 0)
         if written:
             log.info("recorded %d compensation(s) of blocks below %d", written, current_block)

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kalepool.chain import CurrentBlock
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 from pool_service.store import FarmerRow, LedgerRow, PlantingRow, PoolerRow, WorkRow
 
@@ -24,14 +25,17 @@ EVENT_STATUS = {
     "failed": records_pb2.EVENT_STATUS_FAILED,
 }
 
-# The ledger's kinds as the API names them. The database keeps a harvest as one entry
-# (reward + stake) and has no deposit kind; a positive adjustment is shown as a deposit.
+# The ledger's kinds as the API names them, each by its own kind. The database keeps a
+# harvest as one entry (reward + stake), shown as REWARD.
 LEDGER_KIND = {
     "harvest": records_pb2.LEDGER_ENTRY_KIND_REWARD,
     "stake": records_pb2.LEDGER_ENTRY_KIND_STAKE,
     "payout": records_pb2.LEDGER_ENTRY_KIND_PAYOUT,
-    "payout_reversal": records_pb2.LEDGER_ENTRY_KIND_PAYOUT,
+    "payout_reversal": records_pb2.LEDGER_ENTRY_KIND_PAYOUT_REVERSAL,
     "compensation": records_pb2.LEDGER_ENTRY_KIND_COMPENSATION,
+    "fee": records_pb2.LEDGER_ENTRY_KIND_FEE,
+    "adjustment": records_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
+    "deposit": records_pb2.LEDGER_ENTRY_KIND_DEPOSIT,
 }
 
 
@@ -41,6 +45,18 @@ def timestamp(when: dt.datetime | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromDatetime(when)
     return stamp
+
+
+def epoch(seconds: int) -> Timestamp:
+    """A chain time (Unix seconds) as a Timestamp."""
+    stamp = Timestamp()
+    stamp.FromSeconds(seconds)
+    return stamp
+
+
+def block_times(current: CurrentBlock) -> tuple[Timestamp, Timestamp]:
+    """(when the current block opened, when the next one may open) of the farm."""
+    return epoch(current.timestamp), epoch(current.next_block_at)
 
 
 def failure_code_name(code: common_pb2.FailureCode.ValueType) -> str:
@@ -173,17 +189,15 @@ def work_pb(row: WorkRow) -> records_pb2.WorkEvent:
         transaction=_tx(row.tx_hash, row.status, row.ledger),
         failure=_failure(row.status, row.fault, row.error_code, row.error_message),
         recorded_at=timestamp(row.created_at),
+        observed_on_chain=row.observed_on_chain,
     )
 
 
 def ledger_pb(row: LedgerRow) -> records_pb2.LedgerEntry:
-    kind = LEDGER_KIND.get(row.kind, records_pb2.LEDGER_ENTRY_KIND_UNSPECIFIED)
-    if row.kind == "adjustment" and row.amount > 0:
-        kind = records_pb2.LEDGER_ENTRY_KIND_DEPOSIT
     return records_pb2.LedgerEntry(
         entry_id=str(row.id),
         farmer_id=str(row.farmer_id),
-        kind=kind,
+        kind=LEDGER_KIND.get(row.kind, records_pb2.LEDGER_ENTRY_KIND_UNSPECIFIED),
         amount_stroops=row.amount,
         balance_after_stroops=row.balance_after,
         block_index=row.block_index or 0,

@@ -5,7 +5,17 @@ returned; the ledger credit (reward + stake) follows from the `harvests` row by 
 
 A harvest refused before anything was signed (not ready yet, the chain unreachable) is
 not recorded and is tried again; one that failed on chain is recorded once per
-transaction; a pail that is gone (`PAIL_MISSING`) is recorded and not tried again.
+transaction. A pail that is gone (`PAIL_MISSING`) may have been harvested by someone
+else (anyone may call harvest): it is recorded gone only once the chain follower
+(`pool_service.deposits`) has read the chain past the moment it was found missing and
+recorded no harvest of it; then it is not tried again.
+
+Before harvesting, each pass also asks the chain about planted pails of finished blocks
+whose work the books do not know (no successful work row, none observed on chain, no
+harvest): the pooler's report never came, or it reported a failure. The pail's state
+is the answer, recorded once as a `works` row with `observed_on_chain`: worked (zeros
+and gap from the pail; harvested like any other), not worked (`WORK_MISSING`, the
+pooler's fault), or gone without a harvest (`PAIL_MISSING`, the pooler's fault).
 """
 
 from __future__ import annotations
@@ -17,13 +27,16 @@ from uuid import UUID
 
 import grpc
 
-from kalepool.grpc_server import FailedPrecondition
+from kalepool.chain import ChainError, read_pails
+from kalepool.chain import Pail as ChainPail
+from kalepool.grpc_server import FailedPrecondition, Unavailable
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
 from pool_service.chain_view import ChainView
 from pool_service.compensation import Compensations
-from pool_service.store import HarvestRow, HarvestStore, Pail, PoolerRow
+from pool_service.loops import every
+from pool_service.store import HarvestRow, HarvestStore, NewWork, Pail, PoolerRow, Unreported
 from pool_service.wallet import WalletClient
 
 log = logging.getLogger("pool_service")
@@ -56,6 +69,12 @@ def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
         else None,
         recorded_at=convert.timestamp(row.created_at),
     )
+
+
+# Temporary entries (blocks, pails) live at least the network's minimum temporary TTL,
+# about a day: a pail planted longer ago is gone whatever happened to it.
+PAIL_LIFETIME_LEDGERS = 17_280
+PAIL_LIFETIME_SECONDS = 86_400
 
 
 @dataclass
@@ -121,6 +140,9 @@ class Harvester:
                 None,
                 None,
             )
+        elif code == common_pb2.FAILURE_CODE_PAIL_MISSING and not await self._follower_past():
+            # Harvested by someone else, perhaps: wait until the follower could know.
+            done.pending.append(pail)
         elif code == common_pb2.FAILURE_CODE_PAIL_MISSING or out.status in (
             common_pb2.TX_STATUS_FAILED,
             common_pb2.TX_STATUS_EXPIRED,
@@ -141,10 +163,71 @@ class Harvester:
         else:  # pending, not ready yet, or refused before signing: try again later
             done.pending.append(pail)
 
-    async def _settle(self, current: int) -> None:
+    async def _settle(self, current: int, latest_ledger: int) -> None:
         """Compensations become certain once a block's pails are settled (after a pass)."""
         if self.compensations is not None:
-            await self.compensations.settle(current)
+            await self.compensations.settle(current, latest_ledger - PAIL_LIFETIME_LEDGERS)
+
+    async def _latest_ledger(self) -> int:
+        try:
+            return (await self.view.chain.latest_ledger()).sequence
+        except ChainError as exc:
+            raise Unavailable(f"the chain cannot be read: {exc}") from None
+
+    async def _follower_past(self) -> bool:
+        """Whether the chain follower has read past the latest ledger now, so that any
+        harvest made until now (by anyone) is in the books."""
+        try:
+            seen = (await self.view.chain.latest_ledger()).sequence
+        except ChainError:
+            return False
+        read = await self.store.follower_ledger()
+        return read is not None and read >= seen
+
+    async def observe(
+        self,
+        current: int,
+        latest_ledger: int,
+        pooler_id: UUID | None = None,
+        block_index: int | None = None,
+    ) -> int:
+        """Record what the chain shows of planted pails of finished blocks whose work the
+        books do not know (see the module's docstring); how many were recorded."""
+        from_block = current - PAIL_LIFETIME_SECONDS // self.view.block_seconds - 1
+        todo = await self.store.unreported(
+            current,
+            max(from_block, 0),
+            latest_ledger - PAIL_LIFETIME_LEDGERS,
+            pooler_id,
+            block_index,
+            limit=self.settings.max_harvest_batch_size,
+        )
+        if not todo:
+            return 0
+        try:
+            pails = await read_pails(
+                self.view.chain, [(u.custodial_public_key, u.block_index) for u in todo]
+            )
+        except ChainError as exc:
+            log.warning("unreported pails not read (%s): read again next pass", exc)
+            return 0
+        follower_knows = await self._follower_past()
+        recorded = 0
+        for u in todo:
+            work = _observed(u, pails[(u.custodial_public_key, u.block_index)], follower_knows)
+            if work is None:
+                continue
+            row = await self.store.record_observed(u, work)
+            if row is not None:
+                recorded += 1
+                log.info(
+                    "work of farmer=%s block=%d observed on chain: %s%s",
+                    u.farmer_id,
+                    u.block_index,
+                    row.status,
+                    f" ({row.error_code})" if row.error_code else "",
+                )
+        return recorded
 
     async def request(
         self, pooler: PoolerRow, block_index: int, farmer_ids: list[UUID]
@@ -154,9 +237,11 @@ class Harvester:
             raise FailedPrecondition(
                 f"block {block_index} is not over: the farm's current block is {current}"
             )
+        latest = await self._latest_ledger()
+        await self.observe(current, latest, pooler.id, block_index)
         pails = await self.store.pails(current, pooler.id, block_index, farmer_ids)
         done = await self.harvest(pails)
-        await self._settle(current)
+        await self._settle(current, latest)
         rows = await self.store.harvests(pooler.id, block_index, farmer_ids)
         harvested = [r for r in rows if r.status == "success"]
         settled = {r.farmer_id for r in harvested}
@@ -180,17 +265,69 @@ class Harvester:
             total_reward_stroops=sum(r.reward_amount or 0 for r in harvested),
         )
 
+    async def run_once(self) -> None:
+        """One pass: look at unreported pails, harvest every finished block's worked
+        pails, then settle blocks."""
+        current = await self.view.current_index()
+        latest = await self._latest_ledger()
+        await self.observe(current, latest)
+        pails = await self.store.pails(current, limit=self.settings.max_harvest_batch_size)
+        if pails:
+            await self.harvest(pails)
+        await self._settle(current, latest)
+
     async def run(self, interval: float) -> None:
         """Harvest every finished block's worked pails, forever, every `interval` s."""
-        while True:
-            try:
-                current = await self.view.current_index()
-                pails = await self.store.pails(current, limit=self.settings.max_harvest_batch_size)
-                if pails:
-                    await self.harvest(pails)
-                await self._settle(current)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must outlive a bad pass; the next one retries
-                log.exception("harvest pass failed")
-            await asyncio.sleep(interval)
+        await every(interval, self.run_once, "harvest")
+
+
+def _observed(u: Unreported, pail: ChainPail | None, follower_knows: bool) -> NewWork | None:
+    """The works row the pail's state proves; None while it proves nothing yet."""
+    where = f"the pail of block {u.block_index}"
+    if pail is None:
+        if not follower_knows:
+            return None  # a harvest by someone else may not be in the books yet
+        return NewWork(
+            u.farmer_id,
+            "failed",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            "pooler",
+            convert.failure_code_name(common_pb2.FAILURE_CODE_PAIL_MISSING),
+            f"no work was reported, and {where} was gone from the chain, never harvested,"
+            " when the pool looked",
+            observed_on_chain=True,
+        )
+    if pail.worked:
+        return NewWork(
+            u.farmer_id,
+            "success",
+            None,
+            None,
+            pail.zeros,
+            pail.gap,
+            None,
+            None,
+            "none",
+            None,
+            None,
+            observed_on_chain=True,
+        )
+    return NewWork(
+        u.farmer_id,
+        "failed",
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        "pooler",
+        convert.failure_code_name(common_pb2.FAILURE_CODE_WORK_MISSING),
+        f"the chain shows {where} never worked (no successful work was reported)",
+        observed_on_chain=True,
+    )

@@ -333,7 +333,8 @@ class Payouts:
         return settled
 
     async def reconcile(self) -> int:
-        """Drive every pending payout once (at start-up); how many settled."""
+        """Drive every pending payout once (one pass of the server's payout loop); how
+        many settled."""
         settled = 0
         for payout in await self.payouts.pending():
             farmer = await self.store.farmer(payout.farmer_id)

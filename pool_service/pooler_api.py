@@ -7,17 +7,24 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
-from kalepool.grpc_server import NotFound
+from kalepool.grpc_server import InvalidArgument, NotFound
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc
+from pool_service import convert
 from pool_service.auth import Authenticator
 from pool_service.chain_view import ChainView
 from pool_service.feed import AssignmentFeed
 from pool_service.harvesting import Harvester
 from pool_service.planting import Planter
+from pool_service.store import Heartbeat
 from pool_service.work import WorkReports
 
 HEARTBEAT_SECONDS = 30
+# At most one heartbeat of a pooler is written this often; the rest are only answered.
+HEARTBEAT_WRITE_SECONDS = 5.0
+MAX_AGENT_VERSION = 64
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
@@ -86,11 +93,40 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
         self, request: pooler_pb2.HeartbeatRequest, context: Any
     ) -> pooler_pb2.HeartbeatResponse:
         pooler = await self.auth.pooler(context)
+        await self.works.store.record_heartbeat(
+            pooler.id, check_heartbeat(request), HEARTBEAT_WRITE_SECONDS
+        )
+        current = (await self.view.plantable()).current
+        opened, due = convert.block_times(current)
         response = pooler_pb2.HeartbeatResponse(
-            current_block_index=await self.view.current_index(),
+            current_block_index=current.index,
             interval_seconds=HEARTBEAT_SECONDS,
             status=common_pb2.POOLER_STATUS_ACTIVE,
             active_farmers=pooler.current_farmers,
+            current_block_opened_at=opened,
+            next_block_due_at=due,
         )
         response.server_time.FromDatetime(dt.datetime.now(dt.UTC))
         return response
+
+
+def check_heartbeat(request: pooler_pb2.HeartbeatRequest) -> Heartbeat:
+    """The heartbeat's figures, refused when a column cannot hold them."""
+    version = request.agent_version.strip()
+    if len(version) > MAX_AGENT_VERSION or not version.isprintable():
+        raise InvalidArgument(
+            f"agent_version must be at most {MAX_AGENT_VERSION} printable characters"
+        )
+    for name in ("capacity", "threads", "mining_farmers"):
+        if getattr(request, name) > INT32_MAX:
+            raise InvalidArgument(f"{name} must be at most {INT32_MAX}")
+    if request.hashes_per_second > INT64_MAX:
+        raise InvalidArgument(f"hashes_per_second must be at most {INT64_MAX}")
+    return Heartbeat(
+        capacity=request.capacity,
+        hashes_per_second=request.hashes_per_second,
+        threads=request.threads,
+        mining_farmers=request.mining_farmers,
+        agent_version=version,
+        block_index=request.observed_block_index,
+    )

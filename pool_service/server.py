@@ -25,8 +25,10 @@ from pool_service.auth import Authenticator, RateLimiter
 from pool_service.blocks import BlockReports, BlockStore
 from pool_service.chain_view import ChainView
 from pool_service.compensation import Compensations
+from pool_service.deposits import ChainFollower
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
+from pool_service.loops import every
 from pool_service.payouts import Payouts, PayoutStore
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
@@ -52,8 +54,12 @@ class PoolServer:
     feeds: Feeds
     pool: Pool
     harvest_loop: asyncio.Task[None] | None
-    # Pending payouts driven once at start-up (a restart mid-payout settles them).
-    reconciled: asyncio.Task[int]
+    # Pending payouts driven at start-up (a restart mid-payout settles them) and then
+    # every `payout_settle_interval_seconds` (one left unreachable settles by itself).
+    payout_loop: asyncio.Task[None]
+    # The chain follower (pool_service.deposits): deposits credited, harvests by anyone
+    # recorded, every `deposit_poll_interval_seconds`.
+    deposit_loop: asyncio.Task[None]
     _stack: AsyncExitStack
     # Unsettled plant requests driven at start-up and then periodically.
     plants: PlantReconciler | None = None
@@ -66,7 +72,7 @@ class PoolServer:
         """Stop harvesting and serving, then release the wallet channel and the database."""
         if self.plants is not None:
             await self.plants.stop()
-        for task in (self.harvest_loop, self.reconciled):
+        for task in (self.harvest_loop, self.payout_loop, self.deposit_loop):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -117,7 +123,9 @@ async def start_pool_server(
     registry = PoolRegistry(
         store, wallet, settings, BlockReports(store, BlockStore(pool), view, feeds), payouts
     )
-    harvester = Harvester(HarvestStore(pool), wallet, view, settings, Compensations(pool))
+    harvests = HarvestStore(pool)
+    harvester = Harvester(harvests, wallet, view, settings, Compensations(pool))
+    follower = ChainFollower(pool, chain, harvests)
     planter = Planter(store, wallet, view, settings, feeds.notify)
     pooler_api = PoolerApi(
         Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),
@@ -149,11 +157,20 @@ async def start_pool_server(
     loop = None
     if harvest_interval_seconds is not None:
         loop = asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
-    reconciled = asyncio.create_task(payouts.reconcile(), name="pool-payouts-reconcile")
+    payout_loop = asyncio.create_task(
+        every(settings.payout_settle_interval_seconds, payouts.reconcile, "payout settlement"),
+        name="pool-payouts",
+    )
+    deposit_loop = asyncio.create_task(
+        every(settings.deposit_poll_interval_seconds, follower.run_once, "chain follower"),
+        name="pool-deposits",
+    )
     plants = PlantReconciler(store, planter)
     plants.start(settings.plant_reconcile_interval_seconds)
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, loop, reconciled, stack, plants)
+    return PoolServer(
+        built, registry, pooler_api, feeds, pool, loop, payout_loop, deposit_loop, stack, plants
+    )
 
 
 async def start_pool_for(

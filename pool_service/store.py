@@ -96,6 +96,8 @@ class WorkRow:
     error_code: str | None
     error_message: str | None
     created_at: dt.datetime
+    # Recorded from the pail's worked state, not from a report (nonce, hash, tx unknown).
+    observed_on_chain: bool
 
 
 @dataclass
@@ -148,6 +150,32 @@ class NewWork:
     fault: str
     error_code: str | None
     error_message: str | None
+    observed_on_chain: bool = False  # from the pail's state, not from a report
+
+
+@dataclass
+class Heartbeat:
+    """The figures of a pooler's heartbeat, as stored (`poolers.heartbeat_*`)."""
+
+    capacity: int
+    hashes_per_second: int
+    threads: int
+    mining_farmers: int
+    agent_version: str
+    block_index: int
+
+
+@dataclass
+class HeartbeatRow:
+    """A pooler's last stored heartbeat (all None before the first)."""
+
+    last_heartbeat_at: dt.datetime | None
+    heartbeat_capacity: int | None
+    heartbeat_hashes_per_second: int | None
+    heartbeat_threads: int | None
+    heartbeat_mining_farmers: int | None
+    heartbeat_agent_version: str | None
+    heartbeat_block_index: int | None
 
 
 POOLER_COLUMNS = (
@@ -167,7 +195,8 @@ PLANT_REQUEST_COLUMNS = (
 )
 WORK_COLUMNS = (
     "id, block_index, farmer_id, pooler_id, custodial_public_key, nonce, hash, zeros, gap,"
-    " tx_hash, ledger, status::text, fault::text, error_code, error_message, created_at"
+    " tx_hash, ledger, status::text, fault::text, error_code, error_message, created_at,"
+    " observed_on_chain"
 )
 
 # Farmer statuses of the API as conditions on (status, is_funded).
@@ -181,6 +210,16 @@ FARMER_STATUS_SQL = {
 
 def _feed_lock_key(pooler_id: UUID) -> str:
     return f"kalepool.feed:{pooler_id}"
+
+
+def works_lock_key(pooler_id: UUID, block_index: int) -> str:
+    """The advisory lock under which a (pooler, block)'s works are decided and written."""
+    return f"kalepool.works:{pooler_id}:{block_index}"
+
+
+# The chain follower's row in chain_cursors (pool_service.deposits): how far the KALE
+# asset's events have been read, so also how far harvests made by anyone are recorded.
+FOLLOWER_CURSOR = "kale-events"
 
 
 class Store:
@@ -405,9 +444,10 @@ class Store:
             " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
             "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
             "  coalesce(p.block_index, h.block_index, c.block_index) AS block_index,"
-            "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash, po.tx_hash) AS tx_hash,"
+            "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash, po.tx_hash, d.tx_hash) AS tx_hash,"
             "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
-            "           l.transaction_id::text, l.payout_id::text) AS source_id,"
+            "           l.transaction_id::text, l.payout_id::text, l.deposit_id::text)"
+            "   AS source_id,"
             "  l.created_at"
             " FROM balance_ledger l"
             " LEFT JOIN plantings p ON p.id = l.planting_id"
@@ -415,6 +455,7 @@ class Store:
             " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
             " LEFT JOIN transactions t ON t.id = l.transaction_id"
             " LEFT JOIN payouts po ON po.id = l.payout_id"
+            " LEFT JOIN deposits d ON d.id = l.deposit_id"
             " WHERE l.farmer_id = %s) entries"
             " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
             (farmer_id, before_id, before_id, limit),
@@ -658,7 +699,7 @@ class Store:
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (f"kalepool.works:{pooler_id}:{block_index}",),
+                (works_lock_key(pooler_id, block_index),),
             )
             cur = conn.cursor(row_factory=class_row(WorkRow))
             await cur.execute(
@@ -672,8 +713,9 @@ class Store:
                 await cur.execute(
                     "INSERT INTO works (block_index, farmer_id, pooler_id, nonce, hash, zeros,"
                     " gap, transaction_id, tx_hash, ledger, status, fault, error_code,"
-                    " error_message) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s)"
+                    " error_message, observed_on_chain) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s,"
+                    " %s)"
                     f" RETURNING {WORK_COLUMNS}",
                     (
                         block_index,
@@ -690,6 +732,7 @@ class Store:
                         w.fault,
                         w.error_code,
                         w.error_message,
+                        w.observed_on_chain,
                     ),
                 )
                 row = await cur.fetchone()
@@ -709,6 +752,44 @@ class Store:
             f"SELECT {WORK_COLUMNS} FROM works WHERE pooler_id = %s AND block_index = %s"
             " ORDER BY id",
             (pooler_id, block_index),
+        )
+
+    # --- heartbeats -------------------------------------------------------------------------
+
+    async def record_heartbeat(self, pooler_id: UUID, beat: Heartbeat, min_seconds: float) -> bool:
+        """Store a heartbeat's figures and time; whether it was written.
+
+        Skipped within `min_seconds` of the last one stored (the database's clock decides,
+        so several machines or replicas of one pooler cost one write every few seconds).
+        """
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE poolers SET last_heartbeat_at = now(), heartbeat_capacity = %s,"
+                " heartbeat_hashes_per_second = %s, heartbeat_threads = %s,"
+                " heartbeat_mining_farmers = %s, heartbeat_agent_version = %s,"
+                " heartbeat_block_index = %s WHERE id = %s AND (last_heartbeat_at IS NULL"
+                " OR last_heartbeat_at <= now() - make_interval(secs => %s))",
+                (
+                    beat.capacity,
+                    beat.hashes_per_second,
+                    beat.threads,
+                    beat.mining_farmers,
+                    beat.agent_version,
+                    beat.block_index,
+                    pooler_id,
+                    min_seconds,
+                ),
+            )
+            return cur.rowcount > 0
+
+    async def heartbeat(self, pooler_id: UUID) -> HeartbeatRow | None:
+        return await fetch_one(
+            self.pool,
+            HeartbeatRow,
+            "SELECT last_heartbeat_at, heartbeat_capacity, heartbeat_hashes_per_second,"
+            " heartbeat_threads, heartbeat_mining_farmers, heartbeat_agent_version,"
+            " heartbeat_block_index FROM poolers WHERE id = %s",
+            (pooler_id,),
         )
 
 
@@ -739,6 +820,18 @@ class Pail:
     block_index: int
     custodial_public_key: str
     stake_amount: int
+
+
+@dataclass
+class Unreported:
+    """A successful planting of a finished block whose work the chain has not been
+    asked about: no successful work row, none observed on chain, no successful harvest."""
+
+    farmer_id: UUID
+    pooler_id: UUID
+    block_index: int
+    custodial_public_key: str
+    ledger: int
 
 
 HARVEST_COLUMNS = (
@@ -787,6 +880,82 @@ class HarvestStore:
             " ORDER BY w.block_index, w.id LIMIT %s",
             params,
         )
+
+    async def unreported(
+        self,
+        below_block: int,
+        from_block: int,
+        after_ledger: int,
+        pooler_id: UUID | None = None,
+        block_index: int | None = None,
+        limit: int = 200,
+    ) -> list[Unreported]:
+        """Successful plantings of blocks in [from_block, below_block) planted after
+        `after_ledger` (pails still alive) whose work is not settled in the books."""
+        return await fetch_all(
+            self.pool,
+            Unreported,
+            "SELECT p.farmer_id, p.pooler_id, p.block_index, p.custodial_public_key, p.ledger"
+            " FROM plantings p WHERE p.status = 'success' AND p.block_index < %(below)s"
+            " AND p.block_index >= %(from)s AND p.ledger > %(after)s"
+            " AND (%(pooler)s::uuid IS NULL OR p.pooler_id = %(pooler)s::uuid)"
+            " AND (%(block)s::bigint IS NULL OR p.block_index = %(block)s::bigint)"
+            " AND NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id"
+            "  AND w.block_index = p.block_index AND (w.status = 'success' OR w.observed_on_chain))"
+            " AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id"
+            "  AND h.block_index = p.block_index AND h.status = 'success')"
+            " ORDER BY p.block_index, p.id LIMIT %(limit)s",
+            {
+                "below": below_block,
+                "from": from_block,
+                "after": after_ledger,
+                "pooler": pooler_id,
+                "block": block_index,
+                "limit": limit,
+            },
+        )
+
+    async def record_observed(self, pail: Unreported, work: NewWork) -> WorkRow | None:
+        """Record what the chain shows of an unreported pail's work (observed_on_chain);
+        None when its work got settled meanwhile (a report, another replica, a harvest)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (works_lock_key(pail.pooler_id, pail.block_index),),
+            )
+            cur = conn.cursor(row_factory=class_row(WorkRow))
+            await cur.execute(
+                "INSERT INTO works (block_index, farmer_id, pooler_id, zeros, gap, status,"
+                " fault, error_code, error_message, observed_on_chain)"
+                " SELECT %(block)s, %(farmer)s, %(pooler)s, %(zeros)s, %(gap)s, %(status)s,"
+                " %(fault)s, %(code)s, %(message)s, true"
+                " WHERE NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = %(farmer)s"
+                "  AND w.block_index = %(block)s AND (w.status = 'success' OR w.observed_on_chain))"
+                " AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = %(farmer)s"
+                "  AND h.block_index = %(block)s AND h.status = 'success')"
+                f" RETURNING {WORK_COLUMNS}",
+                {
+                    "block": pail.block_index,
+                    "farmer": pail.farmer_id,
+                    "pooler": pail.pooler_id,
+                    "zeros": work.zeros,
+                    "gap": work.gap,
+                    "status": work.status,
+                    "fault": work.fault,
+                    "code": work.error_code,
+                    "message": work.error_message,
+                },
+            )
+            return await cur.fetchone()
+
+    async def follower_ledger(self) -> int | None:
+        """The last ledger the chain follower has read through (None before it started)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT ledger FROM chain_cursors WHERE name = %s", (FOLLOWER_CURSOR,)
+            )
+            row = await cur.fetchone()
+            return None if row is None else int(row[0])
 
     async def harvests(
         self, pooler_id: UUID, block_index: int, farmer_ids: list[UUID] | None

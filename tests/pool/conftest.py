@@ -62,7 +62,8 @@ class PoolStage:
         feed_poll_seconds: float = 0.2,
         **settings: Any,
     ) -> PoolServer:
-        """Start (or restart) the pool server with these settings over the same state."""
+        """Start (or restart) the pool server with these settings over the same state.
+        The chain follower polls every 0.1 s unless the settings say otherwise."""
         if self.server is not None:
             await self.server.stop(0)
         self.server = await self._server(harvest_interval, feed_poll_seconds, **settings)
@@ -77,6 +78,7 @@ class PoolStage:
     async def _server(
         self, harvest_interval: float | None, feed_poll_seconds: float, **settings: Any
     ) -> PoolServer:
+        settings.setdefault("deposit_poll_interval_seconds", 0.1)
         return await start_pool_server(
             address="127.0.0.1:0",
             conninfo=self.conninfo,
@@ -130,8 +132,10 @@ class PoolStage:
         ledger_kale: int | None = None,
         payout_address: str | None = None,
     ) -> pool_pb2.Farmer:
-        """A farmer registered, funded with XLM, confirmed (trustline added); `kale` minted
-        on chain and `ledger_kale` (default: the same) credited in the pool's ledger."""
+        """A farmer registered, funded with XLM, confirmed (trustline added), and `kale`
+        minted on chain by the friendbot and credited by the pool's chain follower (a
+        deposit; this waits for it). `ledger_kale` is credited on top by an operator's
+        adjustment, for tests where the books deliberately differ from the chain."""
         from stellar_sdk import Keypair
 
         op = self.operator()
@@ -153,21 +157,32 @@ class PoolStage:
             pool_pb2.ConfirmFundingRequest(farmer_id=made.farmer.farmer_id)
         )
         assert confirmed.funded, confirmed
+        farmer_id = made.farmer.farmer_id
         if kale:
             await self.stage.friendbot(address, kale)
 
-            async def minted() -> bool:
-                state = await read_account(self.chain, address)
-                return state is not None and state.kale is not None and state.kale.balance >= kale
+            async def credited() -> bool:
+                return await self.deposited(farmer_id) >= kale
 
-            await until(minted)
-        credit = kale if ledger_kale is None else ledger_kale
-        if credit:
-            await self.credit(made.farmer.farmer_id, credit)
-        return confirmed.farmer
+            await until(credited, 30)
+        if ledger_kale:
+            await self.credit(farmer_id, ledger_kale)
+        return (await op.GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=farmer_id))).farmer
+
+    async def deposited(self, farmer_id: str) -> int:
+        """The KALE the pool credited to the farmer as deposits."""
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT coalesce(sum(amount), 0) FROM deposits WHERE farmer_id = %s",
+                (farmer_id,),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
 
     async def credit(self, farmer_id: str, stroops: int) -> None:
-        """Record a deposit in the pool's ledger (an operator's adjustment)."""
+        """Credit the farmer in the pool's ledger by an operator's adjustment (no KALE
+        moves on chain)."""
         async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
             await conn.execute(
                 "INSERT INTO balance_ledger (farmer_id, amount, kind, note)"
@@ -199,15 +214,20 @@ class PoolStage:
 
 
 @pytest.fixture
-async def pool(db_conninfo: str, pki: DevPki) -> AsyncIterator[PoolStage]:
-    async with pool_stage(db_conninfo, pki) as stage:
+async def pool(
+    db_conninfo: str, pki: DevPki, request: pytest.FixtureRequest
+) -> AsyncIterator[PoolStage]:
+    """The stage; devnet settings may be given by indirect parametrization."""
+    devnet: dict[str, Any] = getattr(request, "param", {})
+    async with pool_stage(db_conninfo, pki, **devnet) as stage:
         yield stage
 
 
 @contextlib.asynccontextmanager
-async def pool_stage(db_conninfo: str, pki: DevPki) -> AsyncIterator[PoolStage]:
-    """The stage on this database: devnet (hour-long blocks), wallet server, pool server."""
-    async with wallet_stage(db_conninfo, pki, block_seconds=BLOCK_SECONDS) as ws:
+async def pool_stage(db_conninfo: str, pki: DevPki, **devnet: Any) -> AsyncIterator[PoolStage]:
+    """The stage on this database: devnet (hour-long blocks, and these settings), wallet
+    server, pool server."""
+    async with wallet_stage(db_conninfo, pki, block_seconds=BLOCK_SECONDS, **devnet) as ws:
         with tempfile.TemporaryDirectory() as data_dir:
             ps = PoolStage(ws, pki, db_conninfo, Path(data_dir))
             await ps.start()

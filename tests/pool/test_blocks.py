@@ -25,6 +25,7 @@ class WorkedBlock:
     worked: pool_pb2.Farmer
     idle: pool_pb2.Farmer
     reward: int
+    zeros: int
 
 
 async def worked_block(pool: PoolStage) -> WorkedBlock:
@@ -72,7 +73,8 @@ async def worked_block(pool: PoolStage) -> WorkedBlock:
         pooler_pb2.RequestHarvestRequest(block_index=block), metadata=auth
     )
     assert [h.farmer_id for h in harvested.harvested] == [worked.farmer_id]
-    return WorkedBlock(pooler, auth, block, worked, idle, harvested.harvested[0].reward_stroops)
+    reward = harvested.harvested[0].reward_stroops
+    return WorkedBlock(pooler, auth, block, worked, idle, reward, zeros)
 
 
 async def test_blocks_and_stats_from_the_events(pool: PoolStage) -> None:
@@ -88,13 +90,21 @@ async def test_blocks_and_stats_from_the_events(pool: PoolStage) -> None:
         plants_succeeded=2, works_succeeded=1, works_failed=1, harvests_succeeded=1
     )
     assert len(s.entropy) == 32 and s.opened_at.seconds > 0
+    assert s.best_zeros == w.zeros > 0
     assert s.plant_requested_at.seconds > 0
     assert [p.pooler_id for p in got.poolers] == [w.pooler.pooler_id]
     assert got.poolers[0].counts == s.counts
     assert sorted(p.farmer_id for p in got.plantings) == sorted(
         [w.worked.farmer_id, w.idle.farmer_id]
     )
-    assert [x.farmer_id for x in got.works] == [w.worked.farmer_id]
+    # The reported work, and the idle pail as the harvest pass found it on chain.
+    assert [(x.farmer_id, x.status, x.observed_on_chain) for x in got.works] == [
+        (w.worked.farmer_id, records_pb2.EVENT_STATUS_SUCCEEDED, False),
+        (w.idle.farmer_id, records_pb2.EVENT_STATUS_FAILED, True),
+    ]
+    idle_work = got.works[1].failure
+    assert idle_work.code == common_pb2.FAILURE_CODE_WORK_MISSING
+    assert idle_work.fault == common_pb2.FAULT_PARTY_POOLER
     assert [(h.farmer_id, h.reward_stroops) for h in got.harvests] == [
         (w.worked.farmer_id, w.reward)
     ]
@@ -108,6 +118,7 @@ async def test_blocks_and_stats_from_the_events(pool: PoolStage) -> None:
     nxt = (await op.GetBlock(pool_pb2.GetBlockRequest(block_index=w.block + 1))).block
     assert nxt.status == pool_pb2.BLOCK_STATUS_ACTIVE
     assert nxt.counts == pool_pb2.CycleCounts(plants_succeeded=2)
+    assert nxt.best_zeros == 0
 
     # Newest first, paged; filtered by status and by pooler.
     first = await op.ListBlocks(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import psycopg
 import pytest
@@ -118,5 +120,101 @@ async def test_worked_pails_are_harvested_with_the_contracts_reward(pool: PoolSt
     assert second.farmer_id in {r[0] for r in await _harvest_rows(pool) if r[1] == "success"}
 
     # Derived state (balances, counters, block totals) agrees with the events.
+    with psycopg.connect(pool.conninfo) as conn:
+        assert check_consistency(conn) == []
+
+
+async def _open_next_block(pool: PoolStage, stub: Any, auth: Any, block: int) -> None:
+    """Advance the chain's clock and open block + 1 with the pooler's own plant."""
+    now = await current_block(pool.chain)
+    await pool.stage.advance(now.next_block_at - (await pool.chain.latest_ledger()).close_time)
+
+    async def due() -> bool:
+        current = await current_block(pool.chain)
+        return current.can_open_next((await pool.chain.latest_ledger()).close_time)
+
+    await until(due)
+    await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block + 1), metadata=auth)
+
+
+async def test_work_the_pooler_never_reported_is_observed_and_harvested(pool: PoolStage) -> None:
+    pooler, key = await pool.register_pooler()
+    auth = bearer(key)
+    silent, mistaken, idle = [
+        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE) for _ in range(3)
+    ]
+    stub = pool.pooler()
+    block = (await current_block(pool.chain)).index
+    await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block), metadata=auth)
+    snapshot = await stub.GetAssignments(pooler_pb2.GetAssignmentsRequest(), metadata=auth)
+    by_farmer = {a.farmer_id: a for a in snapshot.assignments}
+    fee_account = await pool.stage.account()
+    gaps = {}
+    for farmer in (silent, mistaken):
+        a = by_farmer[farmer.farmer_id]
+        nonce, digest, _ = mine(block, a.entropy, a.farmer_address, 1)
+        tx = await build_work(
+            pool.chain, a.farmer_address, digest, nonce, source=fee_account.public_key
+        )
+        outcome = await submit(pool.chain, sign(tx, fee_account))
+        assert outcome.ok, outcome.describe()
+        gaps[farmer.farmer_id] = outcome.value
+    # One work is never reported; the other is reported as failed although it landed.
+    failed = await stub.ReportWork(
+        pooler_pb2.ReportWorkRequest(
+            block_index=block,
+            results=[
+                pooler_pb2.WorkReport(
+                    farmer_id=mistaken.farmer_id,
+                    status=records_pb2.EVENT_STATUS_FAILED,
+                    failure=common_pb2.Failure(
+                        code=common_pb2.FAILURE_CODE_MINER_FAILED,
+                        fault=common_pb2.FAULT_PARTY_POOLER,
+                        message="the agent lost track of the submission",
+                    ),
+                )
+            ],
+        ),
+        metadata=auth,
+    )
+    assert failed.recorded == 1
+    await _open_next_block(pool, stub, auth, block)
+
+    # The loop asks the chain about the pails, records what it shows and harvests.
+    await pool.start(harvest_interval=0.1)
+
+    async def harvested() -> bool:
+        return len([r for r in await _harvest_rows(pool) if r[1] == "success"]) == 2
+
+    await until(harvested)
+    assert {r[0] for r in await _harvest_rows(pool)} == {silent.farmer_id, mistaken.farmer_id}
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as conn:
+        cur = await conn.execute(
+            "SELECT farmer_id::text, status::text, fault::text, error_code, zeros, gap, nonce,"
+            " tx_hash, observed_on_chain FROM works WHERE block_index = %s ORDER BY id",
+            (block,),
+        )
+        works = [tuple(r) for r in await cur.fetchall()]
+    chain_pails = {w[0]: w for w in works if w[8] and w[1] == "success"}
+    assert set(chain_pails) == {silent.farmer_id, mistaken.farmer_id}
+    for farmer_id, row in chain_pails.items():
+        assert row[2:4] == ("none", None) and row[6:8] == (None, None)
+        assert row[4] is not None and row[4] >= 1 and row[5] == gaps[farmer_id]
+    (idle_row,) = [w for w in works if w[0] == idle.farmer_id]
+    assert idle_row[1:4] == ("failed", "pooler", "WORK_MISSING") and idle_row[8]
+    assert len(works) == 4  # plus the reported failure, kept as it was
+
+    # Only the pail never worked is owed for, by the pooler; each is written once.
+    async def compensated() -> bool:
+        return await pool.count("pooler_compensations") > 0
+
+    await until(compensated)
+    listed = await pool.operator().ListCompensations(pool_pb2.ListCompensationsRequest())
+    assert [(c.farmer_id, c.owed_by) for c in listed.compensations] == [
+        (idle.farmer_id, common_pb2.FAULT_PARTY_POOLER)
+    ]
+    block_view = await pool.operator().GetBlock(pool_pb2.GetBlockRequest(block_index=block))
+    assert block_view.block.status == pool_pb2.BLOCK_STATUS_COMPLETED
+    assert block_view.block.counts.works_succeeded == 2
     with psycopg.connect(pool.conninfo) as conn:
         assert check_consistency(conn) == []

@@ -10,7 +10,9 @@ import psycopg
 
 from kalepool.chain import current_block, kale_balance, read_account
 from kalepool.db.consistency import check_consistency
-from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2
+from kalepool.tls import WALLET_SERVER
+from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2
+from wallet_service.server import start_wallet_server
 
 from .conftest import KALE, PoolStage, until
 from .test_pooler_auth import bearer, code_of
@@ -181,6 +183,52 @@ async def test_a_failed_transfer_is_reversed(pool: PoolStage) -> None:
     # Asked again: the same failed payout, reversed once.
     assert (await op.RequestPayout(ask)).payout == failed
     assert len(await _ledger(pool, farmer.farmer_id)) == 2
+    # The farmer's ledger shows the reversal as a reversal, not as another payout.
+    entries = await op.ListFarmerLedger(
+        pool_pb2.ListFarmerLedgerRequest(farmer_id=farmer.farmer_id)
+    )
+    assert [(e.kind, e.amount_stroops, e.source_id) for e in entries.entries[:2]] == [
+        (records_pb2.LEDGER_ENTRY_KIND_PAYOUT_REVERSAL, 5 * KALE, failed.payout_id),
+        (records_pb2.LEDGER_ENTRY_KIND_PAYOUT, -5 * KALE, failed.payout_id),
+    ]
+
+
+async def test_a_pending_payout_settles_by_itself(pool: PoolStage) -> None:
+    """A payout left pending because the wallet service was unreachable is sent by the
+    pool's periodic pass once the wallet is back: no request, no restart."""
+    await pool.start(payout_settle_interval_seconds=0.2)
+    pooler, _ = await pool.register_pooler()
+    dest = await pool.stage.account(trust=True)
+    farmer = await pool.funded_farmer(
+        pooler.pooler_id, kale=4 * KALE, payout_address=dest.public_key
+    )
+    op = pool.operator()
+    wallet_port = pool.wallet.server.port
+    await pool.wallet.server.stop(0)
+    asked = await op.RequestPayout(
+        pool_pb2.RequestPayoutRequest(farmer_id=farmer.farmer_id, amount_stroops=3 * KALE)
+    )
+    assert asked.payout.transaction.status == common_pb2.TX_STATUS_PENDING
+    assert await _balance(pool, farmer.farmer_id) == KALE  # debited while on its way
+
+    pool.wallet.server = await start_wallet_server(
+        address=f"127.0.0.1:{wallet_port}",
+        conninfo=pool.wallet.conninfo,
+        keyring=pool.wallet.keyring,
+        chain=pool.wallet.chain,
+        identity=pool.pki.server(WALLET_SERVER),
+        ca_pem=pool.pki.ca_pem,
+    )
+
+    async def paid() -> bool:
+        page = await op.ListPayouts(pool_pb2.ListPayoutsRequest(farmer_id=farmer.farmer_id))
+        return page.payouts[0].transaction.status == common_pb2.TX_STATUS_SUCCESS
+
+    await until(paid, 30)
+    assert await kale_balance(pool.chain, dest.public_key) == 3 * KALE
+    assert await _ledger(pool, farmer.farmer_id) == [("payout", -3 * KALE)]
+    with psycopg.connect(pool.conninfo) as conn:
+        assert check_consistency(conn) == []
 
 
 async def test_leave_pool_pays_out_and_merges_the_account(pool: PoolStage) -> None:

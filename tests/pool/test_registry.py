@@ -157,7 +157,8 @@ async def test_farmers_register_fund_confirm_and_read(pool: PoolStage) -> None:
     )
     assert [e.amount_stroops for e in ledger.entries] == [2 * KALE]
     assert ledger.entries[0].balance_after_stroops == 5 * KALE
-    assert ledger.entries[0].kind == records_pb2.LEDGER_ENTRY_KIND_DEPOSIT
+    # An operator's correction is shown as what it is, not as a deposit.
+    assert ledger.entries[0].kind == records_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT
     older = await op.ListFarmerLedger(
         pool_pb2.ListFarmerLedgerRequest(
             farmer_id=farmer.farmer_id,
