@@ -9,7 +9,7 @@ RUST_SOURCES := $(shell find miner_ext/src -name "*.rs" 2>/dev/null) miner_ext/C
 CARGO := cargo
 CARGO_FLAGS := --manifest-path miner_ext/Cargo.toml
 
-.PHONY: run test test-python test-rust lint bench proto clean
+.PHONY: run test test-python test-rust lint bench faults proto clean
 
 $(STAMP): pyproject.toml $(RUST_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kale-pool needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -43,6 +43,11 @@ test-python: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/miner_bench.py
+
+# The whole fault matrix against the real processes of `kale-pool up` (about half an
+# hour); the table in docs/reliability.md is rewritten with the figures it prints.
+faults: $(STAMP)
+	$(BIN)/python -m tests.faults.matrix --write docs/reliability.md $(ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python -m kalepool.protogen
