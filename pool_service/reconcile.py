@@ -15,7 +15,6 @@ pooler's advisory lock and `plantings_one_success` record each outcome once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from pool_service.planting import Planter
@@ -31,8 +30,6 @@ class PlantReconciler:
         self.store = store
         self.planter = planter
         self.batch = batch
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     async def reconcile(self) -> int:
         """One pass over the unsettled requests; how many it settled."""
@@ -57,28 +54,3 @@ class PlantReconciler:
         if settled:
             log.info("plant reconciliation: %d of %d requests settled", settled, len(requests))
         return settled
-
-    def start(self, interval_seconds: float) -> None:
-        """Reconcile at once, then every `interval_seconds`, in the background."""
-        self._task = asyncio.create_task(self._run(interval_seconds), name="pool-plants-reconcile")
-
-    async def stop(self) -> None:
-        """End the background passes and wait for the current one to end."""
-        # The flag as well as the cancellation: Python 3.11's wait_for (under psycopg's
-        # pool) can swallow a cancellation, and the loop must end all the same.
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self, interval_seconds: float) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database or the wallet is down: next pass
-                log.warning("plant reconciliation failed, retrying: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), interval_seconds)

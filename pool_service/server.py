@@ -53,16 +53,12 @@ class PoolServer:
     pooler_api: PoolerApi
     feeds: Feeds
     pool: Pool
-    harvest_loop: asyncio.Task[None] | None
-    # Pending payouts driven at start-up (a restart mid-payout settles them) and then
-    # every `payout_settle_interval_seconds` (one left unreachable settles by itself).
-    payout_loop: asyncio.Task[None]
-    # The chain follower (pool_service.deposits): deposits credited, harvests by anyone
-    # recorded, every `deposit_poll_interval_seconds`.
-    deposit_loop: asyncio.Task[None]
+    # The background loops (pool_service.loops.every), each stopped with the server:
+    # plant reconciliation (unsettled plant requests driven again), harvests (when
+    # harvest_interval_seconds is set), payout settlement (pending payouts driven) and
+    # the chain follower (deposits credited, anyone's harvests recorded).
+    loops: list[asyncio.Task[None]]
     _stack: AsyncExitStack
-    # Unsettled plant requests driven at start-up and then periodically.
-    plants: PlantReconciler | None = None
 
     @property
     def port(self) -> int:
@@ -70,13 +66,11 @@ class PoolServer:
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop harvesting and serving, then release the wallet channel and the database."""
-        if self.plants is not None:
-            await self.plants.stop()
-        for task in (self.harvest_loop, self.payout_loop, self.deposit_loop):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        for task in self.loops:
+            task.cancel()
+        for task in self.loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await self.built.stop(grace)
         await self._stack.aclose()
 
@@ -154,23 +148,29 @@ async def start_pool_server(
     except BaseException:
         await stack.aclose()
         raise
-    loop = None
-    if harvest_interval_seconds is not None:
-        loop = asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
-    payout_loop = asyncio.create_task(
-        every(settings.payout_settle_interval_seconds, payouts.reconcile, "payout settlement"),
-        name="pool-payouts",
-    )
-    deposit_loop = asyncio.create_task(
-        every(settings.deposit_poll_interval_seconds, follower.run_once, "chain follower"),
-        name="pool-deposits",
-    )
     plants = PlantReconciler(store, planter)
-    plants.start(settings.plant_reconcile_interval_seconds)
+    loops = [
+        asyncio.create_task(
+            every(
+                settings.plant_reconcile_interval_seconds, plants.reconcile, "plant reconciliation"
+            ),
+            name="pool-plants",
+        ),
+        asyncio.create_task(
+            every(settings.payout_settle_interval_seconds, payouts.reconcile, "payout settlement"),
+            name="pool-payouts",
+        ),
+        asyncio.create_task(
+            every(settings.deposit_poll_interval_seconds, follower.run_once, "chain follower"),
+            name="pool-deposits",
+        ),
+    ]
+    if harvest_interval_seconds is not None:
+        loops.append(
+            asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
+        )
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(
-        built, registry, pooler_api, feeds, pool, loop, payout_loop, deposit_loop, stack, plants
-    )
+    return PoolServer(built, registry, pooler_api, feeds, pool, loops, stack)
 
 
 async def start_pool_for(
