@@ -16,8 +16,8 @@ themselves and not with the chain. This module compares the books with the chain
   close) is an event of the pool's books (by its hash or its payout), and every
   unsettled one is named as in flight;
 - **token events**: every movement of KALE into or out of a custodial account in the
-  chain's recent events (from the first ledger of the blocks compared, or the oldest the
-  server still serves) is explained by the books: a harvest, a deposit, a planting's
+  chain's recent events (the ledgers of the blocks compared, or as many as the server
+  still serves) is explained by the books: a harvest, a deposit, a planting's
   stake, a payout or a close.
 
 A difference is a line naming what disagrees; anything that will settle by itself
@@ -89,7 +89,7 @@ class BooksReport:
 
 
 @dataclass(frozen=True, slots=True)
-class _Effect:
+class Effect:
     """Something in flight and what it does to (chain - ledger) once it lands."""
 
     what: str
@@ -185,7 +185,7 @@ async def _read_books(conn: psycopg.AsyncConnection[Any], since_block: int) -> _
 # --- balances ------------------------------------------------------------------------
 
 
-def explained(difference: int, effects: Sequence[_Effect]) -> bool:
+def explained(difference: int, effects: Sequence[Effect]) -> bool:
     """Whether some of the in-flight effects landing would account for `difference`.
 
     Each exact effect either landed or not; an effect of unknown positive size (a
@@ -205,13 +205,13 @@ def explained(difference: int, effects: Sequence[_Effect]) -> bool:
     return False
 
 
-def _effects(books: _Books) -> dict[UUID, list[_Effect]]:
+def _effects(books: _Books) -> dict[UUID, list[Effect]]:
     """What is in flight per farmer, as (chain - ledger) changes once it lands."""
-    out: dict[UUID, list[_Effect]] = defaultdict(list)
+    out: dict[UUID, list[Effect]] = defaultdict(list)
     by_address = books.farmer_by_address
     for r in books.plant_requests:
         out[r["farmer_id"]].append(
-            _Effect(
+            Effect(
                 f"plant {r['idempotency_key']} not recorded yet ({kale(r['stake_amount'])})",
                 -int(r["stake_amount"]),
             )
@@ -220,7 +220,7 @@ def _effects(books: _Books) -> dict[UUID, list[_Effect]]:
         if p["status"] == "pending":
             # Debited in the ledger when requested; leaves the chain account once applied.
             out[p["farmer_id"]].append(
-                _Effect(f"payout {p['id']} pending ({kale(p['amount'])})", int(p["amount"]))
+                Effect(f"payout {p['id']} pending ({kale(p['amount'])})", int(p["amount"]))
             )
     recorded_harvests = {h["tx_hash"] for h in books.harvests if h["status"] == "success"}
     for t in books.transactions:
@@ -231,7 +231,7 @@ def _effects(books: _Books) -> dict[UUID, list[_Effect]]:
         unrecorded = t["status"] == "success" and t["tx_hash"] not in recorded_harvests
         if unsettled or unrecorded:
             out[farmer["id"]].append(
-                _Effect(f"harvest {t['tx_hash'][:12]} of block {t['block_index']} in flight", None)
+                Effect(f"harvest {t['tx_hash'][:12]} of block {t['block_index']} in flight", None)
             )
     return out
 
@@ -481,9 +481,13 @@ async def audit_books(conninfo: str, chain: ChainClient | None, *, blocks: int =
     await _check_balances(books, chain, report)
     await _check_pails(books, chain, current, since_block, report)
     _check_transactions(books, report)
+    # The ledgers of the blocks compared, at least: a ledger closes at most once a second
+    # on any Stellar network, so a block spans at most `block_seconds` ledgers.
     latest = (await chain.latest_ledger()).sequence
-    start = books.first_plant_ledger or max(1, latest - 1000)
-    _check_events(books, await _token_events(chain, min(int(start), latest)), report)
+    start = max(1, latest - blocks * chain.config.block_seconds)
+    if books.first_plant_ledger is not None:
+        start = min(start, int(books.first_plant_ledger))
+    _check_events(books, await _token_events(chain, start), report)
     return report
 
 
