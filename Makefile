@@ -38,8 +38,10 @@ lint: $(STAMP)
 test-rust: $(STAMP)
 	$(CARGO) test $(CARGO_FLAGS)
 
+# Two workers: much of the suite waits on ledgers and processes, so two run in the time
+# of one; a test module stays on one worker (its module-scoped stages are built once).
 test-python: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 bench: $(STAMP)
 	$(BIN)/python bench/miner_bench.py

@@ -11,8 +11,13 @@ the same chain, poolers and farmers, nothing registered or recorded twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import select
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +140,49 @@ async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
         await _rewards_match_the_chain(data, conninfo, tmp_path)
     finally:
         await asyncio.to_thread(server.release)
+
+
+def test_on_a_terminal_up_draws_the_live_view_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """Under a pseudo-terminal (as a person runs it) `up` hands the screen to the live view
+    once its parts run, and a Ctrl-C typed into it stops everything with exit 0."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    assert KALE_POOL is not None
+    env = up_env(tmp_path / "data", TERM="xterm-256color")
+    env.pop("COLUMNS", None)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: kale-pool up on the terminal
+        os.execve(KALE_POOL, [KALE_POOL, "up", "--no-demo", "--block-seconds", "20"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    screen = b""
+
+    def read_until(marker: bytes, seconds: float) -> None:
+        nonlocal screen
+        deadline = time.monotonic() + seconds
+        while marker not in screen:
+            assert time.monotonic() < deadline, screen.decode(errors="replace")[-3000:]
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    screen += os.read(fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+
+    try:
+        read_until(b"Ctrl-C stops everything", 180)
+        # The live screen: its event panel and the current block's line, drawn in place.
+        read_until(b"events", 60)
+        read_until(b"block ", 60)
+        assert b"\x1b[" in screen  # cursor movements and colours: a live screen, not lines
+        os.write(fd, b"\x03")  # Ctrl-C, as typed
+        read_until(b"stopped", 120)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, screen.decode(errors="replace")[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)

@@ -67,6 +67,8 @@ def test_rotation_keeps_old_versions_readable_and_rewraps() -> None:
 @pytest.mark.parametrize(
     "text",
     ["", "not base64!", base64.b64encode(b"short").decode(), "0:" + b64key(), f"{b64key()},x"],
+    # Named, not shown: the keys are random, and parallel workers must collect the same ids.
+    ids=["empty", "not-base64", "short", "version-0", "trailing-garbage"],
 )
 def test_bad_master_keys_name_the_setting(text: str) -> None:
     with pytest.raises(MasterKeyError, match="KALE_POOL_MASTER_KEY") as caught:
