@@ -418,44 +418,57 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
     pending_plants = {r["farmer_id"] for r in books.plant_requests}
     pending_payouts = {p["farmer_id"] for p in books.payouts if p["status"] == "pending"}
     checked = 0
+
+    def explain(
+        e: TokenEvent, farmer: dict[str, Any], recorded: bool, pending: bool, flight: str, gap: str
+    ) -> None:
+        """Recorded: nothing to say; else in flight (`flight`) or a difference (`gap`)."""
+        if recorded:
+            return
+        where = f"farmer {farmer['id']}: {e.kind} of {kale(e.amount)} in tx {e.tx_hash[:12]}"
+        where += f" (ledger {e.ledger})"
+        if pending:
+            report.in_flight.append(f"{where}: {flight}")
+        else:
+            report.differences.append(f"{where} {gap}")
+
     for e in events:
         into = by_address.get(e.to_address or "")
         out_of = by_address.get(e.from_address or "")
-        what = f"{e.kind} of {kale(e.amount)} in tx {e.tx_hash[:12]} (ledger {e.ledger})"
         if into is not None and e.kind in ("transfer", "mint"):
             checked += 1
-            if e.tx_hash in harvest_txs or e.id in deposit_events:
-                continue
-            where = f"farmer {into['id']}: {what}"
-            if e.tx_hash in wallet_harvests:
-                report.in_flight.append(f"{where}: the pool's harvest, not recorded yet")
-            elif e.ledger > books.followed_to:
-                report.in_flight.append(f"{where}: not read by the deposit follower yet")
-            else:
-                report.differences.append(
-                    f"{where} reached the custodial account; the books hold neither a harvest"
-                    " nor a deposit for it"
-                )
+            ours = e.tx_hash in wallet_harvests
+            explain(
+                e,
+                into,
+                e.tx_hash in harvest_txs or e.id in deposit_events,
+                ours or e.ledger > books.followed_to,
+                "the pool's harvest, not recorded yet"
+                if ours
+                else "not read by the deposit follower yet",
+                "reached the custodial account; the books hold neither a harvest nor a"
+                " deposit for it",
+            )
         if out_of is not None and e.kind == "burn":
             checked += 1
-            if e.tx_hash in plant_txs:
-                continue
-            where = f"farmer {out_of['id']}: {what}"
-            if out_of["id"] in pending_plants:
-                report.in_flight.append(f"{where}: a plant not recorded yet")
-            else:
-                report.differences.append(f"{where} burned KALE; no planting records it")
+            explain(
+                e,
+                out_of,
+                e.tx_hash in plant_txs,
+                out_of["id"] in pending_plants,
+                "a plant not recorded yet",
+                "burned KALE; no planting records it",
+            )
         if out_of is not None and e.kind in ("transfer", "clawback"):
             checked += 1
-            if e.tx_hash in settled_out:
-                continue
-            where = f"farmer {out_of['id']}: {what}"
-            if out_of["id"] in pending_payouts:
-                report.in_flight.append(f"{where}: a payout not settled yet")
-            else:
-                report.differences.append(
-                    f"{where} left the custodial account; no payout or close records it"
-                )
+            explain(
+                e,
+                out_of,
+                e.tx_hash in settled_out,
+                out_of["id"] in pending_payouts,
+                "a payout not settled yet",
+                "left the custodial account; no payout or close records it",
+            )
     report.checked["token events"] = checked
 
 

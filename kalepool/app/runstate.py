@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from kalepool.processes import pid_alive
 from kalepool.settings import Settings
 
 STATE_FILE = "stack.json"
@@ -82,20 +83,10 @@ class RunState:
 
     def alive(self) -> dict[str, bool]:
         """Whether each process still runs (by pid; the supervisor included)."""
-        result = {"supervisor": _pid_alive(self.supervisor_pid)}
+        result = {"supervisor": pid_alive(self.supervisor_pid)}
         for name, info in self.processes.items():
-            result[name] = _pid_alive(info.pid)
+            result[name] = pid_alive(info.pid)
         return result
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
 
 
 class StackLockedError(Exception):

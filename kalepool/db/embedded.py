@@ -23,6 +23,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from kalepool.processes import pid_alive
+
 log = logging.getLogger(__name__)
 
 #: The application database created in the embedded server.
@@ -71,16 +73,6 @@ def _check_dbname(dbname: str) -> None:
         raise ValueError(f"database name {dbname!r} must match {_DBNAME.pattern}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def _forget_dead_handles(pgdata: Path) -> None:
     """Drop handles of processes that died without exiting cleanly (SIGKILL, OOM).
 
@@ -98,7 +90,7 @@ def _forget_dead_handles(pgdata: Path) -> None:
             return
         if not isinstance(pids, list):
             return
-        alive = [pid for pid in pids if isinstance(pid, int) and _pid_alive(pid)]
+        alive = [pid for pid in pids if isinstance(pid, int) and pid_alive(pid)]
         if alive != pids:
             handles.write_text(json.dumps(alive))
 
@@ -158,7 +150,7 @@ def embedded_running(pgdata: Path) -> bool:
         pid = int(first_line)
     except (OSError, ValueError):
         return False
-    return _pid_alive(pid)
+    return pid_alive(pid)
 
 
 def stop_embedded(pgdata: Path) -> bool:
