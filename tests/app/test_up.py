@@ -140,6 +140,19 @@ async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
         await _rewards_match_the_chain(data, conninfo, tmp_path)
     finally:
         await asyncio.to_thread(server.release)
+    # The stack is stopped: `kale-pool check` proves the books against its saved chain.
+    assert KALE_POOL is not None
+    check = await asyncio.to_thread(
+        subprocess.run,
+        [KALE_POOL, "check"],
+        env=up_env(data),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "the books agree with the chain" in check.stderr, check.stderr
 
 
 def test_on_a_terminal_up_draws_the_live_view_and_stops_on_ctrl_c(tmp_path: Path) -> None:
