@@ -53,7 +53,8 @@ async def _matrix(runs: int, scenarios: list[Scenario], seed: int) -> list[Outco
                         continue
                     results.append(outcome)
                     print(
-                        f"  block {outcome.block} -> farmed again in {outcome.recovered};"
+                        f"  block {outcome.block} ({outcome.caught}) -> farmed again in"
+                        f" {outcome.recovered};"
                         f" lost {outcome.data_lost}, twice {outcome.applied_twice},"
                         f" differences {outcome.differences} ({outcome.seconds:.0f} s)",
                         flush=True,
@@ -81,16 +82,17 @@ def table(results: list[Outcome | str], runs: int, seed: int, seconds: float) ->
         f" {platform.python_version()}: `make faults` ({runs} run(s), seed {seed},"
         f" {seconds / 60:.0f} minutes).",
         "",
-        "| scenario | runs | blocks affected | data lost | applied twice | books-vs-chain"
-        " differences | recovered after (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| scenario | runs | what it caught (last run) | blocks affected | data lost"
+        " | applied twice | books-vs-chain differences | recovered after (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for scenario in SCENARIOS:
         got = rows.get(scenario.name)
         if not got:
             continue
         lines.append(
-            f"| {scenario.name} | {len(got)} | {sum(o.blocks_affected for o in got)} |"
+            f"| {scenario.name} | {len(got)} | {got[-1].caught} |"
+            f" {sum(o.blocks_affected for o in got)} |"
             f" {sum(o.data_lost for o in got)} | {sum(o.applied_twice for o in got)} |"
             f" {sum(o.differences for o in got)} |"
             f" {max(o.seconds for o in got):.0f} |"

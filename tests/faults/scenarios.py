@@ -35,7 +35,18 @@ from tests.faults.harness import Farm, FarmError, journal_entries
 from tests.stackkit import KALE_POOL
 
 KALE = 10_000_000
-Strike = Callable[[Farm, random.Random], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class Struck:
+    """Where a fault hit: the block, and what it caught unrecorded (the evidence that it
+    struck between the send and the record, not before or after)."""
+
+    block: int
+    caught: str
+
+
+Strike = Callable[[Farm, random.Random], Awaitable[Struck]]
 
 _UNSETTLED = "('prepared', 'submitted', 'pending')"
 
@@ -74,6 +85,25 @@ async def _in_flight(farm: Farm, kind: str, within: float | None = None) -> int:
     return found[0]
 
 
+_RECORDS = {"plant": "plantings", "harvest": "harvests"}
+
+
+def unrecorded(farm: Farm, kind: str) -> int:
+    """Right after a fault: the wallet's `kind` transactions the pool has not recorded
+    (sent and unsettled, or settled with no event of the pool's for their hash)."""
+    if kind == "payout":
+        return int(farm.query("SELECT count(*) FROM payouts WHERE status = 'pending'")[0][0])
+    table = _RECORDS[kind]
+    return int(
+        farm.query(
+            f"SELECT count(*) FROM transactions t WHERE t.kind = %s AND NOT t.rejected"
+            f" AND t.status <> 'expired' AND (t.status IN {_UNSETTLED}"
+            f" OR NOT EXISTS (SELECT 1 FROM {table} e WHERE e.tx_hash = t.tx_hash))",
+            kind,
+        )[0][0]
+    )
+
+
 async def _restarted(farm: Farm) -> None:
     """`up` stops every part after one died: wait for it, and start it again."""
     await farm.ended()
@@ -88,29 +118,32 @@ def _jitter(rng: random.Random, most: float = 0.3) -> Awaitable[None]:
 # ---- plant ------------------------------------------------------------------------------
 
 
-async def crash_while_planting(farm: Farm, rng: random.Random) -> int:
+async def crash_while_planting(farm: Farm, rng: random.Random) -> Struck:
     """The whole machine loses power between the wallet's send and the pool's record."""
     block = await _in_flight(farm, "plant")
-    await _jitter(rng, 0.1)
-    farm.crash()
+    farm.crash()  # at once: the plant seen in flight is still unrecorded
+    caught = unrecorded(farm, "plant")
     await farm.ended()
     await farm.start()
-    return block
+    return Struck(block, f"{caught} plants sent, not recorded")
 
 
 def kill_while(kind: str, part: str) -> Strike:
-    async def strike(farm: Farm, rng: random.Random) -> int:
+    async def strike(farm: Farm, rng: random.Random) -> Struck:
         if kind == "payout":
             payouts = asyncio.create_task(_request_payouts(farm))
         block = await _in_flight(farm, kind)
         await _jitter(rng)
         farm.signal(part)
+        caught = unrecorded(farm, kind)
         if kind == "payout":
             with contextlib.suppress(Exception):
                 await payouts
             block = await farm.current()
         await _restarted(farm)
-        return block
+        return Struck(
+            block, f"{caught} {kind}s {'pending' if kind == 'payout' else 'sent, not recorded'}"
+        )
 
     return strike
 
@@ -136,19 +169,25 @@ async def _request_payouts(farm: Farm) -> None:
     )
 
 
-async def lost_send_answers(farm: Farm, rng: random.Random) -> int:
+async def lost_send_answers(farm: Farm, rng: random.Random) -> Struck:
     """Half of the `sendTransaction` answers never arrive, for a whole block."""
+
+    def lost() -> int:  # the wallet marks a transaction `submitted` when its answer is lost
+        got = farm.query("SELECT count(*) FROM transaction_events WHERE to_status = 'submitted'")
+        return int(got[0][0])
+
     block = await farm.current()
+    before = lost()
     await farm.devnet("devnet_setFaults", lost_send_rate=0.5, seed=rng.randrange(1 << 30))
     try:
         await farm.next_block()
         await asyncio.sleep(farm.block_seconds)
     finally:
         await farm.devnet("devnet_setFaults", lost_send_rate=0.0)
-    return block
+    return Struck(block, f"{lost() - before} wallet send answers lost")
 
 
-async def rpc_errors(farm: Farm, rng: random.Random) -> int:
+async def rpc_errors(farm: Farm, rng: random.Random) -> Struck:
     """Three RPC calls in ten fail, for a whole block."""
     block = await farm.current()
     await farm.devnet("devnet_setFaults", error_rate={"*": 0.3}, seed=rng.randrange(1 << 30))
@@ -157,27 +196,29 @@ async def rpc_errors(farm: Farm, rng: random.Random) -> int:
         await asyncio.sleep(farm.block_seconds)
     finally:
         await farm.devnet("devnet_setFaults", error_rate={})
-    return block
+    return Struck(block, f"3 in 10 calls failed for {farm.block_seconds * 2} s")
 
 
-async def ledger_stall(farm: Farm, rng: random.Random) -> int:
+async def ledger_stall(farm: Farm, rng: random.Random) -> Struck:
     """No ledger closes for ten seconds, struck while plants are in flight."""
     block = await _in_flight(farm, "plant")
     await farm.devnet("devnet_setFaults", stall_seconds=10)
+    caught = unrecorded(farm, "plant")
     await asyncio.sleep(11)
-    return block
+    return Struck(block, f"{caught} plants sent when ledgers stopped")
 
 
-async def database_restart(farm: Farm, rng: random.Random) -> int:
+async def database_restart(farm: Farm, rng: random.Random) -> Struck:
     """PostgreSQL restarted while plants are in flight: every connection breaks."""
     block = await _in_flight(farm, "plant")
     await _jitter(rng, 0.1)
+    caught = unrecorded(farm, "plant")
     if not await asyncio.to_thread(restart_embedded, farm.data / "postgres"):
         raise FarmError("the embedded PostgreSQL was not running")
-    return block
+    return Struck(block, f"{caught} plants sent, not recorded")
 
 
-async def every_plant_refused(farm: Farm, rng: random.Random) -> int:
+async def every_plant_refused(farm: Farm, rng: random.Random) -> Struck:
     """Every `sendTransaction` refused from just before a block is due, for a block and a
     half: no plant lands, so no block opens; then the fault clears."""
     assert farm.chain is not None
@@ -193,13 +234,13 @@ async def every_plant_refused(farm: Farm, rng: random.Random) -> int:
             raise FarmError("a block opened while every plant was refused")
     finally:
         await farm.devnet("devnet_setFaults", error_rate={})
-    return now.index
+    return Struck(now.index, f"no block opened for {1.5 * farm.block_seconds:.0f} s")
 
 
 # ---- work -------------------------------------------------------------------------------
 
 
-async def kill_pooler_after_work_sent(farm: Farm, rng: random.Random) -> int:
+async def kill_pooler_after_work_sent(farm: Farm, rng: random.Random) -> Struck:
     """A pooler SIGKILLed after it sent a work transaction and before the pool recorded it."""
     name = f"pooler-{rng.randrange(farm.poolers) + 1}"
     found: list[int] = []
@@ -216,14 +257,20 @@ async def kill_pooler_after_work_sent(farm: Farm, rng: random.Random) -> int:
 
     await farm.until(f"{name} sending work", sent_unrecorded, 4 * farm.block_seconds + 30, 0.02)
     farm.signal(name)
+    sent, reported = journal_entries(farm, name)
+    caught = sum(
+        1
+        for tx in sent
+        if tx not in reported and not farm.query("SELECT 1 FROM works WHERE tx_hash = %s", tx)
+    )
     await _restarted(farm)
-    return found[0]
+    return Struck(found[0], f"{caught} works sent, not reported")
 
 
 # ---- deposit ----------------------------------------------------------------------------
 
 
-async def deposit_while_pool_down(farm: Farm, rng: random.Random) -> int:
+async def deposit_while_pool_down(farm: Farm, rng: random.Random) -> Struck:
     """The pool is SIGKILLed; while it is down, farmers deposit KALE on the chain; the
     pool starts again and must credit each deposit exactly once."""
     block = await farm.current()
@@ -243,7 +290,7 @@ async def deposit_while_pool_down(farm: Farm, rng: random.Random) -> int:
         return n == before + len(farmers)
 
     await farm.until("the deposits credited", credited, 60, 0.5)
-    return block
+    return Struck(block, f"{len(farmers)} deposits made while the pool was down")
 
 
 async def _deposit_on_a_chain_without_the_pool(
@@ -288,7 +335,7 @@ async def _deposit_on_a_chain_without_the_pool(
 # ---- the pool ---------------------------------------------------------------------------
 
 
-async def pool_frozen_for_a_block(farm: Farm, rng: random.Random) -> int:
+async def pool_frozen_for_a_block(farm: Farm, rng: random.Random) -> Struck:
     """The pool does not answer for a whole block (its process stopped, then continued)."""
     block = await farm.current()
     farm.signal("pool", signal.SIGSTOP)
@@ -296,10 +343,10 @@ async def pool_frozen_for_a_block(farm: Farm, rng: random.Random) -> int:
         await asyncio.sleep(farm.block_seconds + 5)
     finally:
         farm.signal("pool", signal.SIGCONT)
-    return block
+    return Struck(block, f"the pool stopped for {farm.block_seconds + 5} s")
 
 
-async def two_pool_replicas(farm: Farm, rng: random.Random) -> int:
+async def two_pool_replicas(farm: Farm, rng: random.Random) -> Struck:
     """A second pool process on the same database races the first: both run their
     reconciler, harvest loop, deposit follower and compensations, and the same poolers'
     plant requests reach both at once, for two blocks."""
@@ -321,6 +368,7 @@ async def two_pool_replicas(farm: Farm, rng: random.Random) -> int:
         sys.executable, "-m", "pool_service", env=env, stdout=log, stderr=log
     )
     block = await farm.current()
+    asked = 0
     try:
         stubs = [_pooler_stub(farm, f"pooler-{i}", f"127.0.0.1:{port}") for i in range(1, 3)]
         end = time.monotonic() + 2 * farm.block_seconds
@@ -329,6 +377,7 @@ async def two_pool_replicas(farm: Farm, rng: random.Random) -> int:
             # Whatever the agents ask of the first replica, ask the second too.
             for _channel, stub, key in stubs:
                 for target in (index, index + 1):
+                    asked += 1
                     with contextlib.suppress(grpc.aio.AioRpcError):
                         await stub.RequestPlant(
                             pooler_pb2.RequestPlantRequest(block_index=target),
@@ -346,7 +395,7 @@ async def two_pool_replicas(farm: Farm, rng: random.Random) -> int:
             replica.kill()
             await replica.wait()
         log.close()
-    return block
+    return Struck(block, f"{asked} plant requests raced on the second replica")
 
 
 def _pooler_stub(
@@ -429,6 +478,7 @@ class Outcome:
 
     scenario: Scenario
     block: int  # the block the fault hit
+    caught: str  # what the fault caught unrecorded
     recovered: int  # the first block farmed normally after it
     blocks_affected: int  # blocks from the fault to recovery not farmed normally
     data_lost: int  # chain facts the books lack after settling
@@ -451,7 +501,8 @@ _LOST = (
 async def run_scenario(farm: Farm, scenario: Scenario, rng: random.Random) -> Outcome:
     """Strike, wait for a block farmed normally, settle the books, measure."""
     started = time.monotonic()
-    block = await scenario.strike(farm, rng)
+    struck = await scenario.strike(farm, rng)
+    block = struck.block
     recovered = await farm.recover(block)
     affected = 0
     for index in range(block, recovered):
@@ -464,6 +515,7 @@ async def run_scenario(farm: Farm, scenario: Scenario, rng: random.Random) -> Ou
     return Outcome(
         scenario=scenario,
         block=block,
+        caught=struck.caught,
         recovered=recovered,
         blocks_affected=affected,
         data_lost=len(lost),

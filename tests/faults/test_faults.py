@@ -34,6 +34,8 @@ async def farm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Farm]:
 @pytest.mark.parametrize("scenario", QUICK, ids=[s.phase for s in QUICK])
 async def test_the_books_survive(farm: Farm, scenario: Scenario) -> None:
     outcome = await run_scenario(farm, scenario, random.Random(SEED))
+    # The fault struck between the send and the record: something was caught unrecorded.
+    assert int(outcome.caught.split()[0]) > 0, outcome.caught
     assert outcome.recovered > outcome.block
     assert outcome.data_lost == 0, outcome.notes
     assert outcome.applied_twice == 0, outcome.notes
