@@ -56,6 +56,9 @@ _PROFILES: dict[Network, dict[str, Any]] = {
     },
 }
 
+# Stellar's networks close a ledger about every 5 to 6 seconds (the devnet: as set).
+STELLAR_LEDGER_SECONDS = 6
+
 # What a real network cannot run without (the devnet supplies its own).
 _REQUIRED_OFF_DEVNET = ("rpc_url", "network_passphrase", "farm_contract_id", "sac_contract_id")
 
@@ -217,6 +220,13 @@ class Settings(BaseSettings):
         if self.devnet_ledger_seconds is not None:
             return self.devnet_ledger_seconds
         return max(1, min(5, self.devnet_block_seconds // 30))
+
+    def network_ledger_seconds(self) -> int:
+        """How often the chain this deployment talks to closes a ledger: the devnet's
+        `ledger_seconds()`, about 6 s on Stellar's networks."""
+        if self.network is Network.DEVNET:
+            return self.ledger_seconds()
+        return STELLAR_LEDGER_SECONDS
 
 
 def devnet_rpc_url(port: int, host: str = "127.0.0.1") -> str:

@@ -78,7 +78,8 @@ class Backoff:
     maximum: float = 5.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.maximum, self.initial * (2**attempt)))
+        # The exponent capped: tries that go on for hours must not overflow a float.
+        return float(min(self.maximum, self.initial * (2 ** min(attempt, 64))))
 
 
 # --- the cursor kept across restarts ---------------------------------------------------
@@ -469,11 +470,12 @@ class WorkReporter:
     - REFUSED: logged once at warning level with the pool's message and acknowledged
       (sending it again would be refused again).
 
-    A report the pool could not take at all now (UNAVAILABLE and the like) is sent again
-    with backoff until it is answered. One refused as a whole (a pool from before
-    per-result outcomes refuses the whole batch for one bad result) is sent again result
-    by result, so only the bad one is refused. `on_acknowledged(result, outcome)` sees
-    each acknowledged result.
+    A report the pool could not take at all now (UNAVAILABLE, INTERNAL and the like) goes
+    back to the queue after a backoff, until it is answered: beside the other blocks'
+    reports, so a batch the pool keeps failing holds none of them back. One refused as a
+    whole (a pool from before per-result outcomes refuses the whole batch for one bad
+    result) is sent again result by result, so only the bad one is refused.
+    `on_acknowledged(result, outcome)` sees each acknowledged result.
     """
 
     def __init__(
@@ -562,50 +564,38 @@ class WorkReporter:
             batch.append(self._queue.get_nowait())
         for block, items in self._batches(batch):
             with contextlib.suppress(PoolError):
-                answer = await self.client.report_work(
-                    block, [work_report(i.result) for i in items]
-                )
-                await self._answered(block, items, answer)
+                await self._answered(block, items, await self._report(block, items))
 
     async def _report(self, block: int, items: list[_Item]) -> pooler_pb2.ReportWorkResponse:
         return await self.client.report_work(block, [work_report(i.result) for i in items])
 
     async def _send(self, block: int, items: list[_Item]) -> None:
-        attempt = 0
-        while True:
-            try:
-                answer = await self.client.report_work(
-                    block, [work_report(i.result) for i in items]
-                )
-            except PoolError as exc:
-                if exc.code is grpc.StatusCode.CANCELLED:
-                    # The channel closed under us (shutdown): not acknowledged, not refused.
-                    raise asyncio.CancelledError from None
-                if exc.code in _TRANSIENT or exc.code is grpc.StatusCode.INTERNAL:
-                    delay = self.client.backoff.delay(attempt)
-                    attempt += 1
-                    log.warning(
-                        "report of block %d not answered (%s); again in %.1fs", block, exc, delay
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                if len(items) > 1:
-                    log.info(
-                        "report of %d results of block %d refused as a whole (%s):"
-                        " reporting each on its own",
-                        len(items),
-                        block,
-                        exc,
-                    )
-                    for item in items:
-                        await self._send(block, [item])
-                    return
-                await self._handle(
-                    items, [(ReportOutcome.REFUSED, f"{exc.code.name}: {exc.detail}")]
-                )
+        """Report one batch once. One the pool could not take now goes back to the queue
+        after a backoff, beside the others: a batch the pool keeps failing holds no other
+        block's report back, and is never dropped."""
+        try:
+            answer = await self._report(block, items)
+        except PoolError as exc:
+            if exc.code is grpc.StatusCode.CANCELLED:
+                # The channel closed under us (shutdown): not acknowledged, not refused.
+                raise asyncio.CancelledError from None
+            if exc.code in _TRANSIENT or exc.code is grpc.StatusCode.INTERNAL:
+                self._again(items, f"report of block {block} not answered ({exc})", logging.WARNING)
                 return
-            await self._answered(block, items, answer)
+            if len(items) > 1:
+                log.info(
+                    "report of %d results of block %d refused as a whole (%s):"
+                    " reporting each on its own",
+                    len(items),
+                    block,
+                    exc,
+                )
+                for item in items:
+                    await self._send(block, [item])
+                return
+            await self._handle(items, [(ReportOutcome.REFUSED, f"{exc.code.name}: {exc.detail}")])
             return
+        await self._answered(block, items, answer)
 
     async def _answered(
         self, block: int, items: list[_Item], answer: pooler_pb2.ReportWorkResponse
@@ -631,7 +621,12 @@ class WorkReporter:
             pending = result.status is WorkStatus.PENDING
             if outcome is ReportOutcome.RETRY or (outcome is ReportOutcome.PENDING and not pending):
                 self.retried += 1
-                self._again(item, message or "the pool could not check it now")
+                self._again(
+                    [item],
+                    f"work report of farmer {result.assignment.farmer_id or result.farmer_address}"
+                    f" in block {result.block_index}: "
+                    + (message or "the pool could not check it now"),
+                )
                 continue
             if outcome is ReportOutcome.REFUSED:
                 self.refused += 1
@@ -660,22 +655,20 @@ class WorkReporter:
             for item, outcome in acknowledged:
                 self.on_acknowledged(item.result, outcome)
 
-    def _again(self, item: _Item, why: str) -> None:
-        """Report this result again after a backoff (unless a newer one supersedes it)."""
-        delay = self.client.backoff.delay(item.attempts)
-        item.attempts += 1
-        log.info(
-            "work report of farmer %s in block %d: %s; again in %.1fs",
-            item.result.assignment.farmer_id or item.result.farmer_address,
-            item.result.block_index,
-            why,
-            delay,
-        )
+    def _again(self, items: list[_Item], why: str, level: int = logging.INFO) -> None:
+        """Queue these results again after a backoff (each one a newer result does not
+        supersede by then); the backoff grows with every try of theirs."""
+        attempts = max(item.attempts for item in items)
+        delay = self.client.backoff.delay(attempts)
+        for item in items:
+            item.attempts = attempts + 1
+        log.log(level, "%s; again in %.1fs", why, delay)
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            if self._current(item):
-                self._put(item)
+            for item in items:
+                if self._current(item):
+                    self._put(item)
 
         task = asyncio.get_running_loop().create_task(later())
         self._later.add(task)

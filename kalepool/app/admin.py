@@ -83,10 +83,14 @@ def grpcurl(settings: Settings, method: str, body: str) -> str:
     )
 
 
-def _print_env(console: Console, env: dict[str, str]) -> None:
+def _print_env(console: Console, env: dict[str, str], *, key_issued: bool) -> None:
+    """The mining machine's settings; secrets only as where they are, except an API key
+    issued in this very call (shown this once: the pool keeps only its hash)."""
     for key, value in env.items():
         if key == f"{ENV_PREFIX}POOLER_CHANNEL_SECRETS":
             value = "… (the fee accounts' secret keys: see the file)"
+        elif key == f"{ENV_PREFIX}POOLER_API_KEY" and not key_issued:
+            value = "… (issued before: see the file)"
         console.print(escape(f"{key}={value}"), highlight=False, soft_wrap=True)
 
 
@@ -127,12 +131,15 @@ async def _add_pooler(
     console.print(f"pooler {p.name} {how}: id {p.pooler_id}, account {p.public_key}")
     if made.api_key_issued:
         console.print(
-            f"API key (shown once; also in {made.bundle.env_file}): {made.api_key}",
+            f"its API key was issued now: shown below this once (also in"
+            f" {made.bundle.env_file}, 0600; the pool keeps only its hash)",
             highlight=False,
         )
     else:
         console.print(
-            f"its API key is in {made.bundle.env_file} (rotate it with the API to reissue)"
+            f"its API key is in {made.bundle.env_file} (0600), not shown again"
+            " (RotatePoolerApiKey issues a new one)",
+            highlight=False,
         )
     if made.certificate:
         console.print(f"client certificate: {made.bundle.cert} (key {made.bundle.key}, 0600)")
@@ -146,7 +153,7 @@ async def _add_pooler(
             f"fund {p.public_key} and the other fee accounts with XLM: they pay the work fees"
         )
     console.print(f"\nThe mining machine's settings ({made.bundle.env_file}, 0600):")
-    _print_env(console, made.env)
+    _print_env(console, made.env, key_issued=made.api_key_issued)
     console.print(
         f"\nOn the mining machine: copy {made.bundle.directory} there, then"
         f"\n  set -a; . ./pooler.env; set +a; KALE_POOL_DATA_DIR=$PWD kale-pool pooler"

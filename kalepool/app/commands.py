@@ -310,6 +310,13 @@ def leave(settings: Settings, farmer_id: str) -> None:
 
 def report(settings: Settings, out: Path, last: int) -> None:
     """`kale-pool report`: read the pool's history and write CSV files and charts."""
+    try:
+        import matplotlib  # noqa: F401  (the charts' renderer: an optional extra)
+    except ImportError:
+        raise CommandError(
+            "kale-pool report draws its charts with matplotlib, which is not installed:"
+            " pip install 'kale-pool[report]'"
+        ) from None
     from kalepool.app.report import run_report
 
     try:

@@ -6,7 +6,9 @@ each as it completes, and with `--blocks K` stops after K. A block counts as com
 once it is over and the pool has settled it (`BLOCK_STATUS_COMPLETED` or `_FAILED`: every
 worked pail harvested or gone) and every farmer planted in it has a work record. Its
 outcome is accepted when each planted farmer was worked and harvested, or its failure
-was recorded with whose fault it was. Everything here reads `ListBlocks` and `GetBlock`
+was recorded with whose fault it was. A record that is nobody's fault
+(`tables.is_failure`) is no failure and no outcome: the farmer's outcome is what comes
+of the next try. Everything here reads `ListBlocks` and `GetBlock`
 through the operator's client: the pool's public API, never its database.
 """
 
@@ -23,34 +25,18 @@ from rich.table import Table
 
 from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
-from kalepool.app.tables import block_failures, blocks_table, format_kale
+from kalepool.app.tables import (
+    FailureNote,
+    block_failures,
+    block_status,
+    blocks_table,
+    format_kale,
+)
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 
 _POLL_SECONDS = 2.0
 _SETTLED = (pool_pb2.BLOCK_STATUS_COMPLETED, pool_pb2.BLOCK_STATUS_FAILED)
-_ATTRIBUTED = (
-    common_pb2.FAULT_PARTY_FARMER,
-    common_pb2.FAULT_PARTY_POOL,
-    common_pb2.FAULT_PARTY_POOLER,
-    common_pb2.FAULT_PARTY_CHAIN,
-)
 _SUCCEEDED = records_pb2.EVENT_STATUS_SUCCEEDED
-_FAILED = records_pb2.EVENT_STATUS_FAILED
-
-
-@dataclass(frozen=True)
-class FarmerFailure:
-    """One farmer's failure in a block, with whose fault it was."""
-
-    farmer_id: str
-    stage: str  # plant | work | harvest
-    fault: str  # farmer | pool | pooler | chain | none | unattributed
-    code: str
-    message: str
-
-    @property
-    def attributed(self) -> bool:
-        return self.fault not in ("unattributed", "none")
 
 
 @dataclass
@@ -65,7 +51,7 @@ class BlockOutcome:
     harvested: int = 0
     best_zeros: int = 0
     reward_stroops: int = 0
-    failures: list[FarmerFailure] = field(default_factory=list)
+    failures: list[FailureNote] = field(default_factory=list)  # each farmer's, if it failed
     unresolved: list[str] = field(default_factory=list)  # planted farmers without an outcome
 
     @property
@@ -79,62 +65,46 @@ class BlockOutcome:
         return self.settled and all(f.attributed for f in self.failures)
 
 
-def _fault(failure: common_pb2.Failure) -> str:
-    if failure.fault == common_pb2.FAULT_PARTY_UNSPECIFIED:
-        return "unattributed"
-    return common_pb2.FaultParty.Name(failure.fault).removeprefix("FAULT_PARTY_").lower()
-
-
-def _failure(farmer_id: str, stage: str, failure: common_pb2.Failure) -> FarmerFailure:
-    code = common_pb2.FailureCode.Name(failure.code).removeprefix("FAILURE_CODE_")
-    return FarmerFailure(farmer_id, stage, _fault(failure), code, failure.message)
-
-
 def assess(block: pool_pb2.GetBlockResponse, *, final: bool = False) -> BlockOutcome:
     """What became of each farmer in the block. ``final``: the run is over, so a failed
-    harvest attempt counts as the pail's outcome even while the pool still retries it."""
+    harvest attempt counts as the pail's outcome even while the pool still retries it.
+
+    The failures are `tables.block_failures`' (a record that is nobody's fault is none:
+    the farmer's outcome is what comes of the next try), the last one of each farmer and
+    step counting."""
     summary = block.block
-    status = pool_pb2.BlockStatus.Name(summary.status).removeprefix("BLOCK_STATUS_").lower()
-    outcome = BlockOutcome(summary.block_index, status, block)
+    outcome = BlockOutcome(summary.block_index, block_status(summary.status), block)
     planted = {p.farmer_id for p in block.plantings if p.status == _SUCCEEDED}
-    plant_failures: dict[str, FarmerFailure] = {}  # the last attempt's failure per farmer
-    for p in block.plantings:
-        if p.status == _FAILED and p.farmer_id not in planted:
-            plant_failures[p.farmer_id] = _failure(p.farmer_id, "plant", p.failure)
-    outcome.failures.extend(plant_failures[f] for f in sorted(plant_failures))
-    worked: set[str] = set()
-    zeros = [w.zeros for w in block.works if w.status == _SUCCEEDED]
-    work_failures: dict[str, FarmerFailure] = {}
-    for w in block.works:
-        if w.status == _SUCCEEDED:
-            worked.add(w.farmer_id)
-        elif w.status == _FAILED:
-            work_failures[w.farmer_id] = _failure(w.farmer_id, "work", w.failure)
+    worked = {w.farmer_id for w in block.works if w.status == _SUCCEEDED}
     harvested: set[str] = set()
-    harvest_failures: dict[str, FarmerFailure] = {}
     for h in block.harvests:
         if h.status == _SUCCEEDED:
             harvested.add(h.farmer_id)
             outcome.reward_stroops += h.reward_stroops
-        elif h.status == _FAILED:
-            harvest_failures[h.farmer_id] = _failure(h.farmer_id, "harvest", h.failure)
-    settled_by_pool = status in ("completed", "failed")
+    failed = {(note.stage, note.farmer_id): note for note in block_failures(block)}
+    outcome.failures.extend(
+        note
+        for (stage, farmer_id), note in sorted(failed.items())
+        if stage == "plant" and farmer_id not in planted
+    )
+    settled_by_pool = outcome.status in ("completed", "failed")
     for farmer_id in sorted(planted):
         if farmer_id in worked:
             if farmer_id in harvested:
                 continue
-            failed = harvest_failures.get(farmer_id)
-            if failed is not None and (final or settled_by_pool):
-                outcome.failures.append(failed)
+            harvest = failed.get(("harvest", farmer_id))
+            if harvest is not None and (final or settled_by_pool):
+                outcome.failures.append(harvest)
             else:
                 outcome.unresolved.append(farmer_id)  # its harvest is still to come
-        elif farmer_id in work_failures:
-            outcome.failures.append(work_failures[farmer_id])
+        elif ("work", farmer_id) in failed:
+            outcome.failures.append(failed[("work", farmer_id)])
         else:
             outcome.unresolved.append(farmer_id)  # no work reported
     outcome.planted = len(planted)
     outcome.worked = len(worked & planted)
     outcome.harvested = len(harvested & planted)
+    zeros = [w.zeros for w in block.works if w.status == _SUCCEEDED]
     outcome.best_zeros = summary.best_zeros or max(zeros, default=0)
     return outcome
 
@@ -193,9 +163,10 @@ class CycleWatcher:
             level = "good" if outcome.accepted and not outcome.failures else "warning"
             self.observer.event(describe(outcome), level=level)
             for failure in outcome.failures:
+                message = f": {failure.failure.message}" if failure.failure.message else ""
                 self.observer.event(
-                    f"  farmer {failure.farmer_id[:8]}: {failure.stage} failed"
-                    f" ({failure.fault}: {failure.code}) {failure.message}",
+                    f"  farmer {failure.farmer_id[:8]}: {failure.stage} failed,"
+                    f" {failure.cause}{message}",
                     level="warning",
                 )
             if outcome.reward_stroops and self.first_reward_after is None:

@@ -165,7 +165,7 @@ async def provision_demo(
     by_name = {p.bundle.name: p for p in poolers}
     entries = [book.entry(i, list(by_name)) for i in range(1, count + 1)]
     book.save()  # before any account gets money
-    pause = float(settings.ledger_seconds())
+    pause = float(settings.network_ledger_seconds())
 
     async def one(entry: DemoEntry) -> DemoFarmer | None:
         pooler = by_name.get(entry.pooler)

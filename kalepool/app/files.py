@@ -23,6 +23,15 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     tmp.replace(path)
 
 
+def open_private_append(path: Path) -> int:
+    """A descriptor appending to ``path``, a log the owner alone may read: created 0600
+    (never readable by others, not even for a moment, whatever the umask) and narrowed to
+    0600 if it was made wider before."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """``KEY=value`` lines (comments and blanks skipped); empty when there is no file."""
     try:

@@ -9,11 +9,13 @@ provisioned (`kalepool.app.poolers`) and the demo farmers registered and funded
 (`kalepool.app.demo`), and one `kale-pool pooler` process per pooler is started, talking
 to the pool over mutual TLS exactly as a remote mining machine does.
 
-Each part gets its settings in its environment (`KALE_POOL_*`, `DATABASE_URL`) and writes
-its output to `<data dir>/logs/<name>.log`. Where everything listens goes to the run
-state file (`kalepool.app.runstate`) for the other commands. Ctrl-C stops the poolers,
-then the pool, the wallet and the devnet; a part that stops by itself stops everything
-with exit code 1.
+Each part gets its settings in its environment (`KALE_POOL_*`, `DATABASE_URL`): every
+effective setting but the secrets, and of those only the ones it uses (`PART_SECRETS`:
+the master key to the wallet alone, the database to the wallet and the pool, nothing
+secret to the devnet). Each writes its output to `<data dir>/logs/<name>.log`. Where
+everything listens goes to the run state file (`kalepool.app.runstate`) for the other
+commands. Ctrl-C stops the poolers, then the pool, the wallet and the devnet; a part
+that stops by itself stops everything with exit code 1.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import grpc
 from pydantic import SecretStr
@@ -35,6 +37,7 @@ from rich.console import Console
 
 from kalepool.app.cycles import BlockOutcome, CycleWatcher, failure_lines, summary_table
 from kalepool.app.demo import DemoFarmer, provision_demo, wait_for_deposits
+from kalepool.app.files import open_private_append
 from kalepool.app.funding import Friendbot, FundingError
 from kalepool.app.observer import EVENT_LOGGER, PlainObserver, StackObserver
 from kalepool.app.operator import OperatorClient
@@ -43,7 +46,7 @@ from kalepool.app.probes import free_port, grpc_serving, http_ok, port_taken, sp
 from kalepool.app.runstate import ProcessInfo, RunState
 from kalepool.app.supervisor import Part, PartFailed, Supervisor
 from kalepool.app.view import make_view
-from kalepool.chain import ChainClient, ChainError, resolve_chain_config
+from kalepool.chain import ChainClient, ChainConfig, ChainError, resolve_chain_config
 from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import apply_migrations
 from kalepool.settings import ENV_PREFIX, Network, Settings, devnet_rpc_url
@@ -57,14 +60,44 @@ from kalepool.tls import (
 )
 from kalepool.v1 import pool_pb2
 
-# Settings a pooler process does not get: a mining machine has no database, no master
-# key and a data directory of its own.
-_NOT_FOR_POOLERS = ("database_url", "master_key", "master_key_file", "data_dir")
+# What each part of the stack gets of the effective settings, here and only here: every
+# setting but the secrets, and of the secrets only those the part uses. A secret is a
+# SecretStr setting, or a setting naming a file that holds one.
+_SECRET_FILES = ("master_key_file", "pooler_channel_secrets_file")
+PART_SECRETS: dict[str, frozenset[str]] = {
+    "devnet": frozenset(),  # a chain of its own: no database, no key
+    "wallet": frozenset({"database_url", "master_key", "master_key_file"}),
+    "pool": frozenset({"database_url"}),
+    # A mining machine has no database and no master key; its own API key and fee
+    # accounts come from its pooler.env, never from the supervisor's settings.
+    "pooler": frozenset(),
+}
+# Settings a part gets a value of its own for instead: a pooler's data directory is its
+# bundle.
+_PART_OWN: dict[str, tuple[str, ...]] = {"pooler": ("data_dir",)}
 # How long --blocks K may take beyond K blocks before it gives up (start-up, late blocks).
 _BLOCKS_SLACK_SECONDS = 180
+# Blocks --blocks K may take beyond K: the first one is often too far along to plant.
+_BLOCKS_EXTRA = 3
 # The pool credits a deposit once its chain follower sees it: a few ledgers.
 _DEPOSIT_WAIT_LEDGERS = 5
 _WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def blocks_timeout(want: int, chain: ChainConfig) -> float:
+    """How long `--blocks K` waits for K complete cycles before it gives up: blocks of the
+    chain's real interval (the devnet's, or 300 s on Stellar's networks), and slack."""
+    return (want + _BLOCKS_EXTRA) * chain.block_seconds + _BLOCKS_SLACK_SECONDS
+
+
+def deposit_wait(settings: Settings) -> float:
+    """How long `up` waits for the pool to credit the demo farmers' deposits: a few of the
+    network's ledgers, and a pass of the pool's chain follower."""
+    return (
+        _DEPOSIT_WAIT_LEDGERS * settings.network_ledger_seconds()
+        + settings.deposit_poll_interval_seconds
+        + 5.0
+    )
 
 
 class UpError(Exception):
@@ -116,6 +149,30 @@ def settings_env(settings: Settings, exclude: tuple[str, ...] = ()) -> dict[str,
         value = getattr(value, "value", value)  # enums
         key = "DATABASE_URL" if name == "database_url" else f"{ENV_PREFIX}{name.upper()}"
         env[key] = str(value)
+    return env
+
+
+def secret_settings() -> frozenset[str]:
+    """The settings that hold a secret or name a file that does."""
+    held = {
+        name
+        for name, info in Settings.model_fields.items()
+        if info.annotation is SecretStr or SecretStr in get_args(info.annotation)
+    }
+    return frozenset(held.union(_SECRET_FILES))
+
+
+def part_env(settings: Settings, role: str, *, conninfo: str = "") -> dict[str, str]:
+    """The environment of one part of the stack (``role``: devnet, wallet, pool, pooler):
+    `base_env()` and the effective settings, less every secret it has no use for
+    (`PART_SECRETS`). A part that uses the database gets ``conninfo`` (the embedded
+    server this run started) when `DATABASE_URL` is not set."""
+    allowed = PART_SECRETS[role]
+    withheld = tuple(sorted(secret_settings() - allowed)) + _PART_OWN.get(role, ())
+    env = base_env()
+    env.update(settings_env(settings, withheld))
+    if "database_url" in allowed and settings.database_url is None and conninfo:
+        env["DATABASE_URL"] = conninfo
     return env
 
 
@@ -351,12 +408,9 @@ class Stack:
         )
         self.state.save(self.settings)
 
-    def _env(self, overrides: dict[str, str] | None = None) -> dict[str, str]:
-        """A service's environment: the shared settings, the database, its own ports."""
-        env = base_env()
-        env.update(settings_env(self.settings))
-        if self.settings.database_url is None:
-            env["DATABASE_URL"] = self.conninfo  # the embedded server this run started
+    def _env(self, role: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+        """A service's environment: what `part_env` gives its role, and its own ports."""
+        env = part_env(self.settings, role, conninfo=self.conninfo)
         env.update({f"{ENV_PREFIX}{k.upper()}": v for k, v in (overrides or {}).items()})
         return env
 
@@ -386,7 +440,7 @@ class Stack:
             name="devnet",
             role="devnet",
             argv=argv,
-            env=self._env(),
+            env=self._env("devnet"),
             address=rpc_url,
             probe=lambda: http_ok(rpc_url.rstrip("/") + "/devnet"),
         )
@@ -413,7 +467,7 @@ class Stack:
             name="wallet",
             role="wallet",
             argv=[sys.executable, "-m", "wallet_service"],
-            env=self._env(overrides),
+            env=self._env("wallet", overrides),
             address=ports.wallet_address,
             probe=lambda: grpc_serving(
                 ports.wallet_address,
@@ -431,11 +485,12 @@ class Stack:
             role="pool",
             argv=[sys.executable, "-m", "pool_service"],
             env=self._env(
+                "pool",
                 {
                     "pool_listen": f"{ports.pool_host}:{ports.pool}",
                     "wallet_listen": ports.wallet_address,
                     "metrics_port": str(ports.pool_metrics),
-                }
+                },
             ),
             address=ports.pool_address,
             probe=lambda: grpc_serving(
@@ -448,8 +503,7 @@ class Stack:
         )
 
     def _pooler_part(self, pooler: ProvisionedPooler) -> Part:
-        env = base_env()
-        env.update(settings_env(self.settings, _NOT_FOR_POOLERS))
+        env = self._env("pooler")
         env.update(pooler.env)
         env[f"{ENV_PREFIX}DATA_DIR"] = str(pooler.bundle.directory)
         pooler_id = pooler.pooler.pooler_id
@@ -516,8 +570,7 @@ class Stack:
                 self.options.farmers,
                 self.observer,
             )
-            wait = _DEPOSIT_WAIT_LEDGERS * settings.ledger_seconds() + 5.0
-            await wait_for_deposits(self.op, self.farmers, wait, self.observer)
+            await wait_for_deposits(self.op, self.farmers, deposit_wait(settings), self.observer)
         for p in self.poolers:
             await self._start_part(self._pooler_part(p))
 
@@ -543,8 +596,8 @@ class Stack:
         if watcher is not None:
             waits["cycles"] = asyncio.create_task(watcher.watch(view_stop, want))
         timeout = None
-        if want is not None:
-            timeout = (want + 3) * self.settings.devnet_block_seconds + _BLOCKS_SLACK_SECONDS
+        if want is not None and self.chain is not None:
+            timeout = blocks_timeout(want, self.chain.config)
         code = 0
         try:
             done, _ = await asyncio.wait(
@@ -559,7 +612,7 @@ class Stack:
                 live.event("stopping (Ctrl-C)")
                 code = 0 if want is None else 1
             elif not done:
-                live.event(f"--blocks {want}: not complete after {timeout} s", level="error")
+                live.event(f"--blocks {want}: not complete after {timeout:.0f} s", level="error")
                 code = 1
         finally:
             view_stop.set()
@@ -583,8 +636,8 @@ def _event_log(settings: Settings) -> Iterator[None]:
     `<data dir>/logs/events.log`, and only there: the terminal shows them its own way."""
     events = logging.getLogger(EVENT_LOGGER)
     path = settings.layout().logs / "events.log"
-    handler = logging.FileHandler(path, encoding="utf-8")
-    os.chmod(path, 0o600)
+    stream = open(open_private_append(path), "a", encoding="utf-8")  # noqa: SIM115
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     events.addHandler(handler)
     events.setLevel(logging.INFO)
@@ -594,6 +647,7 @@ def _event_log(settings: Settings) -> Iterator[None]:
     finally:
         events.removeHandler(handler)
         handler.close()
+        stream.close()
 
 
 def run_up(settings: Settings, options: UpOptions, console: Console | None = None) -> int:

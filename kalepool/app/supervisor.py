@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kalepool.app.files import open_private_append
 from kalepool.app.observer import StackObserver
 
 Probe = Callable[[], Awaitable[bool]]
@@ -119,7 +120,7 @@ class Supervisor:
             raise PartFailed(f"{part.name} is already running")
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{part.name}.log"
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_private_append(log)
         try:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             os.write(fd, f"--- {stamp} kale-pool up starts {part.name}\n".encode())

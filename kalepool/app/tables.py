@@ -171,13 +171,19 @@ def ledger_kind(kind: records_pb2.LedgerEntryKind.ValueType) -> str:
     return _label(records_pb2.LedgerEntryKind.Name(kind), "LEDGER_ENTRY_KIND_")
 
 
+def fault_party(party: common_pb2.FaultParty.ValueType) -> str:
+    """`farmer`, `pool`, `pooler`, `chain`, `none` (nobody's), or `unattributed` (unset)."""
+    if party == common_pb2.FAULT_PARTY_UNSPECIFIED:
+        return "unattributed"
+    return _label(common_pb2.FaultParty.Name(party), "FAULT_PARTY_")
+
+
 def failure_cause(failure: common_pb2.Failure) -> str:
     """`work_late (pooler)`: the cause and whose fault it was, in a few words."""
     code = common_pb2.FailureCode.Name(failure.code).removeprefix("FAILURE_CODE_").lower()
     if failure.contract_error:
         code += f" #{failure.contract_error}"
-    fault = common_pb2.FaultParty.Name(failure.fault).removeprefix("FAULT_PARTY_").lower()
-    return f"{code} ({fault})"
+    return f"{code} ({fault_party(failure.fault)})"
 
 
 def _label(name: str, prefix: str) -> str:
@@ -208,6 +214,14 @@ def short(address: str, head: int = 5, tail: int = 4) -> str:
 # --- failures -----------------------------------------------------------------------------
 
 
+def is_failure(failure: common_pb2.Failure) -> bool:
+    """Whether a failed record counts as a failure: not when it is nobody's fault
+    (FAULT_PARTY_NONE: an outcome the protocol allows, such as a step asked too early
+    and tried again; the farmer's outcome in that block is what comes of the next try).
+    The one rule for the tables, the live view and `up --blocks`."""
+    return failure.fault != common_pb2.FAULT_PARTY_NONE
+
+
 @dataclass(frozen=True)
 class FailureNote:
     """One failed plant, work or harvest of a block, with its cause."""
@@ -222,6 +236,15 @@ class FailureNote:
     def cause(self) -> str:
         return failure_cause(self.failure)
 
+    @property
+    def fault(self) -> str:
+        return fault_party(self.failure.fault)
+
+    @property
+    def attributed(self) -> bool:
+        """It names whose fault it was."""
+        return self.failure.fault != common_pb2.FAULT_PARTY_UNSPECIFIED
+
     def describe(self) -> str:
         """One line: `block 12 work failed for farmer 1a2b3c…: work_late (pooler): ...`."""
         text = f"block {self.block_index} {self.stage} failed for farmer {self.farmer_id}"
@@ -232,11 +255,8 @@ class FailureNote:
 
 
 def block_failures(block: pool_pb2.GetBlockResponse) -> list[FailureNote]:
-    """The failures recorded in a block, plants then works then harvests.
-
-    Failures that are nobody's fault (FAULT_PARTY_NONE: a harvest asked before the block
-    was over, retried later) are outcomes the protocol allows, not failures: left out.
-    """
+    """The failures recorded in a block, plants then works then harvests, each in the
+    order recorded. Records that are nobody's fault are not failures (`is_failure`)."""
     notes: list[FailureNote] = []
     records: list[
         tuple[
@@ -248,9 +268,7 @@ def block_failures(block: pool_pb2.GetBlockResponse) -> list[FailureNote]:
     ] = [("plant", block.plantings), ("work", block.works), ("harvest", block.harvests)]
     for stage, events in records:
         for event in events:
-            if event.status != records_pb2.EVENT_STATUS_FAILED:
-                continue
-            if event.failure.fault == common_pb2.FAULT_PARTY_NONE:
+            if event.status != records_pb2.EVENT_STATUS_FAILED or not is_failure(event.failure):
                 continue
             notes.append(
                 FailureNote(

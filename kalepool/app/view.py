@@ -41,9 +41,12 @@ from kalepool.app.tables import (
     block_failures,
     blocks_table,
     failure_cause,
+    farmer_status,
     farmers_table,
+    fault_party,
     format_kale,
     format_span,
+    is_failure,
     poolers_table,
     short_kale,
     when,
@@ -307,8 +310,7 @@ class PoolWatch:
         for f in farmers:
             before = self._farmer_status.get(f.farmer_id)
             if self._watching and before != f.status:
-                status = common_pb2.FarmerStatus.Name(f.status)
-                label = status.removeprefix("FARMER_STATUS_").lower().replace("_", " ")
+                label = farmer_status(f.status)
                 if before is None:
                     events.append(
                         _event(
@@ -353,7 +355,7 @@ class PoolWatch:
         if failure.message:
             text += f": {failure.message}"
         # Nobody's fault (e.g. harvest asked before the block was over): retried, not a failure.
-        level = "info" if failure.fault == common_pb2.FAULT_PARTY_NONE else "warning"
+        level = "warning" if is_failure(failure) else "info"
         return _event(text, level)
 
     def _planting(self, p: records_pb2.PlantingEvent) -> ViewEvent:
@@ -392,9 +394,9 @@ class PoolWatch:
         )
 
     def _compensation(self, c: records_pb2.Compensation) -> ViewEvent:
-        party = common_pb2.FaultParty.Name(c.owed_by).removeprefix("FAULT_PARTY_").lower()
         return _event(
-            f"block {c.block_index}: {format_kale(c.amount_stroops)} KALE owed by the {party}"
+            f"block {c.block_index}: {format_kale(c.amount_stroops)} KALE owed by the"
+            f" {fault_party(c.owed_by)}"
             f" to farmer {c.farmer_id[:8]}: {c.reason}",
             "warning",
         )

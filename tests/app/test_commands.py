@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from stellar_sdk import Keypair
 
+from kalepool.app.poolers import PoolerBundle
 from kalepool.app.runstate import RunState
 from kalepool.app.tables import block_row, farmer_row, short_kale
 from kalepool.chain import kale_balance
@@ -126,6 +128,35 @@ async def test_blocks_farmers_and_poolers_as_tables_and_csv(
     assert [(r["pooler_id"], r["total_reward_stroops"], r["works_failed"]) for r in rows] == [
         (pooler_id, str(stats.total_reward_stroops), str(stats.counts.works_failed))
     ]
+
+
+async def test_pooler_add_shows_the_api_key_only_when_it_issues_it(
+    pool: PoolStage, operator_settings: Settings
+) -> None:
+    args = ("pooler", "add", "rig-north", "--public-key", Keypair.random().public_key)
+    bundle = PoolerBundle.of(operator_settings, "rig-north")
+    first = await kale_pool(operator_settings, *args)
+    assert first.code == 0, first.err
+    key = bundle.read_env()["KALE_POOL_POOLER_API_KEY"]
+    assert key.startswith("kp_")
+    assert first.out.count(key) == 1  # issued now: shown, once
+    assert f"KALE_POOL_POOLER_API_KEY={key}" in first.out.splitlines()
+    assert "shown below this once" in first.out
+
+    again = await kale_pool(operator_settings, *args)  # the same pooler, its key on file
+    assert again.code == 0, again.err
+    assert "already registered" in again.out
+    assert key not in again.out + again.err
+    assert f"its API key is in {bundle.env_file} (0600), not shown again" in again.out
+    assert "KALE_POOL_POOLER_API_KEY=… (issued before: see the file)" in again.out
+    assert bundle.read_env()["KALE_POOL_POOLER_API_KEY"] == key  # nothing rotated
+
+    # The key lost: a new one is issued, and shown this once.
+    bundle.env_file.unlink()
+    rotated = await kale_pool(operator_settings, *args)
+    assert rotated.code == 0, rotated.err
+    new_key = bundle.read_env()["KALE_POOL_POOLER_API_KEY"]
+    assert new_key != key and rotated.out.count(new_key) == 1
 
 
 async def test_payout_and_leave_tell_the_outcome(

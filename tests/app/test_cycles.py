@@ -66,9 +66,9 @@ def test_a_work_failure_with_its_party_is_accepted() -> None:
         )
     )
     assert outcome.accepted
-    assert [(f.farmer_id, f.stage, f.fault, f.code) for f in outcome.failures] == [
-        ("c", "plant", "pooler", "WORK_LATE"),
-        ("b", "work", "pooler", "WORK_LATE"),
+    assert [(f.farmer_id, f.stage, f.fault, f.cause) for f in outcome.failures] == [
+        ("c", "plant", "pooler", "work_late (pooler)"),
+        ("b", "work", "pooler", "work_late (pooler)"),
     ]
     assert "block 7 work failed for farmer b: work_late (pooler): too late" in (
         failure_lines([outcome])
@@ -111,6 +111,32 @@ def test_a_failure_without_a_party_is_not_accepted() -> None:
     )
     assert outcome.settled and not outcome.accepted
     assert outcome.failures[0].fault == "unattributed"
+    assert failure_lines([outcome]) == [
+        "block 7 work failed for farmer a: work_late (unattributed): too late"
+    ]
+
+
+def test_a_record_that_is_nobodys_fault_is_no_outcome() -> None:
+    """Nobody's fault (a harvest asked too early, tried again) is not a failure, in the
+    summary's lines as in the verdict: the farmer's outcome is the next try's."""
+    block = _block(
+        pool_pb2.BLOCK_STATUS_COMPLETED,
+        [("a", OK), ("b", OK)],
+        [("a", OK, 5), ("b", OK, 6)],
+        [("a", OK, 10), ("b", FAILED, 0)],
+        fault=common_pb2.FAULT_PARTY_NONE,
+    )
+    outcome = assess(block)
+    assert outcome.failures == [] and outcome.unresolved == ["b"]
+    assert not outcome.settled  # b's harvest is still to come
+    final = assess(block, final=True)
+    assert not final.accepted and final.failures == []
+    assert failure_lines([final]) == ["block 7: farmer b has no recorded outcome"]
+    # Its next try harvested it: the block is complete and accepted.
+    block.harvests.add(block_index=7, farmer_id="b", status=OK, reward_stroops=20)
+    again = assess(block)
+    assert again.settled and again.accepted and again.harvested == 2
+    assert again.reward_stroops == 30 and failure_lines([again]) == []
 
 
 def test_the_summary_table_has_a_row_per_block() -> None:

@@ -11,6 +11,8 @@ import io
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -158,3 +160,30 @@ def _docs_images(report: Path, view: ConsoleView) -> None:
     # The page needs no web font: the reader's monospace font will do.
     svg = re.sub(r"@font-face \{.*?\}\s*", "", svg, flags=re.DOTALL)
     (Path(target) / "live-view.svg").write_text(svg)
+
+
+def test_without_matplotlib_the_report_says_how_to_install_it(tmp_path: Path) -> None:
+    """matplotlib is the `report` extra, not a dependency of every service: without it
+    `kale-pool report` is one line saying how to install it, before asking the pool."""
+    argv = ["kale-pool", "--data-dir", str(tmp_path / "data"), "report", "--out", "out"]
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None  # as if not installed\n"
+        "from kalepool import cli\n"
+        f"sys.argv = {argv!r}\n"
+        "cli.main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KALE_POOL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "matplotlib, which is not installed: pip install 'kale-pool[report]'" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+async def _until(check: Callable[[], bool], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.02)
+
+
 def _service(name: str, marks: Path, *, ignore_sigint: bool = False) -> Part:
-    """A part that says it is ready by writing a file, and notes when SIGINT stops it."""
+    """A part that says it is ready by writing a file, and notes when SIGINT stops it
+    (or, deaf to SIGINT, that it got one and went on: `<name>.sigint`)."""
     ready = marks / f"{name}.ready"
     body = f"""
         import pathlib, signal, sys, time
@@ -39,7 +48,9 @@ def _service(name: str, marks: Path, *, ignore_sigint: bool = False) -> Part:
             with open(marks / "stopped", "a") as f:
                 f.write({name!r} + "\\n")
             sys.exit(0)
-        signal.signal(signal.SIGINT, {"signal.SIG_IGN" if ignore_sigint else "stop"})
+        def deaf(*_):
+            (marks / {name + ".sigint"!r}).write_text("got it, going on")
+        signal.signal(signal.SIGINT, {"deaf" if ignore_sigint else "stop"})
         print("{name} serving", flush=True)
         pathlib.Path({str(ready)!r}).write_text("ok")
         while True:
@@ -159,17 +170,24 @@ def test_last_log_line_reads_only_this_run(tmp_path: Path) -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_parts_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
+    # The child's own program writes its pid: it runs, so deathsig armed the signal and
+    # exec'd it (the signal survives exec).
+    child_program = (
+        "import os, pathlib, time\n"
+        f"tmp = pathlib.Path({str(pid_file) + '.tmp'!r})\n"
+        "tmp.write_text(str(os.getpid()))\n"
+        f"tmp.replace({str(pid_file)!r})\n"
+        "while True: time.sleep(0.1)\n"
+    )
     supervisor = subprocess.Popen(
         _script(
             f"""
             import os, subprocess, sys, time
             child = subprocess.Popen(
                 [sys.executable, "-m", "kalepool.app.deathsig", str(os.getpid()),
-                 sys.executable, "-c", "import time\\nwhile True: time.sleep(0.1)"],
+                 sys.executable, "-c", {child_program!r}],
                 start_new_session=True,
             )
-            time.sleep(0.5)  # the child has armed its signal and exec'd by now
-            open({str(pid_file)!r}, "w").write(str(child.pid))
             while True:
                 time.sleep(0.1)
             """
@@ -179,7 +197,7 @@ def test_parts_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 30
-        while not pid_file.exists() or not pid_file.read_text():
+        while not pid_file.exists():
             assert time.monotonic() < deadline, "the child never started"
             time.sleep(0.05)
         child = int(pid_file.read_text())
@@ -211,8 +229,9 @@ async def test_asked_twice_it_kills_without_waiting_out_the_grace(tmp_path: Path
     part.stop_grace = 3600
     child = await supervisor.start(part)
     stopping = asyncio.create_task(supervisor.stop_all())
-    await asyncio.sleep(0.2)  # it is waiting for the part to stop by itself
-    assert not stopping.done()
+    # The part got its SIGINT and goes on: the supervisor now waits out the grace.
+    await _until(lambda: (tmp_path / "pooler-1.sigint").exists())
+    assert not stopping.done() and child.running
     supervisor.hurry()
     await asyncio.wait_for(stopping, 60)
     assert child.process.returncode == -signal.SIGKILL

@@ -26,7 +26,7 @@ import grpc
 from kalepool.app.files import read_env_file
 from kalepool.app.poolers import PoolerBundle
 from kalepool.app.probes import free_port
-from kalepool.app.stack import base_env, settings_env
+from kalepool.app.stack import part_env
 from kalepool.db.embedded import restart_embedded
 from kalepool.settings import ENV_PREFIX
 from kalepool.tls import POOL_SERVER, Identity, channel_credentials
@@ -353,8 +353,7 @@ async def two_pool_replicas(farm: Farm, rng: random.Random) -> Struck:
     assert farm.state is not None
     settings = farm.settings.model_copy(update={"rpc_url": farm.state.rpc_url})
     port = free_port()
-    env = base_env()
-    env.update(settings_env(settings))
+    env = part_env(settings, "pool")  # what `up` gives its own pool: no master key
     env.update(
         {
             "DATABASE_URL": farm.conninfo,

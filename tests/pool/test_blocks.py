@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 import grpc
 import psycopg
+import pytest
 
 from kalepool.chain import build_work, current_block, sign, submit
 from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2
+from pool_service.harvesting import Harvester
 from tests.chain.stage import mine
 
 from .conftest import KALE, PoolStage, until
@@ -219,7 +221,9 @@ async def test_block_and_stats_bad_input(pool: PoolStage) -> None:
     assert list(token_page.compensations) == [] and not token_page.next_page_token
 
 
-async def test_missing_work_is_compensated_once_by_the_pooler(pool: PoolStage) -> None:
+async def test_missing_work_is_compensated_once_by_the_pooler(
+    pool: PoolStage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = await worked_block(pool)
     op = pool.operator()
     # The harvest settled the block: the idle farmer's pail was never worked.
@@ -275,8 +279,19 @@ async def test_missing_work_is_compensated_once_by_the_pooler(pool: PoolStage) -
     await pool.pooler().RequestHarvest(
         pooler_pb2.RequestHarvestRequest(block_index=w.block), metadata=w.auth
     )
+    # Several passes of the background loop, each settling the block again: counted as
+    # they end, so the wait is on the passes themselves.
+    passes = 0
+    one_pass = Harvester.run_once
+
+    async def counted(self: Harvester) -> None:
+        nonlocal passes
+        await one_pass(self)
+        passes += 1
+
+    monkeypatch.setattr(Harvester, "run_once", counted)
     await pool.start(harvest_interval=0.05)
-    await asyncio.sleep(0.3)  # several loop passes, each settling the block again
+    await until(lambda: asyncio.sleep(0, result=passes >= 3))
     await pool.start()
     op = pool.operator()
     assert await pool.count("pooler_compensations") == 2

@@ -86,6 +86,7 @@ class FakePool:
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.01, maximum=0.05))
     plant_failures: list[grpc.StatusCode] = field(default_factory=list)  # next plants fail so
     report_failures: list[grpc.StatusCode] = field(default_factory=list)  # next reports fail so
+    failing_blocks: set[int] = field(default_factory=set)  # reports of these fail (INTERNAL)
     nobody_planted: int = 0  # the next plants answer that every farmer's plant failed
     plants: list[int] = field(default_factory=list)
     reports: list[tuple[int, list[pooler_pb2.WorkReport]]] = field(default_factory=list)
@@ -121,6 +122,8 @@ class FakePool:
         if self.report_failures:
             code = self.report_failures.pop(0)
             raise PoolError("ReportWork", code, "not now")
+        if block_index in self.failing_blocks:
+            raise PoolError("ReportWork", grpc.StatusCode.INTERNAL, "the pool failed inside")
         if self.answer is not None:
             return self.answer(list(reports))
         return pooler_pb2.ReportWorkResponse(recorded=len(reports))

@@ -42,8 +42,10 @@ async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def _result(cursor: int, status: WorkStatus = WorkStatus.SUCCESS, tx: bool = True) -> WorkResult:
-    a = farmer_assignment(7, 999_000.0, cursor)
+def _result(
+    cursor: int, status: WorkStatus = WorkStatus.SUCCESS, tx: bool = True, block: int = 7
+) -> WorkResult:
+    a = farmer_assignment(block, 999_000.0, cursor)
     return WorkResult(
         a,
         status,
@@ -193,6 +195,34 @@ async def test_a_report_the_pool_cannot_take_now_is_sent_again(tmp_path: Path) -
     finally:
         runner.cancel()
     assert len(pool.reports) == 3 and cursors.saved == 1
+
+
+async def test_a_block_whose_report_keeps_failing_holds_no_other_back(tmp_path: Path) -> None:
+    """The pool fails block 7's report again and again (INTERNAL): blocks 8's and 9's
+    are answered meanwhile, and block 7's is tried again until the pool takes it."""
+    pool = FakePool(failing_blocks={7})
+    reporter, cursors, seen = _reporter(pool, tmp_path)
+    stuck, other, later = _result(1, block=7), _result(2, block=8), _result(3, block=9)
+    for r in (stuck, other):
+        cursors.receive(r.assignment.cursor)
+        reporter.add(r)
+    runner = asyncio.create_task(reporter.run())
+    try:
+        await until(lambda: len(seen) == 1)
+        assert seen[0][0] is other
+        cursors.receive(later.assignment.cursor)
+        reporter.add(later)  # a block that ends after the failing one started failing
+        await until(lambda: len(seen) == 2)
+        assert seen[1][0] is later
+        await until(lambda: sum(1 for block, _ in pool.reports if block == 7) >= 3)
+        assert not reporter.idle and cursors.saved == 0  # block 7's is not dropped
+        pool.failing_blocks.clear()
+        await until(lambda: len(seen) == 3)
+        await asyncio.wait_for(reporter.wait_idle(), 5)
+    finally:
+        runner.cancel()
+    assert seen[2] == (stuck, ReportOutcome.RECORDED)
+    assert cursors.saved == 3
 
 
 async def test_one_bad_result_does_not_drop_its_batch(

@@ -1,0 +1,222 @@
+"""`kale-pool up`'s own rules, without the services: what each part finds in its
+environment (read back from the processes the supervisor starts), how long `--blocks`
+and the deposit wait give the chain, and a private events log from its first byte."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import io
+import json
+import logging
+import os
+import stat
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kalepool.app.observer import EVENT_LOGGER, RecordingObserver
+from kalepool.app.poolers import PoolerBundle, ProvisionedPooler, mining_settings
+from kalepool.app.stack import (
+    PART_SECRETS,
+    Ports,
+    Stack,
+    UpOptions,
+    _event_log,
+    blocks_timeout,
+    deposit_wait,
+    secret_settings,
+)
+from kalepool.app.supervisor import Part
+from kalepool.chain import ChainConfig
+from kalepool.settings import ENV_PREFIX, STELLAR_LEDGER_SECONDS, Settings, load_settings
+from kalepool.v1 import pool_pb2
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX) or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no .env from the repository
+
+
+# Stands in for a part's program: writes the environment it was given, then runs until
+# stopped (a part that exits before it is ready is a failed start).
+_DUMP_ENV = textwrap.dedent(
+    """
+    import json, os, pathlib, sys, time
+    out = pathlib.Path(sys.argv[1])
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(dict(os.environ)))
+    tmp.replace(out)
+    while True:
+        time.sleep(0.1)
+    """
+)
+
+_MASTER_KEY_VARS = {f"{ENV_PREFIX}MASTER_KEY", f"{ENV_PREFIX}MASTER_KEY_FILE"}
+
+
+def _local_pooler(settings: Settings) -> ProvisionedPooler:
+    env = mining_settings(
+        settings,
+        name="pooler-1",
+        pool_address="127.0.0.1:50051",
+        api_key="kp_the_poolers_own",
+        rpc_url=settings.rpc_url,
+        channel_secrets=["SCHANNEL"],
+    )
+    return ProvisionedPooler(
+        pooler=pool_pb2.Pooler(pooler_id="p-1", name="pooler-1"),
+        bundle=PoolerBundle.of(settings, "pooler-1"),
+        env=env,
+        api_key_issued=False,
+        registered=False,
+        certificate=True,
+        funded=0,
+    )
+
+
+async def _environments(stack: Stack, parts: list[Part], marks: Path) -> dict[str, dict[str, str]]:
+    """Start each part (its program swapped for `_DUMP_ENV`, its environment as built)
+    through the stack's supervisor; the environment each process was handed."""
+    try:
+        for part in parts:
+            dump = marks / f"{part.name}.json"
+            part.argv = [sys.executable, "-c", _DUMP_ENV, str(dump)]
+            part.probe = lambda path=dump: asyncio.sleep(0, result=path.exists())  # type: ignore[misc]
+            part.stop_grace = 10
+            await stack.supervisor.start(part)
+    finally:
+        await stack.supervisor.stop_all()
+    return {p.name: json.loads((marks / f"{p.name}.json").read_text()) for p in parts}
+
+
+@pytest.mark.parametrize("how", ["master_key", "master_key_file"])
+async def test_no_part_but_the_wallet_gets_the_master_key(tmp_path: Path, how: str) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    given: dict[str, object] = {"master_key": key}
+    if how == "master_key_file":
+        key_file = tmp_path / "master.key"
+        key_file.write_text(key)
+        given = {"master_key_file": key_file}
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        pooler_api_key="kp_the_supervisors",  # set where `up` runs: no part's business
+        **given,
+    )
+    settings.layout().ensure()
+    stack = Stack(
+        settings,
+        UpOptions(),
+        Ports.plan(settings),
+        RecordingObserver(),
+        Console(file=io.StringIO()),
+    )
+    stack.conninfo = "postgresql://kale@%2Fembedded/kalepool"  # the embedded server's
+    ports = stack.ports
+    parts = [
+        stack._devnet_part(ports, settings.rpc_url or ""),
+        stack._wallet_part(ports),
+        stack._pool_part(ports),
+        stack._pooler_part(_local_pooler(settings)),
+    ]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    envs = await _environments(stack, parts, marks)
+
+    wallet = envs.pop("wallet")
+    assert _MASTER_KEY_VARS & wallet.keys() == {f"{ENV_PREFIX}{how.upper()}"}
+    assert wallet["DATABASE_URL"] == stack.conninfo
+    for name, env in envs.items():
+        assert not _MASTER_KEY_VARS & env.keys(), name
+        assert key not in json.dumps(env), name
+    # The devnet gets no secret at all; the pool the database only; a pooler its own key.
+    devnet, pool, pooler = envs["devnet"], envs["pool"], envs["pooler-1"]
+    secret_vars = {"DATABASE_URL"} | {
+        f"{ENV_PREFIX}{name.upper()}" for name in secret_settings() if name != "database_url"
+    }
+    assert not secret_vars & devnet.keys()
+    assert secret_vars & pool.keys() == {"DATABASE_URL"}
+    assert pool["DATABASE_URL"] == stack.conninfo
+    assert secret_vars & pooler.keys() == {
+        f"{ENV_PREFIX}POOLER_API_KEY",
+        f"{ENV_PREFIX}POOLER_CHANNEL_SECRETS",
+    }
+    assert pooler[f"{ENV_PREFIX}POOLER_API_KEY"] == "kp_the_poolers_own"
+    assert pooler[f"{ENV_PREFIX}DATA_DIR"] == str(settings.layout().root / "poolers" / "pooler-1")
+    # Everything that is not a secret still reaches every part.
+    for env in (wallet, devnet, pool, pooler):
+        assert env[f"{ENV_PREFIX}NETWORK"] == "devnet"
+        assert env[f"{ENV_PREFIX}RPC_URL"] == settings.rpc_url
+
+
+def test_every_secret_setting_is_known_and_given_only_where_named() -> None:
+    secrets = secret_settings()
+    for name, info in Settings.model_fields.items():
+        if "SecretStr" in str(info.annotation):
+            assert name in secrets, name
+    assert {"master_key_file", "pooler_channel_secrets_file"} <= secrets
+    for role, allowed in PART_SECRETS.items():
+        assert allowed <= secrets, role
+    assert [r for r, allowed in PART_SECRETS.items() if "master_key" in allowed] == ["wallet"]
+
+
+def test_blocks_wait_on_the_chains_block_interval_not_the_devnets_setting() -> None:
+    settings = load_settings(devnet_block_seconds=60)
+    real = ChainConfig(
+        rpc_url="https://rpc.example",
+        network_passphrase="Test SDF Network ; September 2015",
+        farm_contract_id="C1",
+        sac_contract_id="C2",
+        asset_code="KALE",
+        asset_issuer="G1",
+        block_seconds=300,
+    )
+    assert blocks_timeout(2, real) >= 2 * 300 + 300  # K blocks and the one under way
+    devnet = dataclasses.replace(real, block_seconds=settings.devnet_block_seconds)
+    assert blocks_timeout(2, devnet) < blocks_timeout(2, real)
+
+
+def test_the_deposit_wait_counts_the_networks_ledgers() -> None:
+    devnet = load_settings(devnet_block_seconds=60)  # 2 s ledgers
+    testnet = load_settings(network="testnet", farm_contract_id="CFARM")
+    assert testnet.network_ledger_seconds() == STELLAR_LEDGER_SECONDS
+    assert devnet.network_ledger_seconds() == devnet.ledger_seconds() == 2
+    assert deposit_wait(testnet) >= 5 * STELLAR_LEDGER_SECONDS
+    assert deposit_wait(testnet) > deposit_wait(devnet)
+
+
+def test_the_events_log_is_private_from_its_first_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(data_dir=tmp_path / "data")
+    settings.layout().ensure()
+    path = settings.layout().logs / "events.log"
+    # No mode fixed after the fact: what the file is created with is what it has.
+    monkeypatch.setattr(os, "chmod", lambda *_a, **_k: None)
+    monkeypatch.setattr(os, "fchmod", lambda *_a, **_k: None)
+    old = os.umask(0o022)
+    try:
+        with _event_log(settings):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            logging.getLogger(EVENT_LOGGER).info("pool: ready")
+    finally:
+        os.umask(old)
+    assert path.read_text().rstrip().endswith("INFO pool: ready")
+
+
+def test_an_events_log_made_wider_before_is_narrowed(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / "data")
+    settings.layout().ensure()
+    path = settings.layout().logs / "events.log"
+    path.write_text("an older run\n")
+    path.chmod(0o644)
+    with _event_log(settings):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "an older run\n"
