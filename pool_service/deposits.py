@@ -2,27 +2,37 @@
 
 It reads the KALE asset contract's token events (`kalepool.chain.read_token_events`)
 from where it stopped (`chain_cursors`, row `kale-events`), page after page. For each
-`transfer` or `mint` whose `to_address` is a pool farmer's custodial account:
+`transfer` or `mint` of more than 0 whose `to_address` is a pool farmer's custodial
+account:
 
-- a `harvest` of the farm (its transaction read with `read_farm_call`) is a harvest,
-  perhaps made by someone else (anyone may call harvest): the `harvests` row is made
-  sure of, recorded from the chain with the reward the call returned, never twice (the
-  pool's own harvest records the same transaction; `harvests_one_success` holds one);
+- a `mint` whose transaction removed that farmer's `Pail(farmer, i)` from the farm's
+  storage (`read_pail_changes`: the transaction's result meta, whoever called `harvest`
+  and however deep inside another contract's call) is the **harvest** of (farmer, i):
+  the `harvests` row is made sure of, with the pail's stake and the minted amount less
+  it as the reward, never twice (the pool's own harvest records the same transaction;
+  `harvests_one_success` holds one). The farm mints a harvest (it is the asset's
+  admin), so only a mint can be one;
 - anything else is a **deposit**: a `deposits` row, unique by the event id, whose
-  trigger credits the farmer's ledger once.
+  trigger credits the farmer's ledger once. A movement of 0 (the asset contract accepts
+  it) moves nothing and is passed over.
 
-Transfers out of custodial accounts (payouts, closes) and burns (plants) are the pool's
-own and recorded where they are made.
+A mint whose transaction cannot be read now (the RPC unreachable, not knowing it yet,
+an answer that does not decode) stops the page, which is read again next pass: it is
+never taken for a deposit. Transfers out of custodial accounts (payouts, closes) and
+burns (plants) are the pool's own and recorded where they are made.
 
 Nothing twice, nothing lost: a page is read and applied while this follower holds the
 cursor row's lock (`FOR UPDATE SKIP LOCKED`: a second replica skips the pass instead of
 reading the same page), the cursor moves in the same transaction as the page's deposits,
 and every write is keyed (a deposit by its event id, a harvest by (farmer, block)), so a
 page applied twice (a crash between the writes and the cursor, an operator rewinding
-the cursor) changes nothing. A first start begins at the oldest ledger the RPC still
-serves, so a deposit made before the pool started is not missed. A stored cursor that
-fell out of the RPC's window has lost events: logged as an error, the follower resumes
-at the oldest ledger served, and `kale-pool check` shows the difference (docs/pool.md).
+the cursor) changes nothing. A first start on a fresh pool begins at the oldest ledger
+the RPC still serves, so a deposit made before the pool started is not missed; a first
+start on books that already hold ledger entries (a pool upgraded from before the
+follower, whose deposits were credited by hand) begins at the latest ledger and says
+so. A stored cursor that fell out of the RPC's window has lost events: logged as an
+error, the follower resumes at the oldest ledger served, and `kale-pool check` shows the
+difference (docs/pool.md).
 """
 
 from __future__ import annotations
@@ -34,16 +44,22 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
+from kalepool import protocol
 from kalepool.chain import (
+    Block,
     ChainClient,
     ChainDataError,
     ChainError,
+    ChainUnavailableError,
     EventPage,
     EventsOutOfRangeError,
+    PailChanges,
     TokenEvent,
-    read_farm_call,
+    read_block,
+    read_pail_changes,
     read_token_events,
 )
+from kalepool.chain import Pail as FarmPail
 from kalepool.chain.events import cursor_ledger
 from kalepool.db.reads import Pool
 from pool_service.store import FOLLOWER_CURSOR, HarvestStore, Pail
@@ -52,9 +68,9 @@ log = logging.getLogger("pool_service.deposits")
 
 # Events read per page.
 PAGE_SIZE = 1000
-# A transaction the RPC cannot find although its event was just served (an RPC behind a
-# load balancer, one node ahead of another) is asked about again for this many ledgers
-# (about ten minutes); after that it is left to `kale-pool check`, loudly.
+# A transaction the RPC cannot find or read although its event was just served (an RPC
+# behind a load balancer, one node ahead of another) is asked about again for this many
+# ledgers (about ten minutes); after that it is left to `kale-pool check`, loudly.
 UNKNOWN_TX_GRACE_LEDGERS = 120
 
 
@@ -68,6 +84,15 @@ class Farmer:
     pooler_id: UUID
 
 
+@dataclass
+class Cursor:
+    """Where the follower stopped; `first` when no follower ever stopped anywhere."""
+
+    cursor: str | None
+    ledger: int
+    first: bool
+
+
 class DepositStore:
     """SQL of the follower: its cursor, farmers by custodial account, deposits."""
 
@@ -75,10 +100,10 @@ class DepositStore:
         self.pool = pool
 
     @staticmethod
-    async def lock_cursor(conn: AsyncConnection[Any]) -> tuple[str | None, int] | None:
-        """The cursor (paging cursor, last ledger read), locked until the transaction
-        ends; None when another follower holds it now."""
-        await conn.execute(
+    async def lock_cursor(conn: AsyncConnection[Any]) -> Cursor | None:
+        """The cursor, locked until the transaction ends; None when another follower
+        holds it now."""
+        made = await conn.execute(
             "INSERT INTO chain_cursors (name, cursor, ledger) VALUES (%s, NULL, 0)"
             " ON CONFLICT (name) DO NOTHING",
             (FOLLOWER_CURSOR,),
@@ -88,7 +113,7 @@ class DepositStore:
             (FOLLOWER_CURSOR,),
         )
         row = await cur.fetchone()
-        return None if row is None else (row[0], int(row[1]))
+        return None if row is None else Cursor(row[0], int(row[1]), made.rowcount == 1)
 
     @staticmethod
     async def move_cursor(conn: AsyncConnection[Any], cursor: str | None, ledger: int) -> None:
@@ -96,6 +121,13 @@ class DepositStore:
             "UPDATE chain_cursors SET cursor = %s, ledger = greatest(ledger, %s) WHERE name = %s",
             (cursor, ledger, FOLLOWER_CURSOR),
         )
+
+    @staticmethod
+    async def books_hold_entries(conn: AsyncConnection[Any]) -> bool:
+        """Whether any farmer already has a ledger entry (credited before any follower)."""
+        cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM balance_ledger)")
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     @staticmethod
     async def farmers(conn: AsyncConnection[Any], addresses: list[str]) -> dict[str, Farmer]:
@@ -108,25 +140,38 @@ class DepositStore:
         return {r[0]: Farmer(r[1], r[2]) for r in await cur.fetchall()}
 
     @staticmethod
-    async def harvest_known(conn: AsyncConnection[Any], tx_hash: str) -> bool:
-        """Whether a successful harvest with this transaction is recorded."""
+    async def own_harvest(conn: AsyncConnection[Any], farmer_id: UUID, tx_hash: str) -> bool:
+        """Whether this is the pool's own recorded harvest of the farmer: a transaction the
+        wallet signed, one `harvest` call, so one pail and one mint."""
         cur = await conn.execute(
-            "SELECT 1 FROM harvests WHERE tx_hash = %s AND status = 'success'", (tx_hash,)
+            "SELECT 1 FROM harvests WHERE farmer_id = %s AND tx_hash = %s"
+            " AND status = 'success' AND transaction_id IS NOT NULL",
+            (farmer_id, tx_hash),
         )
         return await cur.fetchone() is not None
 
     @staticmethod
+    async def harvested_by(conn: AsyncConnection[Any], farmer_id: UUID, tx_hash: str) -> set[int]:
+        """The blocks of the farmer whose successful harvest is this transaction."""
+        cur = await conn.execute(
+            "SELECT block_index FROM harvests WHERE farmer_id = %s AND tx_hash = %s"
+            " AND status = 'success'",
+            (farmer_id, tx_hash),
+        )
+        return {int(r[0]) for r in await cur.fetchall()}
+
+    @staticmethod
     async def planting(
         conn: AsyncConnection[Any], farmer_id: UUID, block_index: int
-    ) -> UUID | None:
-        """The pooler of the farmer's successful planting in the block, if recorded."""
+    ) -> tuple[UUID, int] | None:
+        """(pooler, stake) of the farmer's successful planting in the block, if recorded."""
         cur = await conn.execute(
-            "SELECT pooler_id FROM plantings WHERE farmer_id = %s AND block_index = %s"
-            " AND status = 'success'",
+            "SELECT pooler_id, stake_amount FROM plantings WHERE farmer_id = %s"
+            " AND block_index = %s AND status = 'success'",
             (farmer_id, block_index),
         )
         row = await cur.fetchone()
-        return None if row is None else row[0]
+        return None if row is None else (row[0], int(row[1]))
 
     @staticmethod
     async def deposit(conn: AsyncConnection[Any], farmer: Farmer, event: TokenEvent) -> bool:
@@ -146,6 +191,34 @@ class DepositStore:
         return cur.rowcount > 0
 
 
+def harvest_amount(pail: FarmPail, block: Block) -> int | None:
+    """What harvesting the pail mints, computed from its block as the farm does: its stake
+    and its reward. None for a pail never worked or a block that cannot normalise (#12)."""
+    if pail.gap is None or pail.zeros is None:
+        return None
+    try:
+        share = protocol.normalise(block.bounds(), pail.gap, pail.stake, pail.zeros).total
+    except protocol.BlockInvalidError:
+        return None
+    return pail.stake + protocol.harvest_reward(
+        share, pail.index, block.staked_total, block.normalized_total
+    )
+
+
+def pick_pail(
+    amount: int, pails: list[FarmPail], expected: dict[int, int], recorded: set[int]
+) -> FarmPail | None:
+    """Which of a farmer's pails, all removed by one transaction, a mint of `amount` paid:
+    the one whose harvest mints that much (`expected`, by block). Several alike (same
+    amount) are taken in block order, the first not yet `recorded` for this transaction
+    (each mint records one of them; a mint seen again finds them all recorded, and the
+    record is keyed). None when no pail's harvest mints that amount."""
+    matching = sorted((p for p in pails if expected.get(p.index) == amount), key=lambda p: p.index)
+    if not matching:
+        return None
+    return next((p for p in matching if p.index not in recorded), matching[0])
+
+
 class ChainFollower:
     """Follows the KALE asset's events; credits deposits and records harvests."""
 
@@ -154,6 +227,7 @@ class ChainFollower:
         self.chain = chain
         self.store = DepositStore(pool)
         self.harvests = harvests
+        self._said_upgrade = False
 
     async def run_once(self) -> int:
         """Read pages until the follower is caught up (or another replica holds the
@@ -174,33 +248,45 @@ class ChainFollower:
                 held = await self.store.lock_cursor(conn)
                 if held is None:
                     return 0, False  # another replica is reading this page
-                cursor, ledger = held
-                page = await self._read(cursor, ledger)
+                upgraded = held.first and await self.store.books_hold_entries(conn)
+                page = await self._read(held, upgraded)
                 farmers = await self.store.farmers(
                     conn, sorted({e.to_address for e in page.events if e.to_address})
                 )
                 applied = 0
                 for event in page.events:
-                    if event.kind in ("transfer", "mint") and event.to_address in farmers:
-                        await self._apply(conn, farmers[event.to_address], event, page)
-                        applied += 1
+                    if event.kind not in ("transfer", "mint") or event.to_address not in farmers:
+                        continue
+                    if event.amount <= 0:
+                        continue  # nothing moved (the asset contract accepts a transfer of 0)
+                    await self._apply(conn, farmers[event.to_address], event, page)
+                    applied += 1
                 await self.store.move_cursor(conn, page.cursor, self._read_through(page))
                 return applied, bool(page.events)
         except (Retry, ChainError) as stop:
             log.warning("chain follower: %s; the page is read again next pass", stop)
             return 0, False
 
-    async def _read(self, cursor: str | None, ledger: int) -> EventPage:
-        """The next page: after the cursor, or from the oldest ledger served on a first
-        start; a cursor that fell out of the window is said loudly and skipped over."""
+    async def _read(self, held: Cursor, upgraded: bool) -> EventPage:
+        """The next page: after the cursor; on a first start from the oldest ledger served,
+        or from the latest on books kept before the follower existed; a cursor that fell
+        out of the window is said loudly and skipped over."""
+        cursor, ledger = held.cursor, held.ledger
         try:
             if cursor is not None:
                 return await read_token_events(self.chain, cursor=cursor, limit=PAGE_SIZE)
+            if upgraded:
+                latest = (await self.chain.latest_ledger()).sequence
+                self._say_upgrade(latest)
+                return await read_token_events(self.chain, start_ledger=latest, limit=PAGE_SIZE)
             return await read_token_events(
                 self.chain, start_ledger=max(ledger + 1, 1), limit=PAGE_SIZE
             )
         except EventsOutOfRangeError as exc:
-            if cursor is not None or ledger > 0:
+            if upgraded:
+                start = exc.latest_ledger
+            elif cursor is not None or ledger > 0:
+                start = exc.oldest_ledger
                 log.error(
                     "chain follower: its position (ledger %d) fell out of the RPC's window"
                     " (ledgers %d to %d): events of the ledgers in between were never read;"
@@ -212,10 +298,22 @@ class ChainFollower:
                     exc.oldest_ledger,
                 )
             else:
-                log.info("chain follower: first start, reading from ledger %d", exc.oldest_ledger)
-            return await read_token_events(
-                self.chain, start_ledger=exc.oldest_ledger, limit=PAGE_SIZE
-            )
+                start = exc.oldest_ledger
+                log.info("chain follower: first start, reading from ledger %d", start)
+            return await read_token_events(self.chain, start_ledger=start, limit=PAGE_SIZE)
+
+    def _say_upgrade(self, ledger: int) -> None:
+        if self._said_upgrade:
+            return
+        self._said_upgrade = True
+        log.warning(
+            "chain follower: first start on books that already hold ledger entries (a pool"
+            " that credited deposits before the follower existed): reading from the latest"
+            " ledger, %d, so that no deposit is credited twice. KALE that reached custodial"
+            " accounts before is not credited by the follower: `kale-pool check` names any"
+            " balance the books do not explain (docs/pool.md, Deposits).",
+            ledger,
+        )
 
     @staticmethod
     def _read_through(page: EventPage) -> int:
@@ -229,32 +327,18 @@ class ChainFollower:
     async def _apply(
         self, conn: AsyncConnection[Any], farmer: Farmer, event: TokenEvent, page: EventPage
     ) -> None:
-        if await self.store.harvest_known(conn, event.tx_hash):
-            return  # the pool's own harvest, recorded when it was made
-        try:
-            call = await read_farm_call(self.chain, event.tx_hash)
-        except ChainDataError:
-            call = None  # not a call of the farm: a payment, a transfer, a mint
-            known = True
-        except ChainError as exc:
-            raise Retry(f"event {event.id}: the chain cannot be read ({exc})") from None
-        else:
-            known = call is not None
-        if not known:
-            if page.latest_ledger - event.ledger < UNKNOWN_TX_GRACE_LEDGERS:
-                raise Retry(f"event {event.id}: the RPC does not know {event.tx_hash} yet")
-            log.error(
-                "chain follower: the RPC does not know transaction %s of event %s"
-                " (%d stroops to farmer %s): left to `kale-pool check`",
-                event.tx_hash,
-                event.id,
-                event.amount,
-                farmer.id,
-            )
-            return
-        if call is not None and call.function == "harvest" and call.succeeded:
-            await self._harvest(conn, farmer, event, call.index, call.returned)
-            return
+        if event.kind == "mint":
+            if await self.store.own_harvest(conn, farmer.id, event.tx_hash):
+                return  # the pool's own harvest, recorded when it was made
+            changes = await self._changes(farmer, event, page)
+            if changes is None:
+                return  # left to `kale-pool check` (logged)
+            pails = changes.removed_for(event.to_address or "")
+            if pails:
+                pail = await self._which(conn, farmer, event, pails)
+                if pail is not None:
+                    await self._harvest(conn, farmer, event, pail)
+                return
         if await self.store.deposit(conn, farmer, event):
             log.info(
                 "deposit of %d stroops to farmer %s (event %s, tx %s)",
@@ -264,34 +348,106 @@ class ChainFollower:
                 event.tx_hash,
             )
 
+    async def _changes(
+        self, farmer: Farmer, event: TokenEvent, page: EventPage
+    ) -> PailChanges | None:
+        """What the event's transaction did to the farm's pails. A transaction that cannot
+        be read now stops the page (Retry); one still unreadable after the grace is
+        logged and left to the check (None): it is never taken for a deposit."""
+        try:
+            changes = await read_pail_changes(self.chain, event.tx_hash)
+        except ChainDataError as exc:
+            problem = f"its answer cannot be read ({exc})"
+        except ChainUnavailableError as exc:
+            raise Retry(f"event {event.id}: the chain cannot be read ({exc})") from None
+        else:
+            if changes is not None and changes.succeeded:
+                return changes
+            problem = "the RPC does not know it" if changes is None else "the RPC says it failed"
+        if page.latest_ledger - event.ledger < UNKNOWN_TX_GRACE_LEDGERS:
+            raise Retry(f"event {event.id}: transaction {event.tx_hash}: {problem}")
+        log.error(
+            "chain follower: transaction %s of event %s (%d stroops to farmer %s): %s;"
+            " left to `kale-pool check`",
+            event.tx_hash,
+            event.id,
+            event.amount,
+            farmer.id,
+            problem,
+        )
+        return None
+
+    async def _which(
+        self, conn: AsyncConnection[Any], farmer: Farmer, event: TokenEvent, pails: list[FarmPail]
+    ) -> FarmPail | None:
+        """The pail whose harvest this mint is. One removed pail is it. Several (a contract
+        harvesting several blocks of one farmer in one transaction) are told apart by the
+        amount each harvest mints, computed from its block as the farm does."""
+        if len(pails) == 1:
+            pail: FarmPail | None = pails[0]
+        else:
+            expected: dict[int, int] = {}
+            for p in pails:
+                try:
+                    block = await read_block(self.chain, p.index)
+                except ChainDataError:
+                    block = None
+                amount = None if block is None else harvest_amount(p, block)
+                if amount is not None:
+                    expected[p.index] = amount
+            recorded = await self.store.harvested_by(conn, farmer.id, event.tx_hash)
+            pail = pick_pail(event.amount, pails, expected, recorded)
+        if pail is None or pail.stake > event.amount:
+            log.error(
+                "chain follower: transaction %s removed pails %s of farmer %s, and the mint of"
+                " %d stroops (event %s) cannot be told to be one's harvest: left to"
+                " `kale-pool check`",
+                event.tx_hash,
+                sorted(p.index for p in pails),
+                farmer.id,
+                event.amount,
+                event.id,
+            )
+            return None
+        return pail
+
     async def _harvest(
-        self,
-        conn: AsyncConnection[Any],
-        farmer: Farmer,
-        event: TokenEvent,
-        block_index: int | None,
-        reward: int | None,
+        self, conn: AsyncConnection[Any], farmer: Farmer, event: TokenEvent, pail: FarmPail
     ) -> None:
         """A harvest of the farmer's pail seen on chain, made by anyone: recorded once,
-        with the reward the contract returned (the minted amount less it is the stake)."""
-        if block_index is None or reward is None:
-            raise ChainDataError(f"harvest {event.tx_hash} names no block or no reward")
-        pooler = await self.store.planting(conn, farmer.id, block_index)
-        pail = Pail(
-            farmer_id=farmer.id,
-            pooler_id=pooler or farmer.pooler_id,
-            block_index=block_index,
-            custodial_public_key=event.to_address or "",
-            stake_amount=event.amount - reward,
-        )
+        with the pail's stake and the rest of the minted amount as the reward."""
+        planted = await self.store.planting(conn, farmer.id, pail.index)
+        if planted is not None and planted[1] != pail.stake:
+            log.warning(
+                "chain follower: the pail of farmer %s in block %d staked %d stroops on chain,"
+                " the planting recorded %d; the chain's is kept for the harvest",
+                farmer.id,
+                pail.index,
+                pail.stake,
+                planted[1],
+            )
+        reward = event.amount - pail.stake
         row = await self.harvests.record(
-            pail, "success", reward, event.tx_hash, event.ledger, "none", None, None
+            Pail(
+                farmer_id=farmer.id,
+                pooler_id=farmer.pooler_id if planted is None else planted[0],
+                block_index=pail.index,
+                custodial_public_key=event.to_address or "",
+                stake_amount=pail.stake,
+            ),
+            "success",
+            reward,
+            event.tx_hash,
+            event.ledger,
+            "none",
+            None,
+            None,
         )
         if row is not None:
             log.info(
                 "harvest of farmer %s block %d seen on chain (tx %s): reward %d",
                 farmer.id,
-                block_index,
+                pail.index,
                 event.tx_hash,
                 reward,
             )

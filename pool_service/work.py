@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from kalepool import protocol
-from kalepool.chain import ChainDataError, ChainError, read_farm_call, read_pail
+from kalepool.chain import ChainError, NotAFarmCallError, read_farm_call, read_pail
 from kalepool.grpc_server import InvalidArgument, OutOfRange, Unavailable
 from kalepool.mining import farmer_key
 from kalepool.request_checks import check_uuid
@@ -307,9 +307,9 @@ class WorkReports:
         async with limit:
             try:
                 problem = await self._disproof(item.work, item.planting)
-            except ChainDataError as exc:
+            except NotAFarmCallError as exc:
                 item.decide(REFUSED, f"result for farmer {item.farmer}: {exc}")
-            except ChainError as exc:
+            except ChainError as exc:  # unreachable, or an answer that cannot be read
                 item.decide(
                     RETRY,
                     f"result for farmer {item.farmer}: the chain cannot be read now ({exc});"

@@ -29,6 +29,7 @@ from stellar_sdk.exceptions import NotFoundError as SdkNotFoundError
 from kalepool.chain import (
     AccountNotFoundError,
     ChainClient,
+    ChainDataError,
     ChainError,
     ChainUnavailableError,
     ContractError,
@@ -47,6 +48,7 @@ from kalepool.chain import (
     build_trustline,
     current_block,
     read_account,
+    read_pail_changes,
     read_pails,
     reconcile,
     sign,
@@ -534,27 +536,52 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             out.failure.fault = common_pb2.FAULT_PARTY_NONE
         row = result.row
         if out.status == common_pb2.TX_STATUS_SUCCESS and row is not None and row.ledger:
-            found = await self._pail_of(farmer, block, row.ledger)
+            found = await self._pail_of(farmer, block, row)
             if found is not None:
                 response.block_index, response.plant_ledger = found
         return response
 
-    async def _pail_of(self, farmer: str, block: int, ledger: int) -> tuple[int, int] | None:
-        """(block, ledger) of the pail an applied plant opened: the one of `block` or the
-        next whose sequence is the plant's ledger (the plant may have applied after the
-        block became due, opening the next). None when neither holds it any more."""
+    async def _pail_of(self, farmer: str, block: int, row: TxRow) -> tuple[int, int] | None:
+        """(block, ledger) of the pail an applied plant opened. Its transaction's meta
+        says it (the pail it created), even once the pail is gone (harvested, expired);
+        only when the RPC no longer knows the transaction (or cannot read it) is the pail
+        looked for on chain: the one of `block` or the next whose sequence is the plant's
+        ledger (it may have applied after the block became due, opening the next). None
+        when neither says."""
+        try:
+            changes = await read_pail_changes(self.chain, row.tx_hash)
+        except ChainUnavailableError as exc:
+            raise Unavailable(
+                f"the plant applied in ledger {row.ledger} but its pail cannot be read: {exc}"
+            ) from None
+        except ChainDataError as exc:
+            log.warning(
+                "plant %s: its meta cannot be read (%s); looking at the pails", row.tx_hash, exc
+            )
+            changes = None
+        if changes is not None:
+            opened = changes.created_for(farmer)
+            if len(opened) == 1:
+                return opened[0].index, opened[0].sequence
+            log.warning(
+                "plant %s: its meta shows %d pails opened for %s", row.tx_hash, len(opened), farmer
+            )
         candidates = [(farmer, block), (farmer, block + 1)]
         try:
             pails = await read_pails(self.chain, candidates)
         except ChainError as exc:
             raise Unavailable(
-                f"the plant applied in ledger {ledger} but its pail cannot be read: {exc}"
+                f"the plant applied in ledger {row.ledger} but its pail cannot be read: {exc}"
             ) from None
         for where in candidates:
             pail = pails[where]
-            if pail is not None and pail.sequence == ledger:
+            if pail is not None and pail.sequence == row.ledger:
                 return where[1], pail.sequence
-        log.warning("plant of %s applied in ledger %d opened no pail found now", farmer, ledger)
+        log.warning(
+            "plant of %s applied in ledger %s: neither its meta nor the chain shows its pail now",
+            farmer,
+            row.ledger,
+        )
         return None
 
     async def Harvest(

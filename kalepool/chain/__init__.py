@@ -3,8 +3,8 @@
 `config` resolves which network and contracts; `client` holds the RPC connection;
 `farm_state` reads the farm and accounts; `calls` builds transactions; `submit` signs,
 records, sends and follows them safely; `events` reads the asset's token events and
-`farm_calls` what a farm transaction did; `errors` and `faults` say what went wrong and
-whose fault it was. See docs/chain.md.
+`farm_calls` what a farm transaction did (its call, the pails it created and removed);
+`errors` and `faults` say what went wrong and whose fault it was. See docs/chain.md.
 """
 
 from kalepool.chain.calls import (
@@ -28,10 +28,11 @@ from kalepool.chain.errors import (
     ContractError,
     ContractKind,
     EventsOutOfRangeError,
+    NotAFarmCallError,
     SimulationError,
 )
 from kalepool.chain.events import EventPage, TokenEvent, read_token_events
-from kalepool.chain.farm_calls import FarmCall, read_farm_call
+from kalepool.chain.farm_calls import FarmCall, PailChanges, read_farm_call, read_pail_changes
 from kalepool.chain.farm_state import (
     AccountState,
     Block,
@@ -83,7 +84,9 @@ __all__ = [
     "FarmInstance",
     "Fault",
     "LedgerInfo",
+    "NotAFarmCallError",
     "Pail",
+    "PailChanges",
     "RetryPolicy",
     "SignedTx",
     "SimulationError",
@@ -110,6 +113,7 @@ __all__ = [
     "read_farm",
     "read_farm_call",
     "read_pail",
+    "read_pail_changes",
     "read_pails",
     "read_token_events",
     "reconcile",

@@ -47,6 +47,12 @@ class ChainDataError(ChainError):
     """The chain answered with data of an unexpected shape (wrong contract, wrong network)."""
 
 
+class NotAFarmCallError(ChainDataError):
+    """A transaction read back by hash is something else than one plant, work or harvest
+    call of the farm (a payment, another contract, other arguments): a fact about the
+    transaction, where a plain ChainDataError means the answer itself could not be read."""
+
+
 class EventsOutOfRangeError(ChainError):
     """getEvents was asked to start outside the ledgers the server keeps.
 

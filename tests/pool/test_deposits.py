@@ -1,12 +1,26 @@
 """The chain follower: KALE sent to a custodial account is credited once, by a classic
 payment or the friendbot's mint, across restarts and with two pool servers on one
-database; a harvest made by someone else is recorded once with the contract's reward."""
+database; a harvest made by someone else is recorded once with the contract's reward; a
+transfer of 0 stops nothing; a pool upgraded from books kept by hand starts following at
+the latest ledger."""
 
 from __future__ import annotations
 
-import psycopg
+import logging
 
-from kalepool.chain import build_harvest, build_payment, current_block, kale_balance
+import psycopg
+import pytest
+from stellar_sdk import scval
+
+from kalepool.chain import (
+    TxKind,
+    build_harvest,
+    build_payment,
+    current_block,
+    kale_balance,
+    read_token_events,
+)
+from kalepool.chain.calls import invoke
 from kalepool.db.consistency import check_consistency
 from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2
 
@@ -208,3 +222,96 @@ async def test_a_harvest_made_by_someone_else_is_recorded_once(pool: PoolStage) 
     assert block_view.harvests[0].transaction.status == common_pb2.TX_STATUS_SUCCESS
     with psycopg.connect(pool.conninfo) as conn:
         assert check_consistency(conn) == []
+
+
+async def test_a_transfer_of_nothing_stops_nothing(pool: PoolStage) -> None:
+    pooler, _ = await pool.register_pooler()
+    farmer = await pool.funded_farmer(pooler.pooler_id, kale=KALE)
+    address = farmer.custodial_address
+    payer = await pool.stage.account(kale=5 * KALE)
+    chain = pool.chain
+    # The asset contract accepts a transfer of 0 (a classic payment of 0 is malformed):
+    # anyone can send one to a custodial account, and the chain reports it as a movement.
+    zero = await invoke(
+        chain,
+        TxKind.PAYOUT,
+        payer.public_key,
+        chain.config.sac_contract_id,
+        "transfer",
+        [scval.to_address(payer.public_key), scval.to_address(address), scval.to_int128(0)],
+    )
+    sent = await pool.stage.run(zero, payer)
+    assert sent.ok and sent.ledger is not None
+    page = await read_token_events(chain, start_ledger=sent.ledger)
+    assert [(e.kind, e.to_address, e.amount) for e in page.events if e.tx_hash == sent.hash] == [
+        ("transfer", address, 0)
+    ]
+    # A real deposit after it is credited: the follower went past the 0.
+    paid = await pool.stage.run(
+        await build_payment(chain, payer.public_key, address, 2 * KALE), payer
+    )
+    assert paid.ok
+
+    async def credited() -> bool:
+        return await pool.deposited(farmer.farmer_id) == 3 * KALE
+
+    await until(credited, 30)
+    deposits = await _deposits(pool, farmer.farmer_id)
+    assert [d[1] for d in deposits] == [KALE, 2 * KALE]
+    now = await pool.operator().GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=farmer.farmer_id))
+    assert now.farmer.balance_stroops == 3 * KALE == await kale_balance(chain, address)
+
+
+async def test_an_upgraded_pool_starts_following_at_the_latest_ledger(
+    pool: PoolStage, caplog: pytest.LogCaptureFixture
+) -> None:
+    pooler, _ = await pool.register_pooler()
+    fresh = await pool.funded_farmer(pooler.pooler_id)
+    old = await pool.funded_farmer(pooler.pooler_id)
+
+    async def forget_the_follower() -> None:
+        """The pool as it was before the follower existed: no cursor row."""
+        assert pool.server is not None
+        await pool.server.stop(0)
+        pool.server = None
+        async with await psycopg.AsyncConnection.connect(pool.conninfo, autocommit=True) as c:
+            await c.execute("DELETE FROM chain_cursors")
+
+    # No ledger entry yet: a first start reads from the oldest ledger served, and so
+    # credits what was sent before it started.
+    await forget_the_follower()
+    await pool.stage.friendbot(fresh.custodial_address, 3 * KALE)
+    await pool.start()
+
+    async def fresh_credited() -> bool:
+        return await pool.deposited(fresh.farmer_id) == 3 * KALE
+
+    await until(fresh_credited, 30)
+
+    # Books kept before the follower: the operator credited a deposit by hand. A first
+    # start on them reads from the latest ledger, so that deposit is not credited again.
+    await forget_the_follower()
+    await pool.stage.friendbot(old.custodial_address, 5 * KALE)
+    await pool.credit(old.farmer_id, 5 * KALE)
+    with caplog.at_level(logging.INFO, logger="pool_service.deposits"):
+        await pool.start()
+        payer = await pool.stage.account(kale=5 * KALE)
+        paid = await pool.stage.run(
+            await build_payment(pool.chain, payer.public_key, old.custodial_address, KALE), payer
+        )
+        assert paid.ok
+
+        async def paid_credited() -> bool:
+            return any(d[2] == payer.public_key for d in await _deposits(pool, old.farmer_id))
+
+        await until(paid_credited, 30)
+    assert [d[1] for d in await _deposits(pool, old.farmer_id)] == [KALE]
+    said = [r for r in caplog.records if "latest" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert "kale-pool check" in said[0].getMessage()
+    op = pool.operator()
+    for farmer, kale in ((old, 6 * KALE), (fresh, 3 * KALE)):
+        now = (await op.GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=farmer.farmer_id))).farmer
+        assert (
+            now.balance_stroops == kale == await kale_balance(pool.chain, farmer.custodial_address)
+        )

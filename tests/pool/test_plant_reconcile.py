@@ -11,8 +11,17 @@ import grpc
 import psycopg
 import pytest
 
-from kalepool.chain import current_block, kale_balance, read_pail
+from kalepool.chain import (
+    build_harvest,
+    build_plant,
+    build_work,
+    current_block,
+    kale_balance,
+    read_block,
+    read_pail,
+)
 from kalepool.v1 import pool_pb2, pooler_pb2, records_pb2
+from tests.chain.stage import mine
 
 from .books import (
     consistency,
@@ -230,4 +239,65 @@ async def test_a_request_never_signed_whose_block_is_over_is_the_pools_failure(
     assert await read_pail(pool.chain, farmer.custodial_address, block + 1) is None
     assert await _balance(pool, farmer.farmer_id) == 20 * KALE
     assert await kale_balance(pool.chain, farmer.custodial_address) == 20 * KALE
+    assert await consistency(pool) == []
+
+
+async def test_a_plant_whose_pail_is_gone_before_the_pool_asks_again_is_recorded(
+    pool: PoolStage,
+) -> None:
+    pooler, key = await pool.register_pooler()
+    farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=20 * KALE)
+    address = farmer.custodial_address
+    block = (await current_block(pool.chain)).index
+    await _strand_plants(pool, key, [farmer.farmer_id], block)
+
+    async def planted_on_chain() -> bool:
+        return await read_pail(pool.chain, address, block) is not None
+
+    await until(planted_on_chain)
+    # While the pool is down the pail lives its whole life: worked, the next block opened
+    # by someone else's plant, harvested by a stranger. Nothing on chain holds it now.
+    chain_block = await read_block(pool.chain, block)
+    assert chain_block is not None
+    nonce, digest, _ = mine(block, chain_block.entropy, address, 1)
+    worker, other, stranger = [await pool.stage.account() for _ in range(3)]
+    work = await build_work(pool.chain, address, digest, nonce, source=worker.public_key)
+    assert (await pool.stage.run(work, worker)).ok
+    now = await current_block(pool.chain)
+    await pool.stage.advance(now.next_block_at - (await pool.chain.latest_ledger()).close_time)
+
+    async def due() -> bool:
+        current = await current_block(pool.chain)
+        return current.can_open_next((await pool.chain.latest_ledger()).close_time)
+
+    await until(due)
+    assert (await pool.stage.run(await build_plant(pool.chain, other.public_key, 0), other)).ok
+    harvest = await build_harvest(pool.chain, address, block, source=stranger.public_key)
+    harvested = await pool.stage.run(harvest, stranger)
+    assert harvested.ok and harvested.value is not None
+    assert await read_pail(pool.chain, address, block) is None
+    assert await read_pail(pool.chain, address, block + 1) is None
+
+    # Wallet and pool come back: the plant is located by its transaction, recorded in its
+    # block with its stake debited; the stranger's harvest is recorded by the follower.
+    port = pool.wallet.server.port
+    await pool.wallet.server.stop(0)
+    restarted = await pool.wallet.start(port)
+    await asyncio.wait_for(restarted.reconciled, 20)
+    await pool.start(plant_reconcile_interval_seconds=3600)
+    await _settled(pool, 1)
+    [row] = await plantings(pool)
+    plant_ledger = row[5]
+    assert row[1:5] == (farmer.farmer_id, block, "success", 10 * KALE) and plant_ledger
+    assert await stakes(pool) == [(farmer.farmer_id, -10 * KALE, row[0])]
+
+    async def harvest_recorded() -> bool:
+        return await pool.count("harvests") == 1
+
+    await until(harvest_recorded, 30)
+    found = await rows(pool, "SELECT block_index, reward_amount, stake_amount FROM harvests")
+    assert found == [(block, harvested.value, 10 * KALE)]
+    chain_balance = await kale_balance(pool.chain, address)
+    assert chain_balance == 20 * KALE + harvested.value
+    assert await _balance(pool, farmer.farmer_id) == chain_balance
     assert await consistency(pool) == []

@@ -325,3 +325,57 @@ async def test_a_work_the_rpc_forgot_is_proven_by_its_pail(
     assert any(r.levelno == logging.ERROR for r in caplog.records if "window" in r.getMessage())
     later = await pool.funded_farmer(pooler.pooler_id, kale=KALE)
     assert later.balance_stroops == KALE
+
+
+async def test_a_claimed_work_is_refused_only_for_what_its_transaction_is(
+    pool: PoolStage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pooler, key = await pool.register_pooler()
+    auth = bearer(key)
+    farmer = await pool.funded_farmer(pooler.pooler_id)
+    block = (await current_block(pool.chain)).index
+    stub = pool.pooler()
+    await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block), metadata=auth)
+    snapshot = await stub.GetAssignments(pooler_pb2.GetAssignmentsRequest(), metadata=auth)
+    fee = await pool.stage.account()
+    worked = await submit_work(pool, snapshot.assignments[0], fee)
+    tx_hash = worked.report.transaction.tx_hash
+
+    async def report(result: pooler_pb2.WorkReport) -> pooler_pb2.ReportWorkResponse:
+        return await stub.ReportWork(
+            pooler_pb2.ReportWorkRequest(block_index=block, results=[result]), metadata=auth
+        )
+
+    # A transaction that is not a farm call at all (the farmer's trustline) is refused.
+    trustline = await _trustline_tx(pool, farmer.custodial_address)
+    refused = await report(changed(worked.report, tx_hash=trustline))
+    assert outcomes(refused) == [(farmer.farmer_id, REFUSED)]
+    assert "is not a plant, work or harvest call" in refused.outcomes[0].message
+
+    # An answer about the real work that cannot be read (the RPC served it without its
+    # envelope) says nothing against it: report again later.
+    real = pool.chain.rpc.get_transaction
+
+    async def without_envelope(wanted: str) -> Any:
+        got = await real(wanted)
+        if wanted == tx_hash:
+            got.envelope_xdr = None
+        return got
+
+    monkeypatch.setattr(pool.chain.rpc, "get_transaction", without_envelope)
+    blind = await report(worked.report)
+    assert outcomes(blind) == [(farmer.farmer_id, RETRY)]
+    assert "lacks the envelope" in blind.outcomes[0].message
+    monkeypatch.undo()
+    assert outcomes(await report(worked.report)) == [(farmer.farmer_id, RECORDED)]
+
+
+async def _trustline_tx(pool: PoolStage, account: str) -> str:
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as conn:
+        cur = await conn.execute(
+            "SELECT tx_hash FROM transactions WHERE kind = 'trustline' AND source_account = %s",
+            (account,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
