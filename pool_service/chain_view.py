@@ -1,5 +1,6 @@
-"""The pool's reads of the farm: the block a plant may name now, the current block
-(briefly cached: every stream asks), and each block's entropy and opening time."""
+"""The pool's reads of the farm: the block a plant may name now, the current block and
+the latest ledger (briefly cached: every stream, heartbeat and stats call asks), each
+block's entropy and opening time, and whether a block's work window has closed."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from kalepool.grpc_server import Unavailable
 
 @dataclass(frozen=True, slots=True)
 class Plantable:
-    """The farm's current block and the close time of the latest ledger."""
+    """The farm's current block and the latest ledger (its sequence and close time)."""
 
     current: CurrentBlock
     close_time: int
+    latest_ledger: int
 
     @property
     def target(self) -> int:
@@ -30,30 +32,36 @@ class ChainView:
     def __init__(self, chain: ChainClient, current_ttl: float = 1.0) -> None:
         self.chain = chain
         self.current_ttl = current_ttl
-        self._current: tuple[float, int] | None = None
+        self._plantable: tuple[float, Plantable] | None = None
         self._blocks: dict[int, Block] = {}
 
     @property
     def block_seconds(self) -> int:
         return self.chain.config.block_seconds
 
-    async def plantable(self) -> Plantable:
+    async def plantable(self, *, fresh: bool = False) -> Plantable:
+        """The farm's current block and the latest ledger, read at most once per
+        `current_ttl` seconds; `fresh` reads them now (a plant request's block check:
+        a view a second old may still call a due block plantable)."""
+        now = asyncio.get_running_loop().time()
+        if not fresh and self._plantable is not None:
+            read_at, cached = self._plantable
+            if now - read_at < self.current_ttl:
+                return cached
+        got = await self._read()
+        self._plantable = (asyncio.get_running_loop().time(), got)
+        return got
+
+    async def _read(self) -> Plantable:
         try:
             current = await current_block(self.chain)
             latest = await self.chain.latest_ledger()
         except ChainError as exc:
             raise Unavailable(f"the farm cannot be read: {exc}") from None
-        self._remember(current.index)
-        return Plantable(current, latest.close_time)
-
-    def _remember(self, index: int) -> None:
-        self._current = (asyncio.get_running_loop().time(), index)
+        return Plantable(current, latest.close_time, latest.sequence)
 
     async def current_index(self) -> int:
-        """The farm's current block index, read at most once per `current_ttl` seconds."""
-        now = asyncio.get_running_loop().time()
-        if self._current is not None and now - self._current[0] < self.current_ttl:
-            return self._current[1]
+        """The farm's current block index (from the briefly cached view)."""
         return (await self.plantable()).current.index
 
     async def block(self, index: int) -> Block | None:
@@ -69,3 +77,14 @@ class ChainView:
                 self._blocks.pop(min(self._blocks))
             self._blocks[index] = block
         return block
+
+    async def work_window_closed(self, index: int, margin: float) -> bool:
+        """Whether the chain's clock (the latest ledger's close time, briefly cached) is
+        past block `index`'s work window: its opening time + the block interval -
+        `margin`, the time a pooler needs to send its work. A block whose entry is gone
+        from the chain is long over."""
+        block = await self.block(index)
+        if block is None:
+            return True
+        now = (await self.plantable()).close_time
+        return now >= block.timestamp + self.block_seconds - margin

@@ -7,10 +7,15 @@ every planted pail's work is known (a success, a row observed on chain by the ha
 loop, or a harvest by anyone; pails past their lifetime excepted). Only then is the
 block's average reward final, and each owed amount is computed from it:
 
-- work failure, owed by the **pooler**: a planted pail with no successful work and never
-  harvested (a harvested pail was worked on chain), when no work was reported at all or
-  the last failure (reported, or observed on chain) was the pooler's. Amount: the pail's
-  stake (burned; without work it is never minted back) + the block's average reward.
+- work failure: a planted pail with no successful work and never harvested (a harvested
+  pail was worked on chain). Owed by the **pool** when the pool recorded the plant after
+  the block's work window (`plantings.recorded_late`: its assignment came too late);
+  otherwise by the party of the verdict on the work: the row the harvest pass observed on
+  chain (`pool_service.harvesting.observed_verdict`: it keeps the party of the failure the
+  pooler reported, or names the pooler when nothing was reported), or for a pail never
+  observed (past its lifetime) the last failure reported, or the pooler when none was.
+  A verdict that names the chain or the farmer owes nothing. Amount: the pail's stake
+  (burned; without work it is never minted back) + the block's average reward.
 - plant failure, owed by the **pool**: a farmer with no successful plant whose last
   failed attempt was the pool's fault. Amount: the block's average reward.
 - harvest failure, owed by the **pool**: a worked pail recorded gone (`PAIL_MISSING`)
@@ -61,23 +66,31 @@ _WORK_FAILURES = (
     + """
 INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensation_type,
   owed_by, amount, reason, planting_id, work_id)
-SELECT p.pooler_id, p.farmer_id, p.block_index, 'work_failure', 'pooler',
+SELECT p.pooler_id, p.farmer_id, p.block_index, 'work_failure', o.owed_by::fault_party,
   p.stake_amount + m.reward,
-  CASE WHEN last.id IS NULL THEN 'no work was reported for the planted pail before the block closed'
-       WHEN last.observed_on_chain THEN last.error_message
-       ELSE 'the pooler''s work failed: ' || last.error_message END,
-  p.id, last.id
+  CASE WHEN v.observed_on_chain THEN v.error_message
+       WHEN p.recorded_late
+         THEN 'the pool recorded the plant after the block''s work window: the assignment'
+              || ' reached the pooler too late to be worked'
+       WHEN v.id IS NULL THEN 'no work was reported for the planted pail before the block closed'
+       ELSE 'the work failed (reported as the ' || v.fault || '''s fault): ' || v.error_message
+  END,
+  p.id, v.id
 FROM plantings p JOIN mean m ON m.block_index = p.block_index
-LEFT JOIN LATERAL (SELECT w.id, w.fault, w.error_message, w.observed_on_chain FROM works w
-  WHERE w.farmer_id = p.farmer_id AND w.block_index = p.block_index
-  ORDER BY w.id DESC LIMIT 1) last ON true
+-- The verdict: the failure observed on chain (it confirms a reported one, keeping its
+-- party), else the last one reported.
+LEFT JOIN LATERAL (SELECT w.id, w.fault::text AS fault, w.error_message, w.observed_on_chain
+  FROM works w WHERE w.farmer_id = p.farmer_id AND w.block_index = p.block_index
+  AND w.status = 'failed' ORDER BY w.observed_on_chain DESC, w.id DESC LIMIT 1) v ON true
+CROSS JOIN LATERAL (SELECT CASE WHEN p.recorded_late THEN 'pool'
+  ELSE coalesce(v.fault, 'pooler') END AS owed_by) o
 WHERE p.status = 'success'
   AND NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
     AND w.block_index = p.block_index AND w.status = 'success')
   -- a pail harvested (by anyone) was worked on chain: nobody owes anything for it
   AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
     AND h.block_index = p.block_index AND h.status = 'success')
-  AND (last.id IS NULL OR last.fault = 'pooler')
+  AND o.owed_by IN ('pool', 'pooler')
   AND p.stake_amount + m.reward > 0
 ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
 """

@@ -14,8 +14,16 @@ Before harvesting, each pass also asks the chain about planted pails of finished
 whose work the books do not know (no successful work row, none observed on chain, no
 harvest): the pooler's report never came, or it reported a failure. The pail's state
 is the answer, recorded once as a `works` row with `observed_on_chain`: worked (zeros
-and gap from the pail; harvested like any other), not worked (`WORK_MISSING`, the
-pooler's fault), or gone without a harvest (`PAIL_MISSING`, the pooler's fault).
+and gap from the pail; harvested like any other), not worked (`WORK_MISSING`), or gone
+without a harvest (`PAIL_MISSING`). That row is the verdict on the pail's work, and the
+one place whose fault a failed work is (`observed_verdict`): the pool's when its plant
+was recorded after the block's work window (`plantings.recorded_late`: the pooler got
+the assignment too late), else the party of the failure the pooler reported (the chain
+only confirms it), else the pooler's (nothing was reported). Compensations follow it.
+
+Chain reads are made once per pass: the farm's view (current block, latest ledger) from
+the briefly cached `ChainView`, and "has the chain follower read past now" once, after
+all of the pass's answers, only when one of them needs it.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import grpc
 
 from kalepool.chain import ChainError, read_pails
 from kalepool.chain import Pail as ChainPail
-from kalepool.grpc_server import FailedPrecondition, Unavailable
+from kalepool.grpc_server import FailedPrecondition
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
@@ -82,6 +90,9 @@ class Round:
     """What one pass over some pails did."""
 
     pending: list[Pail] = field(default_factory=list)
+    # Found gone (PAIL_MISSING), with the wallet's answer: settled after the pass, once
+    # it is known whether the chain follower has read past that moment.
+    missing: list[tuple[Pail, wallet_pb2.HarvestResponse]] = field(default_factory=list)
 
 
 class Harvester:
@@ -105,6 +116,14 @@ class Harvester:
     async def harvest(self, pails: list[Pail]) -> Round:
         done = Round()
         await asyncio.gather(*(self._one(pail, done) for pail in pails))
+        if done.missing:
+            # One look for the whole pass, after every answer: a harvest by someone else
+            # before any of them is in the books once the follower has read past now.
+            if await self._follower_past():
+                for pail, response in done.missing:
+                    await self._record_failed(pail, response)
+            else:
+                done.pending.extend(pail for pail, _ in done.missing)
         return done
 
     async def _one(self, pail: Pail, done: Round) -> None:
@@ -140,43 +159,38 @@ class Harvester:
                 None,
                 None,
             )
-        elif code == common_pb2.FAILURE_CODE_PAIL_MISSING and not await self._follower_past():
-            # Harvested by someone else, perhaps: wait until the follower could know.
-            done.pending.append(pail)
-        elif code == common_pb2.FAILURE_CODE_PAIL_MISSING or out.status in (
-            common_pb2.TX_STATUS_FAILED,
-            common_pb2.TX_STATUS_EXPIRED,
-        ):
-            fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
-            await self.store.record(
-                pail,
-                "failed",
-                None,
-                out.tx_hash or None,
-                None,
-                "pool" if fault == "none" else fault,
-                convert.failure_code_name(code or common_pb2.FAILURE_CODE_TX_FAILED),
-                out.failure.message or common_pb2.TxStatus.Name(out.status),
-            )
-            if code != common_pb2.FAILURE_CODE_PAIL_MISSING:
-                done.pending.append(pail)
+        elif code == common_pb2.FAILURE_CODE_PAIL_MISSING:
+            # Harvested by someone else, perhaps: settled once the follower could know.
+            done.missing.append((pail, response))
+        elif out.status in (common_pb2.TX_STATUS_FAILED, common_pb2.TX_STATUS_EXPIRED):
+            await self._record_failed(pail, response)
+            done.pending.append(pail)  # a new transaction may still succeed
         else:  # pending, not ready yet, or refused before signing: try again later
             done.pending.append(pail)
+
+    async def _record_failed(self, pail: Pail, response: wallet_pb2.HarvestResponse) -> None:
+        out = response.outcome
+        fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
+        await self.store.record(
+            pail,
+            "failed",
+            None,
+            out.tx_hash or None,
+            None,
+            "pool" if fault == "none" else fault,
+            convert.failure_code_name(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
+            out.failure.message or common_pb2.TxStatus.Name(out.status),
+        )
 
     async def _settle(self, current: int, latest_ledger: int) -> None:
         """Compensations become certain once a block's pails are settled (after a pass)."""
         if self.compensations is not None:
             await self.compensations.settle(current, latest_ledger - PAIL_LIFETIME_LEDGERS)
 
-    async def _latest_ledger(self) -> int:
-        try:
-            return (await self.view.chain.latest_ledger()).sequence
-        except ChainError as exc:
-            raise Unavailable(f"the chain cannot be read: {exc}") from None
-
     async def _follower_past(self) -> bool:
         """Whether the chain follower has read past the latest ledger now, so that any
-        harvest made until now (by anyone) is in the books."""
+        harvest made until now (by anyone) is in the books. (Read fresh, never from the
+        cache: it must be read after the answers it judges.)"""
         try:
             seen = (await self.view.chain.latest_ledger()).sequence
         except ChainError:
@@ -211,10 +225,14 @@ class Harvester:
         except ChainError as exc:
             log.warning("unreported pails not read (%s): read again next pass", exc)
             return 0
-        follower_knows = await self._follower_past()
+        # Only a pail that is gone needs the follower; asked once for the pass.
+        gone = any(pails[(u.custodial_public_key, u.block_index)] is None for u in todo)
+        follower_knows = gone and await self._follower_past()
         recorded = 0
         for u in todo:
-            work = _observed(u, pails[(u.custodial_public_key, u.block_index)], follower_knows)
+            work = observed_verdict(
+                u, pails[(u.custodial_public_key, u.block_index)], follower_knows
+            )
             if work is None:
                 continue
             row = await self.store.record_observed(u, work)
@@ -232,12 +250,14 @@ class Harvester:
     async def request(
         self, pooler: PoolerRow, block_index: int, farmer_ids: list[UUID]
     ) -> pooler_pb2.RequestHarvestResponse:
-        current = (await self.view.plantable()).current.index
+        view = await self.view.plantable()
+        if block_index >= view.current.index:  # the cached view may be a second old
+            view = await self.view.plantable(fresh=True)
+        current, latest = view.current.index, view.latest_ledger
         if block_index >= current:
             raise FailedPrecondition(
                 f"block {block_index} is not over: the farm's current block is {current}"
             )
-        latest = await self._latest_ledger()
         await self.observe(current, latest, pooler.id, block_index)
         pails = await self.store.pails(current, pooler.id, block_index, farmer_ids)
         done = await self.harvest(pails)
@@ -268,8 +288,8 @@ class Harvester:
     async def run_once(self) -> None:
         """One pass: look at unreported pails, harvest every finished block's worked
         pails, then settle blocks."""
-        current = await self.view.current_index()
-        latest = await self._latest_ledger()
+        view = await self.view.plantable()
+        current, latest = view.current.index, view.latest_ledger
         await self.observe(current, latest)
         pails = await self.store.pails(current, limit=self.settings.max_harvest_batch_size)
         if pails:
@@ -281,28 +301,27 @@ class Harvester:
         await every(interval, self.run_once, "harvest")
 
 
-def _observed(u: Unreported, pail: ChainPail | None, follower_knows: bool) -> NewWork | None:
-    """The works row the pail's state proves; None while it proves nothing yet."""
-    where = f"the pail of block {u.block_index}"
-    if pail is None:
-        if not follower_knows:
-            return None  # a harvest by someone else may not be in the books yet
-        return NewWork(
-            u.farmer_id,
-            "failed",
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            "pooler",
-            convert.failure_code_name(common_pb2.FAILURE_CODE_PAIL_MISSING),
-            f"no work was reported, and {where} was gone from the chain, never harvested,"
-            " when the pool looked",
-            observed_on_chain=True,
+def _verdict(u: Unreported, what: str) -> tuple[str, str]:
+    """Whose fault a pail's failed work is, and the sentence that says why; `what` is
+    what the chain shows of the pail."""
+    if u.recorded_late:
+        return "pool", (
+            f"{what}: the pool recorded its plant after the block's work window, so the"
+            " assignment reached the pooler too late to be worked"
         )
-    if pail.worked:
+    if u.reported_fault is not None:
+        return u.reported_fault, (
+            f"{what}, confirming the failure the pooler reported ({u.reported_code},"
+            f" the {u.reported_fault}'s fault): {u.reported_message}"
+        )
+    return "pooler", f"{what} (no work was reported)"
+
+
+def observed_verdict(u: Unreported, pail: ChainPail | None, follower_knows: bool) -> NewWork | None:
+    """The works row the pail's state proves, with whose fault a failure is (see the
+    module's docstring); None while it proves nothing yet."""
+    where = f"the pail of block {u.block_index}"
+    if pail is not None and pail.worked:
         return NewWork(
             u.farmer_id,
             "success",
@@ -317,6 +336,15 @@ def _observed(u: Unreported, pail: ChainPail | None, follower_knows: bool) -> Ne
             None,
             observed_on_chain=True,
         )
+    if pail is None:
+        if not follower_knows:
+            return None  # a harvest by someone else may not be in the books yet
+        code = common_pb2.FAILURE_CODE_PAIL_MISSING
+        what = f"{where} was gone from the chain, never harvested, when the pool looked"
+    else:
+        code = common_pb2.FAILURE_CODE_WORK_MISSING
+        what = f"the chain shows {where} never worked"
+    fault, message = _verdict(u, what)
     return NewWork(
         u.farmer_id,
         "failed",
@@ -326,8 +354,8 @@ def _observed(u: Unreported, pail: ChainPail | None, follower_knows: bool) -> Ne
         None,
         None,
         None,
-        "pooler",
-        convert.failure_code_name(common_pb2.FAILURE_CODE_WORK_MISSING),
-        f"the chain shows {where} never worked (no successful work was reported)",
+        fault,
+        convert.failure_code_name(code),
+        message,
         observed_on_chain=True,
     )

@@ -11,7 +11,6 @@ pending, and is driven again by the next request and at start-up (`reconcile`).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -30,9 +29,10 @@ from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2, wallet_pb2
 from pool_service import convert
 from pool_service.chain_view import ChainView
+from pool_service.locks import KeyedLocks
 from pool_service.store import FARMER_COLUMNS, FarmerRow, Store
 from pool_service.validate import Page
-from pool_service.wallet import WalletClient, wallet_call
+from pool_service.wallet import WalletClient, nothing_signed, wallet_call
 
 log = logging.getLogger("pool_service.payouts")
 
@@ -42,14 +42,6 @@ _PAYOUT_ID_NAMESPACE = uuid.UUID("0b7f3a52-3c1e-4f0e-8f7e-706179f0075a")
 # How long one Transfer / CloseWallet call may take before its fate counts as unknown
 # (the payout stays pending and is driven again later).
 _WALLET_TIMEOUT_SECONDS = 30.0
-
-# Wallet refusals that are certain nothing was signed under the key: the wallet looks
-# the key up before it checks anything else, so a key already used always replays.
-_REFUSED = {
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.NOT_FOUND,
-}
 
 
 @dataclass
@@ -272,12 +264,9 @@ class Payouts:
         self.wallet = wallet
         self.view = view
         self.settings = settings
-        self._locks: dict[UUID, asyncio.Lock] = {}
-
-    def _lock(self, farmer_id: UUID) -> asyncio.Lock:
         # One payout decision per farmer at a time in this process; across replicas the
         # farmer's row lock and the ledger's overdraft check keep the balance whole.
-        return self._locks.setdefault(farmer_id, asyncio.Lock())
+        self.locks: KeyedLocks[UUID] = KeyedLocks()
 
     async def _farmer(self, farmer_id: UUID) -> FarmerRow:
         row = await self.store.farmer(farmer_id)
@@ -299,7 +288,7 @@ class Payouts:
         try:
             response = await self.wallet.stub.Transfer(request, timeout=_WALLET_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _REFUSED:
+            if nothing_signed(exc, payout.wallet_key):  # certain: failed, and reversed
                 await self.payouts.failed(
                     payout.id, None, "INTERNAL", exc.details() or exc.code().name, "pool"
                 )
@@ -340,7 +329,7 @@ class Payouts:
             farmer = await self.store.farmer(payout.farmer_id)
             if farmer is None:
                 continue
-            async with self._lock(payout.farmer_id):
+            async with self.locks.hold(payout.farmer_id):
                 done = await self.drive(payout, farmer.custodial_public_key)
             settled += done.status != "pending"
         return settled
@@ -367,7 +356,7 @@ class Payouts:
         key = check_idempotency_key(request.idempotency_key) if request.idempotency_key else None
         payout_id = uuid.uuid5(_PAYOUT_ID_NAMESPACE, f"{farmer_id}:{key}") if key else uuid.uuid4()
         farmer = await self._farmer(farmer_id)
-        async with self._lock(farmer_id):
+        async with self.locks.hold(farmer_id):
             existing = await self.payouts.payout(payout_id)
             if existing is None:
                 if farmer.status == "departed" or not farmer.is_funded:
@@ -415,7 +404,7 @@ class Payouts:
         farmer_id = check_uuid("farmer_id", request.farmer_id)
         farmer = await self._farmer(farmer_id)
         close_key = f"close:{farmer_id}"
-        async with self._lock(farmer_id):
+        async with self.locks.hold(farmer_id):
             if farmer.status == "departed":
                 return await self._departed(farmer, close_key)
             if farmer.status == "active":

@@ -10,6 +10,18 @@ asks again with the same key until it does. Asking again for the same (pooler, b
 plants nobody twice: farmers with a recorded success are answered from the record, the
 wallet replays any transaction it already made for a key, and the database holds one
 success per (farmer, block) and one request per (farmer, block).
+
+Two judgements are the pool's own, and are made from the chain and the request, never
+from who drives it (a first call, a repeat, the reconciler of any replica):
+
+- a block that moved on before the wallet sent the plant (`BLOCK_MISMATCH`, nothing
+  sent) is the chain's doing while the request is younger than the plant deadline
+  (`plant_timeout_seconds`: the block ended between the pool's check and the wallet's),
+  and the pool's failure once it is older (the pool did not get it out in time);
+- a success recorded when the chain's clock is past its block's work window (opening
+  time + block interval - `pooler_submit_margin_seconds`) is recorded `recorded_late`:
+  its assignment reached the pooler too late to be worked, so a missing or late work of
+  that pail is the pool's fault (see `pool_service.compensation`).
 """
 
 from __future__ import annotations
@@ -23,11 +35,12 @@ from uuid import UUID
 
 import grpc
 
-from kalepool.grpc_server import FailedPrecondition
+from kalepool.grpc_server import FailedPrecondition, Unavailable
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
 from pool_service.chain_view import ChainView
+from pool_service.locks import KeyedLocks
 from pool_service.store import (
     FarmerRow,
     NewPlanting,
@@ -36,20 +49,18 @@ from pool_service.store import (
     PoolerRow,
     Store,
 )
-from pool_service.wallet import WalletClient
+from pool_service.wallet import WalletClient, nothing_signed
 
 log = logging.getLogger("pool_service")
 
 BPS_MAX = 10_000
 
-# Refusals of the wallet service that prove nothing was signed: it checks the request and
-# looks the key up before it builds anything. Any other status (deadline, unavailable,
-# cancelled, internal, unknown, a dropped connection) may come after the send.
-_NOTHING_SIGNED: dict[grpc.StatusCode, tuple[str, common_pb2.FailureCode.ValueType]] = {
+# Whose failure a refusal that proves nothing was signed is (`pool_service.wallet.
+# NOTHING_SIGNED` decides which refusals prove it): a missing account is the farmer's
+# (never funded, or merged away); a request the wallet found malformed, or a wallet it
+# does not hold, is the pool's.
+_REFUSED_BY: dict[grpc.StatusCode, tuple[str, common_pb2.FailureCode.ValueType]] = {
     grpc.StatusCode.FAILED_PRECONDITION: ("farmer", common_pb2.FAILURE_CODE_ACCOUNT_MISSING),
-    grpc.StatusCode.INVALID_ARGUMENT: ("pool", common_pb2.FAILURE_CODE_INTERNAL),
-    grpc.StatusCode.NOT_FOUND: ("pool", common_pb2.FAILURE_CODE_INTERNAL),
-    grpc.StatusCode.ALREADY_EXISTS: ("pool", common_pb2.FAILURE_CODE_INTERNAL),
 }
 
 
@@ -78,8 +89,8 @@ def decide_answer(
 ) -> Decision:
     """What the wallet's answer to a plant means for the books.
 
-    `late`: the request is driven again after its RequestPlant (by the reconciler), so a
-    block that moved on means the pool did not get the plant out in time.
+    `late`: the request is older than the plant deadline, so a block that moved on
+    before anything was sent means the pool did not get the plant out in time.
     """
     out = response.outcome
     tx_hash = out.tx_hash or None
@@ -140,11 +151,10 @@ def decide_answer(
 def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decision:
     """A wallet call that ended in an error status: a failure only when it proves nothing
     was signed; otherwise the plant may be on its way and stays pending."""
-    code = exc.code()
-    known = _NOTHING_SIGNED.get(code)
-    if known is None:
+    if not nothing_signed(exc, request.idempotency_key):
         return Unsettled.PENDING
-    fault, failure = known
+    code = exc.code()
+    fault, failure = _REFUSED_BY.get(code, ("pool", common_pb2.FAILURE_CODE_INTERNAL))
     return NewPlanting(
         request.farmer_id,
         request.block_index,
@@ -185,7 +195,8 @@ class Planter:
         self.settings = settings
         self.on_planted = on_planted
         self._limit = asyncio.Semaphore(settings.plant_concurrency)
-        self._locks: dict[tuple[UUID, int], asyncio.Lock] = {}
+        # One request per (pooler, block) at a time in this process.
+        self.locks: KeyedLocks[tuple[UUID, int]] = KeyedLocks()
         # Requests this process is asking the wallet about right now (the reconciler
         # leaves them to the call in flight).
         self.driving: set[int] = set()
@@ -193,7 +204,8 @@ class Planter:
     async def request(
         self, pooler: PoolerRow, block_index: int, max_farmers: int
     ) -> pooler_pb2.RequestPlantResponse:
-        plantable = await self.view.plantable()
+        # Read now, never from the cache: a second-old view may name a block that is due.
+        plantable = await self.view.plantable(fresh=True)
         target = plantable.target
         if block_index != target:
             current = plantable.current.index
@@ -204,8 +216,7 @@ class Planter:
             )
         # One request per (pooler, block) at a time in this process; the database's
         # unique keys and locks hold across processes.
-        lock = self._locks.setdefault((pooler.id, block_index), asyncio.Lock())
-        async with lock:
+        async with self.locks.hold((pooler.id, block_index)):
             return await self._plant(pooler, block_index, max_farmers)
 
     async def _plant(
@@ -258,15 +269,20 @@ class Planter:
             # Settled by a success (e.g. the plant landed in the next block).
             attempt.row = await self.store.planting(request.planting_id)
             return
-        attempt.row = await self.drive(request, late=False)
+        attempt.row = await self.drive(request)
 
-    async def drive(self, request: PlantRequestRow, *, late: bool) -> PlantingRow | None:
+    async def drive(
+        self, request: PlantRequestRow, limit: asyncio.Semaphore | None = None
+    ) -> PlantingRow | None:
         """Ask the wallet for the request's plant (the same key and parameters every
         time: it replays what it already signed) and record what the answer settles.
-        The record that settles the request, or None while its fate is unknown."""
+        The record that settles the request, or None while its fate is unknown.
+
+        At most `limit` (default: `plant_concurrency`, shared by RequestPlant calls) at
+        once; the reconciler passes a smaller limit of its own."""
         self.driving.add(request.id)
         try:
-            async with self._limit:
+            async with limit or self._limit:
                 try:
                     response = await self.wallet.stub.Plant(
                         wallet_pb2.PlantRequest(
@@ -280,6 +296,7 @@ class Planter:
                 except grpc.aio.AioRpcError as exc:
                     decision = decide_refusal(request, exc)
                 else:
+                    late = request.age() >= self.settings.plant_timeout_seconds
                     decision = decide_answer(request, response, late=late)
         finally:
             self.driving.discard(request.id)
@@ -289,14 +306,30 @@ class Planter:
             # Nobody's failure: the attempt that opened the pail is the record, once it
             # is recorded (its own request is driven too).
             return await self.store.settle_by_success(request)
+        if decision.status == "success":
+            try:
+                decision.recorded_late = await self.view.work_window_closed(
+                    decision.block_index, self.settings.pooler_submit_margin_seconds
+                )
+            except Unavailable as exc:
+                # Whose a missing work would be is part of the record: ask again later.
+                log.warning(
+                    "plant %s applied; left unsettled until the farm can be read (%s)",
+                    request.idempotency_key,
+                    exc.message,
+                )
+                return None
         row, new = await self.store.record_planting(request, decision)
         if new and row is not None:
             log.info(
-                "plant farmer=%s block=%d %s%s",
+                "plant farmer=%s block=%d %s%s%s",
                 row.farmer_id,
                 row.block_index,
                 row.status,
                 f" ({row.fault}: {row.error_message})" if row.error_message else "",
+                " after the block's work window: a missing work is the pool's fault"
+                if row.recorded_late
+                else "",
             )
             if row.status == "success":
                 self.on_planted(row.pooler_id)

@@ -8,8 +8,18 @@ own request is not recorded yet) is driven again here, at start-up and then ever
 `plant_reconcile_interval_seconds`: the same idempotency key and stake go to the wallet,
 which replays the transaction it already made (reconciling it with the chain by hash) and
 never signs twice; a key it never signed, for a block that is over, is refused and
-recorded as the pool's failure. Replicas may all run it: the request's row lock, the
-pooler's advisory lock and `plantings_one_success` record each outcome once.
+recorded as the pool's failure.
+
+It never competes with the plants of the current block: it takes only requests older
+than the plant deadline (`plant_timeout_seconds`; a call still asking about one has
+given up by then), at most `batch` a pass, oldest-attempted first, and asks the wallet
+about at most `concurrency` at once (a quarter of `plant_concurrency`), beside and not
+through the RequestPlant calls' own limit. Each pass that takes a request counts an
+attempt, and one that stays pending waits twice as long before the next (up to
+`LONGEST_WAIT_DEADLINES` plant deadlines), so a few stuck requests never starve the rest.
+Replicas may all run it: taking a request is one statement that skips rows another holds
+and moves the taken ones to the back; the request's row lock, the pooler's advisory lock
+and `plantings_one_success` record each outcome once.
 """
 
 from __future__ import annotations
@@ -22,26 +32,37 @@ from pool_service.store import Store
 
 log = logging.getLogger("pool_service")
 
+# The longest wait between two attempts of a request that stays pending, in plant
+# deadlines (30 s by default: five minutes, about a block).
+LONGEST_WAIT_DEADLINES = 10
+
 
 class PlantReconciler:
     """Drives unsettled plant requests through a Planter."""
 
-    def __init__(self, store: Store, planter: Planter, batch: int = 500) -> None:
+    def __init__(
+        self, store: Store, planter: Planter, batch: int = 64, concurrency: int | None = None
+    ) -> None:
         self.store = store
         self.planter = planter
         self.batch = batch
+        settings = planter.settings
+        self.concurrency = concurrency or max(1, settings.plant_concurrency // 4)
+        self._limit = asyncio.Semaphore(self.concurrency)
 
     async def reconcile(self) -> int:
-        """One pass over the unsettled requests; how many it settled."""
-        requests = [
-            r
-            for r in await self.store.unsettled_plant_requests(self.batch)
-            if r.id not in self.planter.driving  # a call of this process is asking already
-        ]
+        """One pass over the unsettled requests due now; how many it settled."""
+        deadline = self.planter.settings.plant_timeout_seconds
+        requests = await self.store.take_unsettled_plant_requests(
+            self.batch,
+            deadline,
+            deadline * LONGEST_WAIT_DEADLINES,
+            busy=sorted(self.planter.driving),  # a call of this process is asking already
+        )
         if not requests:
             return 0
         results = await asyncio.gather(
-            *(self.planter.drive(r, late=True) for r in requests), return_exceptions=True
+            *(self.planter.drive(r, self._limit) for r in requests), return_exceptions=True
         )
         settled = 0
         for request, result in zip(requests, results, strict=True):
@@ -51,6 +72,11 @@ class PlantReconciler:
                 log.warning("plant request %s not driven: %s", request.idempotency_key, result)
             elif result is not None:
                 settled += 1
-        if settled:
-            log.info("plant reconciliation: %d of %d requests settled", settled, len(requests))
+            else:
+                log.warning(
+                    "plant request %s still pending after %d attempts: asked again later",
+                    request.idempotency_key,
+                    request.attempts,
+                )
+        log.info("plant reconciliation: %d of %d requests settled", settled, len(requests))
         return settled

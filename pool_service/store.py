@@ -9,8 +9,9 @@ its refusals to statuses instead of re-checking them here.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -60,6 +61,9 @@ class PlantingRow:
     error_code: str | None
     error_message: str | None
     created_at: dt.datetime
+    # Recorded when the chain's clock was past its block's work window (the pool's fault
+    # if its work is missing or late).
+    recorded_late: bool = False
 
 
 @dataclass
@@ -76,6 +80,14 @@ class PlantRequestRow:
     settled_at: dt.datetime | None
     planting_id: int | None
     custodial_public_key: str
+    # How old its current attempt was when read (the database's clock), and when it was
+    # read (this process's monotonic clock): together, its age at any later moment.
+    age_seconds: float = 0.0
+    read_at: float = field(default_factory=time.monotonic)
+
+    def age(self) -> float:
+        """Seconds since the request's current attempt was opened."""
+        return self.age_seconds + time.monotonic() - self.read_at
 
 
 @dataclass
@@ -133,6 +145,8 @@ class NewPlanting:
     fault: str
     error_code: str | None
     error_message: str | None
+    # Success recorded after its block's work window (decided by the planter).
+    recorded_late: bool = False
 
 
 @dataclass
@@ -187,11 +201,12 @@ FARMER_COLUMNS = (
 )
 PLANTING_COLUMNS = (
     "id, block_index, farmer_id, pooler_id, custodial_public_key, stake_amount, tx_hash,"
-    " ledger, status::text, fault::text, error_code, error_message, created_at"
+    " ledger, status::text, fault::text, error_code, error_message, created_at, recorded_late"
 )
 PLANT_REQUEST_COLUMNS = (
     "r.id, r.idempotency_key, r.farmer_id, r.pooler_id, r.block_index, r.stake_amount,"
-    " r.attempts, r.settled_at, r.planting_id, f.custodial_public_key"
+    " r.attempts, r.settled_at, r.planting_id, f.custodial_public_key,"
+    " extract(epoch FROM now() - r.opened_at)::float8 AS age_seconds"
 )
 WORK_COLUMNS = (
     "id, block_index, farmer_id, pooler_id, custodial_public_key, nonce, hash, zeros, gap,"
@@ -515,8 +530,8 @@ class Store:
         The first request stores its stake; every later one (a repeat, another replica,
         the reconciler) drives the same key with the same stored stake, so the wallet
         sees the same parameters and never signs a second plant. A request settled by a
-        failure is opened again for a new attempt (`attempts` + 1); one settled by a
-        success, or still unsettled, is returned as it is.
+        failure is opened again for a new attempt (`attempts` + 1, its age counted from
+        now); one settled by a success, or still unsettled, is returned as it is.
         """
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
@@ -526,7 +541,7 @@ class Store:
             )
             await conn.execute(
                 "UPDATE plant_requests r SET settled_at = NULL, planting_id = NULL,"
-                " attempts = r.attempts + 1 FROM plantings p"
+                " attempts = r.attempts + 1, opened_at = now() FROM plantings p"
                 " WHERE r.idempotency_key = %s AND p.id = r.planting_id AND p.status = 'failed'",
                 (key,),
             )
@@ -540,16 +555,41 @@ class Store:
             assert row is not None  # inserted, or there already
             return row
 
-    async def unsettled_plant_requests(self, limit: int = 500) -> list[PlantRequestRow]:
-        """Plant requests whose outcome is not recorded yet, oldest first."""
-        return await fetch_all(
-            self.pool,
-            PlantRequestRow,
-            f"SELECT {PLANT_REQUEST_COLUMNS} FROM plant_requests r"
-            " JOIN farmers f ON f.id = r.farmer_id WHERE r.settled_at IS NULL"
-            " ORDER BY r.requested_at, r.id LIMIT %s",
-            (limit,),
-        )
+    async def take_unsettled_plant_requests(
+        self, limit: int, deadline: float, longest_wait: float, busy: Sequence[int] = ()
+    ) -> list[PlantRequestRow]:
+        """Unsettled plant requests due for the reconciler, oldest-attempted first, each
+        counted as an attempt (`attempts` + 1, `updated_at` now) in the same statement:
+        another replica's pass then leaves them alone until they are due again.
+
+        Due: the current attempt is older than `deadline` (the plant deadline: a call
+        asking about it now has given up), and the last attempt is older than
+        `deadline` * 2^(attempts - 1), at most `longest_wait` seconds, so a request that
+        stays pending is asked less and less often and never starves the others. Rows
+        being recorded right now are skipped, and so are `busy` (asked about by this
+        process)."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(PlantRequestRow))
+            await cur.execute(
+                "WITH due AS (SELECT id, updated_at AS last FROM plant_requests"
+                "  WHERE settled_at IS NULL"
+                "  AND opened_at <= now() - make_interval(secs => %(deadline)s)"
+                "  AND updated_at <= now() - make_interval(secs => least(%(longest)s,"
+                "   %(deadline)s * power(2, least(attempts - 1, 30))))"
+                "  AND NOT (id = ANY(%(busy)s::bigint[]))"
+                "  ORDER BY updated_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+                " taken AS (UPDATE plant_requests r SET attempts = r.attempts + 1 FROM due"
+                "  WHERE r.id = due.id RETURNING r.*, due.last)"
+                f" SELECT {PLANT_REQUEST_COLUMNS} FROM taken r"
+                " JOIN farmers f ON f.id = r.farmer_id ORDER BY r.last, r.id",
+                {
+                    "deadline": deadline,
+                    "longest": longest_wait,
+                    "busy": list(busy),
+                    "limit": limit,
+                },
+            )
+            return await cur.fetchall()
 
     async def _lock_request(
         self, conn: AsyncConnection[Any], request: PlantRequestRow
@@ -609,9 +649,10 @@ class Store:
             if row is None:
                 await cur.execute(
                     "INSERT INTO plantings (block_index, farmer_id, pooler_id, stake_amount,"
-                    " transaction_id, tx_hash, ledger, status, fault, error_code, error_message)"
-                    " VALUES (%s, %s, %s, %s, (SELECT id FROM transactions WHERE tx_hash = %s),"
-                    " %s, %s, %s, %s, %s, %s)"
+                    " transaction_id, tx_hash, ledger, status, fault, error_code, error_message,"
+                    " recorded_late) VALUES (%s, %s, %s, %s,"
+                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s,"
+                    " %s)"
                     f" RETURNING {PLANTING_COLUMNS}",
                     (
                         p.block_index,
@@ -625,6 +666,7 @@ class Store:
                         p.fault,
                         p.error_code,
                         p.error_message,
+                        p.recorded_late,
                     ),
                 )
                 row = await cur.fetchone()
@@ -832,6 +874,11 @@ class Unreported:
     block_index: int
     custodial_public_key: str
     ledger: int
+    recorded_late: bool = False  # the planting's: recorded after the block's work window
+    # The last failure the pooler reported for the pail, if it reported one.
+    reported_fault: str | None = None
+    reported_code: str | None = None
+    reported_message: str | None = None
 
 
 HARVEST_COLUMNS = (
@@ -895,8 +942,14 @@ class HarvestStore:
         return await fetch_all(
             self.pool,
             Unreported,
-            "SELECT p.farmer_id, p.pooler_id, p.block_index, p.custodial_public_key, p.ledger"
-            " FROM plantings p WHERE p.status = 'success' AND p.block_index < %(below)s"
+            "SELECT p.farmer_id, p.pooler_id, p.block_index, p.custodial_public_key, p.ledger,"
+            " p.recorded_late, r.fault AS reported_fault, r.error_code AS reported_code,"
+            " r.error_message AS reported_message FROM plantings p"
+            " LEFT JOIN LATERAL (SELECT w.fault::text, w.error_code, w.error_message FROM works w"
+            "  WHERE w.farmer_id = p.farmer_id AND w.block_index = p.block_index"
+            "  AND w.status = 'failed' AND NOT w.observed_on_chain ORDER BY w.id DESC LIMIT 1) r"
+            " ON true"
+            " WHERE p.status = 'success' AND p.block_index < %(below)s"
             " AND p.block_index >= %(from)s AND p.ledger > %(after)s"
             " AND (%(pooler)s::uuid IS NULL OR p.pooler_id = %(pooler)s::uuid)"
             " AND (%(block)s::bigint IS NULL OR p.block_index = %(block)s::bigint)"

@@ -1,8 +1,10 @@
-"""The pool's client of WalletService: an mTLS channel as `pool-client`, and the
-translation of the wallet's refusals into statuses the pool's own callers understand."""
+"""The pool's client of WalletService: an mTLS channel as `pool-client`, the one rule for
+which of its refusals prove that nothing was signed, and the translation of its refusals
+into statuses the pool's own callers understand."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -20,6 +22,41 @@ from kalepool.tls import WALLET_SERVER, Identity, channel_credentials
 from kalepool.v1 import wallet_pb2_grpc
 
 T = TypeVar("T")
+
+log = logging.getLogger("pool_service")
+
+# Refusals that prove the wallet signed nothing under the idempotency key: it checks the
+# request (INVALID_ARGUMENT), then looks the key up (a key already used always replays its
+# transaction), then the wallet and the account (NOT_FOUND, FAILED_PRECONDITION), all
+# before it builds anything. ALREADY_EXISTS is not one of them: it says the key *was*
+# used, for a transaction with other parameters, which may be on its way. Any other
+# status (deadline, unavailable, cancelled, internal, a dropped connection) may come
+# after the send. Planting and payouts both settle by this rule.
+NOTHING_SIGNED: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+def nothing_signed(exc: grpc.aio.AioRpcError, key: str) -> bool:
+    """Whether the wallet's refusal of the call made under `key` proves nothing was
+    signed (see NOTHING_SIGNED). ALREADY_EXISTS is logged as an error: the pool asked
+    again with other parameters than its first call under that key, which must never
+    happen; the outcome stays pending until an operator looks."""
+    code = exc.code()
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        log.error(
+            "the wallet holds a transaction under %s made with other parameters (%s):"
+            " left pending, it may be on its way; compare the wallet's transaction with"
+            " the pool's record",
+            key,
+            exc.details(),
+        )
+    return code in NOTHING_SIGNED
+
 
 _PASSED_ON: dict[grpc.StatusCode, type[StatusError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,

@@ -279,7 +279,7 @@ class WorkReports:
         try:
             current = await self.view.current_index()
             if block_index > current:  # the cached index may be a second old: read again
-                current = (await self.view.plantable()).current.index
+                current = (await self.view.plantable(fresh=True)).current.index
         except Unavailable:
             return  # each success will say RETRY; failures need no chain
         if block_index > current:

@@ -7,7 +7,10 @@ themselves and not with the chain. This module compares the books with the chain
 
 - **balances**: each farmer's ledger balance equals its custodial account's KALE on
   chain, allowing for what is in flight (a pending payout, a plant or harvest whose
-  outcome is not recorded yet, a deposit the pool has not read yet), each named;
+  outcome is not recorded yet, KALE that reached the account in a ledger the chain
+  follower has not read yet: a deposit, or a harvest by someone else), each named. The
+  chain's balances are read before its token events, so every movement a balance
+  includes is among the events read (a later one is an effect that has not landed);
 - **pails**: for the farm's recent blocks, every pool farmer's pail on chain has its
   successful planting in the same block and every planting without a harvest has its
   pail; every worked pail a successful work record; no harvest recorded for a pail
@@ -205,8 +208,8 @@ def explained(difference: int, effects: Sequence[Effect]) -> bool:
     return False
 
 
-def _effects(books: _Books) -> dict[UUID, list[Effect]]:
-    """What is in flight per farmer, as (chain - ledger) changes once it lands."""
+def _effects(books: _Books, events: Sequence[TokenEvent]) -> dict[UUID, list[Effect]]:
+    """What is in flight per farmer, as its share of (chain - ledger) until it lands."""
     out: dict[UUID, list[Effect]] = defaultdict(list)
     by_address = books.farmer_by_address
     for r in books.plant_requests:
@@ -233,17 +236,53 @@ def _effects(books: _Books) -> dict[UUID, list[Effect]]:
             out[farmer["id"]].append(
                 Effect(f"harvest {t['tx_hash'][:12]} of block {t['block_index']} in flight", None)
             )
+    # KALE that reached a custodial account after the follower's cursor: on chain already,
+    # in the ledger once the follower reads it (a deposit, or a harvest made by someone
+    # else), exactly its amount. The pool's own harvests are counted above.
+    credited = {d["event_id"] for d in books.deposits}
+    harvests = recorded_harvests | {
+        t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"
+    }
+    for e in events:
+        farmer = by_address.get(e.to_address or "")
+        if (
+            farmer is None
+            or e.kind not in ("transfer", "mint")
+            or e.ledger <= books.followed_to
+            or e.id in credited
+            or e.tx_hash in harvests
+        ):
+            continue
+        out[farmer["id"]].append(
+            Effect(
+                f"{e.kind} of {kale(e.amount)} in tx {e.tx_hash[:12]} (ledger {e.ledger}) not"
+                " read by the chain follower yet",
+                int(e.amount),
+            )
+        )
     return out
 
 
-async def _check_balances(books: _Books, chain: ChainClient, report: BooksReport) -> None:
+async def _read_balances(books: _Books, chain: ChainClient) -> list[tuple[dict[str, Any], int]]:
+    """Each funded, not departed farmer with its custodial account's KALE on chain now."""
     farmers = [f for f in books.farmers if f["status"] != "departed" and f["is_funded"]]
     keys = [trustline_key(chain, f["custodial_public_key"]) for f in farmers]
     entries, _ = await get_entries(chain, keys)
-    effects = _effects(books)
+    balances = []
     for farmer, entry in zip(farmers, entries, strict=True):
         line = None if entry is None else entry.data.trust_line
-        on_chain = 0 if line is None else int(line.balance.int64)
+        balances.append((farmer, 0 if line is None else int(line.balance.int64)))
+    return balances
+
+
+def _check_balances(
+    books: _Books,
+    balances: list[tuple[dict[str, Any], int]],
+    events: Sequence[TokenEvent],
+    report: BooksReport,
+) -> None:
+    effects = _effects(books, events)
+    for farmer, on_chain in balances:
         ledger = int(farmer["current_balance"])
         difference = on_chain - ledger
         if difference == 0:
@@ -258,7 +297,7 @@ async def _check_balances(books: _Books, chain: ChainClient, report: BooksReport
             report.in_flight.append(f"{summary}; in flight: {'; '.join(e.what for e in pending)}")
         else:
             report.differences.append(summary)
-    report.checked["balances"] = len(farmers)
+    report.checked["balances"] = len(balances)
 
 
 # --- pails ---------------------------------------------------------------------------
@@ -491,16 +530,20 @@ async def audit_books(conninfo: str, chain: ChainClient | None, *, blocks: int =
         current = (await current_block(chain)).index
         since_block = max(0, current - blocks + 1)
         books = await _read_books(conn, since_block)
-    await _check_balances(books, chain, report)
-    await _check_pails(books, chain, current, since_block, report)
-    _check_transactions(books, report)
     # The ledgers of the blocks compared, at least: a ledger closes at most once a second
     # on any Stellar network, so a block spans at most `block_seconds` ledgers.
     latest = (await chain.latest_ledger()).sequence
     start = max(1, latest - blocks * chain.config.block_seconds)
     if books.first_plant_ledger is not None:
         start = min(start, int(books.first_plant_ledger))
-    _check_events(books, await _token_events(chain, start), report)
+    # The balances first, then the events up to now: every movement a balance includes
+    # is among them (a deposit between the two reads is an effect not landed yet).
+    balances = await _read_balances(books, chain)
+    events = await _token_events(chain, start)
+    _check_balances(books, balances, events, report)
+    await _check_pails(books, chain, current, since_block, report)
+    _check_transactions(books, report)
+    _check_events(books, events, report)
     return report
 
 

@@ -10,7 +10,7 @@ import asyncio
 import psycopg
 
 from kalepool.app.books import BooksReport, Effect, audit_books, explained
-from kalepool.chain import current_block
+from kalepool.chain import current_block, kale_balance
 from kalepool.v1 import pool_pb2, pooler_pb2, wallet_pb2
 from tests.pool.conftest import KALE, PoolStage, until
 from tests.pool.test_pooler_auth import bearer
@@ -134,6 +134,39 @@ async def test_what_is_in_flight_is_named_apart(pool: PoolStage) -> None:
         await payout
     report = await audit_books(pool.conninfo, pool.chain)
     assert report.differences == [] and not any("payout" in i for i in report.in_flight), report
+
+
+async def test_a_deposit_the_follower_has_not_read_is_in_flight(pool: PoolStage) -> None:
+    farmers, _, _ = await _planted_farm(pool)
+    farmer = farmers[2]  # not planted: nothing else in flight for it
+    # The chain follower stops with the pool; KALE arrives meanwhile.
+    assert pool.server is not None
+    await pool.server.stop(0)
+    pool.server = None
+    await pool.stage.friendbot(farmer.custodial_address, 3 * KALE)
+
+    async def arrived() -> bool:
+        return await kale_balance(pool.chain, farmer.custodial_address) == 23 * KALE
+
+    await until(arrived)
+    report = await audit_books(pool.conninfo, pool.chain)
+    assert report.differences == [], report
+    mine = [line for line in report.in_flight if farmer.farmer_id in line]
+    assert any(
+        "chain - ledger = 3 KALE" in line and "not read by the chain follower yet" in line
+        for line in mine
+    ), report
+
+    # Once the follower has credited it, the farmer has no line at all.
+    await pool.start()
+
+    async def credited() -> bool:
+        return await pool.deposited(farmer.farmer_id) == 23 * KALE
+
+    await until(credited, 30)
+    report = await audit_books(pool.conninfo, pool.chain)
+    assert report.differences == [], report
+    assert [line for line in report.in_flight if farmer.farmer_id in line] == [], report
 
 
 def test_a_difference_is_in_flight_only_if_what_is_pending_explains_it() -> None:

@@ -218,3 +218,96 @@ async def test_work_the_pooler_never_reported_is_observed_and_harvested(pool: Po
     assert block_view.block.counts.works_succeeded == 2
     with psycopg.connect(pool.conninfo) as conn:
         assert check_consistency(conn) == []
+
+
+async def test_a_failure_reported_keeps_its_party_when_the_chain_confirms_it(
+    pool: PoolStage,
+) -> None:
+    pooler, key = await pool.register_pooler()
+    auth = bearer(key)
+    chains, pools, own, idle = [
+        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE) for _ in range(4)
+    ]
+    stub = pool.pooler()
+    block = (await current_block(pool.chain)).index
+    await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block), metadata=auth)
+
+    # Nobody works. Three failures are reported, each naming its party; one farmer's
+    # work is never reported at all.
+    def failed(
+        farmer_id: str,
+        fault: common_pb2.FaultParty.ValueType,
+        code: common_pb2.FailureCode.ValueType,
+        why: str,
+    ) -> pooler_pb2.WorkReport:
+        return pooler_pb2.WorkReport(
+            farmer_id=farmer_id,
+            status=records_pb2.EVENT_STATUS_FAILED,
+            failure=common_pb2.Failure(code=code, fault=fault, message=why),
+        )
+
+    reported = await stub.ReportWork(
+        pooler_pb2.ReportWorkRequest(
+            block_index=block,
+            results=[
+                failed(
+                    chains.farmer_id,
+                    common_pb2.FAULT_PARTY_CHAIN,
+                    common_pb2.FAILURE_CODE_CHAIN_UNAVAILABLE,
+                    "the RPC refused every submission",
+                ),
+                failed(
+                    pools.farmer_id,
+                    common_pb2.FAULT_PARTY_POOL,
+                    common_pb2.FAILURE_CODE_WORK_LATE,
+                    "the assignment came after the deadline",
+                ),
+                failed(
+                    own.farmer_id,
+                    common_pb2.FAULT_PARTY_POOLER,
+                    common_pb2.FAILURE_CODE_MINER_FAILED,
+                    "the miner crashed",
+                ),
+            ],
+        ),
+        metadata=auth,
+    )
+    assert reported.recorded == 3
+    await _open_next_block(pool, stub, auth, block)
+
+    # The loop reads the four pails (none worked) and records what the chain shows,
+    # keeping the party of each failure reported; then the block settles.
+    await pool.start(harvest_interval=0.1)
+
+    async def compensated() -> bool:  # written in one transaction once the block settles
+        return await pool.count("pooler_compensations") >= 3
+
+    await until(compensated, 30)
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as conn:
+        cur = await conn.execute(
+            "SELECT farmer_id::text, fault::text, error_code FROM works"
+            " WHERE block_index = %s AND observed_on_chain ORDER BY id",
+            (block,),
+        )
+        observed = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+    assert observed == {
+        chains.farmer_id: ("chain", "WORK_MISSING"),
+        pools.farmer_id: ("pool", "WORK_MISSING"),
+        own.farmer_id: ("pooler", "WORK_MISSING"),
+        idle.farmer_id: ("pooler", "WORK_MISSING"),
+    }
+    listed = await pool.operator().ListCompensations(pool_pb2.ListCompensationsRequest())
+    owed = {c.farmer_id: (c.owed_by, c.kind, c.amount_stroops) for c in listed.compensations}
+    work_failure = records_pb2.COMPENSATION_KIND_WORK_FAILURE
+    # The stake burned, plus the block's average reward (nothing was harvested: 0).
+    assert owed == {
+        pools.farmer_id: (common_pb2.FAULT_PARTY_POOL, work_failure, 5 * KALE),
+        own.farmer_id: (common_pb2.FAULT_PARTY_POOLER, work_failure, 5 * KALE),
+        idle.farmer_id: (common_pb2.FAULT_PARTY_POOLER, work_failure, 5 * KALE),
+    }
+    reasons = {c.farmer_id: c.reason for c in listed.compensations}
+    assert "confirming the failure the pooler reported (WORK_LATE" in reasons[pools.farmer_id]
+    block_view = await pool.operator().GetBlock(pool_pb2.GetBlockRequest(block_index=block))
+    assert block_view.block.counts.works_failed == 4  # a confirmation is not a second failure
+    with psycopg.connect(pool.conninfo) as conn:
+        assert check_consistency(conn) == []

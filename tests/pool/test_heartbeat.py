@@ -7,7 +7,7 @@ import psycopg
 from kalepool.chain import current_block
 from kalepool.v1 import pool_pb2, pooler_pb2
 
-from .conftest import PoolStage
+from .conftest import PoolStage, until
 from .test_pooler_auth import bearer, code_of
 
 
@@ -91,10 +91,18 @@ async def test_pool_stats_show_the_block_timing_when_the_chain_answers(pool: Poo
     assert stats.current_block_opened_at.seconds == chain.timestamp
     assert stats.next_block_due_at.seconds == chain.next_block_at
 
-    # The farm cannot be read: the books' figures still come, the chain's stay unset.
+    # The farm cannot be read: once the view read a second ago has expired, the books'
+    # figures still come, the chain's stay unset.
     await pool.stage.faults(error_rate={"getLedgerEntries": 1.0})
+    blind = stats
     try:
-        blind = await op.GetPoolStats(pool_pb2.GetPoolStatsRequest())
+
+        async def unread() -> bool:
+            nonlocal blind
+            blind = await op.GetPoolStats(pool_pb2.GetPoolStatsRequest())
+            return not blind.HasField("current_block_opened_at")
+
+        await until(unread)
     finally:
         await pool.stage.faults(error_rate={})
     assert not blind.HasField("current_block_opened_at")

@@ -194,7 +194,7 @@ async def test_the_pail_of_an_unrecorded_attempt_blames_nobody_and_settles_both(
 
     # The reconciler records the first attempt where its pail is, and settles the
     # second by it.
-    await pool.start(plant_reconcile_interval_seconds=0.05)
+    await pool.start(plant_timeout_seconds=2, plant_reconcile_interval_seconds=0.05)
 
     async def both_settled() -> bool:
         return all(r[3] for r in await requests(pool))

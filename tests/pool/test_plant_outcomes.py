@@ -1,16 +1,28 @@
 """What a wallet answer means for the books (unit): only answers that prove nothing was
-signed are failures; anything else leaves the request to the reconciler."""
+signed are failures, by one rule that planting and payouts share; anything else leaves
+the request to the reconciler. A block that moved on is the chain's or the pool's by the
+request's age, whoever drives it."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import logging
+import time
 import uuid
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
 
+from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, wallet_pb2
-from pool_service.planting import Unsettled, decide_answer, decide_refusal
-from pool_service.store import NewPlanting, PlantRequestRow
+from pool_service.chain_view import ChainView
+from pool_service.payouts import PayoutRow, Payouts, PayoutStore
+from pool_service.planting import Planter, Unsettled, decide_answer, decide_refusal
+from pool_service.store import NewPlanting, PlantingRow, PlantRequestRow, Store
+from pool_service.wallet import NOTHING_SIGNED, WalletClient
 
 FARMER = uuid.uuid4()
 REQUEST = PlantRequestRow(
@@ -54,7 +66,6 @@ def test_errors_that_prove_nothing_leave_the_plant_pending(code: grpc.StatusCode
         (grpc.StatusCode.FAILED_PRECONDITION, "farmer"),
         (grpc.StatusCode.INVALID_ARGUMENT, "pool"),
         (grpc.StatusCode.NOT_FOUND, "pool"),
-        (grpc.StatusCode.ALREADY_EXISTS, "pool"),
     ],
 )
 def test_refusals_before_signing_are_failures(code: grpc.StatusCode, fault: str) -> None:
@@ -62,6 +73,76 @@ def test_refusals_before_signing_are_failures(code: grpc.StatusCode, fault: str)
     assert isinstance(got, NewPlanting)
     assert (got.status, got.fault, got.block_index, got.tx_hash) == ("failed", fault, 41, None)
     assert code.name in (got.error_message or "")
+
+
+def test_a_key_used_with_other_parameters_is_pending_and_said_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # ALREADY_EXISTS proves a transaction *was* signed under the key (with other
+    # parameters): it may be on its way, so nothing is recorded as failed.
+    with caplog.at_level(logging.ERROR, logger="pool_service"):
+        assert decide_refusal(REQUEST, _error(grpc.StatusCode.ALREADY_EXISTS)) is Unsettled.PENDING
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert REQUEST.idempotency_key in record.getMessage()
+    assert "other parameters" in record.getMessage()
+
+
+# --- one rule for planting and payouts --------------------------------------------------
+
+
+class _Transfers:
+    """A wallet stub whose Transfer is refused with one status."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    async def Transfer(self, request: wallet_pb2.TransferRequest, **options: Any) -> None:
+        raise _error(self.code)
+
+
+class _PayoutBook:
+    """The payout store's calls the drive makes, on one payout in memory."""
+
+    def __init__(self, row: PayoutRow) -> None:
+        self.row = row
+
+    async def failed(self, payout_id: uuid.UUID, *args: Any) -> None:
+        self.row.status = "failed"
+
+    async def still_pending(self, *args: Any) -> None:
+        pass
+
+    async def payout(self, payout_id: uuid.UUID) -> PayoutRow:
+        return self.row
+
+
+async def _payout_after(code: grpc.StatusCode, tmp_path: Path) -> str:
+    """The payout's status after the wallet refused its transfer with `code`."""
+    now = dt.datetime.now(dt.UTC)
+    row = PayoutRow(
+        uuid.uuid4(), FARMER, "G" + "B" * 55, 100, None, "payout:x", "pending", None, None,
+        None, None, None, now, None,
+    )  # fmt: skip
+    wallet = cast(WalletClient, type("W", (), {"stub": _Transfers(code)})())
+    payouts = Payouts(
+        cast(Store, None),
+        cast(PayoutStore, _PayoutBook(row)),
+        wallet,
+        cast(ChainView, None),
+        _settings(tmp_path),
+    )
+    return (await payouts.drive(row, "G" + "A" * 55)).status
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK])
+async def test_planting_and_payouts_settle_a_refusal_by_the_same_rule(
+    code: grpc.StatusCode, tmp_path: Path
+) -> None:
+    planted = decide_refusal(REQUEST, _error(code))
+    paid = await _payout_after(code, tmp_path)
+    proves = code in NOTHING_SIGNED
+    assert (planted is not Unsettled.PENDING) is proves
+    assert paid == ("failed" if proves else "pending")
 
 
 def _answer(
@@ -141,3 +222,63 @@ def test_other_failures_keep_the_wallets_attribution() -> None:
         "INSUFFICIENT_KALE",
         "why",
     )
+
+
+# --- "late" from the request's age, whoever drives it ------------------------------------
+
+
+def _settings(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(network="devnet", data_dir=tmp_path, _env_file=None, **values)  # type: ignore[call-arg]
+
+
+class _Plants:
+    """A wallet stub that answers every Plant with one answer."""
+
+    def __init__(self, answer: wallet_pb2.PlantResponse) -> None:
+        self.answer = answer
+
+    async def Plant(self, request: wallet_pb2.PlantRequest, **options: Any) -> Any:
+        return self.answer
+
+
+class _Recorder:
+    """The store's record_planting, keeping what it was asked to record."""
+
+    def __init__(self) -> None:
+        self.recorded: list[NewPlanting] = []
+
+    async def record_planting(
+        self, request: PlantRequestRow, p: NewPlanting
+    ) -> tuple[PlantingRow, bool]:
+        self.recorded.append(p)
+        row = PlantingRow(
+            len(self.recorded), p.block_index, p.farmer_id, request.pooler_id,
+            request.custodial_public_key, p.stake, p.tx_hash, p.ledger, p.status, p.fault,
+            p.error_code, p.error_message, dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+        return row, True
+
+
+@pytest.mark.parametrize(("age", "fault"), [(0.0, "chain"), (29.0, "chain"), (31.0, "pool")])
+async def test_a_block_that_moved_on_is_judged_by_the_requests_age(
+    age: float, fault: str, tmp_path: Path
+) -> None:
+    mismatch = _answer(
+        common_pb2.TX_STATUS_REJECTED,
+        code=common_pb2.FAILURE_CODE_BLOCK_MISMATCH,
+        fault=common_pb2.FAULT_PARTY_NONE,
+    )
+    store = _Recorder()
+    wallet = cast(WalletClient, type("W", (), {"stub": _Plants(mismatch)})())
+    planter = Planter(
+        cast(Store, store),
+        wallet,
+        cast(ChainView, None),
+        _settings(tmp_path, plant_timeout_seconds=30),
+        lambda _: None,
+    )
+    request = dataclasses.replace(REQUEST, age_seconds=age, read_at=time.monotonic())
+    row = await planter.drive(request)
+    # The same path for a first call and the reconciler: only the age decides.
+    assert row is not None and row.fault == fault
+    assert [p.fault for p in store.recorded] == [fault]
