@@ -246,9 +246,15 @@ def test_up_no_demo_serves_the_operator_and_stops_on_ctrl_c(env: dict[str, str])
         # The operator adds a pooler: registered, certificate, API key shown once.
         added = run("pooler", "add", "rig-7", env=env)
         assert added.returncode == 0, added.stderr
-        key_lines = [line for line in added.stdout.splitlines() if line.startswith("API key")]
-        assert len(key_lines) == 1
-        api_key = key_lines[0].rsplit(" ", 1)[1]
+        assert "its API key was issued now" in added.stdout, added.stdout
+        key_lines = [
+            line
+            for line in added.stdout.splitlines()
+            if line.startswith("KALE_POOL_POOLER_API_KEY=")
+        ]
+        assert len(key_lines) == 1, added.stdout
+        api_key = key_lines[0].split("=", 1)[1]
+        assert api_key.startswith("kp_"), api_key
         bundle = data / "poolers" / "rig-7"
         assert (bundle / "pooler.env").stat().st_mode & 0o077 == 0
         assert f"KALE_POOL_POOLER_API_KEY={api_key}" in (bundle / "pooler.env").read_text()
