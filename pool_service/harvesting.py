@@ -35,7 +35,8 @@ from uuid import UUID
 
 import grpc
 
-from kalepool.chain import ChainError, read_pails
+from kalepool import wire
+from kalepool.chain import ChainError, Fault, read_pails
 from kalepool.chain import Pail as ChainPail
 from kalepool.grpc_server import FailedPrecondition
 from kalepool.settings import Settings
@@ -60,7 +61,7 @@ def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
         custodial_address=row.custodial_public_key,
         reward_stroops=row.reward_amount or 0,
         stake_returned_stroops=row.stake_amount or 0,
-        status=convert.EVENT_STATUS[row.status],
+        status=wire.event_status(row.status),
         transaction=common_pb2.TransactionRef(
             tx_hash=row.tx_hash,
             status=common_pb2.TX_STATUS_FAILED if failed else common_pb2.TX_STATUS_SUCCESS,
@@ -68,14 +69,8 @@ def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
         )
         if row.tx_hash
         else None,
-        failure=common_pb2.Failure(
-            code=convert.failure_code_value(row.error_code),
-            fault=convert.FAULT_TO_PROTO.get(row.fault, common_pb2.FAULT_PARTY_POOL),
-            message=row.error_message or "",
-        )
-        if failed
-        else None,
-        recorded_at=convert.timestamp(row.created_at),
+        failure=convert.failure_pb(row.status, row.fault, row.error_code, row.error_message),
+        recorded_at=wire.timestamp(row.created_at),
     )
 
 
@@ -170,15 +165,16 @@ class Harvester:
 
     async def _record_failed(self, pail: Pail, response: wallet_pb2.HarvestResponse) -> None:
         out = response.outcome
-        fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
+        fault = wire.fault_of_party(out.failure.fault) or Fault.POOL
         await self.store.record(
             pail,
             "failed",
             None,
             out.tx_hash or None,
             None,
-            "pool" if fault == "none" else fault,
-            convert.failure_code_name(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
+            # A failure nobody caused is still the pool's to answer for.
+            Fault.POOL.value if fault is Fault.NONE else fault.value,
+            wire.failure_label(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
             out.failure.message or common_pb2.TxStatus.Name(out.status),
         )
 
@@ -355,7 +351,7 @@ def observed_verdict(u: Unreported, pail: ChainPail | None, follower_knows: bool
         None,
         None,
         fault,
-        convert.failure_code_name(code),
+        wire.failure_label(code),
         message,
         observed_on_chain=True,
     )

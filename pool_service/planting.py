@@ -35,6 +35,8 @@ from uuid import UUID
 
 import grpc
 
+from kalepool import wire
+from kalepool.chain import Fault
 from kalepool.grpc_server import FailedPrecondition, Unavailable
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
@@ -122,7 +124,7 @@ def decide_answer(
         return Unsettled.PAIL_EXISTS
     code = out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
     message = out.failure.message or common_pb2.TxStatus.Name(out.status)
-    fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
+    fault = (wire.fault_of_party(out.failure.fault) or Fault.POOL).value
     mismatch = code == common_pb2.FAILURE_CODE_BLOCK_MISMATCH
     if mismatch and out.status == common_pb2.TX_STATUS_REJECTED:
         if late:
@@ -143,7 +145,7 @@ def decide_answer(
         tx_hash,
         None,
         fault,
-        convert.failure_code_name(code),
+        wire.failure_label(code),
         message,
     )
 
@@ -163,7 +165,7 @@ def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decis
         None,
         None,
         fault,
-        convert.failure_code_name(failure),
+        wire.failure_label(failure),
         f"the wallet service refused the plant ({code.name}): {exc.details()}",
     )
 

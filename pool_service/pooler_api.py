@@ -3,10 +3,10 @@ its API key (`pool_service.auth`); a pooler acts on its own farmers only."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
+from kalepool import wire
 from kalepool.grpc_server import InvalidArgument, NotFound
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc
@@ -106,7 +106,7 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
             current_block_opened_at=opened,
             next_block_due_at=due,
         )
-        response.server_time.FromDatetime(dt.datetime.now(dt.UTC))
+        response.server_time.CopyFrom(wire.now())
         return response
 
 

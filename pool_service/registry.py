@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
+from kalepool import wire
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kalepool.request_checks import (
     check_account,
@@ -317,9 +318,9 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         pooler_id = check_uuid("pooler_id", request.pooler_id) if request.pooler_id else None
         status: str | None = None
         if request.status != common_pb2.FARMER_STATUS_UNSPECIFIED:
-            if request.status not in convert.FARMER_STATUS_KEY:
+            status = wire.farmer_status_label(request.status)
+            if status is None:
                 raise InvalidArgument(f"status {request.status} is not a farmer status")
-            status = convert.FARMER_STATUS_KEY[request.status]
         page = Page(request.pagination, "farmers", pooler_id, status)
         rows = await self.store.list_farmers(pooler_id, status, _after(page), page.size + 1)
         shown = rows[: page.size]

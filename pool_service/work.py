@@ -26,13 +26,12 @@ import asyncio
 from dataclasses import dataclass
 from uuid import UUID
 
-from kalepool import protocol
-from kalepool.chain import ChainError, NotAFarmCallError, read_farm_call, read_pail
+from kalepool import protocol, wire
+from kalepool.chain import ChainError, Fault, NotAFarmCallError, read_farm_call, read_pail
 from kalepool.grpc_server import InvalidArgument, OutOfRange, Unavailable
 from kalepool.mining import farmer_key
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2
-from pool_service import convert
 from pool_service.chain_view import ChainView
 from pool_service.store import NewWork, PlantingRow, PoolerRow, Store, WorkRow
 
@@ -123,8 +122,8 @@ def _check(
         )
     if result.status == records_pb2.EVENT_STATUS_FAILED:
         failure = result.failure
-        fault = convert.FAULT_FROM_PROTO.get(failure.fault)
-        if not result.HasField("failure") or fault is None or fault == "none":
+        fault = wire.fault_of_party(failure.fault)
+        if not result.HasField("failure") or fault is None or fault is Fault.NONE:
             raise _Refused("a failure must name whose fault it was")
         sent = bytes(result.hash) or None
         if sent is not None and len(sent) != 32:
@@ -140,8 +139,8 @@ def _check(
             _tx_hash(result.transaction.tx_hash, False),
             result.transaction.ledger or None,
             fault,
-            convert.failure_code_name(code),
-            failure.message.strip() or f"work failed: {convert.failure_code_name(code)}",
+            wire.failure_label(code),
+            failure.message.strip() or f"work failed: {wire.failure_label(code)}",
         )
     if result.status == records_pb2.EVENT_STATUS_PENDING:
         return None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 from rich.table import Table
 
+from kalepool.amounts import format_kale
 from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.app.tables import (
@@ -30,7 +31,6 @@ from kalepool.app.tables import (
     block_failures,
     block_status,
     blocks_table,
-    format_kale,
 )
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 

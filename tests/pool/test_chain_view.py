@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import cast
 
-from kalepool.chain import Block, ChainClient, CurrentBlock
-from pool_service.chain_view import ChainView, Plantable
+from kalepool.chain import Block, ChainClient, CurrentBlock, Plantable
+from pool_service.chain_view import ChainView
 
 OPENED = 1_000_000
 BLOCK_SECONDS = 300
