@@ -518,6 +518,10 @@ class BlockReports:
             capacity=(beat.heartbeat_capacity or 0) if beat else 0,
             hashes_per_second=(beat.heartbeat_hashes_per_second or 0) if beat else 0,
             agent_version=(beat.heartbeat_agent_version or "") if beat else "",
+            threads=(beat.heartbeat_threads or 0) if beat else 0,
+            mining_farmers=(beat.heartbeat_mining_farmers or 0) if beat else 0,
+            observed_block_index=(beat.heartbeat_block_index or 0) if beat else 0,
+            last_cursor=(beat.heartbeat_last_cursor or 0) if beat else 0,
             as_of=wire.now(),
         )
 

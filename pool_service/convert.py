@@ -61,6 +61,8 @@ def farmer_pb(row: FarmerRow) -> pool_pb2.Farmer:
         status=farmer_status(row),
         balance_stroops=row.current_balance,
         created_at=wire.timestamp(row.created_at),
+        funded_at=wire.timestamp(row.funded_at),
+        left_at=wire.timestamp(row.left_at),
     )
 
 

@@ -120,8 +120,9 @@ def check_heartbeat(request: pooler_pb2.HeartbeatRequest) -> Heartbeat:
     for name in ("capacity", "threads", "mining_farmers"):
         if getattr(request, name) > INT32_MAX:
             raise InvalidArgument(f"{name} must be at most {INT32_MAX}")
-    if request.hashes_per_second > INT64_MAX:
-        raise InvalidArgument(f"hashes_per_second must be at most {INT64_MAX}")
+    for name in ("hashes_per_second", "last_cursor"):
+        if getattr(request, name) > INT64_MAX:
+            raise InvalidArgument(f"{name} must be at most {INT64_MAX}")
     return Heartbeat(
         capacity=request.capacity,
         hashes_per_second=request.hashes_per_second,
@@ -129,4 +130,5 @@ def check_heartbeat(request: pooler_pb2.HeartbeatRequest) -> Heartbeat:
         mining_farmers=request.mining_farmers,
         agent_version=version,
         block_index=request.observed_block_index,
+        last_cursor=request.last_cursor,
     )

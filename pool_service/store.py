@@ -44,6 +44,8 @@ class FarmerRow:
     is_funded: bool
     status: str
     created_at: dt.datetime
+    funded_at: dt.datetime | None = None  # when is_funded turned true (0012's trigger)
+    left_at: dt.datetime | None = None  # when the status left 'active'
 
 
 @dataclass
@@ -177,6 +179,7 @@ class Heartbeat:
     mining_farmers: int
     agent_version: str
     block_index: int
+    last_cursor: int
 
 
 @dataclass
@@ -190,6 +193,7 @@ class HeartbeatRow:
     heartbeat_mining_farmers: int | None
     heartbeat_agent_version: str | None
     heartbeat_block_index: int | None
+    heartbeat_last_cursor: int | None
 
 
 POOLER_COLUMNS = (
@@ -197,7 +201,7 @@ POOLER_COLUMNS = (
 )
 FARMER_COLUMNS = (
     "id, pooler_id, custodial_public_key, payout_address, stake_bps, current_balance,"
-    " is_funded, status::text, created_at"
+    " is_funded, status::text, created_at, funded_at, left_at"
 )
 PLANTING_COLUMNS = (
     "id, block_index, farmer_id, pooler_id, custodial_public_key, stake_amount, tx_hash,"
@@ -809,7 +813,8 @@ class Store:
                 "UPDATE poolers SET last_heartbeat_at = now(), heartbeat_capacity = %s,"
                 " heartbeat_hashes_per_second = %s, heartbeat_threads = %s,"
                 " heartbeat_mining_farmers = %s, heartbeat_agent_version = %s,"
-                " heartbeat_block_index = %s WHERE id = %s AND (last_heartbeat_at IS NULL"
+                " heartbeat_block_index = %s, heartbeat_last_cursor = %s"
+                " WHERE id = %s AND (last_heartbeat_at IS NULL"
                 " OR last_heartbeat_at <= now() - make_interval(secs => %s))",
                 (
                     beat.capacity,
@@ -818,6 +823,7 @@ class Store:
                     beat.mining_farmers,
                     beat.agent_version,
                     beat.block_index,
+                    beat.last_cursor,
                     pooler_id,
                     min_seconds,
                 ),
@@ -830,7 +836,7 @@ class Store:
             HeartbeatRow,
             "SELECT last_heartbeat_at, heartbeat_capacity, heartbeat_hashes_per_second,"
             " heartbeat_threads, heartbeat_mining_farmers, heartbeat_agent_version,"
-            " heartbeat_block_index FROM poolers WHERE id = %s",
+            " heartbeat_block_index, heartbeat_last_cursor FROM poolers WHERE id = %s",
             (pooler_id,),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -43,11 +44,14 @@ async def open_pool(
 
     Every connection is checked when it is taken from the pool, so a pool that
     outlived a PostgreSQL restart hands out fresh connections instead of broken
-    ones; a statement timeout (when given) bounds every query of the service.
+    ones; a statement timeout (when given) bounds every query of the service, set
+    when each connection opens. It is whole milliseconds, rounded up: PostgreSQL
+    reads 0 as no timeout at all.
     """
     kwargs: dict[str, Any] = {"autocommit": True}
     if statement_timeout_seconds is not None:
-        kwargs["options"] = f"-c statement_timeout={int(statement_timeout_seconds * 1000)}"
+        millis = max(1, math.ceil(statement_timeout_seconds * 1000))
+        kwargs["options"] = f"-c statement_timeout={millis}"
     pool: Pool = AsyncConnectionPool(
         conninfo,
         min_size=1,
