@@ -435,13 +435,13 @@ class ChainFollower:
                 custodial_public_key=event.to_address or "",
                 stake_amount=pail.stake,
             ),
-            "success",
-            reward,
-            event.tx_hash,
-            event.ledger,
-            "none",
-            None,
-            None,
+            status="success",
+            reward=reward,
+            tx_hash=event.tx_hash,
+            ledger=event.ledger,
+            fault="none",
+            error_code=None,
+            error_message=None,
         )
         if row is not None:
             log.info(

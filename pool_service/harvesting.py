@@ -146,13 +146,13 @@ class Harvester:
         if out.status == common_pb2.TX_STATUS_SUCCESS:
             await self.store.record(
                 pail,
-                "success",
-                response.reward_stroops,
-                out.tx_hash,
-                out.ledger,
-                "none",
-                None,
-                None,
+                status="success",
+                reward=response.reward_stroops,
+                tx_hash=out.tx_hash,
+                ledger=out.ledger,
+                fault=Fault.NONE.value,
+                error_code=None,
+                error_message=None,
             )
         elif code == common_pb2.FAILURE_CODE_PAIL_MISSING:
             # Harvested by someone else, perhaps: settled once the follower could know.
@@ -168,14 +168,14 @@ class Harvester:
         fault = wire.fault_of_party(out.failure.fault) or Fault.POOL
         await self.store.record(
             pail,
-            "failed",
-            None,
-            out.tx_hash or None,
-            None,
+            status="failed",
+            reward=None,
+            tx_hash=out.tx_hash or None,
+            ledger=None,
             # A failure nobody caused is still the pool's to answer for.
-            Fault.POOL.value if fault is Fault.NONE else fault.value,
-            wire.failure_label(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
-            out.failure.message or common_pb2.TxStatus.Name(out.status),
+            fault=Fault.POOL.value if fault is Fault.NONE else fault.value,
+            error_code=wire.failure_label(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
+            error_message=out.failure.message or common_pb2.TxStatus.Name(out.status),
         )
 
     async def _settle(self, current: int, latest_ledger: int) -> None:
@@ -319,17 +319,17 @@ def observed_verdict(u: Unreported, pail: ChainPail | None, follower_knows: bool
     where = f"the pail of block {u.block_index}"
     if pail is not None and pail.worked:
         return NewWork(
-            u.farmer_id,
-            "success",
-            None,
-            None,
-            pail.zeros,
-            pail.gap,
-            None,
-            None,
-            "none",
-            None,
-            None,
+            farmer_id=u.farmer_id,
+            status="success",
+            nonce=None,
+            hash=None,
+            zeros=pail.zeros,
+            gap=pail.gap,
+            tx_hash=None,
+            ledger=None,
+            fault=Fault.NONE.value,
+            error_code=None,
+            error_message=None,
             observed_on_chain=True,
         )
     if pail is None:
@@ -342,16 +342,16 @@ def observed_verdict(u: Unreported, pail: ChainPail | None, follower_knows: bool
         what = f"the chain shows {where} never worked"
     fault, message = _verdict(u, what)
     return NewWork(
-        u.farmer_id,
-        "failed",
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        fault,
-        wire.failure_label(code),
-        message,
+        farmer_id=u.farmer_id,
+        status="failed",
+        nonce=None,
+        hash=None,
+        zeros=None,
+        gap=None,
+        tx_hash=None,
+        ledger=None,
+        fault=fault,
+        error_code=wire.failure_label(code),
+        error_message=message,
         observed_on_chain=True,
     )

@@ -104,15 +104,15 @@ def decide_answer(
             # when the plant applied after the block became due (block 0 is a block:
             # the pail's ledger says whether the wallet found it).
             return NewPlanting(
-                request.farmer_id,
-                response.block_index,
-                request.stake_amount,
-                "success",
-                tx_hash,
-                response.plant_ledger,
-                "none",
-                None,
-                None,
+                farmer_id=request.farmer_id,
+                block_index=response.block_index,
+                stake=request.stake_amount,
+                status="success",
+                tx_hash=tx_hash,
+                ledger=response.plant_ledger,
+                fault=Fault.NONE.value,
+                error_code=None,
+                error_message=None,
             )
         log.warning(
             "plant %s applied (tx %s) but the wallet found no pail of it: left unsettled",
@@ -138,15 +138,15 @@ def decide_answer(
     elif fault == "none":
         fault = "chain"  # a refusal nobody caused
     return NewPlanting(
-        request.farmer_id,
-        request.block_index,
-        request.stake_amount,
-        "failed",
-        tx_hash,
-        None,
-        fault,
-        wire.failure_label(code),
-        message,
+        farmer_id=request.farmer_id,
+        block_index=request.block_index,
+        stake=request.stake_amount,
+        status="failed",
+        tx_hash=tx_hash,
+        ledger=None,
+        fault=fault,
+        error_code=wire.failure_label(code),
+        error_message=message,
     )
 
 
@@ -158,15 +158,15 @@ def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decis
     code = exc.code()
     fault, failure = _REFUSED_BY.get(code, ("pool", common_pb2.FAILURE_CODE_INTERNAL))
     return NewPlanting(
-        request.farmer_id,
-        request.block_index,
-        request.stake_amount,
-        "failed",
-        None,
-        None,
-        fault,
-        wire.failure_label(failure),
-        f"the wallet service refused the plant ({code.name}): {exc.details()}",
+        farmer_id=request.farmer_id,
+        block_index=request.block_index,
+        stake=request.stake_amount,
+        status="failed",
+        tx_hash=None,
+        ledger=None,
+        fault=fault,
+        error_code=wire.failure_label(failure),
+        error_message=f"the wallet service refused the plant ({code.name}): {exc.details()}",
     )
 
 

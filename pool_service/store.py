@@ -134,7 +134,7 @@ class BalanceTotals:
     paid_out: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NewPlanting:
     """One plant outcome to record."""
 
@@ -151,7 +151,7 @@ class NewPlanting:
     recorded_late: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NewWork:
     """One work result to record."""
 
@@ -1031,6 +1031,7 @@ class HarvestStore:
     async def record(
         self,
         pail: Pail,
+        *,
         status: str,
         reward: int | None,
         tx_hash: str | None,

@@ -108,17 +108,17 @@ def _check(
         if result.transaction.ledger < 1:
             raise _Refused("a success needs the ledger its work applied in")
         return NewWork(
-            farmer,
-            "success",
-            result.nonce,
-            digest,
-            result.zeros,
-            result.gap,
-            _tx_hash(result.transaction.tx_hash, True),
-            result.transaction.ledger,
-            "none",
-            None,
-            None,
+            farmer_id=farmer,
+            status="success",
+            nonce=result.nonce,
+            hash=digest,
+            zeros=result.zeros,
+            gap=result.gap,
+            tx_hash=_tx_hash(result.transaction.tx_hash, True),
+            ledger=result.transaction.ledger,
+            fault=Fault.NONE.value,
+            error_code=None,
+            error_message=None,
         )
     if result.status == records_pb2.EVENT_STATUS_FAILED:
         failure = result.failure
@@ -130,17 +130,17 @@ def _check(
             raise _Refused("hash must be 32 bytes")
         code = failure.code or common_pb2.FAILURE_CODE_MINER_FAILED
         return NewWork(
-            farmer,
-            "failed",
-            result.nonce if sent else None,
-            sent,
-            result.zeros if sent else None,
-            result.gap or None,
-            _tx_hash(result.transaction.tx_hash, False),
-            result.transaction.ledger or None,
-            fault,
-            wire.failure_label(code),
-            failure.message.strip() or f"work failed: {wire.failure_label(code)}",
+            farmer_id=farmer,
+            status="failed",
+            nonce=result.nonce if sent else None,
+            hash=sent,
+            zeros=result.zeros if sent else None,
+            gap=result.gap or None,
+            tx_hash=_tx_hash(result.transaction.tx_hash, False),
+            ledger=result.transaction.ledger or None,
+            fault=fault.value,
+            error_code=wire.failure_label(code),
+            error_message=failure.message.strip() or f"work failed: {wire.failure_label(code)}",
         )
     if result.status == records_pb2.EVENT_STATUS_PENDING:
         return None

@@ -15,7 +15,19 @@ BLOCK_SECONDS = 300
 
 
 def _block(index: int) -> Block:
-    return Block(index, OPENED, 0, 0, 0, 0, 0, 0, b"\0" * 32, 0, 0)
+    return Block(
+        index=index,
+        timestamp=OPENED,
+        min_gap=0,
+        min_stake=0,
+        min_zeros=0,
+        max_gap=0,
+        max_stake=0,
+        max_zeros=0,
+        entropy=b"\0" * 32,
+        staked_total=0,
+        normalized_total=0,
+    )
 
 
 class _Counting(ChainView):
