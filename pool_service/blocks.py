@@ -413,7 +413,7 @@ class BlockReports:
         except Unavailable:  # the chain's view is optional here: leave it unset
             block = None
         if block is not None:
-            summary.opened_at.FromSeconds(block.timestamp)
+            summary.opened_at.CopyFrom(wire.epoch(block.timestamp))
             summary.entropy = block.entropy
         poolers = [
             _summary(r, pid)

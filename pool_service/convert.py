@@ -80,7 +80,10 @@ def failure_pb(
     )
 
 
-def _tx(tx_hash: str | None, status: str, ledger: int | None) -> common_pb2.TransactionRef | None:
+def tx_ref(
+    tx_hash: str | None, status: str, ledger: int | None
+) -> common_pb2.TransactionRef | None:
+    """The transaction of a recorded event; None when it has none."""
     if tx_hash is None:
         return None
     return common_pb2.TransactionRef(
@@ -97,7 +100,7 @@ def planting_pb(row: PlantingRow) -> records_pb2.PlantingEvent:
         custodial_address=row.custodial_public_key,
         stake_stroops=row.stake_amount,
         status=wire.event_status(row.status),
-        transaction=_tx(row.tx_hash, row.status, row.ledger),
+        transaction=tx_ref(row.tx_hash, row.status, row.ledger),
         plant_ledger=row.ledger or 0 if row.status == "success" else 0,
         failure=failure_pb(row.status, row.fault, row.error_code, row.error_message),
         recorded_at=wire.timestamp(row.created_at),
@@ -116,7 +119,7 @@ def work_pb(row: WorkRow) -> records_pb2.WorkEvent:
         zeros=row.zeros or 0,
         gap=row.gap or 0,
         status=wire.event_status(row.status),
-        transaction=_tx(row.tx_hash, row.status, row.ledger),
+        transaction=tx_ref(row.tx_hash, row.status, row.ledger),
         failure=failure_pb(row.status, row.fault, row.error_code, row.error_message),
         recorded_at=wire.timestamp(row.created_at),
         observed_on_chain=row.observed_on_chain,

@@ -52,7 +52,6 @@ log = logging.getLogger("pool_service")
 
 
 def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
-    failed = row.status == "failed"
     return records_pb2.HarvestEvent(
         harvest_id=str(row.id),
         block_index=row.block_index,
@@ -62,13 +61,7 @@ def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
         reward_stroops=row.reward_amount or 0,
         stake_returned_stroops=row.stake_amount or 0,
         status=wire.event_status(row.status),
-        transaction=common_pb2.TransactionRef(
-            tx_hash=row.tx_hash,
-            status=common_pb2.TX_STATUS_FAILED if failed else common_pb2.TX_STATUS_SUCCESS,
-            ledger=row.ledger or 0,
-        )
-        if row.tx_hash
-        else None,
+        transaction=convert.tx_ref(row.tx_hash or None, row.status, row.ledger),
         failure=convert.failure_pb(row.status, row.fault, row.error_code, row.error_message),
         recorded_at=wire.timestamp(row.created_at),
     )

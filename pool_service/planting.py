@@ -137,6 +137,33 @@ def decide_answer(
             fault = "chain"  # the block moved on between the pool's check and the wallet's
     elif fault == "none":
         fault = "chain"  # a refusal nobody caused
+    return _failed(request, tx_hash, fault, code, message)
+
+
+def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decision:
+    """A wallet call that ended in an error status: a failure only when it proves nothing
+    was signed; otherwise the plant may be on its way and stays pending."""
+    if not nothing_signed(exc, request.idempotency_key):
+        return Unsettled.PENDING
+    code = exc.code()
+    fault, failure = _REFUSED_BY.get(code, ("pool", common_pb2.FAILURE_CODE_INTERNAL))
+    return _failed(
+        request,
+        None,
+        fault,
+        failure,
+        f"the wallet service refused the plant ({code.name}): {exc.details()}",
+    )
+
+
+def _failed(
+    request: PlantRequestRow,
+    tx_hash: str | None,
+    fault: str,
+    code: common_pb2.FailureCode.ValueType,
+    message: str,
+) -> NewPlanting:
+    """The failed planting of a request."""
     return NewPlanting(
         farmer_id=request.farmer_id,
         block_index=request.block_index,
@@ -147,26 +174,6 @@ def decide_answer(
         fault=fault,
         error_code=wire.failure_label(code),
         error_message=message,
-    )
-
-
-def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decision:
-    """A wallet call that ended in an error status: a failure only when it proves nothing
-    was signed; otherwise the plant may be on its way and stays pending."""
-    if not nothing_signed(exc, request.idempotency_key):
-        return Unsettled.PENDING
-    code = exc.code()
-    fault, failure = _REFUSED_BY.get(code, ("pool", common_pb2.FAILURE_CODE_INTERNAL))
-    return NewPlanting(
-        farmer_id=request.farmer_id,
-        block_index=request.block_index,
-        stake=request.stake_amount,
-        status="failed",
-        tx_hash=None,
-        ledger=None,
-        fault=fault,
-        error_code=wire.failure_label(failure),
-        error_message=f"the wallet service refused the plant ({code.name}): {exc.details()}",
     )
 
 

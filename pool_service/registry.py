@@ -17,6 +17,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from kalepool import wire
+from kalepool.amounts import format_kale
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kalepool.request_checks import (
     check_account,
@@ -257,7 +258,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         if not account.exists:
             detail = (
                 f"account {address} does not exist on chain yet: send it at least"
-                f" {MIN_FUNDING_XLM_STROOPS / 10_000_000:g} XLM"
+                f" {format_kale(MIN_FUNDING_XLM_STROOPS)} XLM"
             )
         elif not account.kale_trustline:
             trust = await wallet_call(

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 
 import grpc
 from rich.table import Table
 
+from kalepool import wire
 from kalepool.amounts import format_kale
 from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
@@ -112,7 +112,7 @@ def assess(block: pool_pb2.GetBlockResponse, *, final: bool = False) -> BlockOut
 def _requested_since(summary: pool_pb2.BlockSummary, since: float) -> bool:
     if not summary.HasField("plant_requested_at"):
         return False
-    return summary.plant_requested_at.ToDatetime(dt.UTC).timestamp() >= since
+    return wire.seconds(summary.plant_requested_at) >= since
 
 
 def describe(outcome: BlockOutcome) -> str:
