@@ -13,14 +13,14 @@ from uuid import UUID
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kalepool.chain import CurrentBlock
+from kalepool.chain import CurrentBlock, Fault
 from kalepool.grpc_server import InvalidArgument, NotFound, Unavailable
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 from pool_service import convert
 from pool_service.books.blocks import BlockRow, BlockStore
 from pool_service.books.compensations import CompensationRow, CompensationStore
-from pool_service.books.enums import BlockStatus, CompensationKind, Fault
+from pool_service.books.enums import BlockStatus, CompensationKind
 from pool_service.books.poolers import PoolerRow, PoolerStore
 from pool_service.chain_view import ChainView
 from pool_service.feed import Feeds

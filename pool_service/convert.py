@@ -7,9 +7,9 @@ from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kalepool.chain import CurrentBlock
+from kalepool.chain import CurrentBlock, Fault
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
-from pool_service.books.enums import EventStatus, FarmerState, FarmerStatus, Fault, LedgerKind
+from pool_service.books.enums import EventStatus, FarmerState, FarmerStatus, LedgerKind
 from pool_service.books.farmers import FarmerRow
 from pool_service.books.ledger import LedgerRow
 from pool_service.books.plantings import PlantingRow

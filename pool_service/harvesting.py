@@ -35,14 +35,14 @@ from uuid import UUID
 
 import grpc
 
-from kalepool.chain import ChainError, read_pails
+from kalepool.chain import ChainError, Fault, read_pails
 from kalepool.chain import Pail as ChainPail
 from kalepool.grpc_server import FailedPrecondition
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
 from pool_service.books.compensations import CompensationStore
-from pool_service.books.enums import EventStatus, Fault
+from pool_service.books.enums import EventStatus
 from pool_service.books.harvests import HarvestRow, HarvestStore, Pail
 from pool_service.books.poolers import PoolerRow
 from pool_service.books.works import NewWork, Unreported, WorkStore

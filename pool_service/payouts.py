@@ -18,12 +18,13 @@ from uuid import UUID
 
 import grpc
 
+from kalepool.chain import Fault
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kalepool.request_checks import check_idempotency_key, check_uuid
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2, wallet_pb2
 from pool_service import convert
-from pool_service.books.enums import FarmerStatus, Fault, PayoutStatus
+from pool_service.books.enums import FarmerStatus, PayoutStatus
 from pool_service.books.farmers import FarmerRow, FarmerStore
 from pool_service.books.payouts import PayoutRow, PayoutStore
 from pool_service.chain_view import ChainView

@@ -36,11 +36,12 @@ from uuid import UUID
 
 import grpc
 
+from kalepool.chain import Fault
 from kalepool.grpc_server import FailedPrecondition, Unavailable
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
-from pool_service.books.enums import EventStatus, Fault
+from pool_service.books.enums import EventStatus
 from pool_service.books.farmers import FarmerRow, FarmerStore
 from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore, PlantRequestRow
 from pool_service.books.poolers import PoolerRow

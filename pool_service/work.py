@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from kalepool import protocol
-from kalepool.chain import ChainError, NotAFarmCallError, read_farm_call, read_pail
+from kalepool.chain import ChainError, Fault, NotAFarmCallError, read_farm_call, read_pail
 from kalepool.grpc_server import InvalidArgument, OutOfRange, Unavailable
 from kalepool.mining import farmer_key
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2
 from pool_service import convert
-from pool_service.books.enums import EventStatus, Fault
+from pool_service.books.enums import EventStatus
 from pool_service.books.plantings import PlantingRow, PlantingStore
 from pool_service.books.poolers import PoolerRow
 from pool_service.books.works import NewWork, WorkRow, WorkStore

@@ -14,7 +14,7 @@
 | `deposits` | the chain follower's position, deposits (`chain_cursors`, `deposits`) |
 | `ledger` | a farmer's ledger entries and totals (none: entries come with their source) |
 | `blocks` | block summaries, a block's events, the pool's figures (none) |
-| `enums` | the enumerated values of their columns |
+| `enums` | the enumerated values of their columns (faults: `kalepool.chain.Fault`) |
 
 Each table is written by one module, which also holds its row type and column list;
 other modules read its rows with them (a block's events, the chain follower's
@@ -25,8 +25,8 @@ where statements must hold together), or, as static methods, a connection the ca
 holds, to run inside the caller's database transaction.
 
 Rows are read one way: each query's rows are frozen dataclasses built by
-`kalepool.db.reads` (psycopg's `class_row`, with a status or fault column turned into its
-`enums` member); a one-column answer (a count, an existence, a position) is read as
+`kalepool.db.reads` (psycopg's `class_row`, with a status, kind or fault column turned
+into its enum member); a one-column answer (a count, an existence, a position) is read as
 checked values (`fetch_value`, `fetch_values`). Dataclasses rather than `dict_row` and
 `TypedDict`: the rows are what the services pass around, so fields read as the domain
 (`row.status`), mypy checks each access, and a row can carry a default or a method (a

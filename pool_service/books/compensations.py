@@ -36,8 +36,9 @@ import logging
 from dataclasses import dataclass
 from uuid import UUID
 
+from kalepool.chain import Fault
 from kalepool.db.reads import Pool, fetch_all, fetch_one
-from pool_service.books.enums import CompensationKind, Fault
+from pool_service.books.enums import CompensationKind
 
 log = logging.getLogger("pool_service.compensation")
 

@@ -2,8 +2,9 @@
 
 Each is a `StrEnum` whose values are the labels of a PostgreSQL enum type (or, for
 `FarmerState` and `BlockStatus`, of a status the queries compute), so a member goes into
-a query as it is and a row read back holds the member (`kalepool.db.reads`). What each
-is on the wire is `pool_service.convert`'s business.
+a query as it is and a row read back holds the member (`kalepool.db.reads`). Whose
+fault a failure is (`fault_party`) is the chain client's `kalepool.chain.Fault`, which
+attributes it. What each is on the wire is `pool_service.convert`'s business.
 """
 
 from __future__ import annotations
@@ -16,16 +17,6 @@ class EventStatus(enum.StrEnum):
 
     SUCCESS = "success"
     FAILED = "failed"
-
-
-class Fault(enum.StrEnum):
-    """`fault_party`: whose fault a failure is (`none` for a success)."""
-
-    NONE = "none"
-    FARMER = "farmer"
-    POOL = "pool"
-    POOLER = "pooler"
-    CHAIN = "chain"
 
 
 class FarmerStatus(enum.StrEnum):

@@ -12,9 +12,10 @@ import datetime as dt
 from dataclasses import dataclass
 from uuid import UUID
 
+from kalepool.chain import Fault
 from kalepool.db.reads import Pool, fetch_all, fetch_one, fetch_value
 from kalepool.grpc_server import FailedPrecondition
-from pool_service.books.enums import Fault, PayoutStatus
+from pool_service.books.enums import PayoutStatus
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
+from kalepool.chain import Fault
 from kalepool.db.reads import Pool, fetch_all, fetch_one, fetch_value
-from pool_service.books.enums import EventStatus, Fault
+from pool_service.books.enums import EventStatus
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
 
+from kalepool.chain import Fault
 from kalepool.db.reads import Pool, fetch_all, fetch_one
-from pool_service.books.enums import EventStatus, Fault
+from pool_service.books.enums import EventStatus
 
 
 @dataclass(frozen=True)

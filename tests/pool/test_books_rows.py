@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from kalepool.chain import Fault
 from kalepool.db.reads import Pool, fetch_all, fetch_value, open_pool
 from pool_service.books.enums import (
     CompensationKind,
     EventStatus,
     FarmerState,
     FarmerStatus,
-    Fault,
     LedgerKind,
     PayoutStatus,
 )

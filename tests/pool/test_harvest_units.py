@@ -19,10 +19,10 @@ from kalepool.chain import Pail as ChainPail
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, wallet_pb2
 from pool_service import harvesting
-from pool_service.chain_view import ChainView
-from pool_service.harvesting import Harvester, observed_verdict
 from pool_service.books.harvests import HarvestStore, Pail
 from pool_service.books.works import Unreported, WorkStore
+from pool_service.chain_view import ChainView
+from pool_service.harvesting import Harvester, observed_verdict
 from pool_service.wallet import WalletClient
 
 FARMER = uuid.uuid4()

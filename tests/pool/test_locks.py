@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import cast
 
 from kalepool.settings import Settings
+from pool_service.books.farmers import FarmerStore
+from pool_service.books.plantings import PlantingStore
 from pool_service.chain_view import ChainView
 from pool_service.locks import KeyedLocks
 from pool_service.planting import Planter
-from pool_service.books.farmers import FarmerStore
-from pool_service.books.plantings import PlantingStore
 from pool_service.wallet import WalletClient
 
 

@@ -18,10 +18,10 @@ import pytest
 
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, wallet_pb2
-from pool_service.chain_view import ChainView
 from pool_service.books.farmers import FarmerStore
 from pool_service.books.payouts import PayoutRow, PayoutStore
 from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore, PlantRequestRow
+from pool_service.chain_view import ChainView
 from pool_service.payouts import Payouts
 from pool_service.planting import Planter, Unsettled, decide_answer, decide_refusal
 from pool_service.wallet import NOTHING_SIGNED, WalletClient

@@ -16,11 +16,11 @@ import pytest
 
 from kalepool.db.reads import Pool, open_pool
 from kalepool.settings import Settings
-from pool_service.planting import Planter
-from pool_service.reconcile import PlantReconciler
 from pool_service.books.farmers import FarmerStore
 from pool_service.books.plantings import PlantingRow, PlantingStore, PlantRequestRow
 from pool_service.books.poolers import PoolerStore
+from pool_service.planting import Planter
+from pool_service.reconcile import PlantReconciler
 
 DEADLINE = 30.0
 LONGEST = 300.0
@@ -38,7 +38,9 @@ async def pool(db_conninfo: str) -> AsyncIterator[Pool]:
 async def _farmers(pool: Pool, count: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
     from stellar_sdk import Keypair
 
-    pooler = await PoolerStore(pool).insert_pooler("rig", Keypair.random().public_key, 100, b"k" * 32, "kp_x")
+    pooler = await PoolerStore(pool).insert_pooler(
+        "rig", Keypair.random().public_key, 100, b"k" * 32, "kp_x"
+    )
     farmers = []
     for _ in range(count):
         farmer, _ = await FarmerStore(pool).insert_farmer(
