@@ -260,14 +260,20 @@ def test_deadline_is_honoured() -> None:
     assert r.hash == protocol.kale_hash(1, r.nonce, ENTROPY, FARMER)
 
 
+def _hashed_beyond(search: miner_ext.Search, hashes: int) -> miner_ext.SearchResult:
+    """The search's progress once it has hashed more than `hashes`; fails after 10 s."""
+    deadline = time.monotonic() + 10
+    while (now := search.progress()).hashes <= hashes:
+        assert time.monotonic() < deadline, f"the search never went beyond {hashes} hashes"
+        time.sleep(0.005)
+    return now
+
+
 def test_cancel_stops_a_background_search_promptly() -> None:
     s = miner_ext.Search(1, ENTROPY, FARMER, target_zeros=64)
-    time.sleep(0.1)
-    p1 = s.progress()
+    p1 = _hashed_beyond(s, 0)
     assert not s.done() and not p1.done and p1.reason is None
-    time.sleep(0.05)
-    p2 = s.progress()
-    assert p2.hashes > p1.hashes  # it is hashing while we sleep
+    p2 = _hashed_beyond(s, p1.hashes)  # it goes on hashing in the background
     t0 = time.perf_counter()
     s.cancel()
     r = s.result()
