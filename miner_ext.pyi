@@ -17,18 +17,18 @@ from types import TracebackType
 from typing import Literal, final
 
 __all__ = [
-    "__version__",
-    "SearchResult",
     "Search",
+    "SearchResult",
+    "__version__",
+    "backends",
+    "default_threads",
+    "hash_prefixes",
     "kale_hash",
     "leading_zeros",
     "search",
     "search_many",
-    "wait_all",
-    "hash_prefixes",
-    "backends",
-    "default_threads",
     "version",
+    "wait_all",
 ]
 
 __version__: str
