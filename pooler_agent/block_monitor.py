@@ -1,7 +1,7 @@
 """The block monitor: watches the farm for a new block and for a block that is due to end.
 
 Every `interval` seconds it reads the farm's current block and the latest ledger. It
-reports (DESIGN.md, cycle step 1):
+reports (the cycle's step 1 in docs/api.md):
 
 - `OPENED` when a block index appears (the first sighting too, marked `initial`): the
   agent then asks the pool to plant in it;
