@@ -8,27 +8,28 @@ root, under docs/, or beside the file that names it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Where the project's own text lives (not .venv, build output or caches).
-SOURCES = ["docs", "kalepool", "wallet_service", "pool_service", "pooler_agent", "tests"]
-SOURCES += ["miner_ext/src", "miner_ext/examples", "deploy", "proto", "bench", ".ci"]
-FILES = ["README.md", "Makefile", "pyproject.toml", "miner_ext.pyi", "miner_ext/Cargo.toml"]
-SUFFIXES = {".py", ".pyi", ".md", ".rs", ".toml", ".yaml", ".yml", ".sql", ".proto", ""}
+# Not the project's own text: version control, environments, build output, caches.
+SKIP = {".git", ".venv", "venv", "target", "build", "dist", "logs", "__pycache__"}
+SKIP |= {".mypy_cache", ".pytest_cache", ".ruff_cache", ".hypothesis"}
+SUFFIXES = {".py", ".pyi", ".md", ".rs", ".toml", ".yaml", ".yml", ".sql", ".proto", ".sh"}
+NAMES = {"Makefile", "Containerfile", "run"}
 # A document name, outside a URL (an address on the web is not the repository's to hold).
 MD_NAME = re.compile(r"(?<![\w./:-])((?:[\w-]+/)*[\w-]+\.md)\b")
 URL = re.compile(r"https?://\S+")
 
 
 def _texts() -> Iterator[Path]:
-    for name in FILES:
-        yield ROOT / name
-    for top in SOURCES:
-        for path in sorted((ROOT / top).rglob("*")):
-            if path.is_file() and path.suffix in SUFFIXES and "__pycache__" not in path.parts:
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP and not d.endswith(".egg-info"))
+        for name in sorted(files):
+            path = Path(folder, name)
+            if path.suffix in SUFFIXES or name in NAMES:
                 yield path
 
 

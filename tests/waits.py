@@ -17,7 +17,7 @@ async def until(
     seconds: float = 15.0,
     *,
     what: str = "the condition",
-    poll: float = 0.01,
+    poll: float = 0.02,
 ) -> None:
     """Return once `check()` (plain or awaitable) is true; AssertionError after `seconds`."""
     loop = asyncio.get_running_loop()
