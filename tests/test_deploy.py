@@ -147,11 +147,11 @@ def test_kustomization_lists_files_that_exist(directory: Path) -> None:
             assert (target / "kustomization.yaml").exists(), f"{entry} is no kustomization"
 
 
-def test_the_base_holds_the_parts_the_design_names() -> None:
+def test_the_base_holds_every_part_of_the_pool() -> None:
     docs = _docs(BASE)
     deployments = _of_kind(docs, "Deployment")
     assert deployments["wallet-service"]["spec"]["replicas"] == 1
-    # Pool replicas share a block's work through the database (DESIGN.md).
+    # Pool replicas share a block's work through the database (docs/database.md).
     assert deployments["pool-service"]["spec"]["replicas"] == 2
     assert _of_kind(docs, "Cluster")["kale-pool-db"]["spec"]["instances"] == 3
     assert set(_of_kind(docs, "Certificate")) >= {

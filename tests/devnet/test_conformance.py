@@ -1,6 +1,6 @@
 """Conformance of the devnet to Stellar and to the KALE farm, as an outsider checks it.
 
-Written from the public rules only (KALE_PROTOCOL.md, stellar-core's transaction queue and
+Written from the public rules only (docs/protocol.md, stellar-core's transaction queue and
 validity checks, Stellar RPC) and driven only through the unmodified stellar-sdk plus plain
 HTTP for friendbot and the devnet's documented admin methods. It keeps its own books: the work
 hash, the zero count, the normalisation and the reward formula are computed here, not taken
@@ -188,7 +188,7 @@ class Books:
 
 
 def test_own_hash_reproduces_the_published_example() -> None:
-    """The outsider's hash agrees with the example KALE_PROTOCOL.md publishes."""
+    """The outsider's hash agrees with the published example (docs/protocol.md)."""
     entropy = base64.b64decode("AAAAAAn66y/43JP7M02rwTmONZoWOmu1OPYz/bmzJ8o=")
     farmer = "GBQHTQ7NTSKHVTSVM6EHUO3TU4P4BK2TAAII25V2TT2Q6OWXUJWEKALE"
     h = work_hash(37, 20495217910, entropy, farmer)
