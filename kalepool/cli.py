@@ -367,7 +367,13 @@ def devnet(
     ] = None,
 ) -> None:
     """Run the local Stellar RPC devnet with the KALE farm contract, until Ctrl-C."""
-    from kalepool.devnet.standalone import run_devnet
+    from kalepool.app.devnet import DevnetMissingError, require_devnet
+
+    try:
+        require_devnet()
+    except DevnetMissingError as error:
+        fail(str(error), code=1)
+    from kale_devnet.standalone import run_devnet
 
     try:
         run_devnet(host, port, ledger_seconds, block_seconds, state)
