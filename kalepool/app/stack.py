@@ -419,7 +419,7 @@ class Stack:
         argv = [
             sys.executable,
             "-m",
-            "kalepool.cli",
+            "kalepool.app.cli",
             "devnet",
             "--host",
             "127.0.0.1",
@@ -518,7 +518,7 @@ class Stack:
         return Part(
             name=pooler.bundle.name,
             role="pooler",
-            argv=[sys.executable, "-m", "kalepool.cli", "pooler"],
+            argv=[sys.executable, "-m", "kalepool.app.cli", "pooler"],
             env=env,
             probe=connected,
             ready_timeout=120.0,

@@ -84,7 +84,7 @@ def test_without_the_devnet_extra_the_commands_say_what_to_install(
     code = (
         "import sys\n"
         f"sys.modules[{absent!r}] = None  # as if not installed\n"
-        "from kalepool import cli\n"
+        "from kalepool.app import cli\n"
         f"sys.argv = ['kale-pool', *{command!r}]\n"
         "cli.main()\n"
     )
