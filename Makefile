@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 	$(CARGO) fmt $(CARGO_FLAGS) --check
 	$(CARGO) clippy $(CARGO_BUILD_FLAGS) --all-targets -- -D warnings
 
@@ -58,4 +59,4 @@ proto: $(STAMP)
 	$(BIN)/python -m kalepool.protogen
 
 clean:
-	rm -rf $(VENV) miner_ext/target .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) miner_ext/target .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -56,8 +56,8 @@ from stellar_sdk.soroban_rpc import (
 )
 from stellar_sdk.soroban_server import Durability
 
-from kalepool.devnet import DevnetConfig, DevnetServer
-from kalepool.devnet.network import homesteader_keypair  # documented: the fixed admin key
+from kale_devnet import DevnetConfig, DevnetServer
+from kale_devnet.network import homesteader_keypair  # documented: the fixed admin key
 
 TRC = xdr.TransactionResultCode
 XLM = 10_000_000  # stroops
