@@ -7,7 +7,7 @@ failure, a status or a time reads the same wherever it is shown:
 - failure codes: the labels stored in `error_code` columns, the chain's own error codes
   (`farm#9`, `txINSUFFICIENT_BALANCE`, `PAYMENT_UNDERFUNDED`) and `FailureCode`;
 - statuses: transaction statuses (`TxStatus`), event statuses (`EventStatus`), farmer
-  statuses (`FarmerStatus`), transaction kinds (`TxKind`);
+  statuses (`FarmerStatus`);
 - times: `datetime`, chain times (Unix seconds) and `Timestamp`.
 
 Amounts travel as integer stroops; how they are written for people and for classic
@@ -23,16 +23,17 @@ from typing import TypeAlias
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kalepool.chain.calls import TxKind
 from kalepool.chain.faults import Fault
 from kalepool.protocol import AssetError, FarmError
-from kalepool.v1 import common_pb2, records_pb2, wallet_pb2
+from kalepool.v1 import common_pb2, records_pb2
 
 FaultParty: TypeAlias = common_pb2.FaultParty.ValueType
 FailureCode: TypeAlias = common_pb2.FailureCode.ValueType
 TxStatus: TypeAlias = common_pb2.TxStatus.ValueType
-EventStatus: TypeAlias = records_pb2.EventStatus.ValueType
-FarmerStatus: TypeAlias = common_pb2.FarmerStatus.ValueType
+# The API's event and farmer statuses; `Pb` sets them apart from the pool's stored labels
+# of the same names (`pool_service.books.enums.EventStatus`, `FarmerStatus`).
+EventStatusPb: TypeAlias = records_pb2.EventStatus.ValueType
+FarmerStatusPb: TypeAlias = common_pb2.FarmerStatus.ValueType
 
 # --- times --------------------------------------------------------------------------------
 
@@ -200,19 +201,19 @@ def tx_status(status: str, *, rejected: bool = False) -> TxStatus:
     return got
 
 
-_EVENT_STATUS: dict[str, EventStatus] = {
+_EVENT_STATUS: dict[str, EventStatusPb] = {
     "success": records_pb2.EVENT_STATUS_SUCCEEDED,
     "failed": records_pb2.EVENT_STATUS_FAILED,
     "pending": records_pb2.EVENT_STATUS_PENDING,
 }
 
 
-def event_status(status: str) -> EventStatus:
+def event_status(status: str) -> EventStatusPb:
     """The EventStatus of an event's stored status (`success`, `failed`, `pending`)."""
     return _EVENT_STATUS[status]
 
 
-_FARMER_STATUS: dict[str, FarmerStatus] = {
+_FARMER_STATUS: dict[str, FarmerStatusPb] = {
     "pending_funding": common_pb2.FARMER_STATUS_PENDING_FUNDING,
     "active": common_pb2.FARMER_STATUS_ACTIVE,
     "leaving": common_pb2.FARMER_STATUS_LEAVING,
@@ -223,7 +224,7 @@ FARMER_STATUS_LABELS = tuple(_FARMER_STATUS)
 """The farmer statuses by name: `pending_funding`, `active`, `leaving`, `departed`."""
 
 
-def farmer_status(status: str, *, funded: bool) -> FarmerStatus:
+def farmer_status(status: str, *, funded: bool) -> FarmerStatusPb:
     """The FarmerStatus of a stored farmer (`farmer_status`, and whether its funding was
     confirmed): an active farmer not funded yet is PENDING_FUNDING."""
     if status == "active" and not funded:
@@ -231,30 +232,16 @@ def farmer_status(status: str, *, funded: bool) -> FarmerStatus:
     return _FARMER_STATUS[status]
 
 
-def farmer_status_label(status: FarmerStatus) -> str | None:
+def farmer_status_label(status: FarmerStatusPb) -> str | None:
     """The name of a FarmerStatus (`pending_funding`, ...); None for UNSPECIFIED or a
     value this build does not know."""
     return _FARMER_STATUS_LABEL.get(status)
 
 
-def farmer_status_of_label(label: str) -> FarmerStatus:
+def farmer_status_of_label(label: str) -> FarmerStatusPb:
     """The FarmerStatus a name says (`pending_funding` or `pending-funding`, ...);
     ValueError for another name."""
     try:
         return _FARMER_STATUS[label.replace("-", "_")]
     except KeyError:
         raise ValueError(f"{label!r} is not a farmer status") from None
-
-
-_TX_KIND: dict[TxKind, wallet_pb2.TxKind.ValueType] = {
-    TxKind.PLANT: wallet_pb2.TX_KIND_PLANT,
-    TxKind.HARVEST: wallet_pb2.TX_KIND_HARVEST,
-    TxKind.TRUSTLINE: wallet_pb2.TX_KIND_TRUSTLINE,
-    TxKind.TRANSFER: wallet_pb2.TX_KIND_TRANSFER,
-    TxKind.CLOSE: wallet_pb2.TX_KIND_CLOSE,
-}
-
-
-def tx_kind(kind: TxKind) -> wallet_pb2.TxKind.ValueType:
-    """The wallet API's TxKind of a transaction kind (the wallet makes all but `work`)."""
-    return _TX_KIND[kind]

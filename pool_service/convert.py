@@ -9,21 +9,26 @@ from decimal import Decimal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kalepool import wire
-from kalepool.chain import CurrentBlock
+from kalepool.chain import CurrentBlock, Fault
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
-from pool_service.store import FarmerRow, LedgerRow, PlantingRow, PoolerRow, WorkRow
+from pool_service.books.enums import EventStatus, LedgerKind, PayoutStatus
+from pool_service.books.farmers import FarmerRow
+from pool_service.books.ledger import LedgerRow
+from pool_service.books.plantings import PlantingRow
+from pool_service.books.poolers import PoolerRow
+from pool_service.books.works import WorkRow
 
 # The ledger's kinds as the API names them, each by its own kind. The database keeps a
 # harvest as one entry (reward + stake), shown as REWARD.
 LEDGER_KIND = {
-    "harvest": records_pb2.LEDGER_ENTRY_KIND_REWARD,
-    "stake": records_pb2.LEDGER_ENTRY_KIND_STAKE,
-    "payout": records_pb2.LEDGER_ENTRY_KIND_PAYOUT,
-    "payout_reversal": records_pb2.LEDGER_ENTRY_KIND_PAYOUT_REVERSAL,
-    "compensation": records_pb2.LEDGER_ENTRY_KIND_COMPENSATION,
-    "fee": records_pb2.LEDGER_ENTRY_KIND_FEE,
-    "adjustment": records_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
-    "deposit": records_pb2.LEDGER_ENTRY_KIND_DEPOSIT,
+    LedgerKind.HARVEST: records_pb2.LEDGER_ENTRY_KIND_REWARD,
+    LedgerKind.STAKE: records_pb2.LEDGER_ENTRY_KIND_STAKE,
+    LedgerKind.PAYOUT: records_pb2.LEDGER_ENTRY_KIND_PAYOUT,
+    LedgerKind.PAYOUT_REVERSAL: records_pb2.LEDGER_ENTRY_KIND_PAYOUT_REVERSAL,
+    LedgerKind.COMPENSATION: records_pb2.LEDGER_ENTRY_KIND_COMPENSATION,
+    LedgerKind.FEE: records_pb2.LEDGER_ENTRY_KIND_FEE,
+    LedgerKind.ADJUSTMENT: records_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
+    LedgerKind.DEPOSIT: records_pb2.LEDGER_ENTRY_KIND_DEPOSIT,
 }
 
 
@@ -67,10 +72,10 @@ def farmer_pb(row: FarmerRow) -> pool_pb2.Farmer:
 
 
 def failure_pb(
-    status: str, fault: str, code: str | None, message: str | None
+    status: EventStatus | PayoutStatus, fault: Fault, code: str | None, message: str | None
 ) -> common_pb2.Failure | None:
-    """The Failure of a recorded event: None unless it failed."""
-    if status != "failed":
+    """The Failure of a recorded event or payout: None unless it failed."""
+    if status not in (EventStatus.FAILED, PayoutStatus.FAILED):
         return None
     return wire.failure(
         wire.failure_code(code),
@@ -81,7 +86,7 @@ def failure_pb(
 
 
 def tx_ref(
-    tx_hash: str | None, status: str, ledger: int | None
+    tx_hash: str | None, status: EventStatus, ledger: int | None
 ) -> common_pb2.TransactionRef | None:
     """The transaction of a recorded event; None when it has none."""
     if tx_hash is None:
@@ -101,7 +106,7 @@ def planting_pb(row: PlantingRow) -> records_pb2.PlantingEvent:
         stake_stroops=row.stake_amount,
         status=wire.event_status(row.status),
         transaction=tx_ref(row.tx_hash, row.status, row.ledger),
-        plant_ledger=row.ledger or 0 if row.status == "success" else 0,
+        plant_ledger=row.ledger or 0 if row.status == EventStatus.SUCCESS else 0,
         failure=failure_pb(row.status, row.fault, row.error_code, row.error_message),
         recorded_at=wire.timestamp(row.created_at),
     )

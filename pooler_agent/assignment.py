@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from kalepool import protocol, wire
 from kalepool.chain.farm_state import check_address
-from kalepool.mining import farmer_key
 from kalepool.v1 import pooler_pb2
 
 
@@ -56,7 +55,7 @@ class Assignment:
     @property
     def farmer_bytes(self) -> bytes:
         """The 32 bytes of the farmer the work hash binds."""
-        return farmer_key(self.farmer_address)
+        return protocol.farmer_key(self.farmer_address)
 
     @classmethod
     def from_proto(cls, message: pooler_pb2.Assignment) -> Assignment:

@@ -91,12 +91,29 @@ class Result:
     row: TxRow | None
 
 
+# The wallet API's kind of each transaction the wallet makes (all but `work`, the
+# pooler's). The wallet's own message, so mapped here: `kalepool.wire` is shared with the
+# pooler agent, which must not reach the wallet's API.
+_TX_KIND: dict[TxKind, wallet_pb2.TxKind.ValueType] = {
+    TxKind.PLANT: wallet_pb2.TX_KIND_PLANT,
+    TxKind.HARVEST: wallet_pb2.TX_KIND_HARVEST,
+    TxKind.TRUSTLINE: wallet_pb2.TX_KIND_TRUSTLINE,
+    TxKind.TRANSFER: wallet_pb2.TX_KIND_TRANSFER,
+    TxKind.CLOSE: wallet_pb2.TX_KIND_CLOSE,
+}
+
+
+def tx_kind(kind: TxKind) -> wallet_pb2.TxKind.ValueType:
+    """The wallet API's TxKind of a transaction kind."""
+    return _TX_KIND[kind]
+
+
 def outcome_of_row(row: TxRow, *, replayed: bool) -> wallet_pb2.TransactionOutcome:
     """The API's TransactionOutcome of a stored transaction."""
     status = wire.tx_status(row.status, rejected=row.rejected)
     out = wallet_pb2.TransactionOutcome(
         idempotency_key=row.idempotency_key,
-        kind=wire.tx_kind(row.kind),
+        kind=tx_kind(row.kind),
         tx_hash=row.tx_hash,
         status=status,
         ledger=row.ledger or 0,
@@ -134,7 +151,7 @@ def refused(
     """A REJECTED outcome for a transaction refused before anything was signed or stored."""
     return wallet_pb2.TransactionOutcome(
         idempotency_key=key,
-        kind=wire.tx_kind(kind),
+        kind=tx_kind(kind),
         status=common_pb2.TX_STATUS_REJECTED,
         source_address=source,
         failure=wire.failure(code, fault, message, contract_error=contract_error),
