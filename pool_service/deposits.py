@@ -142,10 +142,11 @@ class DepositStore:
     @staticmethod
     async def own_harvest(conn: AsyncConnection[Any], farmer_id: UUID, tx_hash: str) -> bool:
         """Whether this is the pool's own recorded harvest of the farmer: a transaction the
-        wallet signed, one `harvest` call, so one pail and one mint."""
+        wallet signed (recorded from its answer, not observed on chain), one `harvest`
+        call, so one pail and one mint."""
         cur = await conn.execute(
             "SELECT 1 FROM harvests WHERE farmer_id = %s AND tx_hash = %s"
-            " AND status = 'success' AND transaction_id IS NOT NULL",
+            " AND status = 'success' AND NOT observed_on_chain",
             (farmer_id, tx_hash),
         )
         return await cur.fetchone() is not None
@@ -442,6 +443,7 @@ class ChainFollower:
             "none",
             None,
             None,
+            observed_on_chain=True,
         )
         if row is not None:
             log.info(

@@ -459,7 +459,7 @@ class Store:
             " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
             "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
             "  coalesce(p.block_index, h.block_index, c.block_index) AS block_index,"
-            "  coalesce(p.tx_hash, h.tx_hash, t.tx_hash, po.tx_hash, d.tx_hash) AS tx_hash,"
+            "  coalesce(p.tx_hash, h.tx_hash, l.tx_hash, po.tx_hash, d.tx_hash) AS tx_hash,"
             "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
             "           l.transaction_id::text, l.payout_id::text, l.deposit_id::text)"
             "   AS source_id,"
@@ -468,7 +468,6 @@ class Store:
             " LEFT JOIN plantings p ON p.id = l.planting_id"
             " LEFT JOIN harvests h ON h.id = l.harvest_id"
             " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
-            " LEFT JOIN transactions t ON t.id = l.transaction_id"
             " LEFT JOIN payouts po ON po.id = l.payout_id"
             " LEFT JOIN deposits d ON d.id = l.deposit_id"
             " WHERE l.farmer_id = %s) entries"
@@ -649,17 +648,14 @@ class Store:
             if row is None:
                 await cur.execute(
                     "INSERT INTO plantings (block_index, farmer_id, pooler_id, stake_amount,"
-                    " transaction_id, tx_hash, ledger, status, fault, error_code, error_message,"
-                    " recorded_late) VALUES (%s, %s, %s, %s,"
-                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s,"
-                    " %s)"
+                    " tx_hash, ledger, status, fault, error_code, error_message, recorded_late)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     f" RETURNING {PLANTING_COLUMNS}",
                     (
                         p.block_index,
                         p.farmer_id,
                         request.pooler_id,
                         p.stake,
-                        p.tx_hash,
                         p.tx_hash,
                         p.ledger,
                         p.status,
@@ -754,10 +750,9 @@ class Store:
             for w in works:
                 await cur.execute(
                     "INSERT INTO works (block_index, farmer_id, pooler_id, nonce, hash, zeros,"
-                    " gap, transaction_id, tx_hash, ledger, status, fault, error_code,"
-                    " error_message, observed_on_chain) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s,"
-                    " %s)"
+                    " gap, tx_hash, ledger, status, fault, error_code, error_message,"
+                    " observed_on_chain) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s, %s, %s)"
                     f" RETURNING {WORK_COLUMNS}",
                     (
                         block_index,
@@ -767,7 +762,6 @@ class Store:
                         w.hash,
                         w.zeros,
                         w.gap,
-                        w.tx_hash,
                         w.tx_hash,
                         w.ledger,
                         w.status,
@@ -1032,9 +1026,12 @@ class HarvestStore:
         fault: str,
         error_code: str | None,
         error_message: str | None,
+        *,
+        observed_on_chain: bool = False,
     ) -> HarvestRow | None:
         """Record one harvest attempt; None when its success (or this failed transaction)
-        is already recorded. The ledger credit of a success follows by trigger."""
+        is already recorded. The ledger credit of a success follows by trigger.
+        `observed_on_chain`: the chain follower saw it (the pool did not make it)."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
@@ -1050,9 +1047,8 @@ class HarvestStore:
             rows = conn.cursor(row_factory=class_row(HarvestRow))
             await rows.execute(
                 "INSERT INTO harvests (block_index, farmer_id, pooler_id, reward_amount,"
-                " stake_amount, transaction_id, tx_hash, ledger, status, fault, error_code,"
-                " error_message) VALUES (%s, %s, %s, %s, %s,"
-                " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s)"
+                " stake_amount, tx_hash, ledger, status, fault, error_code, error_message,"
+                " observed_on_chain) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 f" RETURNING {HARVEST_COLUMNS}",
                 (
                     pail.block_index,
@@ -1061,12 +1057,12 @@ class HarvestStore:
                     reward,
                     pail.stake_amount if status == "success" else None,
                     tx_hash,
-                    tx_hash,
                     ledger,
                     status,
                     fault,
                     error_code,
                     error_message,
+                    observed_on_chain,
                 ),
             )
             return await rows.fetchone()

@@ -196,6 +196,11 @@ def _verify_history(migrations: Iterable[Migration], applied: dict[int, _Applied
             )
 
 
+def _table_exists(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
 def _lock(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
 
@@ -229,7 +234,9 @@ def apply_migrations(
             conn.transaction(),
         ):
             _lock(conn)
-            conn.execute(_CREATE_TABLE)
+            # Created only when missing: a service's role may read it but create nothing.
+            if not _table_exists(conn):
+                conn.execute(_CREATE_TABLE)
             _verify_history(todo, _read_applied(conn))
         for migration in todo:
             with _lock_wait_is_an_error(f"migration {migration.label}", lock_timeout_s):
@@ -258,6 +265,12 @@ def _apply_one(
             conn.execute(migration.sql.encode("utf-8"))
         except psycopg.errors.LockNotAvailable:
             raise
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise MigrationError(
+                f"migration {migration.label} is pending and this database role may not apply"
+                f" it ({error.diag.message_primary}); apply migrations as the migrator:"
+                " `kale-pool db migrate` (docs/database.md)"
+            ) from error
         except psycopg.Error as error:
             raise MigrationError(f"migration {migration.label} failed: {error}") from error
         conn.execute(
@@ -284,8 +297,7 @@ def migration_status(
     """Every known or recorded migration with its state, by version. Changes nothing."""
     known = sorted(migrations) if migrations is not None else load_migrations()
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
-        applied = _read_applied(conn) if exists and exists[0] else {}
+        applied = _read_applied(conn) if _table_exists(conn) else {}
     result: list[MigrationStatus] = []
     for migration in known:
         row = applied.get(migration.version)
