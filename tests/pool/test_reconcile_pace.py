@@ -15,10 +15,12 @@ import psycopg
 import pytest
 
 from kalepool.db.reads import Pool, open_pool
+from kalepool.db.roles import POOL
 from kalepool.settings import Settings
 from pool_service.planting import Planter
 from pool_service.reconcile import PlantReconciler
 from pool_service.store import PlantingRow, PlantRequestRow, Store
+from tests.dbkit import service_conninfo
 
 DEADLINE = 30.0
 LONGEST = 300.0
@@ -26,7 +28,7 @@ LONGEST = 300.0
 
 @pytest.fixture
 async def store(db_conninfo: str) -> AsyncIterator[Store]:
-    pool: Pool = await open_pool(db_conninfo, max_size=4)
+    pool: Pool = await open_pool(service_conninfo(db_conninfo, POOL), role=POOL, max_size=4)
     try:
         yield Store(pool)
     finally:
