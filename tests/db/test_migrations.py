@@ -22,7 +22,8 @@ from kalepool.db.migrate import (
     load_migrations,
     migration_status,
 )
-from tests.dbkit import owner_view
+from kalepool.db.roles import POOL
+from tests.dbkit import owner_view, service_conninfo
 
 from .rows import Rows
 
@@ -365,3 +366,23 @@ def test_0012_waits_for_unsettled_payout_transactions_from_before_0007(
     assert str(tx) in str(caught.value)
     assert migration_status(empty_db_conninfo)[-1].state is MigrationState.PENDING
     assert "pool.farmers" not in _tables(empty_db_conninfo)  # nothing of it applied
+
+
+def test_a_service_role_verifies_a_current_schema_and_may_apply_nothing(
+    tmp_path: Path, db_conninfo: str
+) -> None:
+    """Services call the runner at start-up with their own credentials: on a current
+    schema it reads the history and changes nothing; a pending file is refused in one
+    line that names who may apply it."""
+    as_pool = service_conninfo(db_conninfo, POOL)
+    assert apply_migrations(as_pool) == []
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for migration in load_migrations():
+        (folder / f"{migration.label}.sql").write_text(migration.sql)
+    (folder / "9999_next.sql").write_text("CREATE TABLE pool.next (id int);\n")
+    with pytest.raises(MigrationError, match=r"may not apply migrations.*kale-pool db migrate"):
+        apply_migrations(as_pool, load_migrations(folder))
+    assert (
+        migration_status(db_conninfo, load_migrations(folder))[-1].state is MigrationState.PENDING
+    )

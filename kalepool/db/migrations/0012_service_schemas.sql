@@ -327,7 +327,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     granted text[] := '{}';
     -- the runner's own table, read by every service to verify the schema at start-up
-    migrations regclass := to_regclass('schema_migrations');
+    migrations regclass := to_regclass('public.schema_migrations');
 BEGIN
     REVOKE ALL ON SCHEMA shared, wallet, pool FROM PUBLIC;
     REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA shared, wallet, pool FROM PUBLIC;
