@@ -11,8 +11,8 @@ import grpc
 
 from kalepool.grpc_server import PermissionDenied, ResourceExhausted, Unauthenticated, caller_name
 from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER
+from pool_service.books.poolers import PoolerRow, PoolerStore
 from pool_service.registry import hash_api_key
-from pool_service.store import PoolerRow, Store
 
 # The service identities of the deployment are not poolers, whatever key they send.
 RESERVED_NAMES = frozenset({OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER})
@@ -51,8 +51,8 @@ def bearer_key(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 class Authenticator:
     """Resolves the calling pooler from its key; refuses, and rate-limits, the rest."""
 
-    def __init__(self, store: Store, limiter: RateLimiter) -> None:
-        self.store = store
+    def __init__(self, poolers: PoolerStore, limiter: RateLimiter) -> None:
+        self.poolers = poolers
         self.limiter = limiter
 
     async def pooler(self, context: grpc.aio.ServicerContext[Any, Any]) -> PoolerRow:
@@ -65,7 +65,7 @@ class Authenticator:
         if key is None:
             raise Unauthenticated("send the pooler's API key as 'authorization: Bearer <key>'")
         # Never log or echo the key: only whether it matched.
-        pooler = await self.store.pooler_by_key(hash_api_key(key))
+        pooler = await self.poolers.pooler_by_key(hash_api_key(key))
         if pooler is None:
             raise Unauthenticated("the API key is not valid (unknown or revoked)")
         if not pooler.is_active:

@@ -7,35 +7,40 @@ from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kalepool.chain import CurrentBlock
+from kalepool.chain import CurrentBlock, Fault
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
-from pool_service.store import FarmerRow, LedgerRow, PlantingRow, PoolerRow, WorkRow
+from pool_service.books.enums import EventStatus, FarmerState, FarmerStatus, LedgerKind
+from pool_service.books.farmers import FarmerRow
+from pool_service.books.ledger import LedgerRow
+from pool_service.books.plantings import PlantingRow
+from pool_service.books.poolers import PoolerRow
+from pool_service.books.works import WorkRow
 
 FAULT_TO_PROTO = {
-    "none": common_pb2.FAULT_PARTY_NONE,
-    "farmer": common_pb2.FAULT_PARTY_FARMER,
-    "pool": common_pb2.FAULT_PARTY_POOL,
-    "pooler": common_pb2.FAULT_PARTY_POOLER,
-    "chain": common_pb2.FAULT_PARTY_CHAIN,
+    Fault.NONE: common_pb2.FAULT_PARTY_NONE,
+    Fault.FARMER: common_pb2.FAULT_PARTY_FARMER,
+    Fault.POOL: common_pb2.FAULT_PARTY_POOL,
+    Fault.POOLER: common_pb2.FAULT_PARTY_POOLER,
+    Fault.CHAIN: common_pb2.FAULT_PARTY_CHAIN,
 }
 FAULT_FROM_PROTO = {v: k for k, v in FAULT_TO_PROTO.items()}
 
 EVENT_STATUS = {
-    "success": records_pb2.EVENT_STATUS_SUCCEEDED,
-    "failed": records_pb2.EVENT_STATUS_FAILED,
+    EventStatus.SUCCESS: records_pb2.EVENT_STATUS_SUCCEEDED,
+    EventStatus.FAILED: records_pb2.EVENT_STATUS_FAILED,
 }
 
 # The ledger's kinds as the API names them, each by its own kind. The database keeps a
 # harvest as one entry (reward + stake), shown as REWARD.
 LEDGER_KIND = {
-    "harvest": records_pb2.LEDGER_ENTRY_KIND_REWARD,
-    "stake": records_pb2.LEDGER_ENTRY_KIND_STAKE,
-    "payout": records_pb2.LEDGER_ENTRY_KIND_PAYOUT,
-    "payout_reversal": records_pb2.LEDGER_ENTRY_KIND_PAYOUT_REVERSAL,
-    "compensation": records_pb2.LEDGER_ENTRY_KIND_COMPENSATION,
-    "fee": records_pb2.LEDGER_ENTRY_KIND_FEE,
-    "adjustment": records_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
-    "deposit": records_pb2.LEDGER_ENTRY_KIND_DEPOSIT,
+    LedgerKind.HARVEST: records_pb2.LEDGER_ENTRY_KIND_REWARD,
+    LedgerKind.STAKE: records_pb2.LEDGER_ENTRY_KIND_STAKE,
+    LedgerKind.PAYOUT: records_pb2.LEDGER_ENTRY_KIND_PAYOUT,
+    LedgerKind.PAYOUT_REVERSAL: records_pb2.LEDGER_ENTRY_KIND_PAYOUT_REVERSAL,
+    LedgerKind.COMPENSATION: records_pb2.LEDGER_ENTRY_KIND_COMPENSATION,
+    LedgerKind.FEE: records_pb2.LEDGER_ENTRY_KIND_FEE,
+    LedgerKind.ADJUSTMENT: records_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
+    LedgerKind.DEPOSIT: records_pb2.LEDGER_ENTRY_KIND_DEPOSIT,
 }
 
 
@@ -94,22 +99,22 @@ def pooler_pb(row: PoolerRow) -> pool_pb2.Pooler:
 
 
 def farmer_status(row: FarmerRow) -> common_pb2.FarmerStatus.ValueType:
-    if row.status == "active":
+    if row.status == FarmerStatus.ACTIVE:
         return (
             common_pb2.FARMER_STATUS_ACTIVE
             if row.is_funded
             else common_pb2.FARMER_STATUS_PENDING_FUNDING
         )
-    if row.status == "leaving":
+    if row.status == FarmerStatus.LEAVING:
         return common_pb2.FARMER_STATUS_LEAVING
     return common_pb2.FARMER_STATUS_DEPARTED
 
 
 FARMER_STATUS_KEY = {
-    common_pb2.FARMER_STATUS_PENDING_FUNDING: "pending_funding",
-    common_pb2.FARMER_STATUS_ACTIVE: "active",
-    common_pb2.FARMER_STATUS_LEAVING: "leaving",
-    common_pb2.FARMER_STATUS_DEPARTED: "departed",
+    common_pb2.FARMER_STATUS_PENDING_FUNDING: FarmerState.PENDING_FUNDING,
+    common_pb2.FARMER_STATUS_ACTIVE: FarmerState.ACTIVE,
+    common_pb2.FARMER_STATUS_LEAVING: FarmerState.LEAVING,
+    common_pb2.FARMER_STATUS_DEPARTED: FarmerState.DEPARTED,
 }
 
 
@@ -127,9 +132,9 @@ def farmer_pb(row: FarmerRow) -> pool_pb2.Farmer:
 
 
 def _failure(
-    status: str, fault: str, code: str | None, message: str | None
+    status: EventStatus, fault: Fault, code: str | None, message: str | None
 ) -> common_pb2.Failure | None:
-    if status != "failed":
+    if status != EventStatus.FAILED:
         return None
     return common_pb2.Failure(
         code=failure_code_value(code),
@@ -148,12 +153,16 @@ def _contract_error(code: str | None) -> int:
     return 0
 
 
-def _tx(tx_hash: str | None, status: str, ledger: int | None) -> common_pb2.TransactionRef | None:
+def _tx(
+    tx_hash: str | None, status: EventStatus, ledger: int | None
+) -> common_pb2.TransactionRef | None:
     if tx_hash is None:
         return None
     return common_pb2.TransactionRef(
         tx_hash=tx_hash,
-        status=common_pb2.TX_STATUS_SUCCESS if status == "success" else common_pb2.TX_STATUS_FAILED,
+        status=common_pb2.TX_STATUS_SUCCESS
+        if status == EventStatus.SUCCESS
+        else common_pb2.TX_STATUS_FAILED,
         ledger=ledger or 0,
     )
 
@@ -168,7 +177,7 @@ def planting_pb(row: PlantingRow) -> records_pb2.PlantingEvent:
         stake_stroops=row.stake_amount,
         status=EVENT_STATUS[row.status],
         transaction=_tx(row.tx_hash, row.status, row.ledger),
-        plant_ledger=row.ledger or 0 if row.status == "success" else 0,
+        plant_ledger=row.ledger or 0 if row.status == EventStatus.SUCCESS else 0,
         failure=_failure(row.status, row.fault, row.error_code, row.error_message),
         recorded_at=timestamp(row.created_at),
     )

@@ -38,9 +38,7 @@ difference (docs/pool.md).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 from psycopg import AsyncConnection
 
@@ -62,7 +60,12 @@ from kalepool.chain import (
 from kalepool.chain import Pail as FarmPail
 from kalepool.chain.events import cursor_ledger
 from kalepool.db.reads import Pool
-from pool_service.store import FOLLOWER_CURSOR, HarvestStore, Pail
+from pool_service.books.deposits import Cursor, DepositStore
+from pool_service.books.enums import EventStatus
+from pool_service.books.farmers import FarmerRow, FarmerStore
+from pool_service.books.harvests import HarvestStore, Pail
+from pool_service.books.ledger import LedgerStore
+from pool_service.books.plantings import PlantingStore
 
 log = logging.getLogger("pool_service.deposits")
 
@@ -76,120 +79,6 @@ UNKNOWN_TX_GRACE_LEDGERS = 120
 
 class Retry(Exception):
     """Stop this pass here; the next one reads the same page again."""
-
-
-@dataclass
-class Farmer:
-    id: UUID
-    pooler_id: UUID
-
-
-@dataclass
-class Cursor:
-    """Where the follower stopped; `first` when no follower ever stopped anywhere."""
-
-    cursor: str | None
-    ledger: int
-    first: bool
-
-
-class DepositStore:
-    """SQL of the follower: its cursor, farmers by custodial account, deposits."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-
-    @staticmethod
-    async def lock_cursor(conn: AsyncConnection[Any]) -> Cursor | None:
-        """The cursor, locked until the transaction ends; None when another follower
-        holds it now."""
-        made = await conn.execute(
-            "INSERT INTO chain_cursors (name, cursor, ledger) VALUES (%s, NULL, 0)"
-            " ON CONFLICT (name) DO NOTHING",
-            (FOLLOWER_CURSOR,),
-        )
-        cur = await conn.execute(
-            "SELECT cursor, ledger FROM chain_cursors WHERE name = %s FOR UPDATE SKIP LOCKED",
-            (FOLLOWER_CURSOR,),
-        )
-        row = await cur.fetchone()
-        return None if row is None else Cursor(row[0], int(row[1]), made.rowcount == 1)
-
-    @staticmethod
-    async def move_cursor(conn: AsyncConnection[Any], cursor: str | None, ledger: int) -> None:
-        await conn.execute(
-            "UPDATE chain_cursors SET cursor = %s, ledger = greatest(ledger, %s) WHERE name = %s",
-            (cursor, ledger, FOLLOWER_CURSOR),
-        )
-
-    @staticmethod
-    async def books_hold_entries(conn: AsyncConnection[Any]) -> bool:
-        """Whether any farmer already has a ledger entry (credited before any follower)."""
-        cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM balance_ledger)")
-        row = await cur.fetchone()
-        return bool(row and row[0])
-
-    @staticmethod
-    async def farmers(conn: AsyncConnection[Any], addresses: list[str]) -> dict[str, Farmer]:
-        """The pool's farmers among these custodial accounts."""
-        cur = await conn.execute(
-            "SELECT custodial_public_key, id, pooler_id FROM farmers"
-            " WHERE custodial_public_key = ANY(%s)",
-            (addresses,),
-        )
-        return {r[0]: Farmer(r[1], r[2]) for r in await cur.fetchall()}
-
-    @staticmethod
-    async def own_harvest(conn: AsyncConnection[Any], farmer_id: UUID, tx_hash: str) -> bool:
-        """Whether this is the pool's own recorded harvest of the farmer: a transaction the
-        wallet signed (recorded from its answer, not observed on chain), one `harvest`
-        call, so one pail and one mint."""
-        cur = await conn.execute(
-            "SELECT 1 FROM harvests WHERE farmer_id = %s AND tx_hash = %s"
-            " AND status = 'success' AND NOT observed_on_chain",
-            (farmer_id, tx_hash),
-        )
-        return await cur.fetchone() is not None
-
-    @staticmethod
-    async def harvested_by(conn: AsyncConnection[Any], farmer_id: UUID, tx_hash: str) -> set[int]:
-        """The blocks of the farmer whose successful harvest is this transaction."""
-        cur = await conn.execute(
-            "SELECT block_index FROM harvests WHERE farmer_id = %s AND tx_hash = %s"
-            " AND status = 'success'",
-            (farmer_id, tx_hash),
-        )
-        return {int(r[0]) for r in await cur.fetchall()}
-
-    @staticmethod
-    async def planting(
-        conn: AsyncConnection[Any], farmer_id: UUID, block_index: int
-    ) -> tuple[UUID, int] | None:
-        """(pooler, stake) of the farmer's successful planting in the block, if recorded."""
-        cur = await conn.execute(
-            "SELECT pooler_id, stake_amount FROM plantings WHERE farmer_id = %s"
-            " AND block_index = %s AND status = 'success'",
-            (farmer_id, block_index),
-        )
-        row = await cur.fetchone()
-        return None if row is None else (row[0], int(row[1]))
-
-    @staticmethod
-    async def deposit(conn: AsyncConnection[Any], farmer: Farmer, event: TokenEvent) -> bool:
-        """Record the deposit (its ledger credit follows by trigger); False if it was."""
-        cur = await conn.execute(
-            "INSERT INTO deposits (event_id, farmer_id, amount, from_address, tx_hash, ledger)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
-            (
-                event.id,
-                farmer.id,
-                event.amount,
-                event.from_address,
-                event.tx_hash,
-                event.ledger,
-            ),
-        )
-        return cur.rowcount > 0
 
 
 def harvest_amount(pail: FarmPail, block: Block) -> int | None:
@@ -226,7 +115,6 @@ class ChainFollower:
     def __init__(self, pool: Pool, chain: ChainClient, harvests: HarvestStore) -> None:
         self.pool = pool
         self.chain = chain
-        self.store = DepositStore(pool)
         self.harvests = harvests
         self._said_upgrade = False
 
@@ -246,12 +134,12 @@ class ChainFollower:
         now is rolled back whole (the cursor stays) and read again next pass."""
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                held = await self.store.lock_cursor(conn)
+                held = await DepositStore.lock_cursor(conn)
                 if held is None:
                     return 0, False  # another replica is reading this page
-                upgraded = held.first and await self.store.books_hold_entries(conn)
+                upgraded = held.first and await LedgerStore.holds_entries(conn)
                 page = await self._read(held, upgraded)
-                farmers = await self.store.farmers(
+                farmers = await FarmerStore.by_addresses(
                     conn, sorted({e.to_address for e in page.events if e.to_address})
                 )
                 applied = 0
@@ -262,7 +150,7 @@ class ChainFollower:
                         continue  # nothing moved (the asset contract accepts a transfer of 0)
                     await self._apply(conn, farmers[event.to_address], event, page)
                     applied += 1
-                await self.store.move_cursor(conn, page.cursor, self._read_through(page))
+                await DepositStore.move_cursor(conn, page.cursor, self._read_through(page))
                 return applied, bool(page.events)
         except (Retry, ChainError) as stop:
             log.warning("chain follower: %s; the page is read again next pass", stop)
@@ -326,10 +214,10 @@ class ChainFollower:
         return through - 1 if len(page.events) >= PAGE_SIZE else through
 
     async def _apply(
-        self, conn: AsyncConnection[Any], farmer: Farmer, event: TokenEvent, page: EventPage
+        self, conn: AsyncConnection[Any], farmer: FarmerRow, event: TokenEvent, page: EventPage
     ) -> None:
         if event.kind == "mint":
-            if await self.store.own_harvest(conn, farmer.id, event.tx_hash):
+            if await HarvestStore.own_harvest(conn, farmer.id, event.tx_hash):
                 return  # the pool's own harvest, recorded when it was made
             changes = await self._changes(farmer, event, page)
             if changes is None:
@@ -340,7 +228,7 @@ class ChainFollower:
                 if pail is not None:
                     await self._harvest(conn, farmer, event, pail)
                 return
-        if await self.store.deposit(conn, farmer, event):
+        if await DepositStore.deposit(conn, farmer.id, event):
             log.info(
                 "deposit of %d stroops to farmer %s (event %s, tx %s)",
                 event.amount,
@@ -350,7 +238,7 @@ class ChainFollower:
             )
 
     async def _changes(
-        self, farmer: Farmer, event: TokenEvent, page: EventPage
+        self, farmer: FarmerRow, event: TokenEvent, page: EventPage
     ) -> PailChanges | None:
         """What the event's transaction did to the farm's pails. A transaction that cannot
         be read now stops the page (Retry); one still unreadable after the grace is
@@ -379,7 +267,11 @@ class ChainFollower:
         return None
 
     async def _which(
-        self, conn: AsyncConnection[Any], farmer: Farmer, event: TokenEvent, pails: list[FarmPail]
+        self,
+        conn: AsyncConnection[Any],
+        farmer: FarmerRow,
+        event: TokenEvent,
+        pails: list[FarmPail],
     ) -> FarmPail | None:
         """The pail whose harvest this mint is. One removed pail is it. Several (a contract
         harvesting several blocks of one farmer in one transaction) are told apart by the
@@ -396,7 +288,7 @@ class ChainFollower:
                 amount = None if block is None else harvest_amount(p, block)
                 if amount is not None:
                     expected[p.index] = amount
-            recorded = await self.store.harvested_by(conn, farmer.id, event.tx_hash)
+            recorded = await HarvestStore.harvested_by(conn, farmer.id, event.tx_hash)
             pail = pick_pail(event.amount, pails, expected, recorded)
         if pail is None or pail.stake > event.amount:
             log.error(
@@ -413,36 +305,33 @@ class ChainFollower:
         return pail
 
     async def _harvest(
-        self, conn: AsyncConnection[Any], farmer: Farmer, event: TokenEvent, pail: FarmPail
+        self, conn: AsyncConnection[Any], farmer: FarmerRow, event: TokenEvent, pail: FarmPail
     ) -> None:
         """A harvest of the farmer's pail seen on chain, made by anyone: recorded once,
         with the pail's stake and the rest of the minted amount as the reward."""
-        planted = await self.store.planting(conn, farmer.id, pail.index)
-        if planted is not None and planted[1] != pail.stake:
+        planted = await PlantingStore.success_of(conn, farmer.id, pail.index)
+        if planted is not None and planted.stake_amount != pail.stake:
             log.warning(
                 "chain follower: the pail of farmer %s in block %d staked %d stroops on chain,"
                 " the planting recorded %d; the chain's is kept for the harvest",
                 farmer.id,
                 pail.index,
                 pail.stake,
-                planted[1],
+                planted.stake_amount,
             )
         reward = event.amount - pail.stake
         row = await self.harvests.record(
             Pail(
                 farmer_id=farmer.id,
-                pooler_id=farmer.pooler_id if planted is None else planted[0],
+                pooler_id=farmer.pooler_id if planted is None else planted.pooler_id,
                 block_index=pail.index,
                 custodial_public_key=event.to_address or "",
                 stake_amount=pail.stake,
             ),
-            "success",
-            reward,
-            event.tx_hash,
-            event.ledger,
-            "none",
-            None,
-            None,
+            EventStatus.SUCCESS,
+            reward=reward,
+            tx_hash=event.tx_hash,
+            ledger=event.ledger,
             observed_on_chain=True,
         )
         if row is not None:

@@ -20,8 +20,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kalepool.grpc_server import Aborted, OutOfRange
 from kalepool.v1 import pooler_pb2
+from pool_service.books.plantings import PlantingRow, PlantingStore
 from pool_service.chain_view import ChainView
-from pool_service.store import PlantingRow, Store
 
 
 class Subscriber:
@@ -69,9 +69,9 @@ class AssignmentFeed:
     """Builds assignments from plantings and serves the stream."""
 
     def __init__(
-        self, store: Store, view: ChainView, feeds: Feeds, poll_seconds: float = 1.0
+        self, plantings: PlantingStore, view: ChainView, feeds: Feeds, poll_seconds: float = 1.0
     ) -> None:
-        self.store = store
+        self.plantings = plantings
         self.view = view
         self.feeds = feeds
         self.poll_seconds = poll_seconds
@@ -98,7 +98,7 @@ class AssignmentFeed:
     async def stream(
         self, pooler_id: UUID, after_cursor: int
     ) -> AsyncIterator[pooler_pb2.StreamAssignmentsResponse]:
-        last = await self.store.last_cursor(pooler_id)
+        last = await self.plantings.last_cursor(pooler_id)
         if after_cursor > last:
             raise OutOfRange(
                 f"cursor {after_cursor} was never issued (the latest is {last}); start again from 0"
@@ -111,7 +111,7 @@ class AssignmentFeed:
                     raise Aborted("a newer assignment stream of this pooler replaced this one")
                 sub.wake.clear()  # before reading: a plant landing meanwhile wakes us again
                 current = await self.view.current_index()
-                rows = await self.store.assignments_after(pooler_id, cursor, current)
+                rows = await self.plantings.assignments_after(pooler_id, cursor, current)
                 for row in rows:
                     assignment = await self.assignment(row)
                     cursor = row.id

@@ -35,23 +35,26 @@ from uuid import UUID
 
 import grpc
 
-from kalepool.chain import ChainError, read_pails
+from kalepool.chain import ChainError, Fault, read_pails
 from kalepool.chain import Pail as ChainPail
 from kalepool.grpc_server import FailedPrecondition
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
+from pool_service.books.compensations import CompensationStore
+from pool_service.books.enums import EventStatus
+from pool_service.books.harvests import HarvestRow, HarvestStore, Pail
+from pool_service.books.poolers import PoolerRow
+from pool_service.books.works import NewWork, Unreported, WorkStore
 from pool_service.chain_view import ChainView
-from pool_service.compensation import Compensations
 from pool_service.loops import every
-from pool_service.store import HarvestRow, HarvestStore, NewWork, Pail, PoolerRow, Unreported
 from pool_service.wallet import WalletClient
 
 log = logging.getLogger("pool_service")
 
 
 def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
-    failed = row.status == "failed"
+    failed = row.status == EventStatus.FAILED
     return records_pb2.HarvestEvent(
         harvest_id=str(row.id),
         block_index=row.block_index,
@@ -100,13 +103,15 @@ class Harvester:
 
     def __init__(
         self,
-        store: HarvestStore,
+        harvests: HarvestStore,
+        works: WorkStore,
         wallet: WalletClient,
         view: ChainView,
         settings: Settings,
-        compensations: Compensations | None = None,
+        compensations: CompensationStore | None = None,
     ) -> None:
-        self.store = store
+        self.harvests = harvests
+        self.works = works
         self.compensations = compensations
         self.wallet = wallet
         self.view = view
@@ -149,15 +154,12 @@ class Harvester:
         out = response.outcome
         code = out.failure.code
         if out.status == common_pb2.TX_STATUS_SUCCESS:
-            await self.store.record(
+            await self.harvests.record(
                 pail,
-                "success",
-                response.reward_stroops,
-                out.tx_hash,
-                out.ledger,
-                "none",
-                None,
-                None,
+                EventStatus.SUCCESS,
+                reward=response.reward_stroops,
+                tx_hash=out.tx_hash,
+                ledger=out.ledger,
             )
         elif code == common_pb2.FAILURE_CODE_PAIL_MISSING:
             # Harvested by someone else, perhaps: settled once the follower could know.
@@ -170,16 +172,16 @@ class Harvester:
 
     async def _record_failed(self, pail: Pail, response: wallet_pb2.HarvestResponse) -> None:
         out = response.outcome
-        fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
-        await self.store.record(
+        fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, Fault.POOL)
+        await self.harvests.record(
             pail,
-            "failed",
-            None,
-            out.tx_hash or None,
-            None,
-            "pool" if fault == "none" else fault,
-            convert.failure_code_name(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
-            out.failure.message or common_pb2.TxStatus.Name(out.status),
+            EventStatus.FAILED,
+            tx_hash=out.tx_hash or None,
+            fault=Fault.POOL if fault == Fault.NONE else fault,
+            error_code=convert.failure_code_name(
+                out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
+            ),
+            error_message=out.failure.message or common_pb2.TxStatus.Name(out.status),
         )
 
     async def _settle(self, current: int, latest_ledger: int) -> None:
@@ -195,7 +197,7 @@ class Harvester:
             seen = (await self.view.chain.latest_ledger()).sequence
         except ChainError:
             return False
-        read = await self.store.follower_ledger()
+        read = await self.harvests.follower_ledger()
         return read is not None and read >= seen
 
     async def observe(
@@ -208,7 +210,7 @@ class Harvester:
         """Record what the chain shows of planted pails of finished blocks whose work the
         books do not know (see the module's docstring); how many were recorded."""
         from_block = current - PAIL_LIFETIME_SECONDS // self.view.block_seconds - 1
-        todo = await self.store.unreported(
+        todo = await self.works.unreported(
             current,
             max(from_block, 0),
             latest_ledger - PAIL_LIFETIME_LEDGERS,
@@ -235,7 +237,7 @@ class Harvester:
             )
             if work is None:
                 continue
-            row = await self.store.record_observed(u, work)
+            row = await self.works.record_observed(u, work)
             if row is not None:
                 recorded += 1
                 log.info(
@@ -259,13 +261,13 @@ class Harvester:
                 f"block {block_index} is not over: the farm's current block is {current}"
             )
         await self.observe(current, latest, pooler.id, block_index)
-        pails = await self.store.pails(current, pooler.id, block_index, farmer_ids)
+        pails = await self.harvests.pails(current, pooler.id, block_index, farmer_ids)
         done = await self.harvest(pails)
         await self._settle(current, latest)
-        rows = await self.store.harvests(pooler.id, block_index, farmer_ids)
-        harvested = [r for r in rows if r.status == "success"]
+        rows = await self.harvests.harvests(pooler.id, block_index, farmer_ids)
+        harvested = [r for r in rows if r.status == EventStatus.SUCCESS]
         settled = {r.farmer_id for r in harvested}
-        failed = [r for r in rows if r.status == "failed" and r.farmer_id not in settled]
+        failed = [r for r in rows if r.status == EventStatus.FAILED and r.farmer_id not in settled]
         pending_ids = {p.farmer_id for p in done.pending} - settled
         return pooler_pb2.RequestHarvestResponse(
             block_index=block_index,
@@ -291,7 +293,7 @@ class Harvester:
         view = await self.view.plantable()
         current, latest = view.current.index, view.latest_ledger
         await self.observe(current, latest)
-        pails = await self.store.pails(current, limit=self.settings.max_harvest_batch_size)
+        pails = await self.harvests.pails(current, limit=self.settings.max_harvest_batch_size)
         if pails:
             await self.harvest(pails)
         await self._settle(current, latest)
@@ -301,11 +303,11 @@ class Harvester:
         await every(interval, self.run_once, "harvest")
 
 
-def _verdict(u: Unreported, what: str) -> tuple[str, str]:
+def _verdict(u: Unreported, what: str) -> tuple[Fault, str]:
     """Whose fault a pail's failed work is, and the sentence that says why; `what` is
     what the chain shows of the pail."""
     if u.recorded_late:
-        return "pool", (
+        return Fault.POOL, (
             f"{what}: the pool recorded its plant after the block's work window, so the"
             " assignment reached the pooler too late to be worked"
         )
@@ -314,7 +316,7 @@ def _verdict(u: Unreported, what: str) -> tuple[str, str]:
             f"{what}, confirming the failure the pooler reported ({u.reported_code},"
             f" the {u.reported_fault}'s fault): {u.reported_message}"
         )
-    return "pooler", f"{what} (no work was reported)"
+    return Fault.POOLER, f"{what} (no work was reported)"
 
 
 def observed_verdict(u: Unreported, pail: ChainPail | None, follower_knows: bool) -> NewWork | None:
@@ -323,17 +325,10 @@ def observed_verdict(u: Unreported, pail: ChainPail | None, follower_knows: bool
     where = f"the pail of block {u.block_index}"
     if pail is not None and pail.worked:
         return NewWork(
-            u.farmer_id,
-            "success",
-            None,
-            None,
-            pail.zeros,
-            pail.gap,
-            None,
-            None,
-            "none",
-            None,
-            None,
+            farmer_id=u.farmer_id,
+            status=EventStatus.SUCCESS,
+            zeros=pail.zeros,
+            gap=pail.gap,
             observed_on_chain=True,
         )
     if pail is None:
@@ -346,16 +341,10 @@ def observed_verdict(u: Unreported, pail: ChainPail | None, follower_knows: bool
         what = f"the chain shows {where} never worked"
     fault, message = _verdict(u, what)
     return NewWork(
-        u.farmer_id,
-        "failed",
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        fault,
-        convert.failure_code_name(code),
-        message,
+        farmer_id=u.farmer_id,
+        status=EventStatus.FAILED,
+        fault=fault,
+        error_code=convert.failure_code_name(code),
+        error_message=message,
         observed_on_chain=True,
     )

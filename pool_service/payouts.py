@@ -14,23 +14,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 import grpc
-from psycopg import AsyncConnection
-from psycopg.rows import class_row
 
-from kalepool.db.reads import Pool, fetch_all, fetch_one
+from kalepool.chain import Fault
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kalepool.request_checks import check_idempotency_key, check_uuid
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2, wallet_pb2
 from pool_service import convert
+from pool_service.books.enums import FarmerStatus, PayoutStatus
+from pool_service.books.farmers import FarmerRow, FarmerStore
+from pool_service.books.payouts import PayoutRow, PayoutStore
 from pool_service.chain_view import ChainView
 from pool_service.locks import KeyedLocks
-from pool_service.store import FARMER_COLUMNS, FarmerRow, Store
 from pool_service.validate import Page
 from pool_service.wallet import WalletClient, nothing_signed, wallet_call
 
@@ -44,35 +42,11 @@ _PAYOUT_ID_NAMESPACE = uuid.UUID("0b7f3a52-3c1e-4f0e-8f7e-706179f0075a")
 _WALLET_TIMEOUT_SECONDS = 30.0
 
 
-@dataclass
-class PayoutRow:
-    id: UUID
-    farmer_id: UUID
-    destination: str
-    amount: int
-    request_key: str | None
-    wallet_key: str
-    status: str
-    tx_hash: str | None
-    ledger: int | None
-    error_code: str | None
-    error_message: str | None
-    fault: str | None
-    requested_at: dt.datetime
-    completed_at: dt.datetime | None
-
-
-PAYOUT_COLUMNS = (
-    "id, farmer_id, destination, amount, request_key, wallet_key, status::text, tx_hash,"
-    " ledger, error_code, error_message, fault::text, requested_at, completed_at"
-)
-
-
 def payout_pb(row: PayoutRow) -> records_pb2.Payout:
     status = {
-        "pending": common_pb2.TX_STATUS_PENDING,
-        "success": common_pb2.TX_STATUS_SUCCESS,
-        "failed": common_pb2.TX_STATUS_FAILED,
+        PayoutStatus.PENDING: common_pb2.TX_STATUS_PENDING,
+        PayoutStatus.SUCCESS: common_pb2.TX_STATUS_SUCCESS,
+        PayoutStatus.FAILED: common_pb2.TX_STATUS_FAILED,
     }[row.status]
     return records_pb2.Payout(
         payout_id=str(row.id),
@@ -84,168 +58,14 @@ def payout_pb(row: PayoutRow) -> records_pb2.Payout:
         ),
         failure=common_pb2.Failure(
             code=convert.failure_code_value(row.error_code),
-            fault=convert.FAULT_TO_PROTO.get(row.fault or "pool", common_pb2.FAULT_PARTY_POOL),
+            fault=convert.FAULT_TO_PROTO.get(row.fault or Fault.POOL, common_pb2.FAULT_PARTY_POOL),
             message=row.error_message or "",
         )
-        if row.status == "failed"
+        if row.status == PayoutStatus.FAILED
         else None,
         requested_at=convert.timestamp(row.requested_at),
         completed_at=convert.timestamp(row.completed_at),
     )
-
-
-class PayoutStore:
-    """SQL of payouts, their ledger entries and leaving."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-
-    async def payout(self, payout_id: UUID) -> PayoutRow | None:
-        async with self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=class_row(PayoutRow))
-            await cur.execute(f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE id = %s", (payout_id,))
-            return await cur.fetchone()
-
-    async def create(
-        self,
-        payout_id: UUID,
-        farmer_id: UUID,
-        destination: str,
-        amount: int,
-        request_key: str | None,
-    ) -> PayoutRow:
-        """Record the payout and debit it, in one transaction under the farmer's lock.
-        `amount` 0 pays the whole balance. FAILED_PRECONDITION when it is more than the
-        balance or nothing is left to pay."""
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT current_balance FROM farmers WHERE id = %s FOR UPDATE", (farmer_id,)
-            )
-            got = await cur.fetchone()
-            assert got is not None
-            balance = int(got[0])
-            existing = await self._payout_in(conn, payout_id)
-            if existing is not None:  # the same key won a race: that one is the payout
-                return existing
-            amount = amount or balance
-            if amount <= 0:
-                raise FailedPrecondition(f"farmer {farmer_id} has no balance to pay out")
-            if amount > balance:
-                raise FailedPrecondition(
-                    f"farmer {farmer_id} has {balance} stroops available;"
-                    f" a payout of {amount} would overdraw it"
-                )
-            rows = conn.cursor(row_factory=class_row(PayoutRow))
-            await rows.execute(
-                "INSERT INTO payouts (id, farmer_id, destination, amount, request_key,"
-                f" wallet_key) VALUES (%s, %s, %s, %s, %s, %s) RETURNING {PAYOUT_COLUMNS}",
-                (payout_id, farmer_id, destination, amount, request_key, f"payout:{payout_id}"),
-            )
-            row = await rows.fetchone()
-            assert row is not None
-            await conn.execute(
-                "INSERT INTO balance_ledger (farmer_id, amount, kind, payout_id)"
-                " VALUES (%s, %s, 'payout', %s)",
-                (farmer_id, -amount, payout_id),
-            )
-            return row
-
-    @staticmethod
-    async def _payout_in(conn: AsyncConnection[Any], payout_id: UUID) -> PayoutRow | None:
-        cur = conn.cursor(row_factory=class_row(PayoutRow))
-        await cur.execute(f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE id = %s", (payout_id,))
-        return await cur.fetchone()
-
-    async def succeeded(self, payout_id: UUID, tx_hash: str, ledger: int) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "UPDATE payouts SET status = 'success', tx_hash = %s, ledger = %s,"
-                " completed_at = now() WHERE id = %s AND status = 'pending'",
-                (tx_hash, ledger, payout_id),
-            )
-
-    async def still_pending(self, payout_id: UUID, tx_hash: str | None) -> None:
-        if tx_hash:
-            async with self.pool.connection() as conn:
-                await conn.execute(
-                    "UPDATE payouts SET tx_hash = %s WHERE id = %s AND status = 'pending'",
-                    (tx_hash, payout_id),
-                )
-
-    async def failed(
-        self, payout_id: UUID, tx_hash: str | None, code: str, message: str, fault: str
-    ) -> None:
-        """Settle as failed and give the debit back, together (once)."""
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "UPDATE payouts SET status = 'failed', tx_hash = coalesce(%s, tx_hash),"
-                " error_code = %s, error_message = %s, fault = %s::fault_party,"
-                " completed_at = now() WHERE id = %s AND status = 'pending'"
-                " RETURNING farmer_id, amount",
-                (tx_hash, code, message, fault, payout_id),
-            )
-            row = await cur.fetchone()
-            if row is not None:
-                await conn.execute(
-                    "INSERT INTO balance_ledger (farmer_id, amount, kind, payout_id)"
-                    " VALUES (%s, %s, 'payout_reversal', %s)",
-                    (row[0], row[1], payout_id),
-                )
-
-    async def pending(self, farmer_id: UUID | None = None) -> list[PayoutRow]:
-        return await fetch_all(
-            self.pool,
-            PayoutRow,
-            f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE status = 'pending'"
-            " AND (%s::uuid IS NULL OR farmer_id = %s::uuid) ORDER BY requested_at",
-            (farmer_id, farmer_id),
-        )
-
-    async def list(
-        self, farmer_id: UUID, before: tuple[str, str] | None, limit: int
-    ) -> list[PayoutRow]:
-        return await fetch_all(
-            self.pool,
-            PayoutRow,
-            f"SELECT {PAYOUT_COLUMNS} FROM payouts WHERE farmer_id = %s"
-            " AND (%s::timestamptz IS NULL OR (requested_at, id) < (%s::timestamptz, %s::uuid))"
-            " ORDER BY requested_at DESC, id DESC LIMIT %s",
-            (
-                farmer_id,
-                before[0] if before else None,
-                before[0] if before else None,
-                before[1] if before else None,
-                limit,
-            ),
-        )
-
-    async def set_status(self, farmer_id: UUID, status: str, only_from: str) -> FarmerRow | None:
-        return await fetch_one(
-            self.pool,
-            FarmerRow,
-            f"UPDATE farmers f SET status = %s::farmer_status WHERE id = %s"
-            f" AND status = %s::farmer_status RETURNING {FARMER_COLUMNS}",
-            (status, farmer_id, only_from),
-        )
-
-    async def open_pails(self, farmer_id: UUID, current_block: int) -> int:
-        """Pails that may still be harvested: planted in the current block (still
-        workable), or worked, without a successful harvest and not gone."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT count(*) FROM plantings p WHERE p.farmer_id = %(f)s"
-                " AND p.status = 'success'"
-                " AND (p.block_index >= %(c)s OR EXISTS (SELECT 1 FROM works w"
-                "   WHERE w.farmer_id = p.farmer_id AND w.block_index = p.block_index"
-                "   AND w.status = 'success'))"
-                " AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id"
-                "   AND h.block_index = p.block_index"
-                "   AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))",
-                {"f": farmer_id, "c": current_block},
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            return int(row[0])
 
 
 class Payouts:
@@ -253,13 +73,13 @@ class Payouts:
 
     def __init__(
         self,
-        store: Store,
+        farmers: FarmerStore,
         payouts: PayoutStore,
         wallet: WalletClient,
         view: ChainView,
         settings: Settings,
     ) -> None:
-        self.store = store
+        self.farmers = farmers
         self.payouts = payouts
         self.wallet = wallet
         self.view = view
@@ -269,7 +89,7 @@ class Payouts:
         self.locks: KeyedLocks[UUID] = KeyedLocks()
 
     async def _farmer(self, farmer_id: UUID) -> FarmerRow:
-        row = await self.store.farmer(farmer_id)
+        row = await self.farmers.farmer(farmer_id)
         if row is None:
             raise NotFound(f"no farmer {farmer_id}")
         return row
@@ -290,7 +110,7 @@ class Payouts:
         except grpc.aio.AioRpcError as exc:
             if nothing_signed(exc, payout.wallet_key):  # certain: failed, and reversed
                 await self.payouts.failed(
-                    payout.id, None, "INTERNAL", exc.details() or exc.code().name, "pool"
+                    payout.id, None, "INTERNAL", exc.details() or exc.code().name, Fault.POOL
                 )
             else:  # unreachable or timed out: its fate is unknown, ask again later
                 log.warning("payout %s still pending (%s)", payout.id, exc.code().name)
@@ -303,7 +123,7 @@ class Payouts:
                 common_pb2.TX_STATUS_EXPIRED,
                 common_pb2.TX_STATUS_REJECTED,
             ):
-                fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
+                fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, Fault.POOL)
                 await self.payouts.failed(
                     payout.id,
                     out.tx_hash or None,
@@ -311,13 +131,13 @@ class Payouts:
                         out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
                     ),
                     out.failure.message or common_pb2.TxStatus.Name(out.status),
-                    "pool" if fault == "none" else fault,
+                    Fault.POOL if fault == Fault.NONE else fault,
                 )
             else:
                 await self.payouts.still_pending(payout.id, out.tx_hash or None)
         settled = await self.payouts.payout(payout.id)
         assert settled is not None
-        if settled.status != "pending":
+        if settled.status != PayoutStatus.PENDING:
             log.info("payout %s of farmer %s: %s", payout.id, payout.farmer_id, settled.status)
         return settled
 
@@ -326,12 +146,12 @@ class Payouts:
         many settled."""
         settled = 0
         for payout in await self.payouts.pending():
-            farmer = await self.store.farmer(payout.farmer_id)
+            farmer = await self.farmers.farmer(payout.farmer_id)
             if farmer is None:
                 continue
             async with self.locks.hold(payout.farmer_id):
                 done = await self.drive(payout, farmer.custodial_public_key)
-            settled += done.status != "pending"
+            settled += done.status != PayoutStatus.PENDING
         return settled
 
     async def _drive_pending(self, farmer: FarmerRow) -> bool:
@@ -339,7 +159,7 @@ class Payouts:
         left = False
         for payout in await self.payouts.pending(farmer.id):
             done = await self.drive(payout, farmer.custodial_public_key)
-            left = left or done.status == "pending"
+            left = left or done.status == PayoutStatus.PENDING
         return not left
 
     # --- the RPCs ----------------------------------------------------------------------
@@ -359,7 +179,7 @@ class Payouts:
         async with self.locks.hold(farmer_id):
             existing = await self.payouts.payout(payout_id)
             if existing is None:
-                if farmer.status == "departed" or not farmer.is_funded:
+                if farmer.status == FarmerStatus.DEPARTED or not farmer.is_funded:
                     status = common_pb2.FarmerStatus.Name(convert.farmer_status(farmer))
                     raise FailedPrecondition(f"farmer {farmer_id} is {status}: no payouts")
                 payout = await self.payouts.create(
@@ -372,7 +192,7 @@ class Payouts:
                         f" {existing.amount} stroops"
                     )
                 payout = existing
-            if payout.status == "pending":
+            if payout.status == PayoutStatus.PENDING:
                 payout = await self.drive(payout, farmer.custodial_public_key)
         return pool_pb2.RequestPayoutResponse(payout=payout_pb(payout))
 
@@ -405,16 +225,23 @@ class Payouts:
         farmer = await self._farmer(farmer_id)
         close_key = f"close:{farmer_id}"
         async with self.locks.hold(farmer_id):
-            if farmer.status == "departed":
+            if farmer.status == FarmerStatus.DEPARTED:
                 return await self._departed(farmer, close_key)
-            if farmer.status == "active":
+            if farmer.status == FarmerStatus.ACTIVE:
                 # From now on it is planted no more.
-                farmer = await self.payouts.set_status(farmer_id, "leaving", "active") or farmer
+                farmer = (
+                    await self.farmers.set_status(
+                        farmer_id, FarmerStatus.LEAVING, FarmerStatus.ACTIVE
+                    )
+                    or farmer
+                )
                 log.info("farmer %s is leaving", farmer_id)
             leaving = pool_pb2.LeavePoolResponse(farmer=convert.farmer_pb(farmer))
             if not farmer.is_funded:
                 # Never funded: nothing on chain to pay out or merge.
-                departed = await self.payouts.set_status(farmer_id, "departed", "leaving")
+                departed = await self.farmers.set_status(
+                    farmer_id, FarmerStatus.DEPARTED, FarmerStatus.LEAVING
+                )
                 return pool_pb2.LeavePoolResponse(farmer=convert.farmer_pb(departed or farmer))
             current = await self.view.current_index()
             waiting = await self.payouts.open_pails(farmer_id, current)
@@ -429,9 +256,9 @@ class Payouts:
                     uuid.uuid4(), farmer_id, farmer.payout_address, farmer.current_balance, None
                 )
                 done = await self.drive(payout, farmer.custodial_public_key)
-                if done.status == "pending":
+                if done.status == PayoutStatus.PENDING:
                     return leaving
-                if done.status == "failed":
+                if done.status == PayoutStatus.FAILED:
                     raise FailedPrecondition(
                         f"paying out farmer {farmer_id}'s balance failed"
                         f" ({done.error_message}); its balance is restored, it stays leaving"
@@ -450,7 +277,9 @@ class Payouts:
             out = closed.outcome
             leaving.close_transaction.CopyFrom(_tx_ref(out))
             if out.status == common_pb2.TX_STATUS_SUCCESS:
-                departed = await self.payouts.set_status(farmer_id, "departed", "leaving")
+                departed = await self.farmers.set_status(
+                    farmer_id, FarmerStatus.DEPARTED, FarmerStatus.LEAVING
+                )
                 log.info(
                     "farmer %s departed; its account merged into its payout address", farmer_id
                 )

@@ -21,12 +21,13 @@ from who drives it (a first call, a repeat, the reconciler of any replica):
 - a success recorded when the chain's clock is past its block's work window (opening
   time + block interval - `pooler_submit_margin_seconds`) is recorded `recorded_late`:
   its assignment reached the pooler too late to be worked, so a missing or late work of
-  that pail is the pool's fault (see `pool_service.compensation`).
+  that pail is the pool's fault (see `pool_service.books.compensations`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 from collections.abc import Callable
@@ -35,20 +36,17 @@ from uuid import UUID
 
 import grpc
 
+from kalepool.chain import Fault
 from kalepool.grpc_server import FailedPrecondition, Unavailable
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2, wallet_pb2
 from pool_service import convert
+from pool_service.books.enums import EventStatus
+from pool_service.books.farmers import FarmerRow, FarmerStore
+from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore, PlantRequestRow
+from pool_service.books.poolers import PoolerRow
 from pool_service.chain_view import ChainView
 from pool_service.locks import KeyedLocks
-from pool_service.store import (
-    FarmerRow,
-    NewPlanting,
-    PlantingRow,
-    PlantRequestRow,
-    PoolerRow,
-    Store,
-)
 from pool_service.wallet import WalletClient, nothing_signed
 
 log = logging.getLogger("pool_service")
@@ -59,8 +57,8 @@ BPS_MAX = 10_000
 # NOTHING_SIGNED` decides which refusals prove it): a missing account is the farmer's
 # (never funded, or merged away); a request the wallet found malformed, or a wallet it
 # does not hold, is the pool's.
-_REFUSED_BY: dict[grpc.StatusCode, tuple[str, common_pb2.FailureCode.ValueType]] = {
-    grpc.StatusCode.FAILED_PRECONDITION: ("farmer", common_pb2.FAILURE_CODE_ACCOUNT_MISSING),
+_REFUSED_BY: dict[grpc.StatusCode, tuple[Fault, common_pb2.FailureCode.ValueType]] = {
+    grpc.StatusCode.FAILED_PRECONDITION: (Fault.FARMER, common_pb2.FAILURE_CODE_ACCOUNT_MISSING),
 }
 
 
@@ -102,15 +100,12 @@ def decide_answer(
             # when the plant applied after the block became due (block 0 is a block:
             # the pail's ledger says whether the wallet found it).
             return NewPlanting(
-                request.farmer_id,
-                response.block_index,
-                request.stake_amount,
-                "success",
-                tx_hash,
-                response.plant_ledger,
-                "none",
-                None,
-                None,
+                farmer_id=request.farmer_id,
+                block_index=response.block_index,
+                stake=request.stake_amount,
+                status=EventStatus.SUCCESS,
+                tx_hash=tx_hash,
+                ledger=response.plant_ledger,
             )
         log.warning(
             "plant %s applied (tx %s) but the wallet found no pail of it: left unsettled",
@@ -122,29 +117,28 @@ def decide_answer(
         return Unsettled.PAIL_EXISTS
     code = out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
     message = out.failure.message or common_pb2.TxStatus.Name(out.status)
-    fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, "pool")
+    fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, Fault.POOL)
     mismatch = code == common_pb2.FAILURE_CODE_BLOCK_MISMATCH
     if mismatch and out.status == common_pb2.TX_STATUS_REJECTED:
         if late:
-            fault = "pool"
+            fault = Fault.POOL
             message = (
                 f"the plant for block {request.block_index} was never sent and that block is"
                 f" over: the pool did not complete the request in time ({message})"
             )
         else:
-            fault = "chain"  # the block moved on between the pool's check and the wallet's
-    elif fault == "none":
-        fault = "chain"  # a refusal nobody caused
+            fault = Fault.CHAIN  # the block moved on between the pool's check and the wallet's
+    elif fault == Fault.NONE:
+        fault = Fault.CHAIN  # a refusal nobody caused
     return NewPlanting(
-        request.farmer_id,
-        request.block_index,
-        request.stake_amount,
-        "failed",
-        tx_hash,
-        None,
-        fault,
-        convert.failure_code_name(code),
-        message,
+        farmer_id=request.farmer_id,
+        block_index=request.block_index,
+        stake=request.stake_amount,
+        status=EventStatus.FAILED,
+        tx_hash=tx_hash,
+        fault=fault,
+        error_code=convert.failure_code_name(code),
+        error_message=message,
     )
 
 
@@ -154,17 +148,15 @@ def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decis
     if not nothing_signed(exc, request.idempotency_key):
         return Unsettled.PENDING
     code = exc.code()
-    fault, failure = _REFUSED_BY.get(code, ("pool", common_pb2.FAILURE_CODE_INTERNAL))
+    fault, failure = _REFUSED_BY.get(code, (Fault.POOL, common_pb2.FAILURE_CODE_INTERNAL))
     return NewPlanting(
-        request.farmer_id,
-        request.block_index,
-        request.stake_amount,
-        "failed",
-        None,
-        None,
-        fault,
-        convert.failure_code_name(failure),
-        f"the wallet service refused the plant ({code.name}): {exc.details()}",
+        farmer_id=request.farmer_id,
+        block_index=request.block_index,
+        stake=request.stake_amount,
+        status=EventStatus.FAILED,
+        fault=fault,
+        error_code=convert.failure_code_name(failure),
+        error_message=f"the wallet service refused the plant ({code.name}): {exc.details()}",
     )
 
 
@@ -183,13 +175,15 @@ class Planter:
 
     def __init__(
         self,
-        store: Store,
+        farmers: FarmerStore,
+        plantings: PlantingStore,
         wallet: WalletClient,
         view: ChainView,
         settings: Settings,
         on_planted: Callable[[UUID], None],
     ) -> None:
-        self.store = store
+        self.farmers = farmers
+        self.plantings = plantings
         self.wallet = wallet
         self.view = view
         self.settings = settings
@@ -222,26 +216,30 @@ class Planter:
     async def _plant(
         self, pooler: PoolerRow, block_index: int, max_farmers: int
     ) -> pooler_pb2.RequestPlantResponse:
-        await self.store.claim_block(pooler.id, block_index)
+        await self.plantings.claim_block(pooler.id, block_index)
         limit = min(max_farmers or pooler.max_farmers, self.settings.max_farmers_per_pooler)
-        farmers = await self.store.plantable_farmers(pooler.id, limit)
-        recorded = await self.store.plantings(pooler.id, block_index)
-        succeeded = {r.farmer_id: r for r in recorded if r.status == "success"}
+        farmers = await self.farmers.plantable_farmers(pooler.id, limit)
+        recorded = await self.plantings.plantings(pooler.id, block_index)
+        succeeded = {r.farmer_id: r for r in recorded if r.status == EventStatus.SUCCESS}
         attempts = [Attempt(f, row=succeeded.get(f.id)) for f in farmers]
         todo = [a for a in attempts if a.row is None]
         await asyncio.gather(*(self._attempt(pooler.id, block_index, a) for a in todo))
 
-        planted = {a.farmer.id: a.row for a in attempts if a.row and a.row.status == "success"}
+        planted = {
+            a.farmer.id: a.row for a in attempts if a.row and a.row.status == EventStatus.SUCCESS
+        }
         # Farmers planted earlier but outside this request's selection are still planted.
         for r in recorded:
-            if r.status == "success":
+            if r.status == EventStatus.SUCCESS:
                 planted.setdefault(r.farmer_id, r)
-        failed = [a.row for a in attempts if a.row is not None and a.row.status == "failed"]
+        failed = [
+            a.row for a in attempts if a.row is not None and a.row.status == EventStatus.FAILED
+        ]
         pending = [
             _pending_event(a.request) for a in todo if a.row is None and a.request is not None
         ]
         if not pending:
-            await self.store.plant_settled(pooler.id, block_index)
+            await self.plantings.plant_settled(pooler.id, block_index)
         planted_rows = sorted((r for r in planted.values() if r is not None), key=lambda r: r.id)
         return pooler_pb2.RequestPlantResponse(
             block_index=block_index,
@@ -261,13 +259,13 @@ class Planter:
         farmer = attempt.farmer
         # Written down before the wallet is called: a crash from here on leaves an
         # unsettled request, which the reconciler drives to its record.
-        request = await self.store.open_plant_request(
+        request = await self.plantings.open_plant_request(
             pooler_id, farmer.id, block_index, plant_key(farmer.id, block_index), stake_for(farmer)
         )
         attempt.request = request
         if request.settled_at is not None and request.planting_id is not None:
             # Settled by a success (e.g. the plant landed in the next block).
-            attempt.row = await self.store.planting(request.planting_id)
+            attempt.row = await self.plantings.planting(request.planting_id)
             return
         attempt.row = await self.drive(request)
 
@@ -305,10 +303,10 @@ class Planter:
         if decision is Unsettled.PAIL_EXISTS:
             # Nobody's failure: the attempt that opened the pail is the record, once it
             # is recorded (its own request is driven too).
-            return await self.store.settle_by_success(request)
-        if decision.status == "success":
+            return await self.plantings.settle_by_success(request)
+        if decision.status == EventStatus.SUCCESS:
             try:
-                decision.recorded_late = await self.view.work_window_closed(
+                after_window = await self.view.work_window_closed(
                     decision.block_index, self.settings.pooler_submit_margin_seconds
                 )
             except Unavailable as exc:
@@ -319,7 +317,8 @@ class Planter:
                     exc.message,
                 )
                 return None
-        row, new = await self.store.record_planting(request, decision)
+            decision = dataclasses.replace(decision, recorded_late=after_window)
+        row, new = await self.plantings.record_planting(request, decision)
         if new and row is not None:
             log.info(
                 "plant farmer=%s block=%d %s%s%s",
@@ -331,7 +330,7 @@ class Planter:
                 if row.recorded_late
                 else "",
             )
-            if row.status == "success":
+            if row.status == EventStatus.SUCCESS:
                 self.on_planted(row.pooler_id)
         return row
 

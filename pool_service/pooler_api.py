@@ -12,11 +12,12 @@ from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc
 from pool_service import convert
 from pool_service.auth import Authenticator
+from pool_service.books.enums import EventStatus
+from pool_service.books.poolers import Heartbeat
 from pool_service.chain_view import ChainView
 from pool_service.feed import AssignmentFeed
 from pool_service.harvesting import Harvester
 from pool_service.planting import Planter
-from pool_service.store import Heartbeat
 from pool_service.work import WorkReports
 
 HEARTBEAT_SECONDS = 30
@@ -64,12 +65,12 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
     ) -> pooler_pb2.GetAssignmentsResponse:
         pooler = await self.auth.pooler(context)
         block_index = request.block_index or await self.view.current_index()
-        if not await self.feed.store.block_known(pooler.id, block_index):
+        if not await self.feed.plantings.block_known(pooler.id, block_index):
             raise NotFound(f"this pooler has no record of block {block_index}")
         rows = [
             r
-            for r in await self.feed.store.plantings(pooler.id, block_index)
-            if r.status == "success"
+            for r in await self.feed.plantings.plantings(pooler.id, block_index)
+            if r.status == EventStatus.SUCCESS
         ]
         found = [await self.feed.assignment(r) for r in rows]
         return pooler_pb2.GetAssignmentsResponse(
@@ -93,7 +94,7 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
         self, request: pooler_pb2.HeartbeatRequest, context: Any
     ) -> pooler_pb2.HeartbeatResponse:
         pooler = await self.auth.pooler(context)
-        await self.works.store.record_heartbeat(
+        await self.auth.poolers.record_heartbeat(
             pooler.id, check_heartbeat(request), HEARTBEAT_WRITE_SECONDS
         )
         current = (await self.view.plantable()).current

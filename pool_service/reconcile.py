@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from pool_service.books.plantings import PlantingStore
 from pool_service.planting import Planter
-from pool_service.store import Store
 
 log = logging.getLogger("pool_service")
 
@@ -41,9 +41,13 @@ class PlantReconciler:
     """Drives unsettled plant requests through a Planter."""
 
     def __init__(
-        self, store: Store, planter: Planter, batch: int = 64, concurrency: int | None = None
+        self,
+        plantings: PlantingStore,
+        planter: Planter,
+        batch: int = 64,
+        concurrency: int | None = None,
     ) -> None:
-        self.store = store
+        self.plantings = plantings
         self.planter = planter
         self.batch = batch
         settings = planter.settings
@@ -53,7 +57,7 @@ class PlantReconciler:
     async def reconcile(self) -> int:
         """One pass over the unsettled requests due now; how many it settled."""
         deadline = self.planter.settings.plant_timeout_seconds
-        requests = await self.store.take_unsettled_plant_requests(
+        requests = await self.plantings.take_unsettled_plant_requests(
             self.batch,
             deadline,
             deadline * LONGEST_WAIT_DEADLINES,

@@ -27,8 +27,11 @@ from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
 from pool_service import convert
 from pool_service.blocks import BlockReports
+from pool_service.books.enums import FarmerState, FarmerStatus
+from pool_service.books.farmers import FarmerRow, FarmerStore
+from pool_service.books.ledger import LedgerStore
+from pool_service.books.poolers import PoolerRow, PoolerStore
 from pool_service.payouts import Payouts
-from pool_service.store import FarmerRow, Store
 from pool_service.validate import Page, check_name, check_stake_bps
 from pool_service.wallet import WalletClient, wallet_call
 
@@ -63,13 +66,17 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
 
     def __init__(
         self,
-        store: Store,
+        poolers: PoolerStore,
+        farmers: FarmerStore,
+        ledger: LedgerStore,
         wallet: WalletClient,
         settings: Settings,
         reports: BlockReports,
         payouts: Payouts,
     ) -> None:
-        self.store = store
+        self.poolers = poolers
+        self.farmers = farmers
+        self.ledger = ledger
         self.wallet = wallet
         self.settings = settings
         self.reports = reports
@@ -91,7 +98,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         max_farmers = self._check_capacity(request.max_farmers)
         key, key_hash, prefix = new_api_key(self.settings.api_key_length)
         try:
-            row = await self.store.insert_pooler(name, public_key, max_farmers, key_hash, prefix)
+            row = await self.poolers.insert_pooler(name, public_key, max_farmers, key_hash, prefix)
         except pg_errors.UniqueViolation as exc:
             if _constraint(exc) == "poolers_public_key_key":
                 raise AlreadyExists(f"a pooler with public key {public_key} exists") from None
@@ -99,8 +106,8 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         log.info("registered pooler %s (%s), key %s…", row.id, name, prefix)
         return pool_pb2.RegisterPoolerResponse(pooler=convert.pooler_pb(row), api_key=key)
 
-    async def _pooler(self, pooler_id: str) -> Any:
-        row = await self.store.pooler(check_uuid("pooler_id", pooler_id))
+    async def _pooler(self, pooler_id: str) -> PoolerRow:
+        row = await self.poolers.pooler(check_uuid("pooler_id", pooler_id))
         if row is None:
             raise NotFound(f"no pooler {pooler_id}")
         return row
@@ -124,7 +131,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             raise InvalidArgument(f"status {request.status} is not a pooler status")
         page = Page(request.pagination, "poolers", active)
         after = _after(page)
-        rows = await self.store.list_poolers(active, after, page.size + 1)
+        rows = await self.poolers.list_poolers(active, after, page.size + 1)
         shown = rows[: page.size]
         token = page.next_token(
             rows, [shown[-1].created_at.isoformat(), str(shown[-1].id)] if shown else []
@@ -152,7 +159,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
                     "status must be POOLER_STATUS_ACTIVE or POOLER_STATUS_DISABLED"
                 )
         try:
-            row = await self.store.update_pooler(pooler_id, name, max_farmers, active)
+            row = await self.poolers.update_pooler(pooler_id, name, max_farmers, active)
         except pg_errors.CheckViolation as exc:
             if _constraint(exc) == "poolers_capacity":
                 raise FailedPrecondition(
@@ -169,7 +176,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
     ) -> pool_pb2.RotatePoolerApiKeyResponse:
         pooler_id = check_uuid("pooler_id", request.pooler_id)
         key, key_hash, prefix = new_api_key(self.settings.api_key_length)
-        if not await self.store.rotate_key(pooler_id, key_hash, prefix):
+        if not await self.poolers.rotate_key(pooler_id, key_hash, prefix):
             raise NotFound(f"no pooler {pooler_id}")
         log.info("rotated the API key of pooler %s, new key %s…", pooler_id, prefix)
         return pool_pb2.RotatePoolerApiKeyResponse(api_key=key)
@@ -185,12 +192,12 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         if request.idempotency_key:
             key = check_idempotency_key(request.idempotency_key)
             farmer_id = uuid.uuid5(_FARMER_ID_NAMESPACE, key)
-            existing = await self.store.farmer(farmer_id)
+            existing = await self.farmers.farmer(farmer_id)
             if existing is not None:
                 return self._registered(self._same_farmer(existing, pooler_id, payout, bps))
         else:
             farmer_id = uuid.uuid4()
-        pooler = await self.store.pooler(pooler_id)
+        pooler = await self.poolers.pooler(pooler_id)
         if pooler is None:
             raise NotFound(f"no pooler {pooler_id}")
         if not pooler.is_active:
@@ -207,7 +214,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         if custodial == payout:
             raise InvalidArgument("payout_address must not be the custodial address")
         try:
-            row, _ = await self.store.insert_farmer(farmer_id, pooler_id, custodial, payout, bps)
+            row, _ = await self.farmers.insert_farmer(farmer_id, pooler_id, custodial, payout, bps)
         except pg_errors.CheckViolation as exc:
             # Another registration took the last place between the check and the insert.
             # The wallet stays with its owner id: a retry with the same key reuses it.
@@ -235,7 +242,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         )
 
     async def _farmer(self, farmer_id: str) -> FarmerRow:
-        row = await self.store.farmer(check_uuid("farmer_id", farmer_id))
+        row = await self.farmers.farmer(check_uuid("farmer_id", farmer_id))
         if row is None:
             raise NotFound(f"no farmer {farmer_id}")
         return row
@@ -244,7 +251,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self, request: pool_pb2.ConfirmFundingRequest, context: Any
     ) -> pool_pb2.ConfirmFundingResponse:
         farmer = await self._farmer(request.farmer_id)
-        if farmer.status != "active":
+        if farmer.status != FarmerStatus.ACTIVE:
             raise FailedPrecondition(f"farmer {farmer.id} is {farmer.status}")
         address = farmer.custodial_public_key
         got = await wallet_call(
@@ -287,7 +294,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
                 farmer=convert.farmer_pb(farmer), funded=False, account=account, detail=detail
             )
         if not farmer.is_funded:
-            updated = await self.store.mark_funded(farmer.id)
+            updated = await self.farmers.mark_funded(farmer.id)
             assert updated is not None
             farmer = updated
             log.info("farmer %s funded and active", farmer.id)
@@ -303,7 +310,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             row = await self._farmer(request.farmer_id)
         elif which == "custodial_address":
             address = check_account("custodial_address", request.custodial_address)
-            found = await self.store.farmer_by_address(address)
+            found = await self.farmers.farmer_by_address(address)
             if found is None:
                 raise NotFound(f"no farmer with custodial address {address}")
             row = found
@@ -315,13 +322,13 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self, request: pool_pb2.ListFarmersRequest, context: Any
     ) -> pool_pb2.ListFarmersResponse:
         pooler_id = check_uuid("pooler_id", request.pooler_id) if request.pooler_id else None
-        status: str | None = None
+        state: FarmerState | None = None
         if request.status != common_pb2.FARMER_STATUS_UNSPECIFIED:
             if request.status not in convert.FARMER_STATUS_KEY:
                 raise InvalidArgument(f"status {request.status} is not a farmer status")
-            status = convert.FARMER_STATUS_KEY[request.status]
-        page = Page(request.pagination, "farmers", pooler_id, status)
-        rows = await self.store.list_farmers(pooler_id, status, _after(page), page.size + 1)
+            state = convert.FARMER_STATUS_KEY[request.status]
+        page = Page(request.pagination, "farmers", pooler_id, state)
+        rows = await self.farmers.list_farmers(pooler_id, state, _after(page), page.size + 1)
         shown = rows[: page.size]
         token = page.next_token(
             rows, [shown[-1].created_at.isoformat(), str(shown[-1].id)] if shown else []
@@ -334,7 +341,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self, request: pool_pb2.GetFarmerBalanceRequest, context: Any
     ) -> pool_pb2.GetFarmerBalanceResponse:
         farmer = await self._farmer(request.farmer_id)
-        totals = await self.store.balance_totals(farmer.id)
+        totals = await self.ledger.balance_totals(farmer.id)
         response = pool_pb2.GetFarmerBalanceResponse(
             farmer_id=str(farmer.id),
             balance_stroops=farmer.current_balance,
@@ -367,9 +374,9 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             if len(page.after) != 1 or not isinstance(page.after[0], int):
                 raise InvalidArgument("page_token is not a token this server issued")
             before = page.after[0]
-        if await self.store.farmer(farmer_id) is None:
+        if await self.farmers.farmer(farmer_id) is None:
             raise NotFound(f"no farmer {farmer_id}")
-        rows = await self.store.ledger(farmer_id, before, page.size + 1)
+        rows = await self.ledger.ledger(farmer_id, before, page.size + 1)
         shown = rows[: page.size]
         token = page.next_token(rows, [shown[-1].id] if shown else [])
         return pool_pb2.ListFarmerLedgerResponse(

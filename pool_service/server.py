@@ -23,19 +23,26 @@ from kalepool.settings import Settings
 from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki, Identity
 from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.auth import Authenticator, RateLimiter
-from pool_service.blocks import BlockReports, BlockStore
+from pool_service.blocks import BlockReports
+from pool_service.books.blocks import BlockStore
+from pool_service.books.compensations import CompensationStore
+from pool_service.books.farmers import FarmerStore
+from pool_service.books.harvests import HarvestStore
+from pool_service.books.ledger import LedgerStore
+from pool_service.books.payouts import PayoutStore
+from pool_service.books.plantings import PlantingStore
+from pool_service.books.poolers import PoolerStore
+from pool_service.books.works import WorkStore
 from pool_service.chain_view import ChainView
-from pool_service.compensation import Compensations
 from pool_service.deposits import ChainFollower
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
 from pool_service.loops import every
-from pool_service.payouts import Payouts, PayoutStore
+from pool_service.payouts import Payouts
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
 from pool_service.reconcile import PlantReconciler
 from pool_service.registry import PoolRegistry
-from pool_service.store import HarvestStore, Store
 from pool_service.wallet import WalletClient
 from pool_service.work import WorkReports
 
@@ -112,22 +119,21 @@ async def start_pool_server(
     wallet = WalletClient(wallet_address, wallet_identity, ca_pem, wallet_server_name)
     stack.push_async_callback(wallet.close)
 
-    store = Store(pool)
+    poolers, farmers, plantings = PoolerStore(pool), FarmerStore(pool), PlantingStore(pool)
+    works, harvests, compensations = WorkStore(pool), HarvestStore(pool), CompensationStore(pool)
     view = ChainView(chain)
     feeds = Feeds()
-    payouts = Payouts(store, PayoutStore(pool), wallet, view, settings)
-    registry = PoolRegistry(
-        store, wallet, settings, BlockReports(store, BlockStore(pool), view, feeds), payouts
-    )
-    harvests = HarvestStore(pool)
-    harvester = Harvester(harvests, wallet, view, settings, Compensations(pool))
+    payouts = Payouts(farmers, PayoutStore(pool), wallet, view, settings)
+    reports = BlockReports(poolers, BlockStore(pool), compensations, view, feeds)
+    registry = PoolRegistry(poolers, farmers, LedgerStore(pool), wallet, settings, reports, payouts)
+    harvester = Harvester(harvests, works, wallet, view, settings, compensations)
     follower = ChainFollower(pool, chain, harvests)
-    planter = Planter(store, wallet, view, settings, feeds.notify)
+    planter = Planter(farmers, plantings, wallet, view, settings, feeds.notify)
     pooler_api = PoolerApi(
-        Authenticator(store, RateLimiter(settings.rate_limit_requests_per_minute)),
+        Authenticator(poolers, RateLimiter(settings.rate_limit_requests_per_minute)),
         planter,
-        AssignmentFeed(store, view, feeds, feed_poll_seconds),
-        WorkReports(store, view),
+        AssignmentFeed(plantings, view, feeds, feed_poll_seconds),
+        WorkReports(plantings, works, view),
         harvester,
         view,
     )
@@ -150,7 +156,7 @@ async def start_pool_server(
     except BaseException:
         await stack.aclose()
         raise
-    plants = PlantReconciler(store, planter)
+    plants = PlantReconciler(plantings, planter)
     loops = [
         asyncio.create_task(
             every(

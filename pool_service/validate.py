@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import json
 from typing import Any
@@ -43,7 +44,9 @@ class Page:
         if size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size must be at most {MAX_PAGE_SIZE}, got {size}")
         self.size = size or DEFAULT_PAGE_SIZE
-        self._fingerprint = hashlib.sha256(repr(filters).encode()).hexdigest()[:16]
+        # An enum filter counts by its value, as the string it stands for would.
+        plain = tuple(f.value if isinstance(f, enum.Enum) else f for f in filters)
+        self._fingerprint = hashlib.sha256(repr(plain).encode()).hexdigest()[:16]
         self.after: list[Any] | None = None
         token = pagination.page_token
         if token:

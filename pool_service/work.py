@@ -27,14 +27,17 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from kalepool import protocol
-from kalepool.chain import ChainError, NotAFarmCallError, read_farm_call, read_pail
+from kalepool.chain import ChainError, Fault, NotAFarmCallError, read_farm_call, read_pail
 from kalepool.grpc_server import InvalidArgument, OutOfRange, Unavailable
 from kalepool.mining import farmer_key
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2
 from pool_service import convert
+from pool_service.books.enums import EventStatus
+from pool_service.books.plantings import PlantingRow, PlantingStore
+from pool_service.books.poolers import PoolerRow
+from pool_service.books.works import NewWork, WorkRow, WorkStore
 from pool_service.chain_view import ChainView
-from pool_service.store import NewWork, PlantingRow, PoolerRow, Store, WorkRow
 
 MAX_RESULTS = 1000
 # Chain reads of one report in flight at once.
@@ -109,39 +112,37 @@ def _check(
         if result.transaction.ledger < 1:
             raise _Refused("a success needs the ledger its work applied in")
         return NewWork(
-            farmer,
-            "success",
-            result.nonce,
-            digest,
-            result.zeros,
-            result.gap,
-            _tx_hash(result.transaction.tx_hash, True),
-            result.transaction.ledger,
-            "none",
-            None,
-            None,
+            farmer_id=farmer,
+            status=EventStatus.SUCCESS,
+            nonce=result.nonce,
+            hash=digest,
+            zeros=result.zeros,
+            gap=result.gap,
+            tx_hash=_tx_hash(result.transaction.tx_hash, True),
+            ledger=result.transaction.ledger,
         )
     if result.status == records_pb2.EVENT_STATUS_FAILED:
         failure = result.failure
         fault = convert.FAULT_FROM_PROTO.get(failure.fault)
-        if not result.HasField("failure") or fault is None or fault == "none":
+        if not result.HasField("failure") or fault is None or fault == Fault.NONE:
             raise _Refused("a failure must name whose fault it was")
         sent = bytes(result.hash) or None
         if sent is not None and len(sent) != 32:
             raise _Refused("hash must be 32 bytes")
         code = failure.code or common_pb2.FAILURE_CODE_MINER_FAILED
         return NewWork(
-            farmer,
-            "failed",
-            result.nonce if sent else None,
-            sent,
-            result.zeros if sent else None,
-            result.gap or None,
-            _tx_hash(result.transaction.tx_hash, False),
-            result.transaction.ledger or None,
-            fault,
-            convert.failure_code_name(code),
-            failure.message.strip() or f"work failed: {convert.failure_code_name(code)}",
+            farmer_id=farmer,
+            status=EventStatus.FAILED,
+            nonce=result.nonce if sent else None,
+            hash=sent,
+            zeros=result.zeros if sent else None,
+            gap=result.gap or None,
+            tx_hash=_tx_hash(result.transaction.tx_hash, False),
+            ledger=result.transaction.ledger or None,
+            fault=fault,
+            error_code=convert.failure_code_name(code),
+            error_message=failure.message.strip()
+            or f"work failed: {convert.failure_code_name(code)}",
         )
     if result.status == records_pb2.EVENT_STATUS_PENDING:
         return None
@@ -152,9 +153,9 @@ def _same(a: NewWork, b: WorkRow) -> bool:
     """Whether a reported result is the recorded row (as reported, not observed)."""
     if a.status != b.status or b.observed_on_chain:
         return False
-    if a.status == "success":
+    if a.status == EventStatus.SUCCESS:
         return (a.nonce, a.hash, a.zeros, a.gap, a.tx_hash, a.ledger) == (
-            int(b.nonce),
+            None if b.nonce is None else int(b.nonce),
             b.hash,
             b.zeros,
             b.gap,
@@ -172,8 +173,9 @@ def _same(a: NewWork, b: WorkRow) -> bool:
 class WorkReports:
     """Checks and records ReportWork batches."""
 
-    def __init__(self, store: Store, view: ChainView) -> None:
-        self.store = store
+    def __init__(self, plantings: PlantingStore, works: WorkStore, view: ChainView) -> None:
+        self.plantings = plantings
+        self.works = works
         self.view = view
 
     async def report(
@@ -184,8 +186,8 @@ class WorkReports:
         await self._check_block(block_index)
         assigned = {
             r.farmer_id: r
-            for r in await self.store.plantings(pooler.id, block_index)
-            if r.status == "success"
+            for r in await self.plantings.plantings(pooler.id, block_index)
+            if r.status == EventStatus.SUCCESS
         }
         entropy = await self._entropy(block_index)
         for item, result in zip(items, request.results, strict=True):
@@ -210,7 +212,7 @@ class WorkReports:
 
         # Successes not recorded identically are confirmed by the chain first (outside
         # the lock: reads are slow), then everything is decided against the records.
-        recorded = await self.store.works(pooler.id, block_index)
+        recorded = await self.works.works(pooler.id, block_index)
         limit = asyncio.Semaphore(CHAIN_READS)
         await asyncio.gather(
             *(self._confirm(item, limit) for item in items if self._to_confirm(item, recorded))
@@ -229,13 +231,13 @@ class WorkReports:
                 work = item.work
                 if (
                     work
-                    and work.status == "success"
+                    and work.status == EventStatus.SUCCESS
                     and item.outcome in (RECORDED, ALREADY_RECORDED)
                 ):
                     ready.append(str(work.farmer_id))
             return inserts
 
-        await self.store.record_works(pooler.id, block_index, decide)
+        await self.works.record_works(pooler.id, block_index, decide)
         count = {o: sum(i.outcome == o for i in items) for o in (RECORDED, ALREADY_RECORDED)}
         return pooler_pb2.ReportWorkResponse(
             recorded=count[RECORDED],
@@ -297,7 +299,7 @@ class WorkReports:
     @staticmethod
     def _to_confirm(item: _Item, recorded: list[WorkRow]) -> bool:
         work = item.work
-        if not item.open or work is None or work.status != "success":
+        if not item.open or work is None or work.status != EventStatus.SUCCESS:
             return False
         return not any(_same(work, r) for r in recorded if r.farmer_id == work.farmer_id)
 
@@ -359,9 +361,9 @@ class WorkReports:
     def _against(item: _Item, work: NewWork, existing: list[WorkRow]) -> NewWork | None:
         """Decide a checked result against the recorded rows; the row to insert, if any."""
         mine = [w for w in existing if w.farmer_id == work.farmer_id]
-        done = next((w for w in mine if w.status == "success"), None)
+        done = next((w for w in mine if w.status == EventStatus.SUCCESS), None)
         if done is not None:
-            if _same(work, done) or (work.status == "success" and done.observed_on_chain):
+            if _same(work, done) or (work.status == EventStatus.SUCCESS and done.observed_on_chain):
                 # A confirmed success of a pail already seen worked on chain adds nothing.
                 item.decide(ALREADY_RECORDED)
             else:

@@ -1,12 +1,24 @@
-"""Typed reads: one query's rows as dataclasses, the idiom every store repeats."""
+"""Typed reads: the one way every store reads rows, and the pool every service opens.
+
+A query's rows are dataclasses whose fields are its columns (`fetch_all`, `fetch_one`,
+built by `dataclass_row`: psycopg's `class_row`, with a text column turned into the
+field's `enum.Enum` when the field is one); a query of one column gives its values
+(`fetch_value`, `fetch_values`), checked against the type asked for. Each takes the
+service's pool (one connection for the query) or a connection already held (a query
+inside a database transaction).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+import types
+import typing
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection, sql
-from psycopg.rows import class_row
+from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg.rows import AsyncRowFactory, RowMaker, no_result
 from psycopg_pool import AsyncConnectionPool
 
 from kalepool.db.roles import DbRole
@@ -19,23 +31,101 @@ Query = str | bytes | sql.SQL | sql.Composed
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 """The connection pool every service opens (autocommit connections)."""
 
+Source = Pool | AsyncConnection[Any]
+"""Where a read runs: a connection of the pool, or one already held (in a transaction)."""
+
 Params = Sequence[Any] | dict[str, Any] | None
 
 
-async def fetch_all(pool: Pool, row: type[T], query: Query, params: Params = None) -> list[T]:
+_ENUM_FIELDS: dict[type[Any], tuple[tuple[str, type[enum.Enum]], ...]] = {}
+
+
+def _enum_fields(cls: type[Any]) -> tuple[tuple[str, type[enum.Enum]], ...]:
+    """(field, enum) of each field of `cls` typed as an enum (or an enum or None)."""
+    if cls not in _ENUM_FIELDS:
+        found: list[tuple[str, type[enum.Enum]]] = []
+        for name, hint in typing.get_type_hints(cls).items():
+            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            options = typing.get_args(hint) if union else (hint,)
+            kinds = [o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)]
+            if kinds:
+                found.append((name, kinds[0]))
+        _ENUM_FIELDS[cls] = tuple(found)
+    return _ENUM_FIELDS[cls]
+
+
+def dataclass_row(cls: type[T]) -> AsyncRowFactory[T]:
+    """Rows as `cls` (a dataclass whose fields are the query's columns), each column read
+    into an enum field given as its enum member (the database answers enums as text)."""
+    enums = _enum_fields(cls)
+
+    def factory(cursor: AsyncCursor[Any]) -> RowMaker[T]:
+        if cursor.description is None:
+            return no_result
+        names = [column.name for column in cursor.description]
+
+        def make(values: Sequence[Any]) -> T:
+            fields = dict(zip(names, values, strict=True))
+            for name, kind in enums:
+                value = fields.get(name)
+                if value is not None:
+                    fields[name] = kind(value)
+            return cls(**fields)
+
+        return make
+
+    return factory
+
+
+@asynccontextmanager
+async def _connection(source: Source) -> AsyncIterator[AsyncConnection[Any]]:
+    if isinstance(source, AsyncConnection):
+        yield source
+    else:
+        async with source.connection() as conn:
+            yield conn
+
+
+async def fetch_all(source: Source, row: type[T], query: Query, params: Params = None) -> list[T]:
     """Every row of ``query`` as a ``row`` (a dataclass whose fields are its columns)."""
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=class_row(row))
+    async with _connection(source) as conn:
+        cur = conn.cursor(row_factory=dataclass_row(row))
         await cur.execute(query, params)
         return await cur.fetchall()
 
 
-async def fetch_one(pool: Pool, row: type[T], query: Query, params: Params = None) -> T | None:
+async def fetch_one(source: Source, row: type[T], query: Query, params: Params = None) -> T | None:
     """The first row of ``query`` as a ``row``, or None."""
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=class_row(row))
+    async with _connection(source) as conn:
+        cur = conn.cursor(row_factory=dataclass_row(row))
         await cur.execute(query, params)
         return await cur.fetchone()
+
+
+def _checked(kind: type[T], value: object) -> T:
+    if not isinstance(value, kind):
+        raise TypeError(f"the query answered {type(value).__name__}, not {kind.__name__}")
+    return value
+
+
+async def fetch_value(
+    source: Source, kind: type[T], query: Query, params: Params = None
+) -> T | None:
+    """The first column of ``query``'s first row, a ``kind``; None when there is no row
+    or the value is NULL. (Cast sums and averages in SQL: PostgreSQL answers numeric.)"""
+    async with _connection(source) as conn:
+        cur = await conn.execute(query, params)
+        found = await cur.fetchone()
+        return None if found is None or found[0] is None else _checked(kind, found[0])
+
+
+async def fetch_values(
+    source: Source, kind: type[T], query: Query, params: Params = None
+) -> list[T]:
+    """The first column of every row of ``query``, each a ``kind`` (never NULL)."""
+    async with _connection(source) as conn:
+        cur = await conn.execute(query, params)
+        return [_checked(kind, r[0]) for r in await cur.fetchall()]
 
 
 async def open_pool(

@@ -21,8 +21,8 @@ from kalepool.chain import Block, ChainClient, Pail
 from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import POOL
 from kalepool.devnet import farm as devnet_farm
+from pool_service.books.harvests import HarvestStore
 from pool_service.deposits import ChainFollower, harvest_amount, pick_pail
-from pool_service.store import HarvestStore
 from tests.chain import crafted
 from tests.db.rows import Rows
 from tests.dbkit import service_conninfo

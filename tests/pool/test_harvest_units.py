@@ -19,9 +19,10 @@ from kalepool.chain import Pail as ChainPail
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, wallet_pb2
 from pool_service import harvesting
+from pool_service.books.harvests import HarvestStore, Pail
+from pool_service.books.works import Unreported, WorkStore
 from pool_service.chain_view import ChainView
 from pool_service.harvesting import Harvester, observed_verdict
-from pool_service.store import HarvestStore, Pail, Unreported
 from pool_service.wallet import WalletClient
 
 FARMER = uuid.uuid4()
@@ -121,7 +122,7 @@ class _Store:
         self.follower_reads += 1
         return 2000  # past the latest ledger
 
-    async def record(self, pail: Pail, status: str, *rest: Any) -> None:
+    async def record(self, pail: Pail, status: str, **rest: Any) -> None:
         self.recorded.append((pail, status))
 
     async def unreported(self, *args: Any, **kwargs: Any) -> list[Unreported]:
@@ -146,7 +147,9 @@ class _Missing:
 def _harvester(store: _Store, view: _View, tmp_path: Path) -> Harvester:
     wallet = cast(WalletClient, type("W", (), {"stub": _Missing()})())
     settings = Settings(network="devnet", data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
-    return Harvester(cast(HarvestStore, store), wallet, cast(ChainView, view), settings)
+    return Harvester(
+        cast(HarvestStore, store), cast(WorkStore, store), wallet, cast(ChainView, view), settings
+    )
 
 
 async def test_pails_found_gone_ask_the_follower_once_per_pass(tmp_path: Path) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import cast
 
 from kalepool.settings import Settings
+from pool_service.books.farmers import FarmerStore
+from pool_service.books.plantings import PlantingStore
 from pool_service.chain_view import ChainView
 from pool_service.locks import KeyedLocks
 from pool_service.planting import Planter
-from pool_service.store import Store
 from pool_service.wallet import WalletClient
 
 
@@ -60,7 +61,8 @@ async def test_a_waiter_cancelled_leaves_nothing_behind() -> None:
 
 async def test_the_planters_locks_are_dropped_after_each_request(tmp_path: Path) -> None:
     planter = Planter(
-        cast(Store, None),
+        cast(FarmerStore, None),
+        cast(PlantingStore, None),
         cast(WalletClient, None),
         cast(ChainView, None),
         Settings(network="devnet", data_dir=tmp_path, _env_file=None),  # type: ignore[call-arg]

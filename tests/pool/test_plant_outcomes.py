@@ -18,10 +18,12 @@ import pytest
 
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, wallet_pb2
+from pool_service.books.farmers import FarmerStore
+from pool_service.books.payouts import PayoutRow, PayoutStore
+from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore, PlantRequestRow
 from pool_service.chain_view import ChainView
-from pool_service.payouts import PayoutRow, Payouts, PayoutStore
+from pool_service.payouts import Payouts
 from pool_service.planting import Planter, Unsettled, decide_answer, decide_refusal
-from pool_service.store import NewPlanting, PlantingRow, PlantRequestRow, Store
 from pool_service.wallet import NOTHING_SIGNED, WalletClient
 
 FARMER = uuid.uuid4()
@@ -107,7 +109,7 @@ class _PayoutBook:
         self.row = row
 
     async def failed(self, payout_id: uuid.UUID, *args: Any) -> None:
-        self.row.status = "failed"
+        self.row = dataclasses.replace(self.row, status="failed")
 
     async def still_pending(self, *args: Any) -> None:
         pass
@@ -125,7 +127,7 @@ async def _payout_after(code: grpc.StatusCode, tmp_path: Path) -> str:
     )  # fmt: skip
     wallet = cast(WalletClient, type("W", (), {"stub": _Transfers(code)})())
     payouts = Payouts(
-        cast(Store, None),
+        cast(FarmerStore, None),
         cast(PayoutStore, _PayoutBook(row)),
         wallet,
         cast(ChainView, None),
@@ -271,7 +273,8 @@ async def test_a_block_that_moved_on_is_judged_by_the_requests_age(
     store = _Recorder()
     wallet = cast(WalletClient, type("W", (), {"stub": _Plants(mismatch)})())
     planter = Planter(
-        cast(Store, store),
+        cast(FarmerStore, None),
+        cast(PlantingStore, store),
         wallet,
         cast(ChainView, None),
         _settings(tmp_path, plant_timeout_seconds=30),

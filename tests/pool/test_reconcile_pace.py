@@ -17,9 +17,11 @@ import pytest
 from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import POOL
 from kalepool.settings import Settings
+from pool_service.books.farmers import FarmerStore
+from pool_service.books.plantings import PlantingRow, PlantingStore, PlantRequestRow
+from pool_service.books.poolers import PoolerStore
 from pool_service.planting import Planter
 from pool_service.reconcile import PlantReconciler
-from pool_service.store import PlantingRow, PlantRequestRow, Store
 from tests.dbkit import service_conninfo
 
 DEADLINE = 30.0
@@ -27,21 +29,23 @@ LONGEST = 300.0
 
 
 @pytest.fixture
-async def store(db_conninfo: str) -> AsyncIterator[Store]:
+async def pool(db_conninfo: str) -> AsyncIterator[Pool]:
     pool: Pool = await open_pool(service_conninfo(db_conninfo, POOL), role=POOL, max_size=4)
     try:
-        yield Store(pool)
+        yield pool
     finally:
         await pool.close()
 
 
-async def _farmers(store: Store, count: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
+async def _farmers(pool: Pool, count: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
     from stellar_sdk import Keypair
 
-    pooler = await store.insert_pooler("rig", Keypair.random().public_key, 100, b"k" * 32, "kp_x")
+    pooler = await PoolerStore(pool).insert_pooler(
+        "rig", Keypair.random().public_key, 100, b"k" * 32, "kp_x"
+    )
     farmers = []
     for _ in range(count):
-        farmer, _ = await store.insert_farmer(
+        farmer, _ = await FarmerStore(pool).insert_farmer(
             uuid.uuid4(), pooler.id, Keypair.random().public_key, Keypair.random().public_key, 0
         )
         farmers.append(farmer.id)
@@ -83,9 +87,10 @@ async def _request(
 
 
 async def test_only_requests_past_the_deadline_and_their_backoff_are_taken(
-    store: Store, db_conninfo: str
+    pool: Pool, db_conninfo: str
 ) -> None:
-    pooler, farmers = await _farmers(store, 8)
+    store = PlantingStore(pool)
+    pooler, farmers = await _farmers(pool, 8)
     made = {}
     for name, farmer, opened, attempted, attempts in [
         ("in flight", farmers[0], 5, 5, 1),  # a first call may be asking right now
@@ -177,7 +182,7 @@ async def test_the_reconciler_drives_a_few_at_once_through_its_own_limit(tmp_pat
     )  # type: ignore[call-arg]
     planter = _Driving(settings)
     requests = _Requests(40)
-    reconciler = PlantReconciler(cast(Store, requests), cast(Planter, planter))
+    reconciler = PlantReconciler(cast(PlantingStore, requests), cast(Planter, planter))
     assert reconciler.concurrency == 4  # a quarter of the plant concurrency
     planter.driving.add(3)
     planter.full = reconciler.concurrency

@@ -25,15 +25,51 @@ The average reward is the mean of the contract's returned rewards over the block
 successful harvests in the whole pool (none: 0). A zero amount writes nothing (the
 table requires a positive one). The database's `pooler_compensations_once` makes the
 writes idempotent: every pass may run them again, concurrent replicas included.
+
+Read back through the `compensation_status` view, which adds whether each is paid.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from dataclasses import dataclass
+from uuid import UUID
 
-from kalepool.db.reads import Pool
+from kalepool.chain import Fault
+from kalepool.db.reads import Pool, fetch_all, fetch_one
+from pool_service.books.enums import CompensationKind
 
 log = logging.getLogger("pool_service.compensation")
+
+
+@dataclass(frozen=True)
+class CompensationRow:
+    id: int
+    pooler_id: UUID
+    farmer_id: UUID
+    block_index: int
+    compensation_type: CompensationKind
+    owed_by: Fault
+    amount: int
+    reason: str
+    is_paid: bool
+    created_at: dt.datetime
+    paid_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Unpaid:
+    """What a pooler's compensations leave unpaid, by who owes it."""
+
+    by_pooler: int
+    by_pool: int
+
+
+COMPENSATION_COLUMNS = (
+    "id, pooler_id, farmer_id, block_index, compensation_type::text, owed_by::text, amount,"
+    " reason, is_paid, created_at, paid_at"
+)
 
 # Blocks over (below %(current)s) whose worked pails all settled, with their mean reward.
 # A planted pail's work is settled once it succeeded, was observed on chain, or the pail
@@ -135,8 +171,8 @@ ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
 )
 
 
-class Compensations:
-    """Writes the compensations of settled blocks (idempotent)."""
+class CompensationStore:
+    """Writes the compensations of settled blocks (idempotent); reads them back."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -153,3 +189,48 @@ class Compensations:
         if written:
             log.info("recorded %d compensation(s) of blocks below %d", written, current_block)
         return written
+
+    async def compensations(
+        self,
+        pooler_id: UUID | None,
+        farmer_id: UUID | None,
+        owed_by: Fault | None,
+        unpaid_only: bool,
+        before: int | None,
+        limit: int,
+    ) -> list[CompensationRow]:
+        """Compensations, newest first (by id)."""
+        return await fetch_all(
+            self.pool,
+            CompensationRow,
+            f"SELECT {COMPENSATION_COLUMNS} FROM compensation_status"
+            " WHERE (%(p)s::uuid IS NULL OR pooler_id = %(p)s::uuid)"
+            " AND (%(f)s::uuid IS NULL OR farmer_id = %(f)s::uuid)"
+            " AND (%(o)s::text IS NULL OR owed_by::text = %(o)s::text)"
+            " AND (NOT %(u)s OR NOT is_paid)"
+            " AND (%(b)s::bigint IS NULL OR id < %(b)s::bigint)"
+            " ORDER BY id DESC LIMIT %(n)s",
+            {
+                "p": pooler_id,
+                "f": farmer_id,
+                "o": owed_by,
+                "u": unpaid_only,
+                "b": before,
+                "n": limit,
+            },
+        )
+
+    async def unpaid(self, pooler_id: UUID) -> Unpaid:
+        """What the pooler's compensations leave unpaid: owed by the pooler, and owed by
+        the pool to the pooler's farmers."""
+        found = await fetch_one(
+            self.pool,
+            Unpaid,
+            "SELECT coalesce(sum(amount) FILTER (WHERE owed_by = 'pooler'), 0)::bigint"
+            "  AS by_pooler,"
+            " coalesce(sum(amount) FILTER (WHERE owed_by = 'pool'), 0)::bigint AS by_pool"
+            " FROM compensation_status WHERE pooler_id = %s AND NOT is_paid",
+            (pooler_id,),
+        )
+        assert found is not None
+        return found

@@ -1,0 +1,257 @@
+"""Blocks as the operators see them: each (pooler, block)'s outcome counts, the block's
+status, its events, and the pool's figures, all computed from the event tables and
+`block_operations` (whose counters the database's triggers derive from the events).
+Nothing here writes: each phase stamps `block_operations` in its own aggregate's
+transaction (`plantings`, `works`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from uuid import UUID
+
+from kalepool.db.reads import Pool, fetch_all, fetch_one, fetch_value, fetch_values
+from pool_service.books.compensations import COMPENSATION_COLUMNS, CompensationRow
+from pool_service.books.enums import BlockStatus
+from pool_service.books.farmers import FARMER_STATE_SQL
+from pool_service.books.harvests import HARVEST_COLUMNS, HarvestRow
+from pool_service.books.plantings import PLANTING_COLUMNS, PlantingRow
+from pool_service.books.works import WORK_COLUMNS, WorkRow
+
+# One (pooler, block) row with the outcome counts the API defines, computed from the
+# events: a work "failed or never came" (a planted pail with no work row and no harvest,
+# which proves it was worked, counts once the block is over), a harvest "failed for
+# good" (the pail is gone), and the pails still waiting for their harvest.
+_PER_POOLER = """
+SELECT b.pooler_id, b.block_index, b.total_farmers, b.successful_plants, b.failed_plants,
+  b.successful_works,
+  -- a failure observed on chain that confirms one the pooler reported is the same one
+  b.failed_works - (SELECT count(*) FROM works o WHERE o.pooler_id = b.pooler_id
+     AND o.block_index = b.block_index AND o.status = 'failed' AND o.observed_on_chain
+     AND EXISTS (SELECT 1 FROM works r WHERE r.farmer_id = o.farmer_id
+       AND r.block_index = o.block_index AND r.status = 'failed'
+       AND NOT r.observed_on_chain)) AS failed_works,
+  b.successful_harvests, b.total_staked, b.total_rewards,
+  b.plant_requested_at, b.plant_completed_at, b.work_completed_at, b.harvest_completed_at,
+  (SELECT count(*) FROM plantings p WHERE p.pooler_id = b.pooler_id
+     AND p.block_index = b.block_index AND p.status = 'success' AND NOT EXISTS (
+       SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
+       AND w.block_index = p.block_index) AND NOT EXISTS (
+       SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
+       AND h.block_index = p.block_index AND h.status = 'success')) AS unworked,
+  (SELECT count(*) FROM harvests h WHERE h.pooler_id = b.pooler_id
+     AND h.block_index = b.block_index AND h.error_code = 'PAIL_MISSING') AS gone,
+  (SELECT count(*) FROM works w WHERE w.pooler_id = b.pooler_id
+     AND w.block_index = b.block_index AND w.status = 'success' AND NOT EXISTS (
+       SELECT 1 FROM harvests h WHERE h.farmer_id = w.farmer_id
+       AND h.block_index = w.block_index
+       AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))) AS open_pails,
+  (SELECT coalesce(max(w.zeros), 0) FROM works w WHERE w.pooler_id = b.pooler_id
+     AND w.block_index = b.block_index AND w.status = 'success') AS best_zeros
+FROM block_operations b WHERE (%(pooler)s::uuid IS NULL OR b.pooler_id = %(pooler)s::uuid)
+"""
+
+# Per block (over the poolers asked for), with its status: the chain's current block or
+# a newer one is active; an over block with no successful work failed; one whose worked
+# pails are all harvested (or gone) is completed; else it is being harvested.
+_PER_BLOCK = f"""
+WITH per AS ({_PER_POOLER}),
+blocks AS (
+  SELECT block_index, sum(total_farmers)::bigint AS total_farmers,
+    sum(successful_plants)::bigint AS plants_succeeded,
+    sum(failed_plants)::bigint AS plants_failed,
+    sum(successful_works)::bigint AS works_succeeded,
+    sum(failed_works)::bigint AS works_failed_recorded,
+    sum(unworked)::bigint AS unworked,
+    sum(successful_harvests)::bigint AS harvests_succeeded,
+    sum(gone)::bigint AS harvests_failed,
+    sum(total_staked)::bigint AS total_staked, sum(total_rewards)::bigint AS total_rewards,
+    min(plant_requested_at) AS plant_requested_at,
+    max(plant_completed_at) AS plant_completed_at,
+    max(work_completed_at) AS work_completed_at,
+    max(harvest_completed_at) AS harvest_completed_at,
+    sum(open_pails)::bigint AS open_pails,
+    max(best_zeros)::integer AS best_zeros
+  FROM per GROUP BY block_index
+)
+SELECT *, CASE
+    WHEN block_index >= %(current)s THEN 'active'
+    WHEN works_succeeded = 0 THEN 'failed'
+    WHEN open_pails = 0 THEN 'completed'
+    ELSE 'harvesting' END AS status
+FROM blocks
+"""
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    block_index: int
+    total_farmers: int
+    plants_succeeded: int
+    plants_failed: int
+    works_succeeded: int
+    works_failed_recorded: int
+    unworked: int
+    harvests_succeeded: int
+    harvests_failed: int
+    total_staked: int
+    total_rewards: int
+    plant_requested_at: dt.datetime | None
+    plant_completed_at: dt.datetime | None
+    work_completed_at: dt.datetime | None
+    harvest_completed_at: dt.datetime | None
+    open_pails: int
+    best_zeros: int
+    status: BlockStatus
+
+    @property
+    def works_failed(self) -> int:
+        """Failed works, counting a planted pail never worked once the block is over."""
+        return self.works_failed_recorded + (
+            self.unworked if self.status != BlockStatus.ACTIVE else 0
+        )
+
+
+@dataclass(frozen=True)
+class BlockEvents:
+    """Every event of a block (of one pooler, or of all), oldest first."""
+
+    plantings: list[PlantingRow]
+    works: list[WorkRow]
+    harvests: list[HarvestRow]
+    compensations: list[CompensationRow]
+
+
+@dataclass(frozen=True)
+class PoolFigures:
+    """Registry counts, balances, payouts and compensations, pool-wide, now."""
+
+    poolers_total: int
+    poolers_active: int
+    pending_funding: int
+    active: int
+    leaving: int
+    departed: int
+    balance: int
+    paid_out: int
+    comp_unpaid: int
+    comp_paid: int
+
+
+class BlockStore:
+    """Queries of the block history and the statistics."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def blocks(
+        self,
+        current: int,
+        pooler_id: UUID | None,
+        *,
+        status: BlockStatus | None = None,
+        block_index: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+    ) -> list[BlockRow]:
+        """Block summaries, newest first."""
+        where = ["(%(status)s::text IS NULL OR status = %(status)s::text)"]
+        where.append("(%(block)s::bigint IS NULL OR block_index = %(block)s::bigint)")
+        where.append("(%(before)s::bigint IS NULL OR block_index < %(before)s::bigint)")
+        sql = f"SELECT * FROM ({_PER_BLOCK}) s WHERE {' AND '.join(where)}"
+        sql += " ORDER BY block_index DESC LIMIT %(limit)s"
+        params = {
+            "pooler": pooler_id,
+            "current": current,
+            "status": status,
+            "block": block_index,
+            "before": before,
+            "limit": limit,
+        }
+        return await fetch_all(self.pool, BlockRow, sql, params)
+
+    async def block_poolers(self, current: int, block_index: int) -> list[tuple[UUID, BlockRow]]:
+        """The summary of each pooler that took part in the block."""
+        ids = await fetch_values(
+            self.pool,
+            UUID,
+            "SELECT pooler_id FROM block_operations WHERE block_index = %s ORDER BY created_at",
+            (block_index,),
+        )
+        out: list[tuple[UUID, BlockRow]] = []
+        for pid in ids:
+            rows = await self.blocks(current, pid, block_index=block_index)
+            out.extend((pid, r) for r in rows)
+        return out
+
+    async def events(self, block_index: int, pooler_id: UUID | None) -> BlockEvents:
+        where = "block_index = %s AND (%s::uuid IS NULL OR pooler_id = %s::uuid) ORDER BY id"
+        params = (block_index, pooler_id, pooler_id)
+        async with self.pool.connection() as conn:
+            return BlockEvents(
+                plantings=await fetch_all(
+                    conn,
+                    PlantingRow,
+                    f"SELECT {PLANTING_COLUMNS} FROM plantings WHERE {where}",
+                    params,
+                ),
+                works=await fetch_all(
+                    conn, WorkRow, f"SELECT {WORK_COLUMNS} FROM works WHERE {where}", params
+                ),
+                harvests=await fetch_all(
+                    conn,
+                    HarvestRow,
+                    f"SELECT {HARVEST_COLUMNS} FROM harvests WHERE {where}",
+                    params,
+                ),
+                compensations=await fetch_all(
+                    conn,
+                    CompensationRow,
+                    f"SELECT {COMPENSATION_COLUMNS} FROM compensation_status WHERE {where}",
+                    params,
+                ),
+            )
+
+    async def last_blocks(self, pooler_id: UUID | None, last: int) -> int | None:
+        """The lowest block among the last `last` blocks taken part in (None: all)."""
+        if last == 0:
+            return None
+        return await fetch_value(
+            self.pool,
+            int,
+            "SELECT min(block_index) FROM (SELECT DISTINCT block_index FROM block_operations"
+            " WHERE %s::uuid IS NULL OR pooler_id = %s::uuid"
+            " ORDER BY block_index DESC LIMIT %s) s",
+            (pooler_id, pooler_id, last),
+        )
+
+    async def newest_block(self) -> int:
+        """The newest block the pool took part in (0 if none)."""
+        newest = await fetch_value(
+            self.pool, int, "SELECT coalesce(max(block_index), 0) FROM block_operations"
+        )
+        assert newest is not None
+        return newest
+
+    async def pool_figures(self) -> PoolFigures:
+        """Registry counts, balances, payouts and compensations, pool-wide, now."""
+        farmer_counts = ", ".join(
+            f"(SELECT count(*) FROM farmers f WHERE {cond}) AS {state}"
+            for state, cond in FARMER_STATE_SQL.items()
+        )
+        figures = await fetch_one(
+            self.pool,
+            PoolFigures,
+            "SELECT (SELECT count(*) FROM poolers) AS poolers_total,"
+            " (SELECT count(*) FROM poolers WHERE is_active) AS poolers_active,"
+            f" {farmer_counts},"
+            " (SELECT coalesce(sum(current_balance), 0) FROM farmers)::bigint AS balance,"
+            " (SELECT coalesce(-sum(amount), 0) FROM balance_ledger"
+            "   WHERE kind IN ('payout', 'payout_reversal'))::bigint AS paid_out,"
+            " (SELECT coalesce(sum(amount), 0) FROM compensation_status"
+            "   WHERE NOT is_paid)::bigint AS comp_unpaid,"
+            " (SELECT coalesce(sum(amount), 0) FROM compensation_status"
+            "   WHERE is_paid)::bigint AS comp_paid",
+        )
+        assert figures is not None
+        return figures
