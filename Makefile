@@ -8,6 +8,9 @@ STAMP := $(VENV)/.kale-pool-installed
 RUST_SOURCES := $(shell find miner_ext/src -name "*.rs" 2>/dev/null) miner_ext/Cargo.toml miner_ext/Cargo.lock miner_ext.pyi
 CARGO := cargo
 CARGO_FLAGS := --manifest-path miner_ext/Cargo.toml
+# Builds use the versions in Cargo.lock as committed (pyproject's [tool.maturin] says the
+# same for the wheel): a lock that disagrees with Cargo.toml fails instead of being rewritten.
+CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 
 .PHONY: run test test-python test-rust lint bench faults proto clean
 
@@ -32,11 +35,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 	$(CARGO) fmt $(CARGO_FLAGS) --check
-	$(CARGO) clippy $(CARGO_FLAGS) --all-targets -- -D warnings
+	$(CARGO) clippy $(CARGO_BUILD_FLAGS) --all-targets -- -D warnings
 
 test-rust: $(STAMP)
-	$(CARGO) test $(CARGO_FLAGS)
+	$(CARGO) test $(CARGO_BUILD_FLAGS)
 
 # Two workers: much of the suite waits on ledgers and processes, so two run in the time
 # of one; a test module stays on one worker (its module-scoped stages are built once).
@@ -55,4 +59,4 @@ proto: $(STAMP)
 	$(BIN)/python -m kalepool.protogen
 
 clean:
-	rm -rf $(VENV) miner_ext/target .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) miner_ext/target .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

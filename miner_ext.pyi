@@ -7,7 +7,7 @@ its *zeros* are its leading zero hex nibbles.
 Searches run on one process-wide pool of hashing threads (one per core by
 default). Concurrent searches share the cores evenly, each with its own
 bounds; the GIL is released while hashing, and Ctrl-C while waiting cancels.
-Nonces are scanned from ``start_nonce`` upwards, wrapping from 2**64 - 1 to 0,
+Nonces are scanned from ``start_nonce`` (None: 0) upwards, wrapping from 2**64 - 1 to 0,
 and no nonce is hashed twice. The best hash is the one with the most zeros;
 on a tie, the one scanned first (the lowest nonce unless the range wraps).
 """
@@ -16,9 +16,25 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Literal, final
 
+__all__ = [
+    "Search",
+    "SearchResult",
+    "__version__",
+    "backends",
+    "default_threads",
+    "hash_prefixes",
+    "kale_hash",
+    "leading_zeros",
+    "search",
+    "search_many",
+    "version",
+    "wait_all",
+]
+
 __version__: str
 
-StopReason = Literal["target", "max_hashes", "deadline", "cancelled", "exhausted"]
+# Why a search stopped (a name for the stub only: the module has no such object).
+_StopReason = Literal["target", "max_hashes", "deadline", "cancelled", "exhausted"]
 
 @final
 class SearchResult:
@@ -43,7 +59,7 @@ class SearchResult:
         """Seconds from the start to the end (or to now, while running)."""
 
     @property
-    def reason(self) -> StopReason | None:
+    def reason(self) -> _StopReason | None:
         """Why the search stopped; None while it runs."""
 
     @property
@@ -67,19 +83,19 @@ class Search:
     an unknown or unsupported backend; TypeError for arguments of the wrong type.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         index: int,
         entropy: bytes | bytearray,
         farmer: bytes | bytearray,
         *,
-        start_nonce: int = 0,
+        start_nonce: int | None = None,
         max_hashes: int | None = None,
         target_zeros: int | None = None,
         seconds: float | None = None,
         threads: int | None = None,
         backend: str | None = None,
-    ) -> None: ...
+    ) -> Search: ...
     def progress(self) -> SearchResult:
         """Best hash and hash count so far (``reason`` is None while running)."""
 
@@ -113,7 +129,7 @@ def search(
     entropy: bytes | bytearray,
     farmer: bytes | bytearray,
     *,
-    start_nonce: int = 0,
+    start_nonce: int | None = None,
     max_hashes: int | None = None,
     target_zeros: int | None = None,
     seconds: float | None = None,
@@ -125,7 +141,7 @@ def search(
 def search_many(
     assignments: Sequence[tuple[int, bytes | bytearray, bytes | bytearray]],
     *,
-    start_nonce: int = 0,
+    start_nonce: int | None = None,
     max_hashes: int | None = None,
     target_zeros: int | None = None,
     seconds: float | Sequence[float] | None = None,

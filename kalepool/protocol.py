@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from Crypto.Hash import keccak
+from stellar_sdk import Address
 
 # The contract's constants (7-decimal stroops).
 BLOCK_INTERVAL_SECONDS = 300
@@ -40,6 +41,20 @@ def work_preimage(index: int, nonce: int, entropy: bytes, farmer: bytes) -> byte
     if len(farmer) != 32:
         raise ValueError(f"farmer must be the 32 raw key bytes, got {len(farmer)}")
     return index.to_bytes(4, "big") + nonce.to_bytes(8, "big") + entropy + farmer
+
+
+def farmer_key(address: str) -> bytes:
+    """The 32 bytes the work hash binds: a G... account's public key or a C... contract's id.
+
+    These are the last 32 bytes of the farmer's `Address` XDR (see the protocol notes).
+    """
+    address = address.strip()
+    if not address.startswith(("G", "C")):
+        raise ValueError("farmer must be a G... account or a C... contract address")
+    try:
+        return bytes(Address(address).key)
+    except ValueError as error:
+        raise ValueError(f"farmer {address!r} is not a valid address: {error}") from None
 
 
 def keccak256(data: bytes) -> bytes:

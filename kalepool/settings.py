@@ -33,7 +33,7 @@ class SettingsError(Exception):
     """A setting is missing or invalid; the message names it in one line."""
 
 
-# Chain facts per network (KALE_PROTOCOL.md). The devnet's ids are derived by the
+# Chain facts per network (docs/protocol.md). The devnet's ids are derived by the
 # devnet itself at start-up and read from its /devnet endpoint, so they stay unset here;
 # its RPC URL follows `devnet_port` (see `_devnet_rpc_url`).
 # Testnet has several published farm deployments: that id is configuration, never a default.

@@ -29,7 +29,6 @@ from uuid import UUID
 from kalepool import protocol
 from kalepool.chain import ChainError, Fault, NotAFarmCallError, read_farm_call, read_pail
 from kalepool.grpc_server import InvalidArgument, OutOfRange, Unavailable
-from kalepool.mining import farmer_key
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2
 from pool_service import convert
@@ -101,7 +100,7 @@ def _check(
         # The block's entropy is known while Block(index) lives; after that the chain's
         # own check of the transaction (below) stands for it.
         if entropy is not None and digest != protocol.kale_hash(
-            block, result.nonce, entropy, farmer_key(planting.custodial_public_key)
+            block, result.nonce, entropy, protocol.farmer_key(planting.custodial_public_key)
         ):
             raise _Refused(
                 f"hash is not the work hash of block {block}, nonce {result.nonce},"

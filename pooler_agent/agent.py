@@ -1,4 +1,4 @@
-"""The pooler agent: the cycle of DESIGN.md run against the pool, block after block.
+"""The pooler agent: the cycle of docs/api.md run against the pool, block after block.
 
 Four loops share one event loop:
 

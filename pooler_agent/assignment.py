@@ -14,7 +14,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kalepool import protocol
 from kalepool.chain.farm_state import check_address
-from kalepool.mining import farmer_key
 from kalepool.v1 import pooler_pb2
 
 
@@ -58,7 +57,7 @@ class Assignment:
     @property
     def farmer_bytes(self) -> bytes:
         """The 32 bytes of the farmer the work hash binds."""
-        return farmer_key(self.farmer_address)
+        return protocol.farmer_key(self.farmer_address)
 
     @classmethod
     def from_proto(cls, message: pooler_pb2.Assignment) -> Assignment:

@@ -1,7 +1,7 @@
 """The block monitor: watches the farm for a new block and for a block that is due to end.
 
 Every `interval` seconds it reads the farm's current block and the latest ledger. It
-reports (DESIGN.md, cycle step 1):
+reports (the cycle's step 1 in docs/api.md):
 
 - `OPENED` when a block index appears (the first sighting too, marked `initial`): the
   agent then asks the pool to plant in it;
@@ -93,6 +93,7 @@ class BlockMonitor:
         self.latest: CurrentBlock | None = None
         self._due_reported: int | None = None  # the block whose DUE was already emitted
         self.failures = 0
+        self.polls = 0  # polls finished: a caller can wait for the next one to end
 
     def stop(self) -> None:
         """End `events()` at once (also while it waits for the next tick)."""
@@ -104,6 +105,12 @@ class BlockMonitor:
 
     async def poll(self) -> list[BlockEvent]:
         """Read the chain once and return what changed (possibly nothing)."""
+        try:
+            return await self._poll()
+        finally:
+            self.polls += 1
+
+    async def _poll(self) -> list[BlockEvent]:
         try:
             block = await self._read(self.client)
             ledger = await self.client.latest_ledger()

@@ -7,7 +7,7 @@ ends at its deadline (or a target, when one is set), is ended early by `finish_b
 when its block is due (the best hash so far is sent), and is cancelled when a newer block
 opens (its work could no longer land) or on shutdown.
 
-Timing (KALE_PROTOCOL.md): more gap is rewarded, so mining runs late into the block, but
+Timing (docs/protocol.md): more gap is rewarded, so mining runs late into the block, but
 work that lands after the next block opened is lost. Mining for a block that opened at
 `T` ends at `T + work_delay`, clamped to `T + block_seconds - submit_margin` (and to the
 pool's own work deadline, less the margin) so the `work` transaction still has time to

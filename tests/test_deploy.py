@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,11 +174,11 @@ def test_kustomization_lists_files_that_exist(directory: Path) -> None:
             assert (target / "kustomization.yaml").exists(), f"{entry} is no kustomization"
 
 
-def test_the_base_holds_the_parts_the_design_names() -> None:
+def test_the_base_holds_every_part_of_the_pool() -> None:
     docs = _docs(BASE)
     deployments = _of_kind(docs, "Deployment")
     assert deployments["wallet-service"]["spec"]["replicas"] == 1
-    # Pool replicas share a block's work through the database (DESIGN.md).
+    # Pool replicas share a block's work through the database (docs/database.md).
     assert deployments["pool-service"]["spec"]["replicas"] == 2
     assert _of_kind(docs, "Cluster")["kale-pool-db"]["spec"]["instances"] == 3
     assert set(_of_kind(docs, "Certificate")) >= {
@@ -519,3 +520,21 @@ def test_services_load_certificates_from_a_mounted_secret_without_the_ca_key(
         f"{WALLET_SERVER}-key.pem",
         f"{WALLET_SERVER}.pem",
     ]
+
+
+# --- the image ------------------------------------------------------------------------
+
+
+def test_the_service_image_leaves_the_devnet_out() -> None:
+    """The image's wheel is built from what the Containerfile copies: every package maturin
+    ships except the development chain, which holds no place beside the wallet's keys."""
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["maturin"][
+        "python-packages"
+    ]
+    copied: set[str] = set()
+    for line in (DEPLOY / "Containerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--") for w in words):
+            copied.update(source.rstrip("/") for source in words[1:-1])
+    assert "kale_devnet" in shipped
+    assert set(shipped) - copied == {"kale_devnet"}

@@ -83,7 +83,7 @@ async def test_a_taken_port_is_one_line_naming_the_setting(
     import asyncio
     import socket
 
-    from kalepool.devnet import DevnetConfig, DevnetServer
+    from kale_devnet import DevnetConfig, DevnetServer
 
     async with DevnetServer(DevnetConfig(port=0)) as devnet:
         with socket.socket() as taken:

@@ -578,7 +578,16 @@ async def _chain_for(settings: Settings) -> AsyncIterator[ChainClient]:
     offline_devnet = settings.network is Network.DEVNET and not running and saved.exists()
     async with contextlib.AsyncExitStack() as stack:
         if offline_devnet:
-            from kalepool.devnet import DevnetConfig, DevnetServer
+            from kalepool.app.devnet import DevnetMissingError, require_devnet
+
+            try:
+                require_devnet()
+            except DevnetMissingError as error:
+                raise ChainUnreachableError(
+                    f"the stack is stopped and its devnet chain cannot be served: {error}"
+                    " (--offline checks the books against themselves only)"
+                ) from None
+            from kale_devnet import DevnetConfig, DevnetServer
 
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             copy = scratch / "state.json"

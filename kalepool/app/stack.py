@@ -426,7 +426,7 @@ class Stack:
         argv = [
             sys.executable,
             "-m",
-            "kalepool.cli",
+            "kalepool.app.cli",
             "devnet",
             "--host",
             "127.0.0.1",
@@ -525,7 +525,7 @@ class Stack:
         return Part(
             name=pooler.bundle.name,
             role="pooler",
-            argv=[sys.executable, "-m", "kalepool.cli", "pooler"],
+            argv=[sys.executable, "-m", "kalepool.app.cli", "pooler"],
             env=env,
             probe=connected,
             ready_timeout=120.0,
@@ -662,6 +662,13 @@ def run_up(settings: Settings, options: UpOptions, console: Console | None = Non
     from kalepool.app.runstate import StackLock
 
     check_options(settings, options)
+    if settings.network is Network.DEVNET:
+        from kalepool.app.devnet import DevnetMissingError, require_devnet
+
+        try:
+            require_devnet()  # the chain `up` runs on the devnet: say now if it is missing
+        except DevnetMissingError as error:
+            raise UpError(str(error)) from None
     settings.layout().ensure()
     if console is None:
         from kalepool.app.commands import _out  # standard output at a useful width

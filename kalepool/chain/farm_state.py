@@ -1,6 +1,6 @@
 """Reading the farm and accounts with `getLedgerEntries`.
 
-The farm has no getters. Its state is where the contract stores it (KALE_PROTOCOL.md):
+The farm has no getters. Its state is where the contract stores it (docs/protocol.md):
 instance storage holds `FarmIndex` (absent until the first rollover: 0), `FarmBlock`
 and `FarmPaused` under `Vec[Symbol(name)]` keys; temporary storage holds `Block(i)` under
 `Vec[Symbol("Block"), U32(i)]` and `Pail(farmer, i)` under

@@ -1,6 +1,6 @@
 """Whose fault a failure is: the farmer, the pool backend, the pooler, or the chain.
 
-The answer decides compensation (DESIGN.md, "Fault attribution"): a farmer without
+The answer decides compensation (docs/pool.md, "Compensations"): a farmer without
 funds forfeits the block; a plant the backend botched or a work the pooler missed is
 owed to the farmer; the chain failing (RPC down, network not including transactions)
 is nobody's debt. The values are the database's `fault_party`.

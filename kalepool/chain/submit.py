@@ -1,6 +1,6 @@
 """Sending a signed transaction so that it applies at most once, and finding out its fate.
 
-The rules (Stellar's own guidance; KALE_PROTOCOL.md, "Submission safety"):
+The rules (Stellar's own guidance; docs/protocol.md, "Submitting safely"):
 
 1. Every transaction has a time bound, and its signed envelope and hash exist as a
    :class:`SignedTx` *before* it is sent; the `record` hook stores it (the wallet

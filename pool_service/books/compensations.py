@@ -1,4 +1,4 @@
-"""Compensations owed to farmers (DESIGN.md, fault attribution), written once a block's
+"""Compensations owed to farmers (fault attribution: docs/chain.md), written once a block's
 outcome is certain.
 
 A block is settled when it is over (below the farm's current block: no work can land

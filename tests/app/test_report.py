@@ -169,7 +169,7 @@ def test_without_matplotlib_the_report_says_how_to_install_it(tmp_path: Path) ->
     code = (
         "import sys\n"
         "sys.modules['matplotlib'] = None  # as if not installed\n"
-        "from kalepool import cli\n"
+        "from kalepool.app import cli\n"
         f"sys.argv = {argv!r}\n"
         "cli.main()\n"
     )

@@ -88,7 +88,7 @@ def test_the_cli_silences_grpc_before_importing_it() -> None:
     code = (
         "import os, sys\n"
         "os.environ.pop('GRPC_VERBOSITY', None)\n"
-        "from kalepool import cli\n"
+        "from kalepool.app import cli\n"
         "before = 'grpc' in sys.modules\n"
         "sys.argv = ['kale-pool', '--version']\n"
         "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"

@@ -11,13 +11,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from kalepool.app.observer import RecordingObserver
 from kalepool.app.supervisor import Part, PartFailed, Supervisor, last_log_line
+from tests.waits import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,13 +28,6 @@ def _script(body: str) -> list[str]:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-async def _until(check: Callable[[], bool], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
 
 
 def _service(name: str, marks: Path, *, ignore_sigint: bool = False) -> Part:
@@ -230,7 +223,7 @@ async def test_asked_twice_it_kills_without_waiting_out_the_grace(tmp_path: Path
     child = await supervisor.start(part)
     stopping = asyncio.create_task(supervisor.stop_all())
     # The part got its SIGINT and goes on: the supervisor now waits out the grace.
-    await _until(lambda: (tmp_path / "pooler-1.sigint").exists())
+    await until(lambda: (tmp_path / "pooler-1.sigint").exists(), 30, what="its SIGINT mark")
     assert not stopping.done() and child.running
     supervisor.hurry()
     await asyncio.wait_for(stopping, 60)

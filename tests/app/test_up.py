@@ -27,9 +27,9 @@ from stellar_sdk import scval
 from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 
+from kale_devnet import DevnetConfig, DevnetServer
 from kalepool.db.consistency import check_consistency
 from kalepool.db.embedded import start_embedded
-from kalepool.devnet import DevnetConfig, DevnetServer
 from tests.stackkit import (
     KALE_POOL,
     duplicates,

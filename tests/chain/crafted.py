@@ -20,9 +20,9 @@ from stellar_sdk.soroban_rpc import (
     GetTransactionStatus,
 )
 
+from kale_devnet import farm as devnet_farm
+from kale_devnet.ledger import Entry, contract_data_key
 from kalepool.chain import ChainConfig
-from kalepool.devnet import farm as devnet_farm
-from kalepool.devnet.ledger import Entry, contract_data_key
 
 CT = stellar_xdr.LedgerEntryChangeType
 TEMPORARY = stellar_xdr.ContractDataDurability.TEMPORARY

@@ -19,6 +19,7 @@ import aiohttp
 from stellar_sdk import Keypair, StrKey, TransactionBuilder
 from stellar_sdk.soroban_rpc import SendTransactionStatus
 
+from kale_devnet import DevnetConfig, DevnetServer
 from kalepool import protocol
 from kalepool.chain import (
     ChainClient,
@@ -32,7 +33,6 @@ from kalepool.chain import (
     sign,
     submit,
 )
-from kalepool.devnet import DevnetConfig, DevnetServer
 from kalepool.settings import Settings
 
 try:  # the fast miner when it is built; the Python reference otherwise

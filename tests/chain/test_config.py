@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from kale_devnet import identity
 from kalepool.chain import (
     ChainClient,
     ChainConfig,
@@ -20,7 +21,6 @@ from kalepool.chain import (
 )
 from kalepool.chain.config import chain_config_from_settings
 from kalepool.chain.errors import ChainDataError
-from kalepool.devnet import identity
 from kalepool.settings import ENV_PREFIX, Settings
 
 from .stage import Stage

@@ -7,6 +7,7 @@ from stellar_sdk import Asset, MuxedAccount, scval
 from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.soroban_rpc import EventInfo
 
+from kale_devnet.network import homesteader_keypair
 from kalepool.chain import (
     ChainDataError,
     ChainUnavailableError,
@@ -19,7 +20,6 @@ from kalepool.chain import (
     sign,
 )
 from kalepool.chain.events import cursor_ledger, decode_event
-from kalepool.devnet.network import homesteader_keypair
 
 from .stage import KALE, Stage, open_stage
 

@@ -12,6 +12,7 @@ import pytest
 from stellar_sdk import Keypair, scval
 from stellar_sdk import xdr as stellar_xdr
 
+from kale_devnet import farm as devnet_farm
 from kalepool.chain import (
     ChainClient,
     ChainDataError,
@@ -30,7 +31,6 @@ from kalepool.chain import (
     read_pail_changes,
 )
 from kalepool.chain.farm_calls import pail_changes
-from kalepool.devnet import farm as devnet_farm
 
 from . import crafted
 from .stage import KALE, Stage, mine

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from kalepool.devnet import DevnetServer
+from kale_devnet import DevnetServer
 
 from .kit import Kit, devnet_config
 

@@ -30,8 +30,8 @@ from stellar_sdk.soroban_rpc import (
     SendTransactionStatus,
 )
 
+from kale_devnet import DevnetConfig, DevnetServer, identity
 from kalepool import protocol
-from kalepool.devnet import DevnetConfig, DevnetServer, identity
 
 try:  # the fast miner when it is built; the Python reference otherwise
     import miner_ext

@@ -1,6 +1,6 @@
 """Conformance of the devnet to Stellar and to the KALE farm, as an outsider checks it.
 
-Written from the public rules only (KALE_PROTOCOL.md, stellar-core's transaction queue and
+Written from the public rules only (docs/protocol.md, stellar-core's transaction queue and
 validity checks, Stellar RPC) and driven only through the unmodified stellar-sdk plus plain
 HTTP for friendbot and the devnet's documented admin methods. It keeps its own books: the work
 hash, the zero count, the normalisation and the reward formula are computed here, not taken
@@ -56,8 +56,8 @@ from stellar_sdk.soroban_rpc import (
 )
 from stellar_sdk.soroban_server import Durability
 
-from kalepool.devnet import DevnetConfig, DevnetServer
-from kalepool.devnet.network import homesteader_keypair  # documented: the fixed admin key
+from kale_devnet import DevnetConfig, DevnetServer
+from kale_devnet.network import homesteader_keypair  # documented: the fixed admin key
 
 TRC = xdr.TransactionResultCode
 XLM = 10_000_000  # stroops
@@ -188,7 +188,7 @@ class Books:
 
 
 def test_own_hash_reproduces_the_published_example() -> None:
-    """The outsider's hash agrees with the example KALE_PROTOCOL.md publishes."""
+    """The outsider's hash agrees with the published example (docs/protocol.md)."""
     entropy = base64.b64decode("AAAAAAn66y/43JP7M02rwTmONZoWOmu1OPYz/bmzJ8o=")
     farmer = "GBQHTQ7NTSKHVTSVM6EHUO3TU4P4BK2TAAII25V2TT2Q6OWXUJWEKALE"
     h = work_hash(37, 20495217910, entropy, farmer)

@@ -157,7 +157,7 @@ def test_sync_sdk_against_a_devnet_thread() -> None:
     import requests
     from stellar_sdk import Keypair, SorobanServer
 
-    from kalepool.devnet import DevnetThread
+    from kale_devnet import DevnetThread
 
     from .kit import devnet_config
 

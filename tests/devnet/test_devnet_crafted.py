@@ -9,9 +9,9 @@ from stellar_sdk import scval
 from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.soroban_rpc import GetTransactionStatus
 
-from kalepool.devnet import farm
-from kalepool.devnet.ledger import StateView, contract_data_key, instance_key
-from kalepool.devnet.server import DevnetServer
+from kale_devnet import farm
+from kale_devnet.ledger import StateView, contract_data_key, instance_key
+from kale_devnet.server import DevnetServer
 
 from .kit import Kit, mine
 
@@ -136,7 +136,7 @@ async def test_the_published_mainnet_proof_is_accepted(kit: Kit) -> None:
     """Block 37's published work (8 zeros) verifies on the devnet's farm."""
     import base64
 
-    from kalepool.devnet.ledger import Durability
+    from kale_devnet.ledger import Durability
 
     farmer = "GBQHTQ7NTSKHVTSVM6EHUO3TU4P4BK2TAAII25V2TT2Q6OWXUJWEKALE"
     entropy = base64.b64decode("AAAAAAn66y/43JP7M02rwTmONZoWOmu1OPYz/bmzJ8o=")

@@ -20,8 +20,8 @@ from stellar_sdk.soroban_rpc import (
     GetTransactionStatus,
 )
 
-from kalepool.devnet import DevnetServer, identity
-from kalepool.devnet.network import homesteader_keypair
+from kale_devnet import DevnetServer, identity
+from kale_devnet.network import homesteader_keypair
 
 from .kit import KALE, XLM, Kit, devnet_config
 

@@ -6,8 +6,8 @@ from stellar_sdk import Address, Keypair, SorobanDataBuilder, TransactionBuilder
 from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
+from kale_devnet import DevnetServer
 from kalepool import protocol
-from kalepool.devnet import DevnetServer
 
 from .kit import KALE, Kit, fee_charged, mine, return_value, tx_error
 
@@ -258,7 +258,7 @@ async def test_plant_errors_and_the_asset_contract_errors(kit: Kit) -> None:
 
 
 async def test_pause_and_unpause(kit: Kit) -> None:
-    from kalepool.devnet.network import homesteader_keypair
+    from kale_devnet.network import homesteader_keypair
 
     homesteader = homesteader_keypair()
     farmer = await kit.new_account()
@@ -382,7 +382,7 @@ async def test_harvest_without_trustline_fails_in_the_asset_contract(kit: Kit) -
 
 
 async def test_remove_block_then_block_missing(kit: Kit) -> None:
-    from kalepool.devnet.network import homesteader_keypair
+    from kale_devnet.network import homesteader_keypair
 
     farmer, pooler = await kit.new_accounts(2)
     await kit.plant(farmer, 0)

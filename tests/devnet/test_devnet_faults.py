@@ -11,7 +11,7 @@ from stellar_sdk import Asset
 from stellar_sdk.exceptions import BadResponseError, ConnectionError, SorobanRpcErrorResponse
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
-from kalepool.devnet import DevnetServer, FaultConfig
+from kale_devnet import DevnetServer, FaultConfig
 
 from .kit import XLM, AdminError, Kit, devnet_config
 

@@ -10,8 +10,8 @@ import pytest
 from stellar_sdk import Asset, scval
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
-from kalepool.devnet import DevnetServer
-from kalepool.devnet.persist import StateFileError
+from kale_devnet import DevnetServer
+from kale_devnet.persist import StateFileError
 
 from .kit import KALE, Kit, devnet_config, mine
 

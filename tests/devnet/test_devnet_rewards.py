@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from stellar_sdk import Keypair
 from stellar_sdk.soroban_rpc import GetTransactionStatus
 
+from kale_devnet import DevnetServer
 from kalepool import protocol
-from kalepool.devnet import DevnetServer
 
 from .kit import KALE, Kit, devnet_config, mine, return_value
 

@@ -11,7 +11,7 @@ from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.exceptions import AccountNotFoundException, SorobanRpcErrorResponse
 from stellar_sdk.soroban_rpc import GetTransactionStatus
 
-from kalepool.devnet import identity
+from kale_devnet import identity
 
 from .kit import Kit
 

@@ -14,7 +14,8 @@ import pytest
 from stellar_sdk import Keypair, StrKey
 
 from kalepool import protocol
-from kalepool.mining import farmer_key, parse_entropy
+from kalepool.app.mining import parse_entropy
+from kalepool.protocol import farmer_key
 
 KALE_POOL = shutil.which("kale-pool", path=str(Path(sys.executable).parent))
 ENTROPY = bytes(range(1, 33))

@@ -5,10 +5,9 @@ database role (the tests read as the owner)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from kalepool.v1 import pool_pb2, pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.server import PoolServer, start_pool_server
 from tests.chain.stage import Stage
 from tests.dbkit import service_conninfo
+from tests.waits import until
 from tests.wallet.conftest import WalletStage, wallet_stage
 
 KALE = 10_000_000
@@ -32,13 +32,6 @@ KALE = 10_000_000
 # Blocks an hour long: a block never rolls over by itself during a test (the closer runs
 # the chain's clock at about 100x); tests that need the next block advance the clock.
 BLOCK_SECONDS = 3600
-
-
-async def until(check: Callable[[], Awaitable[bool]], seconds: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
 
 
 @dataclass

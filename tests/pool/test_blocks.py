@@ -3,7 +3,6 @@ one worked and harvested, the other never worked (the pooler's fault)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -291,7 +290,7 @@ async def test_missing_work_is_compensated_once_by_the_pooler(
 
     monkeypatch.setattr(Harvester, "run_once", counted)
     await pool.start(harvest_interval=0.05)
-    await until(lambda: asyncio.sleep(0, result=passes >= 3))
+    await until(lambda: passes >= 3, what="three passes of the harvest loop")
     await pool.start()
     op = pool.operator()
     assert await pool.count("pooler_compensations") == 2

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from stellar_sdk import Account, Keypair, TransactionBuilder, scval
 
+from kale_devnet import farm as devnet_farm
 from kalepool.chain import Block, ChainClient, Pail
 from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import POOL
-from kalepool.devnet import farm as devnet_farm
 from pool_service.books.harvests import HarvestStore
 from pool_service.deposits import ChainFollower, harvest_amount, pick_pail
 from tests.chain import crafted

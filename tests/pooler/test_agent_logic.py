@@ -5,7 +5,7 @@ reporting a journaled one after a restart."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,15 +20,9 @@ from pooler_agent.journal import WorkJournal
 from pooler_agent.pool_client import CursorFile, CursorTracker
 from pooler_agent.work_manager import MinedWork
 from pooler_agent.work_submitter import WorkStatus
+from tests.waits import until
 
 from .fakes import FakeChain, FakePool, FakeSubmitter, farmer_assignment, make_agent, signed
-
-
-async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.005)
 
 
 async def ticks(chain: FakeChain, count: int = 5) -> None:

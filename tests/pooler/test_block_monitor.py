@@ -8,6 +8,7 @@ from kalepool.chain import Fault, build_plant
 from pooler_agent.block_monitor import BlockEvent, BlockEventKind, BlockMonitor
 from pooler_agent.clock import ChainClock
 from tests.chain.stage import Stage
+from tests.waits import until
 
 from .conftest import plant
 
@@ -75,8 +76,11 @@ async def test_the_loop_polls_each_interval_and_stops_promptly(stage: Stage) -> 
     await stage.close()
     second = await asyncio.wait_for(seen.get(), timeout=5)
     assert [first.kind, second.kind] == [BlockEventKind.OPENED, BlockEventKind.DUE]
-    monitor.interval = 3600.0  # stop must not wait for the next tick
-    await asyncio.sleep(0.05)
+    # Stop must not wait for the next tick: once a poll has ended under the new interval,
+    # the loop waits an hour for its next one, and stop() ends that wait.
+    monitor.interval = 3600.0
+    polled = monitor.polls
+    await until(lambda: monitor.polls > polled, what="a poll under the hour-long interval")
     monitor.stop()
     await asyncio.wait_for(task, timeout=5)
     assert monitor.stopped

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import stat
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
@@ -29,17 +28,11 @@ from pooler_agent.pool_client import (
 )
 from pooler_agent.work_manager import MinedWork
 from pooler_agent.work_submitter import WorkResult, WorkStatus
+from tests.waits import until
 
 from .fakes import PASSPHRASE, FakePool, farmer_assignment, signed
 
 R = pooler_pb2
-
-
-async def until(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.005)
 
 
 def _result(

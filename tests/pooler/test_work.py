@@ -29,6 +29,7 @@ from pooler_agent.work_submitter import (
     WorkSubmitter,
 )
 from tests.chain.stage import Stage
+from tests.waits import until
 
 from .conftest import plant, synced_clock
 
@@ -40,6 +41,16 @@ def timing_ending_in(stage: Stage, clock: ChainClock, opened: float, seconds: fl
         work_delay_seconds=clock.now() - opened + seconds,
         submit_margin_seconds=0,
     )
+
+
+async def hashing(manager: WorkManager, farmers: int) -> None:
+    """Until `farmers` searches are running and have hashed: the miner really started."""
+
+    def started() -> bool:
+        now = manager.progress().farmers
+        return sum(1 for f in now if f.running and f.hashes > 0) >= farmers
+
+    await until(started, what=f"{farmers} searches hashing")
 
 
 def check_hash(work: MinedWork | WorkResult) -> None:
@@ -55,11 +66,11 @@ async def test_farmers_mined_at_once_and_their_work_accepted_with_the_contracts_
     planted = await plant(stage, 4)
     channels = await stage.accounts(2)
     clock = await synced_clock(stage)
-    timing = timing_ending_in(stage, clock, planted.block.timestamp, 0.8)
+    timing = timing_ending_in(stage, clock, planted.block.timestamp, 2.0)
     manager = WorkManager(timing, clock, capacity=8)
     tasks = [manager.assign(a) for a in planted.assignments]
     # All four search at once on the shared pool.
-    await asyncio.sleep(0.15)
+    await hashing(manager, 4)
     progress = manager.progress()
     assert progress.mining_farmers == 4
     assert {f.farmer_address for f in progress.farmers} == {f.public_key for f in planted.farmers}
@@ -165,7 +176,7 @@ async def test_shutdown_and_a_new_block_cancel_promptly_and_nothing_is_sent(
     manager = WorkManager(timing_ending_in(stage, clock, planted.block.timestamp, 240), clock)
     first, second = (manager.assign(a) for a in planted.assignments)
     assert first is not None and second is not None
-    await asyncio.sleep(0.05)
+    await hashing(manager, 2)
     assert manager.block_opened(planted.block.index + 1) == 1 + 1
     late = await asyncio.wait_for(first, timeout=5)
     assert late.stop_reason == "cancelled" and late.block_closed and not late.sendable
@@ -180,7 +191,7 @@ async def test_shutdown_and_a_new_block_cancel_promptly_and_nothing_is_sent(
     manager2 = WorkManager(timing_ending_in(stage, clock, planted.block.timestamp, 240), clock)
     task = manager2.assign(planted.assignments[0])
     assert task is not None
-    await asyncio.sleep(0.05)
+    await hashing(manager2, 1)
     await asyncio.wait_for(manager2.shutdown(), timeout=5)
     stopped = task.result()
     assert stopped.cancelled == "the agent shut down" and not stopped.block_closed
@@ -284,7 +295,7 @@ async def test_a_due_block_ends_its_searches_early_and_their_work_is_sent(stage:
     manager = WorkManager(timing_ending_in(stage, clock, planted.block.timestamp, 240), clock)
     first = manager.assign(planted.assignments[0])
     assert first is not None
-    await asyncio.sleep(0.05)
+    await hashing(manager, 1)
     assert manager.finish_block(planted.block.index) == 1
     assert manager.finish_block(planted.block.index) == 0  # once
     finished = await asyncio.wait_for(first, timeout=5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -24,18 +23,12 @@ from kalepool.chain import (
 )
 from kalepool.v1 import common_pb2, wallet_pb2, wallet_pb2_grpc
 from tests.chain.stage import mine
+from tests.waits import until
 
 from .conftest import WalletStage
 
 KALE = 10_000_000
 SUCCESS = common_pb2.TX_STATUS_SUCCESS
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    deadline = asyncio.get_running_loop().time() + 15.0
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-        await asyncio.sleep(0.02)
 
 
 async def funded_wallet(ws: WalletStage, kale: int = 0) -> str:
@@ -312,8 +305,7 @@ async def test_crash_after_record_is_reconciled_to_exactly_one(wallet: WalletSta
     request = wallet_pb2.PlantRequest(
         idempotency_key="plant:crash", farmer_address=farmer, block_index=block
     )
-    ws.closer.running.clear()  # hold the chain still
-    await asyncio.sleep(0.1)
+    await ws.closer.hold()  # the chain stands still: no close under way
     await ws.stage.faults(lose_next_sends=1)
     call = asyncio.ensure_future(ws.stub.Plant(request))
 
@@ -336,7 +328,7 @@ async def test_crash_after_record_is_reconciled_to_exactly_one(wallet: WalletSta
         await call
     assert await _pail(ws, farmer, block) is None  # nothing applied yet
 
-    ws.closer.running.set()
+    ws.closer.release()
     server = await ws.start()
     assert await asyncio.wait_for(server.reconciled, 20) == 1
     assert await row_status() == "success"

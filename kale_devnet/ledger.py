@@ -13,7 +13,7 @@ from functools import cached_property, lru_cache
 from stellar_sdk import Keypair
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet.values import address as sc_address_val
+from kale_devnet.values import address as sc_address_val
 
 LT = stellar_xdr.LedgerEntryType
 Durability = stellar_xdr.ContractDataDurability

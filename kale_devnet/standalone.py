@@ -7,9 +7,9 @@ import logging
 import signal
 from pathlib import Path
 
-from kalepool.devnet.config import DevnetConfig
-from kalepool.devnet.persist import StateFileError
-from kalepool.devnet.server import DevnetServer
+from kale_devnet.config import DevnetConfig
+from kale_devnet.persist import StateFileError
+from kale_devnet.server import DevnetServer
 
 
 async def _serve(config: DevnetConfig) -> None:

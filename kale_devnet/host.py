@@ -23,9 +23,9 @@ from nacl.signing import VerifyKey
 from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import values as v
-from kalepool.devnet.errors import ErrCode, ErrType, HostError
-from kalepool.devnet.ledger import (
+from kale_devnet import values as v
+from kale_devnet.errors import ErrCode, ErrType, HostError
+from kale_devnet.ledger import (
     Durability,
     Entry,
     StateView,

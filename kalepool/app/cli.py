@@ -213,7 +213,7 @@ def check(
 def db_migrate(ctx: typer.Context) -> None:
     """Apply pending migrations (a no-op when the schema is current)."""
     settings = settings_from(ctx)
-    from kalepool.runtime import migrate
+    from kalepool.app.maintenance import migrate
 
     with operator_errors():
         migrate(settings)
@@ -223,7 +223,7 @@ def db_migrate(ctx: typer.Context) -> None:
 def db_status(ctx: typer.Context) -> None:
     """List applied and pending migrations."""
     settings = settings_from(ctx)
-    from kalepool.runtime import show_migrations
+    from kalepool.app.maintenance import show_migrations
 
     with operator_errors():
         show_migrations(settings)
@@ -233,7 +233,7 @@ def db_status(ctx: typer.Context) -> None:
 def config_show(ctx: typer.Context) -> None:
     """Print every effective setting (secrets masked)."""
     settings = settings_from(ctx)
-    from kalepool.runtime import show_config
+    from kalepool.app.maintenance import show_config
 
     show_config(settings)
 
@@ -257,7 +257,7 @@ def mine(
     ] = None,
 ) -> None:
     """Mine one farmer's nonce: live hash rate, then the best hash (to size a machine)."""
-    from kalepool.mining import run_mine
+    from kalepool.app.mining import run_mine
 
     try:
         code = run_mine(index, entropy, farmer, seconds, threads, backend, target_zeros)
@@ -369,7 +369,13 @@ def devnet(
     ] = None,
 ) -> None:
     """Run the local Stellar RPC devnet with the KALE farm contract, until Ctrl-C."""
-    from kalepool.devnet.standalone import run_devnet
+    from kalepool.app.devnet import DevnetMissingError, require_devnet
+
+    try:
+        require_devnet()
+    except DevnetMissingError as error:
+        fail(str(error), code=1)
+    from kale_devnet.standalone import run_devnet
 
     try:
         run_devnet(host, port, ledger_seconds, block_seconds, state)

@@ -12,11 +12,11 @@ from dataclasses import replace
 
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import token_events
-from kalepool.devnet import values as v
-from kalepool.devnet.errors import ErrCode, ErrType, HostError
-from kalepool.devnet.host import Host
-from kalepool.devnet.ledger import (
+from kale_devnet import token_events
+from kale_devnet import values as v
+from kale_devnet.errors import ErrCode, ErrType, HostError
+from kale_devnet.host import Host
+from kale_devnet.ledger import (
     AUTHORIZED_FLAG,
     I64_MAX,
     Durability,

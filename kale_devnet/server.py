@@ -20,12 +20,12 @@ from typing import Any
 from aiohttp import web
 from stellar_sdk import StrKey
 
-from kalepool.devnet import persist
-from kalepool.devnet.chain import Chain, FriendbotBusy, LedgerRecord
-from kalepool.devnet.config import DevnetConfig
-from kalepool.devnet.faults import FaultInjector
-from kalepool.devnet.network import PROTOCOL_VERSION
-from kalepool.devnet.rpc import (
+from kale_devnet import persist
+from kale_devnet.chain import Chain, FriendbotBusy, LedgerRecord
+from kale_devnet.config import DevnetConfig
+from kale_devnet.faults import FaultInjector
+from kale_devnet.network import PROTOCOL_VERSION
+from kale_devnet.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kale_devnet.faults import FaultConfig
 from kalepool import protocol
-from kalepool.devnet.faults import FaultConfig
 
 XLM = 10_000_000  # stroops
 

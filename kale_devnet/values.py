@@ -12,7 +12,7 @@ from typing import Any, cast
 from stellar_sdk import Address, scval
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet.errors import ErrCode, ErrType, HostError, sc_error_display
+from kale_devnet.errors import ErrCode, ErrType, HostError, sc_error_display
 
 T = stellar_xdr.SCValType
 

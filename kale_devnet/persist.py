@@ -15,10 +15,10 @@ from typing import Any
 
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import txn
-from kalepool.devnet.chain import Chain, EventRecord, LedgerRecord, TxRecord
-from kalepool.devnet.config import DevnetConfig
-from kalepool.devnet.ledger import Entry, is_temporary, key_of
+from kale_devnet import txn
+from kale_devnet.chain import Chain, EventRecord, LedgerRecord, TxRecord
+from kale_devnet.config import DevnetConfig
+from kale_devnet.ledger import Entry, is_temporary, key_of
 
 FORMAT = "kale-pool-devnet-state"
 VERSION = 1

@@ -1,8 +1,8 @@
-"""The inspection commands' work: `check`, `db migrate`, `db status`, `config show`.
+"""The maintenance commands' work: `db migrate`, `db status`, `config show`.
 
-The database is found as every process finds it (``DATABASE_URL`` or the embedded server
-in the data directory). `kale-pool up` and `status` live in `kalepool.app` (the stack
-and its supervisor).
+They read the database and the settings directly, not through the pool's API. The
+database is found as every process finds it (``DATABASE_URL`` or the embedded server in
+the data directory).
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ from nacl.signing import VerifyKey
 from stellar_sdk import Asset, StrKey
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import classic, soroban
-from kalepool.devnet import values as v
-from kalepool.devnet.host import AuthMode, Footprint, LedgerInfo, contract_event
-from kalepool.devnet.ledger import StateView, load_account, store_account
+from kale_devnet import classic, soroban
+from kale_devnet import values as v
+from kale_devnet.host import AuthMode, Footprint, LedgerInfo, contract_event
+from kale_devnet.ledger import StateView, load_account, store_account
 
 TRC = stellar_xdr.TransactionResultCode
 OT = stellar_xdr.OperationType

@@ -22,8 +22,8 @@ from functools import lru_cache
 from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import values as v
-from kalepool.devnet.host import contract_event
+from kale_devnet import values as v
+from kale_devnet.host import contract_event
 
 Topics = list[stellar_xdr.SCVal]
 

@@ -14,26 +14,12 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
-from stellar_sdk import Address
 
 import miner_ext
+from kalepool.protocol import farmer_key
 
 # How often the live line is redrawn.
 REFRESH_SECONDS = 0.25
-
-
-def farmer_key(address: str) -> bytes:
-    """The 32 bytes the work hash binds: a G... account's public key or a C... contract's id.
-
-    These are the last 32 bytes of the farmer's `Address` XDR (see the protocol notes).
-    """
-    address = address.strip()
-    if not address.startswith(("G", "C")):
-        raise ValueError("farmer must be a G... account or a C... contract address")
-    try:
-        return bytes(Address(address).key)
-    except ValueError as error:
-        raise ValueError(f"farmer {address!r} is not a valid address: {error}") from None
 
 
 def parse_entropy(text: str) -> bytes:

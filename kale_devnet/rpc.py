@@ -8,16 +8,23 @@ import bisect
 import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any
 
 from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool import __version__
-from kalepool.devnet.chain import Chain, EventRecord, TxRecord, event_id
-from kalepool.devnet.ledger import LT
-from kalepool.devnet.network import PROTOCOL_VERSION
-from kalepool.devnet.txn import EnvelopeError
+from kale_devnet.chain import Chain, EventRecord, TxRecord, event_id
+from kale_devnet.ledger import LT
+from kale_devnet.network import PROTOCOL_VERSION
+from kale_devnet.txn import EnvelopeError
+
+# The distribution's version, read from its metadata: importing `kalepool` for its
+# `__version__` would cross the devnet's wall (it may import protocol math only).
+try:
+    VERSION = metadata.version("kale-pool")
+except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    VERSION = "unknown"
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -152,7 +159,7 @@ class RpcService:
 
     def get_version_info(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
-            "version": f"kale-pool-devnet {__version__}",
+            "version": f"kale-pool-devnet {VERSION}",
             "commitHash": "",
             "buildTimestamp": "",
             "captiveCoreVersion": "none (kale-pool devnet)",

@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 
 from stellar_sdk import xdr as stellar_xdr
 
+from kale_devnet import values as v
+from kale_devnet.errors import ErrCode, ErrType, HostError
+from kale_devnet.host import COST_KECCAK, WEEK_OF_LEDGERS, Host
+from kale_devnet.ledger import Durability
 from kalepool import protocol
-from kalepool.devnet import values as v
-from kalepool.devnet.errors import ErrCode, ErrType, HostError
-from kalepool.devnet.host import COST_KECCAK, WEEK_OF_LEDGERS, Host
-from kalepool.devnet.ledger import Durability
 from kalepool.protocol import FarmError
 
 U32_MAX = protocol.U32_MAX

@@ -18,12 +18,12 @@ from typing import Any
 from stellar_sdk import Account, Asset, TransactionBuilder
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import classic, farm, sac, soroban, txn
-from kalepool.devnet import values as v
-from kalepool.devnet.config import DevnetConfig
-from kalepool.devnet.errors import HostError
-from kalepool.devnet.host import AuthMode, LedgerInfo
-from kalepool.devnet.ledger import (
+from kale_devnet import classic, farm, sac, soroban, txn
+from kale_devnet import values as v
+from kale_devnet.config import DevnetConfig
+from kale_devnet.errors import HostError
+from kale_devnet.host import AuthMode, LedgerInfo
+from kale_devnet.ledger import (
     AccountRec,
     Entry,
     LedgerState,
@@ -34,7 +34,7 @@ from kalepool.devnet.ledger import (
     load_trustline,
     store_account,
 )
-from kalepool.devnet.network import (
+from kale_devnet.network import (
     FARM_WASM,
     FRIENDBOT_CHANNELS,
     PROTOCOL_VERSION,

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import values as v
-from kalepool.devnet.errors import ErrCode, ErrType, HostError
-from kalepool.devnet.host import AuthMode, ContractRuntime, Footprint, Host, LedgerInfo
-from kalepool.devnet.ledger import StateView
+from kale_devnet import values as v
+from kale_devnet.errors import ErrCode, ErrType, HostError
+from kale_devnet.host import AuthMode, ContractRuntime, Footprint, Host, LedgerInfo
+from kale_devnet.ledger import StateView
 
 # Resource prices (stroops), in the range mainnet charges.
 FEE_PER_10K_INSTRUCTIONS = 25

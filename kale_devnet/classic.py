@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
-from kalepool.devnet import token_events
-from kalepool.devnet.ledger import (
+from kale_devnet import token_events
+from kale_devnet.ledger import (
     AUTHORIZED_FLAG,
     I64_MAX,
     AccountRec,
