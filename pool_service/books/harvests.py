@@ -152,7 +152,7 @@ class HarvestStore:
     ) -> HarvestRow | None:
         """Record one harvest attempt; None when its success (or this failed transaction)
         is already recorded. The ledger credit of a success follows by trigger.
-        `observed_on_chain`: the chain follower saw it (the pool did not make it)."""
+        `observed_on_chain`: the chain follower records it from the chain."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",

@@ -12,8 +12,10 @@
 --                                transactions); each keeps tx_hash and ledger itself
 --                                (tx_hash filled from the wallet's row where missing)
 --   harvests.observed_on_chain   the chain follower recorded this harvest from the chain
---                                (the pool did not make it through the wallet): what
---                                "transaction_id IS NULL" told the follower before
+--                                (someone else made it, or the follower read it before
+--                                the wallet's answer was recorded); false: recorded from
+--                                the wallet's answer, the pool's own harvest, which is
+--                                what "transaction_id IS NOT NULL" told the follower
 --   balance_ledger.tx_hash       the hash of the wallet transaction an entry from before
 --                                0007 references; transaction_id stays as that entry's
 --                                history, no longer a foreign key, and no new entry may
