@@ -13,12 +13,14 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from kalepool.db import resolve_conninfo
-from kalepool.db.migrate import apply_migrations
+from kalepool.db.migrate import MigrationError, apply_migrations
+from kalepool.db.roles import DbRole
 from kalepool.logs import configure_logging
 from kalepool.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 ServiceStarter = Callable[[Settings, str, contextlib.AsyncExitStack], Awaitable[object]]
-"""Starts one service on the database ``conninfo``, stopping it when the stack closes."""
+"""Starts one service on the database ``conninfo`` (its role's), stopping it when the
+stack closes."""
 
 
 class StartupError(Exception):
@@ -55,19 +57,32 @@ def serve_metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> str:
     return f"http://{settings.metrics_host}:{server.server_port}/metrics"
 
 
-async def open_database(settings: Settings) -> str:
-    """The deployment's database, migrated (replicas starting together are safe:
-    migrations take an advisory lock)."""
-    conninfo = await asyncio.to_thread(resolve_conninfo, settings)
+async def open_database(settings: Settings, role: DbRole) -> str:
+    """The deployment's database, migrated; the conninfo the service runs on.
+
+    Pending migrations are applied with this process's credentials (replicas starting
+    together are safe: migrations take an advisory lock): the embedded server's
+    migrator, or whoever ``DATABASE_URL`` names. A service role may apply none, so with
+    its own credentials a service starts only on a current schema (migrated first by
+    `kale-pool db migrate` or the deployment's migration job). The service then runs as
+    ``role`` on the embedded server, as ``DATABASE_URL`` names otherwise.
+    """
+    migrator = await asyncio.to_thread(resolve_conninfo, settings)
+    assert migrator is not None
+    try:
+        await asyncio.to_thread(apply_migrations, migrator)
+    except MigrationError as error:
+        raise StartupError(str(error)) from None
+    conninfo = await asyncio.to_thread(resolve_conninfo, settings, role=role)
     assert conninfo is not None
-    await asyncio.to_thread(apply_migrations, conninfo)
     return conninfo
 
 
-async def serve(settings: Settings, start: ServiceStarter) -> None:
-    """Run one service with its metrics endpoint until SIGINT or SIGTERM."""
+async def serve(settings: Settings, start: ServiceStarter, role: DbRole) -> None:
+    """Run one service (as its database ``role``) with its metrics endpoint until SIGINT
+    or SIGTERM."""
     settings.layout().ensure()
-    conninfo = await open_database(settings)
+    conninfo = await open_database(settings, role)
     async with contextlib.AsyncExitStack() as stack:
         try:
             await start(settings, conninfo, stack)
@@ -87,11 +102,13 @@ def run_service(
     name: str,
     start: ServiceStarter,
     *,
+    role: DbRole,
     preflight: Callable[[Settings], object] | None = None,
     operator_errors: tuple[type[Exception], ...] = (),
 ) -> int:
     """`python -m <service>`: settings from the environment, one line and exit 2 on a
-    bad setting or any of ``operator_errors``, 0 after a clean stop. ``preflight``
+    bad setting or any of ``operator_errors``, 0 after a clean stop. ``role``: the
+    database role the service runs as on the embedded server. ``preflight``
     checks what can be checked before anything starts (a master key, say)."""
     try:
         settings = load_settings()
@@ -113,7 +130,7 @@ def run_service(
     try:
         if preflight is not None:
             preflight(settings)
-        asyncio.run(serve(settings, start))
+        asyncio.run(serve(settings, start, role))
     except known as error:
         print(f"{name}: {error}", file=sys.stderr)
         return 2

@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("KALE_POOL_DATABASE_URL", "DATABASE_URL"),
-        description="PostgreSQL URL; unset means the embedded server in the data directory.",
+        description=(
+            "This process's PostgreSQL URL (its own role's credentials); unset means the"
+            " embedded server in the data directory."
+        ),
     )
     db_pool_size: int = Field(20, ge=1, le=500, description="Database connections per process.")
     db_timeout_seconds: float = Field(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
+from kalepool.db.roles import POOL
 from kalepool.serving import run_service
 from pool_service.server import start_pool_for
 
 
 def main() -> int:
-    return run_service("pool service", start_pool_for)
+    return run_service("pool service", start_pool_for, role=POOL)
 
 
 if __name__ == "__main__":

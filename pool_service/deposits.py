@@ -332,6 +332,7 @@ class ChainFollower:
             reward=reward,
             tx_hash=event.tx_hash,
             ledger=event.ledger,
+            observed_on_chain=True,
         )
         if row is not None:
             log.info(

@@ -17,6 +17,7 @@ import psycopg
 
 from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.db.reads import Pool, open_pool
+from kalepool.db.roles import POOL
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
 from kalepool.tls import (
@@ -117,6 +118,7 @@ async def start_pool_server(
     stack = AsyncExitStack()
     pool = await open_pool(
         conninfo,
+        role=POOL,
         max_size=pool_size or settings.db_pool_size,
         statement_timeout_seconds=settings.db_timeout_seconds,
     )

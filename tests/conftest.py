@@ -9,9 +9,14 @@ One real PostgreSQL serves the whole session:
   there is one with room: much faster database copies) and removed at the end;
 * when ``TEST_DATABASE_URL`` is set, that server instead. The URL names a
   database to connect to for administration (``postgres`` is fine); its user
-  needs CREATEDB. Every database the session creates is called
-  ``kp_test_<session id>_<n>`` and dropped at the end, so a shared server is
-  left as it was found.
+  needs CREATEDB and CREATEROLE. Every database the session creates is called
+  ``kp_test_<session id>_<n>`` and dropped at the end, as are the session's login
+  roles (`tests.dbkit`), so a shared server is left as it was found (but for the
+  service roles themselves, created once).
+
+The migrations run as the server's administrator: the owner, as in production. The
+services under test connect as their own roles (`tests.dbkit.service_conninfo`), so
+every service and end-to-end test also proves that their grants suffice.
 
 Fixtures:
 
@@ -24,7 +29,8 @@ Fixtures:
     fresh database" path on whichever server the session uses.
 ``db_conninfo`` (function)
     conninfo of a fresh, fully migrated database owned by one test: a
-    ``CREATE DATABASE ... TEMPLATE`` copy, which takes milliseconds.
+    ``CREATE DATABASE ... TEMPLATE`` copy, which takes milliseconds. As the owner,
+    seeing every schema by name.
 ``db`` (function)
     an autocommit psycopg connection to ``db_conninfo``.
 ``empty_db_conninfo`` (function)
@@ -48,6 +54,8 @@ from psycopg.conninfo import make_conninfo
 
 from kalepool.db.embedded import start_embedded
 from kalepool.db.migrate import apply_migrations
+from kalepool.db.roles import ensure_roles
+from tests.dbkit import create_logins, drop_logins, owner_view
 
 
 class PgServer:
@@ -100,10 +108,13 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         server = PgServer(url)
+        ensure_roles(url, login=False)
+        create_logins(url, server.prefix)
         try:
             yield server
         finally:
             server.drop_all()
+            drop_logins(url)
         return
     scratch = _scratch_dir(tmp_path_factory)
     embedded = start_embedded(scratch / "postgres")
@@ -141,7 +152,7 @@ def migrated_template(pg_server: PgServer) -> str:
 def db_conninfo(pg_server: PgServer, migrated_template: str) -> Iterator[str]:
     """A fresh, fully migrated database for one test."""
     name = pg_server.create_database(template=migrated_template)
-    yield pg_server.conninfo(name)
+    yield owner_view(pg_server.conninfo(name))
     pg_server.drop_database(name)
 
 

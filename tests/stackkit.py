@@ -21,6 +21,7 @@ from kalepool.app.probes import port_taken, split_address
 from kalepool.app.runstate import RunState
 from kalepool.db.embedded import embedded_running
 from kalepool.settings import Settings
+from tests.dbkit import owner_view
 
 KALE_POOL = shutil.which("kale-pool", path=str(Path(sys.executable).parent))
 
@@ -108,8 +109,8 @@ async def nothing_left(state: RunState, data: Path, *, database: bool = True) ->
 
 
 def rows(conninfo: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every row of a query on the stack's database."""
-    with psycopg.connect(conninfo) as conn:
+    """Every row of a query on the stack's database (as the owner, every schema by name)."""
+    with psycopg.connect(owner_view(conninfo)) as conn:
         return list(conn.execute(query, params).fetchall())
 
 

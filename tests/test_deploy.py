@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kalepool.db.roles import POOL, ROLES, WALLET
 from kalepool.settings import DataLayout, Settings, load_settings
 from kalepool.tls import POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki
 
@@ -34,8 +35,19 @@ DOC = ROOT / "docs" / "deploy.md"
 #: Secrets the operator creates by hand (docs/deploy.md says how); never in manifests.
 OPERATOR_SECRETS = {
     "kale-pool-master-key",
+    "kale-pool-db-wallet",
+    "kale-pool-db-pool",
+    "kale-pool-db-auditor",
     "pooler-1-api-key",
     "pooler-1-channel-secrets",
+}
+
+#: The Secret whose `uri` is each process's DATABASE_URL: one set of credentials each,
+#: the owner's (CloudNativePG's application Secret) for the migrations alone.
+DATABASE_SECRETS = {
+    "kale-pool-migrate": "kale-pool-db-app",
+    "wallet-service": "kale-pool-db-wallet",
+    "pool-service": "kale-pool-db-pool",
 }
 
 #: Settings that hold secrets: never a literal value in a manifest.
@@ -66,8 +78,22 @@ def _setting_env_names() -> set[str]:
 
 
 def _containers(deployment: Doc) -> list[Doc]:
-    """A Deployment's containers (none in an overlay's partial patch)."""
+    """A Deployment's or Job's containers (none in an overlay's partial patch)."""
     return list(deployment["spec"].get("template", {}).get("spec", {}).get("containers", []))
+
+
+def _workloads(docs: list[Doc]) -> dict[str, Doc]:
+    """Everything that runs pods: the Deployments and the Jobs."""
+    return _of_kind(docs, "Deployment") | _of_kind(docs, "Job")
+
+
+def _database_secret(workload: Doc) -> str | None:
+    """The Secret a workload's DATABASE_URL comes from (None: it has no database)."""
+    for container in _containers(workload):
+        for var in container.get("env", []):
+            if var["name"] == "DATABASE_URL":
+                return str(var["valueFrom"]["secretKeyRef"]["name"])
+    return None
 
 
 def _pod_labels(deployment: Doc) -> dict[str, str]:
@@ -183,7 +209,7 @@ def test_referenced_secrets_and_configmaps_are_defined_or_documented(
     configmaps = _of_kind(docs, "ConfigMap")
     defined = _defined_secrets(docs)
     doc_text = DOC.read_text()
-    for name, deployment in _of_kind(docs, "Deployment").items():
+    for name, deployment in _workloads(docs).items():
         for container in _containers(deployment):
             for source in container.get("envFrom", []):
                 assert source["configMapRef"]["name"] in configmaps, name
@@ -201,7 +227,7 @@ def test_every_environment_variable_is_a_real_setting() -> None:
         for configmap in _of_kind(docs, "ConfigMap").values():
             unknown = set(configmap.get("data", {})) - known
             assert not unknown, f"{directory.name}: {configmap['metadata']['name']}: {unknown}"
-        for deployment in _of_kind(docs, "Deployment").values():
+        for deployment in _workloads(docs).values():
             for container in _containers(deployment):
                 unknown = {v["name"] for v in container.get("env", [])} - known
                 assert not unknown, f"{directory.name}: {unknown}"
@@ -222,7 +248,7 @@ def test_no_secret_value_is_written_in_a_manifest() -> None:
             assert doc.get("kind") != "Secret", f"{path}: Secrets are created by hand"
             if doc.get("kind") == "ConfigMap":
                 assert not set(doc.get("data", {})) & secret_envs, path
-            if doc.get("kind") == "Deployment":
+            if doc.get("kind") in ("Deployment", "Job"):
                 for container in _containers(doc):
                     for var in container.get("env", []):
                         if var["name"] in secret_envs:
@@ -329,14 +355,14 @@ def test_the_master_key_is_a_mounted_file_and_the_wallet_sees_no_other_secret() 
     assert sources[path] == "kale-pool-master-key"
     assert _secret_refs(wallet) == {
         "kale-pool-master-key",
-        "kale-pool-db-app",
+        "kale-pool-db-wallet",
         "wallet-service-tls",
     }
 
 
 def test_containers_run_unprivileged() -> None:
     for directory in (BASE, POOLER):
-        for name, deployment in _of_kind(_docs(directory), "Deployment").items():
+        for name, deployment in _workloads(_docs(directory)).items():
             pod = deployment["spec"]["template"]["spec"]
             assert pod["securityContext"]["runAsNonRoot"] is True, name
             assert pod["automountServiceAccountToken"] is False, name
@@ -355,7 +381,7 @@ def test_containers_run_unprivileged() -> None:
 def test_network_policies_select_real_pods() -> None:
     docs = _docs(BASE)
     deployments = _of_kind(docs, "Deployment")
-    pods = {name: _pod_labels(d) for name, d in deployments.items()}
+    pods = {name: _pod_labels(d) for name, d in _workloads(docs).items()}
     pods |= {name: {"cnpg.io/cluster": name} for name in _of_kind(docs, "Cluster")}
 
     def selected(selector: Doc) -> set[str]:
@@ -375,10 +401,59 @@ def test_network_policies_select_real_pods() -> None:
                     for target in targets:
                         allowed.setdefault(target, set()).update(peers)
     assert allowed["wallet-service"] == {"pool-service"}
-    assert allowed["kale-pool-db"] == {"pool-service", "wallet-service", "kale-pool-db"}
+    assert allowed["kale-pool-db"] == {
+        "pool-service",
+        "wallet-service",
+        "kale-pool-migrate",
+        "kale-pool-db",
+    }
     (wallet,) = _containers(deployments["wallet-service"])
     wallet_rule = policies["wallet-service-ingress"]["spec"]["ingress"][0]
     assert [p["port"] for p in wallet_rule["ports"]] == [wallet["ports"][0]["containerPort"]]
+
+
+# --- database credentials -----------------------------------------------------------
+
+
+def test_each_process_connects_with_credentials_of_its_own() -> None:
+    """The migrations run as the owner; each service as its own role (docs/database.md),
+    never the owner's; no two workloads share a DATABASE_URL."""
+    workloads = _workloads(_docs(BASE))
+    used = {
+        name: secret
+        for name, workload in workloads.items()
+        if (secret := _database_secret(workload)) is not None
+    }
+    assert used == DATABASE_SECRETS
+    assert len(set(used.values())) == len(used)
+
+
+def test_the_cluster_makes_the_roles_the_grants_name() -> None:
+    """CloudNativePG creates each role the migrations grant to, its password from the
+    operator's Secret, and that Secret is what the role's service connects with."""
+    cluster = _of_kind(_docs(BASE), "Cluster")["kale-pool-db"]["spec"]
+    managed = {r["name"]: r for r in cluster["managed"]["roles"]}
+    assert set(managed) == {role.name for role in ROLES}
+    for role in managed.values():
+        assert role["ensure"] == "present" and role["login"] is True
+        assert role["passwordSecret"]["name"] in OPERATOR_SECRETS
+        for power in ("superuser", "createdb", "createrole", "replication", "bypassrls"):
+            assert not role.get(power, False), (role["name"], power)
+    assert managed[WALLET.name]["passwordSecret"]["name"] == DATABASE_SECRETS["wallet-service"]
+    assert managed[POOL.name]["passwordSecret"]["name"] == DATABASE_SECRETS["pool-service"]
+    assert cluster["bootstrap"]["initdb"]["owner"] not in managed  # the migrator is apart
+    doc_text = DOC.read_text()
+    for secret in ("kale-pool-db-wallet", "kale-pool-db-pool", "kale-pool-db-auditor"):
+        assert f"`{secret}`" in doc_text, f"docs/deploy.md does not explain {secret}"
+
+
+def test_the_migration_job_migrates_before_the_services_need_it() -> None:
+    job = _of_kind(_docs(BASE), "Job")["kale-pool-migrate"]
+    (container,) = _containers(job)
+    assert container["command"] == ["kale-pool", "db", "migrate"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert "migrate.yaml" in kustomization["resources"]
 
 
 # --- overlays -------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from kalepool.db.roles import POOL, WALLET
 from kalepool.tls import DevPki, ensure_dev_identities
+from tests.dbkit import service_conninfo
 
 
 def run_module(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -71,7 +73,7 @@ def test_an_unreachable_chain_is_one_line(env: dict[str, str], db_conninfo: str)
         "wallet_service",
         {
             **env,
-            "DATABASE_URL": db_conninfo,
+            "DATABASE_URL": service_conninfo(db_conninfo, WALLET),
             "KALE_POOL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
             "KALE_POOL_DEVNET_PORT": "1",  # nothing listens there
             "KALE_POOL_WALLET_LISTEN": "127.0.0.1:0",
@@ -103,7 +105,7 @@ async def test_a_taken_port_is_one_line_naming_the_setting(
                 "pool_service",
                 {
                     **env,
-                    "DATABASE_URL": db_conninfo,
+                    "DATABASE_URL": service_conninfo(db_conninfo, POOL),
                     "KALE_POOL_RPC_URL": devnet.url,
                     "KALE_POOL_POOL_LISTEN": f"127.0.0.1:{port}",
                     "KALE_POOL_METRICS_PORT": "0",
@@ -129,3 +131,23 @@ def test_missing_certificates_are_one_line_naming_them(
     for name in ("ca.pem", "pool-service.pem", "pool-service-key.pem", "pool-client.pem"):
         assert name in last
     assert not (Path(bare_env["KALE_POOL_DATA_DIR"]) / "certs" / "ca-key.pem").exists()
+
+
+def test_a_service_role_on_an_unmigrated_database_is_one_line(
+    env: dict[str, str], empty_db_conninfo: str
+) -> None:
+    """With its own credentials a service may not migrate: it says who may, and stops."""
+    result = run_module(
+        "pool_service",
+        {
+            **env,
+            "DATABASE_URL": service_conninfo(empty_db_conninfo, POOL),
+            "KALE_POOL_POOL_LISTEN": "127.0.0.1:0",
+            "KALE_POOL_METRICS_PORT": "0",
+        },
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pool service: the migration history: this database role may not")
+    assert "kale-pool db migrate" in last

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from kalepool.db.roles import WALLET
 from kalepool.serving import run_service
 from wallet_service.keystore import MasterKeyError, load_keyring
 from wallet_service.server import start_wallet_for
@@ -14,6 +15,7 @@ def main() -> int:
     return run_service(
         "wallet service",
         start_wallet_for,
+        role=WALLET,
         preflight=load_keyring,
         operator_errors=(MasterKeyError,),
     )

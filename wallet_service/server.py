@@ -16,6 +16,7 @@ import psycopg
 
 from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.db.reads import Pool, open_pool
+from kalepool.db.roles import WALLET
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, CertificateFiles, Identity
@@ -73,7 +74,10 @@ async def start_wallet_server(
     """
     stack = AsyncExitStack()
     pool = await open_pool(
-        conninfo, max_size=pool_size, statement_timeout_seconds=statement_timeout_seconds
+        conninfo,
+        role=WALLET,
+        max_size=pool_size,
+        statement_timeout_seconds=statement_timeout_seconds,
     )
     stack.push_async_callback(pool.close)
     service = WalletService(Store(pool), keyring, chain)

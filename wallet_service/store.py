@@ -243,7 +243,8 @@ class Store:
         block_index: int | None,
         amount: int | None,
     ) -> UUID:
-        """Store a signed envelope before it is sent; links the farmer holding the key.
+        """Store a signed envelope before it is sent; links the owner of the signing
+        wallet (a farmer id) when the source is one of the wallet's accounts.
 
         Raises :class:`Taken` when another process stored a live transaction for the key
         (or the account's sequence number) first: the caller then sends nothing.
@@ -254,7 +255,8 @@ class Store:
                     "INSERT INTO transactions (idempotency_key, kind, farmer_id, block_index,"
                     " source_account, sequence_number, min_time, max_time, amount, envelope_xdr,"
                     " tx_hash, request_digest)"
-                    " VALUES (%s, %s, (SELECT id FROM farmers WHERE custodial_public_key = %s),"
+                    " VALUES (%s, %s,"
+                    " (SELECT owner_id FROM custodial_wallets WHERE public_key = %s),"
                     " %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                     (
                         key,

@@ -26,7 +26,8 @@ themselves and not with the chain. This module compares the books with the chain
 A difference is a line naming what disagrees; anything that will settle by itself
 (the reconciler, the harvest loop and the deposit follower drive it) is "in flight"
 and named as such, but is not a difference. The check reads the database as the
-operator (every schema) and the chain through the RPC; it writes nothing.
+operator (both services' schemas: the auditor role, or the owner) and the chain through
+the RPC; it writes nothing.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from kalepool.chain import (
 from kalepool.chain.config import redact_url
 from kalepool.chain.farm_state import get_entries, trustline_key
 from kalepool.db.consistency import check_consistency
+from kalepool.db.roles import AUDITOR, with_schemas
 from kalepool.settings import Network, Settings
 from wallet_service.store import kind_label, kind_of_label
 
@@ -533,6 +535,7 @@ async def audit_books(conninfo: str, chain: ChainClient | None, *, blocks: int =
     farmer's pail in each is read).
     """
     report = BooksReport()
+    conninfo = with_schemas(conninfo, AUDITOR.schemas)
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         # The database's own proof of derived state, from a plain connection.
         with psycopg.connect(conninfo, autocommit=True) as sync_conn:
@@ -631,7 +634,7 @@ async def check_books(
     if offline:
         return await audit_books(conninfo, None)
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
-        cur = await conn.execute("SELECT NOT EXISTS (SELECT 1 FROM custodial_wallets)")
+        cur = await conn.execute("SELECT NOT EXISTS (SELECT 1 FROM wallet.custodial_wallets)")
         row = await cur.fetchone()
     if row is not None and row[0]:
         report = await audit_books(conninfo, None)

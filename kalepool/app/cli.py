@@ -194,9 +194,11 @@ def check(
 
     from kalepool.app.books import ChainUnreachableError, check_books, print_report
     from kalepool.db import resolve_conninfo
+    from kalepool.db.roles import AUDITOR
 
     with operator_errors():
-        conninfo = resolve_conninfo(settings)
+        # The auditor on the embedded server: reads both services' rows, writes nothing.
+        conninfo = resolve_conninfo(settings, role=AUDITOR)
         assert conninfo is not None
         try:
             report = asyncio.run(check_books(settings, conninfo, blocks=blocks, offline=offline))

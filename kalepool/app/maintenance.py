@@ -14,6 +14,7 @@ from rich.table import Table
 
 from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import apply_migrations, migration_status
+from kalepool.db.roles import grant_roles
 from kalepool.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger("kalepool")
@@ -21,7 +22,8 @@ console = Console(stderr=True)
 
 
 def migrate(settings: Settings) -> None:
-    """Apply pending migrations and say what was applied."""
+    """Apply pending migrations as the migrator, grant the services' roles what they need
+    (roles created since the last run get their grants now), and say what was done."""
     conninfo = resolve_conninfo(settings)
     assert conninfo is not None
     applied = apply_migrations(conninfo)
@@ -30,6 +32,9 @@ def migrate(settings: Settings) -> None:
             console.print(f"applied {migration.version:04d} {migration.name}")
     else:
         console.print("schema is current: nothing to apply")
+    granted = grant_roles(conninfo)
+    if granted:
+        console.print(f"granted the roles {', '.join(granted)} their privileges")
 
 
 def show_migrations(settings: Settings) -> None:

@@ -12,10 +12,12 @@ to the pool over mutual TLS exactly as a remote mining machine does.
 Each part gets its settings in its environment (`KALE_POOL_*`, `DATABASE_URL`): every
 effective setting but the secrets, and of those only the ones it uses (`PART_SECRETS`:
 the master key to the wallet alone, the database to the wallet and the pool, nothing
-secret to the devnet). Each writes its output to `<data dir>/logs/<name>.log`. Where
-everything listens goes to the run state file (`kalepool.app.runstate`) for the other
-commands. Ctrl-C stops the poolers, then the pool, the wallet and the devnet; a part
-that stops by itself stops everything with exit code 1.
+secret to the devnet). On the embedded server the wallet and the pool each connect as
+a database role of their own (`kalepool.db.roles`); `up` migrates as the migrator. Each
+writes its output to `<data dir>/logs/<name>.log`. Where everything listens goes to the
+run state file (`kalepool.app.runstate`) for the other commands. Ctrl-C stops the
+poolers, then the pool, the wallet and the devnet; a part that stops by itself stops
+everything with exit code 1.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from kalepool.app.view import make_view
 from kalepool.chain import ChainClient, ChainConfig, ChainError, resolve_chain_config
 from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import apply_migrations
+from kalepool.db.roles import POOL, WALLET, DbRole, as_role
 from kalepool.settings import ENV_PREFIX, Network, Settings, devnet_rpc_url
 from kalepool.tls import (
     OPERATOR,
@@ -72,6 +75,9 @@ PART_SECRETS: dict[str, frozenset[str]] = {
     # accounts come from its pooler.env, never from the supervisor's settings.
     "pooler": frozenset(),
 }
+# The database role each part that uses the database connects as on the embedded server
+# (a `DATABASE_URL` the operator set is given to both as it is: one URL, one role).
+PART_DB_ROLES: dict[str, DbRole] = {"wallet": WALLET, "pool": POOL}
 # Settings a part gets a value of its own for instead: a pooler's data directory is its
 # bundle.
 _PART_OWN: dict[str, tuple[str, ...]] = {"pooler": ("data_dir",)}
@@ -166,13 +172,14 @@ def part_env(settings: Settings, role: str, *, conninfo: str = "") -> dict[str, 
     """The environment of one part of the stack (``role``: devnet, wallet, pool, pooler):
     `base_env()` and the effective settings, less every secret it has no use for
     (`PART_SECRETS`). A part that uses the database gets ``conninfo`` (the embedded
-    server this run started) when `DATABASE_URL` is not set."""
+    server this run started) as its own role (`PART_DB_ROLES`) when `DATABASE_URL` is
+    not set."""
     allowed = PART_SECRETS[role]
     withheld = tuple(sorted(secret_settings() - allowed)) + _PART_OWN.get(role, ())
     env = base_env()
     env.update(settings_env(settings, withheld))
     if "database_url" in allowed and settings.database_url is None and conninfo:
-        env["DATABASE_URL"] = conninfo
+        env["DATABASE_URL"] = as_role(conninfo, PART_DB_ROLES[role])
     return env
 
 

@@ -4,6 +4,7 @@
   ``apply_migrations(conninfo)`` and ``migration_status(conninfo)``;
 - :mod:`kalepool.db.embedded`: the embedded server used when no ``DATABASE_URL``
   is set;
+- :mod:`kalepool.db.roles`: the services' database roles and the schemas each sees;
 - :mod:`kalepool.db.consistency`: ``check_consistency(conn)`` proves derived state
   agrees with the event tables, ``rebuild_derived_state(conn)`` repairs it.
 
@@ -16,16 +17,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from kalepool.db.roles import DbRole
     from kalepool.settings import Settings
 
 
-def resolve_conninfo(settings: Settings, *, start: bool = True) -> str | None:
-    """The database every process of a deployment uses: ``DATABASE_URL`` when set,
-    else the embedded server in the data directory (started on demand).
+def resolve_conninfo(
+    settings: Settings, *, start: bool = True, role: DbRole | None = None
+) -> str | None:
+    """The database this process uses: ``DATABASE_URL`` when set (whoever it names),
+    else the embedded server in the data directory (started on demand), as its
+    superuser, the migrator, or as ``role`` when one is given.
 
-    With ``start=False`` an embedded server that is not already running gives None,
-    so inspection commands never start one behind the operator's back. The embedded
-    server stays up while this process (or any other holder) runs.
+    One URL is one set of credentials: a deployment gives each process its own
+    ``DATABASE_URL`` (the migrator's, a service's, the auditor's); a single URL shared
+    by every process connects each as that one role. With ``start=False`` an embedded
+    server that is not already running gives None, so inspection commands never start
+    one behind the operator's back. The embedded server stays up while this process
+    (or any other holder) runs.
     """
     from kalepool.db.embedded import embedded_conninfo, embedded_running
 
@@ -35,4 +43,4 @@ def resolve_conninfo(settings: Settings, *, start: bool = True) -> str | None:
     if not start and not embedded_running(layout.postgres):
         return None
     layout.ensure()
-    return embedded_conninfo(layout.postgres)
+    return embedded_conninfo(layout.postgres, role=role)

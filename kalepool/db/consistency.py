@@ -1,9 +1,10 @@
 """Prove that derived state (balances, counters, block totals) agrees with the events.
 
-The work is done in SQL (``consistency_problems()`` and ``rebuild_derived_state()``,
-migration 0005; ``payout_problems()``, migration 0008) so the database is the one
-home of the rules; these wrappers
-give the services and `kale-pool check` a typed call.
+The work is done in SQL, each service's in its own schema (``pool.consistency_problems()``
+and ``pool.rebuild_derived_state()``, migration 0005; ``pool.payout_problems()``, 0008;
+``wallet.transaction_problems()``, 0012) so the database is the one home of the rules;
+these wrappers give `kale-pool check` (as the owner or the auditor, who may read both
+services' rows) and the tests a typed call.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ def check_consistency(conn: psycopg.Connection[Any]) -> list[str]:
     Read-only. Each problem is one human-readable line naming the row at fault.
     """
     rows = conn.execute(
-        "SELECT problem FROM consistency_problems() AS problem"
-        " UNION ALL SELECT problem FROM payout_problems() AS problem"
+        "SELECT problem FROM pool.consistency_problems() AS problem"
+        " UNION ALL SELECT problem FROM wallet.transaction_problems() AS problem"
+        " UNION ALL SELECT problem FROM pool.payout_problems() AS problem"
     ).fetchall()
     return [str(row[0]) for row in rows]
 
@@ -33,6 +35,6 @@ def rebuild_derived_state(conn: psycopg.Connection[Any]) -> int:
     are missing are added, then balances, counters and block totals rewritten.
     """
     with conn.transaction():
-        row = conn.execute("SELECT rebuild_derived_state()").fetchone()
+        row = conn.execute("SELECT pool.rebuild_derived_state()").fetchone()
     assert row is not None
     return int(row[0])

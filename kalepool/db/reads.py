@@ -22,6 +22,8 @@ from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import AsyncRowFactory, RowMaker, no_result
 from psycopg_pool import AsyncConnectionPool
 
+from kalepool.db.roles import DbRole
+
 T = TypeVar("T")
 
 Query = str | bytes | sql.SQL | sql.Composed
@@ -128,20 +130,26 @@ async def fetch_values(
 
 
 async def open_pool(
-    conninfo: str, *, max_size: int, statement_timeout_seconds: float | None = None
+    conninfo: str,
+    *,
+    role: DbRole,
+    max_size: int,
+    statement_timeout_seconds: float | None = None,
 ) -> Pool:
     """The connection pool a service runs on (autocommit connections).
 
-    Every connection is checked when it is taken from the pool, so a pool that
-    outlived a PostgreSQL restart hands out fresh connections instead of broken
-    ones; a statement timeout (when given) bounds every query of the service, set
-    when each connection opens. It is whole milliseconds, rounded up: PostgreSQL
-    reads 0 as no timeout at all.
+    Every connection sees ``role``'s schemas by name (its search_path), whichever
+    role ``conninfo`` logs in as. Every connection is checked when it is taken from
+    the pool, so a pool that outlived a PostgreSQL restart hands out fresh
+    connections instead of broken ones; a statement timeout (when given) bounds every
+    query of the service, set when each connection opens. It is whole milliseconds,
+    rounded up: PostgreSQL reads 0 as no timeout at all.
     """
-    kwargs: dict[str, Any] = {"autocommit": True}
+    options = [role.search_path]
     if statement_timeout_seconds is not None:
         millis = max(1, math.ceil(statement_timeout_seconds * 1000))
-        kwargs["options"] = f"-c statement_timeout={millis}"
+        options.append(f"-c statement_timeout={millis}")
+    kwargs: dict[str, Any] = {"autocommit": True, "options": " ".join(options)}
     pool: Pool = AsyncConnectionPool(
         conninfo,
         min_size=1,

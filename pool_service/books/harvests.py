@@ -114,12 +114,13 @@ class HarvestStore:
     @staticmethod
     async def own_harvest(conn: AsyncConnection[Any], farmer_id: UUID, tx_hash: str) -> bool:
         """Whether this is the pool's own recorded harvest of the farmer: a transaction the
-        wallet signed, one `harvest` call, so one pail and one mint."""
+        wallet signed (recorded from its answer, not observed on chain), one `harvest`
+        call, so one pail and one mint."""
         found = await fetch_value(
             conn,
             int,
             "SELECT 1 FROM harvests WHERE farmer_id = %s AND tx_hash = %s"
-            " AND status = 'success' AND transaction_id IS NOT NULL",
+            " AND status = 'success' AND NOT observed_on_chain",
             (farmer_id, tx_hash),
         )
         return found is not None
@@ -147,9 +148,11 @@ class HarvestStore:
         fault: Fault = Fault.NONE,
         error_code: str | None = None,
         error_message: str | None = None,
+        observed_on_chain: bool = False,
     ) -> HarvestRow | None:
         """Record one harvest attempt; None when its success (or this failed transaction)
-        is already recorded. The ledger credit of a success follows by trigger."""
+        is already recorded. The ledger credit of a success follows by trigger.
+        `observed_on_chain`: the chain follower records it from the chain."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
@@ -168,9 +171,8 @@ class HarvestStore:
                 conn,
                 HarvestRow,
                 "INSERT INTO harvests (block_index, farmer_id, pooler_id, reward_amount,"
-                " stake_amount, transaction_id, tx_hash, ledger, status, fault, error_code,"
-                " error_message) VALUES (%s, %s, %s, %s, %s,"
-                " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s)"
+                " stake_amount, tx_hash, ledger, status, fault, error_code, error_message,"
+                " observed_on_chain) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 f" RETURNING {HARVEST_COLUMNS}",
                 (
                     pail.block_index,
@@ -179,11 +181,11 @@ class HarvestStore:
                     reward,
                     pail.stake_amount if status == EventStatus.SUCCESS else None,
                     tx_hash,
-                    tx_hash,
                     ledger,
                     status,
                     fault,
                     error_code,
                     error_message,
+                    observed_on_chain,
                 ),
             )

@@ -307,17 +307,14 @@ class PlantingStore:
                     conn,
                     PlantingRow,
                     "INSERT INTO plantings (block_index, farmer_id, pooler_id, stake_amount,"
-                    " transaction_id, tx_hash, ledger, status, fault, error_code, error_message,"
-                    " recorded_late) VALUES (%s, %s, %s, %s,"
-                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s,"
-                    " %s)"
+                    " tx_hash, ledger, status, fault, error_code, error_message, recorded_late)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     f" RETURNING {PLANTING_COLUMNS}",
                     (
                         p.block_index,
                         p.farmer_id,
                         request.pooler_id,
                         p.stake,
-                        p.tx_hash,
                         p.tx_hash,
                         p.ledger,
                         p.status,

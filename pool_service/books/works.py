@@ -124,10 +124,9 @@ class WorkStore:
                     conn,
                     WorkRow,
                     "INSERT INTO works (block_index, farmer_id, pooler_id, nonce, hash, zeros,"
-                    " gap, transaction_id, tx_hash, ledger, status, fault, error_code,"
-                    " error_message, observed_on_chain) VALUES (%s, %s, %s, %s, %s, %s, %s,"
-                    " (SELECT id FROM transactions WHERE tx_hash = %s), %s, %s, %s, %s, %s, %s,"
-                    " %s)"
+                    " gap, tx_hash, ledger, status, fault, error_code, error_message,"
+                    " observed_on_chain) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s, %s, %s)"
                     f" RETURNING {WORK_COLUMNS}",
                     (
                         block_index,
@@ -137,7 +136,6 @@ class WorkStore:
                         w.hash,
                         w.zeros,
                         w.gap,
-                        w.tx_hash,
                         w.tx_hash,
                         w.ledger,
                         w.status,

@@ -36,7 +36,7 @@ def _lines(report: BooksReport, farmer: str) -> list[str]:
 
 async def test_books_that_follow_the_chain_pass(pool: PoolStage) -> None:
     await _planted_farm(pool)
-    report = await audit_books(pool.conninfo, pool.chain)
+    report = await audit_books(pool.auditor_conninfo, pool.chain)
     assert report.differences == [], report
     assert report.checked["balances"] == 3 and report.checked["pails"] >= 3
     assert report.checked["token events"] >= 3 + 2  # three deposits, two stakes burned
@@ -45,7 +45,7 @@ async def test_books_that_follow_the_chain_pass(pool: PoolStage) -> None:
 async def test_a_ledger_entry_the_chain_never_saw_is_named(pool: PoolStage) -> None:
     farmers, _, _ = await _planted_farm(pool)
     await pool.credit(farmers[0].farmer_id, KALE)  # an operator's mistaken adjustment
-    report = await audit_books(pool.conninfo, pool.chain)
+    report = await audit_books(pool.auditor_conninfo, pool.chain)
     assert len(report.differences) == 1, report
     (line,) = report.differences
     assert farmers[0].farmer_id in line and "chain - ledger = -1 KALE" in line
@@ -76,7 +76,7 @@ async def test_moves_behind_the_pools_back_are_named(pool: PoolStage) -> None:
     )
     assert planted.plant_ledger > 0, planted
 
-    report = await audit_books(pool.conninfo, pool.chain)
+    report = await audit_books(pool.auditor_conninfo, pool.chain)
     moved, plant = farmers[1].farmer_id, farmers[2].farmer_id
     assert any("chain - ledger = -1 KALE" in d for d in _lines(report, moved)), report
     assert any(
@@ -123,7 +123,7 @@ async def test_what_is_in_flight_is_named_apart(pool: PoolStage) -> None:
                 return await cur.fetchone() is not None
 
         await until(sent)
-        report = await audit_books(pool.conninfo, pool.chain)
+        report = await audit_books(pool.auditor_conninfo, pool.chain)
         assert report.differences == [], report
         assert any(
             farmer.farmer_id in line and "payout" in line and "pending" in line
@@ -132,7 +132,7 @@ async def test_what_is_in_flight_is_named_apart(pool: PoolStage) -> None:
     finally:
         pool.wallet.closer.release()
         await payout
-    report = await audit_books(pool.conninfo, pool.chain)
+    report = await audit_books(pool.auditor_conninfo, pool.chain)
     assert report.differences == [] and not any("payout" in i for i in report.in_flight), report
 
 
@@ -149,7 +149,7 @@ async def test_a_deposit_the_follower_has_not_read_is_in_flight(pool: PoolStage)
         return await kale_balance(pool.chain, farmer.custodial_address) == 23 * KALE
 
     await until(arrived)
-    report = await audit_books(pool.conninfo, pool.chain)
+    report = await audit_books(pool.auditor_conninfo, pool.chain)
     assert report.differences == [], report
     mine = [line for line in report.in_flight if farmer.farmer_id in line]
     assert any(
@@ -164,7 +164,7 @@ async def test_a_deposit_the_follower_has_not_read_is_in_flight(pool: PoolStage)
         return await pool.deposited(farmer.farmer_id) == 23 * KALE
 
     await until(credited, 30)
-    report = await audit_books(pool.conninfo, pool.chain)
+    report = await audit_books(pool.auditor_conninfo, pool.chain)
     assert report.differences == [], report
     assert [line for line in report.in_flight if farmer.farmer_id in line] == [], report
 

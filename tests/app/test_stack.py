@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
 
 from kalepool.app.observer import EVENT_LOGGER, RecordingObserver
@@ -29,10 +30,12 @@ from kalepool.app.stack import (
     _event_log,
     blocks_timeout,
     deposit_wait,
+    part_env,
     secret_settings,
 )
 from kalepool.app.supervisor import Part
 from kalepool.chain import ChainConfig
+from kalepool.db.roles import POOL, WALLET, as_role
 from kalepool.settings import ENV_PREFIX, STELLAR_LEDGER_SECONDS, Settings, load_settings
 from kalepool.v1 import pool_pb2
 
@@ -132,7 +135,8 @@ async def test_no_part_but_the_wallet_gets_the_master_key(tmp_path: Path, how: s
 
     wallet = envs.pop("wallet")
     assert _MASTER_KEY_VARS & wallet.keys() == {f"{ENV_PREFIX}{how.upper()}"}
-    assert wallet["DATABASE_URL"] == stack.conninfo
+    # Each part connects as its own database role (the embedded server trusts its socket).
+    assert wallet["DATABASE_URL"] == as_role(stack.conninfo, WALLET)
     for name, env in envs.items():
         assert not _MASTER_KEY_VARS & env.keys(), name
         assert key not in json.dumps(env), name
@@ -143,7 +147,9 @@ async def test_no_part_but_the_wallet_gets_the_master_key(tmp_path: Path, how: s
     }
     assert not secret_vars & devnet.keys()
     assert secret_vars & pool.keys() == {"DATABASE_URL"}
-    assert pool["DATABASE_URL"] == stack.conninfo
+    assert pool["DATABASE_URL"] == as_role(stack.conninfo, POOL)
+    assert conninfo_to_dict(pool["DATABASE_URL"])["user"] == "kalepool_pool"
+    assert conninfo_to_dict(wallet["DATABASE_URL"])["user"] == "kalepool_wallet"
     assert secret_vars & pooler.keys() == {
         f"{ENV_PREFIX}POOLER_API_KEY",
         f"{ENV_PREFIX}POOLER_CHANNEL_SECRETS",
@@ -165,6 +171,18 @@ def test_every_secret_setting_is_known_and_given_only_where_named() -> None:
     for role, allowed in PART_SECRETS.items():
         assert allowed <= secrets, role
     assert [r for r, allowed in PART_SECRETS.items() if "master_key" in allowed] == ["wallet"]
+
+
+def test_a_database_url_set_by_the_operator_reaches_the_wallet_and_the_pool_as_it_is(
+    tmp_path: Path,
+) -> None:
+    """One URL, one role: a single-URL setup connects every part as that role."""
+    url = "postgresql://kalepool:pw@db.example/kalepool"
+    settings = load_settings(data_dir=tmp_path, database_url=url)
+    for role in ("wallet", "pool"):
+        assert part_env(settings, role, conninfo="ignored")["DATABASE_URL"] == url
+    for role in ("devnet", "pooler"):
+        assert "DATABASE_URL" not in part_env(settings, role, conninfo="ignored")
 
 
 def test_blocks_wait_on_the_chains_block_interval_not_the_devnets_setting() -> None:

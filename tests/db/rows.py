@@ -116,6 +116,26 @@ class Rows:
         }
         return UUID(str(self._insert("transactions", values | overrides)))
 
+    def payout(self, farmer_id: UUID, amount: int, **overrides: Any) -> UUID:
+        """A pending payout the pool decided (debit it with a `payout` ledger entry)."""
+        payout_id = uuid4()
+        values: dict[str, Any] = {
+            "id": payout_id,
+            "farmer_id": farmer_id,
+            "destination": account(),
+            "amount": amount,
+            "wallet_key": f"payout:{payout_id}",
+        }
+        return UUID(str(self._insert("payouts", values | overrides)))
+
+    def fail_payout(self, payout_id: UUID) -> None:
+        """Settle a payout as failed (its debit is then to be reversed)."""
+        self.conn.execute(
+            "UPDATE payouts SET status = 'failed', error_message = 'transfer failed',"
+            " completed_at = now() WHERE id = %s",
+            (payout_id,),
+        )
+
     def compensation(self, farmer_id: UUID, pooler_id: UUID, block: int, **kw: Any) -> int:
         values = {
             "pooler_id": pooler_id,

@@ -17,12 +17,13 @@ def _one_row_each(rows: Rows) -> dict[str, Any]:
     """One row in every event table; returns table -> id."""
     pooler = rows.pooler()
     farmer = rows.farmer(pooler)
-    payout = rows.transaction("payout", farmer_id=farmer, amount=5)
+    payout = rows.payout(farmer, 5)
+    transfer = rows.transaction("payout", farmer_id=farmer, amount=5)
     compensation = rows.compensation(farmer, pooler, 7)
     rows.ledger(farmer, 100)
-    ledger_id = rows.ledger(farmer, -5, kind="payout", transaction_id=payout)
+    ledger_id = rows.ledger(farmer, -5, kind="payout", payout_id=payout)
     row = rows.conn.execute(
-        "SELECT id FROM transaction_events WHERE transaction_id = %s", (payout,)
+        "SELECT id FROM transaction_events WHERE transaction_id = %s", (transfer,)
     ).fetchone()
     assert row is not None
     return {

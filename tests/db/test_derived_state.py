@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from psycopg import errors
 
 from kalepool.db.consistency import check_consistency, rebuild_derived_state
+from tests.dbkit import owner_view
 
-from .rows import Conn, Rows
+from .rows import Conn, Rows, tx_hash
 
 
 def _current_farmers(conn: Conn, pooler: UUID) -> int:
@@ -201,14 +202,14 @@ def test_ledger_entries_must_match_what_they_reference(rows: Rows) -> None:
     other = rows.farmer(pooler)
     failed_harvest = rows.harvest(farmer, pooler, 80, status="failed")
     compensation = rows.compensation(farmer, pooler, 80, amount=50)
-    payout = rows.transaction("payout", farmer_id=farmer, amount=10)
+    payout = rows.payout(farmer, 10)
     rows.ledger(farmer, 100)
     bad: list[tuple[UUID, int, str, dict[str, Any]]] = [
         (farmer, 5, "harvest", {"harvest_id": failed_harvest}),
         (farmer, 49, "compensation", {"compensation_id": compensation}),
         (other, 50, "compensation", {"compensation_id": compensation}),
-        (farmer, -11, "payout", {"transaction_id": payout}),
-        (farmer, 10, "payout_reversal", {"transaction_id": payout}),  # not failed, never debited
+        (farmer, -11, "payout", {"payout_id": payout}),
+        (farmer, 10, "payout_reversal", {"payout_id": payout}),  # not failed, never debited
     ]
     for who, amount, kind, refs in bad:
         with pytest.raises(errors.CheckViolation) as caught:
@@ -220,34 +221,49 @@ def test_ledger_entries_must_match_what_they_reference(rows: Rows) -> None:
     assert rows.balance(farmer) == 100
 
 
-def test_a_payout_is_debited_once_and_reversed_once_when_it_expires(db: Conn, rows: Rows) -> None:
+def test_a_payout_is_debited_once_and_reversed_once_when_it_fails(db: Conn, rows: Rows) -> None:
     pooler = rows.pooler()
     farmer = rows.farmer(pooler)
     rows.ledger(farmer, 1_000)
-    payout = rows.transaction("payout", farmer_id=farmer, amount=80)
-    rows.ledger(farmer, -80, kind="payout", transaction_id=payout)
+    payout = rows.payout(farmer, 80)
+    rows.ledger(farmer, -80, kind="payout", payout_id=payout)
     assert rows.balance(farmer) == 920
     with pytest.raises(errors.UniqueViolation):
-        rows.ledger(farmer, -80, kind="payout", transaction_id=payout)
+        rows.ledger(farmer, -80, kind="payout", payout_id=payout)
 
-    db.execute("UPDATE transactions SET status = 'expired' WHERE id = %s", (payout,))
-    assert check_consistency(db) == [
-        f"payout transaction {payout} is expired but its debit was never reversed"
-    ]
-    rows.ledger(farmer, 80, kind="payout_reversal", transaction_id=payout)
+    rows.fail_payout(payout)
+    assert check_consistency(db) == [f"payout {payout} failed but was never reversed"]
+    rows.ledger(farmer, 80, kind="payout_reversal", payout_id=payout)
     assert rows.balance(farmer) == 1_000
     with pytest.raises(errors.UniqueViolation):
-        rows.ledger(farmer, 80, kind="payout_reversal", transaction_id=payout)
+        rows.ledger(farmer, 80, kind="payout_reversal", payout_id=payout)
     assert check_consistency(db) == []
+
+
+def test_no_ledger_entry_names_a_wallet_transaction(rows: Rows) -> None:
+    """The pool's books reference the pool's own rows: a payout is a `payouts` row (the
+    wallet's transaction is the wallet's), and no entry carries a wallet reference."""
+    farmer = rows.farmer(rows.pooler())
+    rows.ledger(farmer, 100)
+    transfer = rows.transaction("payout", farmer_id=farmer, amount=10)
+    for amount, kind, refs in [
+        (-10, "payout", {"transaction_id": transfer}),
+        (-10, "fee", {"transaction_id": transfer}),
+        (-10, "fee", {"tx_hash": tx_hash()}),
+    ]:
+        with pytest.raises(errors.CheckViolation) as caught:
+            rows.ledger(farmer, amount, kind=kind, **refs)
+        assert caught.value.diag.constraint_name == "balance_ledger_no_wallet_reference"
+    assert rows.balance(farmer) == 100
 
 
 def test_money_out_cannot_overdraw(rows: Rows) -> None:
     pooler = rows.pooler()
     farmer = rows.farmer(pooler)
     rows.ledger(farmer, 100)
-    big = rows.transaction("payout", farmer_id=farmer, amount=101)
+    big = rows.payout(farmer, 101)
     for amount, kind, refs in [
-        (-101, "payout", {"transaction_id": big}),
+        (-101, "payout", {"payout_id": big}),
         (-101, "fee", {}),
         (-101, "adjustment", {}),
     ]:
@@ -275,7 +291,7 @@ def test_current_balance_cannot_be_written(db: Conn, rows: Rows) -> None:
 def shared_conn(pg_server: Any, migrated_template: str) -> Iterator[Conn]:
     """One database for the generated examples; each example rolls itself back."""
     name = pg_server.create_database(template=migrated_template)
-    with psycopg.connect(pg_server.conninfo(name), autocommit=True) as conn:
+    with psycopg.connect(owner_view(pg_server.conninfo(name)), autocommit=True) as conn:
         yield conn
     pg_server.drop_database(name)
 
@@ -286,7 +302,7 @@ LEDGER_OPS = st.lists(
         st.tuples(st.just("plant"), st.integers(min_value=0, max_value=10**13)),
         st.tuples(st.just("harvest"), st.integers(0, 10**13), st.integers(0, 10**13)),
         st.tuples(st.just("payout"), AMOUNT),
-        st.tuples(st.just("expire_last_payout")),
+        st.tuples(st.just("fail_last_payout")),
         st.tuples(st.just("fee"), AMOUNT),
         st.tuples(st.just("adjustment"), st.integers(-(10**13), 10**13).filter(bool)),
     ),
@@ -298,7 +314,7 @@ def _balance_change(op: str, args: list[int], payouts: list[tuple[UUID, int]]) -
     """What an operation would do to the balance, if it is let through."""
     if op == "harvest":
         return args[0] + args[1]
-    if op == "expire_last_payout":
+    if op == "fail_last_payout":
         return payouts[-1][1]
     return args[0] if op == "adjustment" else -args[0]
 
@@ -316,7 +332,7 @@ def test_balances_equal_the_sum_of_the_ledger(
         model = 0
         payouts: list[tuple[UUID, int]] = []
         for block, (op, *args) in enumerate(ops):
-            if op == "expire_last_payout" and not payouts:
+            if op == "fail_last_payout" and not payouts:
                 continue
             change = _balance_change(op, args, payouts)
             refused = False
@@ -329,15 +345,13 @@ def test_balances_equal_the_sum_of_the_ledger(
                             farmer, pooler, block, reward_amount=args[0], stake_amount=args[1]
                         )
                     elif op == "payout":
-                        tx = rows.transaction("payout", farmer_id=farmer, amount=args[0])
-                        rows.ledger(farmer, change, kind="payout", transaction_id=tx)
-                        payouts.append((tx, args[0]))
-                    elif op == "expire_last_payout":
-                        tx, amount = payouts.pop()
-                        conn.execute(
-                            "UPDATE transactions SET status = 'expired' WHERE id = %s", (tx,)
-                        )
-                        rows.ledger(farmer, amount, kind="payout_reversal", transaction_id=tx)
+                        payout = rows.payout(farmer, args[0])
+                        rows.ledger(farmer, change, kind="payout", payout_id=payout)
+                        payouts.append((payout, args[0]))
+                    elif op == "fail_last_payout":
+                        payout, amount = payouts.pop()
+                        rows.fail_payout(payout)
+                        rows.ledger(farmer, amount, kind="payout_reversal", payout_id=payout)
                     else:
                         rows.ledger(farmer, change, kind=op)
             except errors.CheckViolation as error:

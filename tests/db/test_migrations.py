@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 import pytest
 
+from kalepool.db.consistency import check_consistency
 from kalepool.db.migrate import (
     MIGRATION_LOCK_KEY,
     Migration,
@@ -20,35 +22,43 @@ from kalepool.db.migrate import (
     load_migrations,
     migration_status,
 )
+from kalepool.db.roles import POOL
+from tests.dbkit import owner_view, service_conninfo
 
+from .rows import Rows
+
+# Each service's tables in its own schema (0012); the runner's own in public.
 SCHEMA_TABLES = {
     "schema_migrations",
-    "poolers",
-    "pooler_api_keys",
-    "farmers",
-    "custodial_wallets",
-    "transactions",
-    "transaction_events",
-    "plantings",
-    "works",
-    "harvests",
-    "pooler_compensations",
-    "block_operations",
-    "balance_ledger",
-    "payouts",
-    "plant_requests",
-    "deposits",
-    "chain_cursors",
+    "pool.poolers",
+    "pool.pooler_api_keys",
+    "pool.farmers",
+    "wallet.custodial_wallets",
+    "wallet.transactions",
+    "wallet.transaction_events",
+    "pool.plantings",
+    "pool.works",
+    "pool.harvests",
+    "pool.pooler_compensations",
+    "pool.block_operations",
+    "pool.balance_ledger",
+    "pool.payouts",
+    "pool.plant_requests",
+    "pool.deposits",
+    "pool.chain_cursors",
 }
+OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 
 
 def _tables(conninfo: str) -> set[str]:
+    """Tables in our schemas: ``schema.name``, or ``name`` in public."""
     with psycopg.connect(conninfo) as conn:
         rows = conn.execute(
-            "SELECT table_name FROM information_schema.tables"
-            " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+            "SELECT table_schema, table_name FROM information_schema.tables"
+            " WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'",
+            (list(OUR_SCHEMAS),),
         ).fetchall()
-    return {str(r[0]) for r in rows}
+    return {str(name) if schema == "public" else f"{schema}.{name}" for schema, name in rows}
 
 
 def _schema_fingerprint(conninfo: str) -> list[tuple[object, ...]]:
@@ -56,16 +66,21 @@ def _schema_fingerprint(conninfo: str) -> list[tuple[object, ...]]:
     with psycopg.connect(conninfo) as conn:
         return conn.execute(
             """
-            SELECT 'rel', relname::text, relkind::text FROM pg_class
-                WHERE relnamespace = 'public'::regnamespace
+            SELECT 'rel', relnamespace::regnamespace || '.' || relname, relkind::text
+                FROM pg_class WHERE relnamespace::regnamespace::text = ANY(%(schemas)s)
             UNION ALL SELECT 'trigger', tgname::text, tgrelid::regclass::text FROM pg_trigger
                 WHERE NOT tgisinternal
-            UNION ALL SELECT 'function', proname::text, md5(prosrc) FROM pg_proc
-                WHERE pronamespace = 'public'::regnamespace
+            UNION ALL SELECT 'function', pronamespace::regnamespace || '.' || proname,
+                    md5(prosrc) || coalesce(array_to_string(proconfig, ','), '')
+                FROM pg_proc WHERE pronamespace::regnamespace::text = ANY(%(schemas)s)
+            UNION ALL SELECT 'grant', relnamespace::regnamespace || '.' || relname,
+                    coalesce(relacl::text, '')
+                FROM pg_class WHERE relnamespace::regnamespace::text = ANY(%(schemas)s)
             UNION ALL SELECT 'migration', version::text, checksum || applied_at::text
                 FROM schema_migrations
             ORDER BY 1, 2, 3
-            """
+            """,
+            {"schemas": list(OUR_SCHEMAS)},
         ).fetchall()
 
 
@@ -266,3 +281,110 @@ def test_plpgsql_begin_blocks_are_not_mistaken_for_transaction_control(tmp_path:
     )
     folder = _write(tmp_path / "m", {"0001_f.sql": body})
     assert [m.label for m in load_migrations(folder)] == ["0001_f"]
+
+
+# --- 0012: each service owns its data ------------------------------------------------
+
+
+def _through(version: int) -> list[Migration]:
+    return [m for m in load_migrations() if m.version <= version]
+
+
+def test_0012_keeps_in_the_pools_rows_what_it_read_from_the_wallets(
+    empty_db_conninfo: str,
+) -> None:
+    """Books written before 0012 referenced the wallet's transactions; after it they keep
+    the hash themselves, a harvest says whether the chain follower recorded it, and a
+    failed payout transaction from before 0007 has its reversal."""
+    apply_migrations(empty_db_conninfo, _through(11))
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        rows = Rows(conn)
+        pooler = rows.pooler()
+        farmer = rows.farmer(pooler)
+
+        def wallet_tx(kind: str, **kw: object) -> tuple[UUID, str]:
+            tx = rows.transaction(kind, farmer_id=farmer, **kw)
+            row = conn.execute("SELECT tx_hash FROM transactions WHERE id = %s", (tx,)).fetchone()
+            assert row is not None
+            return tx, str(row[0])
+
+        plant_tx, plant_hash = wallet_tx("plant", block_index=7)
+        # A failure recorded with its transaction but without the hash.
+        planting = rows.planting(farmer, pooler, 7, status="failed", transaction_id=plant_tx)
+        harvest_tx, harvest_hash = wallet_tx("harvest", block_index=7)
+        own = rows.harvest(farmer, pooler, 7, transaction_id=harvest_tx, tx_hash=harvest_hash)
+        seen = rows.harvest(farmer, pooler, 8)  # someone else's, seen by the follower
+        failed = rows.harvest(farmer, pooler, 9, status="failed")
+        rows.ledger(farmer, 1_000)
+        paid_tx, paid_hash = wallet_tx("payout", amount=100)
+        lost_tx, lost_hash = wallet_tx("payout", amount=200)
+        rows.ledger(farmer, -100, kind="payout", transaction_id=paid_tx)
+        rows.ledger(farmer, -200, kind="payout", transaction_id=lost_tx)
+        conn.execute(
+            "UPDATE transactions SET status = 'success', ledger = 90 WHERE id = %s", (paid_tx,)
+        )
+        conn.execute("UPDATE transactions SET status = 'failed' WHERE id = %s", (lost_tx,))
+        assert rows.balance(farmer) == 700
+
+    assert [m.label for m in apply_migrations(empty_db_conninfo, _through(12))] == [
+        "0012_service_schemas"
+    ]
+
+    with psycopg.connect(owner_view(empty_db_conninfo), autocommit=True) as conn:
+        rows = Rows(conn)
+        got = conn.execute("SELECT tx_hash FROM plantings WHERE id = %s", (planting,)).fetchone()
+        assert got == (plant_hash,)
+        observed = dict(conn.execute("SELECT id, observed_on_chain FROM harvests").fetchall())
+        assert observed == {own: False, seen: True, failed: False}
+        entries = conn.execute(
+            "SELECT kind::text, amount, transaction_id, tx_hash FROM balance_ledger"
+            " WHERE transaction_id IS NOT NULL ORDER BY id"
+        ).fetchall()
+        assert entries == [
+            ("payout", -100, paid_tx, paid_hash),
+            ("payout", -200, lost_tx, lost_hash),
+            ("payout_reversal", 200, lost_tx, lost_hash),
+        ]
+        assert rows.balance(farmer) == 900
+        assert check_consistency(conn) == []
+        # The wallet's row keeps its link to the farmer (now: its wallet's owner).
+        linked = conn.execute("SELECT farmer_id FROM transactions WHERE id = %s", (paid_tx,))
+        assert linked.fetchone() == (farmer,)
+
+
+def test_0012_waits_for_unsettled_payout_transactions_from_before_0007(
+    empty_db_conninfo: str,
+) -> None:
+    apply_migrations(empty_db_conninfo, _through(11))
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        rows = Rows(conn)
+        farmer = rows.farmer(rows.pooler())
+        rows.ledger(farmer, 1_000)
+        tx = rows.transaction("payout", farmer_id=farmer, amount=100)
+        rows.ledger(farmer, -100, kind="payout", transaction_id=tx)
+
+    with pytest.raises(MigrationError, match="still unsettled") as caught:
+        apply_migrations(empty_db_conninfo)
+    assert str(tx) in str(caught.value)
+    assert migration_status(empty_db_conninfo)[-1].state is MigrationState.PENDING
+    assert "pool.farmers" not in _tables(empty_db_conninfo)  # nothing of it applied
+
+
+def test_a_service_role_verifies_a_current_schema_and_may_apply_nothing(
+    tmp_path: Path, db_conninfo: str
+) -> None:
+    """Services call the runner at start-up with their own credentials: on a current
+    schema it reads the history and changes nothing; a pending file is refused in one
+    line that names who may apply it."""
+    as_pool = service_conninfo(db_conninfo, POOL)
+    assert apply_migrations(as_pool) == []
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for migration in load_migrations():
+        (folder / f"{migration.label}.sql").write_text(migration.sql)
+    (folder / "9999_next.sql").write_text("CREATE TABLE pool.next (id int);\n")
+    with pytest.raises(MigrationError, match=r"may not apply migrations.*kale-pool db migrate"):
+        apply_migrations(as_pool, load_migrations(folder))
+    assert (
+        migration_status(db_conninfo, load_migrations(folder))[-1].state is MigrationState.PENDING
+    )

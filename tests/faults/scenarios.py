@@ -28,6 +28,7 @@ from kalepool.app.poolers import PoolerBundle
 from kalepool.app.probes import free_port
 from kalepool.app.stack import part_env
 from kalepool.db.embedded import restart_embedded
+from kalepool.db.roles import POOL, as_role
 from kalepool.settings import ENV_PREFIX
 from kalepool.tls import POOL_SERVER, Identity, channel_credentials
 from kalepool.v1 import pool_pb2, pooler_pb2, pooler_pb2_grpc
@@ -356,7 +357,7 @@ async def two_pool_replicas(farm: Farm, rng: random.Random) -> Struck:
     env = part_env(settings, "pool")  # what `up` gives its own pool: no master key
     env.update(
         {
-            "DATABASE_URL": farm.conninfo,
+            "DATABASE_URL": as_role(farm.conninfo, POOL),  # the pool's own role, as in `up`
             f"{ENV_PREFIX}POOL_LISTEN": f"127.0.0.1:{port}",
             f"{ENV_PREFIX}WALLET_LISTEN": farm.state.wallet_address,
             f"{ENV_PREFIX}METRICS_PORT": str(free_port()),

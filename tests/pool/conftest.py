@@ -1,6 +1,7 @@
 """The pool service's stage: real PostgreSQL, an in-process devnet whose ledgers a
 background task closes, the real wallet server and the real pool server, both on
-127.0.0.1 over mutual TLS, called through real stubs."""
+127.0.0.1 over mutual TLS, called through real stubs, each connected as its own
+database role (the tests read as the owner)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import psycopg
 import pytest
 
 from kalepool.chain import ChainClient, read_account
+from kalepool.db.roles import AUDITOR, POOL
 from kalepool.settings import Settings
 from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, DevPki, channel_credentials
 from kalepool.v1 import pool_pb2, pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.server import PoolServer, start_pool_server
 from tests.chain.stage import Stage
+from tests.dbkit import service_conninfo
 from tests.waits import until
 from tests.wallet.conftest import WalletStage, wallet_stage
 
@@ -35,7 +38,7 @@ BLOCK_SECONDS = 3600
 class PoolStage:
     wallet: WalletStage
     pki: DevPki
-    conninfo: str
+    conninfo: str  # the owner's, for the tests' own reads
     data_dir: Path
     server: PoolServer | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -48,6 +51,16 @@ class PoolStage:
     @property
     def chain(self) -> ChainClient:
         return self.wallet.chain
+
+    @property
+    def service_conninfo(self) -> str:
+        """What the pool server connects with: the pool's database role."""
+        return service_conninfo(self.conninfo, POOL)
+
+    @property
+    def auditor_conninfo(self) -> str:
+        """What `kale-pool check` connects with: the auditor's database role."""
+        return service_conninfo(self.conninfo, AUDITOR)
 
     async def start(
         self,
@@ -74,7 +87,7 @@ class PoolStage:
         settings.setdefault("deposit_poll_interval_seconds", 0.1)
         return await start_pool_server(
             address="127.0.0.1:0",
-            conninfo=self.conninfo,
+            conninfo=self.service_conninfo,
             chain=self.chain,
             identity=self.pki.server(POOL_SERVER),
             ca_pem=self.pki.ca_pem,

@@ -13,6 +13,7 @@ import pytest
 
 from kalepool.chain import Fault
 from kalepool.db.reads import Pool, fetch_all, fetch_value, open_pool
+from kalepool.db.roles import POOL
 from pool_service.books.enums import (
     CompensationKind,
     EventStatus,
@@ -22,11 +23,12 @@ from pool_service.books.enums import (
     PayoutStatus,
 )
 from pool_service.books.farmers import FARMER_STATE_SQL
+from tests.dbkit import service_conninfo
 
 
 @pytest.fixture
 async def pool(db_conninfo: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(db_conninfo, max_size=2)
+    pool = await open_pool(service_conninfo(db_conninfo, POOL), role=POOL, max_size=2)
     try:
         yield pool
     finally:

@@ -181,6 +181,10 @@ async def test_a_harvest_made_by_someone_else_is_recorded_once(pool: PoolStage) 
         return await pool.count("harvests") == 2
 
     await until(recorded, 30)
+    # Seen on chain, not made through the wallet: the pool's rows say so themselves.
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as conn:
+        cur = await conn.execute("SELECT bool_and(observed_on_chain) FROM harvests")
+        assert await cur.fetchone() == (True,)
     asked = await stub.RequestHarvest(
         pooler_pb2.RequestHarvestRequest(block_index=block), metadata=auth
     )

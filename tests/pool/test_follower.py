@@ -20,17 +20,19 @@ from stellar_sdk import Account, Keypair, TransactionBuilder, scval
 from kale_devnet import farm as devnet_farm
 from kalepool.chain import Block, ChainClient, Pail
 from kalepool.db.reads import Pool, open_pool
+from kalepool.db.roles import POOL
 from pool_service.books.harvests import HarvestStore
 from pool_service.deposits import ChainFollower, harvest_amount, pick_pail
 from tests.chain import crafted
 from tests.db.rows import Rows
+from tests.dbkit import service_conninfo
 
 KALE = 10_000_000
 
 
 @pytest.fixture
 async def pool(db_conninfo: str) -> AsyncIterator[Pool]:
-    opened = await open_pool(db_conninfo, max_size=4)
+    opened = await open_pool(service_conninfo(db_conninfo, POOL), role=POOL, max_size=4)
     try:
         yield opened
     finally:

@@ -213,7 +213,7 @@ async def test_a_pending_payout_settles_by_itself(pool: PoolStage) -> None:
 
     pool.wallet.server = await start_wallet_server(
         address=f"127.0.0.1:{wallet_port}",
-        conninfo=pool.wallet.conninfo,
+        conninfo=pool.wallet.service_conninfo,
         keyring=pool.wallet.keyring,
         chain=pool.wallet.chain,
         identity=pool.pki.server(WALLET_SERVER),

@@ -15,12 +15,14 @@ import psycopg
 import pytest
 
 from kalepool.db.reads import Pool, open_pool
+from kalepool.db.roles import POOL
 from kalepool.settings import Settings
 from pool_service.books.farmers import FarmerStore
 from pool_service.books.plantings import PlantingRow, PlantingStore, PlantRequestRow
 from pool_service.books.poolers import PoolerStore
 from pool_service.planting import Planter
 from pool_service.reconcile import PlantReconciler
+from tests.dbkit import service_conninfo
 
 DEADLINE = 30.0
 LONGEST = 300.0
@@ -28,7 +30,7 @@ LONGEST = 300.0
 
 @pytest.fixture
 async def pool(db_conninfo: str) -> AsyncIterator[Pool]:
-    pool: Pool = await open_pool(db_conninfo, max_size=4)
+    pool: Pool = await open_pool(service_conninfo(db_conninfo, POOL), role=POOL, max_size=4)
     try:
         yield pool
     finally:

@@ -7,6 +7,8 @@ import psycopg
 import pytest
 
 from kalepool.db.reads import open_pool
+from kalepool.db.roles import POOL
+from tests.dbkit import service_conninfo
 
 from .conftest import PoolStage
 
@@ -22,7 +24,9 @@ async def test_every_pool_connection_bounds_its_statements(pool: PoolStage) -> N
 
 async def test_a_timeout_under_a_millisecond_is_one_not_none(db_conninfo: str) -> None:
     # PostgreSQL reads 0 as no timeout at all: a tiny setting must not switch it off.
-    db = await open_pool(db_conninfo, max_size=1, statement_timeout_seconds=0.0001)
+    db = await open_pool(
+        service_conninfo(db_conninfo, POOL), role=POOL, max_size=1, statement_timeout_seconds=0.0001
+    )
     try:
         async with db.connection() as conn:
             cur = await conn.execute("SHOW statement_timeout")

@@ -340,7 +340,7 @@ async def _restart_pool(pool: PoolStage, port: int) -> PoolServer:
     """The pool service again, on the same address and state."""
     return await start_pool_server(
         address=f"127.0.0.1:{port}",
-        conninfo=pool.conninfo,
+        conninfo=pool.service_conninfo,
         chain=pool.chain,
         identity=pool.pki.server(POOL_SERVER),
         ca_pem=pool.pki.ca_pem,

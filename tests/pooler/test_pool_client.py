@@ -347,7 +347,7 @@ async def test_the_feed_reconnects_after_the_pool_restarts_and_repeats_nothing(
         await until(lambda: reconnects() >= 2, what="a reconnect attempt while the pool is away")
         pool.server = await start_pool_server(
             address=f"127.0.0.1:{port}",
-            conninfo=pool.conninfo,
+            conninfo=pool.service_conninfo,
             chain=pool.chain,
             identity=pool.pki.server(POOL_SERVER),
             ca_pem=pool.pki.ca_pem,

@@ -1,5 +1,6 @@
 """The wallet service's stage: real PostgreSQL, an in-process devnet whose ledgers a
-background task closes, and the real wallet server on 127.0.0.1 over mutual TLS."""
+background task closes, and the real wallet server on 127.0.0.1 over mutual TLS, which
+connects as the wallet's own database role (the tests read as the owner)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import grpc
 import pytest
 
 from kalepool.chain import ChainClient
+from kalepool.db.roles import WALLET
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, channel_credentials
 from kalepool.v1 import wallet_pb2_grpc
 from tests.chain.stage import Stage, open_stage
+from tests.dbkit import service_conninfo
 from wallet_service.keystore import Keyring, parse_master_keys
 from wallet_service.server import WalletServer, start_wallet_server
 
@@ -69,18 +72,23 @@ class WalletStage:
     chain: ChainClient
     closer: Closer
     keyring: Keyring
-    conninfo: str
+    conninfo: str  # the owner's, for the tests' own reads
     pki: DevPki
     server: WalletServer
     stub: wallet_pb2_grpc.WalletServiceStub
     channels: list[grpc.aio.Channel]
+
+    @property
+    def service_conninfo(self) -> str:
+        """What the wallet server connects with: the wallet's database role."""
+        return service_conninfo(self.conninfo, WALLET)
 
     async def start(self, port: int = 0) -> WalletServer:
         """Start a (new) wallet server on this database and chain (on `port`, e.g. the
         one a stopped server had, so that the pool's channel reaches it again)."""
         self.server = await start_wallet_server(
             address=f"127.0.0.1:{port}",
-            conninfo=self.conninfo,
+            conninfo=self.service_conninfo,
             keyring=self.keyring,
             chain=self.chain,
             identity=self.pki.server(WALLET_SERVER),

@@ -27,7 +27,7 @@ async def test_replicas_racing_on_one_key_send_one_transaction(
     async with wallet_stage(db_conninfo, pki, block_seconds=3600) as ws:
         other = await start_wallet_server(
             address="127.0.0.1:0",
-            conninfo=db_conninfo,
+            conninfo=ws.service_conninfo,
             keyring=ws.keyring,
             chain=ws.chain,
             identity=pki.server(WALLET_SERVER),
@@ -106,7 +106,7 @@ async def test_the_wallet_bounds_its_queries_by_the_statement_timeout(
             _env_file=None,
         )
         async with AsyncExitStack() as stack:
-            server = await start_wallet_for(settings, db_conninfo, stack)
+            server = await start_wallet_for(settings, ws.service_conninfo, stack)
             async with server.pool.connection() as conn:
                 cur = await conn.execute("SHOW statement_timeout")
                 assert await cur.fetchone() == ("7s",)

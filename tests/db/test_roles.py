@@ -1,0 +1,261 @@
+"""Each service's database role owns nothing and may do only what its service does.
+
+The append-only triggers are the last line; these prove the line before it: as the
+wallet's or the pool's role, an event row cannot be changed or removed, a trigger cannot
+be disabled, replication mode (which skips triggers) cannot be entered, and the pool
+cannot read a single byte of the wallet's tables, a ciphertext least of all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from kalepool.db.roles import AUDITOR, POOL, ROLES, WALLET, DbRole
+from tests.dbkit import service_conninfo
+
+from .rows import Conn, Rows, account, ciphertext
+
+POOL_EVENTS = [
+    "plantings",
+    "works",
+    "harvests",
+    "pooler_compensations",
+    "balance_ledger",
+    "deposits",
+]
+WALLET_EVENTS = ["transaction_events"]
+WALLET_TABLES = ["custodial_wallets", "transactions", "transaction_events"]
+
+
+@pytest.fixture
+def books(rows: Rows) -> dict[str, Any]:
+    """One row in every event table of both services (written as the owner)."""
+    pooler = rows.pooler()
+    farmer = rows.farmer(pooler)
+    rows.ledger(farmer, 100)
+    transfer = rows.transaction("trustline")
+    event = rows.conn.execute(
+        "SELECT id FROM transaction_events WHERE transaction_id = %s", (transfer,)
+    ).fetchone()
+    assert event is not None
+    deposit = rows.conn.execute(
+        "INSERT INTO deposits (event_id, farmer_id, amount, tx_hash, ledger)"
+        " VALUES ('0000000000000000042-0000000001', %s, 5, repeat('b', 64), 42) RETURNING id",
+        (farmer,),
+    ).fetchone()
+    assert deposit is not None
+    ledger = rows.conn.execute(
+        "SELECT id FROM balance_ledger WHERE farmer_id = %s ORDER BY id LIMIT 1", (farmer,)
+    ).fetchone()
+    assert ledger is not None
+    return {
+        "plantings": rows.planting(farmer, pooler, 7, stake_amount=3),
+        "works": rows.work(farmer, pooler, 7),
+        "harvests": rows.harvest(farmer, pooler, 7, reward_amount=10, stake_amount=3),
+        "pooler_compensations": rows.compensation(farmer, pooler, 7),
+        "balance_ledger": ledger[0],
+        "deposits": deposit[0],
+        "transaction_events": event[0],
+        "transactions": transfer,
+        "custodial_wallets": rows.wallet(),
+        "farmer": farmer,
+    }
+
+
+@pytest.fixture
+def as_role(db_conninfo: str) -> Iterator[Any]:
+    """Connections as a role (autocommit), closed at the end."""
+    opened: list[Conn] = []
+
+    def connect(role: DbRole) -> Conn:
+        conn = psycopg.connect(service_conninfo(db_conninfo, role), autocommit=True)
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        conn.close()
+
+
+def _snapshot(db: Conn, table: str) -> list[tuple[Any, ...]]:
+    return db.execute(
+        sql.SQL("SELECT * FROM {} ORDER BY id").format(sql.Identifier(table))
+    ).fetchall()
+
+
+@pytest.mark.parametrize(
+    ("role", "table"),
+    [(POOL, t) for t in POOL_EVENTS] + [(WALLET, t) for t in WALLET_EVENTS],
+    ids=lambda v: v.name if isinstance(v, DbRole) else v,
+)
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE {table} SET created_at = created_at - interval '1 day' WHERE id = %(id)s",
+        "DELETE FROM {table} WHERE id = %(id)s",
+        "TRUNCATE {table} CASCADE",
+    ],
+    ids=["update", "delete", "truncate"],
+)
+def test_a_service_cannot_change_its_event_tables(
+    db: Conn, books: dict[str, Any], as_role: Any, role: DbRole, table: str, statement: str
+) -> None:
+    before = _snapshot(db, table)
+    conn = as_role(role)
+    query = sql.SQL(statement).format(table=sql.Identifier(table))
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied"):
+        conn.execute(query, {"id": books[table]})
+    assert _snapshot(db, table) == before
+
+
+@pytest.mark.parametrize(
+    ("role", "table", "trigger"),
+    [
+        (POOL, "plantings", "plantings_append_only"),
+        (POOL, "balance_ledger", "balance_ledger_append_only"),
+        (POOL, "farmers", "farmers_derived"),
+        (WALLET, "transaction_events", "transaction_events_append_only"),
+        (WALLET, "transactions", "transactions_immutable"),
+        (WALLET, "custodial_wallets", "custodial_wallets_no_delete"),
+    ],
+    ids=lambda v: v.name if isinstance(v, DbRole) else v,
+)
+def test_a_service_cannot_disable_a_trigger(
+    db: Conn, as_role: Any, role: DbRole, table: str, trigger: str
+) -> None:
+    conn = as_role(role)
+    for statement in (
+        "ALTER TABLE {table} DISABLE TRIGGER {trigger}",
+        "ALTER TABLE {table} DISABLE TRIGGER ALL",
+    ):
+        query = sql.SQL(statement).format(
+            table=sql.Identifier(table), trigger=sql.Identifier(trigger)
+        )
+        with pytest.raises(errors.InsufficientPrivilege, match="must be owner"):
+            conn.execute(query)
+    enabled = db.execute(
+        "SELECT tgenabled FROM pg_trigger WHERE tgname = %s", (trigger,)
+    ).fetchone()
+    assert enabled == ("O",)  # fires in every session
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_no_service_can_enter_replication_mode(as_role: Any, role: DbRole) -> None:
+    """`session_replication_role = replica` would skip every ordinary trigger."""
+    conn = as_role(role)
+    with pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("SET session_replication_role = replica")
+    assert conn.execute("SHOW session_replication_role").fetchone() == ("origin",)
+
+
+@pytest.mark.parametrize("table", WALLET_TABLES)
+def test_the_pool_cannot_read_the_wallets_tables(
+    books: dict[str, Any], as_role: Any, table: str
+) -> None:
+    conn = as_role(POOL)
+    qualified = sql.SQL("SELECT * FROM wallet.{}").format(sql.Identifier(table))
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied for schema wallet"):
+        conn.execute(qualified)
+    # Nor does the name reach it from the pool's own search path.
+    with pytest.raises(errors.UndefinedTable):
+        conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(table)))
+
+
+def test_no_one_but_the_wallet_reads_a_ciphertext(db: Conn, as_role: Any) -> None:
+    sealed = ciphertext()
+    key = account()
+    Rows(db).wallet(public_key=key, ciphertext=sealed)
+    for role in (POOL, AUDITOR):
+        conn = as_role(role)
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("SELECT ciphertext FROM wallet.custodial_wallets")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("SELECT nonce FROM wallet.custodial_wallets")
+    # The auditor sees that the wallet exists (the check needs no more).
+    auditor = as_role(AUDITOR)
+    found = auditor.execute(
+        "SELECT public_key FROM custodial_wallets WHERE public_key = %s", (key,)
+    ).fetchone()
+    assert found == (key,)
+    wallet = as_role(WALLET)
+    mine = wallet.execute(
+        "SELECT ciphertext FROM custodial_wallets WHERE public_key = %s", (key,)
+    ).fetchone()
+    assert mine == (sealed,)
+
+
+def test_the_wallet_cannot_read_the_pools_tables(books: dict[str, Any], as_role: Any) -> None:
+    conn = as_role(WALLET)
+    for table in ("farmers", "balance_ledger", "payouts"):
+        with pytest.raises(errors.InsufficientPrivilege, match="permission denied for schema pool"):
+            conn.execute(sql.SQL("SELECT * FROM pool.{}").format(sql.Identifier(table)))
+
+
+def test_the_wallet_changes_a_transactions_outcome_only(
+    db: Conn, books: dict[str, Any], as_role: Any
+) -> None:
+    """What was signed cannot even be named in an UPDATE (column grants); the outcome can."""
+    conn = as_role(WALLET)
+    tx = books["transactions"]
+    for column, value in [("envelope_xdr", "AAAA"), ("tx_hash", "a" * 64), ("sequence_number", 9)]:
+        query = sql.SQL("UPDATE transactions SET {} = %s WHERE id = %s").format(
+            sql.Identifier(column)
+        )
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(query, (value, tx))
+    with pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("DELETE FROM transactions WHERE id = %s", (tx,))
+    conn.execute("UPDATE transactions SET status = 'submitted' WHERE id = %s", (tx,))
+    trail = db.execute(
+        "SELECT to_status::text FROM transaction_events WHERE transaction_id = %s ORDER BY id",
+        (tx,),
+    ).fetchall()
+    assert trail == [("prepared",), ("submitted",)]  # the trigger wrote it, as the wallet
+
+
+def test_the_auditor_writes_nothing(books: dict[str, Any], as_role: Any) -> None:
+    conn = as_role(AUDITOR)
+    farmer = books["farmer"]
+    with pytest.raises(errors.InsufficientPrivilege):
+        conn.execute(
+            "INSERT INTO balance_ledger (farmer_id, amount, kind, note)"
+            " VALUES (%s, 1, 'adjustment', 'no')",
+            (farmer,),
+        )
+    with pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("UPDATE farmers SET stake_bps = 1 WHERE id = %s", (farmer,))
+    with pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("SELECT pool.rebuild_derived_state()")
+    # ... and reads what the check reads.
+    problems = conn.execute(
+        "SELECT * FROM pool.consistency_problems() UNION ALL"
+        " SELECT * FROM wallet.transaction_problems() UNION ALL"
+        " SELECT * FROM pool.payout_problems()"
+    ).fetchall()
+    assert problems == []
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_the_roles_own_nothing_and_create_nothing(db: Conn, as_role: Any, role: DbRole) -> None:
+    owned = db.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
+        " WHERE r.rolname = %s",
+        (role.name,),
+    ).fetchone()
+    assert owned == (0,)
+    attributes = db.execute(
+        "SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles"
+        " WHERE rolname = %s",
+        (role.name,),
+    ).fetchone()
+    assert attributes == (False, False, False, False)
+    conn = as_role(role)
+    for schema in ("pool", "wallet", "shared", "public"):
+        query = sql.SQL("CREATE TABLE {}.intruder (id int)").format(sql.Identifier(schema))
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(query)
