@@ -117,12 +117,14 @@ def run_service(
         return 2
     configure_logging(settings.log_level)
     from kalepool.chain import ChainConfigError, ChainError
+    from kalepool.tls import MissingCertificateError
 
     # The chain unreachable or misconfigured at start-up is the operator's to fix too.
     known: tuple[type[Exception], ...] = (
         StartupError,
         ChainConfigError,
         ChainError,
+        MissingCertificateError,
         *operator_errors,
     )
     try:

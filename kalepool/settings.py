@@ -95,7 +95,9 @@ class Settings(BaseSettings):
         ),
     )
     db_pool_size: int = Field(20, ge=1, le=500, description="Database connections per process.")
-    db_timeout_seconds: float = Field(30.0, gt=0, description="Database statement timeout.")
+    db_timeout_seconds: float = Field(
+        30.0, gt=0, description="Statement timeout of every service database connection."
+    )
 
     # --- chain -------------------------------------------------------------
     rpc_url: str | None = Field(None, description="Stellar RPC (Soroban) JSON-RPC endpoint.")
@@ -184,7 +186,6 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0 in a pod)."
     )
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics port.")
-    alert_webhook_url: str | None = Field(None, description="Webhook alerted on failures.")
 
     @model_validator(mode="before")
     @classmethod

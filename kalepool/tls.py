@@ -1,9 +1,15 @@
-"""Development PKI: a local CA and the certificates every gRPC hop uses for mTLS.
+"""The certificates every gRPC hop uses for mTLS: read them, and (in development) issue them.
 
-On a developer machine `kale-pool up` creates a CA in ``<data dir>/certs`` on
-first start and issues server certificates (pool and wallet services) and client
-certificates (the pool calling the wallet service, each pooler). In Kubernetes
-the same files come from cert-manager; nothing here runs there.
+Every process reads its certificates from one directory (``<data dir>/certs``):
+``ca.pem``, the CA every party trusts, and ``<name>.pem`` / ``<name>-key.pem`` for each
+identity it presents. :class:`CertificateFiles` reads them and nothing else; that is
+all a service or a pooler agent does, wherever the files came from (cert-manager in
+Kubernetes, a CSR signed for a mining machine, the development CA).
+
+:class:`DevPki` is the development CA: on a developer machine `kale-pool up` creates it
+in the same directory on first start and issues the server certificates (pool and
+wallet services) and client certificates (the pool calling the wallet service, the
+operator, each local pooler). Nothing in a deployment runs it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,57 @@ class Identity:
     key_pem: bytes
 
 
+class MissingCertificateError(FileNotFoundError):
+    """Certificates (or their keys, or the CA) are not in the directory: `missing` and
+    the message name the files."""
+
+    def __init__(self, missing: list[Path]) -> None:
+        self.missing = missing
+        super().__init__(f"certificate files missing: {', '.join(map(str, missing))}")
+
+
+class CertificateFiles:
+    """The certificates in one directory: the CA (``ca.pem``) and each identity's
+    certificate and key (``<name>.pem``, ``<name>-key.pem``). Only reads."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / "ca.pem"
+
+    def paths(self, name: str) -> tuple[Path, Path]:
+        """(certificate, key) of the identity `name`."""
+        return self.directory / f"{name}.pem", self.directory / f"{name}-key.pem"
+
+    def has(self, name: str) -> bool:
+        """Whether the identity's certificate and key are both there."""
+        return all(path.is_file() for path in self.paths(name))
+
+    def check(self, *names: str) -> None:
+        """Refuse at once, naming every missing file, unless the CA and these identities
+        are all there."""
+        wanted = [self.ca_path, *(path for name in names for path in self.paths(name))]
+        missing = [path for path in wanted if not path.is_file()]
+        if missing:
+            raise MissingCertificateError(missing)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA certificate every party trusts."""
+        self.check()
+        return self.ca_path.read_bytes()
+
+    def identity(self, name: str) -> Identity:
+        """The certificate and key the identity `name` presents."""
+        cert, key = self.paths(name)
+        missing = [path for path in (cert, key) if not path.is_file()]
+        if missing:
+            raise MissingCertificateError(missing)
+        return Identity(cert.read_bytes(), key.read_bytes())
+
+
 def _write_private(path: Path, data: bytes) -> None:
     """Write a key readable by the owner only, atomically."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -61,23 +118,25 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 class DevPki:
-    """A development certificate authority kept in one directory."""
+    """The development certificate authority, kept in the certificates' directory: it
+    issues what is missing there, once, and reads what is there (`files`)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._ca_cert_path = directory / "ca.pem"
+        self.files = CertificateFiles(directory)
+        self._ca_cert_path = self.files.ca_path
         self._ca_key_path = directory / "ca-key.pem"
 
     @property
     def ca_pem(self) -> bytes:
-        """The CA certificate every party trusts (created on first use on a dev machine).
+        """The CA certificate every party trusts (created on first use).
 
-        A mounted ``ca.pem`` without its key (a pod, where cert-manager keeps the key)
-        is trusted as it is: nothing is generated over it.
+        A ``ca.pem`` without its key (certificates provided from elsewhere) is trusted
+        as it is: nothing is generated over it.
         """
         if not self._ca_cert_path.exists():
             self._ensure_ca()
-        return self._ca_cert_path.read_bytes()
+        return self.files.ca_pem
 
     def _ensure_ca(self) -> None:
         if self._ca_cert_path.exists() and self._ca_key_path.exists():
@@ -120,10 +179,9 @@ class DevPki:
         self._ca_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def _issue(self, name: str, *, server: bool, hosts: Iterable[str]) -> Identity:
-        cert_path = self.directory / f"{name}.pem"
-        key_path = self.directory / f"{name}-key.pem"
-        if cert_path.exists() and key_path.exists():
-            return Identity(cert_path.read_bytes(), key_path.read_bytes())
+        if self.files.has(name):
+            return self.files.identity(name)
+        cert_path, key_path = self.files.paths(name)
         self._ensure_ca()
         ca_cert = x509.load_pem_x509_certificate(self._ca_cert_path.read_bytes())
         ca_key = serialization.load_pem_private_key(self._ca_key_path.read_bytes(), None)

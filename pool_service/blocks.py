@@ -8,11 +8,9 @@ here writes.
 
 from __future__ import annotations
 
-import datetime as dt
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from kalepool import wire
 from kalepool.chain import CurrentBlock, Fault
 from kalepool.grpc_server import InvalidArgument, NotFound, Unavailable
 from kalepool.request_checks import check_uuid
@@ -42,10 +40,6 @@ COMPENSATION_KIND = {
 }
 
 
-def _ts(when: dt.datetime | None) -> Timestamp | None:
-    return convert.timestamp(when)
-
-
 def compensation_pb(row: CompensationRow) -> records_pb2.Compensation:
     return records_pb2.Compensation(
         compensation_id=str(row.id),
@@ -53,12 +47,12 @@ def compensation_pb(row: CompensationRow) -> records_pb2.Compensation:
         farmer_id=str(row.farmer_id),
         block_index=row.block_index,
         kind=COMPENSATION_KIND[row.compensation_type],
-        owed_by=convert.FAULT_TO_PROTO[row.owed_by],
+        owed_by=wire.fault_party(row.owed_by),
         amount_stroops=row.amount,
         reason=row.reason,
         paid=row.is_paid,
-        created_at=_ts(row.created_at),
-        paid_at=_ts(row.paid_at),
+        created_at=wire.timestamp(row.created_at),
+        paid_at=wire.timestamp(row.paid_at),
     )
 
 
@@ -82,10 +76,10 @@ def _summary(row: BlockRow, pooler_id: UUID | None) -> pool_pb2.BlockSummary:
         counts=_counts(row),
         total_staked_stroops=row.total_staked,
         total_reward_stroops=row.total_rewards,
-        plant_requested_at=_ts(row.plant_requested_at),
-        plant_completed_at=_ts(row.plant_completed_at),
-        work_completed_at=_ts(row.work_completed_at),
-        harvest_completed_at=_ts(row.harvest_completed_at),
+        plant_requested_at=wire.timestamp(row.plant_requested_at),
+        plant_completed_at=wire.timestamp(row.plant_completed_at),
+        work_completed_at=wire.timestamp(row.work_completed_at),
+        harvest_completed_at=wire.timestamp(row.harvest_completed_at),
         best_zeros=row.best_zeros,
     )
 
@@ -112,12 +106,6 @@ def _before(page: Page) -> int | None:
     if len(page.after) != 1 or not isinstance(page.after[0], int):
         raise InvalidArgument("page_token is not a token this server issued")
     return int(page.after[0])
-
-
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 class BlockReports:
@@ -158,7 +146,7 @@ class BlockReports:
         except Unavailable:  # the chain's view is optional here: leave it unset
             block = None
         if block is not None:
-            summary.opened_at.FromSeconds(block.timestamp)
+            summary.opened_at.CopyFrom(wire.epoch(block.timestamp))
             summary.entropy = block.entropy
         poolers = [
             _summary(r, pid)
@@ -233,7 +221,7 @@ class BlockReports:
             total_balance_stroops=f.balance,
             compensations_unpaid_stroops=f.comp_unpaid,
             compensations_paid_stroops=f.comp_paid,
-            as_of=_now(),
+            as_of=wire.now(),
         )
 
     async def pooler_stats(
@@ -259,11 +247,15 @@ class BlockReports:
             compensations_owed_stroops=unpaid.by_pooler,
             compensations_due_stroops=unpaid.by_pool,
             stream_connected=self.feeds.connected(pooler_id),
-            last_heartbeat_at=_ts(beat.last_heartbeat_at) if beat else None,
+            last_heartbeat_at=wire.timestamp(beat.last_heartbeat_at) if beat else None,
             capacity=(beat.heartbeat_capacity or 0) if beat else 0,
             hashes_per_second=(beat.heartbeat_hashes_per_second or 0) if beat else 0,
             agent_version=(beat.heartbeat_agent_version or "") if beat else "",
-            as_of=_now(),
+            threads=(beat.heartbeat_threads or 0) if beat else 0,
+            mining_farmers=(beat.heartbeat_mining_farmers or 0) if beat else 0,
+            observed_block_index=(beat.heartbeat_block_index or 0) if beat else 0,
+            last_cursor=(beat.heartbeat_last_cursor or 0) if beat else 0,
+            as_of=wire.now(),
         )
 
     async def list_compensations(
@@ -275,7 +267,7 @@ class BlockReports:
         if request.owed_by != common_pb2.FAULT_PARTY_UNSPECIFIED:
             if request.owed_by not in (common_pb2.FAULT_PARTY_POOL, common_pb2.FAULT_PARTY_POOLER):
                 raise InvalidArgument("owed_by must be FAULT_PARTY_POOL or FAULT_PARTY_POOLER")
-            owed_by = convert.FAULT_FROM_PROTO[request.owed_by]
+            owed_by = wire.fault_of_party(request.owed_by)
         page = Page(
             request.pagination, "compensations", pooler_id, farmer_id, owed_by, request.unpaid_only
         )

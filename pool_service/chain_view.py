@@ -4,26 +4,16 @@ block's entropy and opening time, and whether a block's work window has closed."
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-
-from kalepool.chain import Block, ChainClient, ChainError, CurrentBlock, current_block, read_block
+from kalepool.chain import (
+    Block,
+    ChainClient,
+    ChainError,
+    Plantable,
+    PlantableReads,
+    read_block,
+    read_plantable,
+)
 from kalepool.grpc_server import Unavailable
-
-
-@dataclass(frozen=True, slots=True)
-class Plantable:
-    """The farm's current block and the latest ledger (its sequence and close time)."""
-
-    current: CurrentBlock
-    close_time: int
-    latest_ledger: int
-
-    @property
-    def target(self) -> int:
-        """The only block a plant may name now (the chain client's rule, shared with the
-        wallet service): the current block, or the next one once the current is due."""
-        return self.current.plant_target(self.close_time)
 
 
 class ChainView:
@@ -32,7 +22,7 @@ class ChainView:
     def __init__(self, chain: ChainClient, current_ttl: float = 1.0) -> None:
         self.chain = chain
         self.current_ttl = current_ttl
-        self._plantable: tuple[float, Plantable] | None = None
+        self._plantable = PlantableReads(self._read, max_age=current_ttl)
         self._blocks: dict[int, Block] = {}
 
     @property
@@ -41,24 +31,16 @@ class ChainView:
 
     async def plantable(self, *, fresh: bool = False) -> Plantable:
         """The farm's current block and the latest ledger, read at most once per
-        `current_ttl` seconds; `fresh` reads them now (a plant request's block check:
-        a view a second old may still call a due block plantable)."""
-        now = asyncio.get_running_loop().time()
-        if not fresh and self._plantable is not None:
-            read_at, cached = self._plantable
-            if now - read_at < self.current_ttl:
-                return cached
-        got = await self._read()
-        self._plantable = (asyncio.get_running_loop().time(), got)
-        return got
+        `current_ttl` seconds; `fresh` takes a read begun after the call (a plant
+        request's block check: a view a second old may still call a due block plantable).
+        Concurrent calls share reads (`kalepool.chain.PlantableReads`)."""
+        return await self._plantable.get(fresh=fresh)
 
     async def _read(self) -> Plantable:
         try:
-            current = await current_block(self.chain)
-            latest = await self.chain.latest_ledger()
+            return await read_plantable(self.chain)
         except ChainError as exc:
             raise Unavailable(f"the farm cannot be read: {exc}") from None
-        return Plantable(current, latest.close_time, latest.sequence)
 
     async def current_index(self) -> int:
         """The farm's current block index (from the briefly cached view)."""

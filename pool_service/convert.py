@@ -1,34 +1,22 @@
-"""Rows of the pool's tables as the API's messages, and the enums between the two."""
+"""Rows of the pool's tables as the API's messages. The mappings every part shares
+(faults, failure codes, statuses, times) are `kalepool.wire`'s; the ledger's kinds are
+the pool's own."""
 
 from __future__ import annotations
 
-import datetime as dt
 from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kalepool import wire
 from kalepool.chain import CurrentBlock, Fault
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
-from pool_service.books.enums import EventStatus, FarmerState, FarmerStatus, LedgerKind
+from pool_service.books.enums import EventStatus, LedgerKind, PayoutStatus
 from pool_service.books.farmers import FarmerRow
 from pool_service.books.ledger import LedgerRow
 from pool_service.books.plantings import PlantingRow
 from pool_service.books.poolers import PoolerRow
 from pool_service.books.works import WorkRow
-
-FAULT_TO_PROTO = {
-    Fault.NONE: common_pb2.FAULT_PARTY_NONE,
-    Fault.FARMER: common_pb2.FAULT_PARTY_FARMER,
-    Fault.POOL: common_pb2.FAULT_PARTY_POOL,
-    Fault.POOLER: common_pb2.FAULT_PARTY_POOLER,
-    Fault.CHAIN: common_pb2.FAULT_PARTY_CHAIN,
-}
-FAULT_FROM_PROTO = {v: k for k, v in FAULT_TO_PROTO.items()}
-
-EVENT_STATUS = {
-    EventStatus.SUCCESS: records_pb2.EVENT_STATUS_SUCCEEDED,
-    EventStatus.FAILED: records_pb2.EVENT_STATUS_FAILED,
-}
 
 # The ledger's kinds as the API names them, each by its own kind. The database keeps a
 # harvest as one entry (reward + stake), shown as REWARD.
@@ -44,43 +32,9 @@ LEDGER_KIND = {
 }
 
 
-def timestamp(when: dt.datetime | None) -> Timestamp | None:
-    if when is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
-def epoch(seconds: int) -> Timestamp:
-    """A chain time (Unix seconds) as a Timestamp."""
-    stamp = Timestamp()
-    stamp.FromSeconds(seconds)
-    return stamp
-
-
 def block_times(current: CurrentBlock) -> tuple[Timestamp, Timestamp]:
     """(when the current block opened, when the next one may open) of the farm."""
-    return epoch(current.timestamp), epoch(current.next_block_at)
-
-
-def failure_code_name(code: common_pb2.FailureCode.ValueType) -> str:
-    """The stored error code of a FailureCode (its enum name without the prefix)."""
-    return common_pb2.FailureCode.Name(code).removeprefix("FAILURE_CODE_")
-
-
-def failure_code_value(name: str | None) -> common_pb2.FailureCode.ValueType:
-    """The FailureCode of a stored error code; INTERNAL for one the enum does not know."""
-    if not name:
-        return common_pb2.FAILURE_CODE_UNSPECIFIED
-    try:
-        return common_pb2.FailureCode.Value(f"FAILURE_CODE_{name}")
-    except ValueError:
-        return (
-            common_pb2.FAILURE_CODE_CONTRACT_ERROR
-            if "#" in name
-            else common_pb2.FAILURE_CODE_INTERNAL
-        )
+    return wire.epoch(current.timestamp), wire.epoch(current.next_block_at)
 
 
 def pooler_pb(row: PoolerRow) -> pool_pb2.Pooler:
@@ -93,29 +47,13 @@ def pooler_pb(row: PoolerRow) -> pool_pb2.Pooler:
         status=common_pb2.POOLER_STATUS_ACTIVE
         if row.is_active
         else common_pb2.POOLER_STATUS_DISABLED,
-        last_seen_at=timestamp(row.last_seen_at),
-        created_at=timestamp(row.created_at),
+        last_seen_at=wire.timestamp(row.last_seen_at),
+        created_at=wire.timestamp(row.created_at),
     )
 
 
 def farmer_status(row: FarmerRow) -> common_pb2.FarmerStatus.ValueType:
-    if row.status == FarmerStatus.ACTIVE:
-        return (
-            common_pb2.FARMER_STATUS_ACTIVE
-            if row.is_funded
-            else common_pb2.FARMER_STATUS_PENDING_FUNDING
-        )
-    if row.status == FarmerStatus.LEAVING:
-        return common_pb2.FARMER_STATUS_LEAVING
-    return common_pb2.FARMER_STATUS_DEPARTED
-
-
-FARMER_STATUS_KEY = {
-    common_pb2.FARMER_STATUS_PENDING_FUNDING: FarmerState.PENDING_FUNDING,
-    common_pb2.FARMER_STATUS_ACTIVE: FarmerState.ACTIVE,
-    common_pb2.FARMER_STATUS_LEAVING: FarmerState.LEAVING,
-    common_pb2.FARMER_STATUS_DEPARTED: FarmerState.DEPARTED,
-}
+    return wire.farmer_status(row.status, funded=row.is_funded)
 
 
 def farmer_pb(row: FarmerRow) -> pool_pb2.Farmer:
@@ -127,43 +65,34 @@ def farmer_pb(row: FarmerRow) -> pool_pb2.Farmer:
         stake_bps=row.stake_bps,
         status=farmer_status(row),
         balance_stroops=row.current_balance,
-        created_at=timestamp(row.created_at),
+        created_at=wire.timestamp(row.created_at),
+        funded_at=wire.timestamp(row.funded_at),
+        left_at=wire.timestamp(row.left_at),
     )
 
 
-def _failure(
-    status: EventStatus, fault: Fault, code: str | None, message: str | None
+def failure_pb(
+    status: EventStatus | PayoutStatus, fault: Fault, code: str | None, message: str | None
 ) -> common_pb2.Failure | None:
-    if status != EventStatus.FAILED:
+    """The Failure of a recorded event or payout: None unless it failed."""
+    if status not in (EventStatus.FAILED, PayoutStatus.FAILED):
         return None
-    return common_pb2.Failure(
-        code=failure_code_value(code),
-        fault=FAULT_TO_PROTO.get(fault, common_pb2.FAULT_PARTY_UNSPECIFIED),
-        contract_error=_contract_error(code),
-        message=message or "",
+    return wire.failure(
+        wire.failure_code(code),
+        fault,
+        message or "",
+        contract_error=wire.contract_error_number(code),
     )
 
 
-def _contract_error(code: str | None) -> int:
-    """N of a stored 'farm#N' / 'asset#N' code, else 0."""
-    if code and "#" in code:
-        tail = code.rpartition("#")[2]
-        if tail.isdigit():
-            return int(tail)
-    return 0
-
-
-def _tx(
+def tx_ref(
     tx_hash: str | None, status: EventStatus, ledger: int | None
 ) -> common_pb2.TransactionRef | None:
+    """The transaction of a recorded event; None when it has none."""
     if tx_hash is None:
         return None
     return common_pb2.TransactionRef(
-        tx_hash=tx_hash,
-        status=common_pb2.TX_STATUS_SUCCESS
-        if status == EventStatus.SUCCESS
-        else common_pb2.TX_STATUS_FAILED,
-        ledger=ledger or 0,
+        tx_hash=tx_hash, status=wire.tx_status(status), ledger=ledger or 0
     )
 
 
@@ -175,11 +104,11 @@ def planting_pb(row: PlantingRow) -> records_pb2.PlantingEvent:
         pooler_id=str(row.pooler_id),
         custodial_address=row.custodial_public_key,
         stake_stroops=row.stake_amount,
-        status=EVENT_STATUS[row.status],
-        transaction=_tx(row.tx_hash, row.status, row.ledger),
+        status=wire.event_status(row.status),
+        transaction=tx_ref(row.tx_hash, row.status, row.ledger),
         plant_ledger=row.ledger or 0 if row.status == EventStatus.SUCCESS else 0,
-        failure=_failure(row.status, row.fault, row.error_code, row.error_message),
-        recorded_at=timestamp(row.created_at),
+        failure=failure_pb(row.status, row.fault, row.error_code, row.error_message),
+        recorded_at=wire.timestamp(row.created_at),
     )
 
 
@@ -194,10 +123,10 @@ def work_pb(row: WorkRow) -> records_pb2.WorkEvent:
         hash=row.hash or b"",
         zeros=row.zeros or 0,
         gap=row.gap or 0,
-        status=EVENT_STATUS[row.status],
-        transaction=_tx(row.tx_hash, row.status, row.ledger),
-        failure=_failure(row.status, row.fault, row.error_code, row.error_message),
-        recorded_at=timestamp(row.created_at),
+        status=wire.event_status(row.status),
+        transaction=tx_ref(row.tx_hash, row.status, row.ledger),
+        failure=failure_pb(row.status, row.fault, row.error_code, row.error_message),
+        recorded_at=wire.timestamp(row.created_at),
         observed_on_chain=row.observed_on_chain,
     )
 
@@ -212,5 +141,5 @@ def ledger_pb(row: LedgerRow) -> records_pb2.LedgerEntry:
         block_index=row.block_index or 0,
         tx_hash=row.tx_hash or "",
         source_id=row.source_id or "",
-        created_at=timestamp(row.created_at),
+        created_at=wire.timestamp(row.created_at),
     )

@@ -328,7 +328,7 @@ class ChainFollower:
                 custodial_public_key=event.to_address or "",
                 stake_amount=pail.stake,
             ),
-            EventStatus.SUCCESS,
+            status=EventStatus.SUCCESS,
             reward=reward,
             tx_hash=event.tx_hash,
             ledger=event.ledger,

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from kalepool import wire
 from kalepool.grpc_server import Aborted, OutOfRange
 from kalepool.v1 import pooler_pb2
 from pool_service.books.plantings import PlantingRow, PlantingStore
@@ -59,12 +57,6 @@ class Feeds:
         return pooler_id in self._open
 
 
-def _ts(seconds: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(dt.datetime.fromtimestamp(seconds, dt.UTC))
-    return stamp
-
-
 class AssignmentFeed:
     """Builds assignments from plantings and serves the stream."""
 
@@ -90,9 +82,9 @@ class AssignmentFeed:
             entropy=block.entropy,
             stake_stroops=row.stake_amount,
             plant_ledger=row.ledger or 0,
-            block_opened_at=_ts(block.timestamp),
+            block_opened_at=wire.epoch(block.timestamp),
             # From then on anyone's plant may open the next block and end this one.
-            work_deadline=_ts(block.timestamp + self.view.block_seconds),
+            work_deadline=wire.epoch(block.timestamp + self.view.block_seconds),
         )
 
     async def stream(

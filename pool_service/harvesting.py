@@ -35,6 +35,7 @@ from uuid import UUID
 
 import grpc
 
+from kalepool import wire
 from kalepool.chain import ChainError, Fault, read_pails
 from kalepool.chain import Pail as ChainPail
 from kalepool.grpc_server import FailedPrecondition
@@ -54,7 +55,6 @@ log = logging.getLogger("pool_service")
 
 
 def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
-    failed = row.status == EventStatus.FAILED
     return records_pb2.HarvestEvent(
         harvest_id=str(row.id),
         block_index=row.block_index,
@@ -63,22 +63,10 @@ def harvest_pb(row: HarvestRow) -> records_pb2.HarvestEvent:
         custodial_address=row.custodial_public_key,
         reward_stroops=row.reward_amount or 0,
         stake_returned_stroops=row.stake_amount or 0,
-        status=convert.EVENT_STATUS[row.status],
-        transaction=common_pb2.TransactionRef(
-            tx_hash=row.tx_hash,
-            status=common_pb2.TX_STATUS_FAILED if failed else common_pb2.TX_STATUS_SUCCESS,
-            ledger=row.ledger or 0,
-        )
-        if row.tx_hash
-        else None,
-        failure=common_pb2.Failure(
-            code=convert.failure_code_value(row.error_code),
-            fault=convert.FAULT_TO_PROTO.get(row.fault, common_pb2.FAULT_PARTY_POOL),
-            message=row.error_message or "",
-        )
-        if failed
-        else None,
-        recorded_at=convert.timestamp(row.created_at),
+        status=wire.event_status(row.status),
+        transaction=convert.tx_ref(row.tx_hash or None, row.status, row.ledger),
+        failure=convert.failure_pb(row.status, row.fault, row.error_code, row.error_message),
+        recorded_at=wire.timestamp(row.created_at),
     )
 
 
@@ -156,7 +144,7 @@ class Harvester:
         if out.status == common_pb2.TX_STATUS_SUCCESS:
             await self.harvests.record(
                 pail,
-                EventStatus.SUCCESS,
+                status=EventStatus.SUCCESS,
                 reward=response.reward_stroops,
                 tx_hash=out.tx_hash,
                 ledger=out.ledger,
@@ -172,15 +160,14 @@ class Harvester:
 
     async def _record_failed(self, pail: Pail, response: wallet_pb2.HarvestResponse) -> None:
         out = response.outcome
-        fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, Fault.POOL)
+        fault = wire.fault_of_party(out.failure.fault) or Fault.POOL
         await self.harvests.record(
             pail,
-            EventStatus.FAILED,
+            status=EventStatus.FAILED,
             tx_hash=out.tx_hash or None,
-            fault=Fault.POOL if fault == Fault.NONE else fault,
-            error_code=convert.failure_code_name(
-                out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
-            ),
+            # A failure nobody caused is still the pool's to answer for.
+            fault=Fault.POOL if fault is Fault.NONE else fault,
+            error_code=wire.failure_label(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
             error_message=out.failure.message or common_pb2.TxStatus.Name(out.status),
         )
 
@@ -344,7 +331,7 @@ def observed_verdict(u: Unreported, pail: ChainPail | None, follower_knows: bool
         farmer_id=u.farmer_id,
         status=EventStatus.FAILED,
         fault=fault,
-        error_code=convert.failure_code_name(code),
+        error_code=wire.failure_label(code),
         error_message=message,
         observed_on_chain=True,
     )

@@ -18,6 +18,7 @@ from uuid import UUID
 
 import grpc
 
+from kalepool import wire
 from kalepool.chain import Fault
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kalepool.request_checks import check_idempotency_key, check_uuid
@@ -56,15 +57,11 @@ def payout_pb(row: PayoutRow) -> records_pb2.Payout:
         transaction=common_pb2.TransactionRef(
             tx_hash=row.tx_hash or "", status=status, ledger=row.ledger or 0
         ),
-        failure=common_pb2.Failure(
-            code=convert.failure_code_value(row.error_code),
-            fault=convert.FAULT_TO_PROTO.get(row.fault or Fault.POOL, common_pb2.FAULT_PARTY_POOL),
-            message=row.error_message or "",
-        )
-        if row.status == PayoutStatus.FAILED
-        else None,
-        requested_at=convert.timestamp(row.requested_at),
-        completed_at=convert.timestamp(row.completed_at),
+        failure=convert.failure_pb(
+            row.status, row.fault or Fault.POOL, row.error_code, row.error_message
+        ),
+        requested_at=wire.timestamp(row.requested_at),
+        completed_at=wire.timestamp(row.completed_at),
     )
 
 
@@ -123,15 +120,14 @@ class Payouts:
                 common_pb2.TX_STATUS_EXPIRED,
                 common_pb2.TX_STATUS_REJECTED,
             ):
-                fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, Fault.POOL)
+                fault = wire.fault_of_party(out.failure.fault) or Fault.POOL
                 await self.payouts.failed(
                     payout.id,
                     out.tx_hash or None,
-                    convert.failure_code_name(
-                        out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
-                    ),
+                    wire.failure_label(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
                     out.failure.message or common_pb2.TxStatus.Name(out.status),
-                    Fault.POOL if fault == Fault.NONE else fault,
+                    # A failure nobody caused is still the pool's to answer for.
+                    Fault.POOL if fault is Fault.NONE else fault,
                 )
             else:
                 await self.payouts.still_pending(payout.id, out.tx_hash or None)

@@ -36,6 +36,7 @@ from uuid import UUID
 
 import grpc
 
+from kalepool import wire
 from kalepool.chain import Fault
 from kalepool.grpc_server import FailedPrecondition, Unavailable
 from kalepool.settings import Settings
@@ -117,7 +118,7 @@ def decide_answer(
         return Unsettled.PAIL_EXISTS
     code = out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED
     message = out.failure.message or common_pb2.TxStatus.Name(out.status)
-    fault = convert.FAULT_FROM_PROTO.get(out.failure.fault, Fault.POOL)
+    fault = wire.fault_of_party(out.failure.fault) or Fault.POOL
     mismatch = code == common_pb2.FAILURE_CODE_BLOCK_MISMATCH
     if mismatch and out.status == common_pb2.TX_STATUS_REJECTED:
         if late:
@@ -130,16 +131,7 @@ def decide_answer(
             fault = Fault.CHAIN  # the block moved on between the pool's check and the wallet's
     elif fault == Fault.NONE:
         fault = Fault.CHAIN  # a refusal nobody caused
-    return NewPlanting(
-        farmer_id=request.farmer_id,
-        block_index=request.block_index,
-        stake=request.stake_amount,
-        status=EventStatus.FAILED,
-        tx_hash=tx_hash,
-        fault=fault,
-        error_code=convert.failure_code_name(code),
-        error_message=message,
-    )
+    return _failed(request, tx_hash, fault, code, message)
 
 
 def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decision:
@@ -149,14 +141,32 @@ def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decis
         return Unsettled.PENDING
     code = exc.code()
     fault, failure = _REFUSED_BY.get(code, (Fault.POOL, common_pb2.FAILURE_CODE_INTERNAL))
+    return _failed(
+        request,
+        None,
+        fault,
+        failure,
+        f"the wallet service refused the plant ({code.name}): {exc.details()}",
+    )
+
+
+def _failed(
+    request: PlantRequestRow,
+    tx_hash: str | None,
+    fault: Fault,
+    code: common_pb2.FailureCode.ValueType,
+    message: str,
+) -> NewPlanting:
+    """The failed planting of a request."""
     return NewPlanting(
         farmer_id=request.farmer_id,
         block_index=request.block_index,
         stake=request.stake_amount,
         status=EventStatus.FAILED,
+        tx_hash=tx_hash,
         fault=fault,
-        error_code=convert.failure_code_name(failure),
-        error_message=f"the wallet service refused the plant ({code.name}): {exc.details()}",
+        error_code=wire.failure_label(code),
+        error_message=message,
     )
 
 

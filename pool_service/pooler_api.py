@@ -3,10 +3,10 @@ its API key (`pool_service.auth`); a pooler acts on its own farmers only."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import AsyncIterator
 from typing import Any
 
+from kalepool import wire
 from kalepool.grpc_server import InvalidArgument, NotFound
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc
@@ -107,7 +107,7 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
             current_block_opened_at=opened,
             next_block_due_at=due,
         )
-        response.server_time.FromDatetime(dt.datetime.now(dt.UTC))
+        response.server_time.CopyFrom(wire.now())
         return response
 
 
@@ -121,8 +121,9 @@ def check_heartbeat(request: pooler_pb2.HeartbeatRequest) -> Heartbeat:
     for name in ("capacity", "threads", "mining_farmers"):
         if getattr(request, name) > INT32_MAX:
             raise InvalidArgument(f"{name} must be at most {INT32_MAX}")
-    if request.hashes_per_second > INT64_MAX:
-        raise InvalidArgument(f"hashes_per_second must be at most {INT64_MAX}")
+    for name in ("hashes_per_second", "last_cursor"):
+        if getattr(request, name) > INT64_MAX:
+            raise InvalidArgument(f"{name} must be at most {INT64_MAX}")
     return Heartbeat(
         capacity=request.capacity,
         hashes_per_second=request.hashes_per_second,
@@ -130,4 +131,5 @@ def check_heartbeat(request: pooler_pb2.HeartbeatRequest) -> Heartbeat:
         mining_farmers=request.mining_farmers,
         agent_version=version,
         block_index=request.observed_block_index,
+        last_cursor=request.last_cursor,
     )

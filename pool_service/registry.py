@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
+from kalepool import wire
+from kalepool.amounts import format_kale
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kalepool.request_checks import (
     check_account,
@@ -263,7 +265,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         if not account.exists:
             detail = (
                 f"account {address} does not exist on chain yet: send it at least"
-                f" {MIN_FUNDING_XLM_STROOPS / 10_000_000:g} XLM"
+                f" {format_kale(MIN_FUNDING_XLM_STROOPS)} XLM"
             )
         elif not account.kale_trustline:
             trust = await wallet_call(
@@ -324,9 +326,10 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         pooler_id = check_uuid("pooler_id", request.pooler_id) if request.pooler_id else None
         state: FarmerState | None = None
         if request.status != common_pb2.FARMER_STATUS_UNSPECIFIED:
-            if request.status not in convert.FARMER_STATUS_KEY:
+            status = wire.farmer_status_label(request.status)
+            if status is None:
                 raise InvalidArgument(f"status {request.status} is not a farmer status")
-            state = convert.FARMER_STATUS_KEY[request.status]
+            state = FarmerState(status)
         page = Page(request.pagination, "farmers", pooler_id, state)
         rows = await self.farmers.list_farmers(pooler_id, state, _after(page), page.size + 1)
         shown = rows[: page.size]

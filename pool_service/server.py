@@ -20,7 +20,14 @@ from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import POOL
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
-from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki, Identity
+from kalepool.tls import (
+    OPERATOR,
+    POOL_CLIENT,
+    POOL_SERVER,
+    WALLET_SERVER,
+    CertificateFiles,
+    Identity,
+)
 from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.auth import Authenticator, RateLimiter
 from pool_service.blocks import BlockReports
@@ -192,19 +199,21 @@ async def start_pool_for(
 
     Listens on `pool_listen` with the `pool-service` certificate and calls the wallet
     service at `wallet_address` (default `wallet_listen`) as `pool-client`; the
-    certificates come from the data directory's CA, as the wallet service's do.
+    certificates are read from the data directory's `certs/`, as the wallet service's
+    are (issued there by `kale-pool up`, or mounted in a pod).
     """
+    certs = CertificateFiles(settings.layout().certs)
+    certs.check(POOL_SERVER, POOL_CLIENT)
     chain = ChainClient(await resolve_chain_config(settings))
     stack.push_async_callback(chain.aclose)
-    pki = DevPki(settings.layout().certs)
     server = await start_pool_server(
         address=settings.pool_listen,
         conninfo=conninfo,
         chain=chain,
-        identity=pki.server(POOL_SERVER),
-        ca_pem=pki.ca_pem,
+        identity=certs.identity(POOL_SERVER),
+        ca_pem=certs.ca_pem,
         wallet_address=wallet_address or settings.wallet_listen,
-        wallet_identity=pki.client(POOL_CLIENT),
+        wallet_identity=certs.identity(POOL_CLIENT),
         settings=settings,
     )
     stack.push_async_callback(server.stop, 5.0)

@@ -26,12 +26,11 @@ import asyncio
 from dataclasses import dataclass
 from uuid import UUID
 
-from kalepool import protocol
+from kalepool import protocol, wire
 from kalepool.chain import ChainError, Fault, NotAFarmCallError, read_farm_call, read_pail
 from kalepool.grpc_server import InvalidArgument, OutOfRange, Unavailable
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pooler_pb2, records_pb2
-from pool_service import convert
 from pool_service.books.enums import EventStatus
 from pool_service.books.plantings import PlantingRow, PlantingStore
 from pool_service.books.poolers import PoolerRow
@@ -122,8 +121,8 @@ def _check(
         )
     if result.status == records_pb2.EVENT_STATUS_FAILED:
         failure = result.failure
-        fault = convert.FAULT_FROM_PROTO.get(failure.fault)
-        if not result.HasField("failure") or fault is None or fault == Fault.NONE:
+        fault = wire.fault_of_party(failure.fault)
+        if not result.HasField("failure") or fault is None or fault is Fault.NONE:
             raise _Refused("a failure must name whose fault it was")
         sent = bytes(result.hash) or None
         if sent is not None and len(sent) != 32:
@@ -139,9 +138,8 @@ def _check(
             tx_hash=_tx_hash(result.transaction.tx_hash, False),
             ledger=result.transaction.ledger or None,
             fault=fault,
-            error_code=convert.failure_code_name(code),
-            error_message=failure.message.strip()
-            or f"work failed: {convert.failure_code_name(code)}",
+            error_code=wire.failure_label(code),
+            error_message=failure.message.strip() or f"work failed: {wire.failure_label(code)}",
         )
     if result.status == records_pb2.EVENT_STATUS_PENDING:
         return None

@@ -44,7 +44,7 @@ from stellar_sdk import Keypair
 from kalepool import __version__
 from kalepool.chain import ChainClient, Fault
 from kalepool.settings import Settings
-from kalepool.tls import Identity
+from kalepool.tls import CertificateFiles, Identity, MissingCertificateError
 from kalepool.v1 import pooler_pb2
 from pooler_agent.assignment import Assignment
 from pooler_agent.block_monitor import (
@@ -729,16 +729,16 @@ def channel_secrets(settings: Settings) -> list[str]:
 
 def pooler_identity(settings: Settings) -> tuple[Identity, bytes]:
     """The pooler's client certificate and the CA, from `certs/` in the data directory."""
-    certs = settings.layout().certs
+    certs = CertificateFiles(settings.layout().certs)
     name = settings.pooler_cert_name
-    paths = (certs / f"{name}.pem", certs / f"{name}-key.pem", certs / "ca.pem")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
+    try:
+        certs.check(name)
+    except MissingCertificateError as error:
         raise ValueError(
-            f"the pooler's certificate is missing: {', '.join(missing)}"
+            f"the pooler's certificate is missing: {', '.join(map(str, error.missing))}"
             " (KALE_POOL_POOLER_CERT_NAME names certs/<name>.pem and certs/<name>-key.pem)"
-        )
-    return Identity(paths[0].read_bytes(), paths[1].read_bytes()), paths[2].read_bytes()
+        ) from None
+    return certs.identity(name), certs.ca_pem
 
 
 async def run_agent(

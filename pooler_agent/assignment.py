@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from kalepool import protocol
+from kalepool import protocol, wire
 from kalepool.chain.farm_state import check_address
 from kalepool.v1 import pooler_pb2
 
@@ -66,14 +64,16 @@ class Assignment:
             raise ValueError(
                 f"assignment {message.cursor} for {message.farmer_address!r} has no block_opened_at"
             )
-        deadline = _seconds(message.work_deadline) if message.HasField("work_deadline") else None
+        deadline = (
+            wire.seconds(message.work_deadline) if message.HasField("work_deadline") else None
+        )
         return cls(
             farmer_address=message.farmer_address,
             block_index=message.block_index,
             entropy=bytes(message.entropy),
             stake_stroops=message.stake_stroops,
             plant_ledger=message.plant_ledger,
-            block_opened_at=_seconds(message.block_opened_at),
+            block_opened_at=wire.seconds(message.block_opened_at),
             work_deadline=deadline,
             cursor=message.cursor,
             planting_id=message.planting_id,
@@ -92,16 +92,7 @@ class Assignment:
             stake_stroops=self.stake_stroops,
             plant_ledger=self.plant_ledger,
         )
-        message.block_opened_at.CopyFrom(_timestamp(self.block_opened_at))
+        message.block_opened_at.CopyFrom(wire.epoch(self.block_opened_at))
         if self.work_deadline is not None:
-            message.work_deadline.CopyFrom(_timestamp(self.work_deadline))
+            message.work_deadline.CopyFrom(wire.epoch(self.work_deadline))
         return message
-
-
-def _seconds(ts: Timestamp) -> float:
-    return ts.seconds + ts.nanos / 1e9
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    whole = int(seconds)
-    return Timestamp(seconds=whole, nanos=round((seconds - whole) * 1e9))

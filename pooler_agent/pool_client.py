@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from kalepool import wire
 from kalepool.chain import Fault
 from kalepool.tls import POOL_SERVER, Identity, channel_credentials
-from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc, records_pb2
+from kalepool.v1 import common_pb2, pooler_pb2, pooler_pb2_grpc
 from pooler_agent.work_submitter import WorkResult, WorkStatus
 
 log = logging.getLogger(__name__)
@@ -157,19 +157,6 @@ class CursorTracker:
 
 # --- WorkResult -> WorkReport -------------------------------------------------------------
 
-_STATUS = {
-    WorkStatus.SUCCESS: records_pb2.EVENT_STATUS_SUCCEEDED,
-    WorkStatus.FAILED: records_pb2.EVENT_STATUS_FAILED,
-    WorkStatus.PENDING: records_pb2.EVENT_STATUS_PENDING,
-}
-_FAULT = {
-    Fault.NONE: common_pb2.FAULT_PARTY_NONE,
-    Fault.FARMER: common_pb2.FAULT_PARTY_FARMER,
-    Fault.POOL: common_pb2.FAULT_PARTY_POOL,
-    Fault.POOLER: common_pb2.FAULT_PARTY_POOLER,
-    Fault.CHAIN: common_pb2.FAULT_PARTY_CHAIN,
-}
-
 
 def work_report(result: WorkResult) -> pooler_pb2.WorkReport:
     """The wire form of one farmer's result.
@@ -180,7 +167,7 @@ def work_report(result: WorkResult) -> pooler_pb2.WorkReport:
     """
     report = pooler_pb2.WorkReport(
         farmer_id=result.assignment.farmer_id,
-        status=_STATUS[result.status],
+        status=wire.event_status(result.status),
         hashes_computed=max(result.hashes, 0),
     )
     if len(result.hash) == 32:
@@ -193,48 +180,26 @@ def work_report(result: WorkResult) -> pooler_pb2.WorkReport:
         report.transaction.CopyFrom(
             common_pb2.TransactionRef(
                 tx_hash=result.tx_hash,
-                status=_tx_status(result.status),
+                status=wire.tx_status(result.status),
                 ledger=result.ledger or 0,
             )
         )
     if result.submitted_at is not None:
-        report.submitted_at.CopyFrom(_timestamp(result.submitted_at))
+        report.submitted_at.CopyFrom(wire.epoch(result.submitted_at))
     if result.status is WorkStatus.FAILED:
         fault = result.fault if result.fault is not Fault.NONE else Fault.POOLER
-        code = _failure_code(result)
+        # A failure without a code (nothing was mined) is the miner's.
+        miner = common_pb2.FAILURE_CODE_MINER_FAILED
+        code = wire.failure_code(result.failure, unknown=miner) if result.failure else miner
         report.failure.CopyFrom(
-            common_pb2.Failure(
-                code=code,
-                fault=_FAULT[fault],
+            wire.failure(
+                code,
+                fault,
+                (result.message or "")[:500],
                 contract_error=result.contract_error or 0,
-                message=(result.message or "")[:500],
             )
         )
     return report
-
-
-def _failure_code(result: WorkResult) -> common_pb2.FailureCode.ValueType:
-    """The proto's code of the submitter's failure name; a failure without one (nothing
-    was mined) is the miner's."""
-    if result.failure is None:
-        return common_pb2.FAILURE_CODE_MINER_FAILED
-    try:
-        return common_pb2.FailureCode.Value(f"FAILURE_CODE_{result.failure.value}")
-    except ValueError:
-        return common_pb2.FAILURE_CODE_MINER_FAILED
-
-
-def _tx_status(status: WorkStatus) -> common_pb2.TxStatus.ValueType:
-    if status is WorkStatus.SUCCESS:
-        return common_pb2.TX_STATUS_SUCCESS
-    if status is WorkStatus.FAILED:
-        return common_pb2.TX_STATUS_FAILED
-    return common_pb2.TX_STATUS_PENDING
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    whole = int(seconds)
-    return Timestamp(seconds=whole, nanos=round((seconds - whole) * 1e9))
 
 
 # --- the client ----------------------------------------------------------------------

@@ -30,13 +30,13 @@ from enum import StrEnum
 
 from stellar_sdk import Account, Keypair
 
+from kalepool import wire
 from kalepool.chain import (
     AccountNotFoundError,
     ChainClient,
     ChainError,
     ChainUnavailableError,
     ContractError,
-    FarmError,
     Fault,
     SignedTx,
     TxKind,
@@ -267,16 +267,16 @@ class WorkResult:
         return self.assignment.block_index
 
 
-def _failure_of(error: ContractError | None, status: TxStatus | None) -> FailureCode:
-    if error is not None:
-        if error.farm_error is FarmError.PAIL_MISSING:
-            return FailureCode.PAIL_MISSING
-        if error.farm_error is FarmError.HASH_INVALID:
-            return FailureCode.HASH_INVALID
-        return FailureCode.CONTRACT_ERROR
-    if status is TxStatus.EXPIRED:
-        return FailureCode.TX_EXPIRED
-    return FailureCode.TX_FAILED
+def _failure_of(error_code: str | None, status: TxStatus | None) -> FailureCode:
+    """The shared reading of a chain error code (`kalepool.wire.chain_failure_code`) in
+    the words a work report uses: a cause it has no word for is a contract error, or
+    else a failed transaction."""
+    contract = wire.is_contract_code(error_code)
+    code = wire.chain_failure_code(error_code, expired=status is TxStatus.EXPIRED and not contract)
+    label = wire.failure_label(code)
+    if label in FailureCode._value2member_map_:
+        return FailureCode(label)
+    return FailureCode.CONTRACT_ERROR if contract else FailureCode.TX_FAILED
 
 
 # --- submitting ------------------------------------------------------------------------
@@ -465,7 +465,7 @@ class WorkSubmitter:
         if isinstance(exc, ChainUnavailableError):
             failure = FailureCode.CHAIN_UNAVAILABLE
         else:
-            failure = _failure_of(error, None)
+            failure = _failure_of(error.code if error else None, None)
         message = str(exc) if isinstance(exc, ChainError | ValueError) else describe_failure(exc)
         log.warning("work for %s refused: %s", base.farmer_address, message)
         return replace(
@@ -475,7 +475,7 @@ class WorkSubmitter:
             fault=fault,
             failure=failure,
             contract_error=error.number if error else None,
-            error_code=f"{error.kind.value}#{error.number}" if error else None,
+            error_code=error.code if error else None,
             message=message,
         )
 
@@ -515,7 +515,7 @@ class WorkSubmitter:
             base,
             status=WorkStatus.FAILED,
             fault=attribute_fault(TxKind.WORK, outcome),
-            failure=_failure_of(error, outcome.status),
+            failure=_failure_of(outcome.error_code, outcome.status),
             contract_error=error.number if error else None,
             error_code=outcome.error_code,
             message=outcome.describe(),

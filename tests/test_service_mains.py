@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kalepool.db.roles import POOL, WALLET
+from kalepool.tls import DevPki, ensure_dev_identities
 from tests.dbkit import service_conninfo
 
 
@@ -25,7 +26,8 @@ def run_module(module: str, env: dict[str, str]) -> subprocess.CompletedProcess[
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+def bare_env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment and an empty data directory."""
     clean = {
         k: v
         for k, v in os.environ.items()
@@ -33,6 +35,14 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
     clean["KALE_POOL_DATA_DIR"] = str(tmp_path / "data")
     return clean
+
+
+@pytest.fixture
+def env(bare_env: dict[str, str]) -> dict[str, str]:
+    """The same with the development certificates issued, as `kale-pool up` issues them
+    before it starts the services (which only read them)."""
+    ensure_dev_identities(DevPki(Path(bare_env["KALE_POOL_DATA_DIR"]) / "certs"))
+    return bare_env
 
 
 @pytest.mark.parametrize(
@@ -106,6 +116,21 @@ async def test_a_taken_port_is_one_line_naming_the_setting(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"pool service: cannot listen on 127.0.0.1:{port}")
     assert "KALE_POOL_POOL_LISTEN" in last
+
+
+def test_missing_certificates_are_one_line_naming_them(
+    bare_env: dict[str, str], db_conninfo: str
+) -> None:
+    """The services read their certificates and never issue any (in a pod the CA's key
+    stays with cert-manager): without them, start-up stops naming every missing file."""
+    result = run_module("pool_service", {**bare_env, "DATABASE_URL": db_conninfo})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pool service: certificate files missing: "), last
+    for name in ("ca.pem", "pool-service.pem", "pool-service-key.pem", "pool-client.pem"):
+        assert name in last
+    assert not (Path(bare_env["KALE_POOL_DATA_DIR"]) / "certs" / "ca-key.pem").exists()
 
 
 def test_a_service_role_on_an_unmigrated_database_is_one_line(

@@ -8,7 +8,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from kalepool.tls import DevPki, channel_credentials, server_credentials
+from kalepool.tls import (
+    CertificateFiles,
+    DevPki,
+    MissingCertificateError,
+    channel_credentials,
+    server_credentials,
+)
 
 
 async def _serve(pki: DevPki) -> tuple[grpc.aio.Server, int]:
@@ -72,3 +78,24 @@ def test_a_mounted_ca_without_its_key_never_issues_or_regenerates(tmp_path: Path
         pki.client("pooler-1")
     assert (mounted / "ca.pem").read_bytes() == issuer.ca_pem
     assert not (mounted / "ca-key.pem").exists()
+
+
+def test_certificate_files_only_read_and_name_what_is_missing(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    files = CertificateFiles(certs)
+    with pytest.raises(MissingCertificateError) as missing:
+        files.check("wallet-service")
+    assert [p.name for p in missing.value.missing] == [
+        "ca.pem",
+        "wallet-service.pem",
+        "wallet-service-key.pem",
+    ]
+    with pytest.raises(MissingCertificateError):
+        files.identity("wallet-service")
+    assert not certs.exists()  # nothing issued, no CA made
+    issued = DevPki(certs).server("wallet-service")
+    ca_pem = DevPki(certs).ca_pem
+    (certs / "ca-key.pem").unlink()  # as in a pod: the CA's key stays with cert-manager
+    files.check("wallet-service")
+    assert files.identity("wallet-service") == issued
+    assert files.ca_pem == ca_pem

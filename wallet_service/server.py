@@ -19,7 +19,7 @@ from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import WALLET
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
-from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, Identity
+from kalepool.tls import POOL_CLIENT, WALLET_SERVER, CertificateFiles, Identity
 from kalepool.v1 import wallet_pb2_grpc
 from wallet_service.keystore import Keyring, load_keyring
 from wallet_service.service import WalletService
@@ -109,19 +109,23 @@ async def start_wallet_for(
 ) -> WalletServer:
     """Start the wallet service a deployment's settings describe, on ``stack``'s lifetime.
 
-    Raises :class:`MasterKeyError` (missing or bad master key) before anything starts.
+    Raises :class:`MasterKeyError` (missing or bad master key) or
+    :class:`MissingCertificateError` (its certificate or the CA not in the data
+    directory's `certs/`: issued by `kale-pool up`, mounted in a pod) before anything
+    starts.
     """
     keyring = load_keyring(settings)
+    certs = CertificateFiles(settings.layout().certs)
+    certs.check(WALLET_SERVER)
     chain = ChainClient(await resolve_chain_config(settings))
     stack.push_async_callback(chain.aclose)
-    pki = DevPki(settings.layout().certs)
     server = await start_wallet_server(
         address=settings.wallet_listen,
         conninfo=conninfo,
         keyring=keyring,
         chain=chain,
-        identity=pki.server(WALLET_SERVER),
-        ca_pem=pki.ca_pem,
+        identity=certs.identity(WALLET_SERVER),
+        ca_pem=certs.ca_pem,
         statement_timeout_seconds=settings.db_timeout_seconds,
     )
     stack.push_async_callback(server.stop, 5.0)

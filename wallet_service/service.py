@@ -12,7 +12,6 @@ parallel.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import uuid
@@ -21,11 +20,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-from stellar_sdk import StrKey, TransactionBuilder
+from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
-from stellar_sdk.exceptions import NotFoundError as SdkNotFoundError
 
+from kalepool import wire
 from kalepool.chain import (
     AccountNotFoundError,
     ChainClient,
@@ -34,6 +32,7 @@ from kalepool.chain import (
     ChainUnavailableError,
     ContractError,
     Fault,
+    PlantableReads,
     SignedTx,
     SimulationError,
     SubmitEvent,
@@ -42,11 +41,11 @@ from kalepool.chain import (
     TxOutcome,
     UnsignedTx,
     attribute_fault,
+    build_close,
     build_harvest,
     build_payment,
     build_plant,
     build_trustline,
-    current_block,
     read_account,
     read_pail_changes,
     read_pails,
@@ -54,7 +53,6 @@ from kalepool.chain import (
     sign,
     submit,
 )
-from kalepool.chain.calls import time_bounds
 from kalepool.grpc_server import (
     AlreadyExists,
     FailedPrecondition,
@@ -77,64 +75,12 @@ log = logging.getLogger("wallet_service")
 I64_MAX = 2**63 - 1
 BASE_RESERVE_STROOPS = 5_000_000  # the network's base reserve (0.5 XLM)
 
-_KIND_TO_PROTO = {
-    "plant": wallet_pb2.TX_KIND_PLANT,
-    "harvest": wallet_pb2.TX_KIND_HARVEST,
-    "trustline": wallet_pb2.TX_KIND_TRUSTLINE,
-    "payout": wallet_pb2.TX_KIND_TRANSFER,
-    "merge": wallet_pb2.TX_KIND_CLOSE,
-}
-_FAULT_TO_PROTO = {
-    "none": common_pb2.FAULT_PARTY_NONE,
-    "farmer": common_pb2.FAULT_PARTY_FARMER,
-    "pool": common_pb2.FAULT_PARTY_POOL,
-    "pooler": common_pb2.FAULT_PARTY_POOLER,
-    "chain": common_pb2.FAULT_PARTY_CHAIN,
-}
-_CODE_TO_FAILURE = {
-    "farm#4": common_pb2.FAILURE_CODE_FARM_PAUSED,
-    "farm#8": common_pb2.FAILURE_CODE_PAIL_EXISTS,
-    "farm#9": common_pb2.FAILURE_CODE_PAIL_MISSING,
-    "farm#10": common_pb2.FAILURE_CODE_WORK_MISSING,
-    "farm#13": common_pb2.FAILURE_CODE_HASH_INVALID,
-    "farm#14": common_pb2.FAILURE_CODE_HARVEST_NOT_READY,
-    "asset#10": common_pb2.FAILURE_CODE_INSUFFICIENT_KALE,
-    "asset#13": common_pb2.FAILURE_CODE_TRUSTLINE_MISSING,
-    "txINSUFFICIENT_BALANCE": common_pb2.FAILURE_CODE_INSUFFICIENT_XLM,
-    "txNO_ACCOUNT": common_pb2.FAILURE_CODE_ACCOUNT_MISSING,
-    "PAYMENT_UNDERFUNDED": common_pb2.FAILURE_CODE_INSUFFICIENT_KALE,
-    "PAYMENT_SRC_NO_TRUST": common_pb2.FAILURE_CODE_TRUSTLINE_MISSING,
-    "PAYMENT_NO_TRUST": common_pb2.FAILURE_CODE_TRUSTLINE_MISSING,
-    "CHANGE_TRUST_LOW_RESERVE": common_pb2.FAILURE_CODE_INSUFFICIENT_XLM,
-    "block_mismatch": common_pb2.FAILURE_CODE_BLOCK_MISMATCH,
-}
-
-
-def failure_code(status: str, error_code: str | None) -> common_pb2.FailureCode.ValueType:
-    """The API's FailureCode for a stored error code."""
-    if status == "expired":
-        return common_pb2.FAILURE_CODE_TX_EXPIRED
-    if error_code in _CODE_TO_FAILURE:
-        return _CODE_TO_FAILURE[error_code]
-    if error_code and (error_code.startswith("farm#") or error_code.startswith("asset#")):
-        return common_pb2.FAILURE_CODE_CONTRACT_ERROR
-    return common_pb2.FAILURE_CODE_TX_FAILED
-
-
 # --- validation: bad input is refused before anything is read or written --------------
 
 
 def digest(*parts: object) -> bytes:
     """What a request asks for, so a reused key with other parameters can be refused."""
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-
-
-def _ts(when: dt.datetime | None) -> Timestamp | None:
-    if when is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 @dataclass
@@ -145,21 +91,29 @@ class Result:
     row: TxRow | None
 
 
+# The wallet API's kind of each transaction the wallet makes (all but `work`, the
+# pooler's). The wallet's own message, so mapped here: `kalepool.wire` is shared with the
+# pooler agent, which must not reach the wallet's API.
+_TX_KIND: dict[TxKind, wallet_pb2.TxKind.ValueType] = {
+    TxKind.PLANT: wallet_pb2.TX_KIND_PLANT,
+    TxKind.HARVEST: wallet_pb2.TX_KIND_HARVEST,
+    TxKind.TRUSTLINE: wallet_pb2.TX_KIND_TRUSTLINE,
+    TxKind.TRANSFER: wallet_pb2.TX_KIND_TRANSFER,
+    TxKind.CLOSE: wallet_pb2.TX_KIND_CLOSE,
+}
+
+
+def tx_kind(kind: TxKind) -> wallet_pb2.TxKind.ValueType:
+    """The wallet API's TxKind of a transaction kind."""
+    return _TX_KIND[kind]
+
+
 def outcome_of_row(row: TxRow, *, replayed: bool) -> wallet_pb2.TransactionOutcome:
     """The API's TransactionOutcome of a stored transaction."""
-    if row.status in ("prepared", "submitted", "pending"):
-        status = common_pb2.TX_STATUS_PENDING
-    elif row.status == "success":
-        status = common_pb2.TX_STATUS_SUCCESS
-    elif row.status == "expired":
-        status = common_pb2.TX_STATUS_EXPIRED
-    elif row.rejected:
-        status = common_pb2.TX_STATUS_REJECTED
-    else:
-        status = common_pb2.TX_STATUS_FAILED
+    status = wire.tx_status(row.status, rejected=row.rejected)
     out = wallet_pb2.TransactionOutcome(
         idempotency_key=row.idempotency_key,
-        kind=_KIND_TO_PROTO[row.kind],
+        kind=tx_kind(row.kind),
         tx_hash=row.tx_hash,
         status=status,
         ledger=row.ledger or 0,
@@ -167,19 +121,19 @@ def outcome_of_row(row: TxRow, *, replayed: bool) -> wallet_pb2.TransactionOutco
         sequence=row.sequence_number,
         fee_charged_stroops=row.fee_charged or 0,
         replayed=replayed,
-        submitted_at=_ts(row.created_at),
-        valid_until=_ts(dt.datetime.fromtimestamp(row.max_time, dt.UTC)),
-        completed_at=_ts(row.settled_at),
+        submitted_at=wire.timestamp(row.created_at),
+        valid_until=wire.epoch(row.max_time),
+        completed_at=wire.timestamp(row.settled_at),
     )
     if row.return_value is not None and row.status == "success":
         out.contract_return_value = int(Decimal(row.return_value))
     if status not in (common_pb2.TX_STATUS_PENDING, common_pb2.TX_STATUS_SUCCESS):
         out.failure.CopyFrom(
-            common_pb2.Failure(
-                code=failure_code(row.status, row.error_code),
-                fault=_FAULT_TO_PROTO.get(row.fault or "", common_pb2.FAULT_PARTY_CHAIN),
+            wire.failure(
+                wire.chain_failure_code(row.error_code, expired=row.status == "expired"),
+                row.fault or Fault.CHAIN,
+                row.error_message or row.status,
                 contract_error=row.contract_error or 0,
-                message=row.error_message or row.status,
             )
         )
     return out
@@ -187,7 +141,7 @@ def outcome_of_row(row: TxRow, *, replayed: bool) -> wallet_pb2.TransactionOutco
 
 def refused(
     key: str,
-    kind: str,
+    kind: TxKind,
     source: str,
     code: common_pb2.FailureCode.ValueType,
     fault: Fault,
@@ -197,15 +151,10 @@ def refused(
     """A REJECTED outcome for a transaction refused before anything was signed or stored."""
     return wallet_pb2.TransactionOutcome(
         idempotency_key=key,
-        kind=_KIND_TO_PROTO[kind],
+        kind=tx_kind(kind),
         status=common_pb2.TX_STATUS_REJECTED,
         source_address=source,
-        failure=common_pb2.Failure(
-            code=code,
-            fault=_FAULT_TO_PROTO[fault.value],
-            contract_error=contract_error,
-            message=message,
-        ),
+        failure=wire.failure(code, fault, message, contract_error=contract_error),
     )
 
 
@@ -242,6 +191,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         self.store = store
         self.keyring = keyring
         self.chain = chain
+        # Which block can be planted now, read once for every plant checked meanwhile.
+        self.plantable = PlantableReads.of(chain)
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, account: str) -> asyncio.Lock:
@@ -260,7 +211,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         self,
         wallet: WalletRow,
         key: str,
-        kind: str,
+        kind: TxKind,
         request_digest: bytes,
         build: Build,
         *,
@@ -286,16 +237,11 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                     f"account {source} does not exist on chain: fund it with XLM first"
                 ) from None
             except ContractError as exc:
-                fault = attribute_fault(TxKind(kind), exc, payer=Fault.FARMER)
-                code = f"{exc.kind.value}#{exc.number}"
-                return Result(
-                    refused(
-                        key, kind, source, failure_code("failed", code), fault, str(exc), exc.number
-                    ),
-                    None,
-                )
+                fault = attribute_fault(kind, exc, payer=Fault.FARMER)
+                code = wire.chain_failure_code(exc.code)
+                return Result(refused(key, kind, source, code, fault, str(exc), exc.number), None)
             except SimulationError as exc:
-                fault = attribute_fault(TxKind(kind), exc, payer=Fault.FARMER)
+                fault = attribute_fault(kind, exc, payer=Fault.FARMER)
                 return Result(
                     refused(key, kind, source, common_pb2.FAILURE_CODE_TX_FAILED, fault, str(exc)),
                     None,
@@ -425,7 +371,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             public_key=row.public_key,
             owner_id=str(row.owner_id),
             key_version=row.key_version,
-            created_at=_ts(row.created_at),
+            created_at=wire.timestamp(row.created_at),
             closed=row.closed_at is not None,
         )
 
@@ -478,7 +424,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         result = await self._transact(
             wallet,
             key,
-            "trustline",
+            TxKind.TRUSTLINE,
             digest("trustline", address),
             lambda: build_trustline(self.chain, address),
             before_build=check_present,
@@ -500,17 +446,15 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
 
         async def check_block() -> Result | None:
             try:
-                current = await current_block(self.chain)
-                latest = await self.chain.latest_ledger()
+                target = (await self.plantable.get(fresh=True)).target
             except ChainError as exc:
                 raise Unavailable(f"the farm cannot be read: {exc}") from None
-            target = current.plant_target(latest.close_time)
             if block == target:
                 return None
             return Result(
                 refused(
                     key,
-                    "plant",
+                    TxKind.PLANT,
                     farmer,
                     common_pb2.FAILURE_CODE_BLOCK_MISMATCH,
                     Fault.NONE,
@@ -522,7 +466,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         result = await self._transact(
             wallet,
             key,
-            "plant",
+            TxKind.PLANT,
             digest("plant", farmer, block, stake),
             lambda: build_plant(self.chain, farmer, stake),
             block_index=block,
@@ -594,7 +538,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         result = await self._transact(
             wallet,
             key,
-            "harvest",
+            TxKind.HARVEST,
             digest("harvest", farmer, block),
             lambda: build_harvest(self.chain, farmer, block, source=farmer),
             block_index=block,
@@ -621,7 +565,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         result = await self._transact(
             wallet,
             key,
-            "payout",
+            TxKind.TRANSFER,
+            # The digest's words are stored with every transaction: they stay as written.
             digest("payout", source, destination, amount),
             lambda: build_payment(self.chain, source, destination, amount),
             amount=amount,
@@ -644,51 +589,19 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         if destination == address:
             raise InvalidArgument("destination_address must differ from the closed wallet")
         wallet = await self._wallet(address)
-        kale_sent = 0
-
-        async def build() -> UnsignedTx:
-            nonlocal kale_sent
-            try:
-                account = await self.chain.call(
-                    "getLedgerEntries",
-                    lambda: self.chain.rpc.load_account(address),
-                )
-            except SdkNotFoundError:
-                raise AccountNotFoundError(address) from None
-            state = await read_account(self.chain, address)
-            bounds = await time_bounds(self.chain)
-            builder = TransactionBuilder(
-                account,
-                self.chain.config.network_passphrase,
-                base_fee=self.chain.config.base_fee_stroops,
-            ).add_time_bounds(*bounds)
-            if state is not None and state.kale is not None:
-                kale_sent = state.kale.balance
-                if kale_sent > 0:
-                    builder.append_payment_op(
-                        destination, self.chain.config.asset, _amount(kale_sent)
-                    )
-                builder.append_change_trust_op(self.chain.config.asset, limit="0")
-            builder.append_account_merge_op(destination)
-            envelope = builder.build()
-            return UnsignedTx(
-                envelope=envelope,
-                kind=TxKind.MERGE,
-                source=address,
-                sequence=envelope.transaction.sequence,
-                min_time=bounds[0],
-                max_time=bounds[1],
-            )
-
         result = await self._transact(
-            wallet, key, "merge", digest("merge", address, destination), build
+            wallet,
+            key,
+            TxKind.CLOSE,
+            digest("merge", address, destination),  # stored words: they stay as written
+            lambda: build_close(self.chain, address, destination),
         )
         response = wallet_pb2.CloseWalletResponse(outcome=result.outcome)
         row = result.row
         if row is not None and row.status == "success":
             await self.store.close_wallet(address)
             sent, merged = _close_amounts(row)
-            response.kale_sent_stroops = sent if sent is not None else kale_sent
+            response.kale_sent_stroops = sent or 0
             response.xlm_merged_stroops = merged or 0
         return response
 
@@ -713,10 +626,6 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             async with self._lock(row.source_account):
                 row = await self._drive(await self.store.tx(row.id), None)
         return wallet_pb2.GetTransactionResponse(outcome=outcome_of_row(row, replayed=True))
-
-
-def _amount(stroops: int) -> str:
-    return f"{stroops // 10_000_000}.{stroops % 10_000_000:07d}"
 
 
 def _close_amounts(row: TxRow) -> tuple[int | None, int | None]:

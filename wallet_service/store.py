@@ -15,11 +15,28 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import class_row
 
-from kalepool.chain import SignedTx
+from kalepool.chain import SignedTx, TxKind
 from kalepool.db.reads import Pool, fetch_all, fetch_one
 from wallet_service.keystore import Sealed
 
 UNSETTLED = ("prepared", "submitted", "pending")
+
+# The database's `transaction_kind` (0002) names two kinds by older words: a transfer is
+# 'payout' and a close is 'merge'. Renaming an enum value would mean recreating every
+# function that compares with the old word, so the labels stay, and this is the one
+# place that maps them (the wallet service alone writes the table).
+_DB_LABEL = {TxKind.TRANSFER: "payout", TxKind.CLOSE: "merge"}
+_OF_DB_LABEL = {label: kind for kind, label in _DB_LABEL.items()}
+
+
+def kind_label(kind: TxKind) -> str:
+    """The database's `transaction_kind` label of a transaction kind."""
+    return _DB_LABEL.get(kind, kind.value)
+
+
+def kind_of_label(label: str) -> TxKind:
+    """The transaction kind a `transaction_kind` label stands for."""
+    return _OF_DB_LABEL.get(label) or TxKind(label)
 
 
 class Taken(Exception):
@@ -54,7 +71,7 @@ class TxRow:
 
     id: UUID
     idempotency_key: str
-    kind: str
+    kind: TxKind  # read as the database's label, kept as the kind it stands for
     source_account: str
     sequence_number: int
     min_time: int
@@ -76,6 +93,9 @@ class TxRow:
     fault: str | None
     created_at: dt.datetime
     settled_at: dt.datetime | None
+
+    def __post_init__(self) -> None:
+        self.kind = kind_of_label(self.kind)
 
     @property
     def settled(self) -> bool:
@@ -240,7 +260,7 @@ class Store:
                     " %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                     (
                         key,
-                        signed.kind.value,
+                        kind_label(signed.kind),
                         signed.source,
                         block_index,
                         signed.source,

@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from stellar_sdk import StrKey
 
+from kalepool.amounts import format_kale
 from kalepool.app.commands import CommandError, rpc_error
 from kalepool.app.funding import KALE, Friendbot, FundingError
 from kalepool.app.operator import OperatorClient
 from kalepool.app.poolers import PoolerSetupError, csr_instructions, provision_pooler
 from kalepool.app.runstate import RunState
-from kalepool.app.tables import format_kale
 from kalepool.chain import ChainClient, ChainConfigError, ChainError, resolve_chain_config
 from kalepool.settings import ENV_PREFIX, Network, Settings
 from kalepool.v1 import pool_pb2

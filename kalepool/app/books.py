@@ -49,8 +49,8 @@ from psycopg.rows import dict_row
 from rich.console import Console
 from rich.markup import escape
 
+from kalepool.amounts import format_kale
 from kalepool.app.runstate import RunState
-from kalepool.app.tables import format_kale
 from kalepool.chain import (
     ChainClient,
     ChainConfigError,
@@ -58,6 +58,7 @@ from kalepool.chain import (
     ChainUnavailableError,
     EventsOutOfRangeError,
     TokenEvent,
+    TxKind,
     current_block,
     read_pails,
     read_token_events,
@@ -68,10 +69,14 @@ from kalepool.chain.farm_state import get_entries, trustline_key
 from kalepool.db.consistency import check_consistency
 from kalepool.db.roles import AUDITOR, with_schemas
 from kalepool.settings import Network, Settings
+from wallet_service.store import kind_label, kind_of_label
 
 # Above this many in-flight amounts for one farmer, their combinations are not tried:
 # the difference is reported as in flight when any is pending.
 _SUBSET_LIMIT = 12
+
+# The wallet transactions the books are compared with (kinds, kept as `TxKind`).
+_CHECKED_KINDS = (TxKind.PLANT, TxKind.HARVEST, TxKind.TRANSFER, TxKind.CLOSE)
 
 
 def kale(stroops: int) -> str:
@@ -163,16 +168,19 @@ async def _read_books(conn: psycopg.AsyncConnection[Any], since_block: int) -> _
             "SELECT id, farmer_id, amount, status::text AS status, tx_hash, wallet_key"
             " FROM payouts",
         ),
-        transactions=await _rows(
-            conn,
-            "SELECT t.idempotency_key, t.kind::text AS kind, t.status::text AS status,"
-            " t.tx_hash, t.source_account, t.block_index, t.rejected"
-            " FROM transactions t JOIN custodial_wallets w ON w.public_key = t.source_account"
-            " WHERE t.kind IN ('plant', 'harvest', 'payout', 'merge')"
-            " AND (t.block_index IS NULL OR t.block_index >= %s"
-            "      OR t.status IN ('prepared', 'submitted', 'pending'))",
-            (since_block,),
-        ),
+        transactions=[
+            {**t, "kind": kind_of_label(t["kind"])}
+            for t in await _rows(
+                conn,
+                "SELECT t.idempotency_key, t.kind::text AS kind, t.status::text AS status,"
+                " t.tx_hash, t.source_account, t.block_index, t.rejected"
+                " FROM transactions t JOIN custodial_wallets w ON w.public_key = t.source_account"
+                " WHERE t.kind::text = ANY(%s)"
+                " AND (t.block_index IS NULL OR t.block_index >= %s"
+                "      OR t.status IN ('prepared', 'submitted', 'pending'))",
+                ([kind_label(k) for k in _CHECKED_KINDS], since_block),
+            )
+        ],
         deposits=await _rows(conn, "SELECT event_id, farmer_id, amount, tx_hash FROM deposits"),
         followed_to=int(
             (await _rows(conn, "SELECT coalesce(min(ledger), 0) AS l FROM chain_cursors"))[0]["l"]
@@ -412,7 +420,7 @@ def _check_transactions(books: _Books, report: BooksReport) -> None:
                 report.in_flight.append(f"{what}: applied, the harvest loop records it")
             else:
                 report.differences.append(f"{what}: failed on chain but no such harvest record")
-        elif t["kind"] == "payout":
+        elif t["kind"] is TxKind.TRANSFER:
             payout = payouts.get(t["idempotency_key"])
             if payout is None:
                 report.differences.append(f"{what}: {status} on chain but no payout holds it")
@@ -422,7 +430,11 @@ def _check_transactions(books: _Books, report: BooksReport) -> None:
                 report.differences.append(
                     f"{what}: {status} on chain but payout {payout['id']} is {payout['status']}"
                 )
-        elif t["kind"] == "merge" and status == "success" and t["source_account"] not in departed:
+        elif (
+            t["kind"] is TxKind.CLOSE
+            and status == "success"
+            and t["source_account"] not in departed
+        ):
             report.in_flight.append(f"{what}: the account was closed; the farmer departs next")
     report.checked["transactions"] = len(books.transactions)
 
@@ -453,7 +465,7 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
     settled_out = {p["tx_hash"] for p in books.payouts if p["status"] == "success"} | {
         t["tx_hash"]
         for t in books.transactions
-        if t["kind"] == "merge" and t["status"] == "success"
+        if t["kind"] is TxKind.CLOSE and t["status"] == "success"
     }
     wallet_harvests = {t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"}
     pending_plants = {r["farmer_id"] for r in books.plant_requests}

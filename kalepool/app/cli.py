@@ -467,8 +467,8 @@ def farmer_payout(
 ) -> None:
     """Send a farmer's KALE to its registered payout address."""
     settings = settings_from(ctx)
+    from kalepool.amounts import parse_kale
     from kalepool.app.commands import payout
-    from kalepool.app.tables import parse_kale
 
     stroops = 0
     if amount is not None:

@@ -21,6 +21,7 @@ from typing import TypeVar
 import grpc
 from rich.console import Console
 
+from kalepool import wire
 from kalepool.app.operator import OperatorClient
 from kalepool.app.tables import (
     BLOCK_FIELDS,
@@ -43,13 +44,6 @@ from kalepool.v1 import common_pb2, pool_pb2
 T = TypeVar("T")
 
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-FARMER_STATUSES = {
-    "pending-funding": common_pb2.FARMER_STATUS_PENDING_FUNDING,
-    "active": common_pb2.FARMER_STATUS_ACTIVE,
-    "leaving": common_pb2.FARMER_STATUS_LEAVING,
-    "departed": common_pb2.FARMER_STATUS_DEPARTED,
-}
 
 
 class CommandError(Exception):
@@ -146,7 +140,9 @@ async def list_farmers(
             pool_pb2.ListFarmersRequest(
                 pagination=common_pb2.Pagination(page_size=500, page_token=token),
                 pooler_id=pooler_id,
-                status=FARMER_STATUSES[status] if status else common_pb2.FARMER_STATUS_UNSPECIFIED,
+                status=wire.farmer_status_of_label(status)
+                if status
+                else common_pb2.FARMER_STATUS_UNSPECIFIED,
             ),
             timeout=op.timeout,
         )

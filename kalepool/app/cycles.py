@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 
 import grpc
 from rich.table import Table
 
+from kalepool import wire
+from kalepool.amounts import format_kale
 from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.app.tables import (
@@ -30,7 +31,6 @@ from kalepool.app.tables import (
     block_failures,
     block_status,
     blocks_table,
-    format_kale,
 )
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 
@@ -112,7 +112,7 @@ def assess(block: pool_pb2.GetBlockResponse, *, final: bool = False) -> BlockOut
 def _requested_since(summary: pool_pb2.BlockSummary, since: float) -> bool:
     if not summary.HasField("plant_requested_at"):
         return False
-    return summary.plant_requested_at.ToDatetime(dt.UTC).timestamp() >= since
+    return wire.seconds(summary.plant_requested_at) >= since
 
 
 def describe(outcome: BlockOutcome) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from stellar_sdk import Keypair
 
+from kalepool.amounts import format_kale
 from kalepool.app.files import write_atomic
 from kalepool.app.funding import (
     KALE,
@@ -31,7 +32,6 @@ from kalepool.app.funding import (
 from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.app.poolers import ProvisionedPooler
-from kalepool.app.tables import format_kale
 from kalepool.chain import ChainClient, read_account
 from kalepool.settings import Settings, make_private
 from kalepool.v1 import common_pb2, pool_pb2

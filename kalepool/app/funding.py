@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from stellar_sdk import Keypair
 
-from kalepool.app.tables import STROOPS_PER_KALE as KALE
+from kalepool.amounts import STROOPS_PER_KALE as KALE
 from kalepool.chain import ChainClient, build_trustline, read_account, sign, submit
 from kalepool.chain.config import fetch_devnet_info, redact_url
 from kalepool.settings import Network, Settings

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from kalepool.amounts import STROOPS_PER_KALE
 from kalepool.app.commands import list_farmers, list_poolers
 from kalepool.app.operator import OperatorClient
 from kalepool.app.tables import (
     BLOCK_FIELDS,
     LEDGER_FIELDS,
-    STROOPS_PER_KALE,
     Cell,
     block_row,
     farmer_row,

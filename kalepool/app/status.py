@@ -12,11 +12,13 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from kalepool.amounts import format_kale
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
-from kalepool.app.tables import format_age, format_kale, format_span, poolers_table, when
+from kalepool.app.tables import format_age, format_span, poolers_table
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2
+from kalepool.wire import when
 
 
 def nothing_has_run(settings: Settings) -> bool:

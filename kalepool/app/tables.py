@@ -6,15 +6,15 @@ times in UTC) and a plain row (`*_row`: full ids and addresses, amounts as integ
 stroops, times in ISO 8601) for CSV files and scripts. Both read the API's messages
 only; nothing here talks to the pool.
 
-This module is also the one home for writing KALE amounts (`format_kale`,
-`short_kale`, `exact_kale`) and the API's times and enums the way the console shows them.
+Amounts are written by `kalepool.amounts` (with `short_kale` here, the table cells'
+rounding) and the API's enums and times read through `kalepool.wire`; this module is
+the one home for how the console shows them.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,30 +25,15 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from kalepool import wire
+from kalepool.amounts import STROOPS_PER_KALE, format_kale
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
-
-STROOPS_PER_KALE = 10_000_000
+from kalepool.wire import when
 
 Cell = str | int
 
 
 # --- amounts ------------------------------------------------------------------------------
-
-
-def exact_kale(stroops: int) -> str:
-    """A stroop amount as an exact KALE decimal with all 7 places: `-1.2500000`."""
-    sign = "-" if stroops < 0 else ""
-    whole, frac = divmod(abs(stroops), STROOPS_PER_KALE)
-    return f"{sign}{whole}.{frac:07d}"
-
-
-def format_kale(stroops: int) -> str:
-    """A stroop amount as people read KALE, exact to the stroop: thousands grouped, no
-    trailing zeros (`1,234.5`, `0.0001234`, `-3.0000001`). Messages and logs use it."""
-    sign = "-" if stroops < 0 else ""
-    whole, frac = divmod(abs(stroops), STROOPS_PER_KALE)
-    decimals = f"{frac:07d}".rstrip("0")
-    return f"{sign}{whole:,}" + (f".{decimals}" if decimals else "")
 
 
 def short_kale(stroops: int) -> str:
@@ -64,22 +49,6 @@ def short_kale(stroops: int) -> str:
     return ("-" if stroops < 0 else "") + f"{whole:,}" + (f".{decimals}" if decimals else "")
 
 
-def parse_kale(text: str) -> int:
-    """A KALE amount a person typed (`12`, `0.5`, `1,000.25`) in stroops; ValueError with
-    a one-sentence reason for anything else (negative, more than 7 decimals, not a number)."""
-    cleaned = text.strip().replace(",", "").replace("_", "")
-    match = _AMOUNT.fullmatch(cleaned)
-    if match is None or cleaned in ("", "."):
-        raise ValueError(f"{text!r} is not an amount of KALE (e.g. 12 or 0.5)")
-    whole, frac = match.group(1), match.group(2) or ""
-    if len(frac) > 7:
-        raise ValueError(f"{text!r} has more than 7 decimals (1 stroop is 0.0000001 KALE)")
-    return int(whole or "0") * STROOPS_PER_KALE + int(frac.ljust(7, "0"))
-
-
-_AMOUNT = re.compile(r"([0-9]*)(?:\.([0-9]+))?", re.ASCII)
-
-
 def format_rate(hashes_per_second: float) -> str:
     """A hash rate with an SI prefix: `812 H/s`, `3.41 MH/s`."""
     value = float(hashes_per_second)
@@ -91,13 +60,6 @@ def format_rate(hashes_per_second: float) -> str:
 
 
 # --- times --------------------------------------------------------------------------------
-
-
-def when(stamp: Timestamp) -> dt.datetime | None:
-    """The time of a Timestamp field, in UTC; None when the field is unset (zero)."""
-    if stamp.seconds == 0 and stamp.nanos == 0:
-        return None
-    return stamp.ToDatetime(tzinfo=dt.UTC)
 
 
 def format_time(stamp: Timestamp) -> str:
@@ -180,7 +142,7 @@ def fault_party(party: common_pb2.FaultParty.ValueType) -> str:
 
 def failure_cause(failure: common_pb2.Failure) -> str:
     """`work_late (pooler)`: the cause and whose fault it was, in a few words."""
-    code = common_pb2.FailureCode.Name(failure.code).removeprefix("FAILURE_CODE_").lower()
+    code = wire.failure_label(failure.code).lower()
     if failure.contract_error:
         code += f" #{failure.contract_error}"
     return f"{code} ({fault_party(failure.fault)})"
@@ -500,6 +462,10 @@ def pooler_row(
             "last_heartbeat_at": iso_time(st.last_heartbeat_at),
             "hashes_per_second": st.hashes_per_second,
             "capacity": st.capacity,
+            "threads": st.threads,
+            "mining_farmers": st.mining_farmers,
+            "observed_block_index": st.observed_block_index,
+            "agent_version": st.agent_version,
             "blocks": st.blocks,
             "works_succeeded": st.counts.works_succeeded,
             "works_failed": st.counts.works_failed,

@@ -33,6 +33,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kalepool.amounts import format_kale
 from kalepool.app.observer import EVENT_LOGGER, StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
@@ -44,15 +45,14 @@ from kalepool.app.tables import (
     farmer_status,
     farmers_table,
     fault_party,
-    format_kale,
     format_span,
     is_failure,
     poolers_table,
     short_kale,
-    when,
 )
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
+from kalepool.wire import when
 
 log = logging.getLogger(EVENT_LOGGER)
 

@@ -4,6 +4,7 @@
 `farm_state` reads the farm and accounts; `calls` builds transactions; `submit` signs,
 records, sends and follows them safely; `events` reads the asset's token events and
 `farm_calls` what a farm transaction did (its call, the pails it created and removed);
+`plantable` which block a plant may name now;
 `errors` and `faults` say what went wrong and whose fault it was. See docs/chain.md.
 """
 
@@ -11,8 +12,8 @@ from kalepool.chain.calls import (
     TxKind,
     UnsignedTx,
     authorize,
+    build_close,
     build_harvest,
-    build_merge,
     build_payment,
     build_plant,
     build_trustline,
@@ -50,6 +51,7 @@ from kalepool.chain.farm_state import (
     read_pails,
 )
 from kalepool.chain.faults import Fault, attribute_fault
+from kalepool.chain.plantable import Plantable, PlantableReads, read_plantable
 from kalepool.chain.submit import (
     SignedTx,
     SubmitEvent,
@@ -87,6 +89,8 @@ __all__ = [
     "NotAFarmCallError",
     "Pail",
     "PailChanges",
+    "Plantable",
+    "PlantableReads",
     "RetryPolicy",
     "SignedTx",
     "SimulationError",
@@ -100,8 +104,8 @@ __all__ = [
     "UnsignedTx",
     "attribute_fault",
     "authorize",
+    "build_close",
     "build_harvest",
-    "build_merge",
     "build_payment",
     "build_plant",
     "build_trustline",
@@ -115,6 +119,7 @@ __all__ = [
     "read_pail",
     "read_pail_changes",
     "read_pails",
+    "read_plantable",
     "read_token_events",
     "reconcile",
     "resolve_chain_config",

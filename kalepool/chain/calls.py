@@ -1,5 +1,5 @@
 """Building transactions: farm calls (`plant`, `work`, `harvest`), trustlines, KALE
-payments and account merges, unsigned and ready to sign.
+payments and account closes, unsigned and ready to sign.
 
 Every transaction gets time bounds from the chain's own clock: `min_time` is the latest
 ledger's close time and `max_time` that plus `tx_timeout_seconds`. (The chain's clock,
@@ -33,6 +33,7 @@ from stellar_sdk.soroban_rpc import SimulateTransactionResponse
 from stellar_sdk.transaction_envelope import TransactionEnvelope
 
 from kalepool import protocol
+from kalepool.amounts import exact_kale
 from kalepool.chain.client import ChainClient
 from kalepool.chain.errors import (
     AccountNotFoundError,
@@ -40,21 +41,21 @@ from kalepool.chain.errors import (
     make_contract_error,
     parse_simulation_error,
 )
-from kalepool.chain.farm_state import check_account, check_address
+from kalepool.chain.farm_state import check_account, check_address, kale_balance
 
-STROOPS_PER_UNIT = 10_000_000
 I64_MAX = 2**63 - 1
 
 
 class TxKind(StrEnum):
-    """What a transaction does (the `transaction_kind` of the database)."""
+    """What a transaction does, in the wallet API's words (`TxKind`). The wallet's
+    database labels two of them by older names (`wallet_service.store` maps them)."""
 
     PLANT = "plant"
     WORK = "work"
     HARVEST = "harvest"
-    PAYOUT = "payout"
+    TRANSFER = "transfer"  # KALE to another address (a payout)
     TRUSTLINE = "trustline"
-    MERGE = "merge"
+    CLOSE = "close"  # all KALE out, the trustline removed, the account merged away
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,11 +335,6 @@ async def build_harvest(
 # --- classic operations ------------------------------------------------------------------
 
 
-def stroops_to_amount(stroops: int) -> str:
-    """An exact decimal string of a stroop amount (7 decimals), as classic operations take."""
-    return f"{stroops // STROOPS_PER_UNIT}.{stroops % STROOPS_PER_UNIT:07d}"
-
-
 async def build_trustline(
     client: ChainClient,
     account_id: str | Account,
@@ -370,7 +366,7 @@ async def build_payment(
         account = await _source_account(client, source)
         return await invoke(
             client,
-            TxKind.PAYOUT,
+            TxKind.TRANSFER,
             account,
             client.config.sac_contract_id,
             "transfer",
@@ -389,26 +385,35 @@ async def build_payment(
     account = await _source_account(client, source)
     bounds = await time_bounds(client, max_time)
     builder = _builder(client, account, bounds).append_payment_op(
-        destination, client.config.asset, stroops_to_amount(amount)
+        destination, client.config.asset, exact_kale(amount)
     )
-    return _classic(TxKind.PAYOUT, account, builder, bounds)
+    return _classic(TxKind.TRANSFER, account, builder, bounds)
 
 
-async def build_merge(
+async def build_close(
     client: ChainClient,
     account_id: str | Account,
     destination: str,
     *,
     max_time: int | None = None,
 ) -> UnsignedTx:
-    """AccountMerge: close the account and send its XLM to `destination` (it must hold no
-    trustline: remove the KALE trustline first, which needs a zero balance)."""
+    """Close an account into `destination` in one transaction: a Payment of all its KALE
+    (when it holds any), the removal of its KALE trustline (when it has one), and an
+    AccountMerge sending it all its XLM. The KALE balance is the one read now: a deposit
+    landing before the transaction applies fails the trustline removal, so nothing
+    applies and nothing is lost."""
     if not (
         StrKey.is_valid_ed25519_public_key(destination)
         or StrKey.is_valid_med25519_public_key(destination)
     ):
-        raise ValueError(f"not a merge destination (G… or M…): {destination!r}")
+        raise ValueError(f"not a close destination (G… or M…): {destination!r}")
     account = await _source_account(client, account_id)
+    kale = await kale_balance(client, account.account.account_id)
     bounds = await time_bounds(client, max_time)
-    builder = _builder(client, account, bounds).append_account_merge_op(destination)
-    return _classic(TxKind.MERGE, account, builder, bounds)
+    builder = _builder(client, account, bounds)
+    if kale is not None:
+        if kale > 0:
+            builder.append_payment_op(destination, client.config.asset, exact_kale(kale))
+        builder.append_change_trust_op(client.config.asset, limit="0")
+    builder.append_account_merge_op(destination)
+    return _classic(TxKind.CLOSE, account, builder, bounds)

@@ -96,6 +96,11 @@ class ContractError(ChainError):
         )
 
     @property
+    def code(self) -> str:
+        """`farm#N` / `asset#N`: the error as an `error_code` column stores it."""
+        return f"{self.kind.value}#{self.number}"
+
+    @property
     def farm_error(self) -> FarmError | None:
         """The farm's error, when the farm raised it."""
         if self.kind is ContractKind.FARM and self.number in FarmError._value2member_map_:

@@ -59,7 +59,7 @@ class FarmBlock:
     normalized_total: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Block:
     """A block (temporary storage `Block(index)`): the entropy miners hash against and the
     ranges its works are normalised with (copied from the previous block's statistics)."""

@@ -37,9 +37,9 @@ _BUILDER = {
     TxKind.PLANT: Fault.POOL,
     TxKind.WORK: Fault.POOLER,
     TxKind.HARVEST: Fault.POOL,
-    TxKind.PAYOUT: Fault.POOL,
+    TxKind.TRANSFER: Fault.POOL,
     TxKind.TRUSTLINE: Fault.POOL,
-    TxKind.MERGE: Fault.POOL,
+    TxKind.CLOSE: Fault.POOL,
 }
 
 # Who pays the fee by default: custodial farmer accounts pay for their own plants and
@@ -48,9 +48,9 @@ _PAYER = {
     TxKind.PLANT: Fault.FARMER,
     TxKind.WORK: Fault.POOLER,
     TxKind.HARVEST: Fault.POOL,
-    TxKind.PAYOUT: Fault.FARMER,
+    TxKind.TRANSFER: Fault.FARMER,
     TxKind.TRUSTLINE: Fault.FARMER,
-    TxKind.MERGE: Fault.FARMER,
+    TxKind.CLOSE: Fault.FARMER,
 }
 
 # Transaction-level codes that say the fee account cannot pay.

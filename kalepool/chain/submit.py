@@ -149,7 +149,7 @@ def _classify(envelope: TransactionEnvelope) -> tuple[TxKind, str | None, str | 
                 f"{len(ops)} operations: only a close (payments, trustline removal, then "
                 "an account merge) may have more than one"
             )
-        return TxKind.MERGE, None, None
+        return TxKind.CLOSE, None, None
     if not ops:
         raise ValueError("transaction has no operation")
     op = ops[0]
@@ -161,14 +161,14 @@ def _classify(envelope: TransactionEnvelope) -> tuple[TxKind, str | None, str | 
         if call.function in kinds:
             return kinds[call.function], call.contract_id, call.function
         if call.function == "transfer":
-            return TxKind.PAYOUT, call.contract_id, call.function
+            return TxKind.TRANSFER, call.contract_id, call.function
         raise ValueError(f"unsupported contract function {call.function!r}")
     if isinstance(op, ChangeTrust):
         return TxKind.TRUSTLINE, None, None
     if isinstance(op, Payment):
-        return TxKind.PAYOUT, None, None
+        return TxKind.TRANSFER, None, None
     if isinstance(op, AccountMerge):
-        return TxKind.MERGE, None, None
+        return TxKind.CLOSE, None, None
     raise ValueError(f"unsupported operation {type(op).__name__}")
 
 
@@ -244,8 +244,7 @@ class TxOutcome:
         if self.status is TxStatus.SUCCESS:
             return None
         if self.contract_error is not None:
-            err = self.contract_error
-            return f"{err.kind.value}#{err.number}"
+            return self.contract_error.code
         return self.operation_code or self.result_code or self.status.value
 
     @property

@@ -11,6 +11,7 @@ inside a database transaction).
 from __future__ import annotations
 
 import enum
+import math
 import types
 import typing
 from collections.abc import AsyncIterator, Sequence
@@ -141,11 +142,13 @@ async def open_pool(
     role ``conninfo`` logs in as. Every connection is checked when it is taken from
     the pool, so a pool that outlived a PostgreSQL restart hands out fresh
     connections instead of broken ones; a statement timeout (when given) bounds every
-    query of the service.
+    query of the service, set when each connection opens. It is whole milliseconds,
+    rounded up: PostgreSQL reads 0 as no timeout at all.
     """
     options = [role.search_path]
     if statement_timeout_seconds is not None:
-        options.append(f"-c statement_timeout={int(statement_timeout_seconds * 1000)}")
+        millis = max(1, math.ceil(statement_timeout_seconds * 1000))
+        options.append(f"-c statement_timeout={millis}")
     kwargs: dict[str, Any] = {"autocommit": True, "options": " ".join(options)}
     pool: Pool = AsyncConnectionPool(
         conninfo,

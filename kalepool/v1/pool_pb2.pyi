@@ -153,11 +153,13 @@ class Farmer(_message.Message):
 
     @_builtins.property
     def funded_at(self) -> _timestamp_pb2.Timestamp:
-        """When funding was confirmed; unset before."""
+        """When funding was confirmed; unset before (and for farmers funded before the pool
+        recorded it, migration 0012).
+        """
 
     @_builtins.property
     def left_at(self) -> _timestamp_pb2.Timestamp:
-        """When it asked to leave; unset before."""
+        """When it asked to leave; unset before (and for farmers gone before migration 0012)."""
 
     def __init__(
         self,
@@ -1420,6 +1422,10 @@ class GetPoolerStatsResponse(_message.Message):
     HASHES_PER_SECOND_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
+    MINING_FARMERS_FIELD_NUMBER: _builtins.int
+    OBSERVED_BLOCK_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_CURSOR_FIELD_NUMBER: _builtins.int
     blocks: _builtins.int
     """Blocks counted."""
     total_reward_stroops: _builtins.int
@@ -1436,6 +1442,14 @@ class GetPoolerStatsResponse(_message.Message):
     """Hash rate it reported in its last heartbeat, in hashes per second."""
     agent_version: _builtins.str
     """Agent version it reported in its last heartbeat."""
+    threads: _builtins.int
+    """Miner threads it reported in use, in its last heartbeat."""
+    mining_farmers: _builtins.int
+    """Farmers it reported mining, in its last heartbeat."""
+    observed_block_index: _builtins.int
+    """The chain's current block as it saw it, in its last heartbeat."""
+    last_cursor: _builtins.int
+    """The cursor of the last assignment it reported processed, in its last heartbeat."""
     @_builtins.property
     def pooler(self) -> Global___Pooler:
         """The pooler."""
@@ -1467,10 +1481,14 @@ class GetPoolerStatsResponse(_message.Message):
         hashes_per_second: _builtins.int = ...,
         agent_version: _builtins.str = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        threads: _builtins.int = ...,
+        mining_farmers: _builtins.int = ...,
+        observed_block_index: _builtins.int = ...,
+        last_cursor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts", "last_heartbeat_at", b"last_heartbeat_at", "pooler", b"pooler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_heartbeat_at", b"last_heartbeat_at", "pooler", b"pooler", "stream_connected", b"stream_connected", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,11 +25,13 @@ class FarmerRow:
     is_funded: bool
     status: FarmerStatus
     created_at: dt.datetime
+    funded_at: dt.datetime | None = None  # when is_funded turned true (0013's trigger)
+    left_at: dt.datetime | None = None  # when the status left 'active'
 
 
 FARMER_COLUMNS = (
     "id, pooler_id, custodial_public_key, payout_address, stake_bps, current_balance,"
-    " is_funded, status::text, created_at"
+    " is_funded, status::text, created_at, funded_at, left_at"
 )
 _FARMER_COLUMNS_OF_F = ", ".join("f." + c.strip() for c in FARMER_COLUMNS.split(","))
 

@@ -140,8 +140,8 @@ class HarvestStore:
     async def record(
         self,
         pail: Pail,
-        status: EventStatus,
         *,
+        status: EventStatus,
         reward: int | None = None,
         tx_hash: str | None = None,
         ledger: int | None = None,

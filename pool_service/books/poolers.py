@@ -33,6 +33,7 @@ class Heartbeat:
     mining_farmers: int
     agent_version: str
     block_index: int
+    last_cursor: int
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class HeartbeatRow:
     heartbeat_mining_farmers: int | None
     heartbeat_agent_version: str | None
     heartbeat_block_index: int | None
+    heartbeat_last_cursor: int | None
 
 
 POOLER_COLUMNS = (
@@ -176,7 +178,8 @@ class PoolerStore:
                 "UPDATE poolers SET last_heartbeat_at = now(), heartbeat_capacity = %s,"
                 " heartbeat_hashes_per_second = %s, heartbeat_threads = %s,"
                 " heartbeat_mining_farmers = %s, heartbeat_agent_version = %s,"
-                " heartbeat_block_index = %s WHERE id = %s AND (last_heartbeat_at IS NULL"
+                " heartbeat_block_index = %s, heartbeat_last_cursor = %s"
+                " WHERE id = %s AND (last_heartbeat_at IS NULL"
                 " OR last_heartbeat_at <= now() - make_interval(secs => %s))",
                 (
                     beat.capacity,
@@ -185,6 +188,7 @@ class PoolerStore:
                     beat.mining_farmers,
                     beat.agent_version,
                     beat.block_index,
+                    beat.last_cursor,
                     pooler_id,
                     min_seconds,
                 ),
@@ -197,6 +201,6 @@ class PoolerStore:
             HeartbeatRow,
             "SELECT last_heartbeat_at, heartbeat_capacity, heartbeat_hashes_per_second,"
             " heartbeat_threads, heartbeat_mining_farmers, heartbeat_agent_version,"
-            " heartbeat_block_index FROM poolers WHERE id = %s",
+            " heartbeat_block_index, heartbeat_last_cursor FROM poolers WHERE id = %s",
             (pooler_id,),
         )

@@ -9,16 +9,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
+from kalepool.amounts import exact_kale, format_kale
 from kalepool.app.tables import (
     BLOCK_FIELDS,
     block_failures,
     block_row,
     blocks_table,
-    exact_kale,
     farmer_row,
     farmers_table,
     format_age,
-    format_kale,
     format_rate,
     ledger_row,
     payout_summary,

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from kalepool.amounts import format_kale
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
-from kalepool.app.tables import format_kale, short_kale
+from kalepool.app.tables import short_kale
 from kalepool.app.view import (
     EVENT_LOGGER,
     ConsoleView,

@@ -147,7 +147,7 @@ async def test_payout_to_a_contract_goes_through_the_asset_contract(stage: Stage
     assert await kale_balance(client, target) == 0
     tx = await build_payment(client, payer.public_key, target, 1234)
     assert (tx.kind, tx.function, tx.contract_id) == (
-        TxKind.PAYOUT,
+        TxKind.TRANSFER,
         "transfer",
         client.config.sac_contract_id,
     )
@@ -158,7 +158,7 @@ async def test_payout_to_a_contract_goes_through_the_asset_contract(stage: Stage
     with pytest.raises(ContractError) as broke:
         await build_payment(client, payer.public_key, target, KALE)
     assert broke.value.asset_error is AssetError.INSUFFICIENT_BALANCE
-    assert attribute_fault(TxKind.PAYOUT, broke.value) is Fault.POOL
+    assert attribute_fault(TxKind.TRANSFER, broke.value) is Fault.POOL
 
 
 async def test_fate_beyond_the_servers_history() -> None:
@@ -272,7 +272,7 @@ def test_same_number_means_different_things_per_contract() -> None:
             None,
             Fault.FARMER,
         ),
-        (TxKind.PAYOUT, TxStatus.FAILED, ("txFAILED", "PAYMENT_UNDERFUNDED"), None, Fault.POOL),
+        (TxKind.TRANSFER, TxStatus.FAILED, ("txFAILED", "PAYMENT_UNDERFUNDED"), None, Fault.POOL),
     ],
 )
 def test_result_code_faults(
@@ -306,7 +306,7 @@ async def test_only_a_close_may_carry_several_operations(stage: Stage) -> None:
         .build()
     )
     close.sign(farmer)
-    assert SignedTx.from_envelope(close.to_xdr(), passphrase).kind is TxKind.MERGE
+    assert SignedTx.from_envelope(close.to_xdr(), passphrase).kind is TxKind.CLOSE
     two_payments = (
         TransactionBuilder(account, passphrase, 100)
         .append_payment_op(other.public_key, client.config.asset, "1")

@@ -16,7 +16,7 @@ from kalepool.chain import (
     TxKind,
     TxStatus,
     attribute_fault,
-    build_merge,
+    build_close,
     build_payment,
     build_plant,
     build_trustline,
@@ -258,7 +258,7 @@ async def test_rejected_and_failed_classic_transactions(stage: Stage) -> None:
     rejected = await stage.run(await build_payment(client, stale, payee.public_key, 1), payer)
     assert rejected.status is TxStatus.REJECTED and rejected.result_code == "txBAD_SEQ"
     assert rejected.db_status == "failed" and rejected.error_code == "txBAD_SEQ"
-    assert attribute_fault(TxKind.PAYOUT, rejected) is Fault.POOL
+    assert attribute_fault(TxKind.TRANSFER, rejected) is Fault.POOL
 
     # More KALE than the account holds: applied, failed, fee charged.
     failed = await stage.run(
@@ -274,7 +274,7 @@ async def test_rejected_and_failed_classic_transactions(stage: Stage) -> None:
         await build_payment(client, payer.public_key, bare.public_key, 1), payer
     )
     assert no_trust.operation_code == "PAYMENT_NO_TRUST"
-    assert attribute_fault(TxKind.PAYOUT, no_trust) is Fault.FARMER
+    assert attribute_fault(TxKind.TRANSFER, no_trust) is Fault.FARMER
 
 
 async def test_payout_remove_trustline_and_merge(stage: Stage) -> None:
@@ -292,12 +292,30 @@ async def test_payout_remove_trustline_and_merge(stage: Stage) -> None:
     state = await read_account(client, leaving.public_key)
     assert state is not None and state.kale is None and state.sub_entries == 0
     merged = await stage.run(
-        await build_merge(client, leaving.public_key, farmer_wallet.public_key), leaving
+        await build_close(client, leaving.public_key, farmer_wallet.public_key), leaving
     )
-    assert merged.ok and merged.tx.kind is TxKind.MERGE
+    assert merged.ok and merged.tx.kind is TxKind.CLOSE
     assert await read_account(client, leaving.public_key) is None
     wallet = await read_account(client, farmer_wallet.public_key)
     assert wallet is not None and wallet.kale is not None and wallet.kale.balance == 6 * KALE
+
+
+async def test_a_close_sends_the_kale_removes_the_trustline_and_merges_in_one_transaction(
+    stage: Stage,
+) -> None:
+    """What CloseWallet signs: the whole close applies together."""
+    client = stage.client
+    leaving, farmer_wallet = await stage.accounts(2, kale=3 * KALE)
+    before = await read_account(client, farmer_wallet.public_key)
+    assert before is not None
+    close = await build_close(client, leaving.public_key, farmer_wallet.public_key)
+    assert len(close.envelope.transaction.operations) == 3
+    closed = await stage.run(close, leaving)
+    assert closed.ok and closed.tx.kind is TxKind.CLOSE, closed.describe()
+    assert await read_account(client, leaving.public_key) is None
+    after = await read_account(client, farmer_wallet.public_key)
+    assert after is not None and after.kale is not None and after.kale.balance == 6 * KALE
+    assert after.xlm_balance > before.xlm_balance  # the closed account's XLM, merged
 
 
 async def test_transport_failures_are_retried_then_reported_as_the_chains(stage: Stage) -> None:

@@ -75,6 +75,40 @@ def test_current_farmers_cannot_be_written(db: Conn, rows: Rows) -> None:
     db.execute("UPDATE poolers SET last_seen_at = now(), max_farmers = 20 WHERE id = %s", (pooler,))
 
 
+def _times(conn: Conn, farmer: UUID) -> tuple[Any, Any]:
+    row = conn.execute("SELECT funded_at, left_at FROM farmers WHERE id = %s", (farmer,)).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_funding_and_leaving_are_stamped_by_their_transitions(db: Conn, rows: Rows) -> None:
+    pooler = rows.pooler()
+    farmer = rows.farmer(pooler)
+    assert _times(db, farmer) == (None, None)
+    db.execute("UPDATE farmers SET is_funded = true WHERE id = %s", (farmer,))
+    funded, left = _times(db, farmer)
+    assert funded is not None and left is None
+    db.execute("UPDATE farmers SET stake_bps = 100 WHERE id = %s", (farmer,))
+    assert _times(db, farmer) == (funded, None)
+    db.execute("UPDATE farmers SET status = 'leaving' WHERE id = %s", (farmer,))
+    funded_again, left = _times(db, farmer)
+    assert funded_again == funded and left is not None
+    db.execute("UPDATE farmers SET status = 'departed' WHERE id = %s", (farmer,))
+    assert _times(db, farmer) == (funded, left)  # it left when it stopped being active
+    gone = rows.farmer(pooler, status="leaving", is_funded=True)
+    assert None not in _times(db, gone)
+
+
+def test_funding_and_leaving_times_cannot_be_written(db: Conn, rows: Rows) -> None:
+    pooler = rows.pooler()
+    farmer = rows.farmer(pooler)
+    for column in ("funded_at", "left_at"):
+        with pytest.raises(errors.GeneratedAlways):
+            db.execute(f"UPDATE farmers SET {column} = now() WHERE id = %s".encode(), (farmer,))
+        with pytest.raises(errors.GeneratedAlways):
+            rows.farmer(pooler, **{column: "2025-01-01T00:00:00Z"})
+
+
 # block_operations ------------------------------------------------------------------
 
 TOTALS = (

@@ -326,7 +326,9 @@ def test_0012_keeps_in_the_pools_rows_what_it_read_from_the_wallets(
         conn.execute("UPDATE transactions SET status = 'failed' WHERE id = %s", (lost_tx,))
         assert rows.balance(farmer) == 700
 
-    assert [m.label for m in apply_migrations(empty_db_conninfo)] == ["0012_service_schemas"]
+    assert [m.label for m in apply_migrations(empty_db_conninfo, _through(12))] == [
+        "0012_service_schemas"
+    ]
 
     with psycopg.connect(owner_view(empty_db_conninfo), autocommit=True) as conn:
         rows = Rows(conn)

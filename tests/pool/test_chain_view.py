@@ -7,15 +7,27 @@ from __future__ import annotations
 
 from typing import cast
 
-from kalepool.chain import Block, ChainClient, CurrentBlock
-from pool_service.chain_view import ChainView, Plantable
+from kalepool.chain import Block, ChainClient, CurrentBlock, Plantable
+from pool_service.chain_view import ChainView
 
 OPENED = 1_000_000
 BLOCK_SECONDS = 300
 
 
 def _block(index: int) -> Block:
-    return Block(index, OPENED, 0, 0, 0, 0, 0, 0, b"\0" * 32, 0, 0)
+    return Block(
+        index=index,
+        timestamp=OPENED,
+        min_gap=0,
+        min_stake=0,
+        min_zeros=0,
+        max_gap=0,
+        max_stake=0,
+        max_zeros=0,
+        entropy=b"\0" * 32,
+        staked_total=0,
+        normalized_total=0,
+    )
 
 
 class _Counting(ChainView):

@@ -238,7 +238,7 @@ async def test_a_transfer_of_nothing_stops_nothing(pool: PoolStage) -> None:
     # anyone can send one to a custodial account, and the chain reports it as a movement.
     zero = await invoke(
         chain,
-        TxKind.PAYOUT,
+        TxKind.TRANSFER,
         payer.public_key,
         chain.config.sac_contract_id,
         "transfer",

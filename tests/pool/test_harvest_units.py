@@ -122,7 +122,7 @@ class _Store:
         self.follower_reads += 1
         return 2000  # past the latest ledger
 
-    async def record(self, pail: Pail, status: str, **rest: Any) -> None:
+    async def record(self, pail: Pail, *, status: str, **rest: Any) -> None:
         self.recorded.append((pail, status))
 
     async def unreported(self, *args: Any, **kwargs: Any) -> list[Unreported]:

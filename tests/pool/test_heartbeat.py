@@ -15,8 +15,8 @@ async def _heartbeat_row(pool: PoolStage, pooler_id: str) -> tuple[object, ...]:
     async with await psycopg.AsyncConnection.connect(pool.conninfo) as conn:
         cur = await conn.execute(
             "SELECT heartbeat_capacity, heartbeat_hashes_per_second, heartbeat_threads,"
-            " heartbeat_mining_farmers, heartbeat_agent_version, heartbeat_block_index"
-            " FROM poolers WHERE id = %s",
+            " heartbeat_mining_farmers, heartbeat_agent_version, heartbeat_block_index,"
+            " heartbeat_last_cursor FROM poolers WHERE id = %s",
             (pooler_id,),
         )
         row = await cur.fetchone()
@@ -52,7 +52,10 @@ async def test_heartbeats_are_stored_and_shown(pool: PoolStage) -> None:
         12_345_678_901,
         "0.3.1",
     )
-    stored = (4, 12_345_678_901, 8, 3, "0.3.1", chain.index)
+    # Every figure of the request is stored and shown.
+    shown = (stats.threads, stats.mining_farmers, stats.observed_block_index, stats.last_cursor)
+    assert shown == (8, 3, chain.index, 17)
+    stored = (4, 12_345_678_901, 8, 3, "0.3.1", chain.index, 17)
     assert await _heartbeat_row(pool, pooler.pooler_id) == stored
 
     # Within a few seconds of the last write, a heartbeat is answered, not written.
@@ -66,7 +69,7 @@ async def test_heartbeats_are_stored_and_shown(pool: PoolStage) -> None:
             (pooler.pooler_id,),
         )
     await stub.Heartbeat(busier, metadata=bearer(key))
-    assert await _heartbeat_row(pool, pooler.pooler_id) == (4, 0, 8, 0, "0.3.2", 0)
+    assert await _heartbeat_row(pool, pooler.pooler_id) == (4, 0, 8, 0, "0.3.2", 0, 0)
     assert (await op.GetPoolerStats(ask)).agent_version == "0.3.2"
 
     # Figures the columns cannot hold are refused, and nothing is written.
@@ -77,10 +80,11 @@ async def test_heartbeats_are_stored_and_shown(pool: PoolStage) -> None:
         pooler_pb2.HeartbeatRequest(agent_version="bad\nversion"),
         pooler_pb2.HeartbeatRequest(capacity=2**31),
         pooler_pb2.HeartbeatRequest(hashes_per_second=2**63),
+        pooler_pb2.HeartbeatRequest(last_cursor=2**63),
     ]:
         code, message = await code_of(stub.Heartbeat(bad, metadata=bearer(key)))
         assert code.name == "INVALID_ARGUMENT" and message, (bad, code)
-    assert await _heartbeat_row(pool, pooler.pooler_id) == (4, 0, 8, 0, "0.3.2", 0)
+    assert await _heartbeat_row(pool, pooler.pooler_id) == (4, 0, 8, 0, "0.3.2", 0, 0)
 
 
 async def test_pool_stats_show_the_block_timing_when_the_chain_answers(pool: PoolStage) -> None:

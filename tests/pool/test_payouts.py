@@ -243,6 +243,8 @@ async def test_leave_pool_pays_out_and_merges_the_account(pool: PoolStage) -> No
     assert dest_before is not None
     left = await op.LeavePool(pool_pb2.LeavePoolRequest(farmer_id=leaver.farmer_id))
     assert left.farmer.status == common_pb2.FARMER_STATUS_DEPARTED, left
+    assert left.farmer.HasField("funded_at") and left.farmer.HasField("left_at")
+    assert left.farmer.left_at.ToDatetime() >= left.farmer.funded_at.ToDatetime()
     assert left.close_transaction.status == common_pb2.TX_STATUS_SUCCESS
     assert await read_account(pool.chain, leaver.custodial_address) is None
     assert await kale_balance(pool.chain, dest.public_key) == 4 * KALE
@@ -265,12 +267,14 @@ async def test_leave_pool_pays_out_and_merges_the_account(pool: PoolStage) -> No
     assert [p.farmer_id for p in plant.planted] == [planted.farmer_id]
     waiting = await op.LeavePool(pool_pb2.LeavePoolRequest(farmer_id=planted.farmer_id))
     assert waiting.farmer.status == common_pb2.FARMER_STATUS_LEAVING
+    assert waiting.farmer.HasField("left_at")
     assert waiting.pending_harvests == 1 and not waiting.HasField("close_transaction")
     assert await read_account(pool.chain, planted.custodial_address) is not None
 
     # Safe to repeat; a departed farmer gets no payout and is planted no more.
     again = await op.LeavePool(pool_pb2.LeavePoolRequest(farmer_id=leaver.farmer_id))
     assert again.farmer.status == common_pb2.FARMER_STATUS_DEPARTED
+    assert again.farmer.left_at == left.farmer.left_at  # from leaving, not departing
     assert again.close_transaction.tx_hash == left.close_transaction.tx_hash
     code, _ = await code_of(
         op.RequestPayout(pool_pb2.RequestPayoutRequest(farmer_id=leaver.farmer_id))

@@ -105,6 +105,7 @@ async def test_farmers_register_fund_confirm_and_read(pool: PoolStage) -> None:
     early = await op.ConfirmFunding(pool_pb2.ConfirmFundingRequest(farmer_id=farmer.farmer_id))
     assert not early.funded and "does not exist" in early.detail
     assert not early.account.exists
+    assert not early.farmer.HasField("funded_at") and not early.farmer.HasField("left_at")
     await pool.stage.friendbot(made.custodial_address)
 
     async def funded() -> bool:
@@ -115,6 +116,11 @@ async def test_farmers_register_fund_confirm_and_read(pool: PoolStage) -> None:
     confirmed = await op.ConfirmFunding(pool_pb2.ConfirmFundingRequest(farmer_id=farmer.farmer_id))
     assert confirmed.funded and confirmed.account.kale_trustline
     assert confirmed.farmer.status == common_pb2.FARMER_STATUS_ACTIVE
+    # When funding was confirmed is recorded once, from that transition.
+    funded_at = confirmed.farmer.funded_at
+    assert confirmed.farmer.HasField("funded_at") and funded_at.seconds >= farmer.created_at.seconds
+    repeat = await op.ConfirmFunding(pool_pb2.ConfirmFundingRequest(farmer_id=farmer.farmer_id))
+    assert repeat.farmer.funded_at == funded_at and not repeat.farmer.HasField("left_at")
 
     by_address = await op.GetFarmer(
         pool_pb2.GetFarmerRequest(custodial_address=made.custodial_address)

@@ -6,10 +6,18 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kalepool.settings import Settings
-from kalepool.tls import OPERATOR, POOL_SERVER, DevPki, channel_credentials
+from kalepool.tls import (
+    OPERATOR,
+    POOL_SERVER,
+    DevPki,
+    MissingCertificateError,
+    channel_credentials,
+    ensure_dev_identities,
+)
 from kalepool.v1 import pool_pb2, pool_pb2_grpc
 from pool_service.server import start_pool_for
 
@@ -25,6 +33,20 @@ async def test_start_pool_for_serves_operators_and_health(pool: PoolStage, tmp_p
         _env_file=None,
     )
     pki = DevPki(settings.layout().certs)
+    # The service only reads its certificates: here, as under `kale-pool up`, the
+    # development CA issued them first.
+    with pytest.raises(MissingCertificateError) as missing:
+        async with AsyncExitStack() as stack:
+            await start_pool_for(settings, pool.conninfo, stack)
+    assert {p.name for p in missing.value.missing} == {
+        "ca.pem",
+        "pool-service.pem",
+        "pool-service-key.pem",
+        "pool-client.pem",
+        "pool-client-key.pem",
+    }
+    assert not settings.layout().certs.exists() or not any(settings.layout().certs.iterdir())
+    ensure_dev_identities(pki)
     async with AsyncExitStack() as stack:
         server = await start_pool_for(settings, pool.conninfo, stack)
         channel = grpc.aio.secure_channel(

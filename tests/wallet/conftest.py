@@ -66,7 +66,7 @@ class Closer:
             await self._task
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WalletStage:
     stage: Stage
     chain: ChainClient
@@ -130,7 +130,17 @@ async def wallet_stage(db_conninfo: str, pki: DevPki, **devnet: Any) -> AsyncIte
         )
         closer = Closer(stage)
         keyring = parse_master_keys(base64.b64encode(os.urandom(32)).decode())
-        ws = WalletStage(stage, chain, closer, keyring, db_conninfo, pki, None, None, [])  # type: ignore[arg-type]
+        ws = WalletStage(
+            stage=stage,
+            chain=chain,
+            closer=closer,
+            keyring=keyring,
+            conninfo=db_conninfo,
+            pki=pki,
+            server=None,  # type: ignore[arg-type]  # set by start()
+            stub=None,  # type: ignore[arg-type]
+            channels=[],
+        )
         await ws.start()
         try:
             yield ws
