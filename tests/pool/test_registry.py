@@ -178,6 +178,8 @@ async def test_bad_input_is_refused_and_writes_nothing(pool: PoolStage) -> None:
     op = pool.operator()
     pooler, _ = await pool.register_pooler(max_farmers=1)
     good_key = Keypair.random().public_key
+    # The last character changed (never to itself: a random key may already end in "A").
+    bad_checksum = good_key[:-1] + ("B" if good_key.endswith("A") else "A")
     before = await pool.counts()
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     cases = [
@@ -191,9 +193,7 @@ async def test_bad_input_is_refused_and_writes_nothing(pool: PoolStage) -> None:
             pool_pb2.RegisterPoolerRequest(name="rig", public_key="GABC", max_farmers=1)
         ),
         op.RegisterPooler(
-            pool_pb2.RegisterPoolerRequest(
-                name="rig", public_key=good_key[:-1] + "A", max_farmers=1
-            )
+            pool_pb2.RegisterPoolerRequest(name="rig", public_key=bad_checksum, max_farmers=1)
         ),
         op.RegisterPooler(
             pool_pb2.RegisterPoolerRequest(name="rig", public_key=good_key, max_farmers=0)
