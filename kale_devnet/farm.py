@@ -23,19 +23,8 @@ U32_MAX = protocol.U32_MAX
 I128_MAX = protocol.I128_MAX
 I128_MIN = protocol.I128_MIN
 
-BLOCK_FIELDS = (
-    "timestamp",
-    "min_gap",
-    "min_stake",
-    "min_zeros",
-    "max_gap",
-    "max_stake",
-    "max_zeros",
-    "entropy",
-    "staked_total",
-    "normalized_total",
-)
-PAIL_FIELDS = ("sequence", "gap", "stake", "zeros")
+BLOCK_FIELDS = protocol.BLOCK_FIELDS
+PAIL_FIELDS = protocol.PAIL_FIELDS
 
 
 @dataclass(frozen=True, slots=True)

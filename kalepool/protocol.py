@@ -204,3 +204,20 @@ class AssetError(IntEnum):
     def contract_name(self) -> str:
         """A CamelCase name for messages, e.g. `TrustlineMissing`."""
         return "".join(part.capitalize() for part in self.name.split("_"))
+
+
+# The field order of the contract's `Block` and `Pail` structs (their ScMap keys, as the
+# chain stores them): read by the chain client and written by the devnet alike.
+BLOCK_FIELDS = (
+    "timestamp",
+    "min_gap",
+    "min_stake",
+    "min_zeros",
+    "max_gap",
+    "max_stake",
+    "max_zeros",
+    "entropy",
+    "staked_total",
+    "normalized_total",
+)
+PAIL_FIELDS = ("sequence", "gap", "stake", "zeros")

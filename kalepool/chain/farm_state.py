@@ -23,20 +23,6 @@ from kalepool.chain.errors import ChainDataError
 # getLedgerEntries takes at most this many keys per call.
 MAX_KEYS_PER_CALL = 200
 
-_BLOCK_FIELDS = (
-    "timestamp",
-    "min_gap",
-    "min_stake",
-    "min_zeros",
-    "max_gap",
-    "max_stake",
-    "max_zeros",
-    "entropy",
-    "staked_total",
-    "normalized_total",
-)
-_PAIL_FIELDS = ("sequence", "gap", "stake", "zeros")
-
 
 @dataclass(frozen=True, slots=True)
 class FarmBlock:
@@ -341,7 +327,7 @@ def _bytes32(what: str, val: stellar_xdr.SCVal) -> bytes:
 
 
 def _block_fields(val: stellar_xdr.SCVal, what: str) -> dict[str, int | bytes]:
-    f = _struct(val, _BLOCK_FIELDS, what)
+    f = _struct(val, protocol.BLOCK_FIELDS, what)
     u32, u64, i128 = scval.from_uint32, scval.from_uint64, scval.from_int128
     return {
         "timestamp": _decode(f"{what}.timestamp", u64, f["timestamp"]),
@@ -372,7 +358,7 @@ def decode_pail(
 ) -> Pail:
     """`Pail(farmer, index)` from its SCVal."""
     what = f"Pail({farmer}, {index})"
-    f = _struct(val, _PAIL_FIELDS, what)
+    f = _struct(val, protocol.PAIL_FIELDS, what)
     return Pail(
         farmer=farmer,
         index=index,
