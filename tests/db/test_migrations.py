@@ -46,6 +46,7 @@ SCHEMA_TABLES = {
     "pool.plant_requests",
     "pool.deposits",
     "pool.chain_cursors",
+    "shared.role_grants",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 
@@ -388,3 +389,48 @@ def test_a_service_role_verifies_a_current_schema_and_may_apply_nothing(
     assert (
         migration_status(db_conninfo, load_migrations(folder))[-1].state is MigrationState.PENDING
     )
+
+
+# --- 0014: grants as rows -------------------------------------------------------------
+
+
+def _privileges(conninfo: str) -> list[tuple[object, ...]]:
+    """Every privilege the service roles hold on our schemas' tables, columns, functions
+    and the schemas themselves."""
+    roles = ["kalepool_wallet", "kalepool_pool", "kalepool_auditor"]
+    with psycopg.connect(conninfo) as conn:
+        tables = conn.execute(
+            "SELECT 'table', grantee, table_schema || '.' || table_name, privilege_type"
+            " FROM information_schema.role_table_grants WHERE grantee = ANY(%s)",
+            (roles,),
+        ).fetchall()
+        columns = conn.execute(
+            "SELECT 'column', grantee, table_schema || '.' || table_name || '.' || column_name,"
+            " privilege_type FROM information_schema.column_privileges"
+            " WHERE grantee = ANY(%s)",
+            (roles,),
+        ).fetchall()
+        routines = conn.execute(
+            "SELECT 'routine', grantee, routine_schema || '.' || routine_name, privilege_type"
+            " FROM information_schema.role_routine_grants WHERE grantee = ANY(%s)",
+            (roles,),
+        ).fetchall()
+        schemas = conn.execute(
+            "SELECT 'schema', r, s, 'USAGE' FROM unnest(%s::text[]) r,"
+            " unnest(ARRAY['pool', 'wallet', 'shared']) s"
+            " WHERE has_schema_privilege(r, s, 'USAGE')",
+            (roles,),
+        ).fetchall()
+    return sorted(tables + columns + routines + schemas, key=repr)
+
+
+def test_0014_grants_exactly_what_0012_granted(empty_db_conninfo: str) -> None:
+    apply_migrations(empty_db_conninfo, _through(13))
+    before = _privileges(empty_db_conninfo)
+    assert before  # the roles exist and hold grants: a comparison of nothing proves nothing
+    assert [m.label for m in apply_migrations(empty_db_conninfo, _through(14))] == [
+        "0014_role_grants"
+    ]
+    with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
+        conn.execute("SELECT shared.grant_roles()")
+    assert _privileges(empty_db_conninfo) == before

@@ -259,3 +259,44 @@ def test_the_roles_own_nothing_and_create_nothing(db: Conn, as_role: Any, role: 
         query = sql.SQL("CREATE TABLE {}.intruder (id int)").format(sql.Identifier(schema))
         with pytest.raises(errors.InsufficientPrivilege):
             conn.execute(query)
+
+
+def test_a_grant_added_as_a_row_is_granted_to_its_role_alone(db: Conn, as_role: Any) -> None:
+    """A migration grants what its new table needs by adding a row (0014)."""
+    db.execute("CREATE TABLE wallet.newcomer (id int)")
+    db.execute("INSERT INTO wallet.newcomer VALUES (1)")
+    db.execute(
+        "INSERT INTO shared.role_grants (role, statement, added_by) VALUES"
+        " ('kalepool_wallet', 'GRANT SELECT ON wallet.newcomer TO kalepool_wallet', 'test')"
+    )
+    db.execute("SELECT shared.grant_roles()")
+    assert as_role(WALLET).execute("SELECT id FROM wallet.newcomer").fetchall() == [(1,)]
+    with pytest.raises(errors.InsufficientPrivilege):
+        as_role(AUDITOR).execute("SELECT id FROM wallet.newcomer")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE pool.farmers",
+        "GRANT SELECT ON pool.farmers TO kalepool_pool; DROP TABLE pool.farmers",
+        "REVOKE ALL ON pool.farmers FROM kalepool_pool",
+    ],
+    ids=["not-a-grant", "two-statements", "revoke"],
+)
+def test_a_grant_row_holds_one_grant_and_nothing_else(db: Conn, statement: str) -> None:
+    with pytest.raises(errors.CheckViolation):
+        db.execute(
+            "INSERT INTO shared.role_grants (role, statement, added_by)"
+            " VALUES ('kalepool_pool', %s, 'test')",
+            (statement,),
+        )
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r.name)
+def test_no_service_reads_or_writes_the_grants(as_role: Any, role: DbRole) -> None:
+    conn = as_role(role)
+    with pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("SELECT * FROM shared.role_grants")
+    with pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("SELECT shared.grant_roles()")
