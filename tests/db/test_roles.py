@@ -300,3 +300,45 @@ def test_no_service_reads_or_writes_the_grants(as_role: Any, role: DbRole) -> No
         conn.execute("SELECT * FROM shared.role_grants")
     with pytest.raises(errors.InsufficientPrivilege):
         conn.execute("SELECT shared.grant_roles()")
+
+
+@pytest.mark.parametrize("role", [POOL, WALLET], ids=lambda r: r.name)
+def test_a_service_cannot_pose_as_the_rebuild_to_write_derived_state(
+    db: Conn, books: dict[str, Any], as_role: Any, role: DbRole
+) -> None:
+    """The rebuild's flag is a custom setting any session can set; it counts only for the
+    owner (0019), so a service's role still cannot write a balance by hand."""
+    farmer = books["farmer"]
+    before = db.execute("SELECT current_balance FROM farmers WHERE id = %s", (farmer,)).fetchone()
+    conn = as_role(role)
+    with conn.transaction():
+        conn.execute("SET LOCAL kalepool.rebuilding_derived = 'on'")
+        if role is POOL:
+            with pytest.raises(errors.GeneratedAlways):
+                conn.execute(
+                    "UPDATE farmers SET current_balance = current_balance + 1000000 WHERE id = %s",
+                    (farmer,),
+                )
+        else:
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(
+                    "UPDATE pool.farmers SET current_balance = 1000000 WHERE id = %s", (farmer,)
+                )
+    after = db.execute("SELECT current_balance FROM farmers WHERE id = %s", (farmer,)).fetchone()
+    assert after == before
+
+
+def test_the_owner_still_rebuilds_derived_state(db: Conn, books: dict[str, Any]) -> None:
+    farmer = books["farmer"]
+    db.execute("SELECT set_config('kalepool.rebuilding_derived', 'on', false)")
+    db.execute("UPDATE farmers SET current_balance = 12345 WHERE id = %s", (farmer,))
+    assert db.execute(
+        "SELECT current_balance FROM farmers WHERE id = %s", (farmer,)
+    ).fetchone() == (12345,)
+    db.execute("SELECT set_config('kalepool.rebuilding_derived', '', false)")
+    db.execute("SELECT pool.rebuild_derived_state()")
+    expected = db.execute(
+        "SELECT coalesce(sum(amount), 0) FROM balance_ledger WHERE farmer_id = %s", (farmer,)
+    ).fetchone()
+    got = db.execute("SELECT current_balance FROM farmers WHERE id = %s", (farmer,)).fetchone()
+    assert got == expected
