@@ -74,12 +74,20 @@ class Contents:
 
     migration: str | None  # the latest applied migration (``0014_role_grants``), if any
     rows: dict[str, int] = field(default_factory=dict)
+    #: custodial wallets per master key that sealed them (``mk-…`` id and version): the
+    #: keys a restore needs, which are not in the database
+    sealed_under: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
-        """One line: ``migration 0014_role_grants; pool.farmers 6, ...``."""
-        version = f"migration {self.migration}" if self.migration else "no migration applied"
-        counts = ", ".join(f"{table} {count}" for table, count in self.rows.items())
-        return f"{version}; {counts}" if counts else version
+        """One line: ``migration 0014_role_grants; pool.farmers 6, ...; custodial keys
+        sealed under master key mk-… v1 (6)``."""
+        parts = [f"migration {self.migration}" if self.migration else "no migration applied"]
+        if self.rows:
+            parts.append(", ".join(f"{table} {count}" for table, count in self.rows.items()))
+        if self.sealed_under:
+            keys = ", ".join(f"{key} ({count})" for key, count in self.sealed_under.items())
+            parts.append(f"custodial keys sealed under master key {keys}")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,14 @@ def read_contents(conn: psycopg.Connection[Any]) -> Contents:
         ).fetchone()
         assert counted is not None
         rows[table] = int(counted[0])
-    return Contents(migration, rows)
+    sealed_under: dict[str, int] = {}
+    if "wallet.custodial_wallets" in rows:
+        for key_id, version, count in conn.execute(
+            "SELECT key_id, key_version, count(*) FROM wallet.custodial_wallets"
+            " GROUP BY 1, 2 ORDER BY 2, 1"
+        ).fetchall():
+            sealed_under[f"{key_id} v{version}"] = int(count)
+    return Contents(migration, rows, sealed_under)
 
 
 def pg_program(settings: Settings, name: str) -> Path:
