@@ -228,3 +228,36 @@ def test_a_missing_program_is_one_clear_line(books: str, tmp_path: Path) -> None
     with pytest.raises(BackupError, match=r"no pg_dump in .*KALE_POOL_PG_BIN_DIR"):
         backup_database(settings, tmp_path / "e.dump")
     assert not (tmp_path / "e.dump").exists()
+
+
+def test_a_restore_that_fails_half_way_changes_nothing(
+    books: str, pg_server: PgServer, migrated_template: str, tmp_path: Path
+) -> None:
+    """--force into a database where a view of the operator's hangs on a table the backup
+    replaces: dropping that table fails, and the whole restore is rolled back."""
+    backup = backup_database(settings_for(books, tmp_path), tmp_path / "f.dump").path
+    name = pg_server.create_database(template=migrated_template)
+    other = owner_view(pg_server.conninfo(name))
+    try:
+        with psycopg.connect(other, autocommit=True) as conn:
+            Rows(conn).pooler(name="elsewhere")
+            conn.execute("CREATE VIEW public.my_poolers AS SELECT name FROM pool.poolers")
+        before = fingerprint(other)
+        with pytest.raises(BackupError, match="restore failed and changed nothing") as failed:
+            restore_database(settings_for(other, tmp_path), backup, force=True)
+        assert "\n" not in str(failed.value)
+        assert "cannot drop table pool.poolers" in str(failed.value)
+        assert fingerprint(other) == before
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_the_password_reaches_pg_dump_by_environment_not_command_line() -> None:
+    """Another user can read a process's command line (ps), not its environment."""
+    from kalepool.app.backup import _libpq_args
+
+    url = "postgresql://owner:s3cret-pw@db.example:5432/kalepool?sslmode=require"
+    with _libpq_args(url) as (args, env):
+        assert "s3cret-pw" not in " ".join(args)
+        assert env["PGPASSWORD"] == "s3cret-pw"
+        assert "sslmode=require" in args[1] and "user=owner" in args[1]
