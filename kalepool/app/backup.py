@@ -27,7 +27,6 @@ import contextlib
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +39,7 @@ from rich.console import Console
 
 from kalepool.app.books import BooksReport, audit_books, print_report
 from kalepool.app.runstate import StackLock, StackLockedError
+from kalepool.app.status import nothing_has_run
 from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import MigrationState, migration_status
 from kalepool.db.roles import grant_roles
@@ -160,8 +160,7 @@ def pg_program(settings: Settings, name: str) -> Path:
     return program
 
 
-@contextlib.contextmanager
-def _libpq_args(conninfo: str) -> Iterator[tuple[list[str], dict[str, str]]]:
+def libpq_args(conninfo: str) -> tuple[list[str], dict[str, str]]:
     """``--dbname`` for a PostgreSQL program and its environment: the password goes in
     the environment (readable by this user only), never on a command line (``ps``)."""
     params = conninfo_to_dict(conninfo)
@@ -169,7 +168,7 @@ def _libpq_args(conninfo: str) -> Iterator[tuple[list[str], dict[str, str]]]:
     password = params.pop("password", None)
     if password:
         env["PGPASSWORD"] = str(password)
-    yield ["--dbname", make_conninfo(**{k: str(v) for k, v in params.items()})], env
+    return ["--dbname", make_conninfo(**{k: str(v) for k, v in params.items()})], env
 
 
 def _failure(stderr: str) -> str:
@@ -189,6 +188,11 @@ def default_backup_path(settings: Settings) -> Path:
 
 def backup_database(settings: Settings, target: Path) -> BackupResult:
     """Dump the pool's database (``DATABASE_URL`` or the embedded one) to ``target``."""
+    if nothing_has_run(settings):
+        raise BackupError(
+            f"nothing to back up: {settings.layout().root} holds no database"
+            " (kale-pool up creates it; or set DATABASE_URL)"
+        )
     pg_dump = pg_program(settings, "pg_dump")
     target = target.expanduser().absolute()
     if target.is_dir():
@@ -208,7 +212,8 @@ def backup_database(settings: Settings, target: Path) -> BackupResult:
         # the books, for the owner's eyes only.
         fd, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, _libpq_args(conninfo) as (dbname, env):
+            dbname, env = libpq_args(conninfo)
+            with os.fdopen(fd, "wb") as out:
                 done = subprocess.run(
                     [str(pg_dump), "--format=custom", f"--snapshot={exported[0]}", *dbname],
                     stdout=out,
@@ -318,10 +323,10 @@ def _restore_locked(settings: Settings, source: Path, *, force: bool) -> Restore
     ]
     if force:
         command += ["--clean", "--if-exists"]
-    with _libpq_args(conninfo) as (dbname, env):
-        done = subprocess.run(
-            [*command, *dbname, str(source)], capture_output=True, text=True, env=env, check=False
-        )
+    dbname, env = libpq_args(conninfo)
+    done = subprocess.run(
+        [*command, *dbname, str(source)], capture_output=True, text=True, env=env, check=False
+    )
     if done.returncode != 0:
         raise BackupError(f"restore failed and changed nothing: {_failure(done.stderr)}")
     granted = grant_roles(conninfo)
@@ -342,12 +347,15 @@ def _restore_locked(settings: Settings, source: Path, *, force: bool) -> Restore
 
 
 def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+    """A file size as people read it: ``297.8 KiB``."""
+    if size < 1024:
+        return f"{size} bytes"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
         value /= 1024
-    raise AssertionError("unreachable")
+    return f"{value:.1f} GiB"
 
 
 def backup_command(settings: Settings, target: Path | None, console: Console) -> BackupResult:

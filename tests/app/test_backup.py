@@ -17,6 +17,7 @@ from kalepool.app.backup import (
     KEY_TABLES,
     BackupError,
     backup_database,
+    libpq_args,
     restore_database,
 )
 from kalepool.app.runstate import StackLock
@@ -254,10 +255,17 @@ def test_a_restore_that_fails_half_way_changes_nothing(
 
 def test_the_password_reaches_pg_dump_by_environment_not_command_line() -> None:
     """Another user can read a process's command line (ps), not its environment."""
-    from kalepool.app.backup import _libpq_args
-
     url = "postgresql://owner:s3cret-pw@db.example:5432/kalepool?sslmode=require"
-    with _libpq_args(url) as (args, env):
-        assert "s3cret-pw" not in " ".join(args)
-        assert env["PGPASSWORD"] == "s3cret-pw"
-        assert "sslmode=require" in args[1] and "user=owner" in args[1]
+    args, env = libpq_args(url)
+    assert "s3cret-pw" not in " ".join(args)
+    assert env["PGPASSWORD"] == "s3cret-pw"
+    assert "sslmode=require" in args[1] and "user=owner" in args[1]
+
+
+def test_a_data_directory_where_nothing_ran_has_nothing_to_back_up(tmp_path: Path) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        network="devnet", data_dir=tmp_path / "data", _env_file=None
+    )
+    with pytest.raises(BackupError, match=r"nothing to back up: .* holds no database"):
+        backup_database(settings, tmp_path / "g.dump")
+    assert not (tmp_path / "data" / "postgres").exists()  # no server started behind our back
