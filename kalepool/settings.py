@@ -186,6 +186,11 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0 in a pod)."
     )
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics port.")
+    pg_bin_dir: Path | None = Field(
+        None,
+        description="Directory of pg_dump and pg_restore for `kale-pool db backup` / `restore`"
+        " (default: the embedded PostgreSQL's own).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -258,6 +263,11 @@ class DataLayout:
     def certs(self) -> Path:
         """Development CA and service / pooler certificates."""
         return self.root / "certs"
+
+    @property
+    def backups(self) -> Path:
+        """Where `kale-pool db backup` writes when given no path."""
+        return self.root / "backups"
 
     @property
     def logs(self) -> Path:

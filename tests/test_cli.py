@@ -128,6 +128,40 @@ def test_db_migrate_is_idempotent_and_check_agrees(env: dict[str, str]) -> None:
     assert "agree" in check.stderr
 
 
+def test_db_help_lists_backup_and_restore(env: dict[str, str]) -> None:
+    result = run("db", "--help", env=env)
+    assert result.returncode == 0, result.stderr
+    for command in ("migrate", "status", "backup", "restore"):
+        assert command in result.stdout
+
+
+@pytest.mark.slow
+def test_db_backup_then_restore_into_a_new_embedded_database(
+    env: dict[str, str], db: Any, db_conninfo: str, tmp_path: Path
+) -> None:
+    """Back up a database with books through DATABASE_URL; restore it into the embedded
+    server of a fresh data directory; a second restore there is refused in one line."""
+    from tests.db.rows import fill_books
+
+    fill_books(db)
+    backup = tmp_path / "pool.dump"
+    made = run("db", "backup", str(backup), env={**env, "DATABASE_URL": db_conninfo})
+    assert made.returncode == 0, made.stderr
+    assert f"backup written: {backup}" in made.stderr
+    assert "pool.farmers 3" in made.stderr
+    assert "custodial keys sealed under master key master v1 (1)" in made.stderr
+    restored = run("db", "restore", str(backup), env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert "pool.farmers 3" in restored.stderr
+    assert "agree with the event tables" in restored.stderr
+    check = run("check", "--offline", env=env)
+    assert check.returncode == 0, check.stderr + check.stdout
+    again = run("db", "restore", str(backup), env=env)
+    assert again.returncode == 1
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not empty" in lines[0] and "--force" in lines[0], again.stderr
+
+
 def _free_ports_env(env: dict[str, str]) -> dict[str, str]:
     return {
         **env,

@@ -38,6 +38,7 @@ OPERATOR_SECRETS = {
     "kale-pool-db-wallet",
     "kale-pool-db-pool",
     "kale-pool-db-auditor",
+    "kale-pool-backup-s3",
     "pooler-1-api-key",
     "pooler-1-channel-secrets",
 }
@@ -454,6 +455,48 @@ def test_the_migration_job_migrates_before_the_services_need_it() -> None:
     assert job["spec"]["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
     kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     assert "migrate.yaml" in kustomization["resources"]
+
+
+# --- backups --------------------------------------------------------------------------
+
+#: The object store's credentials, the operator's Secret.
+BACKUP_SECRET = "kale-pool-backup-s3"
+
+
+def test_the_database_is_backed_up_on_a_schedule_to_an_object_store() -> None:
+    """A ScheduledBackup of the real Cluster, by the method the Cluster configures, whose
+    credentials come from a Secret the operator makes (and the docs explain)."""
+    docs = _docs(BASE)
+    clusters = _of_kind(docs, "Cluster")
+    (scheduled,) = _of_kind(docs, "ScheduledBackup").values()
+    spec = scheduled["spec"]
+    assert spec["cluster"]["name"] in clusters
+    assert spec["method"] == "barmanObjectStore"
+    assert len(spec["schedule"].split()) == 6, "CloudNativePG's cron has seconds first"
+    assert "backup.yaml" in yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
+    backup = clusters[spec["cluster"]["name"]]["spec"]["backup"]
+    assert re.fullmatch(r"[1-9][0-9]*[dwm]", backup["retentionPolicy"])
+    store = backup["barmanObjectStore"]
+    assert "destinationPath" not in store, "the bucket is each overlay's"
+    assert {ref["name"] for ref in store["s3Credentials"].values()} == {BACKUP_SECRET}
+    assert BACKUP_SECRET in OPERATOR_SECRETS
+    assert f"`{BACKUP_SECRET}`" in DOC.read_text()
+    assert store["wal"]["compression"] and store["data"]["compression"]
+
+
+def test_each_overlay_sends_its_backups_to_a_bucket_of_its_own() -> None:
+    destinations: list[str] = []
+    for overlay in OVERLAYS:
+        patches = [
+            d["spec"]["backup"]["barmanObjectStore"]
+            for d in _docs(overlay)
+            if d.get("kind") == "Cluster" and "backup" in d.get("spec", {})
+        ]
+        (store,) = patches
+        assert store["destinationPath"].startswith("s3://REPLACE-ME"), overlay.name
+        destinations.append(store["destinationPath"])
+    assert len(set(destinations)) == len(OVERLAYS)
+    assert "`destinationPath`" in DOC.read_text()
 
 
 # --- overlays -------------------------------------------------------------------------

@@ -24,7 +24,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-db_app = typer.Typer(help="Database: migrations and their status.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database: migrations and their status, backup and restore.", no_args_is_help=True
+)
 config_app = typer.Typer(help="Configuration: show the effective settings.", no_args_is_help=True)
 pooler_app = typer.Typer(
     help="Pooler: `kale-pool pooler` runs the pooler agent on a mining machine (plant through"
@@ -227,6 +229,64 @@ def db_status(ctx: typer.Context) -> None:
 
     with operator_errors():
         show_migrations(settings)
+
+
+@db_app.command("backup")
+def db_backup(
+    ctx: typer.Context,
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The backup file to write (replaced atomically if it exists). Default:"
+            " <data dir>/backups/kale-pool-<UTC time>.dump."
+        ),
+    ] = None,
+) -> None:
+    """Back up the pool's database: one consistent snapshot (pg_dump, custom format), 0600;
+    prints its size and what it holds. The master key is not in it: back that up apart."""
+    settings = settings_from(ctx)
+    from rich.console import Console
+
+    from kalepool.app.backup import BackupError, backup_command
+
+    try:
+        with operator_errors():
+            backup_command(settings, path, Console(stderr=True, highlight=False, soft_wrap=True))
+    except BackupError as error:
+        fail(str(error), code=1)
+
+
+@db_app.command("restore")
+def db_restore(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A file `kale-pool db backup` wrote.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Restore into a database that is not empty, replacing what the backup holds.",
+        ),
+    ] = False,
+) -> None:
+    """Restore a backup into an empty database in one transaction, grant the services'
+    roles, then check the books against themselves (not while kale-pool up runs)."""
+    settings = settings_from(ctx)
+    from rich.console import Console
+
+    from kalepool.app.backup import BackupError, restore_command
+
+    try:
+        with operator_errors():
+            consistent = restore_command(
+                settings,
+                path,
+                force=force,
+                console=Console(stderr=True, highlight=False, soft_wrap=True),
+            )
+    except BackupError as error:
+        fail(str(error), code=1)
+    if not consistent:
+        raise typer.Exit(1)
 
 
 @config_app.command("show")

