@@ -266,9 +266,10 @@ class PayoutPolicy:
                 " change: an operator changes it"
             )
         nonce = secrets.token_hex(16)
-        expires = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(
-            seconds=self.limits.challenge_seconds
-        )
+        # Whole seconds (the text shows them), rounded up: never shorter than promised.
+        expires = (
+            dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.limits.challenge_seconds)
+        ).replace(microsecond=0) + dt.timedelta(seconds=1)
         text = challenge_text(wallet.public_key, current, new_address, nonce, expires)
         row = await self.store.insert_challenge(
             wallet.id, current, new_address, nonce, text, expires
