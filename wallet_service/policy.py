@@ -120,13 +120,6 @@ def signing_account(address: str) -> str | None:
     return None
 
 
-def sign_challenge(message: str, secret: str) -> bytes:
-    """The SEP-53 signature of a challenge's text by a secret key (the CLI's devnet help;
-    the wallet never holds a farmer's payout key)."""
-    signature: bytes = Keypair.from_secret(secret).sign_message(message)
-    return signature
-
-
 class PayoutPolicy:
     """The checks `WalletService` runs before it signs a payout, and the address change."""
 
