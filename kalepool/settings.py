@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     master_key_file: Path | None = Field(
         None, description="File holding the master key (a mounted secret), instead of master_key."
     )
+    wallet_payout_challenge_seconds: int = Field(
+        900, ge=30, le=86_400, description="How long a payout-address challenge may be signed."
+    )
+    wallet_payout_max_kale_per_day: int = Field(
+        1_000_000, ge=1, description="KALE one wallet may pay out in any 24 hours."
+    )
+    wallet_payout_max_transfers_per_hour: int = Field(
+        30, ge=1, description="Payout transfers one wallet may make in any hour."
+    )
     api_key_length: int = Field(32, ge=16, le=128, description="Bytes of entropy in API keys.")
     rate_limit_requests_per_minute: int = Field(60, ge=1, description="Per-pooler request limit.")
 

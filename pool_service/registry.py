@@ -21,7 +21,6 @@ from kalepool.amounts import format_kale
 from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from kalepool.request_checks import (
     check_account,
-    check_destination,
     check_idempotency_key,
     check_uuid,
 )
@@ -189,7 +188,8 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self, request: pool_pb2.RegisterFarmerRequest, context: Any
     ) -> pool_pb2.RegisterFarmerResponse:
         pooler_id = check_uuid("pooler_id", request.pooler_id)
-        payout = check_destination("payout_address", request.payout_address)
+        # A G… account: its key signs any later change of it (the wallet's payout policy).
+        payout = check_account("payout_address", request.payout_address)
         bps = check_stake_bps(request.stake_bps)
         if request.idempotency_key:
             key = check_idempotency_key(request.idempotency_key)
@@ -209,7 +209,9 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
                 f"pooler {pooler_id} is full ({pooler.current_farmers} of {pooler.max_farmers})"
             )
         made = await wallet_call(
-            self.wallet.stub.CreateWallet(wallet_pb2.CreateWalletRequest(owner_id=str(farmer_id))),
+            self.wallet.stub.CreateWallet(
+                wallet_pb2.CreateWalletRequest(owner_id=str(farmer_id), payout_address=payout)
+            ),
             "create the custodial wallet",
         )
         custodial = made.wallet.public_key
@@ -427,6 +429,54 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self, request: pool_pb2.ListCompensationsRequest, context: Any
     ) -> pool_pb2.ListCompensationsResponse:
         return await self.reports.list_compensations(request)
+
+    # --- the payout address: the wallet decides, the pool relays and keeps a copy ----------
+
+    async def NewFarmerPayoutChallenge(
+        self, request: pool_pb2.NewFarmerPayoutChallengeRequest, context: Any
+    ) -> pool_pb2.NewFarmerPayoutChallengeResponse:
+        new = check_account("new_payout_address", request.new_payout_address)
+        farmer = await self._farmer(request.farmer_id)
+        got = await wallet_call(
+            self.wallet.stub.NewPayoutChallenge(
+                wallet_pb2.NewPayoutChallengeRequest(
+                    public_key=farmer.custodial_public_key, new_payout_address=new
+                )
+            ),
+            "issue a payout-address challenge",
+        )
+        return pool_pb2.NewFarmerPayoutChallengeResponse(
+            challenge_id=got.challenge_id,
+            message=got.message,
+            signer_address=got.signer_address,
+            expires_at=got.expires_at,
+        )
+
+    async def ChangeFarmerPayoutAddress(
+        self, request: pool_pb2.ChangeFarmerPayoutAddressRequest, context: Any
+    ) -> pool_pb2.ChangeFarmerPayoutAddressResponse:
+        challenge_id = str(check_uuid("challenge_id", request.challenge_id))
+        new = check_account("new_payout_address", request.new_payout_address)
+        farmer = await self._farmer(request.farmer_id)
+        changed = await wallet_call(
+            self.wallet.stub.ChangePayoutAddress(
+                wallet_pb2.ChangePayoutAddressRequest(
+                    public_key=farmer.custodial_public_key,
+                    challenge_id=challenge_id,
+                    new_payout_address=new,
+                    signature=request.signature,
+                )
+            ),
+            "change the payout address",
+        )
+        # The wallet's answer is the truth; a retry after a failure here replays it.
+        address = changed.wallet.payout_address
+        row = await self.farmers.set_payout_address(farmer.id, address)
+        assert row is not None  # farmers are never deleted
+        log.info("farmer %s pays out to %s now (the wallet changed it)", farmer.id, address)
+        return pool_pb2.ChangeFarmerPayoutAddressResponse(
+            farmer=convert.farmer_pb(row), previous_payout_address=changed.previous_payout_address
+        )
 
 
 def _after(page: Page) -> tuple[str, str] | None:

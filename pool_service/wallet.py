@@ -15,6 +15,8 @@ from kalepool.grpc_server import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    ResourceExhausted,
     StatusError,
     Unavailable,
 )
@@ -27,16 +29,19 @@ log = logging.getLogger("pool_service")
 
 # Refusals that prove the wallet signed nothing under the idempotency key: it checks the
 # request (INVALID_ARGUMENT), then looks the key up (a key already used always replays its
-# transaction), then the wallet and the account (NOT_FOUND, FAILED_PRECONDITION), all
-# before it builds anything. ALREADY_EXISTS is not one of them: it says the key *was*
-# used, for a transaction with other parameters, which may be on its way. Any other
-# status (deadline, unavailable, cancelled, internal, a dropped connection) may come
-# after the send. Planting and payouts both settle by this rule.
+# transaction), then the wallet and the account (NOT_FOUND, FAILED_PRECONDITION) and its
+# payout policy (PERMISSION_DENIED: not the registered payout address; RESOURCE_EXHAUSTED:
+# over the wallet's limits), all before it builds anything. ALREADY_EXISTS is not one of
+# them: it says the key *was* used, for a transaction with other parameters, which may be
+# on its way. Any other status (deadline, unavailable, cancelled, internal, a dropped
+# connection) may come after the send. Planting and payouts both settle by this rule.
 NOTHING_SIGNED: frozenset[grpc.StatusCode] = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
 
@@ -63,6 +68,9 @@ _PASSED_ON: dict[grpc.StatusCode, type[StatusError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    # the wallet's payout policy: its message says why
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 
@@ -90,9 +98,10 @@ class WalletClient:
 async def wallet_call(call: Awaitable[T], what: str) -> T:
     """Await a wallet RPC; its refusal becomes the matching StatusError.
 
-    Refusals about the request (bad input, unknown wallet, preconditions) keep their code
-    and message; anything else (unreachable, internal) is UNAVAILABLE for our caller,
-    which may retry: the wallet signs nothing twice for one idempotency key.
+    Refusals about the request (bad input, unknown wallet, preconditions, the payout
+    policy) keep their code and message; anything else (unreachable, internal) is
+    UNAVAILABLE for our caller, which may retry: the wallet signs nothing twice for one
+    idempotency key.
     """
     try:
         return await call

@@ -22,6 +22,7 @@ from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, CertificateFiles, Identity
 from kalepool.v1 import wallet_pb2_grpc
 from wallet_service.keystore import Keyring, load_keyring
+from wallet_service.policy import PayoutLimits
 from wallet_service.service import WalletService
 from wallet_service.store import Store
 
@@ -63,6 +64,7 @@ async def start_wallet_server(
     allowed_callers: tuple[str, ...] = (POOL_CLIENT,),
     pool_size: int = 10,
     statement_timeout_seconds: float = 30.0,
+    limits: PayoutLimits | None = None,
 ) -> WalletServer:
     """Open the database pool, start serving, and reconcile unsettled transactions.
 
@@ -80,7 +82,7 @@ async def start_wallet_server(
         statement_timeout_seconds=statement_timeout_seconds,
     )
     stack.push_async_callback(pool.close)
-    service = WalletService(Store(pool), keyring, chain)
+    service = WalletService(Store(pool), keyring, chain, limits)
 
     def register(server: grpc.aio.Server) -> list[str]:
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(service, server)
@@ -127,6 +129,7 @@ async def start_wallet_for(
         identity=certs.identity(WALLET_SERVER),
         ca_pem=certs.ca_pem,
         statement_timeout_seconds=settings.db_timeout_seconds,
+        limits=PayoutLimits.of(settings),
     )
     stack.push_async_callback(server.stop, 5.0)
     return server

@@ -59,6 +59,7 @@ from kalepool.grpc_server import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    caller_name,
 )
 from kalepool.request_checks import (
     check_account,
@@ -68,6 +69,7 @@ from kalepool.request_checks import (
 )
 from kalepool.v1 import common_pb2, wallet_pb2, wallet_pb2_grpc
 from wallet_service.keystore import Keyring, generate_wallet
+from wallet_service.policy import SIGNATURE_BYTES, PayoutLimits, PayoutPolicy
 from wallet_service.store import Settlement, Store, Taken, TxRow, WalletRow
 
 log = logging.getLogger("wallet_service")
@@ -187,10 +189,17 @@ Build = Callable[[], Awaitable[UnsignedTx]]
 class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     """kalepool.v1.WalletService over a Store, a Keyring and a ChainClient."""
 
-    def __init__(self, store: Store, keyring: Keyring, chain: ChainClient) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyring: Keyring,
+        chain: ChainClient,
+        limits: PayoutLimits | None = None,
+    ) -> None:
         self.store = store
         self.keyring = keyring
         self.chain = chain
+        self.policy = PayoutPolicy(store, limits or PayoutLimits())
         # Which block can be planted now, read once for every plant checked meanwhile.
         self.plantable = PlantableReads.of(chain)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -360,10 +369,17 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         self, request: wallet_pb2.CreateWalletRequest, context: Any
     ) -> wallet_pb2.CreateWalletResponse:
         owner = check_uuid("owner_id", request.owner_id)
+        payout = check_account("payout_address", request.payout_address)
         public_key, sealed = generate_wallet(self.keyring)
-        row, created = await self.store.create_wallet(owner, public_key, sealed)
+        row, created = await self.store.create_wallet(owner, public_key, sealed, payout)
         if created:
-            log.info("created wallet %s for owner %s", row.public_key, owner)
+            log.info("created wallet %s for owner %s, payouts to %s", row.public_key, owner, payout)
+        elif row.payout_address != payout:
+            # Asking again never moves the payouts: only the farmer's signature does.
+            raise AlreadyExists(
+                f"owner {owner} has wallet {row.public_key} already, paying out to"
+                f" {row.payout_address or 'no registered address'}, not {payout}"
+            )
         return wallet_pb2.CreateWalletResponse(wallet=self._wallet_pb(row), created=created)
 
     def _wallet_pb(self, row: WalletRow) -> wallet_pb2.Wallet:
@@ -373,6 +389,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             key_version=row.key_version,
             created_at=wire.timestamp(row.created_at),
             closed=row.closed_at is not None,
+            payout_address=row.payout_address or "",
         )
 
     async def GetWallet(
@@ -562,6 +579,13 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         if destination == source:
             raise InvalidArgument("destination_address must differ from source_address")
         wallet = await self._wallet(source)
+        caller = _caller(context)
+
+        async def allowed() -> None:
+            # Read again under the account's lock: the address may have changed meanwhile.
+            now = await self._wallet(source)
+            await self.policy.check_transfer(now, destination, amount, key=key, caller=caller)
+
         result = await self._transact(
             wallet,
             key,
@@ -570,6 +594,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             digest("payout", source, destination, amount),
             lambda: build_payment(self.chain, source, destination, amount),
             amount=amount,
+            before_build=_refusing(allowed),
         )
         return wallet_pb2.TransferResponse(outcome=result.outcome)
 
@@ -589,12 +614,19 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         if destination == address:
             raise InvalidArgument("destination_address must differ from the closed wallet")
         wallet = await self._wallet(address)
+        caller = _caller(context)
+
+        async def allowed() -> None:
+            now = await self._wallet(address)  # under the account's lock, as for a transfer
+            await self.policy.check_close(now, destination, key=key, caller=caller)
+
         result = await self._transact(
             wallet,
             key,
             TxKind.CLOSE,
             digest("merge", address, destination),  # stored words: they stay as written
             lambda: build_close(self.chain, address, destination),
+            before_build=_refusing(allowed),
         )
         response = wallet_pb2.CloseWalletResponse(outcome=result.outcome)
         row = result.row
@@ -626,6 +658,67 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             async with self._lock(row.source_account):
                 row = await self._drive(await self.store.tx(row.id), None)
         return wallet_pb2.GetTransactionResponse(outcome=outcome_of_row(row, replayed=True))
+
+    # --- the payout address (wallet_service.policy decides) -------------------------------
+
+    async def NewPayoutChallenge(
+        self, request: wallet_pb2.NewPayoutChallengeRequest, context: Any
+    ) -> wallet_pb2.NewPayoutChallengeResponse:
+        address = check_account("public_key", request.public_key)
+        new = check_account("new_payout_address", request.new_payout_address)
+        if new == address:
+            raise InvalidArgument("new_payout_address must not be the wallet itself")
+        wallet = await self._open_wallet(address)
+        if new == wallet.payout_address:
+            raise InvalidArgument(f"{new} is the wallet's payout address already")
+        challenge = await self.policy.new_challenge(wallet, new)
+        return wallet_pb2.NewPayoutChallengeResponse(
+            challenge_id=str(challenge.id),
+            message=challenge.message,
+            signer_address=challenge.signer_address,
+            expires_at=wire.timestamp(challenge.expires_at),
+        )
+
+    async def ChangePayoutAddress(
+        self, request: wallet_pb2.ChangePayoutAddressRequest, context: Any
+    ) -> wallet_pb2.ChangePayoutAddressResponse:
+        address = check_account("public_key", request.public_key)
+        challenge_id = check_uuid("challenge_id", request.challenge_id)
+        new = check_account("new_payout_address", request.new_payout_address)
+        if len(request.signature) != SIGNATURE_BYTES:
+            raise InvalidArgument(
+                f"signature must be {SIGNATURE_BYTES} bytes (ed25519), got {len(request.signature)}"
+            )
+        wallet = await self._open_wallet(address)
+        # Under the account's lock: no payout is being decided while its address changes.
+        async with self._lock(address):
+            changed, previous, replayed = await self.policy.change_address(
+                wallet, challenge_id, new, request.signature, caller=_caller(context)
+            )
+        return wallet_pb2.ChangePayoutAddressResponse(
+            wallet=self._wallet_pb(changed), previous_payout_address=previous, replayed=replayed
+        )
+
+    async def _open_wallet(self, address: str) -> WalletRow:
+        wallet = await self._wallet(address)
+        if wallet.closed_at is not None:
+            raise FailedPrecondition(f"wallet {address} is closed")
+        return wallet
+
+
+def _caller(context: Any) -> str | None:
+    """The caller's certificate name (None when called in-process, without gRPC)."""
+    return None if context is None else caller_name(context)
+
+
+def _refusing(check: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[Result | None]]:
+    """A `_transact` hook that only refuses (by raising) and otherwise lets it build."""
+
+    async def hook() -> Result | None:
+        await check()
+        return None
+
+    return hook
 
 
 def _close_amounts(row: TxRow) -> tuple[int | None, int | None]:

@@ -1,4 +1,5 @@
-"""The wallet service's rows: `custodial_wallets` and its `transactions`.
+"""The wallet service's rows: `custodial_wallets`, its `transactions`, and the payout
+policy's challenges, address changes and refusals.
 
 Plain SQL over a psycopg async pool (autocommit: each statement stands alone, and the
 `transactions` row is written before its envelope is sent). Status changes append to
@@ -56,6 +57,8 @@ class WalletRow:
     key_version: int
     created_at: dt.datetime
     closed_at: dt.datetime | None
+    # the one address payouts may go to; None for a wallet that has none (pays nothing)
+    payout_address: str | None
 
     @property
     def sealed(self) -> Sealed:
@@ -103,7 +106,8 @@ class TxRow:
 
 
 _WALLET_COLUMNS = (
-    "id, owner_id, public_key, ciphertext, nonce, key_id, key_version, created_at, closed_at"
+    "id, owner_id, public_key, ciphertext, nonce, key_id, key_version, created_at, closed_at,"
+    " payout_address"
 )
 _TX_COLUMNS = (
     "id, idempotency_key, kind::text, source_account, sequence_number, min_time, max_time,"
@@ -138,14 +142,15 @@ class Store:
     # --- wallets --------------------------------------------------------------------------
 
     async def create_wallet(
-        self, owner_id: UUID, public_key: str, sealed: Sealed
+        self, owner_id: UUID, public_key: str, sealed: Sealed, payout_address: str
     ) -> tuple[WalletRow, bool]:
-        """Insert the wallet unless the owner has one; (the owner's wallet, whether new)."""
+        """Insert the wallet unless the owner has one; (the owner's wallet, whether new).
+        An existing wallet is returned as it is (its payout address included)."""
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(WalletRow))
             await cur.execute(
                 f"INSERT INTO custodial_wallets (owner_id, public_key, ciphertext, nonce, key_id,"
-                f" key_version) VALUES (%s, %s, %s, %s, %s, %s)"
+                f" key_version, payout_address) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 f" ON CONFLICT (owner_id) DO NOTHING RETURNING {_WALLET_COLUMNS}",
                 (
                     owner_id,
@@ -154,6 +159,7 @@ class Store:
                     sealed.nonce,
                     sealed.key_id,
                     sealed.key_version,
+                    payout_address,
                 ),
             )
             row = await cur.fetchone()
@@ -173,6 +179,14 @@ class Store:
             WalletRow,
             f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets WHERE public_key = %s",
             (public_key,),
+        )
+
+    async def wallet_by_id(self, wallet_id: UUID) -> WalletRow | None:
+        return await fetch_one(
+            self.pool,
+            WalletRow,
+            f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets WHERE id = %s",
+            (wallet_id,),
         )
 
     async def close_wallet(self, public_key: str) -> None:
@@ -322,3 +336,180 @@ class Store:
             " AND source_account IN (SELECT public_key FROM custodial_wallets)"
             " ORDER BY created_at",
         )
+
+    # --- the payout policy ------------------------------------------------------------------
+
+    async def recent_payouts(self, source: str) -> RecentPayouts:
+        """What `source` paid out lately: every payout transaction stored (signed) that
+        did or may still move KALE; failed, expired and rejected ones moved nothing."""
+        row = await fetch_one(
+            self.pool,
+            RecentPayouts,
+            "SELECT count(*) FILTER (WHERE created_at > now() - interval '1 hour')"
+            " AS transfers_last_hour,"
+            " coalesce(sum(amount), 0)::bigint AS stroops_last_day"
+            " FROM transactions WHERE source_account = %s AND kind = 'payout'"
+            " AND NOT rejected AND status NOT IN ('failed', 'expired')"
+            " AND created_at > now() - interval '1 day'",
+            (source,),
+        )
+        assert row is not None  # an aggregate always answers one row
+        return row
+
+    async def insert_challenge(
+        self,
+        wallet_id: UUID,
+        signer: str,
+        new_address: str,
+        nonce: str,
+        message: str,
+        expires_at: dt.datetime,
+    ) -> ChallengeRow:
+        row = await fetch_one(
+            self.pool,
+            ChallengeRow,
+            "INSERT INTO payout_challenges (wallet_id, signer_address, new_address, nonce,"
+            f" message, expires_at) VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_CHALLENGE_COLUMNS}",
+            (wallet_id, signer, new_address, nonce, message, expires_at),
+        )
+        assert row is not None
+        return row
+
+    async def challenge(self, challenge_id: UUID) -> ChallengeRow | None:
+        return await fetch_one(
+            self.pool,
+            ChallengeRow,
+            f"SELECT {_CHALLENGE_COLUMNS} FROM payout_challenges WHERE id = %s",
+            (challenge_id,),
+        )
+
+    async def change_of(self, challenge_id: UUID) -> AddressChange | None:
+        """The address change a challenge was used for, if any."""
+        return await fetch_one(
+            self.pool,
+            AddressChange,
+            f"SELECT {_CHANGE_COLUMNS} FROM payout_address_changes WHERE challenge_id = %s",
+            (challenge_id,),
+        )
+
+    async def change_payout_address(
+        self, challenge: ChallengeRow, signature: bytes
+    ) -> WalletRow | None:
+        """Spend the challenge, record the change and change the address, all or nothing.
+        None when the challenge was spent or expired meanwhile, or the wallet's address is
+        no longer the one the challenge was signed by (another call won)."""
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(
+                    "UPDATE payout_challenges SET used_at = now()"
+                    " WHERE id = %s AND used_at IS NULL AND expires_at > now()",
+                    (challenge.id,),
+                )
+                if cur.rowcount != 1:
+                    return None
+                await conn.execute(
+                    "INSERT INTO payout_address_changes (wallet_id, old_address, new_address,"
+                    " source, challenge_id, signature) VALUES (%s, %s, %s, 'signed', %s, %s)",
+                    (
+                        challenge.wallet_id,
+                        challenge.signer_address,
+                        challenge.new_address,
+                        challenge.id,
+                        signature,
+                    ),
+                )
+                wallets = conn.cursor(row_factory=class_row(WalletRow))
+                await wallets.execute(
+                    "UPDATE custodial_wallets SET payout_address = %s"
+                    f" WHERE id = %s AND payout_address = %s RETURNING {_WALLET_COLUMNS}",
+                    (challenge.new_address, challenge.wallet_id, challenge.signer_address),
+                )
+                row = await wallets.fetchone()
+                if row is None:
+                    # Changed by another challenge meanwhile: leave nothing of this one.
+                    raise _Superseded
+                return row
+        except _Superseded:
+            return None
+
+    async def record_refusal(self, refusal: Refusal) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO payout_refusals (wallet_id, action, reason, destination, amount,"
+                " idempotency_key, challenge_id, caller, detail)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    refusal.wallet_id,
+                    refusal.action,
+                    refusal.reason,
+                    refusal.destination,
+                    refusal.amount,
+                    refusal.idempotency_key,
+                    refusal.challenge_id,
+                    refusal.caller,
+                    refusal.detail,
+                ),
+            )
+
+
+class _Superseded(Exception):
+    """Rolls a payout-address change back: the wallet's address moved meanwhile."""
+
+
+@dataclass
+class RecentPayouts:
+    """A wallet's payouts in the last hour (count) and the last day (stroops)."""
+
+    transfers_last_hour: int
+    stroops_last_day: int
+
+
+@dataclass
+class ChallengeRow:
+    """A payout-address challenge as stored."""
+
+    id: UUID
+    wallet_id: UUID
+    signer_address: str
+    new_address: str
+    nonce: str
+    message: str
+    expires_at: dt.datetime
+    used_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+_CHALLENGE_COLUMNS = (
+    "id, wallet_id, signer_address, new_address, nonce, message, expires_at, used_at, created_at"
+)
+
+
+@dataclass
+class AddressChange:
+    """One recorded payout-address change."""
+
+    id: int
+    wallet_id: UUID
+    old_address: str | None
+    new_address: str
+    challenge_id: UUID | None
+    signature: bytes | None
+    created_at: dt.datetime
+
+
+_CHANGE_COLUMNS = "id, wallet_id, old_address, new_address, challenge_id, signature, created_at"
+
+
+@dataclass
+class Refusal:
+    """A payout or address change the policy refused, as recorded."""
+
+    wallet_id: UUID | None
+    action: str
+    reason: str
+    detail: str
+    destination: str | None = None
+    amount: int | None = None
+    idempotency_key: str | None = None
+    challenge_id: UUID | None = None
+    caller: str | None = None

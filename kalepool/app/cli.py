@@ -544,6 +544,82 @@ def farmer_payout(
         raise typer.Exit(1)
 
 
+@farmer_app.command("payout-address")
+def farmer_payout_address(
+    ctx: typer.Context,
+    farmer_id: Annotated[str, typer.Argument(help="The farmer's id.")],
+    new_address: Annotated[str, typer.Argument(help="The new payout address (G...).")],
+    challenge: Annotated[
+        str | None,
+        typer.Option("--challenge", help="The challenge id printed by the first step."),
+    ] = None,
+    signature: Annotated[
+        str | None,
+        typer.Option(
+            "--signature",
+            help="The current payout key's SEP-53 signature of the challenge (base64 or hex).",
+        ),
+    ] = None,
+    secret_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--secret-stdin",
+            help="Devnet demos: read the current payout address's secret key (S...) from"
+            " stdin, never echoed, and sign here.",
+        ),
+    ] = False,
+    secret_env: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-env",
+            help="Devnet demos: like --secret-stdin, from this environment variable.",
+        ),
+    ] = None,
+) -> None:
+    """Move a farmer's payouts to another address: only the farmer's CURRENT payout key can.
+
+    Without --signature: prints a challenge (id, the exact text, its expiry) for the current
+    payout key to sign. With --challenge and --signature: the wallet checks the signature
+    and changes the address. With --secret-stdin or --secret-env: both steps at once.
+    """
+    settings = settings_from(ctx)
+    from kalepool.app.commands import parse_signature
+    from kalepool.app.commands import payout_address as change
+
+    if (challenge is None) != (signature is None):
+        fail("--challenge and --signature go together")
+    if secret_stdin and secret_env:
+        fail("give --secret-stdin or --secret-env, not both")
+    if (secret_stdin or secret_env) and signature is not None:
+        fail("--signature and a secret to sign with exclude each other")
+    signed = None
+    if signature is not None:
+        try:
+            signed = parse_signature(signature)
+        except ValueError as error:
+            fail(f"--signature: {error}")
+    secret = None
+    if secret_stdin:
+        import getpass
+
+        # A terminal does not echo what getpass reads; a pipe is read as it is.
+        secret = getpass.getpass("secret key: ") if sys.stdin.isatty() else sys.stdin.readline()
+        secret = secret.strip()
+    elif secret_env:
+        secret = os.environ.get(secret_env, "").strip()
+        if not secret:
+            fail(f"--secret-env: the environment variable {secret_env} is empty or not set")
+    with pool_command():
+        change(
+            settings,
+            farmer_id,
+            new_address,
+            challenge_id=challenge,
+            signature=signed,
+            secret=secret,
+        )
+
+
 @farmer_app.command("leave")
 def farmer_leave(
     ctx: typer.Context,

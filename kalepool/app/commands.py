@@ -1,6 +1,7 @@
 """The everyday operator commands: `blocks`, `farmers`, `poolers`, `farmer payout`,
-`farmer leave`. Each is one or a few PoolService calls through `OperatorClient` (the
-pool's address from the running stack's state, else `pool_listen`), printed as a table
+`farmer payout-address`, `farmer leave`. Each is one or a few PoolService calls through
+`OperatorClient` (the pool's address from the running stack's state, else
+`pool_listen`), printed as a table
 (amounts in KALE) or, with `--csv`, as plain rows (amounts in stroops).
 
 A pool that cannot be reached, or a refusal, is a `CommandError`: one line for the
@@ -10,6 +11,8 @@ command line to print, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import os
 import sys
 import uuid
@@ -20,6 +23,7 @@ from typing import TypeVar
 
 import grpc
 from rich.console import Console
+from stellar_sdk import Keypair
 
 from kalepool import wire
 from kalepool.app.operator import OperatorClient
@@ -266,6 +270,105 @@ def payout(settings: Settings, farmer_id: str, amount_stroops: int, key: str | N
         out.print("the farmer's balance is restored; nothing was sent", highlight=False)
         return False
     return True
+
+
+def parse_signature(text: str) -> bytes:
+    """A signature as people paste it: base64 (what SEP-53 tools print) or 128 hex digits;
+    ValueError with one sentence otherwise."""
+    cleaned = text.strip()
+    try:
+        raw = (
+            bytes.fromhex(cleaned)
+            if len(cleaned) == 128
+            else base64.b64decode(cleaned, validate=True)
+        )
+    except ValueError:
+        raise ValueError("the signature must be base64 or hex") from None
+    if len(raw) != 64:
+        raise ValueError(f"an ed25519 signature is 64 bytes, this one is {len(raw)}")
+    return raw
+
+
+def payout_address(
+    settings: Settings,
+    farmer_id: str,
+    new_address: str,
+    *,
+    challenge_id: str | None = None,
+    signature: bytes | None = None,
+    secret: str | None = None,
+) -> None:
+    """`kale-pool farmer payout-address`: without a signature, ask for a challenge and
+    print the text the farmer's current payout key must sign; with `challenge_id` and
+    `signature`, hand them to the pool (the wallet decides); with `secret` (devnet demos:
+    the current payout address's secret key), do both, signing here. The secret is never
+    printed, logged or sent."""
+    keypair = None
+    if secret is not None:
+        try:
+            keypair = Keypair.from_secret(secret)
+        except Exception:  # the SDK's message may quote what it was given
+            raise CommandError("the secret given is not a Stellar secret key (S…)", 2) from None
+
+    async def change(
+        op: OperatorClient, challenge: str, signed: bytes
+    ) -> pool_pb2.ChangeFarmerPayoutAddressResponse:
+        return await op.pool.ChangeFarmerPayoutAddress(
+            pool_pb2.ChangeFarmerPayoutAddressRequest(
+                farmer_id=farmer_id,
+                challenge_id=challenge,
+                new_payout_address=new_address,
+                signature=signed,
+            ),
+            timeout=op.timeout,
+        )
+
+    async def body(op: OperatorClient) -> pool_pb2.ChangeFarmerPayoutAddressResponse | None:
+        if challenge_id is not None and signature is not None:
+            return await change(op, challenge_id, signature)
+        issued = await op.pool.NewFarmerPayoutChallenge(
+            pool_pb2.NewFarmerPayoutChallengeRequest(
+                farmer_id=farmer_id, new_payout_address=new_address
+            ),
+            timeout=op.timeout,
+        )
+        if keypair is None:
+            _print_challenge(farmer_id, new_address, issued)
+            return None
+        if keypair.public_key != issued.signer_address:
+            raise CommandError(
+                f"the secret given is {keypair.public_key}'s, but the farmer's current payout"
+                f" address {issued.signer_address} must sign",
+                2,
+            )
+        return await change(op, issued.challenge_id, keypair.sign_message(issued.message))
+
+    changed = with_pool(settings, body)
+    if changed is not None:
+        _out().print(
+            f"farmer {farmer_id} pays out to {changed.farmer.payout_address} now"
+            f" (was {changed.previous_payout_address})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _print_challenge(
+    farmer_id: str, new_address: str, issued: pool_pb2.NewFarmerPayoutChallengeResponse
+) -> None:
+    expires = issued.expires_at.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    out = _out()
+    for line in (
+        f"challenge {issued.challenge_id}, to be signed by {issued.signer_address}"
+        f" before {expires} (SEP-53: a Stellar Signed Message), exactly this text:",
+        "",
+        issued.message,
+        "",
+        "then: kale-pool farmer payout-address"
+        f" {farmer_id} {new_address} --challenge {issued.challenge_id} --signature SIGNATURE",
+    ):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def leave(settings: Settings, farmer_id: str) -> None:

@@ -597,7 +597,10 @@ class RegisterFarmerRequest(_message.Message):
     pooler_id: _builtins.str
     """The pooler to farm with."""
     payout_address: _builtins.str
-    """The farmer's own account (G...) for payouts; it must trust KALE to receive them."""
+    """The farmer's own account (G...) for payouts; it must trust KALE to receive
+    them. The wallet service registers it as the only address payouts may go to;
+    its key signs any later change.
+    """
     stake_bps: _builtins.int
     """Share of the KALE balance to stake in each plant, in basis points (0 to 10000)."""
     idempotency_key: _builtins.str
@@ -1561,3 +1564,127 @@ class ListCompensationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCompensationsResponse: _TypeAlias = ListCompensationsResponse  # noqa: Y015
+
+@_typing.final
+class NewFarmerPayoutChallengeRequest(_message.Message):
+    """Request of PoolService.NewFarmerPayoutChallenge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FARMER_ID_FIELD_NUMBER: _builtins.int
+    NEW_PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
+    farmer_id: _builtins.str
+    """The farmer."""
+    new_payout_address: _builtins.str
+    """The payout address asked for (G...)."""
+    def __init__(
+        self,
+        *,
+        farmer_id: _builtins.str = ...,
+        new_payout_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["farmer_id", b"farmer_id", "new_payout_address", b"new_payout_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewFarmerPayoutChallengeRequest: _TypeAlias = NewFarmerPayoutChallengeRequest  # noqa: Y015
+
+@_typing.final
+class NewFarmerPayoutChallengeResponse(_message.Message):
+    """Response of PoolService.NewFarmerPayoutChallenge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHALLENGE_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SIGNER_ADDRESS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    challenge_id: _builtins.str
+    """The challenge's id, for ChangeFarmerPayoutAddress."""
+    message: _builtins.str
+    """The exact text the current payout address's key must sign (SEP-53)."""
+    signer_address: _builtins.str
+    """The address whose key must sign: the farmer's current payout address."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this the challenge is refused."""
+
+    def __init__(
+        self,
+        *,
+        challenge_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        signer_address: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "expires_at", b"expires_at", "message", b"message", "signer_address", b"signer_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewFarmerPayoutChallengeResponse: _TypeAlias = NewFarmerPayoutChallengeResponse  # noqa: Y015
+
+@_typing.final
+class ChangeFarmerPayoutAddressRequest(_message.Message):
+    """Request of PoolService.ChangeFarmerPayoutAddress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FARMER_ID_FIELD_NUMBER: _builtins.int
+    CHALLENGE_ID_FIELD_NUMBER: _builtins.int
+    NEW_PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    farmer_id: _builtins.str
+    """The farmer."""
+    challenge_id: _builtins.str
+    """The challenge NewFarmerPayoutChallenge returned."""
+    new_payout_address: _builtins.str
+    """The new payout address (G...), the one the challenge names."""
+    signature: _builtins.bytes
+    """The 64-byte ed25519 signature of the challenge's text (SEP-53); never a key."""
+    def __init__(
+        self,
+        *,
+        farmer_id: _builtins.str = ...,
+        challenge_id: _builtins.str = ...,
+        new_payout_address: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "farmer_id", b"farmer_id", "new_payout_address", b"new_payout_address", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeFarmerPayoutAddressRequest: _TypeAlias = ChangeFarmerPayoutAddressRequest  # noqa: Y015
+
+@_typing.final
+class ChangeFarmerPayoutAddressResponse(_message.Message):
+    """Response of PoolService.ChangeFarmerPayoutAddress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FARMER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
+    previous_payout_address: _builtins.str
+    """The address it replaced."""
+    @_builtins.property
+    def farmer(self) -> Global___Farmer:
+        """The farmer, with its new payout address."""
+
+    def __init__(
+        self,
+        *,
+        farmer: Global___Farmer | None = ...,
+        previous_payout_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["farmer", b"farmer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["farmer", b"farmer", "previous_payout_address", b"previous_payout_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeFarmerPayoutAddressResponse: _TypeAlias = ChangeFarmerPayoutAddressResponse  # noqa: Y015

@@ -130,6 +130,16 @@ class PoolServiceStub:
                 request_serializer=kalepool_dot_v1_dot_pool__pb2.ListCompensationsRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_pool__pb2.ListCompensationsResponse.FromString,
                 _registered_method=True)
+        self.NewFarmerPayoutChallenge = channel.unary_unary(
+                '/kalepool.v1.PoolService/NewFarmerPayoutChallenge',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.NewFarmerPayoutChallengeRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.NewFarmerPayoutChallengeResponse.FromString,
+                _registered_method=True)
+        self.ChangeFarmerPayoutAddress = channel.unary_unary(
+                '/kalepool.v1.PoolService/ChangeFarmerPayoutAddress',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressResponse.FromString,
+                _registered_method=True)
 
 
 class PoolServiceServicer:
@@ -282,6 +292,25 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NewFarmerPayoutChallenge(self, request, context):
+        """Asks the wallet service for a challenge to change a farmer's payout
+        address: the text the farmer's CURRENT payout address must sign (SEP-53).
+        The pool only relays it; the wallet decides.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeFarmerPayoutAddress(self, request, context):
+        """Relays a signed challenge to the wallet service, which changes the payout
+        address only when the farmer's current payout key signed it; then the pool
+        records the new address too. PERMISSION_DENIED when the wallet refuses the
+        proof (wrong signer, expired, used, another farmer's challenge).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -379,6 +408,16 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.ListCompensations,
                     request_deserializer=kalepool_dot_v1_dot_pool__pb2.ListCompensationsRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_pool__pb2.ListCompensationsResponse.SerializeToString,
+            ),
+            'NewFarmerPayoutChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.NewFarmerPayoutChallenge,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.NewFarmerPayoutChallengeRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.NewFarmerPayoutChallengeResponse.SerializeToString,
+            ),
+            'ChangeFarmerPayoutAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeFarmerPayoutAddress,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -895,6 +934,60 @@ class PoolService:
             '/kalepool.v1.PoolService/ListCompensations',
             kalepool_dot_v1_dot_pool__pb2.ListCompensationsRequest.SerializeToString,
             kalepool_dot_v1_dot_pool__pb2.ListCompensationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NewFarmerPayoutChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/NewFarmerPayoutChallenge',
+            kalepool_dot_v1_dot_pool__pb2.NewFarmerPayoutChallengeRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.NewFarmerPayoutChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeFarmerPayoutAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/ChangeFarmerPayoutAddress',
+            kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,6 +102,17 @@ class PoolServiceStub:
     """Returns one pooler's statistics and liveness."""
     ListCompensations: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListCompensationsRequest, _pool_pb2.ListCompensationsResponse]
     """Lists compensations, newest first, with filters."""
+    NewFarmerPayoutChallenge: _grpc.UnaryUnaryMultiCallable[_pool_pb2.NewFarmerPayoutChallengeRequest, _pool_pb2.NewFarmerPayoutChallengeResponse]
+    """Asks the wallet service for a challenge to change a farmer's payout
+    address: the text the farmer's CURRENT payout address must sign (SEP-53).
+    The pool only relays it; the wallet decides.
+    """
+    ChangeFarmerPayoutAddress: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ChangeFarmerPayoutAddressRequest, _pool_pb2.ChangeFarmerPayoutAddressResponse]
+    """Relays a signed challenge to the wallet service, which changes the payout
+    address only when the farmer's current payout key signed it; then the pool
+    records the new address too. PERMISSION_DENIED when the wallet refuses the
+    proof (wrong signer, expired, used, another farmer's challenge).
+    """
 
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
@@ -168,6 +179,17 @@ class PoolServiceAsyncStub(PoolServiceStub):
     """Returns one pooler's statistics and liveness."""
     ListCompensations: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListCompensationsRequest, _pool_pb2.ListCompensationsResponse]  # type: ignore[assignment]
     """Lists compensations, newest first, with filters."""
+    NewFarmerPayoutChallenge: _aio.UnaryUnaryMultiCallable[_pool_pb2.NewFarmerPayoutChallengeRequest, _pool_pb2.NewFarmerPayoutChallengeResponse]  # type: ignore[assignment]
+    """Asks the wallet service for a challenge to change a farmer's payout
+    address: the text the farmer's CURRENT payout address must sign (SEP-53).
+    The pool only relays it; the wallet decides.
+    """
+    ChangeFarmerPayoutAddress: _aio.UnaryUnaryMultiCallable[_pool_pb2.ChangeFarmerPayoutAddressRequest, _pool_pb2.ChangeFarmerPayoutAddressResponse]  # type: ignore[assignment]
+    """Relays a signed challenge to the wallet service, which changes the payout
+    address only when the farmer's current payout key signed it; then the pool
+    records the new address too. PERMISSION_DENIED when the wallet refuses the
+    proof (wrong signer, expired, used, another farmer's challenge).
+    """
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registry of poolers and farmers, block history, stats and payouts."""
@@ -345,5 +367,28 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pool_pb2.ListCompensationsResponse, _abc.Awaitable[_pool_pb2.ListCompensationsResponse]]:
         """Lists compensations, newest first, with filters."""
+
+    @_abc_1.abstractmethod
+    def NewFarmerPayoutChallenge(
+        self,
+        request: _pool_pb2.NewFarmerPayoutChallengeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.NewFarmerPayoutChallengeResponse, _abc.Awaitable[_pool_pb2.NewFarmerPayoutChallengeResponse]]:
+        """Asks the wallet service for a challenge to change a farmer's payout
+        address: the text the farmer's CURRENT payout address must sign (SEP-53).
+        The pool only relays it; the wallet decides.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangeFarmerPayoutAddress(
+        self,
+        request: _pool_pb2.ChangeFarmerPayoutAddressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.ChangeFarmerPayoutAddressResponse, _abc.Awaitable[_pool_pb2.ChangeFarmerPayoutAddressResponse]]:
+        """Relays a signed challenge to the wallet service, which changes the payout
+        address only when the farmer's current payout key signed it; then the pool
+        records the new address too. PERMISSION_DENIED when the wallet refuses the
+        proof (wrong signer, expired, used, another farmer's challenge).
+        """
 
 def add_PoolServiceServicer_to_server(servicer: PoolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -167,6 +167,7 @@ class Wallet(_message.Message):
     KEY_VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CLOSED_FIELD_NUMBER: _builtins.int
+    PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
     public_key: _builtins.str
     """The wallet's public key (G...)."""
     owner_id: _builtins.str
@@ -175,6 +176,10 @@ class Wallet(_message.Message):
     """The version of the master key its secret is encrypted under."""
     closed: _builtins.bool
     """Whether the wallet was closed (account merged away)."""
+    payout_address: _builtins.str
+    """The one address its payouts and its close may pay (G..., M... or C...);
+    empty when none is registered (such a wallet pays nothing).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the key pair was generated."""
@@ -187,10 +192,11 @@ class Wallet(_message.Message):
         key_version: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         closed: _builtins.bool = ...,
+        payout_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "created_at", b"created_at", "key_version", b"key_version", "owner_id", b"owner_id", "public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "created_at", b"created_at", "key_version", b"key_version", "owner_id", b"owner_id", "payout_address", b"payout_address", "public_key", b"public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -203,16 +209,22 @@ class CreateWalletRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OWNER_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
     owner_id: _builtins.str
     """The owner (a farmer id, UUID); at most one wallet per owner."""
+    payout_address: _builtins.str
+    """The farmer's own account (G...), the only address payouts may go to; its
+    key signs any later change. Required.
+    """
     def __init__(
         self,
         *,
         owner_id: _builtins.str = ...,
+        payout_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_id", b"owner_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_id", b"owner_id", "payout_address", b"payout_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -650,3 +662,137 @@ class GetTransactionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTransactionResponse: _TypeAlias = GetTransactionResponse  # noqa: Y015
+
+@_typing.final
+class NewPayoutChallengeRequest(_message.Message):
+    """Request of WalletService.NewPayoutChallenge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    NEW_PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.str
+    """The wallet's public key (G...)."""
+    new_payout_address: _builtins.str
+    """The payout address asked for (G...): it is named in the signed text, so a
+    signature proves the farmer chose this address.
+    """
+    def __init__(
+        self,
+        *,
+        public_key: _builtins.str = ...,
+        new_payout_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_payout_address", b"new_payout_address", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewPayoutChallengeRequest: _TypeAlias = NewPayoutChallengeRequest  # noqa: Y015
+
+@_typing.final
+class NewPayoutChallengeResponse(_message.Message):
+    """Response of WalletService.NewPayoutChallenge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHALLENGE_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SIGNER_ADDRESS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    challenge_id: _builtins.str
+    """The challenge's id, to give ChangePayoutAddress."""
+    message: _builtins.str
+    """The exact text to sign with SEP-53 ("Stellar Signed Message:\\n" + text,
+    SHA-256, ed25519).
+    """
+    signer_address: _builtins.str
+    """The address whose key must sign: the current payout address."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """After this the challenge is refused."""
+
+    def __init__(
+        self,
+        *,
+        challenge_id: _builtins.str = ...,
+        message: _builtins.str = ...,
+        signer_address: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "expires_at", b"expires_at", "message", b"message", "signer_address", b"signer_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewPayoutChallengeResponse: _TypeAlias = NewPayoutChallengeResponse  # noqa: Y015
+
+@_typing.final
+class ChangePayoutAddressRequest(_message.Message):
+    """Request of WalletService.ChangePayoutAddress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    CHALLENGE_ID_FIELD_NUMBER: _builtins.int
+    NEW_PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.str
+    """The wallet's public key (G...)."""
+    challenge_id: _builtins.str
+    """The challenge NewPayoutChallenge issued for this wallet."""
+    new_payout_address: _builtins.str
+    """The new payout address (G...): the one the challenge names."""
+    signature: _builtins.bytes
+    """The 64-byte ed25519 signature of the challenge's text (SEP-53) by the
+    signer_address's key. A signature, never a key.
+    """
+    def __init__(
+        self,
+        *,
+        public_key: _builtins.str = ...,
+        challenge_id: _builtins.str = ...,
+        new_payout_address: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge_id", b"challenge_id", "new_payout_address", b"new_payout_address", "public_key", b"public_key", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePayoutAddressRequest: _TypeAlias = ChangePayoutAddressRequest  # noqa: Y015
+
+@_typing.final
+class ChangePayoutAddressResponse(_message.Message):
+    """Response of WalletService.ChangePayoutAddress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WALLET_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    previous_payout_address: _builtins.str
+    """The address it replaced."""
+    replayed: _builtins.bool
+    """True when this call repeated the change that was already made."""
+    @_builtins.property
+    def wallet(self) -> Global___Wallet:
+        """The wallet, with its new payout address."""
+
+    def __init__(
+        self,
+        *,
+        wallet: Global___Wallet | None = ...,
+        previous_payout_address: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wallet", b"wallet"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_payout_address", b"previous_payout_address", "replayed", b"replayed", "wallet", b"wallet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangePayoutAddressResponse: _TypeAlias = ChangePayoutAddressResponse  # noqa: Y015

@@ -75,6 +75,16 @@ class WalletServiceStub:
                 request_serializer=kalepool_dot_v1_dot_wallet__pb2.GetTransactionRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_wallet__pb2.GetTransactionResponse.FromString,
                 _registered_method=True)
+        self.NewPayoutChallenge = channel.unary_unary(
+                '/kalepool.v1.WalletService/NewPayoutChallenge',
+                request_serializer=kalepool_dot_v1_dot_wallet__pb2.NewPayoutChallengeRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_wallet__pb2.NewPayoutChallengeResponse.FromString,
+                _registered_method=True)
+        self.ChangePayoutAddress = channel.unary_unary(
+                '/kalepool.v1.WalletService/ChangePayoutAddress',
+                request_serializer=kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -83,8 +93,10 @@ class WalletServiceServicer:
 
     def CreateWallet(self, request, context):
         """Creates a custodial wallet for an owner: a fresh key pair whose secret is
-        stored encrypted. Idempotent per owner_id: a second call returns the same
-        wallet. Returns the public key only.
+        stored encrypted, and the one address its payouts may go to. Idempotent per
+        owner_id: a second call with the same payout address returns the same
+        wallet; with another one it is ALREADY_EXISTS (only ChangePayoutAddress
+        changes it). Returns the public key only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,7 +136,10 @@ class WalletServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Transfer(self, request, context):
-        """Sends KALE from a custodial account to another address (payouts).
+        """Sends KALE from a custodial account to its registered payout address
+        (payouts). Any other destination is PERMISSION_DENIED; over the wallet's
+        limits (KALE per day, transfers per hour) it is RESOURCE_EXHAUSTED. Both
+        refusals sign nothing and are recorded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,7 +148,8 @@ class WalletServiceServicer:
     def CloseWallet(self, request, context):
         """Closes a wallet when its farmer leaves the pool: in one transaction, sends
         all KALE to the destination, removes the trustline and merges the account
-        (all remaining XLM) into the destination.
+        (all remaining XLM) into the destination, which must be the registered
+        payout address (PERMISSION_DENIED otherwise, recorded, nothing signed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,6 +158,28 @@ class WalletServiceServicer:
     def GetTransaction(self, request, context):
         """Returns the stored outcome of a transaction, by idempotency key or hash,
         reconciling it with the chain first when it is still pending.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NewPayoutChallenge(self, request, context):
+        """Issues a challenge for changing a wallet's payout address: the text the
+        CURRENT payout address's key must sign (SEP-53 "Stellar Signed Message"),
+        naming the wallet, both addresses, a nonce and an expiry. Nothing changes
+        until ChangePayoutAddress brings the signature.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePayoutAddress(self, request, context):
+        """Changes a wallet's payout address to the one its challenge names, once the
+        signature of the challenge's text by the current payout address's key
+        verifies. A challenge is used once and expires; a wrong signer, an expired,
+        used or other wallet's challenge, or another new address is
+        PERMISSION_DENIED (recorded). Repeating the call that changed the address
+        (same challenge, address and signature) answers the change again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +227,16 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.GetTransaction,
                     request_deserializer=kalepool_dot_v1_dot_wallet__pb2.GetTransactionRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_wallet__pb2.GetTransactionResponse.SerializeToString,
+            ),
+            'NewPayoutChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.NewPayoutChallenge,
+                    request_deserializer=kalepool_dot_v1_dot_wallet__pb2.NewPayoutChallengeRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_wallet__pb2.NewPayoutChallengeResponse.SerializeToString,
+            ),
+            'ChangePayoutAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePayoutAddress,
+                    request_deserializer=kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -408,6 +456,60 @@ class WalletService:
             '/kalepool.v1.WalletService/GetTransaction',
             kalepool_dot_v1_dot_wallet__pb2.GetTransactionRequest.SerializeToString,
             kalepool_dot_v1_dot_wallet__pb2.GetTransactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NewPayoutChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.WalletService/NewPayoutChallenge',
+            kalepool_dot_v1_dot_wallet__pb2.NewPayoutChallengeRequest.SerializeToString,
+            kalepool_dot_v1_dot_wallet__pb2.NewPayoutChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePayoutAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.WalletService/ChangePayoutAddress',
+            kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressRequest.SerializeToString,
+            kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,8 +50,10 @@ class WalletServiceStub:
     def __new__(cls, channel: _aio.Channel) -> WalletServiceAsyncStub: ...
     CreateWallet: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CreateWalletRequest, _wallet_pb2.CreateWalletResponse]
     """Creates a custodial wallet for an owner: a fresh key pair whose secret is
-    stored encrypted. Idempotent per owner_id: a second call returns the same
-    wallet. Returns the public key only.
+    stored encrypted, and the one address its payouts may go to. Idempotent per
+    owner_id: a second call with the same payout address returns the same
+    wallet; with another one it is ALREADY_EXISTS (only ChangePayoutAddress
+    changes it). Returns the public key only.
     """
     GetWallet: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetWalletRequest, _wallet_pb2.GetWalletResponse]
     """Returns a wallet's key facts and its current state on chain (account
@@ -71,15 +73,34 @@ class WalletServiceStub:
     block; returns the reward the contract returned.
     """
     Transfer: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.TransferRequest, _wallet_pb2.TransferResponse]
-    """Sends KALE from a custodial account to another address (payouts)."""
+    """Sends KALE from a custodial account to its registered payout address
+    (payouts). Any other destination is PERMISSION_DENIED; over the wallet's
+    limits (KALE per day, transfers per hour) it is RESOURCE_EXHAUSTED. Both
+    refusals sign nothing and are recorded.
+    """
     CloseWallet: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.CloseWalletRequest, _wallet_pb2.CloseWalletResponse]
     """Closes a wallet when its farmer leaves the pool: in one transaction, sends
     all KALE to the destination, removes the trustline and merges the account
-    (all remaining XLM) into the destination.
+    (all remaining XLM) into the destination, which must be the registered
+    payout address (PERMISSION_DENIED otherwise, recorded, nothing signed).
     """
     GetTransaction: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.GetTransactionRequest, _wallet_pb2.GetTransactionResponse]
     """Returns the stored outcome of a transaction, by idempotency key or hash,
     reconciling it with the chain first when it is still pending.
+    """
+    NewPayoutChallenge: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.NewPayoutChallengeRequest, _wallet_pb2.NewPayoutChallengeResponse]
+    """Issues a challenge for changing a wallet's payout address: the text the
+    CURRENT payout address's key must sign (SEP-53 "Stellar Signed Message"),
+    naming the wallet, both addresses, a nonce and an expiry. Nothing changes
+    until ChangePayoutAddress brings the signature.
+    """
+    ChangePayoutAddress: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.ChangePayoutAddressRequest, _wallet_pb2.ChangePayoutAddressResponse]
+    """Changes a wallet's payout address to the one its challenge names, once the
+    signature of the challenge's text by the current payout address's key
+    verifies. A challenge is used once and expires; a wrong signer, an expired,
+    used or other wallet's challenge, or another new address is
+    PERMISSION_DENIED (recorded). Repeating the call that changed the address
+    (same challenge, address and signature) answers the change again.
     """
 
 @_typing.type_check_only
@@ -89,8 +110,10 @@ class WalletServiceAsyncStub(WalletServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateWallet: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CreateWalletRequest, _wallet_pb2.CreateWalletResponse]  # type: ignore[assignment]
     """Creates a custodial wallet for an owner: a fresh key pair whose secret is
-    stored encrypted. Idempotent per owner_id: a second call returns the same
-    wallet. Returns the public key only.
+    stored encrypted, and the one address its payouts may go to. Idempotent per
+    owner_id: a second call with the same payout address returns the same
+    wallet; with another one it is ALREADY_EXISTS (only ChangePayoutAddress
+    changes it). Returns the public key only.
     """
     GetWallet: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetWalletRequest, _wallet_pb2.GetWalletResponse]  # type: ignore[assignment]
     """Returns a wallet's key facts and its current state on chain (account
@@ -110,15 +133,34 @@ class WalletServiceAsyncStub(WalletServiceStub):
     block; returns the reward the contract returned.
     """
     Transfer: _aio.UnaryUnaryMultiCallable[_wallet_pb2.TransferRequest, _wallet_pb2.TransferResponse]  # type: ignore[assignment]
-    """Sends KALE from a custodial account to another address (payouts)."""
+    """Sends KALE from a custodial account to its registered payout address
+    (payouts). Any other destination is PERMISSION_DENIED; over the wallet's
+    limits (KALE per day, transfers per hour) it is RESOURCE_EXHAUSTED. Both
+    refusals sign nothing and are recorded.
+    """
     CloseWallet: _aio.UnaryUnaryMultiCallable[_wallet_pb2.CloseWalletRequest, _wallet_pb2.CloseWalletResponse]  # type: ignore[assignment]
     """Closes a wallet when its farmer leaves the pool: in one transaction, sends
     all KALE to the destination, removes the trustline and merges the account
-    (all remaining XLM) into the destination.
+    (all remaining XLM) into the destination, which must be the registered
+    payout address (PERMISSION_DENIED otherwise, recorded, nothing signed).
     """
     GetTransaction: _aio.UnaryUnaryMultiCallable[_wallet_pb2.GetTransactionRequest, _wallet_pb2.GetTransactionResponse]  # type: ignore[assignment]
     """Returns the stored outcome of a transaction, by idempotency key or hash,
     reconciling it with the chain first when it is still pending.
+    """
+    NewPayoutChallenge: _aio.UnaryUnaryMultiCallable[_wallet_pb2.NewPayoutChallengeRequest, _wallet_pb2.NewPayoutChallengeResponse]  # type: ignore[assignment]
+    """Issues a challenge for changing a wallet's payout address: the text the
+    CURRENT payout address's key must sign (SEP-53 "Stellar Signed Message"),
+    naming the wallet, both addresses, a nonce and an expiry. Nothing changes
+    until ChangePayoutAddress brings the signature.
+    """
+    ChangePayoutAddress: _aio.UnaryUnaryMultiCallable[_wallet_pb2.ChangePayoutAddressRequest, _wallet_pb2.ChangePayoutAddressResponse]  # type: ignore[assignment]
+    """Changes a wallet's payout address to the one its challenge names, once the
+    signature of the challenge's text by the current payout address's key
+    verifies. A challenge is used once and expires; a wrong signer, an expired,
+    used or other wallet's challenge, or another new address is
+    PERMISSION_DENIED (recorded). Repeating the call that changed the address
+    (same challenge, address and signature) answers the change again.
     """
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -131,8 +173,10 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.CreateWalletResponse, _abc.Awaitable[_wallet_pb2.CreateWalletResponse]]:
         """Creates a custodial wallet for an owner: a fresh key pair whose secret is
-        stored encrypted. Idempotent per owner_id: a second call returns the same
-        wallet. Returns the public key only.
+        stored encrypted, and the one address its payouts may go to. Idempotent per
+        owner_id: a second call with the same payout address returns the same
+        wallet; with another one it is ALREADY_EXISTS (only ChangePayoutAddress
+        changes it). Returns the public key only.
         """
 
     @_abc_1.abstractmethod
@@ -182,7 +226,11 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _wallet_pb2.TransferRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_pb2.TransferResponse, _abc.Awaitable[_wallet_pb2.TransferResponse]]:
-        """Sends KALE from a custodial account to another address (payouts)."""
+        """Sends KALE from a custodial account to its registered payout address
+        (payouts). Any other destination is PERMISSION_DENIED; over the wallet's
+        limits (KALE per day, transfers per hour) it is RESOURCE_EXHAUSTED. Both
+        refusals sign nothing and are recorded.
+        """
 
     @_abc_1.abstractmethod
     def CloseWallet(
@@ -192,7 +240,8 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_wallet_pb2.CloseWalletResponse, _abc.Awaitable[_wallet_pb2.CloseWalletResponse]]:
         """Closes a wallet when its farmer leaves the pool: in one transaction, sends
         all KALE to the destination, removes the trustline and merges the account
-        (all remaining XLM) into the destination.
+        (all remaining XLM) into the destination, which must be the registered
+        payout address (PERMISSION_DENIED otherwise, recorded, nothing signed).
         """
 
     @_abc_1.abstractmethod
@@ -203,6 +252,32 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_wallet_pb2.GetTransactionResponse, _abc.Awaitable[_wallet_pb2.GetTransactionResponse]]:
         """Returns the stored outcome of a transaction, by idempotency key or hash,
         reconciling it with the chain first when it is still pending.
+        """
+
+    @_abc_1.abstractmethod
+    def NewPayoutChallenge(
+        self,
+        request: _wallet_pb2.NewPayoutChallengeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.NewPayoutChallengeResponse, _abc.Awaitable[_wallet_pb2.NewPayoutChallengeResponse]]:
+        """Issues a challenge for changing a wallet's payout address: the text the
+        CURRENT payout address's key must sign (SEP-53 "Stellar Signed Message"),
+        naming the wallet, both addresses, a nonce and an expiry. Nothing changes
+        until ChangePayoutAddress brings the signature.
+        """
+
+    @_abc_1.abstractmethod
+    def ChangePayoutAddress(
+        self,
+        request: _wallet_pb2.ChangePayoutAddressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.ChangePayoutAddressResponse, _abc.Awaitable[_wallet_pb2.ChangePayoutAddressResponse]]:
+        """Changes a wallet's payout address to the one its challenge names, once the
+        signature of the challenge's text by the current payout address's key
+        verifies. A challenge is used once and expires; a wrong signer, an expired,
+        used or other wallet's challenge, or another new address is
+        PERMISSION_DENIED (recorded). Repeating the call that changed the address
+        (same challenge, address and signature) answers the change again.
         """
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -137,6 +137,16 @@ class FarmerStore:
             (farmer_id,),
         )
 
+    async def set_payout_address(self, farmer_id: UUID, address: str) -> FarmerRow | None:
+        """Record the payout address the wallet service changed to (it decides; the pool
+        keeps its copy for its payouts and views)."""
+        return await fetch_one(
+            self.pool,
+            FarmerRow,
+            f"UPDATE farmers SET payout_address = %s WHERE id = %s RETURNING {FARMER_COLUMNS}",
+            (address, farmer_id),
+        )
+
     async def set_status(
         self, farmer_id: UUID, status: FarmerStatus, only_from: FarmerStatus
     ) -> FarmerRow | None:

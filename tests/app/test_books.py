@@ -16,11 +16,17 @@ from tests.pool.conftest import KALE, PoolStage, until
 from tests.pool.test_pooler_auth import bearer
 
 
-async def _planted_farm(pool: PoolStage) -> tuple[list[pool_pb2.Farmer], str, int]:
-    """Three funded farmers, two planted by the pool in the current block."""
+async def _planted_farm(
+    pool: PoolStage, payee: str | None = None
+) -> tuple[list[pool_pb2.Farmer], str, int]:
+    """Three funded farmers (paying out to `payee`, else each to an account of its own),
+    two planted by the pool in the current block."""
     pooler, key = await pool.register_pooler(max_farmers=10)
     farmers = [
-        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=20 * KALE) for _ in range(3)
+        await pool.funded_farmer(
+            pooler.pooler_id, stake_bps=5000, kale=20 * KALE, payout_address=payee
+        )
+        for _ in range(3)
     ]
     block = (await current_block(pool.chain)).index
     got = await pool.pooler().RequestPlant(
@@ -52,15 +58,16 @@ async def test_a_ledger_entry_the_chain_never_saw_is_named(pool: PoolStage) -> N
 
 
 async def test_moves_behind_the_pools_back_are_named(pool: PoolStage) -> None:
-    farmers, _, block = await _planted_farm(pool)
+    payee = await pool.stage.account(trust=True)
+    farmers, _, block = await _planted_farm(pool, payee.public_key)
     wallet = pool.wallet.stub
-    thief = await pool.stage.account(trust=True)
-    # KALE sent out of a custodial account with no payout in the books.
+    # KALE sent out of a custodial account with no payout in the books (to the farmer's
+    # registered address: the only one the wallet pays).
     sent = await wallet.Transfer(
         wallet_pb2.TransferRequest(
             idempotency_key="not-a-payout",
             source_address=farmers[1].custodial_address,
-            destination_address=thief.public_key,
+            destination_address=payee.public_key,
             amount_stroops=KALE,
         )
     )

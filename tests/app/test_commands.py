@@ -5,6 +5,7 @@ leaving, and one-line errors."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import os
@@ -40,22 +41,28 @@ class Ran:
         return list(csv.DictReader(io.StringIO(self.out)))
 
 
-async def kale_pool(settings: Settings, *args: str) -> Ran:
+async def kale_pool(
+    settings: Settings, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> Ran:
     """`kale-pool --data-dir DIR ARGS...` in a subprocess (the pool runs in this event
-    loop, so the wait must not block it)."""
+    loop, so the wait must not block it), with `stdin` piped in and `env` added."""
     assert KALE_POOL is not None, "kale-pool is not installed in this environment"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KALE_POOL_")}
-    env["COLUMNS"] = "220"  # rich's width off a terminal
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KALE_POOL_")}
+    environ["COLUMNS"] = "220"  # rich's width off a terminal
+    environ.update(env or {})
     proc = await asyncio.create_subprocess_exec(
         KALE_POOL,
         "--data-dir",
         str(settings.data_dir),
         *args,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=env,
+        env=environ,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = await asyncio.wait_for(
+        proc.communicate(None if stdin is None else stdin.encode()), 120
+    )
     assert proc.returncode is not None
     return Ran(proc.returncode, out.decode(), err.decode())
 
@@ -202,6 +209,70 @@ async def test_payout_and_leave_tell_the_outcome(
     assert got.farmer.status == common_pb2.FARMER_STATUS_DEPARTED
     ran = await kale_pool(operator_settings, "farmer", "leave", fid)
     assert ran.code == 0 and ran.out.startswith(f"farmer {fid} departed")
+
+
+async def test_payout_address_moves_on_the_farmers_signature_only(
+    pool: PoolStage, operator_settings: Settings
+) -> None:
+    pooler, _ = await pool.register_pooler("rig-south")
+    current, new, newer, stranger = (Keypair.random() for _ in range(4))
+    farmer = await pool.funded_farmer(pooler.pooler_id, payout_address=current.public_key)
+    fid = farmer.farmer_id
+
+    async def payout_of() -> str:
+        got = await pool.operator().GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=fid))
+        return got.farmer.payout_address
+
+    # Step 1 prints the challenge; the farmer signs its text elsewhere; step 2 hands it in.
+    asked = await kale_pool(operator_settings, "farmer", "payout-address", fid, new.public_key)
+    assert asked.code == 0, asked.err
+    head, _, rest = asked.out.partition("\n\n")
+    message, _, tail = rest.partition("\n\n")
+    challenge = head.split()[1].rstrip(",")
+    assert f"signed by {current.public_key}" in head and f"--challenge {challenge}" in tail
+    assert new.public_key in message and "nonce: " in message
+    wrong = base64.b64encode(stranger.sign_message(message)).decode()
+    ran = await kale_pool(
+        operator_settings, "farmer", "payout-address", fid, new.public_key,
+        "--challenge", challenge, "--signature", wrong,
+    )  # fmt: skip
+    assert ran.code == 1 and ran.err.count("\n") == 1 and "(permission_denied)" in ran.err
+    assert await payout_of() == current.public_key
+    ran = await kale_pool(
+        operator_settings, "farmer", "payout-address", fid, new.public_key,
+        "--challenge", challenge, "--signature", "abc",
+    )  # fmt: skip
+    assert ran.code == 2 and "--signature" in ran.err
+    right = base64.b64encode(current.sign_message(message)).decode()
+    ran = await kale_pool(
+        operator_settings, "farmer", "payout-address", fid, new.public_key,
+        "--challenge", challenge, "--signature", right,
+    )  # fmt: skip
+    assert ran.code == 0, ran.err
+    assert f"pays out to {new.public_key} now (was {current.public_key})" in ran.out
+    assert await payout_of() == new.public_key
+
+    # The devnet shortcut: the secret from stdin or the environment, never shown.
+    ran = await kale_pool(
+        operator_settings, "farmer", "payout-address", fid, newer.public_key, "--secret-stdin",
+        stdin=stranger.secret + "\n",
+    )  # fmt: skip
+    assert ran.code == 2 and f"{new.public_key} must sign" in ran.err
+    assert stranger.secret not in ran.out + ran.err
+    ran = await kale_pool(
+        operator_settings, "farmer", "payout-address", fid, newer.public_key, "--secret-stdin",
+        stdin=new.secret + "\n",
+    )  # fmt: skip
+    assert ran.code == 0, ran.err
+    assert new.secret not in ran.out + ran.err
+    assert await payout_of() == newer.public_key
+    ran = await kale_pool(
+        operator_settings, "farmer", "payout-address", fid, current.public_key,
+        "--secret-env", "PAYOUT_SECRET", env={"PAYOUT_SECRET": newer.secret},
+    )  # fmt: skip
+    assert ran.code == 0, ran.err
+    assert newer.secret not in ran.out + ran.err
+    assert await payout_of() == current.public_key
 
 
 async def test_leaving_waits_for_the_harvest(pool: PoolStage, operator_settings: Settings) -> None:

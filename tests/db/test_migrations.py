@@ -25,7 +25,7 @@ from kalepool.db.migrate import (
 from kalepool.db.roles import POOL
 from tests.dbkit import owner_view, service_conninfo
 
-from .rows import Rows
+from .rows import Rows, account
 
 # Each service's tables in its own schema (0012); the runner's own in public.
 SCHEMA_TABLES = {
@@ -47,6 +47,9 @@ SCHEMA_TABLES = {
     "pool.deposits",
     "pool.chain_cursors",
     "shared.role_grants",
+    "wallet.payout_challenges",
+    "wallet.payout_address_changes",
+    "wallet.payout_refusals",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 
@@ -434,3 +437,42 @@ def test_0014_grants_exactly_what_0012_granted(empty_db_conninfo: str) -> None:
     with psycopg.connect(empty_db_conninfo, autocommit=True) as conn:
         conn.execute("SELECT shared.grant_roles()")
     assert _privileges(empty_db_conninfo) == before
+
+
+def test_0015_registers_the_pools_payout_address_with_each_existing_wallet(
+    empty_db_conninfo: str,
+) -> None:
+    """A wallet from before 0015 gets its farmer's payout address, recorded as a change
+    from 'migration'; a wallet no farmer holds keeps none; from then on the address moves
+    only with a recorded change."""
+    apply_migrations(empty_db_conninfo, _through(14))
+    with psycopg.connect(owner_view(empty_db_conninfo), autocommit=True) as conn:
+        rows = Rows(conn)
+        farmer = rows.farmer(rows.pooler())
+        got = conn.execute(
+            "SELECT custodial_public_key, payout_address FROM farmers WHERE id = %s", (farmer,)
+        ).fetchone()
+        assert got is not None
+        custodial, payout = got
+        held = rows.wallet(public_key=custodial, owner_id=farmer)
+        orphan = rows.wallet()
+
+    assert [m.label for m in apply_migrations(empty_db_conninfo, _through(15))] == [
+        "0015_payout_policy"
+    ]
+
+    with psycopg.connect(owner_view(empty_db_conninfo), autocommit=True) as conn:
+        registered = dict(conn.execute("SELECT id, payout_address FROM custodial_wallets"))
+        assert registered == {held: payout, orphan: None}
+        changes = conn.execute(
+            "SELECT wallet_id, old_address, new_address, source FROM payout_address_changes"
+        ).fetchall()
+        assert changes == [(held, None, payout, "migration")]
+        with pytest.raises(psycopg.errors.CheckViolation, match="payout_address_changes"):
+            conn.execute(
+                "UPDATE custodial_wallets SET payout_address = %s WHERE id = %s",
+                (account(), held),
+            )
+        assert conn.execute(
+            "SELECT payout_address FROM custodial_wallets WHERE id = %s", (held,)
+        ).fetchone() == (payout,)

@@ -8,6 +8,7 @@ cannot read a single byte of the wallet's tables, a ciphertext least of all.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +30,14 @@ POOL_EVENTS = [
     "deposits",
 ]
 WALLET_EVENTS = ["transaction_events"]
-WALLET_TABLES = ["custodial_wallets", "transactions", "transaction_events"]
+WALLET_TABLES = [
+    "custodial_wallets",
+    "transactions",
+    "transaction_events",
+    "payout_challenges",
+    "payout_address_changes",
+    "payout_refusals",
+]
 
 
 @pytest.fixture
@@ -342,3 +350,59 @@ def test_the_owner_still_rebuilds_derived_state(db: Conn, books: dict[str, Any])
     ).fetchone()
     got = db.execute("SELECT current_balance FROM farmers WHERE id = %s", (farmer,)).fetchone()
     assert got == expected
+
+
+def test_the_wallet_records_the_payout_policy_and_cannot_rewrite_it(db: Conn, as_role: Any) -> None:
+    """The wallet writes challenges, address changes and refusals; it may spend a
+    challenge (used_at) and change an address with its change recorded first, and no
+    more: the record of who moved payouts where stays as written."""
+    conn = as_role(WALLET)
+    wallet, payout = db.execute(
+        "INSERT INTO custodial_wallets (owner_id, public_key, ciphertext, nonce, key_id,"
+        " key_version, payout_address) VALUES (gen_random_uuid(), %s, %s, %s, 'master', 1, %s)"
+        " RETURNING id, payout_address",
+        (account(), ciphertext(), os.urandom(12), account()),
+    ).fetchone() or (None, None)
+    new = account()
+    row = conn.execute(
+        "INSERT INTO payout_challenges (wallet_id, signer_address, new_address, nonce, message,"
+        " expires_at) VALUES (%s, %s, %s, %s, 'text', now() + interval '1 minute') RETURNING id",
+        (wallet, payout, new, "ab" * 16),
+    ).fetchone()
+    assert row is not None
+    challenge = row[0]
+    with pytest.raises(errors.InsufficientPrivilege):
+        conn.execute(
+            "UPDATE payout_challenges SET new_address = %s WHERE id = %s", (account(), challenge)
+        )
+    # Without its change recorded, the address does not move (the trigger).
+    with pytest.raises(errors.CheckViolation, match="payout_address_changes"):
+        conn.execute(
+            "UPDATE custodial_wallets SET payout_address = %s WHERE id = %s", (new, wallet)
+        )
+    with conn.transaction():
+        conn.execute("UPDATE payout_challenges SET used_at = now() WHERE id = %s", (challenge,))
+        conn.execute(
+            "INSERT INTO payout_address_changes (wallet_id, old_address, new_address, source,"
+            " challenge_id, signature) VALUES (%s, %s, %s, 'signed', %s, %s)",
+            (wallet, payout, new, challenge, b"s" * 64),
+        )
+        conn.execute(
+            "UPDATE custodial_wallets SET payout_address = %s WHERE id = %s", (new, wallet)
+        )
+    conn.execute(
+        "INSERT INTO payout_refusals (wallet_id, action, reason, detail)"
+        " VALUES (%s, 'transfer', 'foreign_destination', 'no')",
+        (wallet,),
+    )
+    for table in ("payout_address_changes", "payout_refusals"):
+        for statement in (
+            "UPDATE {} SET created_at = now() - interval '1 day'",
+            "DELETE FROM {}",
+            "TRUNCATE {}",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(sql.SQL(statement).format(sql.Identifier(table)))
+    assert db.execute(
+        "SELECT payout_address FROM custodial_wallets WHERE id = %s", (wallet,)
+    ).fetchone() == (new,)

@@ -24,6 +24,7 @@ from kalepool.v1 import wallet_pb2_grpc
 from tests.chain.stage import Stage, open_stage
 from tests.dbkit import service_conninfo
 from wallet_service.keystore import Keyring, parse_master_keys
+from wallet_service.policy import PayoutLimits
 from wallet_service.server import WalletServer, start_wallet_server
 
 
@@ -83,10 +84,12 @@ class WalletStage:
         """What the wallet server connects with: the wallet's database role."""
         return service_conninfo(self.conninfo, WALLET)
 
-    async def start(self, port: int = 0) -> WalletServer:
+    async def start(self, port: int = 0, limits: PayoutLimits | None = None) -> WalletServer:
         """Start a (new) wallet server on this database and chain (on `port`, e.g. the
-        one a stopped server had, so that the pool's channel reaches it again)."""
+        one a stopped server had, so that the pool's channel reaches it again), with the
+        payout policy's `limits` (else the settings' defaults)."""
         self.server = await start_wallet_server(
+            limits=limits,
             address=f"127.0.0.1:{port}",
             conninfo=self.service_conninfo,
             keyring=self.keyring,

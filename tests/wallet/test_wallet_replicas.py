@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import psycopg
+from stellar_sdk import Keypair
 
 from kalepool.chain import current_block, kale_balance, read_account, read_pail
 from kalepool.settings import Settings
@@ -111,6 +112,9 @@ async def test_the_wallet_bounds_its_queries_by_the_statement_timeout(
                 cur = await conn.execute("SHOW statement_timeout")
                 assert await cur.fetchone() == ("7s",)
             made = await server.service.CreateWallet(
-                wallet_pb2.CreateWalletRequest(owner_id=str(uuid.uuid4())), None
+                wallet_pb2.CreateWalletRequest(
+                    owner_id=str(uuid.uuid4()), payout_address=Keypair.random().public_key
+                ),
+                None,
             )
             assert made.created

@@ -28,12 +28,18 @@ from tests.waits import until
 from .conftest import WalletStage
 
 KALE = 10_000_000
+PAYEE = Keypair.random()  # a payout address for wallets that never pay out
 SUCCESS = common_pb2.TX_STATUS_SUCCESS
 
 
-async def funded_wallet(ws: WalletStage, kale: int = 0) -> str:
-    """A wallet created through the service, funded by friendbot, trusting KALE."""
-    made = await ws.stub.CreateWallet(wallet_pb2.CreateWalletRequest(owner_id=str(uuid.uuid4())))
+async def funded_wallet(ws: WalletStage, kale: int = 0, payout: str | None = None) -> str:
+    """A wallet created through the service (paying out to `payout`, else to a fresh
+    account nobody uses), funded by friendbot, trusting KALE."""
+    made = await ws.stub.CreateWallet(
+        wallet_pb2.CreateWalletRequest(
+            owner_id=str(uuid.uuid4()), payout_address=payout or Keypair.random().public_key
+        )
+    )
     address = made.wallet.public_key
     await ws.stage.friendbot(address)
 
@@ -62,8 +68,8 @@ async def test_cycle_plant_work_harvest_returns_the_chains_reward(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     ws = wallet
-    farmer = await funded_wallet(ws, kale=50 * KALE)
     other = await funded_wallet(ws)
+    farmer = await funded_wallet(ws, kale=50 * KALE, payout=other)
     got = await ws.stub.GetWallet(wallet_pb2.GetWalletRequest(public_key=farmer))
     assert got.account.exists and got.account.kale_trustline
     assert got.account.kale_balance_stroops == 50 * KALE
@@ -203,7 +209,15 @@ async def _seeds(ws: WalletStage) -> list[str]:
 async def test_bad_input_and_callers(wallet: WalletStage) -> None:
     ws = wallet
     cases = [
-        ws.stub.CreateWallet(wallet_pb2.CreateWalletRequest(owner_id="nope")),
+        ws.stub.CreateWallet(
+            wallet_pb2.CreateWalletRequest(owner_id="nope", payout_address=PAYEE.public_key)
+        ),
+        ws.stub.CreateWallet(
+            wallet_pb2.CreateWalletRequest(owner_id=str(uuid.uuid4()), payout_address="")
+        ),
+        ws.stub.CreateWallet(
+            wallet_pb2.CreateWalletRequest(owner_id=str(uuid.uuid4()), payout_address="GABC")
+        ),
         ws.stub.GetWallet(wallet_pb2.GetWalletRequest(public_key="GABC")),
         ws.stub.Plant(
             wallet_pb2.PlantRequest(
@@ -228,12 +242,26 @@ async def test_bad_input_and_callers(wallet: WalletStage) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await ws.stub.GetWallet(wallet_pb2.GetWalletRequest(public_key=Keypair.random().public_key))
     assert missing.value.code() is grpc.StatusCode.NOT_FOUND
-    made = await ws.stub.CreateWallet(wallet_pb2.CreateWalletRequest(owner_id=str(uuid.uuid4())))
+    made = await ws.stub.CreateWallet(
+        wallet_pb2.CreateWalletRequest(owner_id=str(uuid.uuid4()), payout_address=PAYEE.public_key)
+    )
     again = await ws.stub.CreateWallet(
-        wallet_pb2.CreateWalletRequest(owner_id=made.wallet.owner_id)
+        wallet_pb2.CreateWalletRequest(
+            owner_id=made.wallet.owner_id, payout_address=PAYEE.public_key
+        )
     )
     assert made.created and not again.created
     assert again.wallet.public_key == made.wallet.public_key
+    assert again.wallet.payout_address == PAYEE.public_key
+    # Asking again with another payout address never moves the payouts.
+    with pytest.raises(grpc.aio.AioRpcError) as moved:
+        await ws.stub.CreateWallet(
+            wallet_pb2.CreateWalletRequest(
+                owner_id=made.wallet.owner_id, payout_address=Keypair.random().public_key
+            )
+        )
+    assert moved.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert PAYEE.public_key in moved.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as unfunded:
         await ws.stub.EnsureTrustline(
             wallet_pb2.EnsureTrustlineRequest(

@@ -1,0 +1,370 @@
+"""The wallet's own payout policy: whoever holds the pool's client credential still
+cannot send a farmer's KALE anywhere but the farmer's registered payout address.
+
+- A wallet is created with its payout address (`CreateWallet`); `Transfer` and
+  `CloseWallet` pay that address only (PERMISSION_DENIED otherwise).
+- The address changes only with the farmer's proof: a challenge the wallet issues, naming
+  the wallet, the current and the new address, a nonce and an expiry, signed SEP-53 style
+  by the CURRENT payout address's key. Single use; expires.
+- Per-wallet limits (KALE per day, transfers per hour) counted from the wallet's own
+  `transactions`, so they hold across replicas (RESOURCE_EXHAUSTED).
+- Every refusal is a row in `payout_refusals`, a count in
+  `kalepool_wallet_payout_refusals_total{reason}` and a WARNING line.
+
+Each check runs before anything is built or signed, so a refusal sends nothing and
+stores no transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NoReturn
+from uuid import UUID
+
+from prometheus_client import Counter
+from stellar_sdk import Keypair, MuxedAccount, StrKey
+from stellar_sdk.exceptions import BadSignatureError
+
+from kalepool.amounts import STROOPS_PER_KALE, format_kale
+from kalepool.grpc_server import (
+    FailedPrecondition,
+    PermissionDenied,
+    ResourceExhausted,
+    StatusError,
+)
+from kalepool.settings import Settings
+from wallet_service.store import ChallengeRow, Refusal, Store, WalletRow
+
+log = logging.getLogger("wallet_service.policy")
+
+REFUSALS = Counter(
+    "kalepool_wallet_payout_refusals_total",
+    "Payouts, closes and payout-address changes the wallet's policy refused, by reason.",
+    ["reason"],
+)
+
+SIGNATURE_BYTES = 64
+
+
+class Reason(StrEnum):
+    """Why the policy refused (the `payout_refusals.reason` and the counter's label)."""
+
+    FOREIGN_DESTINATION = "foreign_destination"
+    NO_PAYOUT_ADDRESS = "no_payout_address"
+    DAILY_AMOUNT = "daily_amount"
+    HOURLY_TRANSFERS = "hourly_transfers"
+    CHALLENGE_UNKNOWN = "challenge_unknown"
+    CHALLENGE_WRONG_WALLET = "challenge_wrong_wallet"
+    CHALLENGE_EXPIRED = "challenge_expired"
+    CHALLENGE_USED = "challenge_used"
+    CHALLENGE_ADDRESS_MISMATCH = "challenge_address_mismatch"
+    BAD_SIGNATURE = "bad_signature"
+
+
+class Action(StrEnum):
+    """What was refused (`payout_refusals.action`)."""
+
+    TRANSFER = "transfer"
+    CLOSE = "close"
+    CHANGE = "change_payout_address"
+
+
+def _default(name: str) -> int:
+    value = Settings.model_fields[name].default
+    assert isinstance(value, int)
+    return value
+
+
+@dataclass(frozen=True)
+class PayoutLimits:
+    """The policy's numbers (settings `KALE_POOL_WALLET_PAYOUT_*`)."""
+
+    max_kale_per_day: int = _default("wallet_payout_max_kale_per_day")
+    max_transfers_per_hour: int = _default("wallet_payout_max_transfers_per_hour")
+    challenge_seconds: int = _default("wallet_payout_challenge_seconds")
+
+    @classmethod
+    def of(cls, settings: Settings) -> PayoutLimits:
+        return cls(
+            max_kale_per_day=settings.wallet_payout_max_kale_per_day,
+            max_transfers_per_hour=settings.wallet_payout_max_transfers_per_hour,
+            challenge_seconds=settings.wallet_payout_challenge_seconds,
+        )
+
+
+def challenge_text(wallet: str, current: str, new: str, nonce: str, expires: dt.datetime) -> str:
+    """The text a farmer signs to move its payouts: everything the change depends on,
+    so a signature cannot be replayed for another wallet, address or time."""
+    return (
+        "kale-pool payout address change\n"
+        f"wallet: {wallet}\n"
+        f"from: {current}\n"
+        f"to: {new}\n"
+        f"nonce: {nonce}\n"
+        f"expires: {expires.astimezone(dt.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    )
+
+
+def signing_account(address: str) -> str | None:
+    """The G… account whose key signs for a payout address (a muxed M… address's
+    underlying account); None for a contract (C…), which holds no key."""
+    if StrKey.is_valid_ed25519_public_key(address):
+        return address
+    if StrKey.is_valid_med25519_public_key(address):
+        account_id: str = MuxedAccount.from_account(address).account_id
+        return account_id
+    return None
+
+
+class PayoutPolicy:
+    """The checks `WalletService` runs before it signs a payout, and the address change."""
+
+    def __init__(self, store: Store, limits: PayoutLimits) -> None:
+        self.store = store
+        self.limits = limits
+
+    async def _refuse(
+        self,
+        wallet: WalletRow | None,
+        refusal: Refusal,
+        error: type[StatusError],
+    ) -> NoReturn:
+        await self.store.record_refusal(refusal)
+        REFUSALS.labels(refusal.reason).inc()
+        log.warning(
+            "payout policy refused %s of wallet %s (reason=%s caller=%s): %s",
+            refusal.action,
+            wallet.public_key if wallet else "-",
+            refusal.reason,
+            refusal.caller or "-",
+            refusal.detail,
+        )
+        raise error(refusal.detail)
+
+    async def _check_destination(
+        self,
+        wallet: WalletRow,
+        action: Action,
+        destination: str,
+        *,
+        key: str,
+        caller: str | None,
+        amount: int | None = None,
+    ) -> None:
+        registered = wallet.payout_address
+        if registered is None:
+            await self._refuse(
+                wallet,
+                Refusal(
+                    wallet.id,
+                    action,
+                    Reason.NO_PAYOUT_ADDRESS,
+                    f"wallet {wallet.public_key} has no registered payout address: it pays"
+                    " nothing until an operator registers one",
+                    destination,
+                    amount,
+                    key,
+                    caller=caller,
+                ),
+                FailedPrecondition,
+            )
+        if destination != registered:
+            await self._refuse(
+                wallet,
+                Refusal(
+                    wallet.id,
+                    action,
+                    Reason.FOREIGN_DESTINATION,
+                    f"wallet {wallet.public_key} pays only its registered payout address"
+                    f" {registered}, not {destination}; the farmer changes it with a signed"
+                    " challenge",
+                    destination,
+                    amount,
+                    key,
+                    caller=caller,
+                ),
+                PermissionDenied,
+            )
+
+    async def check_transfer(
+        self, wallet: WalletRow, destination: str, amount: int, *, key: str, caller: str | None
+    ) -> None:
+        """Refuse (and record) a transfer to any but the registered address, or over the
+        wallet's limits. Runs under the account's lock; across replicas the account's
+        sequence number lets only one of two racing transfers be stored and sent."""
+        await self._check_destination(
+            wallet, Action.TRANSFER, destination, key=key, caller=caller, amount=amount
+        )
+        recent = await self.store.recent_payouts(wallet.public_key)
+        hourly = self.limits.max_transfers_per_hour
+        if recent.transfers_last_hour >= hourly:
+            await self._refuse(
+                wallet,
+                Refusal(
+                    wallet.id,
+                    Action.TRANSFER,
+                    Reason.HOURLY_TRANSFERS,
+                    f"wallet {wallet.public_key} made {recent.transfers_last_hour} payouts in"
+                    f" the last hour, its limit is {hourly}: try again later",
+                    destination,
+                    amount,
+                    key,
+                    caller=caller,
+                ),
+                ResourceExhausted,
+            )
+        daily = self.limits.max_kale_per_day * STROOPS_PER_KALE
+        if recent.stroops_last_day + amount > daily:
+            await self._refuse(
+                wallet,
+                Refusal(
+                    wallet.id,
+                    Action.TRANSFER,
+                    Reason.DAILY_AMOUNT,
+                    f"wallet {wallet.public_key} paid out {format_kale(recent.stroops_last_day)}"
+                    f" KALE in the last 24 hours; {format_kale(amount)} more would pass its"
+                    f" limit of {format_kale(daily)} KALE: try again later",
+                    destination,
+                    amount,
+                    key,
+                    caller=caller,
+                ),
+                ResourceExhausted,
+            )
+
+    async def check_close(
+        self, wallet: WalletRow, destination: str, *, key: str, caller: str | None
+    ) -> None:
+        """Refuse (and record) a close into any but the registered address. A close is not
+        counted against the limits: it pays the registered address, once."""
+        await self._check_destination(wallet, Action.CLOSE, destination, key=key, caller=caller)
+
+    # --- changing the payout address ---------------------------------------------------
+
+    async def new_challenge(self, wallet: WalletRow, new_address: str) -> ChallengeRow:
+        """A fresh challenge for moving `wallet`'s payouts to `new_address`."""
+        current = wallet.payout_address
+        if current is None:
+            raise FailedPrecondition(
+                f"wallet {wallet.public_key} has no registered payout address whose key could"
+                " sign a change: an operator registers one"
+            )
+        if signing_account(current) is None:
+            raise FailedPrecondition(
+                f"wallet {wallet.public_key} pays a contract ({current}), which cannot sign a"
+                " change: an operator changes it"
+            )
+        nonce = secrets.token_hex(16)
+        # Whole seconds (the text shows them), rounded up: never shorter than promised.
+        expires = (
+            dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.limits.challenge_seconds)
+        ).replace(microsecond=0) + dt.timedelta(seconds=1)
+        text = challenge_text(wallet.public_key, current, new_address, nonce, expires)
+        row = await self.store.insert_challenge(
+            wallet.id, current, new_address, nonce, text, expires
+        )
+        log.info(
+            "payout challenge %s for wallet %s: %s -> %s, expires %s",
+            row.id,
+            wallet.public_key,
+            current,
+            new_address,
+            expires.isoformat(),
+        )
+        return row
+
+    async def change_address(
+        self,
+        wallet: WalletRow,
+        challenge_id: UUID,
+        new_address: str,
+        signature: bytes,
+        *,
+        caller: str | None,
+    ) -> tuple[WalletRow, str, bool]:
+        """Verify the farmer's proof and change the address: (the wallet after, the address
+        it replaced, whether this repeated a change already made). Any failed proof is
+        refused (PERMISSION_DENIED) and recorded; nothing changes."""
+
+        async def refuse(reason: Reason, detail: str) -> NoReturn:
+            await self._refuse(
+                wallet,
+                Refusal(
+                    wallet.id,
+                    Action.CHANGE,
+                    reason,
+                    detail,
+                    destination=new_address,
+                    challenge_id=challenge_id,
+                    caller=caller,
+                ),
+                PermissionDenied,
+            )
+
+        challenge = await self.store.challenge(challenge_id)
+        if challenge is None:
+            await refuse(Reason.CHALLENGE_UNKNOWN, f"no payout challenge {challenge_id}")
+        if challenge.wallet_id != wallet.id:
+            await refuse(
+                Reason.CHALLENGE_WRONG_WALLET,
+                f"payout challenge {challenge_id} was issued for another wallet,"
+                f" not {wallet.public_key}",
+            )
+        if challenge.used_at is not None:
+            done = await self.store.change_of(challenge.id)
+            if (
+                done is not None
+                and done.new_address == new_address
+                and done.signature == signature
+                and wallet.payout_address == new_address
+            ):
+                return wallet, done.old_address or "", True  # the same call again
+            await refuse(Reason.CHALLENGE_USED, f"payout challenge {challenge_id} was used already")
+        if challenge.new_address != new_address:
+            await refuse(
+                Reason.CHALLENGE_ADDRESS_MISMATCH,
+                f"payout challenge {challenge_id} is for {challenge.new_address},"
+                f" not {new_address}: ask for a challenge for the address wanted",
+            )
+        if challenge.expires_at <= dt.datetime.now(dt.UTC):
+            await refuse(
+                Reason.CHALLENGE_EXPIRED,
+                f"payout challenge {challenge_id} expired at {challenge.expires_at.isoformat()}:"
+                " ask for a new one",
+            )
+        if wallet.payout_address != challenge.signer_address:
+            await refuse(
+                Reason.CHALLENGE_USED,
+                f"the payout address of wallet {wallet.public_key} changed since challenge"
+                f" {challenge_id} was issued: ask for a new one",
+            )
+        signer = signing_account(challenge.signer_address)
+        assert signer is not None  # new_challenge issues none for a contract
+        try:
+            Keypair.from_public_key(signer).verify_message(challenge.message, signature)
+        except BadSignatureError:
+            await refuse(
+                Reason.BAD_SIGNATURE,
+                f"the signature is not {challenge.signer_address}'s signature of challenge"
+                f" {challenge_id} (SEP-53: the current payout address's key signs the"
+                " challenge's text)",
+            )
+        changed = await self.store.change_payout_address(challenge, signature)
+        if changed is None:
+            await refuse(
+                Reason.CHALLENGE_USED,
+                f"payout challenge {challenge_id} was used or expired meanwhile",
+            )
+        log.warning(  # a change of where money goes: worth an operator's eye
+            "payout address of wallet %s changed from %s to %s (challenge %s, caller=%s)",
+            wallet.public_key,
+            challenge.signer_address,
+            new_address,
+            challenge_id,
+            caller or "-",
+        )
+        return changed, challenge.signer_address, False
