@@ -34,7 +34,7 @@ from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.chain import ChainClient
 from kalepool.settings import ENV_PREFIX, Network, Settings, make_private
-from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki
+from kalepool.tls import SERVICE_NAMES, DevPki
 from kalepool.v1 import common_pb2, pool_pb2
 
 ENV_FILE = "pooler.env"
@@ -44,7 +44,7 @@ RECORD_FILE = "pooler.json"
 DEFAULT_CHANNELS = 4
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 # A pooler's certificate must not be mistaken for a service's or the operator's.
-_RESERVED = {POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR, "ca"}
+_RESERVED = SERVICE_NAMES | {"ca"}
 
 
 class PoolerSetupError(Exception):
