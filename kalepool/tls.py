@@ -296,15 +296,27 @@ def ensure_dev_identities(pki: DevPki) -> list[str]:
 # --- a pooler's own key and its certificate -------------------------------------------
 
 
-def make_key_and_csr(name: str) -> tuple[bytes, bytes]:
-    """A new private key and a certificate signing request for the client identity
-    ``name`` (both PEM). Made where the key is to live (a mining machine): only the
-    request leaves it, to be signed by the pool's CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def new_private_key() -> bytes:
+    """A new private key (EC P-256, PKCS#8 PEM) for a client identity."""
+    return _key_pem(ec.generate_private_key(ec.SECP256R1()))
+
+
+def make_csr(key_pem: bytes, name: str) -> bytes:
+    """A certificate signing request (PEM) of the client identity ``name`` for this key.
+    Made where the key lives (a mining machine): only the request leaves it, to be
+    signed by the pool's CA."""
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     csr = (
         x509.CertificateSigningRequestBuilder().subject_name(_name(name)).sign(key, hashes.SHA256())
     )
-    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def make_key_and_csr(name: str) -> tuple[bytes, bytes]:
+    """A new private key and a CSR for it (see `make_csr`), both PEM."""
+    key_pem = new_private_key()
+    return key_pem, make_csr(key_pem, name)
 
 
 def write_private_key(path: Path, key_pem: bytes) -> None:
@@ -312,18 +324,26 @@ def write_private_key(path: Path, key_pem: bytes) -> None:
     _write_private(path, key_pem)
 
 
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _key_spki(key_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return _spki(key.public_key())
+
+
 def csr_matches_key(csr_pem: bytes, key_pem: bytes) -> bool:
     """Whether the request was made for this private key."""
-    csr = x509.load_pem_x509_csr(csr_pem)
-    key = serialization.load_pem_private_key(key_pem, None)
-    return bool(
-        csr.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        == key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    return _spki(x509.load_pem_x509_csr(csr_pem).public_key()) == _key_spki(key_pem)
+
+
+def cert_matches_key(cert_pem: bytes, key_pem: bytes) -> bool:
+    """Whether the certificate is for this private key."""
+    return _spki(x509.load_pem_x509_certificate(cert_pem).public_key()) == _key_spki(key_pem)
 
 
 def fingerprint(cert: x509.Certificate) -> str:

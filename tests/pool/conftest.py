@@ -47,7 +47,8 @@ class PoolStage:
     # Which certificate (its name in `pki`) each API key's pooler presents.
     key_certs: dict[str, str] = field(default_factory=dict)
     pooler_certs: dict[str, str] = field(default_factory=dict)
-    _stubs: dict[str, pooler_pb2_grpc.PoolerServiceStub] = field(default_factory=dict)
+    # The keyed stubs' channels, by (server port, certificate): a restart moves the port.
+    _stubs: dict[tuple[int, str], pooler_pb2_grpc.PoolerServiceStub] = field(default_factory=dict)
 
     @property
     def stage(self) -> Stage:
@@ -136,9 +137,11 @@ class PoolStage:
                     (hashlib.sha256(key.encode()).digest(),),
                 ).fetchone()
             cert = self.pooler_certs.get(str(row[0]), "stranger") if row else "stranger"
-        if cert not in self._stubs:
-            self._stubs[cert] = pooler_pb2_grpc.PoolerServiceStub(self.channel(cert))
-        return self._stubs[cert]
+        assert self.server is not None
+        where = (self.server.port, cert)
+        if where not in self._stubs:
+            self._stubs[where] = pooler_pb2_grpc.PoolerServiceStub(self.channel(cert))
+        return self._stubs[where]
 
     # --- building blocks of the scenarios ------------------------------------------------
 
