@@ -9,7 +9,10 @@ Kubernetes, a CSR signed for a mining machine, the development CA).
 :class:`DevPki` is the development CA: on a developer machine `kale-pool up` creates it
 in the same directory on first start and issues the server certificates (pool and
 wallet services) and client certificates (the pool calling the wallet service, the
-operator, each local pooler). Nothing in a deployment runs it.
+operator). A pooler's certificate is signed from a request (`DevPki.sign_csr`): its key
+is made where the pooler runs (`make_key_and_csr`) and never reaches the CA. Nothing in
+a deployment runs it. `check_client_certificate` is what the pool checks of a pooler's
+certificate before recording its fingerprint.
 """
 
 from __future__ import annotations
