@@ -142,15 +142,14 @@ class Authenticator:
         `recheck_seconds` the pooler, its key and its certificate are read again, and the
         stream ends with PERMISSION_DENIED once any of them is gone."""
         watcher = asyncio.create_task(self._watch(caller))
+        step: asyncio.Future[T] | None = None
         try:
             while True:
-                step: asyncio.Future[T] = asyncio.ensure_future(anext(source))
+                step = asyncio.ensure_future(anext(source))
                 racing: set[asyncio.Future[Any]] = {step, watcher}
                 await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
                 if not step.done():
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await step
+                    await _cancelled(step)
                     watcher.result()  # raises why the caller is no longer admitted
                 try:
                     item = step.result()
@@ -158,9 +157,11 @@ class Authenticator:
                     return
                 yield item
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            # However the stream ends (the caller gone, refused, the source done): nothing
+            # of it keeps running, and the source closes only once no step runs it.
+            await _cancelled(watcher)
+            if step is not None:
+                await _cancelled(step)
             if isinstance(source, AsyncGenerator):
                 await source.aclose()
 
@@ -176,3 +177,10 @@ class Authenticator:
                     f"pooler {pooler_id} is no longer admitted (disabled, or its certificate"
                     " or API key was revoked); the stream is closed"
                 )
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancel the task and wait for it to end, whatever it ends with."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

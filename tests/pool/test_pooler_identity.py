@@ -280,3 +280,19 @@ def test_a_csr_made_with_its_key_is_signed_into_a_client_certificate(tmp_path: P
         )
     with pytest.raises(ValueError, match="pool's CA"):
         check_client_certificate(cert_pem, DevPki(tmp_path / "other").ca_pem)
+
+
+async def test_a_stream_the_pooler_cancels_is_closed_on_the_server(pool: PoolStage) -> None:
+    """The re-check around the feed leaves nothing running when the caller goes away: the
+    feed itself is closed (the pooler's subscription detached)."""
+    await pool.start(pooler_auth_recheck_seconds=0.2)
+    pooler, key = await pool.register_pooler("rig-gone")
+    assert pool.server is not None
+    feeds = pool.server.feeds
+    for _ in range(2):  # and the pooler can open it again
+        stream = pool.pooler().StreamAssignments(
+            pooler_pb2.StreamAssignmentsRequest(after_cursor=0), metadata=bearer(key)
+        )
+        await until(lambda: feeds.connected(UUID(pooler.pooler_id)), what="the stream to open")
+        stream.cancel()
+        await until(lambda: not feeds.connected(UUID(pooler.pooler_id)), what="the feed to close")
