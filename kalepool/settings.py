@@ -139,6 +139,13 @@ class Settings(BaseSettings):
     )
     api_key_length: int = Field(32, ge=16, le=128, description="Bytes of entropy in API keys.")
     rate_limit_requests_per_minute: int = Field(60, ge=1, description="Per-pooler request limit.")
+    pooler_auth_recheck_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="How often an open assignment stream re-checks its pooler, key and"
+        " certificate (a disabled pooler or revoked certificate ends it within this).",
+    )
 
     # --- pool operation limits -----------------------------------------------
     max_farmers_per_pooler: int = Field(100, ge=1, description="Farmers one pooler may hold.")

@@ -9,7 +9,10 @@ Kubernetes, a CSR signed for a mining machine, the development CA).
 :class:`DevPki` is the development CA: on a developer machine `kale-pool up` creates it
 in the same directory on first start and issues the server certificates (pool and
 wallet services) and client certificates (the pool calling the wallet service, the
-operator, each local pooler). Nothing in a deployment runs it.
+operator). A pooler's certificate is signed from a request (`DevPki.sign_csr`): its key
+is made where the pooler runs (`make_key_and_csr`) and never reaches the CA. Nothing in
+a deployment runs it. `check_client_certificate` is what the pool checks of a pooler's
+certificate before recording its fingerprint.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_NAME = "kale-pool development CA"
@@ -178,15 +183,19 @@ class DevPki:
         _write_private(self._ca_key_path, _key_pem(key))
         self._ca_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    def _issue(self, name: str, *, server: bool, hosts: Iterable[str]) -> Identity:
-        if self.files.has(name):
-            return self.files.identity(name)
-        cert_path, key_path = self.files.paths(name)
+    def _sign(
+        self,
+        name: str,
+        public_key: CertificatePublicKeyTypes,
+        *,
+        server: bool,
+        hosts: Iterable[str],
+    ) -> bytes:
+        """A certificate for ``name`` over ``public_key``, signed by the CA (PEM)."""
         self._ensure_ca()
         ca_cert = x509.load_pem_x509_certificate(self._ca_cert_path.read_bytes())
         ca_key = serialization.load_pem_private_key(self._ca_key_path.read_bytes(), None)
         assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-        key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         alt_names: list[x509.GeneralName] = [x509.DNSName(name)]
         for host in hosts:
@@ -199,7 +208,7 @@ class DevPki:
             x509.CertificateBuilder()
             .subject_name(_name(name))
             .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=_LEAF_DAYS))
@@ -208,10 +217,38 @@ class DevPki:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def _issue(self, name: str, *, server: bool, hosts: Iterable[str]) -> Identity:
+        if self.files.has(name):
+            return self.files.identity(name)
+        cert_path, key_path = self.files.paths(name)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert_pem = self._sign(name, key.public_key(), server=server, hosts=hosts)
         key_pem = _key_pem(key)
         _write_private(key_path, key_pem)
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        cert_path.write_bytes(cert_pem)
         return Identity(cert_path.read_bytes(), key_pem)
+
+    def sign_csr(self, csr_pem: bytes) -> bytes:
+        """A client certificate for a certificate signing request (PEM in, PEM out).
+
+        The key stays wherever the CSR was made; only its public half is signed. The
+        certificate's name is the CSR's common name; nothing else of the request is
+        taken (no extension, no other subject field). ValueError for a request that is
+        not well formed, not self-signed by its key, or has no usable common name.
+        """
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError:
+            raise ValueError("not a PEM certificate signing request") from None
+        if not csr.is_signature_valid:
+            raise ValueError("the request's signature does not match its public key")
+        names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = str(names[0].value) if names else ""
+        if not name or not name.isprintable() or len(name) > 64:
+            raise ValueError("the request needs a printable common name of 1 to 64 characters")
+        return self._sign(name, csr.public_key(), server=False, hosts=())
 
     def server(self, name: str, hosts: Iterable[str] = ("127.0.0.1", "localhost")) -> Identity:
         """A server certificate for ``name``, valid for the given hosts (issued once)."""
@@ -246,6 +283,8 @@ POOL_SERVER = "pool-service"
 WALLET_SERVER = "wallet-service"
 POOL_CLIENT = "pool-client"
 OPERATOR = "operator"
+# The deployment's own identities: never a pooler's, whatever key a caller sends.
+SERVICE_NAMES = frozenset({POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR})
 
 
 def ensure_dev_identities(pki: DevPki) -> list[str]:
@@ -255,3 +294,128 @@ def ensure_dev_identities(pki: DevPki) -> list[str]:
     pki.client(POOL_CLIENT)
     pki.client(OPERATOR)
     return [POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR]
+
+
+# --- a pooler's own key and its certificate -------------------------------------------
+
+
+def new_private_key() -> bytes:
+    """A new private key (EC P-256, PKCS#8 PEM) for a client identity."""
+    return _key_pem(ec.generate_private_key(ec.SECP256R1()))
+
+
+def make_csr(key_pem: bytes, name: str) -> bytes:
+    """A certificate signing request (PEM) of the client identity ``name`` for this key.
+    Made where the key lives (a mining machine): only the request leaves it, to be
+    signed by the pool's CA."""
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    csr = (
+        x509.CertificateSigningRequestBuilder().subject_name(_name(name)).sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def make_key_and_csr(name: str) -> tuple[bytes, bytes]:
+    """A new private key and a CSR for it (see `make_csr`), both PEM."""
+    key_pem = new_private_key()
+    return key_pem, make_csr(key_pem, name)
+
+
+def write_private_key(path: Path, key_pem: bytes) -> None:
+    """Write a private key readable by its owner only (0600), atomically."""
+    _write_private(path, key_pem)
+
+
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _key_spki(key_pem: bytes) -> bytes:
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return _spki(key.public_key())
+
+
+def csr_matches_key(csr_pem: bytes, key_pem: bytes) -> bool:
+    """Whether the request was made for this private key."""
+    return _spki(x509.load_pem_x509_csr(csr_pem).public_key()) == _key_spki(key_pem)
+
+
+def cert_matches_key(cert_pem: bytes, key_pem: bytes) -> bool:
+    """Whether the certificate is for this private key."""
+    return _spki(x509.load_pem_x509_certificate(cert_pem).public_key()) == _key_spki(key_pem)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """The certificate's identity: SHA-256 of its DER bytes, lowercase hex."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def pem_fingerprint(cert_pem: bytes) -> str:
+    """:func:`fingerprint` of a PEM certificate (the first one in the text)."""
+    return fingerprint(x509.load_pem_x509_certificate(cert_pem))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCertificate:
+    """What the pool records of a pooler's certificate."""
+
+    fingerprint: str
+    subject: str
+    common_name: str
+    not_after: dt.datetime
+
+
+def check_client_certificate(cert_pem: bytes, ca_pem: bytes) -> ClientCertificate:
+    """A pooler's certificate, checked: one PEM certificate, issued by the pool's CA (one
+    of the certificates in ``ca_pem``), not a CA itself, for client authentication, valid
+    now. ValueError with a sentence saying what is wrong."""
+    try:
+        certs = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise ValueError("certificate_pem is not a PEM certificate") from None
+    if len(certs) != 1:
+        raise ValueError(f"certificate_pem must hold one certificate, not {len(certs)}")
+    cert = certs[0]
+    issuers = x509.load_pem_x509_certificates(ca_pem)
+    if not any(_issued_by(cert, ca) for ca in issuers):
+        raise ValueError("the certificate was not issued by the pool's CA")
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise ValueError("the certificate is a CA certificate, not a client certificate")
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise ValueError("the certificate has no extended key usage; it needs clientAuth") from None
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise ValueError("the certificate is not for client authentication (clientAuth)")
+    now = dt.datetime.now(dt.UTC)
+    if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        raise ValueError(
+            f"the certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} to"
+            f" {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now"
+        )
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else ""
+    if not common_name:
+        raise ValueError("the certificate has no common name")
+    return ClientCertificate(
+        fingerprint=fingerprint(cert),
+        subject=cert.subject.rfc4514_string(),
+        common_name=common_name,
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

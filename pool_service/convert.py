@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from kalepool import wire
 from kalepool.chain import CurrentBlock, Fault
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
+from pool_service.books.certificates import CertificateRow
 from pool_service.books.enums import EventStatus, LedgerKind, PayoutStatus
 from pool_service.books.farmers import FarmerRow
 from pool_service.books.ledger import LedgerRow
@@ -49,6 +50,17 @@ def pooler_pb(row: PoolerRow) -> pool_pb2.Pooler:
         else common_pb2.POOLER_STATUS_DISABLED,
         last_seen_at=wire.timestamp(row.last_seen_at),
         created_at=wire.timestamp(row.created_at),
+    )
+
+
+def certificate_pb(row: CertificateRow) -> pool_pb2.PoolerCertificate:
+    return pool_pb2.PoolerCertificate(
+        pooler_id=str(row.pooler_id),
+        fingerprint=row.fingerprint,
+        subject=row.subject,
+        not_after=wire.timestamp(row.not_after),
+        added_at=wire.timestamp(row.added_at),
+        revoked_at=wire.timestamp(row.revoked_at),
     )
 
 

@@ -1,5 +1,6 @@
 """PoolerService: what the pooler agents call. Every call first resolves the pooler from
-its API key (`pool_service.auth`); a pooler acts on its own farmers only."""
+its API key and its certificate together (`pool_service.auth`); a pooler acts on its own
+farmers only."""
 
 from __future__ import annotations
 
@@ -56,8 +57,11 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
     async def StreamAssignments(
         self, request: pooler_pb2.StreamAssignmentsRequest, context: Any
     ) -> AsyncIterator[pooler_pb2.StreamAssignmentsResponse]:
-        pooler = await self.auth.pooler(context)
-        async for message in self.feed.stream(pooler.id, request.after_cursor):
+        caller = await self.auth.caller(context)
+        # Re-checked while open: disabling the pooler or revoking its certificate or key
+        # ends the stream within `pooler_auth_recheck_seconds`.
+        stream = self.feed.stream(caller.pooler.id, request.after_cursor)
+        async for message in self.auth.guard(caller, stream):
             yield message
 
     async def GetAssignments(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 import secrets
 import uuid
 from typing import Any
@@ -25,9 +26,11 @@ from kalepool.request_checks import (
     check_uuid,
 )
 from kalepool.settings import Settings
+from kalepool.tls import SERVICE_NAMES, ClientCertificate, check_client_certificate
 from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
 from pool_service import convert
 from pool_service.blocks import BlockReports
+from pool_service.books.certificates import CertificateStore
 from pool_service.books.enums import FarmerState, FarmerStatus
 from pool_service.books.farmers import FarmerRow, FarmerStore
 from pool_service.books.ledger import LedgerStore
@@ -46,6 +49,20 @@ MIN_FUNDING_XLM_STROOPS = 20_000_000
 # same farmer, so a retry finds the wallet (CreateWallet is idempotent per owner) and the
 # row the first call made, even when that call failed between the two.
 _FARMER_ID_NAMESPACE = uuid.UUID("6d1f0f5e-0c1a-4a53-9c55-6b616c65706f")
+
+
+# A PEM certificate is a couple of kilobytes; a chain pasted by mistake is refused.
+MAX_CERTIFICATE_PEM = 16 * 1024
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_fingerprint(value: str) -> str:
+    """A SHA-256 certificate fingerprint as stored: 64 lowercase hex digits (colons,
+    spaces and case are forgiven)."""
+    cleaned = value.replace(":", "").replace(" ", "").lower()
+    if not _FINGERPRINT.match(cleaned):
+        raise InvalidArgument("fingerprint must be a SHA-256 fingerprint: 64 hex digits")
+    return cleaned
 
 
 def new_api_key(entropy_bytes: int) -> tuple[str, bytes, str]:
@@ -74,6 +91,8 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         settings: Settings,
         reports: BlockReports,
         payouts: Payouts,
+        certificates: CertificateStore,
+        ca_pem: bytes,
     ) -> None:
         self.poolers = poolers
         self.farmers = farmers
@@ -82,6 +101,8 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self.settings = settings
         self.reports = reports
         self.payouts = payouts
+        self.certificates = certificates
+        self.ca_pem = ca_pem
 
     # --- poolers ----------------------------------------------------------------------------
 
@@ -97,12 +118,21 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         name = check_name(request.name)
         public_key = check_account("public_key", request.public_key)
         max_farmers = self._check_capacity(request.max_farmers)
+        certificate = (
+            self._check_certificate(request.certificate_pem) if request.certificate_pem else None
+        )
         key, key_hash, prefix = new_api_key(self.settings.api_key_length)
         try:
-            row = await self.poolers.insert_pooler(name, public_key, max_farmers, key_hash, prefix)
+            row = await self.poolers.insert_pooler(
+                name, public_key, max_farmers, key_hash, prefix, certificate
+            )
         except pg_errors.UniqueViolation as exc:
             if _constraint(exc) == "poolers_public_key_key":
                 raise AlreadyExists(f"a pooler with public key {public_key} exists") from None
+            if _constraint(exc) == "pooler_certificates_fingerprint_key" and certificate:
+                raise AlreadyExists(
+                    f"certificate {certificate.fingerprint} is registered already"
+                ) from None
             raise
         log.info("registered pooler %s (%s), key %s…", row.id, name, prefix)
         return pool_pb2.RegisterPoolerResponse(pooler=convert.pooler_pb(row), api_key=key)
@@ -181,6 +211,71 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             raise NotFound(f"no pooler {pooler_id}")
         log.info("rotated the API key of pooler %s, new key %s…", pooler_id, prefix)
         return pool_pb2.RotatePoolerApiKeyResponse(api_key=key)
+
+    # --- certificates ------------------------------------------------------------------------
+
+    def _check_certificate(self, pem: str) -> ClientCertificate:
+        if len(pem) > MAX_CERTIFICATE_PEM:
+            raise InvalidArgument(f"certificate_pem must be at most {MAX_CERTIFICATE_PEM} bytes")
+        try:
+            cert = check_client_certificate(pem.encode(), self.ca_pem)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if cert.common_name in SERVICE_NAMES:
+            raise InvalidArgument(
+                f"common name {cert.common_name!r} is a service's, not a pooler's certificate"
+            )
+        return cert
+
+    async def AddPoolerCertificate(
+        self, request: pool_pb2.AddPoolerCertificateRequest, context: Any
+    ) -> pool_pb2.AddPoolerCertificateResponse:
+        pooler_id = check_uuid("pooler_id", request.pooler_id)
+        if not request.certificate_pem:
+            raise InvalidArgument("certificate_pem is required")
+        cert = self._check_certificate(request.certificate_pem)
+        await self._pooler(request.pooler_id)
+        try:
+            row = await self.certificates.add(pooler_id, cert)
+        except pg_errors.UniqueViolation as exc:
+            if _constraint(exc) != "pooler_certificates_fingerprint_key":
+                raise
+            known = await self.certificates.by_fingerprint(cert.fingerprint)
+            whose = (
+                "this pooler's" if known and known.pooler_id == pooler_id else "another pooler's"
+            )
+            revoked = (
+                " (revoked: a revoked certificate is never admitted again)"
+                if (known and known.revoked_at)
+                else ""
+            )
+            raise AlreadyExists(
+                f"certificate {cert.fingerprint} is {whose} already{revoked}"
+            ) from None
+        except pg_errors.ForeignKeyViolation:
+            raise NotFound(f"no pooler {pooler_id}") from None
+        log.info("pooler %s: certificate %s (%s) added", pooler_id, row.fingerprint, row.subject)
+        return pool_pb2.AddPoolerCertificateResponse(certificate=convert.certificate_pb(row))
+
+    async def ListPoolerCertificates(
+        self, request: pool_pb2.ListPoolerCertificatesRequest, context: Any
+    ) -> pool_pb2.ListPoolerCertificatesResponse:
+        pooler = await self._pooler(request.pooler_id)
+        rows = await self.certificates.of_pooler(pooler.id)
+        return pool_pb2.ListPoolerCertificatesResponse(
+            certificates=[convert.certificate_pb(r) for r in rows]
+        )
+
+    async def RevokePoolerCertificate(
+        self, request: pool_pb2.RevokePoolerCertificateRequest, context: Any
+    ) -> pool_pb2.RevokePoolerCertificateResponse:
+        pooler_id = check_uuid("pooler_id", request.pooler_id)
+        fingerprint = check_fingerprint(request.fingerprint)
+        row = await self.certificates.revoke(pooler_id, fingerprint)
+        if row is None:
+            raise NotFound(f"pooler {pooler_id} has no certificate {fingerprint}")
+        log.info("pooler %s: certificate %s revoked", pooler_id, fingerprint)
+        return pool_pb2.RevokePoolerCertificateResponse(certificate=convert.certificate_pb(row))
 
     # --- farmers ----------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
 from pool_service.auth import Authenticator, RateLimiter
 from pool_service.blocks import BlockReports
 from pool_service.books.blocks import BlockStore
+from pool_service.books.certificates import CertificateStore
 from pool_service.books.compensations import CompensationStore
 from pool_service.books.farmers import FarmerStore
 from pool_service.books.harvests import HarvestStore
@@ -110,10 +111,11 @@ async def start_pool_server(
 
     `identity` is the pool server's certificate (`pool-service`), `wallet_identity` the
     client certificate it presents to the wallet service (`pool-client`). PoolService
-    admits the `operators` common names only; PoolerService admits any certificate of
-    the CA and then demands the pooler's API key. Unless `harvest_interval_seconds` is
-    None, a background task harvests finished blocks' worked pails that often. Another
-    drives unsettled plant requests at once and every `plant_reconcile_interval_seconds`.
+    admits the `operators` common names only; PoolerService admits a certificate of the
+    CA only together with the API key of the pooler it is registered for. Unless
+    `harvest_interval_seconds` is None, a background task harvests finished blocks'
+    worked pails that often. Another drives unsettled plant requests at once and every
+    `plant_reconcile_interval_seconds`.
     """
     stack = AsyncExitStack()
     pool = await open_pool(
@@ -132,12 +134,28 @@ async def start_pool_server(
     feeds = Feeds()
     payouts = Payouts(farmers, PayoutStore(pool), wallet, view, settings)
     reports = BlockReports(poolers, BlockStore(pool), compensations, view, feeds)
-    registry = PoolRegistry(poolers, farmers, LedgerStore(pool), wallet, settings, reports, payouts)
+    certificates = CertificateStore(pool)
+    registry = PoolRegistry(
+        poolers,
+        farmers,
+        LedgerStore(pool),
+        wallet,
+        settings,
+        reports,
+        payouts,
+        certificates,
+        ca_pem,
+    )
     harvester = Harvester(harvests, works, wallet, view, settings, compensations)
     follower = ChainFollower(pool, chain, harvests)
     planter = Planter(farmers, plantings, wallet, view, settings, feeds.notify)
     pooler_api = PoolerApi(
-        Authenticator(poolers, RateLimiter(settings.rate_limit_requests_per_minute)),
+        Authenticator(
+            poolers,
+            certificates,
+            RateLimiter(settings.rate_limit_requests_per_minute),
+            settings.pooler_auth_recheck_seconds,
+        ),
         planter,
         AssignmentFeed(plantings, view, feeds, feed_poll_seconds),
         WorkReports(plantings, works, view),

@@ -41,6 +41,8 @@ OPERATOR_SECRETS = {
     "kale-pool-backup-s3",
     "pooler-1-api-key",
     "pooler-1-channel-secrets",
+    # made on the mining machine from its own key and the signed CSR
+    "pooler-1-tls",
 }
 
 #: The Secret whose `uri` is each process's DATABASE_URL: one set of credentials each,
@@ -198,7 +200,7 @@ def test_the_base_holds_every_part_of_the_pool() -> None:
 
 @pytest.mark.parametrize(
     ("directory", "extra"),
-    [(BASE, []), (POOLER, [POOLER / "certificate.yaml"])],
+    [(BASE, []), (POOLER, [])],
     ids=["base", "pooler"],
 )
 def test_referenced_secrets_and_configmaps_are_defined_or_documented(
@@ -316,9 +318,7 @@ def test_probes_check_the_grpc_port() -> None:
 def test_certificates_land_where_the_service_reads_them(
     directory: Path, deployment: str, names: list[str]
 ) -> None:
-    docs = _docs(directory) + [
-        d for d in yaml.safe_load_all(POOLER.joinpath("certificate.yaml").read_text())
-    ]
+    docs = _docs(directory)
     certificates = {c["spec"]["secretName"]: c for c in _of_kind(docs, "Certificate").values()}
     pod = _of_kind(docs, "Deployment")[deployment]
     (container,) = _containers(pod)
@@ -335,10 +335,41 @@ def test_certificates_land_where_the_service_reads_them(
         key_secret, key_key = files[f"{name}-key.pem"]
         assert (cert_key, key_key) == ("tls.crt", "tls.key")
         assert cert_secret == key_secret
+        if deployment == "pooler-1":
+            # Made on the mining machine (its key never leaves it); the CN is the CSR's,
+            # `kale-pool pooler keygen <name>`.
+            assert cert_secret in OPERATOR_SECRETS
+            continue
         # The services check callers by common name: the file's name is the CN.
         assert certificates[cert_secret]["spec"]["commonName"] == name
     if deployment == "pooler-1":
         assert env["KALE_POOL_POOLER_CERT_NAME"] == names[0]
+
+
+def test_pooler_keys_are_made_on_the_mining_machine_and_only_a_csr_is_signed() -> None:
+    """No manifest makes a pooler's private key in the pool's cluster: cert-manager signs
+    a CertificateRequest built from the CSR `kale-pool pooler keygen` made, as a client
+    certificate of the kale-pool CA."""
+    services = {"kale-pool CA", POOL_SERVER, WALLET_SERVER, POOL_CLIENT, "operator"}
+    for path in _all_yaml():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "Certificate":
+                assert doc["spec"]["commonName"] in services, (path, doc["metadata"]["name"])
+    (request,) = _of_kind(
+        [d for d in yaml.safe_load_all((POOLER / "certificate-request.yaml").read_text()) if d],
+        "CertificateRequest",
+    ).values()
+    assert request["metadata"]["namespace"] == "kale-pool"  # applied where the CA lives
+    spec = request["spec"]
+    assert spec["issuerRef"] == {"name": "kale-pool-ca", "kind": "Issuer"}
+    assert "client auth" in spec["usages"] and "server auth" not in spec["usages"]
+    assert spec.get("isCA") is not True
+    assert "REPLACE-ME" in spec["request"]  # the mining machine's CSR, base64
+    # It is applied in the pool's cluster, not with the mining machine's kustomization.
+    kustomization = yaml.safe_load((POOLER / "kustomization.yaml").read_text())
+    assert "certificate-request.yaml" not in kustomization["resources"]
+    doc = DOC.read_text()
+    assert "kale-pool pooler keygen" in doc and "kale-pool pooler cert add" in doc
 
 
 def test_the_master_key_is_a_mounted_file_and_the_wallet_sees_no_other_secret() -> None:

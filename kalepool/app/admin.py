@@ -1,4 +1,5 @@
-"""The operator's commands: `pooler add`, `farmer add`, `farmer fund`.
+"""The operator's commands: `pooler add`, `pooler keygen`, `pooler cert add|list|revoke`,
+`farmer add`, `farmer fund`.
 
 Each talks to the pool through PoolService as the `operator` (the running stack's pool,
 else `KALE_POOL_POOL_LISTEN`), exactly as grpcurl would.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 from rich.console import Console
@@ -19,10 +21,16 @@ from kalepool.amounts import format_kale
 from kalepool.app.commands import CommandError, rpc_error
 from kalepool.app.funding import KALE, Friendbot, FundingError
 from kalepool.app.operator import OperatorClient
-from kalepool.app.poolers import PoolerSetupError, csr_instructions, provision_pooler
+from kalepool.app.poolers import (
+    PoolerSetupError,
+    csr_instructions,
+    pooler_keygen,
+    provision_pooler,
+)
 from kalepool.app.runstate import RunState
 from kalepool.chain import ChainClient, ChainConfigError, ChainError, resolve_chain_config
 from kalepool.settings import ENV_PREFIX, Network, Settings
+from kalepool.tls import DevPki
 from kalepool.v1 import pool_pb2
 
 
@@ -144,7 +152,7 @@ async def _add_pooler(
     if made.certificate:
         console.print(f"client certificate: {made.bundle.cert} (key {made.bundle.key}, 0600)")
     else:
-        for line in csr_instructions(name, settings.layout().certs):
+        for line in csr_instructions(name, p.pooler_id):
             console.print(escape(line), highlight=False, soft_wrap=True)
     if made.funded:
         console.print(f"{made.funded} fee accounts funded by the friendbot")
@@ -176,6 +184,129 @@ def add_pooler(
         raise CommandError(f"--public-key: not a Stellar account id (G…): {public_key!r}")
     with _one_line(operator_address(settings)):
         asyncio.run(_add_pooler(settings, name, public_key, max_farmers, console or _console()))
+
+
+def keygen(settings: Settings, name: str, *, new_key: bool, console: Console | None = None) -> None:
+    """`kale-pool pooler keygen [NAME]`, on the mining machine."""
+    console = console or _console()
+    try:
+        key, csr, made = pooler_keygen(settings.layout().certs, name, new_key=new_key)
+    except PoolerSetupError as error:
+        raise CommandError(str(error)) from None
+    how = "made now" if made else "kept (made before; --new-key replaces it)"
+    console.print(f"private key: {key} (0600, {how}); it never leaves this machine")
+    console.print(f"certificate signing request: {csr}")
+    console.print(
+        "Send the request to the pool's operator, who signs it and registers the certificate:"
+        f"\n  kale-pool pooler cert add <pooler id> --csr {csr.name}"
+        f"\nthen put the certificate in {key.parent}/{name}.pem (and the pool's ca.pem beside it)."
+    )
+
+
+def _certificate_line(cert: pool_pb2.PoolerCertificate) -> str:
+    state = (
+        f"revoked {cert.revoked_at.ToDatetime():%Y-%m-%d %H:%M}"
+        if cert.HasField("revoked_at")
+        else "active"
+    )
+    return (
+        f"{cert.fingerprint}  {state}  expires {cert.not_after.ToDatetime():%Y-%m-%d}"
+        f"  {cert.subject}"
+    )
+
+
+def _signed(settings: Settings, csr_file: Path, console: Console) -> Path:
+    """Sign the CSR with the development CA; the certificate's path (beside the CSR)."""
+    pki = DevPki(settings.layout().certs)
+    if not (pki.directory / "ca-key.pem").is_file():
+        raise CommandError(
+            f"--csr needs the CA's key in {pki.directory} (the development CA); sign the"
+            " request where the CA lives and pass --cert"
+        )
+    try:
+        cert_pem = pki.sign_csr(csr_file.read_bytes())
+    except ValueError as error:
+        raise CommandError(f"{csr_file}: {error}") from None
+    cert_file = csr_file.with_suffix(".pem")
+    cert_file.write_bytes(cert_pem)
+    console.print(f"signed by the development CA: {cert_file}")
+    return cert_file
+
+
+async def _cert_add(settings: Settings, pooler_id: str, cert_pem: str, console: Console) -> None:
+    async with operator(settings) as op:
+        added = await op.pool.AddPoolerCertificate(
+            pool_pb2.AddPoolerCertificateRequest(pooler_id=pooler_id, certificate_pem=cert_pem),
+            timeout=op.timeout,
+        )
+    console.print(f"certificate added to pooler {pooler_id}:")
+    console.print(escape(_certificate_line(added.certificate)))
+
+
+def add_certificate(
+    settings: Settings,
+    pooler_id: str,
+    *,
+    cert_file: Path | None,
+    csr_file: Path | None,
+    console: Console | None = None,
+) -> None:
+    """`kale-pool pooler cert add POOLER_ID --cert FILE | --csr FILE`."""
+    console = console or _console()
+    if (cert_file is None) == (csr_file is None):
+        raise CommandError("give exactly one of --cert (a signed certificate) or --csr")
+    for path in (cert_file, csr_file):
+        if path is not None and not path.is_file():
+            raise CommandError(f"{path}: no such file")
+    if csr_file is not None:
+        cert_file = _signed(settings, csr_file, console)
+    assert cert_file is not None
+    with _one_line(operator_address(settings)):
+        asyncio.run(_cert_add(settings, pooler_id, cert_file.read_text(), console))
+    console.print(
+        f"Install {cert_file.name} on the mining machine as certs/<name>.pem; once it runs"
+        " with it, revoke the old certificate (kale-pool pooler cert revoke)."
+    )
+
+
+async def _cert_list(settings: Settings, pooler_id: str, console: Console) -> None:
+    async with operator(settings) as op:
+        listed = await op.pool.ListPoolerCertificates(
+            pool_pb2.ListPoolerCertificatesRequest(pooler_id=pooler_id), timeout=op.timeout
+        )
+    if not listed.certificates:
+        console.print(
+            f"pooler {pooler_id} has no certificate: PoolerService refuses it until one is"
+            " added (kale-pool pooler cert add)"
+        )
+    for cert in listed.certificates:
+        console.print(escape(_certificate_line(cert)))
+
+
+def list_certificates(settings: Settings, pooler_id: str, console: Console | None = None) -> None:
+    """`kale-pool pooler cert list POOLER_ID`."""
+    with _one_line(operator_address(settings)):
+        asyncio.run(_cert_list(settings, pooler_id, console or _console()))
+
+
+async def _cert_revoke(
+    settings: Settings, pooler_id: str, fingerprint: str, console: Console
+) -> None:
+    async with operator(settings) as op:
+        revoked = await op.pool.RevokePoolerCertificate(
+            pool_pb2.RevokePoolerCertificateRequest(pooler_id=pooler_id, fingerprint=fingerprint),
+            timeout=op.timeout,
+        )
+    console.print("certificate revoked; calls with it are refused from now on:")
+    console.print(escape(_certificate_line(revoked.certificate)))
+
+
+def revoke_certificate(
+    settings: Settings, pooler_id: str, fingerprint: str, console: Console | None = None
+) -> None:
+    """`kale-pool pooler cert revoke POOLER_ID FINGERPRINT`."""
+    with _one_line(operator_address(settings)):
+        asyncio.run(_cert_revoke(settings, pooler_id, fingerprint, console or _console()))
 
 
 async def _add_farmer(

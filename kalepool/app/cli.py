@@ -30,8 +30,9 @@ db_app = typer.Typer(
 config_app = typer.Typer(help="Configuration: show the effective settings.", no_args_is_help=True)
 pooler_app = typer.Typer(
     help="Pooler: `kale-pool pooler` runs the pooler agent on a mining machine (plant through"
-    " the pool, mine, submit work, until Ctrl-C); `kale-pool pooler add NAME` adds a pooler"
-    " (operator).",
+    " the pool, mine, submit work, until Ctrl-C); `kale-pool pooler keygen` makes its key and"
+    " CSR there; `kale-pool pooler add NAME` adds a pooler and `kale-pool pooler cert ...`"
+    " manages its certificates (operator).",
     invoke_without_command=True,
 )
 farmer_app = typer.Typer(
@@ -41,6 +42,13 @@ farmer_app = typer.Typer(
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(pooler_app, name="pooler")
+cert_app = typer.Typer(
+    help="A pooler's client certificates (operator): add one (signed, or a CSR signed by the"
+    " development CA), list them, revoke one. A pooler is admitted only with its API key and"
+    " an active certificate of its own.",
+    no_args_is_help=True,
+)
+pooler_app.add_typer(cert_app, name="cert")
 app.add_typer(farmer_app, name="farmer")
 
 
@@ -366,6 +374,73 @@ def pooler_add(
 
     with pool_command(), operator_errors():
         add_pooler(settings, name, public_key=public_key, max_farmers=max_farmers)
+
+
+@pooler_app.command("keygen")
+def pooler_keygen(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="The pooler's certificate name (default: KALE_POOL_POOLER_CERT_NAME)."),
+    ] = None,
+    new_key: Annotated[
+        bool, typer.Option("--new-key", help="Replace the key (rotation): a new CSR to sign.")
+    ] = False,
+) -> None:
+    """Make the pooler's private key here (certs/NAME-key.pem, 0600) and a certificate
+    signing request (certs/NAME.csr) for the pool's operator to sign (mining machine)."""
+    settings = settings_from(ctx)
+    from kalepool.app.admin import keygen
+
+    with pool_command():
+        keygen(settings, name or settings.pooler_cert_name, new_key=new_key)
+
+
+PoolerIdArgument = Annotated[str, typer.Argument(help="The pooler's id.")]
+
+
+@cert_app.command("add")
+def pooler_cert_add(
+    ctx: typer.Context,
+    pooler_id: PoolerIdArgument,
+    cert: Annotated[
+        Path | None, typer.Option("--cert", help="A certificate (PEM) signed by the pool's CA.")
+    ] = None,
+    csr: Annotated[
+        Path | None,
+        typer.Option("--csr", help="A CSR (kale-pool pooler keygen) to sign with the dev CA."),
+    ] = None,
+) -> None:
+    """Register a client certificate for a pooler (its old ones keep working until revoked)."""
+    settings = settings_from(ctx)
+    from kalepool.app.admin import add_certificate
+
+    with pool_command():
+        add_certificate(settings, pooler_id, cert_file=cert, csr_file=csr)
+
+
+@cert_app.command("list")
+def pooler_cert_list(ctx: typer.Context, pooler_id: PoolerIdArgument) -> None:
+    """A pooler's certificates: fingerprint, active or revoked, expiry, subject."""
+    settings = settings_from(ctx)
+    from kalepool.app.admin import list_certificates
+
+    with pool_command():
+        list_certificates(settings, pooler_id)
+
+
+@cert_app.command("revoke")
+def pooler_cert_revoke(
+    ctx: typer.Context,
+    pooler_id: PoolerIdArgument,
+    fingerprint: Annotated[str, typer.Argument(help="The certificate's SHA-256 fingerprint.")],
+) -> None:
+    """Revoke a pooler's certificate: refused at once, open streams ended within seconds."""
+    settings = settings_from(ctx)
+    from kalepool.app.admin import revoke_certificate
+
+    with pool_command():
+        revoke_certificate(settings, pooler_id, fingerprint)
 
 
 @farmer_app.command("add")

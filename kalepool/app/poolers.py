@@ -2,14 +2,16 @@
 
 `kale-pool pooler add` (an operator adding a remote mining machine) and `kale-pool up`
 (provisioning its local poolers) both go through `provision_pooler`: the pooler is
-registered through PoolService (or found again), a client certificate is issued by the
-development CA, its API key is issued (or rotated when lost), its own Stellar account and
+registered through PoolService (or found again) with its client certificate (its key made
+in the pooler's own directory, its certificate signing request signed by the development
+CA: the CSR flow a remote mining machine follows too, `kale-pool pooler keygen`), its API
+key is issued (or rotated when lost), its own Stellar account and
 channel accounts are created (friendbot-funded where the network has one), and its
 settings are written to `<data dir>/poolers/<name>/`:
 
     pooler.env       KALE_POOL_* settings, API key and channel secrets (0600)
     pooler.json      id, name and public key (no secret): how a rerun finds it again
-    certs/           ca.pem, <name>.pem, <name>-key.pem (0600)
+    certs/           ca.pem, <name>.pem, <name>-key.pem (0600), <name>.csr
 
 The directory is a mining machine's data directory: copy it there and run
 `kale-pool pooler` with `KALE_POOL_DATA_DIR` pointing at it and pooler.env loaded.
@@ -34,7 +36,16 @@ from kalepool.app.observer import StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.chain import ChainClient
 from kalepool.settings import ENV_PREFIX, Network, Settings, make_private
-from kalepool.tls import OPERATOR, POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki
+from kalepool.tls import (
+    SERVICE_NAMES,
+    DevPki,
+    cert_matches_key,
+    csr_matches_key,
+    make_csr,
+    new_private_key,
+    pem_fingerprint,
+    write_private_key,
+)
 from kalepool.v1 import common_pb2, pool_pb2
 
 ENV_FILE = "pooler.env"
@@ -44,7 +55,7 @@ RECORD_FILE = "pooler.json"
 DEFAULT_CHANNELS = 4
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 # A pooler's certificate must not be mistaken for a service's or the operator's.
-_RESERVED = {POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR, "ca"}
+_RESERVED = SERVICE_NAMES | {"ca"}
 
 
 class PoolerSetupError(Exception):
@@ -155,47 +166,88 @@ def channel_secrets_of(env: dict[str, str]) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
-def issue_certificate(settings: Settings, bundle: PoolerBundle) -> bool:
-    """Give the pooler a client certificate from the development CA (once); True if
-    issued now. PoolerSetupError when the CA's key is not here (a deployment whose CA
-    lives elsewhere): the mining machine then sends a CSR (see `csr_instructions`)."""
-    pki = DevPki(settings.layout().certs)
-    ca_cert = settings.layout().certs / "ca.pem"
-    if bundle.cert.is_file() and bundle.key.is_file():
-        make_private(bundle.certs)
-        shutil.copyfile(ca_cert, bundle.ca)
-        return False
-    if not (settings.layout().certs / "ca-key.pem").is_file():
-        raise PoolerSetupError(
-            f"the CA's key is not in {settings.layout().certs}: the mining machine must make"
-            " its own key and certificate request"
-        )
-    identity = pki.client(bundle.name)
+def pooler_keygen(certs: Path, name: str, *, new_key: bool = False) -> tuple[Path, Path, bool]:
+    """`kale-pool pooler keygen`: the pooler's private key, made here and kept here
+    (``certs/<name>-key.pem``, 0600), and a certificate signing request for it
+    (``certs/<name>.csr``), the only thing that leaves the machine. The key is made once;
+    ``new_key`` replaces it (rotation: the old certificate no longer matches and is
+    removed). (key, request, whether a key was made now)."""
+    check_pooler_name(name)
+    make_private(certs)
+    key_path, csr_path = certs / f"{name}-key.pem", certs / f"{name}.csr"
+    made = new_key or not key_path.is_file()
+    if made:
+        write_private_key(key_path, new_private_key())
+        (certs / f"{name}.pem").unlink(missing_ok=True)
+    key_pem = key_path.read_bytes()
+    if made or not csr_path.is_file() or not csr_matches_key(csr_path.read_bytes(), key_pem):
+        write_atomic(csr_path, make_csr(key_pem, name).decode(), 0o644)
+    return key_path, csr_path, made
+
+
+def issue_certificate(settings: Settings, bundle: PoolerBundle, *, new_key: bool = False) -> bool:
+    """Give the pooler a client certificate by the CSR flow (once); True if issued now.
+
+    The key is made in the pooler's own directory (`pooler_keygen`) and never leaves it;
+    the development CA signs the request. PoolerSetupError when the CA's key is not here
+    (a deployment whose CA lives elsewhere): the request is then left in the bundle for
+    the CA to sign (see `csr_instructions`)."""
+    ca_dir = settings.layout().certs
+    DevPki(ca_dir).ca_pem  # noqa: B018 - the CA, made on first use on a developer machine
     make_private(bundle.certs)
-    write_atomic(bundle.key, identity.key_pem.decode(), 0o600)
-    write_atomic(bundle.cert, identity.cert_pem.decode(), 0o644)
-    shutil.copyfile(ca_cert, bundle.ca)
-    # The private key lives with the pooler only, as it would on its own machine.
-    for leftover in (
-        pki.directory / f"{bundle.name}.pem",
-        pki.directory / f"{bundle.name}-key.pem",
+    shutil.copyfile(ca_dir / "ca.pem", bundle.ca)
+    if (
+        not new_key
+        and bundle.has_certificate()
+        and cert_matches_key(bundle.cert.read_bytes(), bundle.key.read_bytes())
     ):
-        leftover.unlink(missing_ok=True)
+        return False
+    _, csr_path, _ = pooler_keygen(bundle.certs, bundle.name, new_key=new_key)
+    if not (ca_dir / "ca-key.pem").is_file():
+        raise PoolerSetupError(
+            f"the CA's key is not in {ca_dir}: the pooler's certificate request {csr_path}"
+            " must be signed where the CA lives"
+        )
+    write_atomic(bundle.cert, DevPki(ca_dir).sign_csr(csr_path.read_bytes()).decode(), 0o644)
     return True
 
 
-def csr_instructions(name: str, ca_dir: Path) -> list[str]:
-    """How a mining machine gets a certificate when the CA's key lives elsewhere."""
+def csr_instructions(name: str, pooler_id: str) -> list[str]:
+    """How a mining machine gets its certificate when the CA's key lives elsewhere."""
     return [
         "On the mining machine (its key never leaves it):",
-        "  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \\",
-        f"    -keyout certs/{name}-key.pem -out {name}.csr -subj '/O=kale-pool/CN={name}'",
-        "Where the CA's key lives, sign it as a client certificate:",
-        f"  openssl x509 -req -in {name}.csr -CA {ca_dir}/ca.pem -CAkey ca-key.pem \\",
-        f"    -CAcreateserial -days 365 -out {name}.pem \\",
-        "    -extfile <(printf 'basicConstraints=CA:FALSE\\nextendedKeyUsage=clientAuth')",
-        f"Then put {name}.pem and the pool's ca.pem in the machine's certs/ directory.",
+        f"  kale-pool pooler keygen {name}      # certs/{name}-key.pem (0600) and certs/{name}.csr",
+        f"Have the pool's CA sign {name}.csr as a client certificate (docs/deploy.md: a",
+        "cert-manager CertificateRequest), then register it with the pool:",
+        f"  kale-pool pooler cert add {pooler_id} --cert {name}.pem",
+        f"and put {name}.pem and the pool's ca.pem in the machine's certs/ directory.",
     ]
+
+
+async def register_certificate(
+    op: OperatorClient, pooler_id: str, cert_pem: bytes
+) -> pool_pb2.PoolerCertificate | None:
+    """Register the certificate as the pooler's (AddPoolerCertificate); None when it is
+    an active certificate of this pooler already. PoolerSetupError when it was revoked
+    or is another pooler's."""
+    fingerprint = pem_fingerprint(cert_pem)
+    listed = await op.pool.ListPoolerCertificates(
+        pool_pb2.ListPoolerCertificatesRequest(pooler_id=pooler_id), timeout=op.timeout
+    )
+    for known in listed.certificates:
+        if known.fingerprint == fingerprint:
+            if known.HasField("revoked_at"):
+                raise PoolerSetupError(
+                    f"certificate {fingerprint} of pooler {pooler_id} is revoked"
+                )
+            return None
+    added = await op.pool.AddPoolerCertificate(
+        pool_pb2.AddPoolerCertificateRequest(
+            pooler_id=pooler_id, certificate_pem=cert_pem.decode()
+        ),
+        timeout=op.timeout,
+    )
+    return added.certificate
 
 
 @dataclass
@@ -283,6 +335,14 @@ async def provision_pooler(
         public_key = Keypair.from_secret(secrets[0]).public_key
     capacity = max_farmers or min(settings.max_farmers_per_pooler, settings.max_farmers_capacity)
 
+    try:
+        has_certificate = True
+        if issue_certificate(settings, bundle) and observer is not None:
+            observer.event(f"{name}: key made in its directory, CSR signed by the development CA")
+    except PoolerSetupError:
+        has_certificate = False
+    cert_pem = bundle.cert.read_bytes() if has_certificate else b""
+
     registered = False
     api_key = env.get(f"{ENV_PREFIX}POOLER_API_KEY", "")
     pooler = await _known(op, bundle)
@@ -290,7 +350,10 @@ async def provision_pooler(
         try:
             made = await op.pool.RegisterPooler(
                 pool_pb2.RegisterPoolerRequest(
-                    name=name, public_key=public_key, max_farmers=capacity
+                    name=name,
+                    public_key=public_key,
+                    max_farmers=capacity,
+                    certificate_pem=cert_pem.decode(),
                 ),
                 timeout=op.timeout,
             )
@@ -313,12 +376,18 @@ async def provision_pooler(
         if observer is not None:
             observer.event(f"{name}: its API key was not on file; a new one was issued")
 
-    try:
-        has_certificate = True
-        if issue_certificate(settings, bundle) and observer is not None:
-            observer.event(f"{name}: client certificate issued by the development CA")
-    except PoolerSetupError:
-        has_certificate = False
+    if has_certificate and not registered:
+        # Found again, or registered before certificates were recorded (migration 0016):
+        # its certificate must be the pool's record of it too.
+        try:
+            await register_certificate(op, pooler.pooler_id, cert_pem)
+        except PoolerSetupError:
+            # Revoked: a new key and certificate replace it.
+            issue_certificate(settings, bundle, new_key=True)
+            cert_pem = bundle.cert.read_bytes()
+            await register_certificate(op, pooler.pooler_id, cert_pem)
+            if observer is not None:
+                observer.event(f"{name}: its certificate was revoked; a new key and one made")
 
     env = mining_settings(
         settings,

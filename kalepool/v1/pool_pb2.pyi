@@ -320,22 +320,29 @@ class RegisterPoolerRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     MAX_FARMERS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Display name, 1 to 64 printable characters."""
     public_key: _builtins.str
     """The pooler's own Stellar account (G...); unique."""
     max_farmers: _builtins.int
     """The most farmers it may serve, 1 or more."""
+    certificate_pem: _builtins.str
+    """Optional: the pooler's client certificate (PEM), registered with it as by
+    AddPoolerCertificate. Without one, PoolerService refuses the pooler until a
+    certificate is added.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         public_key: _builtins.str = ...,
         max_farmers: _builtins.int = ...,
+        certificate_pem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_farmers", b"max_farmers", "name", b"name", "public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "max_farmers", b"max_farmers", "name", b"name", "public_key", b"public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1688,3 +1695,199 @@ class ChangeFarmerPayoutAddressResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChangeFarmerPayoutAddressResponse: _TypeAlias = ChangeFarmerPayoutAddressResponse  # noqa: Y015
+
+@_typing.final
+class PoolerCertificate(_message.Message):
+    """A client certificate registered for a pooler (no key: the private key never
+    leaves the pooler's machine).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLER_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    ADDED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    pooler_id: _builtins.str
+    """The pooler it belongs to."""
+    fingerprint: _builtins.str
+    """SHA-256 of the certificate's DER bytes, 64 lowercase hex digits: its identity."""
+    subject: _builtins.str
+    """The certificate's subject (RFC 4514), for people."""
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp:
+        """When the certificate expires."""
+
+    @_builtins.property
+    def added_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was registered."""
+
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked; unset while it is not."""
+
+    def __init__(
+        self,
+        *,
+        pooler_id: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+        added_at: _timestamp_pb2.Timestamp | None = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "not_after", b"not_after", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "fingerprint", b"fingerprint", "not_after", b"not_after", "pooler_id", b"pooler_id", "revoked_at", b"revoked_at", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolerCertificate: _TypeAlias = PoolerCertificate  # noqa: Y015
+
+@_typing.final
+class AddPoolerCertificateRequest(_message.Message):
+    """Request of PoolService.AddPoolerCertificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLER_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    pooler_id: _builtins.str
+    """The pooler's id."""
+    certificate_pem: _builtins.str
+    """The certificate, PEM (one certificate, no key)."""
+    def __init__(
+        self,
+        *,
+        pooler_id: _builtins.str = ...,
+        certificate_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "pooler_id", b"pooler_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPoolerCertificateRequest: _TypeAlias = AddPoolerCertificateRequest  # noqa: Y015
+
+@_typing.final
+class AddPoolerCertificateResponse(_message.Message):
+    """Response of PoolService.AddPoolerCertificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def certificate(self) -> Global___PoolerCertificate:
+        """The certificate as registered."""
+
+    def __init__(
+        self,
+        *,
+        certificate: Global___PoolerCertificate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPoolerCertificateResponse: _TypeAlias = AddPoolerCertificateResponse  # noqa: Y015
+
+@_typing.final
+class ListPoolerCertificatesRequest(_message.Message):
+    """Request of PoolService.ListPoolerCertificates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLER_ID_FIELD_NUMBER: _builtins.int
+    pooler_id: _builtins.str
+    """The pooler's id."""
+    def __init__(
+        self,
+        *,
+        pooler_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pooler_id", b"pooler_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPoolerCertificatesRequest: _TypeAlias = ListPoolerCertificatesRequest  # noqa: Y015
+
+@_typing.final
+class ListPoolerCertificatesResponse(_message.Message):
+    """Response of PoolService.ListPoolerCertificates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def certificates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolerCertificate]:
+        """The pooler's certificates, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        certificates: _abc.Iterable[Global___PoolerCertificate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificates", b"certificates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPoolerCertificatesResponse: _TypeAlias = ListPoolerCertificatesResponse  # noqa: Y015
+
+@_typing.final
+class RevokePoolerCertificateRequest(_message.Message):
+    """Request of PoolService.RevokePoolerCertificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLER_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    pooler_id: _builtins.str
+    """The pooler's id."""
+    fingerprint: _builtins.str
+    """The certificate's fingerprint (64 hex digits; colons and case are ignored)."""
+    def __init__(
+        self,
+        *,
+        pooler_id: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "pooler_id", b"pooler_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokePoolerCertificateRequest: _TypeAlias = RevokePoolerCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RevokePoolerCertificateResponse(_message.Message):
+    """Response of PoolService.RevokePoolerCertificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def certificate(self) -> Global___PoolerCertificate:
+        """The certificate, revoked."""
+
+    def __init__(
+        self,
+        *,
+        certificate: Global___PoolerCertificate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokePoolerCertificateResponse: _TypeAlias = RevokePoolerCertificateResponse  # noqa: Y015

@@ -140,6 +140,21 @@ class PoolServiceStub:
                 request_serializer=kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressResponse.FromString,
                 _registered_method=True)
+        self.AddPoolerCertificate = channel.unary_unary(
+                '/kalepool.v1.PoolService/AddPoolerCertificate',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.AddPoolerCertificateRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.AddPoolerCertificateResponse.FromString,
+                _registered_method=True)
+        self.ListPoolerCertificates = channel.unary_unary(
+                '/kalepool.v1.PoolService/ListPoolerCertificates',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.ListPoolerCertificatesRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.ListPoolerCertificatesResponse.FromString,
+                _registered_method=True)
+        self.RevokePoolerCertificate = channel.unary_unary(
+                '/kalepool.v1.PoolService/RevokePoolerCertificate',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class PoolServiceServicer:
@@ -311,6 +326,34 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddPoolerCertificate(self, request, context):
+        """Registers a client certificate for a pooler: PoolerService admits a call
+        only with the API key of a pooler and an active certificate of that same
+        pooler. The certificate must be issued by the pool's CA, for client
+        authentication, not a CA, and valid now (INVALID_ARGUMENT otherwise).
+        ALREADY_EXISTS when the certificate is registered already (to any pooler,
+        revoked or not); NOT_FOUND for an unknown pooler.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPoolerCertificates(self, request, context):
+        """Lists a pooler's certificates, oldest first, revoked ones included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokePoolerCertificate(self, request, context):
+        """Revokes a pooler's certificate at once, open assignment streams included
+        (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
+        NOT_FOUND when the pooler has no certificate with that fingerprint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -418,6 +461,21 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.ChangeFarmerPayoutAddress,
                     request_deserializer=kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressResponse.SerializeToString,
+            ),
+            'AddPoolerCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPoolerCertificate,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.AddPoolerCertificateRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.AddPoolerCertificateResponse.SerializeToString,
+            ),
+            'ListPoolerCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPoolerCertificates,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.ListPoolerCertificatesRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.ListPoolerCertificatesResponse.SerializeToString,
+            ),
+            'RevokePoolerCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokePoolerCertificate,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -988,6 +1046,87 @@ class PoolService:
             '/kalepool.v1.PoolService/ChangeFarmerPayoutAddress',
             kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressRequest.SerializeToString,
             kalepool_dot_v1_dot_pool__pb2.ChangeFarmerPayoutAddressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPoolerCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/AddPoolerCertificate',
+            kalepool_dot_v1_dot_pool__pb2.AddPoolerCertificateRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.AddPoolerCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPoolerCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/ListPoolerCertificates',
+            kalepool_dot_v1_dot_pool__pb2.ListPoolerCertificatesRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.ListPoolerCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokePoolerCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/RevokePoolerCertificate',
+            kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -113,6 +113,21 @@ class PoolServiceStub:
     records the new address too. PERMISSION_DENIED when the wallet refuses the
     proof (wrong signer, expired, used, another farmer's challenge).
     """
+    AddPoolerCertificate: _grpc.UnaryUnaryMultiCallable[_pool_pb2.AddPoolerCertificateRequest, _pool_pb2.AddPoolerCertificateResponse]
+    """Registers a client certificate for a pooler: PoolerService admits a call
+    only with the API key of a pooler and an active certificate of that same
+    pooler. The certificate must be issued by the pool's CA, for client
+    authentication, not a CA, and valid now (INVALID_ARGUMENT otherwise).
+    ALREADY_EXISTS when the certificate is registered already (to any pooler,
+    revoked or not); NOT_FOUND for an unknown pooler.
+    """
+    ListPoolerCertificates: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListPoolerCertificatesRequest, _pool_pb2.ListPoolerCertificatesResponse]
+    """Lists a pooler's certificates, oldest first, revoked ones included."""
+    RevokePoolerCertificate: _grpc.UnaryUnaryMultiCallable[_pool_pb2.RevokePoolerCertificateRequest, _pool_pb2.RevokePoolerCertificateResponse]
+    """Revokes a pooler's certificate at once, open assignment streams included
+    (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
+    NOT_FOUND when the pooler has no certificate with that fingerprint.
+    """
 
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
@@ -189,6 +204,21 @@ class PoolServiceAsyncStub(PoolServiceStub):
     address only when the farmer's current payout key signed it; then the pool
     records the new address too. PERMISSION_DENIED when the wallet refuses the
     proof (wrong signer, expired, used, another farmer's challenge).
+    """
+    AddPoolerCertificate: _aio.UnaryUnaryMultiCallable[_pool_pb2.AddPoolerCertificateRequest, _pool_pb2.AddPoolerCertificateResponse]  # type: ignore[assignment]
+    """Registers a client certificate for a pooler: PoolerService admits a call
+    only with the API key of a pooler and an active certificate of that same
+    pooler. The certificate must be issued by the pool's CA, for client
+    authentication, not a CA, and valid now (INVALID_ARGUMENT otherwise).
+    ALREADY_EXISTS when the certificate is registered already (to any pooler,
+    revoked or not); NOT_FOUND for an unknown pooler.
+    """
+    ListPoolerCertificates: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListPoolerCertificatesRequest, _pool_pb2.ListPoolerCertificatesResponse]  # type: ignore[assignment]
+    """Lists a pooler's certificates, oldest first, revoked ones included."""
+    RevokePoolerCertificate: _aio.UnaryUnaryMultiCallable[_pool_pb2.RevokePoolerCertificateRequest, _pool_pb2.RevokePoolerCertificateResponse]  # type: ignore[assignment]
+    """Revokes a pooler's certificate at once, open assignment streams included
+    (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
+    NOT_FOUND when the pooler has no certificate with that fingerprint.
     """
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -389,6 +419,39 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         address only when the farmer's current payout key signed it; then the pool
         records the new address too. PERMISSION_DENIED when the wallet refuses the
         proof (wrong signer, expired, used, another farmer's challenge).
+        """
+
+    @_abc_1.abstractmethod
+    def AddPoolerCertificate(
+        self,
+        request: _pool_pb2.AddPoolerCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.AddPoolerCertificateResponse, _abc.Awaitable[_pool_pb2.AddPoolerCertificateResponse]]:
+        """Registers a client certificate for a pooler: PoolerService admits a call
+        only with the API key of a pooler and an active certificate of that same
+        pooler. The certificate must be issued by the pool's CA, for client
+        authentication, not a CA, and valid now (INVALID_ARGUMENT otherwise).
+        ALREADY_EXISTS when the certificate is registered already (to any pooler,
+        revoked or not); NOT_FOUND for an unknown pooler.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPoolerCertificates(
+        self,
+        request: _pool_pb2.ListPoolerCertificatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.ListPoolerCertificatesResponse, _abc.Awaitable[_pool_pb2.ListPoolerCertificatesResponse]]:
+        """Lists a pooler's certificates, oldest first, revoked ones included."""
+
+    @_abc_1.abstractmethod
+    def RevokePoolerCertificate(
+        self,
+        request: _pool_pb2.RevokePoolerCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.RevokePoolerCertificateResponse, _abc.Awaitable[_pool_pb2.RevokePoolerCertificateResponse]]:
+        """Revokes a pooler's certificate at once, open assignment streams included
+        (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
+        NOT_FOUND when the pooler has no certificate with that fingerprint.
         """
 
 def add_PoolServiceServicer_to_server(servicer: PoolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,5 @@
 """Poolers: the registry's mining machines, their API keys and their last heartbeat
-(`poolers`, `pooler_api_keys`)."""
+(`poolers`, `pooler_api_keys`); their certificates are `books.certificates`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from kalepool.db.reads import Pool, fetch_all, fetch_one, fetch_value
+from kalepool.tls import ClientCertificate
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,16 @@ class PoolerStore:
         self.pool = pool
 
     async def insert_pooler(
-        self, name: str, public_key: str, max_farmers: int, key_hash: bytes, key_prefix: str
+        self,
+        name: str,
+        public_key: str,
+        max_farmers: int,
+        key_hash: bytes,
+        key_prefix: str,
+        certificate: ClientCertificate | None = None,
     ) -> PoolerRow:
-        """A new pooler and its first API key, together or not at all."""
+        """A new pooler, its first API key and (if given) its first certificate, together
+        or not at all."""
         async with self.pool.connection() as conn, conn.transaction():
             row = await fetch_one(
                 conn,
@@ -78,6 +86,12 @@ class PoolerStore:
                 "INSERT INTO pooler_api_keys (pooler_id, key_hash, key_prefix) VALUES (%s, %s, %s)",
                 (row.id, key_hash, key_prefix),
             )
+            if certificate is not None:
+                await conn.execute(
+                    "INSERT INTO pooler_certificates (pooler_id, fingerprint, subject, not_after)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (row.id, certificate.fingerprint, certificate.subject, certificate.not_after),
+                )
             return row
 
     async def pooler(self, pooler_id: UUID) -> PoolerRow | None:

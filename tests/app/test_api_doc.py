@@ -62,12 +62,16 @@ def test_the_page_has_the_flow() -> None:
         "ConfirmFunding",
     ]
     assert {"RequestPayout", "LeavePool", "Heartbeat", "StreamAssignments"} <= set(methods)
+    # A pooler's calls come after its certificate is registered.
+    assert methods.index("AddPoolerCertificate") < methods.index("Heartbeat")
 
 
 async def test_the_examples_work_against_a_real_pool(pool: PoolStage) -> None:
     values: dict[str, str] = {
         "PK": re.search(r"^PK=(G[A-Z2-7]{55})$", API_DOC.read_text(), re.M).group(1)  # type: ignore[union-attr]
     }
+    # The pooler's certificate, as the page reads it from $D/certs/rig-1.pem.
+    values["CERT"] = json.dumps(pool.pki.client("rig-1").cert_pem.decode())
     op = pool.operator()
     api_key = ""
     answered: dict[str, grpc.StatusCode] = {}

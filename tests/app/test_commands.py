@@ -327,3 +327,63 @@ async def test_an_unanswered_payout_says_how_to_ask_again_safely(tmp_path: Path)
     ran = await kale_pool(_offline(tmp_path), "farmer", "payout", "f1", "--key", "k7")
     assert ran.code == 1 and ran.err.count("\n") == 1
     assert ran.err.rstrip().endswith("to ask again safely: kale-pool farmer payout f1 --key k7")
+
+
+async def test_pooler_keygen_and_cert_add_list_revoke(
+    pool: PoolStage, operator_settings: Settings, tmp_path: Path
+) -> None:
+    """The CSR flow by the commands: the mining machine makes its key and request, the
+    operator signs and registers the certificate, lists it, revokes it."""
+    from kalepool.tls import Identity, pem_fingerprint
+    from kalepool.v1 import pooler_pb2
+    from tests.pool.test_pooler_auth import bearer, code_of
+    from tests.pool.test_pooler_identity import stub_of
+
+    pooler, key = await pool.register_pooler("rig-south", certificate=None)
+    machine = operator_settings.model_copy(update={"data_dir": tmp_path / "machine"})
+    made = await kale_pool(machine, "pooler", "keygen", "rig-south")
+    assert made.code == 0, made.err
+    key_file = tmp_path / "machine" / "certs" / "rig-south-key.pem"
+    csr_file = tmp_path / "machine" / "certs" / "rig-south.csr"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600" and csr_file.is_file()
+    assert "BEGIN" not in made.out  # no key material printed
+
+    none = await kale_pool(operator_settings, "pooler", "cert", "list", pooler.pooler_id)
+    assert none.code == 0 and "has no certificate" in none.out
+
+    # The operator receives only the request.
+    request = tmp_path / "rig-south.csr"
+    shutil.copy(csr_file, request)
+    added = await kale_pool(
+        operator_settings, "pooler", "cert", "add", pooler.pooler_id, "--csr", str(request)
+    )
+    assert added.code == 0, added.err
+    cert_pem = (tmp_path / "rig-south.pem").read_bytes()
+    fingerprint = pem_fingerprint(cert_pem)
+    assert fingerprint in added.out and "active" in added.out
+    stub = stub_of(pool, Identity(cert_pem, key_file.read_bytes()))
+    beat = pooler_pb2.HeartbeatRequest(capacity=1)
+    assert (await stub.Heartbeat(beat, metadata=bearer(key))).interval_seconds > 0
+
+    listed = await kale_pool(operator_settings, "pooler", "cert", "list", pooler.pooler_id)
+    assert listed.code == 0 and fingerprint in _line(listed.out, fingerprint)
+    twice = await kale_pool(
+        operator_settings,
+        "pooler",
+        "cert",
+        "add",
+        pooler.pooler_id,
+        "--cert",
+        str(tmp_path / "rig-south.pem"),
+    )
+    assert twice.code != 0 and "already" in twice.err
+
+    revoked = await kale_pool(
+        operator_settings, "pooler", "cert", "revoke", pooler.pooler_id, fingerprint
+    )
+    assert revoked.code == 0, revoked.err
+    assert "revoked" in _line(revoked.out, fingerprint)
+    code, _ = await code_of(stub.Heartbeat(beat, metadata=bearer(key)))
+    assert code.name == "PERMISSION_DENIED"
+    bad = await kale_pool(operator_settings, "pooler", "cert", "revoke", pooler.pooler_id, "xyz")
+    assert bad.code != 0 and "64 hex digits" in bad.err

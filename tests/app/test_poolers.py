@@ -22,12 +22,13 @@ from kalepool.app.poolers import (
     csr_instructions,
     issue_certificate,
     mining_settings,
+    pooler_keygen,
     provision_pooler,
 )
 from kalepool.chain import read_account
 from kalepool.settings import Settings
-from kalepool.tls import DevPki
-from kalepool.v1 import pooler_pb2
+from kalepool.tls import DevPki, cert_matches_key, csr_matches_key, pem_fingerprint
+from kalepool.v1 import pool_pb2, pooler_pb2
 from pooler_agent.pool_client import PoolClient, PoolError
 from tests.pool.conftest import PoolStage
 
@@ -83,8 +84,32 @@ def test_the_certificate_key_lives_in_the_bundle_only(tmp_path: Path) -> None:
     assert issue_certificate(settings, bundle) is True
     assert bundle.has_certificate()
     assert stat.S_IMODE(bundle.key.stat().st_mode) == 0o600
+    # The CSR flow: the key made in the pooler's directory, only the request signed.
+    assert csr_matches_key((bundle.certs / "rig-1.csr").read_bytes(), bundle.key.read_bytes())
+    assert cert_matches_key(bundle.cert.read_bytes(), bundle.key.read_bytes())
     assert not (pki.directory / "rig-1-key.pem").exists()
+    assert not (pki.directory / "rig-1.pem").exists()
+    first = bundle.cert.read_bytes()
     assert issue_certificate(settings, bundle) is False  # once
+    # A new key (rotation) gets a new certificate; the old one no longer matches it.
+    assert issue_certificate(settings, bundle, new_key=True) is True
+    assert bundle.cert.read_bytes() != first
+    assert cert_matches_key(bundle.cert.read_bytes(), bundle.key.read_bytes())
+
+
+def test_keygen_makes_the_key_once_and_a_csr_for_it(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    key, csr, made = pooler_keygen(certs, "rig-1")
+    assert made and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert csr_matches_key(csr.read_bytes(), key.read_bytes())
+    original = key.read_bytes()
+    again_key, _, made = pooler_keygen(certs, "rig-1")
+    assert not made and again_key.read_bytes() == original
+    _, csr, made = pooler_keygen(certs, "rig-1", new_key=True)
+    assert made and key.read_bytes() != original
+    assert csr_matches_key(csr.read_bytes(), key.read_bytes())
+    with pytest.raises(PoolerSetupError):
+        pooler_keygen(certs, "operator")
 
 
 def test_without_the_ca_key_the_csr_flow_is_needed(tmp_path: Path) -> None:
@@ -92,11 +117,15 @@ def test_without_the_ca_key_the_csr_flow_is_needed(tmp_path: Path) -> None:
     pki = DevPki(settings.layout().certs)
     assert pki.ca_pem
     (pki.directory / "ca-key.pem").unlink()  # the CA's key lives elsewhere (cert-manager)
+    bundle = PoolerBundle.of(settings, "rig-1")
     with pytest.raises(PoolerSetupError, match="certificate request"):
-        issue_certificate(settings, PoolerBundle.of(settings, "rig-1"))
-    lines = csr_instructions("rig-1", pki.directory)
-    assert any("openssl req" in line for line in lines)
-    assert any("extendedKeyUsage=clientAuth" in line for line in lines)
+        issue_certificate(settings, bundle)
+    # The key and the request are made all the same: the request waits to be signed.
+    assert bundle.key.is_file() and (bundle.certs / "rig-1.csr").is_file()
+    assert not bundle.cert.exists()
+    lines = csr_instructions("rig-1", "the-pooler-id")
+    assert any("kale-pool pooler keygen rig-1" in line for line in lines)
+    assert any("kale-pool pooler cert add the-pooler-id" in line for line in lines)
 
 
 async def _accepted(pool: PoolStage, bundle: PoolerBundle, api_key: str) -> bool:
@@ -176,6 +205,20 @@ async def test_provisioning_registers_once_and_rotates_a_lost_key(
             assert rotated.api_key_issued and rotated.api_key != first.api_key
             assert await _accepted(pool, bundle, rotated.api_key)
             assert not await _accepted(pool, bundle, first.api_key)
+
+            # Its certificate revoked: refused at once; a rerun makes a new key and
+            # certificate and registers it.
+            revoked = pem_fingerprint(bundle.cert.read_bytes())
+            await op.pool.RevokePoolerCertificate(
+                pool_pb2.RevokePoolerCertificateRequest(
+                    pooler_id=first.pooler.pooler_id, fingerprint=revoked
+                )
+            )
+            assert not await _accepted(pool, bundle, rotated.api_key)
+            healed = await provision_pooler(op, settings, "rig-a", **kwargs)  # type: ignore[arg-type]
+            assert healed.pooler.pooler_id == first.pooler.pooler_id and healed.certificate
+            assert pem_fingerprint(bundle.cert.read_bytes()) != revoked
+            assert await _accepted(pool, bundle, rotated.api_key)
         assert await pool.count("poolers") == 1
     finally:
         await friendbot.close()

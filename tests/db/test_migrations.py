@@ -50,6 +50,7 @@ SCHEMA_TABLES = {
     "wallet.payout_challenges",
     "wallet.payout_address_changes",
     "wallet.payout_refusals",
+    "pool.pooler_certificates",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

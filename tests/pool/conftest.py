@@ -6,6 +6,7 @@ database role (the tests read as the owner)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ class PoolStage:
     server: PoolServer | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     replicas: list[PoolServer] = field(default_factory=list)
+    # Which certificate (its name in `pki`) each API key's pooler presents.
+    key_certs: dict[str, str] = field(default_factory=dict)
+    pooler_certs: dict[str, str] = field(default_factory=dict)
+    # The keyed stubs' channels, by (server port, certificate): a restart moves the port.
+    _stubs: dict[tuple[int, str], pooler_pb2_grpc.PoolerServiceStub] = field(default_factory=dict)
 
     @property
     def stage(self) -> Stage:
@@ -112,21 +118,52 @@ class PoolStage:
     def operator(self, client: str = OPERATOR) -> pool_pb2_grpc.PoolServiceStub:
         return pool_pb2_grpc.PoolServiceStub(self.channel(client))
 
-    def pooler(self, client: str = "rig-1") -> pooler_pb2_grpc.PoolerServiceStub:
-        return pooler_pb2_grpc.PoolerServiceStub(self.channel(client))
+    def pooler(self, client: str | None = None) -> Any:
+        """A PoolerService stub presenting the certificate `client`; without one, each call
+        presents the certificate registered for the pooler whose API key it sends (as
+        that pooler's own machine would)."""
+        if client is not None:
+            return pooler_pb2_grpc.PoolerServiceStub(self.channel(client))
+        return KeyedPoolerStub(self)
+
+    def stub_for_key(self, key: str) -> pooler_pb2_grpc.PoolerServiceStub:
+        """A stub presenting the certificate of the pooler holding `key` (one no pooler
+        has, `stranger`, when the key is nobody's)."""
+        cert = self.key_certs.get(key)
+        if cert is None:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT pooler_id::text FROM pooler_api_keys WHERE key_hash = %s",
+                    (hashlib.sha256(key.encode()).digest(),),
+                ).fetchone()
+            cert = self.pooler_certs.get(str(row[0]), "stranger") if row else "stranger"
+        assert self.server is not None
+        where = (self.server.port, cert)
+        if where not in self._stubs:
+            self._stubs[where] = pooler_pb2_grpc.PoolerServiceStub(self.channel(cert))
+        return self._stubs[where]
 
     # --- building blocks of the scenarios ------------------------------------------------
 
     async def register_pooler(
-        self, name: str = "rig", max_farmers: int = 10
+        self, name: str = "rig", max_farmers: int = 10, *, certificate: str | None = ""
     ) -> tuple[pool_pb2.Pooler, str]:
+        """A pooler registered with the client certificate `certificate` of the stage's
+        CA (by default the one named like the pooler; None: registered without one)."""
         from stellar_sdk import Keypair
 
+        cert = name if certificate == "" else certificate
         made = await self.operator().RegisterPooler(
             pool_pb2.RegisterPoolerRequest(
-                name=name, public_key=Keypair.random().public_key, max_farmers=max_farmers
+                name=name,
+                public_key=Keypair.random().public_key,
+                max_farmers=max_farmers,
+                certificate_pem=self.pki.client(cert).cert_pem.decode() if cert else "",
             )
         )
+        if cert:
+            self.key_certs[made.api_key] = cert
+            self.pooler_certs[made.pooler.pooler_id] = cert
         return made.pooler, made.api_key
 
     async def funded_farmer(
@@ -217,6 +254,28 @@ class PoolStage:
             "balance_ledger",
         )
         return {t: await self.count(t) for t in tables}
+
+
+def _bearer_of(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == "authorization" and str(value).startswith("Bearer "):
+            return str(value)[len("Bearer ") :]
+    return ""
+
+
+class KeyedPoolerStub:
+    """PoolerService calls that present, each, the certificate of the pooler whose API key
+    they send (`PoolStage.stub_for_key`): real stubs on real mTLS channels underneath."""
+
+    def __init__(self, stage: PoolStage) -> None:
+        self._stage = stage
+
+    def __getattr__(self, method: str) -> Any:
+        def call(request: Any, *args: Any, metadata: Any = (), **kwargs: Any) -> Any:
+            stub = self._stage.stub_for_key(_bearer_of(metadata))
+            return getattr(stub, method)(request, *args, metadata=metadata, **kwargs)
+
+        return call
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""PoolerService credentials: a certificate of the pool's CA plus the pooler's API key."""
+"""PoolerService credentials: the pooler's API key plus a certificate of the pool's CA
+registered for that pooler (tests/pool/test_pooler_identity.py: which certificate)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ async def code_of(call: object) -> tuple[grpc.StatusCode, str]:
 
 
 async def test_keys_decide_who_the_pooler_is(pool: PoolStage) -> None:
-    pooler, key = await pool.register_pooler(max_farmers=3)
+    pooler, key = await pool.register_pooler("rig-1", max_farmers=3)
     stub = pool.pooler("rig-1")
     beat = pooler_pb2.HeartbeatRequest(capacity=3)
     ok = await stub.Heartbeat(beat, metadata=bearer(key))
@@ -33,9 +34,9 @@ async def test_keys_decide_who_the_pooler_is(pool: PoolStage) -> None:
         assert code is grpc.StatusCode.UNAUTHENTICATED, (metadata, code)
         assert key not in message
 
-    # Any certificate of the CA works with the key; the service identities do not.
+    # Only the pooler's own certificate works with its key; the service identities never.
     code, _ = await code_of(pool.pooler("another-machine").Heartbeat(beat, metadata=bearer(key)))
-    assert code is grpc.StatusCode.OK
+    assert code is grpc.StatusCode.PERMISSION_DENIED
     code, _ = await code_of(pool.pooler("operator").Heartbeat(beat, metadata=bearer(key)))
     assert code is grpc.StatusCode.PERMISSION_DENIED
 

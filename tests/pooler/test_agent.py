@@ -169,7 +169,8 @@ async def _running(agent: PoolerAgent, client: PoolClient) -> AsyncIterator[None
 
 async def _rig(pool: PoolStage, name: str, farmers: int) -> tuple[str, list[str], list[Keypair]]:
     await pool.start(rate_limit_requests_per_minute=100_000)
-    pooler, key = await pool.register_pooler(name)
+    # The agents of these tests present the certificate `rig-agent` (see `_agent`).
+    pooler, key = await pool.register_pooler(name, certificate="rig-agent")
     ids = [
         (await pool.funded_farmer(pooler.pooler_id, kale=2 * KALE)).farmer_id
         for _ in range(farmers)

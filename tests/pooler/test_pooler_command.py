@@ -111,7 +111,7 @@ async def test_on_a_terminal_the_command_shows_the_live_view_and_logs_to_its_fil
     pool: PoolStage, tmp_path: Path
 ) -> None:
     await pool.start(rate_limit_requests_per_minute=100_000)
-    pooler, key = await pool.register_pooler("rig-cli")
+    pooler, key = await pool.register_pooler("rig-cli", certificate="pooler")
     await pool.funded_farmer(pooler.pooler_id, kale=2 * KALE)
     channel = (await pool.stage.accounts(1))[0]
     _certs(pool, tmp_path)
@@ -165,7 +165,7 @@ async def test_work_sent_by_an_agent_killed_before_reporting_is_reported_after_i
     pool: PoolStage, tmp_path: Path
 ) -> None:
     await pool.start(rate_limit_requests_per_minute=100_000)
-    pooler, key = await pool.register_pooler("rig-killed")
+    pooler, key = await pool.register_pooler("rig-killed", certificate="pooler")
     farmer = await pool.funded_farmer(pooler.pooler_id, kale=2 * KALE)
     channel = (await pool.stage.accounts(1))[0]
     sequence = (await read_account(pool.chain, channel.public_key)).sequence  # type: ignore[union-attr]
