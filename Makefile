@@ -25,8 +25,10 @@ $(STAMP): pyproject.toml requirements-dev.lock $(RUST_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kale-pool needs Python >= 3.11, found " + sys.version.split()[0])'
 	@command -v $(CARGO) >/dev/null || { echo "kale-pool needs a Rust toolchain (cargo) to build miner_ext"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	# Without build isolation pip runs the backend from the venv, whose maturin calls the
+	# `maturin` program by name: the venv's bin goes first on PATH.
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 # Rewrites the three lock files from pyproject.toml (uv comes from the dev lock); commit
