@@ -44,7 +44,9 @@ app.add_typer(farmer_app, name="farmer")
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear line to stderr and exit (no traceback for a user's mistake)."""
-    print(f"kale-pool: {message}", file=sys.stderr)
+    from kalepool.masking import redact
+
+    print(f"kale-pool: {redact(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -58,7 +60,7 @@ def settings_from(ctx: typer.Context, **extra: Any) -> Settings:
         fail(f"configuration error: {error}")
     from kalepool.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings)
     return settings
 
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import apply_migrations, migration_status
 from kalepool.db.roles import grant_roles
+from kalepool.masking import shown_setting
 from kalepool.settings import ENV_PREFIX, Settings
 
 log = logging.getLogger("kalepool")
@@ -48,8 +49,8 @@ def show_migrations(settings: Settings) -> None:
 
 
 def show_config(settings: Settings) -> None:
-    """Print every setting as ``NAME=value`` lines (the .env format); secrets are masked."""
-    for name, value in settings.model_dump().items():
+    """Print every setting as ``NAME=value`` lines (the .env format); secrets and the
+    secret parts of URLs are masked (`kalepool.masking`)."""
+    for name, value in settings:
         env_name = "DATABASE_URL" if name == "database_url" else f"{ENV_PREFIX}{name.upper()}"
-        shown = "" if value is None else getattr(value, "value", value)
-        print(f"{env_name}={shown}")
+        print(f"{env_name}={shown_setting(name, value)}")
