@@ -21,13 +21,14 @@ UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quie
 
 .PHONY: run test test-python test-rust lint bench faults proto clean lock
 
+# The project itself: --no-deps (its dependencies came from the lock) and no build
+# isolation (the build backend too). pip then runs maturin's backend from the venv, which
+# calls the `maturin` program by name, so the venv's bin goes first on PATH.
 $(STAMP): pyproject.toml requirements-dev.lock $(RUST_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kale-pool needs Python >= 3.11, found " + sys.version.split()[0])'
 	@command -v $(CARGO) >/dev/null || { echo "kale-pool needs a Rust toolchain (cargo) to build miner_ext"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
-	# Without build isolation pip runs the backend from the venv, whose maturin calls the
-	# `maturin` program by name: the venv's bin goes first on PATH.
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 

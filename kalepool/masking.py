@@ -32,10 +32,12 @@ if TYPE_CHECKING:
 
 MASK = "***"
 
-# A path segment that is a key rather than a name: long, of token characters only (no
-# dot, so host-like or file names stay), and either mixing letters and digits or very
-# long. Provider RPC URLs put their API key there (https://rpc.example/v1/<key>).
-_TOKEN_SEGMENT = re.compile(r"[A-Za-z0-9_\-~+=%]{16,}")
+# A path segment that is a key rather than a name: of token characters only (no dot, so
+# host-like or file names stay) and either named like one (`…-api-key`), mixing letters
+# and digits at some length, or very long. Provider RPC URLs put their API key there
+# (https://rpc.example/v1/<key>).
+_TOKEN_SEGMENT = re.compile(r"[A-Za-z0-9_\-~+=%]{8,}")
+_KEY_WORDS = ("key", "token", "secret", "auth", "pass")
 # A secret seed in Stellar's StrKey form: S, then 55 base32 characters.
 _STELLAR_SEED = re.compile(r"\bS[A-Z2-7]{55}\b")
 # A URL inside free text: up to whitespace, a quote or a bracket, without the punctuation
@@ -54,8 +56,10 @@ def looks_like_key(segment: str) -> bool:
     """Whether a URL path segment looks like a key or token rather than a name."""
     if not _TOKEN_SEGMENT.fullmatch(segment):
         return False
+    if any(word in segment.lower() for word in _KEY_WORDS):
+        return True
     mixed = any(c.isdigit() for c in segment) and any(c.isalpha() for c in segment)
-    return mixed or len(segment) >= 32
+    return (mixed and len(segment) >= 12) or len(segment) >= 32
 
 
 def _userinfo(scheme: str, userinfo: str) -> str:

@@ -183,3 +183,21 @@ def test_config_show_masks_urls_and_secrets(tmp_path: Path) -> None:
     assert "DATABASE_URL=postgresql://kalepool_pool:***@db.internal/kalepool" in lines
     assert "KALE_POOL_RPC_URL=https://rpc.example.com/v1/***" in lines
     assert "KALE_POOL_POOLER_API_KEY=***" in lines
+
+
+@pytest.mark.parametrize(
+    ("segment", "is_key"),
+    [
+        (API_KEY, True),
+        ("secret-api-key", True),
+        ("my_token_here", True),
+        ("x" * 32, True),
+        ("soroban", False),
+        ("v1", False),
+        ("soroban-rpc-mainnet", False),
+        ("state.json", False),
+        ("abc123", False),  # too short to be a key
+    ],
+)
+def test_key_like_path_segments(segment: str, is_key: bool) -> None:
+    assert masking.looks_like_key(segment) is is_key
