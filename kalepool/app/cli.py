@@ -40,6 +40,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(pooler_app, name="pooler")
 app.add_typer(farmer_app, name="farmer")
+wallet_app = typer.Typer(help="The wallet's custody: master key rotation.", no_args_is_help=True)
+app.add_typer(wallet_app, name="wallet")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -219,6 +221,36 @@ def db_migrate(ctx: typer.Context) -> None:
 
     with operator_errors():
         migrate(settings)
+
+
+@wallet_app.command("rotate-key")
+def wallet_rotate_key(
+    ctx: typer.Context,
+    retire: Annotated[
+        bool,
+        typer.Option(
+            "--retire",
+            help="Then remove from the keyring the versions no wallet uses any more (right"
+            " after a finished rotation: only that).",
+        ),
+    ] = False,
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key-file",
+            help="A file holding the new master key (base64 of 32 bytes); default: generated.",
+        ),
+    ] = None,
+) -> None:
+    """Rewrap every custodial key under a new master key (resumable: run it again after an
+    interruption to continue)."""
+    settings = settings_from(ctx)
+    from kalepool.app.maintenance import rotate_key
+
+    with operator_errors():
+        code = rotate_key(settings, retire=retire, new_key_file=new_key_file)
+    if code:
+        raise typer.Exit(code)
 
 
 @db_app.command("status")

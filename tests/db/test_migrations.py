@@ -47,6 +47,7 @@ SCHEMA_TABLES = {
     "pool.deposits",
     "pool.chain_cursors",
     "shared.role_grants",
+    "wallet.key_rotations",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 
