@@ -110,7 +110,13 @@ def add_master_key(settings: Settings, new_key: bytes | None = None) -> MasterKe
         raise RotationError(f"a master key is {MASTER_KEY_BYTES} bytes, not {len(key.key)}")
     if any(k.key == key.key for k in keyring.keys):
         raise RotationError("the new master key is already in the keyring")
-    write_keyring_file(path, [*keyring.keys, key])
+    try:
+        write_keyring_file(path, [*keyring.keys, key])
+    except OSError as error:  # a read-only mount (a Kubernetes Secret)
+        raise RotationError(
+            f"cannot write {path} ({error.strerror}): add version {key.version} to the"
+            " keyring where it is kept, then run this again"
+        ) from None
     return key
 
 
@@ -203,7 +209,14 @@ def _retire(
     # Read again: keep exactly what the file holds minus the unused versions.
     on_file = parse_master_keys(path.read_text("ascii"))
     retired = {(k.key_id, k.version) for k in unused}
-    write_keyring_file(path, [k for k in on_file.keys if (k.key_id, k.version) not in retired])
+    try:
+        write_keyring_file(path, [k for k in on_file.keys if (k.key_id, k.version) not in retired])
+    except OSError as error:  # a read-only mount (a Kubernetes Secret)
+        raise RotationError(
+            f"cannot write {path} ({error.strerror}): remove version(s) "
+            + ", ".join(_name(k) for k in unused)
+            + " from the keyring where it is kept (no wallet uses them)"
+        ) from None
     versions = sorted(k.version for k in unused)
     if rotation_id is not None:
         conn.execute(
