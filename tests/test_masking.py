@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -201,3 +202,27 @@ def test_config_show_masks_urls_and_secrets(tmp_path: Path) -> None:
 )
 def test_key_like_path_segments(segment: str, is_key: bool) -> None:
     assert masking.looks_like_key(segment) is is_key
+
+
+def test_status_shows_the_chain_url_masked(tmp_path: Path) -> None:
+    """`kale-pool status` of a running stack names its chain: without the provider's key."""
+    from rich.console import Console
+
+    from kalepool.app.runstate import RunState
+    from kalepool.app.status import show_status
+
+    settings = Settings(network="devnet", data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    settings.layout().ensure()
+    RunState(
+        network="testnet",
+        rpc_url=f"https://rpc.example.com/v1/{API_KEY}?apikey={API_KEY}",
+        pool_address="127.0.0.1:1",  # nothing listens: the pool's tables say so
+        wallet_address="127.0.0.1:1",
+        started_at=0.0,
+        supervisor_pid=os.getpid(),  # "running": this process is alive
+    ).save(settings)
+    out = io.StringIO()
+    assert show_status(settings, Console(file=out, width=300)) == 0
+    text = out.getvalue()
+    assert "chain at https://rpc.example.com/v1/***?apikey=***" in text
+    assert API_KEY not in text
