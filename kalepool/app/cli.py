@@ -242,8 +242,7 @@ def wallet_rotate_key(
         ),
     ] = None,
 ) -> None:
-    """Rewrap every custodial key under a new master key (resumable: run it again after an
-    interruption to continue)."""
+    """Rewrap every custodial key under a new master key (interrupted: run it again)."""
     settings = settings_from(ctx)
     from kalepool.app.maintenance import rotate_key
 
