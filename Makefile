@@ -12,15 +12,33 @@ CARGO_FLAGS := --manifest-path miner_ext/Cargo.toml
 # same for the wheel): a lock that disagrees with Cargo.toml fails instead of being rewritten.
 CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 
-.PHONY: run test test-python test-rust lint bench faults proto clean
+# Python dependencies come from the lock files, every one pinned with its hashes
+# (`make lock` regenerates them from pyproject.toml): requirements-dev.lock is what `make`
+# installs (runtime, dev and test tools, and the build backend maturin, so the project's
+# own build uses the locked maturin too); requirements.lock the runtime alone and
+# requirements-build.lock the build backend alone (the image's two stages).
+UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11
 
-$(STAMP): pyproject.toml $(RUST_SOURCES)
+.PHONY: run test test-python test-rust lint bench faults proto clean lock
+
+# The project itself: --no-deps (its dependencies came from the lock) and no build
+# isolation (the build backend too). pip then runs maturin's backend from the venv, which
+# calls the `maturin` program by name, so the venv's bin goes first on PATH.
+$(STAMP): pyproject.toml requirements-dev.lock $(RUST_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kale-pool needs Python >= 3.11, found " + sys.version.split()[0])'
 	@command -v $(CARGO) >/dev/null || { echo "kale-pool needs a Rust toolchain (cargo) to build miner_ext"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
+
+# Rewrites the three lock files from pyproject.toml (uv comes from the dev lock); commit
+# the result. The build lock is compiled from [build-system] requires, its one home.
+lock: $(STAMP)
+	$(UV_COMPILE) pyproject.toml -o requirements.lock
+	$(UV_COMPILE) pyproject.toml --extra dev -o requirements-dev.lock
+	$(BIN)/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
+	  | $(UV_COMPILE) - -o requirements-build.lock
 
 # Options for `kale-pool up`: make run ARGS="--poolers 2 --farmers 10".
 ARGS ?=

@@ -27,6 +27,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
+from kalepool.masking import redact
 from kalepool.tls import Identity, server_credentials
 
 log = logging.getLogger("kalepool.grpc")
@@ -256,8 +257,11 @@ class _Telemetry(_CallScope):
             status = grpc.StatusCode.INTERNAL.name
         else:
             status = grpc.StatusCode.OK.name
-        RPC_COUNT.labels(self.service, self.name, status).inc()
-        RPC_LATENCY.labels(self.service, self.name).observe(seconds)
+        # Labels are method names from the call's path: fixed by the services' protos for
+        # the handlers that exist, redacted anyway since a metric is read by many.
+        service, name = redact(self.service), redact(self.name)
+        RPC_COUNT.labels(service, name, status).inc()
+        RPC_LATENCY.labels(service, name).observe(seconds)
         log.info(
             "rpc service=%s method=%s code=%s ms=%.1f caller=%s",
             self.service,
@@ -327,10 +331,11 @@ class _MapErrors(_CallScope):
 
     async def error(self, exc: BaseException) -> NoReturn:
         if isinstance(exc, StatusError):
-            await self.context.abort(exc.code, exc.message)
+            await self.context.abort(exc.code, redact(exc.message))
         for kind, code in self.owner.error_map.items():
             if isinstance(exc, kind):
-                await self.context.abort(code, str(exc))
+                # a mapped exception's text may quote what it failed on (a URL, a value)
+                await self.context.abort(code, redact(str(exc)))
         # A bug: the caller learns an incident id, the log gets the traceback. Services
         # must keep secrets out of exceptions too, since the log keeps them.
         incident = uuid.uuid4().hex[:12]

@@ -115,7 +115,7 @@ def run_service(
     except SettingsError as error:
         print(f"{name}: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings)
     from kalepool.chain import ChainConfigError, ChainError
     from kalepool.tls import MissingCertificateError
 

@@ -32,6 +32,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kalepool.masking import RedactingFormatter
+
 if TYPE_CHECKING:
     from pooler_agent.agent import AgentSnapshot, PoolerAgent
 
@@ -76,7 +78,7 @@ def log_to_file(path: Path, level: str) -> Iterator[Path]:
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=10_000_000, backupCount=3, encoding="utf-8"
     )
-    handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+    handler.setFormatter(RedactingFormatter(_FILE_FORMAT))
     handler.setLevel(level.upper())
     root = logging.getLogger()
     root.addHandler(handler)

@@ -410,38 +410,127 @@ def test_containers_run_unprivileged() -> None:
 # --- network policies ---------------------------------------------------------------
 
 
+#: Address ranges a rule to "the internet" must leave out: private networks, carrier-grade
+#: NAT and link-local (the cloud metadata endpoint, which hands out credentials).
+NOT_PUBLIC = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"}
+
+
+def _pods(docs: list[Doc]) -> dict[str, dict[str, str]]:
+    """Each kind of pod of a directory (workloads and database clusters) by its labels."""
+    pods = {name: _pod_labels(d) for name, d in _workloads(docs).items()}
+    return pods | {name: {"cnpg.io/cluster": name} for name in _of_kind(docs, "Cluster")}
+
+
+def _selected(selector: Doc, pods: dict[str, dict[str, str]]) -> set[str]:
+    """The pods a label selector picks (matchLabels and `In` expressions)."""
+    found = set()
+    for name, labels in pods.items():
+        if not selector.get("matchLabels", {}).items() <= labels.items():
+            continue
+        if all(
+            e["operator"] == "In" and labels.get(e["key"]) in e["values"]
+            for e in selector.get("matchExpressions", [])
+        ):
+            found.add(name)
+    return found
+
+
+def _peer(peer: Doc, pods: dict[str, dict[str, str]], policy: str) -> set[str]:
+    """What a rule's peer stands for: pod names of this namespace, `dns`, `cluster` (any
+    pod of any namespace), `public` (internet addresses only) or `anywhere`."""
+    if "ipBlock" in peer:
+        block = peer["ipBlock"]
+        assert block["cidr"] == "0.0.0.0/0", policy
+        return {"public"} if set(block.get("except", [])) >= NOT_PUBLIC else {"anywhere"}
+    if "namespaceSelector" in peer:
+        namespaces = peer["namespaceSelector"].get("matchLabels", {})
+        if namespaces == {"kubernetes.io/metadata.name": "kube-system"}:
+            assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}, policy
+            return {"dns"}
+        if not namespaces and "podSelector" not in peer:
+            return {"cluster"}
+        return {f"namespace {namespaces}"}
+    picked = _selected(peer["podSelector"], pods)
+    assert picked, f"{policy}: a rule selects no pod"
+    return picked
+
+
+def _allowed(directory: Path, direction: str) -> dict[str, set[tuple[str, int]]]:
+    """Per pod: (peer, port) pairs its policies allow for ``direction`` (ingress/egress);
+    a rule without peers allows `anywhere`."""
+    docs = _docs(directory)
+    pods = _pods(docs)
+    allowed: dict[str, set[tuple[str, int]]] = {name: set() for name in pods}
+    key, side = ("ingress", "from") if direction == "ingress" else ("egress", "to")
+    for name, policy in _of_kind(docs, "NetworkPolicy").items():
+        targets = _selected(policy["spec"]["podSelector"], pods)
+        assert targets, f"{name} selects no pod"
+        for rule in policy["spec"].get(key, []):
+            peers: set[str] = set()
+            for peer in rule.get(side, [{"ipBlock": {"cidr": "0.0.0.0/0"}}]):
+                peers |= _peer(peer, pods, name)
+            ports = [p["port"] for p in rule["ports"]]
+            assert ports, f"{name}: a rule allows every port"
+            for target in targets:
+                allowed[target] |= {(peer, port) for peer in peers for port in ports}
+    return allowed
+
+
+@pytest.mark.parametrize("directory", [BASE, POOLER], ids=["base", "pooler"])
+def test_each_namespace_denies_by_default(directory: Path) -> None:
+    """One policy selects every pod for both directions and allows nothing: whatever no
+    other policy allows is refused, a pod added later included."""
+    deny = [
+        p
+        for p in _of_kind(_docs(directory), "NetworkPolicy").values()
+        if p["spec"]["podSelector"] == {}
+    ]
+    assert len(deny) == 1
+    spec = deny[0]["spec"]
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert "ingress" not in spec and "egress" not in spec
+
+
 def test_network_policies_select_real_pods() -> None:
     docs = _docs(BASE)
     deployments = _of_kind(docs, "Deployment")
-    pods = {name: _pod_labels(d) for name, d in _workloads(docs).items()}
-    pods |= {name: {"cnpg.io/cluster": name} for name in _of_kind(docs, "Cluster")}
-
-    def selected(selector: Doc) -> set[str]:
-        wanted = selector["matchLabels"].items()
-        return {name for name, labels in pods.items() if wanted <= labels.items()}
-
     policies = _of_kind(docs, "NetworkPolicy")
-    allowed: dict[str, set[str]] = {}
-    for policy in policies.values():
-        targets = selected(policy["spec"]["podSelector"])
-        assert targets, f"{policy['metadata']['name']} selects no pod"
-        for rule in policy["spec"]["ingress"]:
-            for peer in rule["from"]:
-                if "podSelector" in peer:
-                    peers = selected(peer["podSelector"])
-                    assert peers, f"{policy['metadata']['name']}: a rule selects no pod"
-                    for target in targets:
-                        allowed.setdefault(target, set()).update(peers)
-    assert allowed["wallet-service"] == {"pool-service"}
-    assert allowed["kale-pool-db"] == {
+    ingress = _allowed(BASE, "ingress")
+    assert ingress["wallet-service"] == {("pool-service", 50052), ("cluster", 9090)}
+    assert ingress["pool-service"] == {("anywhere", 50051), ("cluster", 9090)}
+    assert {peer for peer, port in ingress["kale-pool-db"] if port == 5432} == {
         "pool-service",
         "wallet-service",
         "kale-pool-migrate",
         "kale-pool-db",
+        "namespace {'kubernetes.io/metadata.name': 'cnpg-system'}",
     }
+    assert ingress["kale-pool-migrate"] == set()
     (wallet,) = _containers(deployments["wallet-service"])
     wallet_rule = policies["wallet-service-ingress"]["spec"]["ingress"][0]
     assert [p["port"] for p in wallet_rule["ports"]] == [wallet["ports"][0]["containerPort"]]
+
+
+def test_egress_is_only_what_each_pod_needs() -> None:
+    """The wallet reaches the database and the Stellar RPC (internet addresses, HTTPS)
+    and DNS, nothing else: not the pool, not the cloud metadata endpoint, not a private
+    address. The pool reaches the wallet too; the migration Job the database alone."""
+    egress = _allowed(BASE, "egress")
+    dns = {("dns", 53)}
+    database = {("kale-pool-db", 5432)}
+    rpc = {("public", 443)}
+    assert egress["wallet-service"] == database | rpc | dns
+    assert egress["pool-service"] == database | rpc | dns | {("wallet-service", 50052)}
+    assert egress["kale-pool-migrate"] == database | dns
+    assert egress["kale-pool-db"] == {
+        ("kale-pool-db", 5432),
+        ("kale-pool-db", 8000),
+        ("anywhere", 443),  # the Kubernetes API, whose address is the cluster's
+        ("anywhere", 6443),
+        *dns,
+    }
+    assert _allowed(POOLER, "egress")["pooler-1"] == {("anywhere", 50051), *rpc, *dns}
+    assert _allowed(POOLER, "ingress")["pooler-1"] == set()
 
 
 # --- database credentials -----------------------------------------------------------

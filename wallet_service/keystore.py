@@ -9,8 +9,9 @@ key that sealed it: `key_id` (a fingerprint of the key) and `key_version`.
 The master key comes from `KALE_POOL_MASTER_KEY` or the file `KALE_POOL_MASTER_KEY_FILE`
 (a mounted secret). Either holds one base64 key (32 bytes, version 1) or a keyring:
 comma-separated `<version>:<base64>` entries. The highest version seals new secrets;
-every listed version opens what it sealed. Rotation: add a new version, restart, run
-`rotate_wallets` (rewraps every secret under the new version), then drop the old one.
+every listed version opens what it sealed. Rotation is `kale-pool wallet rotate-key`
+(`wallet_service.rotation`): a new version is added, every secret is rewrapped under it,
+and the old versions are dropped once no secret uses them (docs/wallet.md).
 
 Plaintext exists only inside :meth:`Keyring.signer` while a transaction is signed.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -32,6 +34,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from stellar_sdk import Keypair
 
 from kalepool.settings import ENV_PREFIX, Settings
+
+log = logging.getLogger("wallet_service.keystore")
 
 MASTER_KEY_ENV = f"{ENV_PREFIX}MASTER_KEY"
 MASTER_KEY_BYTES = 32
@@ -88,6 +92,11 @@ class Keyring:
 
     def __repr__(self) -> str:
         return f"Keyring(current={self.current.key_id} v{self.current.version})"
+
+    @property
+    def keys(self) -> list[MasterKey]:
+        """Every version held, lowest first."""
+        return sorted(self._keys.values(), key=lambda k: k.version)
 
     def holds(self, key_id: str, key_version: int) -> bool:
         return (key_id, key_version) in self._keys
@@ -171,6 +180,12 @@ def parse_master_keys(text: str) -> Keyring:
     return Keyring(keys)
 
 
+def format_keyring(keys: list[MasterKey]) -> str:
+    """The keyring text `parse_master_keys` reads: `<version>:<base64>,...`, lowest first."""
+    ordered = sorted(keys, key=lambda k: k.version)
+    return ",".join(f"{k.version}:{base64.b64encode(k.key).decode()}" for k in ordered)
+
+
 def load_keyring(settings: Settings) -> Keyring:
     """The keyring from the settings; :class:`MasterKeyError` when missing or invalid."""
     if settings.master_key is not None and settings.master_key_file is not None:
@@ -190,6 +205,43 @@ def load_keyring(settings: Settings) -> Keyring:
         f"{MASTER_KEY_ENV} is not set: the wallet service needs a master key "
         "(base64 of 32 random bytes) to encrypt custodial keys"
     )
+
+
+class KeyringSource:
+    """The keyring of a running wallet service, re-read when its file changes.
+
+    `kale-pool wallet rotate-key` adds a version to `KALE_POOL_MASTER_KEY_FILE` and then
+    rewraps secrets under it; a service reading the file again sees the new key (and
+    seals new wallets with it) without a restart. A key in `KALE_POOL_MASTER_KEY` cannot
+    change under a running process: that keyring is read once. A file that changed but
+    does not parse keeps the keys held (logged; its content never is).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stamp = self._file_stamp()
+        self._keyring = load_keyring(settings)
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        path = self.settings.master_key_file
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def __call__(self) -> Keyring:
+        stamp = self._file_stamp()
+        if stamp is not None and stamp != self._stamp:
+            try:
+                self._keyring = load_keyring(self.settings)
+                log.info("master key file changed: now holding %r", self._keyring)
+            except MasterKeyError as error:
+                log.warning("master key file changed but is unusable (%s); keeping", error)
+            self._stamp = stamp
+        return self._keyring
 
 
 def devnet_master_key_path(settings: Settings) -> Path:

@@ -21,7 +21,7 @@ from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, CertificateFiles, Identity
 from kalepool.v1 import wallet_pb2_grpc
-from wallet_service.keystore import Keyring, load_keyring
+from wallet_service.keystore import Keyring, KeyringSource
 from wallet_service.policy import PayoutLimits
 from wallet_service.service import WalletService
 from wallet_service.store import Store
@@ -57,7 +57,7 @@ async def start_wallet_server(
     *,
     address: str,
     conninfo: str,
-    keyring: Keyring,
+    keyring: Keyring | KeyringSource,
     chain: ChainClient,
     identity: Identity,
     ca_pem: bytes,
@@ -116,7 +116,7 @@ async def start_wallet_for(
     directory's `certs/`: issued by `kale-pool up`, mounted in a pod) before anything
     starts.
     """
-    keyring = load_keyring(settings)
+    keyring = KeyringSource(settings)
     certs = CertificateFiles(settings.layout().certs)
     certs.check(WALLET_SERVER)
     chain = ChainClient(await resolve_chain_config(settings))

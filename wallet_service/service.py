@@ -68,7 +68,7 @@ from kalepool.request_checks import (
     check_uuid,
 )
 from kalepool.v1 import common_pb2, wallet_pb2, wallet_pb2_grpc
-from wallet_service.keystore import Keyring, generate_wallet
+from wallet_service.keystore import Keyring, KeyringSource, generate_wallet
 from wallet_service.policy import SIGNATURE_BYTES, PayoutLimits, PayoutPolicy
 from wallet_service.store import Settlement, Store, Taken, TxRow, WalletRow
 
@@ -192,17 +192,25 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     def __init__(
         self,
         store: Store,
-        keyring: Keyring,
+        keyring: Keyring | KeyringSource,
         chain: ChainClient,
         limits: PayoutLimits | None = None,
     ) -> None:
         self.store = store
-        self.keyring = keyring
+        # A KeyringSource re-reads the master key file when it changes, so a key added by
+        # `kale-pool wallet rotate-key` opens (and seals) without a restart.
+        self._keyring = keyring
         self.chain = chain
         self.policy = PayoutPolicy(store, limits or PayoutLimits())
         # Which block can be planted now, read once for every plant checked meanwhile.
         self.plantable = PlantableReads.of(chain)
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def keyring(self) -> Keyring:
+        """The master keys held now."""
+        held = self._keyring
+        return held if isinstance(held, Keyring) else held()
 
     def _lock(self, account: str) -> asyncio.Lock:
         # One in flight per source account: a second envelope would reuse its sequence.

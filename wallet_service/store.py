@@ -197,35 +197,6 @@ class Store:
                 (public_key,),
             )
 
-    async def wallets_not_under(self, key_id: str, key_version: int) -> list[WalletRow]:
-        return await fetch_all(
-            self.pool,
-            WalletRow,
-            f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets"
-            " WHERE (key_id, key_version) <> (%s, %s)",
-            (key_id, key_version),
-        )
-
-    async def rewrap(self, row: WalletRow, old: Sealed, new: Sealed) -> bool:
-        """Replace a wallet's sealed secret, only if it is still the one read (rotation)."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "UPDATE custodial_wallets SET ciphertext = %s, nonce = %s, key_id = %s,"
-                " key_version = %s WHERE id = %s AND nonce = %s AND key_id = %s"
-                " AND key_version = %s",
-                (
-                    new.ciphertext,
-                    new.nonce,
-                    new.key_id,
-                    new.key_version,
-                    row.id,
-                    old.nonce,
-                    old.key_id,
-                    old.key_version,
-                ),
-            )
-            return cur.rowcount == 1
-
     # --- transactions -----------------------------------------------------------------------
 
     async def _one_tx(self, where: str, params: tuple[Any, ...]) -> TxRow | None:

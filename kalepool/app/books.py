@@ -64,10 +64,10 @@ from kalepool.chain import (
     read_token_events,
     resolve_chain_config,
 )
-from kalepool.chain.config import redact_url
 from kalepool.chain.farm_state import get_entries, trustline_key
 from kalepool.db.consistency import check_consistency
 from kalepool.db.roles import AUDITOR, with_schemas
+from kalepool.masking import mask_url
 from kalepool.settings import Network, Settings
 from wallet_service.store import kind_label, kind_of_label
 
@@ -619,7 +619,7 @@ async def _chain_for(settings: Settings) -> AsyncIterator[ChainClient]:
             config = await resolve_chain_config(settings)
         except (ChainError, ChainConfigError, aiohttp.ClientError, OSError) as exc:
             raise ChainUnreachableError(
-                f"cannot read the chain at {redact_url(settings.rpc_url or '')}: {exc}"
+                f"cannot read the chain at {mask_url(settings.rpc_url or '')}: {exc}"
                 " (is kale-pool up running? --offline checks the books against themselves only)"
             ) from None
         chain = ChainClient(config)

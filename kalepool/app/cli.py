@@ -50,11 +50,15 @@ cert_app = typer.Typer(
 )
 pooler_app.add_typer(cert_app, name="cert")
 app.add_typer(farmer_app, name="farmer")
+wallet_app = typer.Typer(help="The wallet's custody: master key rotation.", no_args_is_help=True)
+app.add_typer(wallet_app, name="wallet")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear line to stderr and exit (no traceback for a user's mistake)."""
-    print(f"kale-pool: {message}", file=sys.stderr)
+    from kalepool.masking import redact
+
+    print(f"kale-pool: {redact(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -68,7 +72,7 @@ def settings_from(ctx: typer.Context, **extra: Any) -> Settings:
         fail(f"configuration error: {error}")
     from kalepool.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings)
     return settings
 
 
@@ -227,6 +231,35 @@ def db_migrate(ctx: typer.Context) -> None:
 
     with operator_errors():
         migrate(settings)
+
+
+@wallet_app.command("rotate-key")
+def wallet_rotate_key(
+    ctx: typer.Context,
+    retire: Annotated[
+        bool,
+        typer.Option(
+            "--retire",
+            help="Then remove from the keyring the versions no wallet uses any more (right"
+            " after a finished rotation: only that).",
+        ),
+    ] = False,
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-key-file",
+            help="A file holding the new master key (base64 of 32 bytes); default: generated.",
+        ),
+    ] = None,
+) -> None:
+    """Rewrap every custodial key under a new master key (interrupted: run it again)."""
+    settings = settings_from(ctx)
+    from kalepool.app.maintenance import rotate_key
+
+    with operator_errors():
+        code = rotate_key(settings, retire=retire, new_key_file=new_key_file)
+    if code:
+        raise typer.Exit(code)
 
 
 @db_app.command("status")

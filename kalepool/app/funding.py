@@ -15,7 +15,8 @@ from stellar_sdk import Keypair
 
 from kalepool.amounts import STROOPS_PER_KALE as KALE
 from kalepool.chain import ChainClient, build_trustline, read_account, sign, submit
-from kalepool.chain.config import fetch_devnet_info, redact_url
+from kalepool.chain.config import fetch_devnet_info
+from kalepool.masking import mask_url
 from kalepool.settings import Network, Settings
 
 __all__ = ["KALE", "Friendbot", "FundingError", "ensure_account", "ensure_trustline"]
@@ -43,7 +44,7 @@ class Friendbot:
             info = await fetch_devnet_info(rpc_url)
             url = info.get("friendbot_url")
             if not isinstance(url, str) or not url:
-                raise FundingError(f"the devnet at {redact_url(rpc_url)} names no friendbot")
+                raise FundingError(f"the devnet at {mask_url(rpc_url)} names no friendbot")
             return cls(url, kale=True)
         if settings.friendbot_url:
             return cls(settings.friendbot_url, kale=False)
@@ -81,7 +82,7 @@ class Friendbot:
         try:
             await self._get({"addr": address})
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FundingError(f"friendbot at {redact_url(self.url)}: {exc!r}") from None
+            raise FundingError(f"friendbot at {mask_url(self.url)}: {exc!r}") from None
 
     async def kale_stroops(self, address: str, stroops: int) -> None:
         """Pay ``stroops`` of KALE from the issuer (devnet only; the account trusts KALE)."""
@@ -90,7 +91,7 @@ class Friendbot:
         try:
             await self._get({"addr": address, "kale": str(stroops)})
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FundingError(f"friendbot at {redact_url(self.url)}: {exc!r}") from None
+            raise FundingError(f"friendbot at {mask_url(self.url)}: {exc!r}") from None
 
 
 async def ensure_account(chain: ChainClient, friendbot: Friendbot, address: str) -> bool:

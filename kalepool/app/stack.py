@@ -52,6 +52,7 @@ from kalepool.chain import ChainClient, ChainConfig, ChainError, resolve_chain_c
 from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import apply_migrations
 from kalepool.db.roles import POOL, WALLET, DbRole, as_role
+from kalepool.masking import RedactingFormatter
 from kalepool.settings import ENV_PREFIX, Network, Settings, devnet_rpc_url
 from kalepool.tls import (
     OPERATOR,
@@ -645,7 +646,7 @@ def _event_log(settings: Settings) -> Iterator[None]:
     path = settings.layout().logs / "events.log"
     stream = open(open_private_append(path), "a", encoding="utf-8")  # noqa: SIM115
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s"))
     events.addHandler(handler)
     events.setLevel(logging.INFO)
     events.propagate = False

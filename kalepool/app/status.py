@@ -16,6 +16,7 @@ from kalepool.amounts import format_kale
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
 from kalepool.app.tables import format_age, format_span, poolers_table
+from kalepool.masking import mask_url
 from kalepool.settings import Settings
 from kalepool.v1 import common_pb2, pool_pb2
 from kalepool.wire import when
@@ -170,7 +171,7 @@ def show_status(settings: Settings, console: Console | None = None) -> int:
         return 0
     console.print(
         f"kale-pool up is running on {root} (pid {state.supervisor_pid}, since {started},"
-        f" {state.network}, chain at {state.rpc_url})"
+        f" {state.network}, chain at {mask_url(state.rpc_url)})"
     )
     console.print(processes_table(state))
     try:

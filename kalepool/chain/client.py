@@ -24,8 +24,9 @@ from stellar_sdk.exceptions import (
 )
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 
-from kalepool.chain.config import ChainConfig, redact_url
+from kalepool.chain.config import ChainConfig
 from kalepool.chain.errors import ChainDataError, ChainUnavailableError
+from kalepool.masking import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class ChainClient:
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise ChainUnavailableError(
-                        f"{what}: RPC at {redact_url(self.config.rpc_url)} failed "
+                        f"{what}: RPC at {mask_url(self.config.rpc_url)} failed "
                         f"{failures} times ({describe_failure(exc)})"
                     ) from exc
                 delay = self.retry.delay(failures)
@@ -152,6 +153,6 @@ class ChainClient:
         got = await self.call("getNetwork", self.rpc.get_network)
         if got.passphrase != self.config.network_passphrase:
             raise ChainDataError(
-                f"RPC at {redact_url(self.config.rpc_url)} serves {got.passphrase!r}, "
+                f"RPC at {mask_url(self.config.rpc_url)} serves {got.passphrase!r}, "
                 f"not {self.config.network_passphrase!r}"
             )

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from stellar_sdk import Asset, StrKey
 
 from kalepool import protocol
+from kalepool.masking import mask_url
 from kalepool.settings import ENV_PREFIX, Network, Settings
 
 
@@ -45,9 +45,7 @@ class ChainConfig:
     def validate(self) -> ChainConfig:
         """Check ids and numbers; the asset contract id must be the one the asset derives."""
         if not self.rpc_url.startswith(("http://", "https://")):
-            raise ChainConfigError(
-                f"rpc_url must be an http(s) URL, got {redact_url(self.rpc_url)}"
-            )
+            raise ChainConfigError(f"rpc_url must be an http(s) URL, got {mask_url(self.rpc_url)}")
         if not self.network_passphrase:
             raise ChainConfigError("network_passphrase is empty")
         for name in ("farm_contract_id", "sac_contract_id"):
@@ -71,16 +69,6 @@ class ChainConfig:
         if self.base_fee_stroops < 100:
             raise ChainConfigError("base_fee_stroops must be at least 100")
         return self
-
-
-def redact_url(url: str) -> str:
-    """scheme://host[:port] only: provider URLs may carry an API key in the path or query."""
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        return "<invalid url>"
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}"
 
 
 def chain_config_from_settings(settings: Settings) -> ChainConfig:
@@ -120,18 +108,18 @@ async def fetch_devnet_info(
         async with http.get(url, timeout=aiohttp.ClientTimeout(total=wait_seconds)) as resp:
             if resp.status != 200:
                 raise ChainConfigError(
-                    f"devnet at {redact_url(rpc_url)} answered /devnet with HTTP {resp.status}"
+                    f"devnet at {mask_url(rpc_url)} answered /devnet with HTTP {resp.status}"
                 )
             info = await resp.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise ChainConfigError(
-            f"cannot reach the devnet at {redact_url(rpc_url)}: {type(exc).__name__}"
+            f"cannot reach the devnet at {mask_url(rpc_url)}: {type(exc).__name__}"
         ) from None
     finally:
         if own:
             await http.close()
     if not isinstance(info, dict):
-        raise ChainConfigError(f"{redact_url(rpc_url)}/devnet did not answer a JSON object")
+        raise ChainConfigError(f"{mask_url(rpc_url)}/devnet did not answer a JSON object")
     return info
 
 
@@ -164,7 +152,7 @@ async def resolve_chain_config(
         if explicit and explicit != reported:
             raise ChainConfigError(
                 f"{ENV_PREFIX}{name.upper()} is {explicit!r} but the devnet at "
-                f"{redact_url(settings.rpc_url)} has {reported!r}"
+                f"{mask_url(settings.rpc_url)} has {reported!r}"
             )
         values[name] = reported
     block_seconds = info.get("block_seconds", protocol.BLOCK_INTERVAL_SECONDS)

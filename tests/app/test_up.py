@@ -5,7 +5,10 @@ It farms three complete cycles and exits 0 with its summary; every reward record
 the one the contract returned (each harvest's transaction read back from the chain); the
 books agree with the events; nothing it started is left running; a concurrent second
 `up` is refused in one line. Then `up --blocks 1` on the same data directory continues:
-the same chain, poolers and farmers, nothing registered or recorded twice.
+the same chain, poolers and farmers, nothing registered or recorded twice. No secret (a
+custodial seed, the master key, a pooler's API key or fee account key) is anywhere it
+must not be: in any file of the data directory but the two meant to hold them, in any
+log, in what the services answered or in their metrics (tests/leaks.py).
 """
 
 from __future__ import annotations
@@ -18,27 +21,37 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 import pytest
-from stellar_sdk import scval
+from stellar_sdk import StrKey, scval
 from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 
 from kale_devnet import DevnetConfig, DevnetServer
+from kalepool.app.operator import OperatorClient
+from kalepool.app.runstate import RunState
 from kalepool.db.consistency import check_consistency
 from kalepool.db.embedded import start_embedded
+from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, channel_credentials
+from kalepool.v1 import common_pb2, pool_pb2, wallet_pb2, wallet_pb2_grpc
+from tests.leaks import LeakScanner, Secret
 from tests.stackkit import (
     KALE_POOL,
     duplicates,
     nothing_left,
     rows,
+    settings_for,
     spawn_up,
     up_env,
     wait_running,
 )
+from tests.waits import until
+from wallet_service.keystore import Sealed, parse_master_keys
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +88,86 @@ async def _rewards_match_the_chain(data: Path, conninfo: str, tmp_path: Path) ->
     return len(harvests)
 
 
+def _allowed_secret_files(data: Path) -> list[Path]:
+    """The files meant to hold a secret (0600): the devnet's master key, each local
+    pooler's `pooler.env` (its API key and fee accounts' keys)."""
+    return [data / "wallet" / "master.key", *data.glob("poolers/*/pooler.env")]
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = (line.partition("=") for line in path.read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def _secrets(data: Path, conninfo: str) -> list[Secret]:
+    """Every secret of the run: the master key, each custodial seed (opened from the
+    database with it: every wallet decrypts), each pooler's API key and fee account keys."""
+    keyring = parse_master_keys((data / "wallet" / "master.key").read_text())
+    found = [Secret(f"master key v{k.version}", k.key) for k in keyring.keys]
+    wallets = rows(
+        conninfo, "SELECT public_key, ciphertext, nonce, key_id, key_version FROM custodial_wallets"
+    )
+    for public_key, ciphertext, nonce, key_id, version in wallets:
+        sealed = Sealed(bytes(ciphertext), bytes(nonce), key_id, version)
+        with keyring.signer(sealed, public_key) as keypair:
+            seed = keypair.raw_secret_key()
+        found.append(Secret(f"custodial seed of {public_key}", seed, stellar_seed=True))
+    for env_path in data.glob("poolers/*/pooler.env"):
+        env = _env_file(env_path)
+        name = env_path.parent.name
+        found.append(Secret(f"API key of {name}", env["KALE_POOL_POOLER_API_KEY"].encode()))
+        channels = env.get("KALE_POOL_POOLER_CHANNEL_SECRETS", "")
+        for n, channel in enumerate(c for c in channels.split(",") if c):
+            seed = StrKey.decode_ed25519_secret_seed(channel)
+            found.append(Secret(f"fee account {n} key of {name}", seed, stellar_seed=True))
+    return found
+
+
+async def _answers(data: Path, state: RunState, farmers: int) -> list[tuple[str, bytes]]:
+    """What the running stack serves, as bytes: the operator's PoolService reads, the
+    wallet's GetWallet for each farmer (as the pool calls it), each part's metrics."""
+    got: list[tuple[str, bytes]] = []
+    page = common_pb2.Pagination(page_size=100)
+    async with OperatorClient(settings_for(data), address=state.pool_address, timeout=30) as op:
+        listing = pool_pb2.ListFarmersResponse()
+
+        async def all_registered() -> bool:
+            nonlocal listing
+            listing = await op.pool.ListFarmers(pool_pb2.ListFarmersRequest(pagination=page))
+            return len(listing.farmers) == farmers
+
+        await until(all_registered, 300, what="every demo farmer registered", poll=1)
+        got.append(("PoolService.ListFarmers", listing.SerializeToString()))
+        poolers = await op.pool.ListPoolers(pool_pb2.ListPoolersRequest(pagination=page))
+        got.append(("PoolService.ListPoolers", poolers.SerializeToString()))
+        for pooler in poolers.poolers:
+            stats = await op.pool.GetPoolerStats(
+                pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id)
+            )
+            got.append(("PoolService.GetPoolerStats", stats.SerializeToString()))
+        totals = await op.pool.GetPoolStats(pool_pb2.GetPoolStatsRequest())
+        got.append(("PoolService.GetPoolStats", totals.SerializeToString()))
+        blocks = await op.pool.ListBlocks(pool_pb2.ListBlocksRequest(pagination=page))
+        got.append(("PoolService.ListBlocks", blocks.SerializeToString()))
+    pki = DevPki(data / "certs")
+    async with grpc.aio.secure_channel(
+        state.wallet_address,
+        channel_credentials(pki.client(POOL_CLIENT), pki.ca_pem),
+        options=[("grpc.ssl_target_name_override", WALLET_SERVER)],
+    ) as channel:
+        wallet = wallet_pb2_grpc.WalletServiceStub(channel)
+        for farmer in listing.farmers:
+            answer = await wallet.GetWallet(
+                wallet_pb2.GetWalletRequest(public_key=farmer.custodial_address), timeout=30
+            )
+            got.append(("WalletService.GetWallet", answer.SerializeToString()))
+    for part, url in state.metrics.items():
+        with await asyncio.to_thread(urllib.request.urlopen, url, timeout=30) as page_:
+            got.append((f"{part} metrics", await asyncio.to_thread(page_.read)))
+    assert len(state.metrics) >= 2  # the pool's and the wallet's
+    return got
+
+
 async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
     tmp_path: Path,
 ) -> None:
@@ -99,6 +192,7 @@ async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
         assert second.stdout == ""
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "kale-pool up is already running on" in lines[0], lines
+        answers = await _answers(data, state, farmers=10)
         await asyncio.wait_for(proc.wait(), 900)
     finally:
         if proc.returncode is None:
@@ -120,8 +214,10 @@ async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
         assert len(before["poolers"]) == 2 and len(before["farmers"]) == 10
         assert before["wallets"] == 10
         assert duplicates(conninfo) == []
+        secrets = _secrets(data, conninfo)
     finally:
         await asyncio.to_thread(server.release)
+    assert len(secrets) >= 1 + 10 + 2  # the master key, ten seeds, two API keys at least
 
     # Again on the same data directory: it continues, duplicating nothing.
     again = await spawn_up(data, "--poolers", "2", "--farmers", "10", "--blocks", "1")
@@ -153,6 +249,18 @@ async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert "the books agree with the chain" in check.stderr, check.stderr
+
+    # No secret anywhere it must not be: every file of the data directory (the database's
+    # pages, the logs, the chain, the journals) read as bytes, but the two files meant to
+    # hold keys; what the services answered; what the commands printed.
+    scanner = LeakScanner(secrets)
+    leaks = scanner.scan_tree(data, allowed=_allowed_secret_files(data))
+    for where, answer in answers:
+        leaks += scanner.scan_bytes(answer, where)
+    for where, printed in (("up", text), ("up again", rerun), ("check", check.stderr)):
+        leaks += scanner.scan_text(printed, f"the output of {where}")
+    assert leaks == [], "\n".join(map(str, leaks))
+    assert any((data / "logs").glob("*.log"))  # the logs were there to be scanned
 
 
 def test_on_a_terminal_up_draws_the_live_view_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ SCHEMA_TABLES = {
     "wallet.payout_address_changes",
     "wallet.payout_refusals",
     "pool.pooler_certificates",
+    "wallet.key_rotations",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 
