@@ -34,14 +34,15 @@ def free_port() -> int:
 
 
 def wallet_health(certs: Path, port: int) -> str:
-    """Health of the wallet service as the pool sees it (pool-client certificate)."""
+    """Health of the wallet service as the operator sees it (only the operator's
+    certificate may ask)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     credentials = grpc.ssl_channel_credentials(
         root_certificates=(certs / "ca.pem").read_bytes(),
-        private_key=(certs / "pool-client-key.pem").read_bytes(),
-        certificate_chain=(certs / "pool-client.pem").read_bytes(),
+        private_key=(certs / "operator-key.pem").read_bytes(),
+        certificate_chain=(certs / "operator.pem").read_bytes(),
     )
     with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(

@@ -47,6 +47,8 @@ SCHEMA_TABLES = {
     "pool.deposits",
     "pool.chain_cursors",
     "shared.role_grants",
+    "pool.rate_buckets",
+    "wallet.rate_buckets",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 
