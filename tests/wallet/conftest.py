@@ -83,9 +83,10 @@ class WalletStage:
         """What the wallet server connects with: the wallet's database role."""
         return service_conninfo(self.conninfo, WALLET)
 
-    async def start(self, port: int = 0) -> WalletServer:
+    async def start(self, port: int = 0, **options: Any) -> WalletServer:
         """Start a (new) wallet server on this database and chain (on `port`, e.g. the
-        one a stopped server had, so that the pool's channel reaches it again)."""
+        one a stopped server had, so that the pool's channel reaches it again), with
+        these other options of `start_wallet_server`."""
         self.server = await start_wallet_server(
             address=f"127.0.0.1:{port}",
             conninfo=self.service_conninfo,
@@ -93,6 +94,7 @@ class WalletStage:
             chain=self.chain,
             identity=self.pki.server(WALLET_SERVER),
             ca_pem=self.pki.ca_pem,
+            **options,
         )
         self.stub = wallet_pb2_grpc.WalletServiceStub(self.channel(POOL_CLIENT))
         return self.server
