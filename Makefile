@@ -12,7 +12,7 @@ CARGO_FLAGS := --manifest-path miner_ext/Cargo.toml
 # same for the wheel): a lock that disagrees with Cargo.toml fails instead of being rewritten.
 CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 
-.PHONY: run test test-python test-rust lint bench faults proto clean
+.PHONY: run test test-python test-rust lint bench faults fuzz proto clean
 
 $(STAMP): pyproject.toml $(RUST_SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kale-pool needs Python >= 3.11, found " + sys.version.split()[0])'
@@ -54,6 +54,11 @@ bench: $(STAMP)
 # hour); the table in docs/reliability.md is rewritten with the figures it prints.
 faults: $(STAMP)
 	$(BIN)/python -m tests.faults.matrix --write docs/reliability.md $(ARGS)
+
+# Bad input over every RPC, many more examples than the suite's 15 (FUZZ_EXAMPLES=N).
+FUZZ_EXAMPLES ?= 300
+fuzz: $(STAMP)
+	KALE_POOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/pool/test_bad_input.py -n 0 -q $(ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python -m kalepool.protogen

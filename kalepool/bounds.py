@@ -33,6 +33,10 @@ SHOWN_MAX = 40
 _TIMESTAMP_MIN = -62_135_596_800
 _TIMESTAMP_MAX = 253_402_300_799
 
+# uint64 fields whose column holds the whole range (numeric(20,0)): a miner's nonces
+# wrap at 2^64. Every other uint64 lands in a bigint.
+FULL_UINT64 = frozenset({"kalepool.v1.WorkReport.nonce"})
+
 _UNSIGNED_32 = (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32)
 _UNSIGNED_64 = (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64)
 
@@ -82,7 +86,12 @@ def _item(field: Any, name: str, value: object) -> str | None:
     kind = field.type
     if kind in _UNSIGNED_32 and isinstance(value, int) and value > INT32_MAX:
         return f"{name} must be at most {INT32_MAX}, got {value}"
-    if kind in _UNSIGNED_64 and isinstance(value, int) and value > INT64_MAX:
+    if (
+        kind in _UNSIGNED_64
+        and isinstance(value, int)
+        and value > INT64_MAX
+        and field.full_name not in FULL_UINT64
+    ):
         return f"{name} must be at most {INT64_MAX}, got {value}"
     if kind == FieldDescriptor.TYPE_STRING and isinstance(value, str):
         if len(value) > TEXT_MAX:

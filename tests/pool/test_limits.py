@@ -141,9 +141,9 @@ async def test_a_flood_of_wrong_keys_is_refused_before_any_key_lookup(pool: Pool
         (await code_of(flooder.Heartbeat(beat, metadata=bearer(f"kp_guess_{i}"))))[0]
         for i in range(300)
     ]
-    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 5 + [
-        grpc.StatusCode.RESOURCE_EXHAUSTED
-    ] * 295
+    assert (
+        codes == [grpc.StatusCode.UNAUTHENTICATED] * 5 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 295
+    )
     assert lookups == 5  # the other 295 never reached the key lookup
     assert refusals(POOLER_SERVICE, "failed_auth") == before + 295
     # Even the right key waits now on that certificate: it is the certificate that failed.

@@ -35,9 +35,7 @@ async def test_two_wallet_servers_share_a_callers_bucket(wallet: WalletStage) ->
             for i in range(6)
         ]
         # Four answers in all (NOT_FOUND: no such transaction), then both refuse.
-        assert codes == [grpc.StatusCode.NOT_FOUND] * 4 + [
-            grpc.StatusCode.RESOURCE_EXHAUSTED
-        ] * 2
+        assert codes == [grpc.StatusCode.NOT_FOUND] * 4 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
         code, message = await code_of(second_stub.GetTransaction(ask))
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert message == (
