@@ -8,6 +8,10 @@ as an internal error), enum values the contract knows, strings and bytes of a sa
 without NUL (PostgreSQL text cannot hold it), bounded repeated fields and valid
 timestamps. Each service still checks what its fields mean (`kalepool.request_checks`,
 `pool_service.validate`); this is the floor under all of them, so a new RPC gets it too.
+
+Messages show a caller's raw input through `show` (a short prefix); an identifier a
+check has already accepted (an address, a UUID) is bounded and well formed, and is
+named in full.
 """
 
 from __future__ import annotations
