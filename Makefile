@@ -58,7 +58,7 @@ faults: $(STAMP)
 # Bad input over every RPC, many more examples than the suite's 15 (FUZZ_EXAMPLES=N).
 FUZZ_EXAMPLES ?= 300
 fuzz: $(STAMP)
-	KALE_POOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/pool/test_bad_input.py -n 0 -q $(ARGS)
+	KALE_POOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/pool/test_bad_input.py -n 0 -q --timeout=0 $(ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python -m kalepool.protogen

@@ -72,8 +72,9 @@ REFUSALS = {
 # follower's position; neither is something a request asked for.
 NOT_COMPARED = {"rate_buckets", "chain_cursors"}
 # Liveness stamps of a pooler whose key matched (pool_service.books.poolers, at most every
-# 30 s): the machine was seen, whatever it asked.
-NOT_COMPARED_COLUMNS = {"last_seen_at", "last_used_at"}
+# 30 s): the machine was seen, whatever it asked; and the row's `updated_at`, which that
+# stamp moves. Any other change of a row still shows in its other columns.
+NOT_COMPARED_COLUMNS = {"last_seen_at", "last_used_at", "updated_at"}
 
 
 def services() -> Iterator[Any]:
