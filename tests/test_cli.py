@@ -242,7 +242,7 @@ def test_up_no_demo_serves_the_operator_and_stops_on_ctrl_c(env: dict[str, str])
         certs = data / "certs"
         for name in ("ca", "pool-service", "wallet-service", "pool-client", "operator"):
             assert (certs / f"{name}.pem").is_file(), name
-        # The wallet service answers the pool's certificate over mTLS, in its own process.
+        # The wallet service answers health over mTLS, to the operator, in its own process.
         assert wallet_health(certs, int(state.wallet_address.rsplit(":", 1)[1])) == "SERVING"
         # The operator adds a pooler: registered, certificate, API key shown once.
         added = run("pooler", "add", "rig-7", env=env)
