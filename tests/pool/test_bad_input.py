@@ -236,13 +236,15 @@ def _strings(message: Message) -> Iterator[str]:
 
 
 def _identifier(text: str) -> bool:
-    """A well-formed address or UUID: checked, bounded, and named in full by messages."""
+    """A well-formed address, UUID or transaction hash: checked, bounded, and named in
+    full by messages."""
     try:
         canonical = str(uuid.UUID(text)) == text
     except ValueError:
         canonical = False
     return (
         canonical
+        or (len(text) == 64 and all(c in "0123456789abcdef" for c in text))
         or StrKey.is_valid_ed25519_public_key(text)
         or StrKey.is_valid_med25519_public_key(text)
         or StrKey.is_valid_contract(text)
