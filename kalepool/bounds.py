@@ -10,8 +10,8 @@ timestamps. Each service still checks what its fields mean (`kalepool.request_ch
 `pool_service.validate`); this is the floor under all of them, so a new RPC gets it too.
 
 Messages show a caller's raw input through `show` (a short prefix); an identifier a
-check has already accepted (an address, a UUID, a transaction hash) is bounded and well formed, and is
-named in full.
+check has already accepted (an address, a UUID, a transaction hash) is bounded and well
+formed, and is named in full.
 """
 
 from __future__ import annotations
