@@ -19,7 +19,7 @@ CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 # requirements-build.lock the build backend alone (the image's two stages).
 UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11
 
-.PHONY: run test test-python test-rust lint bench faults proto clean lock
+.PHONY: run test test-python test-rust lint bench faults fuzz proto clean lock
 
 # The project itself: --no-deps (its dependencies came from the lock) and no build
 # isolation (the build backend too). pip then runs maturin's backend from the venv, which
@@ -72,6 +72,11 @@ bench: $(STAMP)
 # hour); the table in docs/reliability.md is rewritten with the figures it prints.
 faults: $(STAMP)
 	$(BIN)/python -m tests.faults.matrix --write docs/reliability.md $(ARGS)
+
+# Bad input over every RPC, many more examples than the suite's 15 (FUZZ_EXAMPLES=N).
+FUZZ_EXAMPLES ?= 300
+fuzz: $(STAMP)
+	KALE_POOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/pool/test_bad_input.py -n 0 -q --timeout=0 $(ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python -m kalepool.protogen

@@ -1,14 +1,20 @@
 """The one gRPC server base every kale-pool service runs on.
 
 `build_server()` makes a `grpc.aio` server with mutual TLS, server reflection, the
-standard health service, message size limits and three interceptors, outermost first:
+standard health service, message size limits and five interceptors, outermost first:
 
 1. telemetry: a per-RPC count and latency (prometheus_client) and one log line per call;
 2. caller authorization: the client certificate's common name must be one the service
-   allows (PERMISSION_DENIED otherwise);
+   allows (PERMISSION_DENIED otherwise); health and reflection answer only the
+   `admin_callers` (the operator), since they tell whoever asks what runs where;
 3. errors: a :class:`StatusError` (or an exception named in `error_map`) becomes its gRPC
-   status with its one-sentence message; anything unexpected becomes INTERNAL with a
-   generic message, so no traceback, secret or internal detail ever reaches a caller.
+   status with its one-sentence message, cut to `kalepool.bounds.MESSAGE_MAX`
+   characters; anything unexpected becomes INTERNAL with a generic message, so no
+   traceback, secret or internal detail ever reaches a caller;
+4. caller limits: a service named in `caller_limits` admits each call through its check
+   of the caller's name (a rate limit: RESOURCE_EXHAUSTED when spent);
+5. request bounds: every field of a request within what any service takes
+   (`kalepool.bounds.out_of_bounds`), INVALID_ARGUMENT otherwise, before the handler.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
+from kalepool.bounds import cut, out_of_bounds
 from kalepool.masking import redact
-from kalepool.tls import Identity, server_credentials
+from kalepool.tls import OPERATOR, Identity, server_credentials
 
 log = logging.getLogger("kalepool.grpc")
 
@@ -36,6 +44,14 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest request or response a server takes or sends; larger is RESOURCE_EXHAUSTED."""
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+REFLECTION_PREFIX = "grpc.reflection."
+"""Reflection's services (v1alpha and v1 alike) start so."""
+
+
+def is_admin_service(service: str) -> bool:
+    """Health and reflection: what only the `admin_callers` may call."""
+    return service == HEALTH_SERVICE or service.startswith(REFLECTION_PREFIX)
+
 
 RPC_COUNT = Counter(
     "kalepool_grpc_requests_total",
@@ -136,6 +152,10 @@ class _CallScope:
     async def enter(self) -> None:
         """Runs before the handler; may abort the call."""
 
+    async def check(self, request: Any) -> None:
+        """Runs before the handler with its request (a message; an iterator for a
+        client stream); may raise, which `error` then handles."""
+
     async def error(self, exc: BaseException) -> NoReturn:
         """Runs when the handler raised; must raise (the same or an abort)."""
         raise exc
@@ -155,6 +175,7 @@ def _wrap(
             try:
                 await scope.enter()
                 try:
+                    await scope.check(request)
                     return await inner(request, context)
                 except grpc.aio.AbortError:
                     raise
@@ -171,6 +192,7 @@ def _wrap(
             try:
                 await scope.enter()
                 try:
+                    await scope.check(request)
                     async for item in inner(request, context):
                         yield item
                 except grpc.aio.AbortError:
@@ -274,14 +296,18 @@ class _Telemetry(_CallScope):
 
 class AuthorizationInterceptor(_ScopedInterceptor):
     """Admits a call only when the client certificate's common name is allowed for its
-    service. Services not named in `allowed` (health, reflection) admit any certificate of
+    service. Health and reflection admit the `admin` names only; other services not named
+    in `allowed` (PoolerService, which then demands an API key) admit any certificate of
     the pool's CA, which mutual TLS already demands."""
 
-    def __init__(self, allowed: Mapping[str, Iterable[str]]) -> None:
+    def __init__(self, allowed: Mapping[str, Iterable[str]], admin: Iterable[str]) -> None:
         self.allowed = {service: frozenset(names) for service, names in allowed.items()}
+        self.admin = frozenset(admin)
 
     def scope(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> _CallScope:
-        return _Authorize(self.allowed.get(_split(method)[0]), method, context)
+        service = _split(method)[0]
+        allowed = self.admin if is_admin_service(service) else self.allowed.get(service)
+        return _Authorize(allowed, method, context)
 
 
 class _Authorize(_CallScope):
@@ -331,11 +357,11 @@ class _MapErrors(_CallScope):
 
     async def error(self, exc: BaseException) -> NoReturn:
         if isinstance(exc, StatusError):
-            await self.context.abort(exc.code, redact(exc.message))
+            await self.context.abort(exc.code, cut(redact(exc.message)))
         for kind, code in self.owner.error_map.items():
             if isinstance(exc, kind):
                 # a mapped exception's text may quote what it failed on (a URL, a value)
-                await self.context.abort(code, redact(str(exc)))
+                await self.context.abort(code, cut(redact(str(exc))))
         # A bug: the caller learns an incident id, the log gets the traceback. Services
         # must keep secrets out of exceptions too, since the log keeps them.
         incident = uuid.uuid4().hex[:12]
@@ -343,6 +369,47 @@ class _MapErrors(_CallScope):
         await self.context.abort(
             grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log"
         )
+
+
+CallerCheck = Callable[[str], Awaitable[None]]
+"""Admits one call of the named caller, or raises a StatusError (a rate limit)."""
+
+
+class CallerLimitInterceptor(_ScopedInterceptor):
+    """Runs the service's caller check (if it has one) before each call."""
+
+    def __init__(self, checks: Mapping[str, CallerCheck]) -> None:
+        self.checks = dict(checks)
+
+    def scope(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> _CallScope:
+        return _LimitCaller(self.checks.get(_split(method)[0]), context)
+
+
+class _LimitCaller(_CallScope):
+    def __init__(
+        self, check: CallerCheck | None, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        self.check_caller = check
+        self.caller = caller_name(context) or "-"
+
+    async def enter(self) -> None:
+        if self.check_caller is not None:
+            await self.check_caller(self.caller)
+
+
+class BoundsInterceptor(_ScopedInterceptor):
+    """Refuses a request with a field out of bounds before its handler sees it."""
+
+    def scope(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> _CallScope:
+        return _Bounds()
+
+
+class _Bounds(_CallScope):
+    async def check(self, request: Any) -> None:
+        if isinstance(request, Message):
+            problem = out_of_bounds(request)
+            if problem is not None:
+                raise InvalidArgument(problem)
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -359,6 +426,10 @@ class ServerSpec:
     allowed_callers: Mapping[str, Iterable[str]] = field(default_factory=dict)
     error_map: ErrorMap = field(default_factory=dict)
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    # who may call health and reflection
+    admin_callers: Iterable[str] = (OPERATOR,)
+    # service full name -> the check each of its calls passes first (a rate limit)
+    caller_limits: Mapping[str, CallerCheck] = field(default_factory=dict)
 
 
 @dataclass
@@ -398,8 +469,10 @@ def build_server(
     server = grpc.aio.server(
         interceptors=[
             TelemetryInterceptor(),
-            AuthorizationInterceptor(spec.allowed_callers),
+            AuthorizationInterceptor(spec.allowed_callers, spec.admin_callers),
             ErrorInterceptor(spec.error_map),
+            CallerLimitInterceptor(spec.caller_limits),
+            BoundsInterceptor(),
         ],
         options=options,
     )

@@ -7,6 +7,7 @@ import uuid
 
 from stellar_sdk import StrKey
 
+from kalepool.bounds import show
 from kalepool.grpc_server import InvalidArgument
 
 IDEMPOTENCY_KEY_MAX = 200
@@ -19,16 +20,16 @@ def check_uuid(what: str, value: str) -> uuid.UUID:
     try:
         parsed = uuid.UUID(value)
     except ValueError:
-        raise InvalidArgument(f"{what} must be a UUID, got {value!r}") from None
+        raise InvalidArgument(f"{what} must be a UUID, got {show(value)}") from None
     if str(parsed) != value.lower():
-        raise InvalidArgument(f"{what} must be a UUID in canonical form, got {value!r}")
+        raise InvalidArgument(f"{what} must be a UUID in canonical form, got {show(value)}")
     return parsed
 
 
 def check_account(what: str, address: str) -> str:
     """A Stellar account address (G…) with a valid checksum."""
     if not StrKey.is_valid_ed25519_public_key(address):
-        raise InvalidArgument(f"{what} must be a Stellar account address (G…), got {address!r}")
+        raise InvalidArgument(f"{what} must be a Stellar account address (G…), got {show(address)}")
     return address
 
 
@@ -39,7 +40,7 @@ def check_destination(what: str, address: str) -> str:
         or StrKey.is_valid_med25519_public_key(address)
         or StrKey.is_valid_contract(address)
     ):
-        raise InvalidArgument(f"{what} must be a Stellar G…, M… or C… address, got {address!r}")
+        raise InvalidArgument(f"{what} must be a Stellar G…, M… or C… address, got {show(address)}")
     return address
 
 

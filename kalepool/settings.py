@@ -138,7 +138,18 @@ class Settings(BaseSettings):
         30, ge=1, description="Payout transfers one wallet may make in any hour."
     )
     api_key_length: int = Field(32, ge=16, le=128, description="Bytes of entropy in API keys.")
-    rate_limit_requests_per_minute: int = Field(60, ge=1, description="Per-pooler request limit.")
+    rate_limit_requests_per_minute: int = Field(
+        60, ge=1, description="PoolerService calls a minute per pooler (shared by replicas)."
+    )
+    rate_limit_failed_auth_per_minute: int = Field(
+        20, ge=1, description="Refused PoolerService attempts a minute per client certificate."
+    )
+    rate_limit_operator_per_minute: int = Field(
+        1200, ge=1, description="PoolService calls a minute per operator certificate."
+    )
+    rate_limit_wallet_per_minute: int = Field(
+        30000, ge=1, description="WalletService calls a minute per caller certificate."
+    )
     pooler_auth_recheck_seconds: float = Field(
         5.0,
         gt=0,

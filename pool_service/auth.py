@@ -1,22 +1,29 @@
 """Who a PoolerService caller is: the pooler's API key (`authorization: Bearer <key>`)
-together with a client certificate registered for that same pooler, and a per-pooler rate
-limit. An open stream is re-checked every few seconds and ended once the pooler is
-disabled or its key or certificate revoked."""
+together with a client certificate registered for that same pooler; and the limits on
+both (a pooler's calls, a certificate's refused attempts), shared by every replica through
+the database (`kalepool.limits`). An open stream is re-checked every few seconds and
+ended once the pooler is disabled or its key or certificate revoked."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from uuid import UUID
 
 import grpc
 
-from kalepool.grpc_server import PermissionDenied, ResourceExhausted, Unauthenticated, caller_name
+from kalepool.bounds import show
+from kalepool.grpc_server import (
+    PermissionDenied,
+    ResourceExhausted,
+    StatusError,
+    Unauthenticated,
+    caller_name,
+)
+from kalepool.limits import Limit, RateLimits
 from kalepool.tls import SERVICE_NAMES, pem_fingerprint
 from pool_service.books.certificates import CertificateStore
 from pool_service.books.poolers import PoolerRow, PoolerStore
@@ -25,23 +32,8 @@ from pool_service.registry import hash_api_key
 T = TypeVar("T")
 
 
-class RateLimiter:
-    """A token bucket per pooler: `per_minute` calls a minute, bursts up to that many."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self._buckets: dict[UUID, tuple[float, float]] = {}
-
-    def allow(self, pooler_id: UUID) -> bool:
-        now = time.monotonic()
-        tokens, last = self._buckets.get(pooler_id, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[pooler_id] = (tokens, now)
-            return False
-        self._buckets[pooler_id] = (tokens - 1.0, now)
-        return True
+POOLER_CALLS = "pooler"
+FAILED_AUTH = "failed_auth"
 
 
 def bearer_key(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
@@ -79,18 +71,29 @@ class Caller:
 
 class Authenticator:
     """Resolves the calling pooler from its key and certificate together; refuses, and
-    rate-limits, the rest."""
+    rate-limits, the rest.
+
+    A certificate whose refused attempts (no key, a wrong or revoked key, a foreign or
+    revoked certificate, a disabled pooler, a service identity) used up `failed` is
+    refused before its key is even looked up: a flood of guesses costs one read of its
+    bucket each, not a key lookup. A known pooler's calls are limited by `per_pooler`,
+    whichever certificate it uses.
+    """
 
     def __init__(
         self,
         poolers: PoolerStore,
         certificates: CertificateStore,
-        limiter: RateLimiter,
+        limits: RateLimits,
+        per_pooler: Limit,
+        failed: Limit,
         recheck_seconds: float = 5.0,
     ) -> None:
         self.poolers = poolers
         self.certificates = certificates
-        self.limiter = limiter
+        self.limits = limits
+        self.per_pooler = per_pooler
+        self.failed = failed
         self.recheck_seconds = recheck_seconds
 
     async def pooler(self, context: grpc.aio.ServicerContext[Any, Any]) -> PoolerRow:
@@ -105,8 +108,30 @@ class Authenticator:
         fingerprint = presented_fingerprint(context)
         if name is None or fingerprint is None:
             raise Unauthenticated("a client certificate is required")
+        # Refused attempts are counted per certificate (its fingerprint: two certificates
+        # of one name are two buckets).
+        if await self.limits.spent(self.failed, fingerprint):
+            self.limits.refused(self.failed)
+            raise ResourceExhausted(
+                f"client certificate {show(name)} had more than {self.failed.per_minute}"
+                " refused attempts a minute; fix its API key and retry later"
+            )
+        try:
+            caller = await self._identify(name, fingerprint, context)
+        except StatusError:
+            await self.limits.take(self.failed, fingerprint)
+            raise
+        pooler_id = caller.pooler.id
+        await self.limits.admit(self.per_pooler, str(pooler_id), f"pooler {pooler_id}")
+        return caller
+
+    async def _identify(
+        self, name: str, fingerprint: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Caller:
+        """The active pooler whose key the call sends and whose certificate it presents,
+        or the refusal."""
         if name in SERVICE_NAMES:
-            raise PermissionDenied(f"caller {name!r} is not a pooler")
+            raise PermissionDenied(f"caller {show(name)} is not a pooler")
         key = bearer_key(context)
         if key is None:
             raise Unauthenticated("send the pooler's API key as 'authorization: Bearer <key>'")
@@ -130,11 +155,6 @@ class Authenticator:
             )
         if not pooler.is_active:
             raise PermissionDenied(f"pooler {pooler.id} is disabled")
-        if not self.limiter.allow(pooler.id):
-            raise ResourceExhausted(
-                f"pooler {pooler.id} exceeded {int(self.limiter.capacity)} requests a minute;"
-                " slow down and retry"
-            )
         return Caller(pooler, key_hash, fingerprint)
 
     async def guard(self, caller: Caller, source: AsyncIterator[T]) -> AsyncIterator[T]:

@@ -19,6 +19,7 @@ from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import POOL
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
+from kalepool.limits import Limit, RateLimits
 from kalepool.settings import Settings
 from kalepool.tls import (
     OPERATOR,
@@ -29,7 +30,7 @@ from kalepool.tls import (
     Identity,
 )
 from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
-from pool_service.auth import Authenticator, RateLimiter
+from pool_service.auth import FAILED_AUTH, POOLER_CALLS, Authenticator
 from pool_service.blocks import BlockReports
 from pool_service.books.blocks import BlockStore
 from pool_service.books.certificates import CertificateStore
@@ -58,6 +59,7 @@ log = logging.getLogger("pool_service")
 
 POOL_SERVICE = "kalepool.v1.PoolService"
 POOLER_SERVICE = "kalepool.v1.PoolerService"
+OPERATOR_CALLS = "operator"
 
 
 @dataclass
@@ -111,8 +113,11 @@ async def start_pool_server(
 
     `identity` is the pool server's certificate (`pool-service`), `wallet_identity` the
     client certificate it presents to the wallet service (`pool-client`). PoolService
-    admits the `operators` common names only; PoolerService admits a certificate of the
-    CA only together with the API key of the pooler it is registered for. Unless
+    admits the `operators` common names only, each limited to
+    `rate_limit_operator_per_minute` calls; PoolerService admits a certificate of the CA
+    only together with the API key of the pooler it is registered for
+    (`pool_service.auth`: the pooler's calls and each certificate's refused attempts
+    limited). The limits' buckets live in the database, shared by every replica. Unless
     `harvest_interval_seconds` is None, a background task harvests finished blocks'
     worked pails that often. Another drives unsettled plant requests at once and every
     `plant_reconcile_interval_seconds`.
@@ -153,7 +158,9 @@ async def start_pool_server(
         Authenticator(
             poolers,
             certificates,
-            RateLimiter(settings.rate_limit_requests_per_minute),
+            RateLimits(pool, POOLER_SERVICE),
+            Limit(POOLER_CALLS, settings.rate_limit_requests_per_minute),
+            Limit(FAILED_AUTH, settings.rate_limit_failed_auth_per_minute),
             settings.pooler_auth_recheck_seconds,
         ),
         planter,
@@ -162,6 +169,12 @@ async def start_pool_server(
         harvester,
         view,
     )
+
+    operator_limits = RateLimits(pool, POOL_SERVICE)
+    per_operator = Limit(OPERATOR_CALLS, settings.rate_limit_operator_per_minute)
+
+    async def limit_operator(caller: str) -> None:
+        await operator_limits.admit(per_operator, caller, f"caller {caller!r}")
 
     def register(server: grpc.aio.Server) -> list[str]:
         pool_pb2_grpc.add_PoolServiceServicer_to_server(registry, server)
@@ -173,6 +186,7 @@ async def start_pool_server(
         identity=identity,
         ca_pem=ca_pem,
         allowed_callers={POOL_SERVICE: operators},
+        caller_limits={POOL_SERVICE: limit_operator},
         error_map={psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE},
     )
     try:

@@ -34,14 +34,15 @@ def free_port() -> int:
 
 
 def wallet_health(certs: Path, port: int) -> str:
-    """Health of the wallet service as the pool sees it (pool-client certificate)."""
+    """Health of the wallet service as the operator sees it (only the operator's
+    certificate may ask)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     credentials = grpc.ssl_channel_credentials(
         root_certificates=(certs / "ca.pem").read_bytes(),
-        private_key=(certs / "pool-client-key.pem").read_bytes(),
-        certificate_chain=(certs / "pool-client.pem").read_bytes(),
+        private_key=(certs / "operator-key.pem").read_bytes(),
+        certificate_chain=(certs / "operator.pem").read_bytes(),
     )
     with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -277,7 +278,7 @@ def test_up_no_demo_serves_the_operator_and_stops_on_ctrl_c(env: dict[str, str])
         certs = data / "certs"
         for name in ("ca", "pool-service", "wallet-service", "pool-client", "operator"):
             assert (certs / f"{name}.pem").is_file(), name
-        # The wallet service answers the pool's certificate over mTLS, in its own process.
+        # The wallet service answers health over mTLS, to the operator, in its own process.
         assert wallet_health(certs, int(state.wallet_address.rsplit(":", 1)[1])) == "SERVING"
         # The operator adds a pooler: registered, certificate, API key shown once.
         added = run("pooler", "add", "rig-7", env=env)

@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from kalepool.bounds import INT32_MAX, MESSAGE_MAX, TEXT_MAX, show
 from kalepool.grpc_server import (
     RPC_COUNT,
     BuiltServer,
@@ -35,6 +36,8 @@ class TinyWallet(wallet_pb2_grpc.WalletServiceServicer):
             raise InvalidArgument("owner_id 'bad' is not a UUID")
         if request.owner_id == "bug":
             raise RuntimeError(f"boom with {SECRET}")
+        if request.owner_id.startswith("echo:"):
+            raise InvalidArgument(f"owner_id must be a UUID, got {show(request.owner_id)}; " * 20)
         return wallet_pb2.CreateWalletResponse(
             wallet=wallet_pb2.Wallet(owner_id=request.owner_id), created=True
         )
@@ -154,3 +157,72 @@ async def test_health_and_reflection_are_on(pki: DevPki, server: BuiltServer) ->
         async for answer in stream:
             names = {s.name for s in answer.list_services_response.service}
     assert WALLET in names and "grpc.health.v1.Health" in names
+
+
+async def test_health_and_reflection_refuse_other_callers(pki: DevPki, server: BuiltServer) -> None:
+    # The service's own caller may call the service, but not ask what runs where.
+    async with channel(pki, server, "pool-client") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        stream = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stream:
+                pass
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_fields_out_of_bounds_are_refused_before_the_handler(
+    pki: DevPki, server: BuiltServer
+) -> None:
+    stub_calls = [
+        # Plant has no handler here: only the bounds check answers it so.
+        (
+            "Plant",
+            wallet_pb2.PlantRequest(idempotency_key="k", block_index=INT32_MAX + 1),
+            f"block_index must be at most {INT32_MAX}, got {INT32_MAX + 1}",
+        ),
+        (
+            "CreateWallet",
+            wallet_pb2.CreateWalletRequest(owner_id="a\x00b"),
+            "owner_id must not contain NUL characters",
+        ),
+        (
+            "CreateWallet",
+            wallet_pb2.CreateWalletRequest(owner_id="é" * (TEXT_MAX + 1)),
+            f"owner_id is {TEXT_MAX + 1} characters long, at most {TEXT_MAX}",
+        ),
+    ]
+    async with channel(pki, server, "pool-client") as ch:
+        stub = wallet_pb2_grpc.WalletServiceStub(ch)
+        for method, request, message in stub_calls:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await getattr(stub, method)(request)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT, method
+            assert caught.value.details() == message
+        # At the bounds, the handler answers.
+        got = await stub.CreateWallet(wallet_pb2.CreateWalletRequest(owner_id="é" * TEXT_MAX))
+        assert got.wallet.owner_id == "é" * TEXT_MAX
+
+
+async def test_messages_are_cut_and_echo_only_a_prefix(pki: DevPki, server: BuiltServer) -> None:
+    sent = "echo:" + "z" * 900
+    async with channel(pki, server, "pool-client") as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await wallet_pb2_grpc.WalletServiceStub(ch).CreateWallet(
+                wallet_pb2.CreateWalletRequest(owner_id=sent)
+            )
+    details = caught.value.details() or ""
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert len(details) == MESSAGE_MAX and details.endswith("…")
+    assert details.startswith("owner_id must be a UUID, got 'echo:zzz") and "z" * 41 not in details
+
+
+def test_show_keeps_a_short_prefix() -> None:
+    assert show("abc") == "'abc'"
+    assert show("x" * 100) == repr("x" * 40) + "…"
+    assert show(b"\x00" * 50) == repr(b"\x00" * 40) + "…"
+    assert show(2**64) == repr(2**64)
+    assert len(show(list(range(100)))) == 41

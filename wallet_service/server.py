@@ -18,6 +18,7 @@ from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import WALLET
 from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
+from kalepool.limits import Limit, RateLimits
 from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, CertificateFiles, Identity
 from kalepool.v1 import wallet_pb2_grpc
@@ -29,6 +30,7 @@ from wallet_service.store import Store
 log = logging.getLogger("wallet_service")
 
 SERVICE_NAME = "kalepool.v1.WalletService"
+CALLER_CALLS = "wallet_caller"
 
 
 @dataclass
@@ -65,6 +67,7 @@ async def start_wallet_server(
     pool_size: int = 10,
     statement_timeout_seconds: float = 30.0,
     limits: PayoutLimits | None = None,
+    calls_per_minute: int = 30000,
 ) -> WalletServer:
     """Open the database pool, start serving, and reconcile unsettled transactions.
 
@@ -72,7 +75,9 @@ async def start_wallet_server(
     and bounded by the statement timeout (a stuck query fails instead of holding an
     account's lock for ever). Reconciliation runs in the background
     (`WalletServer.reconciled`); it takes each account's lock, so a call for an account
-    waits until that account is reconciled.
+    waits until that account is reconciled. Each caller may make `calls_per_minute`
+    calls (a bucket in the database, shared by every replica); more are
+    RESOURCE_EXHAUSTED.
     """
     stack = AsyncExitStack()
     pool = await open_pool(
@@ -83,6 +88,11 @@ async def start_wallet_server(
     )
     stack.push_async_callback(pool.close)
     service = WalletService(Store(pool), keyring, chain, limits)
+    rate_limits = RateLimits(pool, SERVICE_NAME)
+    per_caller = Limit(CALLER_CALLS, calls_per_minute)
+
+    async def limit_caller(caller: str) -> None:
+        await rate_limits.admit(per_caller, caller, f"caller {caller!r}")
 
     def register(server: grpc.aio.Server) -> list[str]:
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(service, server)
@@ -93,6 +103,7 @@ async def start_wallet_server(
         identity=identity,
         ca_pem=ca_pem,
         allowed_callers={SERVICE_NAME: allowed_callers},
+        caller_limits={SERVICE_NAME: limit_caller},
         error_map={psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE},
     )
     try:
@@ -130,6 +141,7 @@ async def start_wallet_for(
         ca_pem=certs.ca_pem,
         statement_timeout_seconds=settings.db_timeout_seconds,
         limits=PayoutLimits.of(settings),
+        calls_per_minute=settings.rate_limit_wallet_per_minute,
     )
     stack.push_async_callback(server.stop, 5.0)
     return server

@@ -24,6 +24,7 @@ from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
 from kalepool import wire
+from kalepool.bounds import show
 from kalepool.chain import (
     AccountNotFoundError,
     ChainClient,
@@ -287,7 +288,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         while unsettled; the same key with other parameters is ALREADY_EXISTS."""
         if row.request_digest != request_digest:
             raise AlreadyExists(
-                f"idempotency key {key!r} was used for another request "
+                f"idempotency key {show(key)} was used for another request "
                 f"({row.kind} from {row.source_account})"
             )
         if not row.settled:
@@ -617,7 +618,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             or StrKey.is_valid_med25519_public_key(destination)
         ):
             raise InvalidArgument(
-                f"destination_address must be a G… or M… account, got {destination!r}"
+                f"destination_address must be a G… or M… account, got {show(destination)}"
             )
         if destination == address:
             raise InvalidArgument("destination_address must differ from the closed wallet")
@@ -651,7 +652,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         which = request.WhichOneof("key")
         if which == "idempotency_key":
             row = await self.store.tx_by_key(check_idempotency_key(request.idempotency_key))
-            label = f"idempotency key {request.idempotency_key!r}"
+            label = f"idempotency key {show(request.idempotency_key)}"
         elif which == "tx_hash":
             tx_hash = request.tx_hash
             if len(tx_hash) != 64 or any(c not in "0123456789abcdef" for c in tx_hash):

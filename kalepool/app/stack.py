@@ -56,7 +56,6 @@ from kalepool.masking import RedactingFormatter
 from kalepool.settings import ENV_PREFIX, Network, Settings, devnet_rpc_url
 from kalepool.tls import (
     OPERATOR,
-    POOL_CLIENT,
     POOL_SERVER,
     WALLET_SERVER,
     DevPki,
@@ -470,7 +469,8 @@ class Stack:
                 load_keyring(s)  # a missing key is one line now, not a dead process later
             except MasterKeyError as error:
                 raise UpError(str(error)) from None
-        identity = self.pki.client(POOL_CLIENT)
+        # Health answers the operator only (kalepool.grpc_server): the probe is the operator's.
+        identity = self.pki.client(OPERATOR)
         return Part(
             name="wallet",
             role="wallet",

@@ -52,6 +52,8 @@ SCHEMA_TABLES = {
     "wallet.payout_refusals",
     "pool.pooler_certificates",
     "wallet.key_rotations",
+    "pool.rate_buckets",
+    "wallet.rate_buckets",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

@@ -84,18 +84,18 @@ class WalletStage:
         """What the wallet server connects with: the wallet's database role."""
         return service_conninfo(self.conninfo, WALLET)
 
-    async def start(self, port: int = 0, limits: PayoutLimits | None = None) -> WalletServer:
+    async def start(self, port: int = 0, **options: Any) -> WalletServer:
         """Start a (new) wallet server on this database and chain (on `port`, e.g. the
-        one a stopped server had, so that the pool's channel reaches it again), with the
-        payout policy's `limits` (else the settings' defaults)."""
+        one a stopped server had, so that the pool's channel reaches it again), with
+        these other options of `start_wallet_server`."""
         self.server = await start_wallet_server(
-            limits=limits,
             address=f"127.0.0.1:{port}",
             conninfo=self.service_conninfo,
             keyring=self.keyring,
             chain=self.chain,
             identity=self.pki.server(WALLET_SERVER),
             ca_pem=self.pki.ca_pem,
+            **options,
         )
         self.stub = wallet_pb2_grpc.WalletServiceStub(self.channel(POOL_CLIENT))
         return self.server
