@@ -26,6 +26,9 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 TEXT_MAX = 1000
 """Characters of any string field; fields with a meaning are checked tighter."""
+PEM_MAX = 16_384
+"""Characters of a field named `*_pem` (a certificate: a long chain or an RSA-4096 key's
+certificate runs past TEXT_MAX)."""
 BYTES_MAX = 1024
 REPEATED_MAX = 10_000
 MESSAGE_MAX = 300
@@ -98,8 +101,9 @@ def _item(field: Any, name: str, value: object) -> str | None:
     ):
         return f"{name} must be at most {INT64_MAX}, got {value}"
     if kind == FieldDescriptor.TYPE_STRING and isinstance(value, str):
-        if len(value) > TEXT_MAX:
-            return f"{name} is {len(value)} characters long, at most {TEXT_MAX}"
+        longest = PEM_MAX if field.name.endswith("_pem") else TEXT_MAX
+        if len(value) > longest:
+            return f"{name} is {len(value)} characters long, at most {longest}"
         if "\x00" in value:
             return f"{name} must not contain NUL characters"
     if kind == FieldDescriptor.TYPE_BYTES and isinstance(value, bytes) and len(value) > BYTES_MAX:

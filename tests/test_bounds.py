@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kalepool.bounds import INT32_MAX, INT64_MAX, REPEATED_MAX, cut, out_of_bounds
+from kalepool.bounds import (
+    INT32_MAX,
+    INT64_MAX,
+    PEM_MAX,
+    REPEATED_MAX,
+    TEXT_MAX,
+    cut,
+    out_of_bounds,
+)
 from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2
 
 
@@ -42,3 +50,17 @@ def test_cut_keeps_messages_short() -> None:
     assert cut("short") == "short"
     long = cut("x" * 1000)
     assert len(long) == 300 and long.endswith("…")
+
+
+def test_a_certificate_field_takes_a_whole_certificate_and_no_more() -> None:
+    """A `*_pem` field holds a certificate, longer than other text; still bounded."""
+    pem = "-----BEGIN CERTIFICATE-----\n" + "A" * 3000 + "\n-----END CERTIFICATE-----\n"
+    request = pool_pb2.AddPoolerCertificateRequest(certificate_pem=pem)
+    assert len(pem) > TEXT_MAX and out_of_bounds(request) is None
+    request.certificate_pem = "A" * (PEM_MAX + 1)
+    assert out_of_bounds(request) == (
+        f"certificate_pem is {PEM_MAX + 1} characters long, at most {PEM_MAX}"
+    )
+    assert out_of_bounds(pool_pb2.AddPoolerCertificateRequest(pooler_id="x" * 3000)) == (
+        f"pooler_id is 3000 characters long, at most {TEXT_MAX}"
+    )

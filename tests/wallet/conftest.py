@@ -24,7 +24,6 @@ from kalepool.v1 import wallet_pb2_grpc
 from tests.chain.stage import Stage, open_stage
 from tests.dbkit import service_conninfo
 from wallet_service.keystore import Keyring, parse_master_keys
-from wallet_service.policy import PayoutLimits
 from wallet_service.server import WalletServer, start_wallet_server
 
 
