@@ -20,6 +20,7 @@ standard health service, message size limits and five interceptors, outermost fi
 from __future__ import annotations
 
 import abc
+import inspect
 import logging
 import time
 import uuid
@@ -187,6 +188,11 @@ def _wrap(
         return call
 
     def streaming(inner: Streaming) -> Streaming:
+        if not inspect.isasyncgenfunction(inner):
+            # A streaming handler that writes with context.write() instead of yielding
+            # (grpc's own health Watch): awaited like a unary one.
+            return cast(Streaming, unary(cast(Unary, inner)))
+
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             scope = around(method, context)
             try:

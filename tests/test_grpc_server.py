@@ -150,6 +150,11 @@ async def test_health_and_reflection_are_on(pki: DevPki, server: BuiltServer) ->
         health = health_pb2_grpc.HealthStub(ch)
         got = await health.Check(health_pb2.HealthCheckRequest(service=WALLET))
         assert got.status == health_pb2.HealthCheckResponse.SERVING
+        # Watch streams by context.write(), not by yielding: through the interceptors too.
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=WALLET))
+        first = await anext(aiter(watch))
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
         stream = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])
         )
