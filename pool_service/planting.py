@@ -48,7 +48,7 @@ from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore
 from pool_service.books.poolers import PoolerRow
 from pool_service.chain_view import ChainView
 from pool_service.locks import KeyedLocks
-from pool_service.wallet import WalletClient, nothing_signed
+from pool_service.wallet import REFUSED_FOR_NOW, WalletClient, nothing_signed
 
 log = logging.getLogger("pool_service")
 
@@ -136,8 +136,9 @@ def decide_answer(
 
 def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decision:
     """A wallet call that ended in an error status: a failure only when it proves nothing
-    was signed; otherwise the plant may be on its way and stays pending."""
-    if not nothing_signed(exc, request.idempotency_key):
+    was signed and nothing will be; otherwise the plant may be on its way, or be asked
+    again (a refusal for now), and stays pending."""
+    if not nothing_signed(exc, request.idempotency_key) or exc.code() in REFUSED_FOR_NOW:
         return Unsettled.PENDING
     code = exc.code()
     fault, failure = _REFUSED_BY.get(code, (Fault.POOL, common_pb2.FAILURE_CODE_INTERNAL))

@@ -45,6 +45,15 @@ NOTHING_SIGNED: frozenset[grpc.StatusCode] = frozenset(
     }
 )
 
+# Refusals that sign nothing yet settle nothing either: a caller over the wallet's rate
+# limit, or a certificate the wallet does not admit (a deployment error). Either passes;
+# a plant refused so is asked again (its block may still take it), not recorded as a
+# failure that blames someone. A payout refused so fails and is reversed (asked again by
+# whoever wants it).
+REFUSED_FOR_NOW: frozenset[grpc.StatusCode] = frozenset(
+    {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
 
 def nothing_signed(exc: grpc.aio.AioRpcError, key: str) -> bool:
     """Whether the wallet's refusal of the call made under `key` proves nothing was

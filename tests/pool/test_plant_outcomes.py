@@ -24,7 +24,7 @@ from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore
 from pool_service.chain_view import ChainView
 from pool_service.payouts import Payouts
 from pool_service.planting import Planter, Unsettled, decide_answer, decide_refusal
-from pool_service.wallet import NOTHING_SIGNED, WalletClient
+from pool_service.wallet import NOTHING_SIGNED, REFUSED_FOR_NOW, WalletClient
 
 FARMER = uuid.uuid4()
 REQUEST = PlantRequestRow(
@@ -140,10 +140,12 @@ async def _payout_after(code: grpc.StatusCode, tmp_path: Path) -> str:
 async def test_planting_and_payouts_settle_a_refusal_by_the_same_rule(
     code: grpc.StatusCode, tmp_path: Path
 ) -> None:
+    """One rule says what proves nothing was signed; a plant refused only for now (a rate
+    limit, an unadmitted caller) is asked again rather than recorded as failed."""
     planted = decide_refusal(REQUEST, _error(code))
     paid = await _payout_after(code, tmp_path)
     proves = code in NOTHING_SIGNED
-    assert (planted is not Unsettled.PENDING) is proves
+    assert (planted is not Unsettled.PENDING) is (proves and code not in REFUSED_FOR_NOW)
     assert paid == ("failed" if proves else "pending")
 
 
