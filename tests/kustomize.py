@@ -53,7 +53,7 @@ def render_with_kubectl(directory: Path) -> list[Doc]:
     return [d for d in yaml.safe_load_all(done.stdout) if d]
 
 
-def key(doc: Doc) -> tuple[str, str, str]:
+def object_key(doc: Doc) -> tuple[str, str, str]:
     """What identifies an object: its kind, namespace and name."""
     meta = doc["metadata"]
     return doc["kind"], meta.get("namespace", ""), meta["name"]

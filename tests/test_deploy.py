@@ -32,7 +32,7 @@ from kalepool.db.roles import POOL, ROLES, WALLET
 from kalepool.settings import DataLayout, Settings, load_settings
 from kalepool.tls import POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki
 from pool_service.server import POOL_SERVICE, POOLER_SERVICE
-from tests.kustomize import key, render, render_here, render_with_kubectl
+from tests.kustomize import object_key, render, render_here, render_with_kubectl
 from wallet_service.server import SERVICE_NAME as WALLET_SERVICE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -343,7 +343,7 @@ def test_probes_are_native_grpc_on_the_plaintext_health_port() -> None:
         # The drain and the stop's grace fit in the pod's termination grace period.
         drain = float(configmaps["kale-pool-config"]["data"]["KALE_POOL_SHUTDOWN_DRAIN_SECONDS"])
         grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-        assert 0 < drain and drain + STOP_GRACE_SECONDS < grace, name
+        assert drain > 0 and drain + STOP_GRACE_SECONDS < grace, name
 
 
 def test_no_pod_reaches_the_health_ports() -> None:
@@ -412,7 +412,9 @@ def test_service_monitors_scrape_each_services_metrics_port() -> None:
     assert set(monitors) == set(deployments)
     for name, monitor in monitors.items():
         labels = monitor["spec"]["selector"]["matchLabels"]
-        (service,) = [s for s in services.values() if labels.items() <= s["metadata"]["labels"].items()]
+        (service,) = [
+            s for s in services.values() if labels.items() <= s["metadata"]["labels"].items()
+        ]
         assert service["metadata"]["name"] == name
         (endpoint,) = monitor["spec"]["endpoints"]
         assert endpoint["path"] == "/metrics"
@@ -803,8 +805,8 @@ def test_each_kustomization_renders(directory: Path) -> None:
 @pytest.mark.parametrize("directory", [*RENDERED_DIRS, BASE], ids=lambda p: p.name)
 def test_the_fallback_renderer_renders_what_kubectl_renders(directory: Path) -> None:
     """Without kubectl the tests render with tests/kustomize.py: it must agree."""
-    ours = {key(d): d for d in render_here(directory)}
-    kubectl = {key(d): d for d in render_with_kubectl(directory)}
+    ours = {object_key(d): d for d in render_here(directory)}
+    kubectl = {object_key(d): d for d in render_with_kubectl(directory)}
     assert set(ours) == set(kubectl)
     for name, doc in ours.items():
         assert doc == kubectl[name], name
@@ -848,7 +850,7 @@ def test_every_rendered_object_is_valid(directory: Path) -> None:
     if directory == POOLER:  # applied in the pool's cluster, by hand
         request = (POOLER / "certificate-request.yaml").read_text()
         docs += [d for d in yaml.safe_load_all(request) if d]
-    invalid = {"/".join(key(d)): p for d in docs if (p := _problems(d))}
+    invalid = {"/".join(object_key(d)): p for d in docs if (p := _problems(d))}
     assert not invalid, invalid
 
 
