@@ -15,11 +15,18 @@ standard health service, message size limits and five interceptors, outermost fi
    of the caller's name (a rate limit: RESOURCE_EXHAUSTED when spent);
 5. request bounds: every field of a request within what any service takes
    (`kalepool.bounds.out_of_bounds`), INVALID_ARGUMENT otherwise, before the handler.
+
+With a `health_address`, a second, plaintext server on that address serves the same
+health service and nothing else (no reflection, no service RPC): the kubelet's gRPC
+probe cannot present a client certificate. It says NOT_SERVING until the server has
+started and from the moment it begins to stop (through `drain_seconds` and the grace),
+so a draining pod leaves its Service before it refuses calls.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import inspect
 import logging
 import time
@@ -436,26 +443,44 @@ class ServerSpec:
     admin_callers: Iterable[str] = (OPERATOR,)
     # service full name -> the check each of its calls passes first (a rate limit)
     caller_limits: Mapping[str, CallerCheck] = field(default_factory=dict)
+    # host:port of the plaintext health-only server for the kubelet (None: none)
+    health_address: str | None = None
+    # on stop, how long the server keeps serving while health says NOT_SERVING
+    drain_seconds: float = 0.0
 
 
 @dataclass
 class BuiltServer:
-    """A started-or-not server, its bound port and its health service."""
+    """A started-or-not server, its bound port and its health service (and the plaintext
+    health-only server, when the spec asked for one)."""
 
     server: grpc.aio.Server
     port: int
     health: HealthServicer
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
+    drain_seconds: float = 0.0
 
     async def start(self, services: Iterable[str]) -> None:
         """Start serving and mark the given services (and the server as a whole) SERVING."""
+        # A new HealthServicer says SERVING for the whole server: not before it serves.
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         for name in ("", *services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Report NOT_SERVING, then stop (in-flight calls get `grace` seconds)."""
+        """Report NOT_SERVING, keep serving `drain_seconds` (load balancers and the
+        kubelet see it and send no new calls), then stop (in-flight calls get `grace`
+        seconds). The health-only server answers NOT_SERVING until the end."""
         await self.health.enter_graceful_shutdown()
+        if self.drain_seconds > 0:
+            await asyncio.sleep(self.drain_seconds)
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
 
 
 def build_server(
@@ -492,4 +517,24 @@ def build_server(
         raise RuntimeError(f"cannot listen on {spec.address}: {exc}") from None
     if port == 0:
         raise RuntimeError(f"cannot listen on {spec.address}")
-    return BuiltServer(server, port, health)
+    built = BuiltServer(server, port, health, drain_seconds=spec.drain_seconds)
+    if spec.health_address is not None:
+        built.health_server, built.health_port = _health_server(spec.health_address, health)
+    return built
+
+
+def _health_server(address: str, health: HealthServicer) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server on `address` serving `health` alone, and its bound port.
+
+    No interceptors: it carries no service RPC to authorize, bound or count, and the
+    kubelet's probe every few seconds would fill the log.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    return server, port

@@ -91,8 +91,8 @@ async def serve(settings: Settings, start: ServiceStarter, role: DbRole) -> None
             if not str(error).startswith("cannot listen on"):
                 raise
             raise StartupError(
-                f"{error} (another process on that port? set {ENV_PREFIX}POOL_LISTEN or"
-                f" {ENV_PREFIX}WALLET_LISTEN)"
+                f"{error} (another process on that port? set {ENV_PREFIX}POOL_LISTEN,"
+                f" {ENV_PREFIX}WALLET_LISTEN or their _HEALTH_LISTEN)"
             ) from None
         serve_metrics(settings, stack)
         await wait_for_shutdown()

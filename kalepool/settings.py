@@ -122,6 +122,23 @@ class Settings(BaseSettings):
     # --- services ----------------------------------------------------------
     pool_listen: str = Field("127.0.0.1:50051", description="pool_service gRPC address.")
     wallet_listen: str = Field("127.0.0.1:50052", description="wallet_service gRPC address.")
+    pool_health_listen: str | None = Field(
+        None,
+        description="Plaintext address where pool_service answers gRPC health alone, for the"
+        " kubelet's probes (unset: none; 0.0.0.0:50061 in a pod).",
+    )
+    wallet_health_listen: str | None = Field(
+        None,
+        description="Plaintext address where wallet_service answers gRPC health alone, for the"
+        " kubelet's probes (unset: none; 0.0.0.0:50062 in a pod).",
+    )
+    shutdown_drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=120,
+        description="On SIGTERM a service reports NOT_SERVING and keeps serving this long"
+        " before it stops (5 in a pod).",
+    )
     master_key: SecretStr | None = Field(
         None, description="Master key (base64, 32 bytes) encrypting custodial keys at rest."
     )

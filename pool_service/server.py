@@ -82,6 +82,11 @@ class PoolServer:
     def port(self) -> int:
         return self.built.port
 
+    @property
+    def health_port(self) -> int | None:
+        """The plaintext health-only port (None without one)."""
+        return self.built.health_port
+
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop harvesting and serving, then release the wallet channel and the database."""
         for task in self.loops:
@@ -120,7 +125,9 @@ async def start_pool_server(
     limited). The limits' buckets live in the database, shared by every replica. Unless
     `harvest_interval_seconds` is None, a background task harvests finished blocks'
     worked pails that often. Another drives unsettled plant requests at once and every
-    `plant_reconcile_interval_seconds`.
+    `plant_reconcile_interval_seconds`. With `pool_health_listen` set, gRPC health
+    alone is served there in plaintext too (`kalepool.grpc_server`); stopping drains
+    `shutdown_drain_seconds` first.
     """
     stack = AsyncExitStack()
     pool = await open_pool(
@@ -188,6 +195,8 @@ async def start_pool_server(
         allowed_callers={POOL_SERVICE: operators},
         caller_limits={POOL_SERVICE: limit_operator},
         error_map={psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE},
+        health_address=settings.pool_health_listen or None,
+        drain_seconds=settings.shutdown_drain_seconds,
     )
     try:
         built = build_server(spec, register)

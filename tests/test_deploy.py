@@ -5,31 +5,42 @@ only reveal at start-up: files a kustomization names exist, every Secret and
 ConfigMap a pod uses is defined (or documented as the operator's to create),
 every environment variable is a real setting, ports agree with the listen
 settings, certificates land under the names the services read, and network
-policies select real pods. When `kubectl` is installed, the overlays are rendered too.
+policies select real pods. Every overlay is rendered (`kubectl kustomize`, or
+tests/kustomize.py without kubectl) and each object it renders validated offline and
+strictly: core kinds with kubernetes-validate's schemas, custom resources with the
+schemas in deploy/schemas/.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 import re
 import shutil
-import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
 from kalepool.db.roles import POOL, ROLES, WALLET
 from kalepool.settings import DataLayout, Settings, load_settings
 from kalepool.tls import POOL_CLIENT, POOL_SERVER, WALLET_SERVER, DevPki
+from pool_service.server import POOL_SERVICE, POOLER_SERVICE
+from tests.kustomize import object_key, render, render_here, render_with_kubectl
+from wallet_service.server import SERVICE_NAME as WALLET_SERVICE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 OVERLAYS = [DEPLOY / "overlays" / "testnet", DEPLOY / "overlays" / "mainnet"]
 POOLER = DEPLOY / "pooler"
+SCHEMAS = DEPLOY / "schemas"
 DOC = ROOT / "docs" / "deploy.md"
 
 #: Secrets the operator creates by hand (docs/deploy.md says how); never in manifests.
@@ -182,7 +193,7 @@ def test_the_base_holds_every_part_of_the_pool() -> None:
     deployments = _of_kind(docs, "Deployment")
     assert deployments["wallet-service"]["spec"]["replicas"] == 1
     # Pool replicas share a block's work through the database (docs/database.md).
-    assert deployments["pool-service"]["spec"]["replicas"] == 2
+    assert _of_kind(docs, "HorizontalPodAutoscaler")["pool-service"]["spec"]["minReplicas"] == 2
     assert _of_kind(docs, "Cluster")["kale-pool-db"]["spec"]["instances"] == 3
     assert set(_of_kind(docs, "Certificate")) >= {
         POOL_SERVER,
@@ -293,18 +304,126 @@ def test_container_and_service_ports_match_the_listen_settings() -> None:
     assert host in _of_kind(docs, "Certificate")[WALLET_SERVER]["spec"]["dnsNames"]
 
 
-def test_probes_check_the_grpc_port() -> None:
-    for directory in (BASE,):
-        for name, deployment in _of_kind(_docs(directory), "Deployment").items():
-            (container,) = _containers(deployment)
-            port_names = {p["name"] for p in container["ports"]}
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                spec = container[probe]
-                # The kubelet's gRPC probe has no client certificate; the servers
-                # admit mTLS only, so such a probe would never pass.
-                assert "grpc" not in spec, f"{name}: a gRPC probe cannot speak mTLS"
-                assert spec["tcpSocket"]["port"] in port_names
-                assert spec["tcpSocket"]["port"] == "grpc"
+#: Each service: its health-listen setting and the service its readiness probe names.
+HEALTH = {
+    "wallet-service": ("KALE_POOL_WALLET_HEALTH_LISTEN", WALLET_SERVICE),
+    "pool-service": ("KALE_POOL_POOL_HEALTH_LISTEN", POOLER_SERVICE),
+}
+
+#: What a service's stop gives calls in flight after the drain (`server.stop` in
+#: wallet_service/server.py and pool_service/server.py).
+STOP_GRACE_SECONDS = 5
+
+
+def test_probes_are_native_grpc_on_the_plaintext_health_port() -> None:
+    """The kubelet's gRPC probes call each service's health-only port (no client
+    certificate needed there), never the mTLS port, and the port is not published."""
+    docs = _docs(BASE)
+    configmaps = _of_kind(docs, "ConfigMap")
+    services = _of_kind(docs, "Service")
+    assert set(_of_kind(docs, "Deployment")) == set(HEALTH)
+    for name, deployment in _of_kind(docs, "Deployment").items():
+        setting, served = HEALTH[name]
+        (container,) = _containers(deployment)
+        env = _config_env(container, configmaps)
+        assert env[setting].startswith("0.0.0.0:"), f"{name}: the kubelet dials the pod's IP"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["health"] == _port(env[setting]) != ports["grpc"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            spec = container[probe]
+            assert set(spec) - {"periodSeconds", "failureThreshold"} == {"grpc"}, (name, probe)
+            assert spec["grpc"]["port"] == ports["health"], (name, probe)
+        # Ready: the service the pod is for; alive and started: the server as a whole.
+        assert container["readinessProbe"]["grpc"]["service"] == served
+        assert served in (WALLET_SERVICE, POOL_SERVICE, POOLER_SERVICE)
+        assert "service" not in container["livenessProbe"]["grpc"]
+        assert "service" not in container["startupProbe"]["grpc"]
+        published = {p["targetPort"] for p in services[name]["spec"]["ports"]}
+        assert "health" not in published and ports["health"] not in published
+        # The drain and the stop's grace fit in the pod's termination grace period.
+        drain = float(configmaps["kale-pool-config"]["data"]["KALE_POOL_SHUTDOWN_DRAIN_SECONDS"])
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert drain > 0 and drain + STOP_GRACE_SECONDS < grace, name
+
+
+def test_no_pod_reaches_the_health_ports() -> None:
+    """The plaintext health port is the kubelet's: no network policy lets a pod in (the
+    kubelet's probes come from the node, which most CNIs do not filter)."""
+    docs = _docs(BASE)
+    configmaps = _of_kind(docs, "ConfigMap")
+    health_ports = set()
+    for name, (setting, _) in HEALTH.items():
+        (container,) = _containers(_of_kind(docs, "Deployment")[name])
+        health_ports.add(_port(_config_env(container, configmaps)[setting]))
+    for pod, allowed in _allowed(BASE, "ingress").items():
+        assert not {port for _, port in allowed} & health_ports, pod
+
+
+def test_disruption_budgets_keep_the_services_up() -> None:
+    """Drains take pool replicas one at a time; the single wallet signer waits for the
+    operator; a pod that is not ready never blocks a drain."""
+    docs = _docs(BASE)
+    deployments = _of_kind(docs, "Deployment")
+    budgets = _of_kind(docs, "PodDisruptionBudget")
+    assert set(budgets) == {"wallet-service", "pool-service"}
+    for name, budget in budgets.items():
+        spec = budget["spec"]
+        assert spec["selector"]["matchLabels"].items() <= _pod_labels(deployments[name]).items()
+        assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert budgets["pool-service"]["spec"]["maxUnavailable"] == 1
+    assert budgets["wallet-service"]["spec"]["minAvailable"] == 1
+    assert deployments["wallet-service"]["spec"]["replicas"] == 1
+
+
+def test_the_pool_service_scales_horizontally() -> None:
+    """An HPA owns the pool's replica count (the Deployment names none, so a re-apply
+    keeps what it chose) and scales on CPU, which the container requests; the wallet,
+    a single signer, does not scale."""
+    docs = _docs(BASE)
+    (hpa,) = _of_kind(docs, "HorizontalPodAutoscaler").values()
+    spec = hpa["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "pool-service",
+    }
+    pool = _of_kind(docs, "Deployment")["pool-service"]
+    assert "replicas" not in pool["spec"]
+    assert 2 == spec["minReplicas"] < spec["maxReplicas"]
+    (metric,) = spec["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    (container,) = _containers(pool)
+    assert container["resources"]["requests"]["cpu"]
+    bounds = {}
+    for overlay in OVERLAYS:
+        (rendered,) = _of_kind(_rendered(overlay), "HorizontalPodAutoscaler").values()
+        bounds[overlay.name] = (rendered["spec"]["minReplicas"], rendered["spec"]["maxReplicas"])
+    assert bounds["testnet"][0] == 1
+    assert bounds["mainnet"][0] >= 2, "mainnet keeps a second replica through a drain"
+    assert all(low < high for low, high in bounds.values())
+
+
+def test_service_monitors_scrape_each_services_metrics_port() -> None:
+    docs = _docs(BASE)
+    services = _of_kind(docs, "Service")
+    deployments = _of_kind(docs, "Deployment")
+    configmaps = _of_kind(docs, "ConfigMap")
+    monitors = _of_kind(docs, "ServiceMonitor")
+    assert set(monitors) == set(deployments)
+    for name, monitor in monitors.items():
+        labels = monitor["spec"]["selector"]["matchLabels"]
+        (service,) = [
+            s for s in services.values() if labels.items() <= s["metadata"]["labels"].items()
+        ]
+        assert service["metadata"]["name"] == name
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["path"] == "/metrics"
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        (container,) = _containers(deployments[name])
+        target = {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]]
+        assert target == int(_config_env(container, configmaps)["KALE_POOL_METRICS_PORT"])
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert "service-monitors.yaml" in kustomization["resources"]
 
 
 @pytest.mark.parametrize(
@@ -647,18 +766,148 @@ def test_overlay_settings_load_for_its_network(
     assert settings.rpc_url and settings.farm_contract_id and settings.network_passphrase
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("directory", [*OVERLAYS, POOLER], ids=lambda p: p.name)
-def test_kubectl_renders_the_kustomization(directory: Path) -> None:
-    rendered = subprocess.run(
-        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=60
-    )
-    assert rendered.returncode == 0, rendered.stderr
-    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+RENDERED_DIRS = [*OVERLAYS, POOLER]
+
+
+@functools.cache
+def _rendered_once(directory: Path) -> tuple[Doc, ...]:
+    return tuple(render(directory))
+
+
+def _rendered(directory: Path) -> list[Doc]:
+    """What the kustomization renders (a copy: tests may change it)."""
+    return copy.deepcopy(list(_rendered_once(directory)))
+
+
+@pytest.mark.parametrize("directory", RENDERED_DIRS, ids=lambda p: p.name)
+def test_each_kustomization_renders(directory: Path) -> None:
+    docs = _rendered(directory)
     for deployment in _of_kind(docs, "Deployment").values():
         assert deployment["metadata"]["namespace"] in {"kale-pool", "kale-pooler"}
         for container in _containers(deployment):
             assert container["image"].startswith("REPLACE-ME.example/kale-pool:")
+    # Every object of the files it lists, no other (the overlays list the base).
+    if directory in OVERLAYS:
+        listed = [d for d in _docs(BASE) if d["kind"] != "Kustomization"]
+    else:
+        kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        listed = [
+            d
+            for entry in kustomization["resources"]
+            for d in yaml.safe_load_all((directory / entry).read_text())
+            if d
+        ]
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert names == {(d["kind"], d["metadata"]["name"]) for d in listed}
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("directory", [*RENDERED_DIRS, BASE], ids=lambda p: p.name)
+def test_the_fallback_renderer_renders_what_kubectl_renders(directory: Path) -> None:
+    """Without kubectl the tests render with tests/kustomize.py: it must agree."""
+    ours = {object_key(d): d for d in render_here(directory)}
+    kubectl = {object_key(d): d for d in render_with_kubectl(directory)}
+    assert set(ours) == set(kubectl)
+    for name, doc in ours.items():
+        assert doc == kubectl[name], name
+
+
+#: The Kubernetes releases the manifests are valid for: the oldest we support (native
+#: gRPC probes and `unhealthyPodEvictionPolicy` are GA there) and the newest whose
+#: schemas kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.utils.latest_version())
+
+
+@functools.cache
+def _custom_schema(kind: str, group: str) -> Doc | None:
+    path = SCHEMAS / f"{kind.lower()}.{group}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _problems(doc: Doc) -> list[str]:
+    """Why `doc` is not a valid object (nothing when it is): a custom resource against
+    its schema in deploy/schemas/, anything else against Kubernetes' own, strictly (no
+    field the API does not know)."""
+    group = doc["apiVersion"].rpartition("/")[0]
+    schema = _custom_schema(doc["kind"], group) if "." in group else None
+    if schema is not None:
+        validator = jsonschema.Draft7Validator(schema)
+        return [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
+    problems = []
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"Kubernetes {version}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            problems.append(f"no schema for {doc['apiVersion']} {doc['kind']} (deploy/schemas/)")
+    return problems
+
+
+@pytest.mark.parametrize("directory", RENDERED_DIRS, ids=lambda p: p.name)
+def test_every_rendered_object_is_valid(directory: Path) -> None:
+    docs = _rendered(directory)
+    if directory == POOLER:  # applied in the pool's cluster, by hand
+        request = (POOLER / "certificate-request.yaml").read_text()
+        docs += [d for d in yaml.safe_load_all(request) if d]
+    invalid = {"/".join(object_key(d)): p for d in docs if (p := _problems(d))}
+    assert not invalid, invalid
+
+
+def test_every_custom_resource_kind_has_a_schema_in_the_repository() -> None:
+    kinds = {
+        (d["kind"], d["apiVersion"].rpartition("/")[0])
+        for directory in RENDERED_DIRS
+        for d in _rendered(directory)
+    }
+    custom = {(kind, group) for kind, group in kinds if "." in group and "k8s.io" not in group}
+    assert custom >= {
+        ("Certificate", "cert-manager.io"),
+        ("Issuer", "cert-manager.io"),
+        ("Cluster", "postgresql.cnpg.io"),
+        ("ScheduledBackup", "postgresql.cnpg.io"),
+        ("ServiceMonitor", "monitoring.coreos.com"),
+    }
+    for kind, group in custom | {("CertificateRequest", "cert-manager.io")}:
+        assert _custom_schema(kind, group) is not None, (kind, group)
+    assert _custom_schema("PrometheusRule", "monitoring.coreos.com") is not None
+    readme = (SCHEMAS / "README.md").read_text()
+    for path in SCHEMAS.glob("*.json"):
+        assert f"`{path.name}`" in readme, f"deploy/schemas/README.md does not name {path.name}"
+
+
+def _first(docs: list[Doc], kind: str) -> Doc:
+    return next(d for d in docs if d["kind"] == kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "spoil"),
+    [
+        # a misspelt field, which a cluster would prune without a word
+        ("Deployment", lambda d: d["spec"].update(replica=3)),
+        # a gRPC probe's port is a number: a port's name is refused
+        (
+            "Deployment",
+            lambda d: d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].update(
+                grpc={"port": "health"}
+            ),
+        ),
+        ("PodDisruptionBudget", lambda d: d["spec"].update(maxUnavaliable=1)),
+        ("HorizontalPodAutoscaler", lambda d: d["spec"].pop("maxReplicas")),
+        ("Certificate", lambda d: d["spec"].update(commonname="pool-service")),
+        ("Certificate", lambda d: d["spec"]["privateKey"].update(algorithm="DSA")),
+        ("Cluster", lambda d: d["spec"].update(instances="three")),
+        ("ScheduledBackup", lambda d: d["spec"].update(method="pg_dump")),
+        ("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(interval=30)),
+        ("ServiceMonitor", lambda d: d["spec"].pop("selector")),
+    ],
+)
+def test_validation_refuses_a_spoilt_object(kind: str, spoil: Any) -> None:
+    """The validation can fail: each spoilt object is refused (and was valid before)."""
+    doc = _first(_rendered(OVERLAYS[1]), kind)
+    assert _problems(doc) == []
+    spoil(doc)
+    assert _problems(doc), f"a spoilt {kind} passed"
 
 
 # --- the services' certificate loading against a mounted secret ----------------------

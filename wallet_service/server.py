@@ -47,6 +47,11 @@ class WalletServer:
     def port(self) -> int:
         return self.built.port
 
+    @property
+    def health_port(self) -> int | None:
+        """The plaintext health-only port (None without one)."""
+        return self.built.health_port
+
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, then release the pool and the chain client."""
         if not self.reconciled.done():
@@ -68,6 +73,8 @@ async def start_wallet_server(
     statement_timeout_seconds: float = 30.0,
     limits: PayoutLimits | None = None,
     calls_per_minute: int = 30000,
+    health_address: str | None = None,
+    drain_seconds: float = 0.0,
 ) -> WalletServer:
     """Open the database pool, start serving, and reconcile unsettled transactions.
 
@@ -77,7 +84,8 @@ async def start_wallet_server(
     (`WalletServer.reconciled`); it takes each account's lock, so a call for an account
     waits until that account is reconciled. Each caller may make `calls_per_minute`
     calls (a bucket in the database, shared by every replica); more are
-    RESOURCE_EXHAUSTED.
+    RESOURCE_EXHAUSTED. With a `health_address`, gRPC health alone is served there in
+    plaintext too (`kalepool.grpc_server`); stopping drains `drain_seconds` first.
     """
     stack = AsyncExitStack()
     pool = await open_pool(
@@ -105,6 +113,8 @@ async def start_wallet_server(
         allowed_callers={SERVICE_NAME: allowed_callers},
         caller_limits={SERVICE_NAME: limit_caller},
         error_map={psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE},
+        health_address=health_address,
+        drain_seconds=drain_seconds,
     )
     try:
         built = build_server(spec, register)
@@ -142,6 +152,8 @@ async def start_wallet_for(
         statement_timeout_seconds=settings.db_timeout_seconds,
         limits=PayoutLimits.of(settings),
         calls_per_minute=settings.rate_limit_wallet_per_minute,
+        health_address=settings.wallet_health_listen or None,
+        drain_seconds=settings.shutdown_drain_seconds,
     )
     stack.push_async_callback(server.stop, 5.0)
     return server
