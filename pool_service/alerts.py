@@ -141,7 +141,7 @@ def api_latency(seen: Observation, window: Window, s: Settings, host: str) -> li
             found.append(
                 Finding(
                     f"{rpc.service}/{rpc.method} on {host}",
-                    f"mean response {mean:.1f} s over {rpc.calls:.0f} calls"
+                    f"mean response {mean:.3g} s over {rpc.calls:.0f} calls"
                     f" (threshold {s.alert_api_latency_seconds:g} s)",
                 )
             )
