@@ -711,16 +711,20 @@ _METRIC = re.compile(r"\bkalepool_[a-z0-9_]+")
 def _exported_metric_names() -> set[str]:
     """Every series name the processes export: each module that defines metrics is
     imported, and the default registry's families spelled out as Prometheus shows them."""
+    import importlib
+
     import prometheus_client
 
-    import kalepool.chain.metrics
-    import kalepool.db.health
-    import kalepool.grpc_server
-    import kalepool.limits
-    import pool_service.metrics
-    import pooler_agent.metrics
-    import wallet_service.policy  # noqa: F401 (imported for its metrics)
-
+    for module in (
+        "kalepool.chain.metrics",
+        "kalepool.db.health",
+        "kalepool.grpc_server",
+        "kalepool.limits",
+        "pool_service.metrics",
+        "pooler_agent.metrics",
+        "wallet_service.policy",
+    ):
+        importlib.import_module(module)
     suffixes = {
         "counter": ("_total",),
         "histogram": ("_bucket", "_sum", "_count"),
