@@ -230,6 +230,56 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0 in a pod)."
     )
     metrics_port: int = Field(9090, ge=0, le=65535, description="Prometheus metrics port.")
+    pooler_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the pooler agent's Prometheus metrics on metrics_host (unset: none;"
+        " `kale-pool up` runs several agents and leaves it unset).",
+    )
+    monitor_interval_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Period of the pool's monitor pass: balances, poolers and database health"
+        " read into the metrics, then the alert rules evaluated.",
+    )
+    db_health_timeout_seconds: float = Field(
+        5.0, gt=0, description="Deadline of the periodic `SELECT 1` behind the database gauges."
+    )
+
+    # --- alerts (pool_service/alerts.py; docs/operations.md) -------------------
+    alert_webhook_url: SecretStr | None = Field(
+        None,
+        description="Discord- or Slack-compatible webhook the alerts are posted to (a secret:"
+        " its path holds the token); unset: alerts are only logged.",
+    )
+    alert_webhook_attempts: int = Field(
+        4, ge=1, le=20, description="Tries of one webhook post (with backoff) before giving up."
+    )
+    alert_api_latency_seconds: float = Field(
+        10.0, gt=0, description="Alert when an RPC's mean latency over a pass exceeds this."
+    )
+    alert_min_success_ratio: float = Field(
+        0.95, ge=0, le=1, description="Alert when an RPC's success ratio over a pass is below."
+    )
+    alert_min_calls: int = Field(
+        20, ge=1, description="Calls in a pass before a success or failure ratio is judged."
+    )
+    alert_min_xlm: float = Field(
+        0.1, ge=0, description="Alert when a custodial wallet holds fewer XLM (fees)."
+    )
+    alert_max_contract_failure_ratio: float = Field(
+        0.05, ge=0, le=1, description="Alert when more of a pass's contract calls fail."
+    )
+    alert_pooler_unseen_minutes: float = Field(
+        5.0, gt=0, description="Alert when an active pooler has not beaten for this long."
+    )
+    alert_pooler_max_cpu_percent: int = Field(
+        90, ge=1, le=100, description="Alert when a pooler's heartbeat reports more CPU in use."
+    )
+    alert_pooler_max_memory_percent: int = Field(
+        90, ge=1, le=100, description="Alert when a pooler's heartbeat reports more memory."
+    )
     pg_bin_dir: Path | None = Field(
         None,
         description="Directory of pg_dump and pg_restore for `kale-pool db backup` / `restore`"
@@ -355,7 +405,14 @@ def _describe(error: ValidationError) -> str:
     value = first.get("input")
     shown = (
         ""
-        if name in {"database_url", "master_key", "pooler_api_key", "pooler_channel_secrets"}
+        if name
+        in {
+            "database_url",
+            "master_key",
+            "pooler_api_key",
+            "pooler_channel_secrets",
+            "alert_webhook_url",
+        }
         else f" (got {value!r})"
     )
     return f"{env_name}: {message}{shown}"

@@ -49,6 +49,7 @@ from pool_service.books.poolers import PoolerRow
 from pool_service.books.works import NewWork, Unreported, WorkStore
 from pool_service.chain_view import ChainView
 from pool_service.loops import every
+from pool_service.metrics import HARVESTS
 from pool_service.wallet import WalletClient
 
 log = logging.getLogger("pool_service")
@@ -149,6 +150,7 @@ class Harvester:
                 tx_hash=out.tx_hash,
                 ledger=out.ledger,
             )
+            HARVESTS.labels("success").inc()
         elif code == common_pb2.FAILURE_CODE_PAIL_MISSING:
             # Harvested by someone else, perhaps: settled once the follower could know.
             done.missing.append((pail, response))
@@ -170,6 +172,7 @@ class Harvester:
             error_code=wire.failure_label(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
             error_message=out.failure.message or common_pb2.TxStatus.Name(out.status),
         )
+        HARVESTS.labels("failed").inc()
 
     async def _settle(self, current: int, latest_ledger: int) -> None:
         """Compensations become certain once a block's pails are settled (after a pass)."""

@@ -48,6 +48,7 @@ from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore
 from pool_service.books.poolers import PoolerRow
 from pool_service.chain_view import ChainView
 from pool_service.locks import KeyedLocks
+from pool_service.metrics import PLANTS
 from pool_service.wallet import REFUSED_FOR_NOW, WalletClient, nothing_signed
 
 log = logging.getLogger("pool_service")
@@ -331,6 +332,7 @@ class Planter:
             decision = dataclasses.replace(decision, recorded_late=after_window)
         row, new = await self.plantings.record_planting(request, decision)
         if new and row is not None:
+            PLANTS.labels(str(row.status)).inc()
             log.info(
                 "plant farmer=%s block=%d %s%s%s",
                 row.farmer_id,

@@ -128,6 +128,9 @@ def check_heartbeat(request: pooler_pb2.HeartbeatRequest) -> Heartbeat:
     for name in ("hashes_per_second", "last_cursor"):
         if getattr(request, name) > INT64_MAX:
             raise InvalidArgument(f"{name} must be at most {INT64_MAX}")
+    for name in ("cpu_percent", "memory_percent"):
+        if getattr(request, name) > 100:
+            raise InvalidArgument(f"{name} must be a percentage, at most 100")
     return Heartbeat(
         capacity=request.capacity,
         hashes_per_second=request.hashes_per_second,
@@ -136,4 +139,8 @@ def check_heartbeat(request: pooler_pb2.HeartbeatRequest) -> Heartbeat:
         agent_version=version,
         block_index=request.observed_block_index,
         last_cursor=request.last_cursor,
+        # proto3 cannot tell 0 from unset: an agent that measures nothing sends 0, which
+        # no rule fires on.
+        cpu_percent=request.cpu_percent,
+        memory_percent=request.memory_percent,
     )

@@ -30,6 +30,7 @@ from kalepool.tls import (
     Identity,
 )
 from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
+from pool_service.alerts import AlertEngine, IncidentStore, Webhook
 from pool_service.auth import FAILED_AUTH, POOLER_CALLS, Authenticator
 from pool_service.blocks import BlockReports
 from pool_service.books.blocks import BlockStore
@@ -47,6 +48,7 @@ from pool_service.deposits import ChainFollower
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
 from pool_service.loops import every
+from pool_service.metrics import Monitor
 from pool_service.payouts import Payouts
 from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
@@ -74,8 +76,10 @@ class PoolServer:
     # The background loops (pool_service.loops.every), each stopped with the server:
     # plant reconciliation (unsettled plant requests driven again), harvests (when
     # harvest_interval_seconds is set), payout settlement (pending payouts driven) and
-    # the chain follower (deposits credited, anyone's harvests recorded).
+    # the chain follower (deposits credited, anyone's harvests recorded) and the monitor
+    # (metrics read, alert rules judged: `alerts`).
     loops: list[asyncio.Task[None]]
+    alerts: AlertEngine
     _stack: AsyncExitStack
 
     @property
@@ -205,6 +209,16 @@ async def start_pool_server(
         await stack.aclose()
         raise
     plants = PlantReconciler(plantings, planter)
+    webhook_url = settings.alert_webhook_url
+    alerts = AlertEngine(
+        Monitor(pool, chain, conninfo, settings.db_health_timeout_seconds),
+        IncidentStore(pool),
+        Webhook(
+            webhook_url.get_secret_value() if webhook_url else None,
+            settings.alert_webhook_attempts,
+        ),
+        settings,
+    )
     loops = [
         asyncio.create_task(
             every(
@@ -220,13 +234,17 @@ async def start_pool_server(
             every(settings.deposit_poll_interval_seconds, follower.run_once, "chain follower"),
             name="pool-deposits",
         ),
+        asyncio.create_task(
+            every(settings.monitor_interval_seconds, alerts.run_once, "monitor"),
+            name="pool-monitor",
+        ),
     ]
     if harvest_interval_seconds is not None:
         loops.append(
             asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
         )
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, loops, stack)
+    return PoolServer(built, registry, pooler_api, feeds, pool, loops, alerts, stack)
 
 
 async def start_pool_for(

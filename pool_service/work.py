@@ -36,6 +36,7 @@ from pool_service.books.plantings import PlantingRow, PlantingStore
 from pool_service.books.poolers import PoolerRow
 from pool_service.books.works import NewWork, WorkRow, WorkStore
 from pool_service.chain_view import ChainView
+from pool_service.metrics import WORK_REPORTS
 
 MAX_RESULTS = 1000
 # Chain reads of one report in flight at once.
@@ -47,6 +48,13 @@ ALREADY_RECORDED = pooler_pb2.REPORT_OUTCOME_ALREADY_RECORDED
 PENDING = pooler_pb2.REPORT_OUTCOME_PENDING
 RETRY = pooler_pb2.REPORT_OUTCOME_RETRY
 REFUSED = pooler_pb2.REPORT_OUTCOME_REFUSED
+# `kalepool_pool_work_reports_total`'s outcome label of each result (pending: retry).
+_REPORT_LABELS = {
+    RECORDED: "recorded",
+    ALREADY_RECORDED: "already_recorded",
+    REFUSED: "refused",
+    RETRY: "retry",
+}
 
 
 class _Refused(Exception):
@@ -236,6 +244,8 @@ class WorkReports:
 
         await self.works.record_works(pooler.id, block_index, decide)
         count = {o: sum(i.outcome == o for i in items) for o in (RECORDED, ALREADY_RECORDED)}
+        for item in items:
+            WORK_REPORTS.labels(_REPORT_LABELS.get(item.outcome, "retry")).inc()
         return pooler_pb2.ReportWorkResponse(
             recorded=count[RECORDED],
             already_recorded=count[ALREADY_RECORDED],

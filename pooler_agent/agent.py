@@ -37,6 +37,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from stellar_sdk import Keypair
@@ -55,6 +56,7 @@ from pooler_agent.block_monitor import (
     plan_plant,
 )
 from pooler_agent.journal import WorkJournal
+from pooler_agent.metrics import HASH_RATE, WORKS, ZEROS, MachineLoad
 from pooler_agent.pool_client import (
     Backoff,
     CursorFile,
@@ -66,7 +68,7 @@ from pooler_agent.pool_client import (
     WorkReporter,
 )
 from pooler_agent.work_manager import CapacityError, MinedWork, WorkManager
-from pooler_agent.work_submitter import WorkResult, WorkStatus, WorkSubmitter
+from pooler_agent.work_submitter import FailureCode, WorkResult, WorkStatus, WorkSubmitter
 
 log = logging.getLogger(__name__)
 
@@ -584,9 +586,13 @@ class PoolerAgent:
         if result.status is WorkStatus.SUCCESS:
             self.stats.succeeded += 1
             state = "landed"
+            WORKS.labels("submitted").inc()
+            ZEROS.observe(result.zeros)
         elif result.status is WorkStatus.FAILED:
             self.stats.failed += 1
             state = "failed"
+            late = result.failure is FailureCode.WORK_LATE
+            WORKS.labels("late" if late else "failed").inc()
         else:
             state = "pending" if result.final else "following"
         self._show(result.key, zeros=result.zeros, hashes=result.hashes, state=state)
@@ -645,9 +651,12 @@ class PoolerAgent:
 
     async def _heartbeat(self) -> None:
         interval = self.heartbeat_seconds
+        load = MachineLoad()
         while True:
             progress = self.manager.progress()
             latest = self.monitor.latest
+            HASH_RATE.set(progress.hashes_per_second)
+            cpu, memory = load.sample()
             try:
                 answer = await self.pool.heartbeat(
                     pooler_pb2.HeartbeatRequest(
@@ -658,6 +667,8 @@ class PoolerAgent:
                         mining_farmers=progress.mining_farmers,
                         observed_block_index=latest.index if latest else 0,
                         last_cursor=self.cursors.received,
+                        cpu_percent=cpu,
+                        memory_percent=memory,
                     )
                 )
                 if answer.interval_seconds:
@@ -780,6 +791,7 @@ async def run_agent(
         threads=settings.mining_threads,
     )
     view: asyncio.Task[None] | None = None
+    metrics = serve_pooler_metrics(settings)
     try:
         channels = ChannelPool.from_secrets(chain, secrets, clock=clock)
         cursors = CursorTracker(CursorFile(state_path(settings)))
@@ -816,6 +828,26 @@ async def run_agent(
         await manager.shutdown()
         await pool.close()
         await chain.aclose()
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
+
+
+def serve_pooler_metrics(settings: Settings) -> WSGIServer | None:
+    """The agent's Prometheus endpoint on `pooler_metrics_port` (None: unset)."""
+    if settings.pooler_metrics_port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(settings.pooler_metrics_port, addr=settings.metrics_host)
+    except OSError as error:
+        raise ValueError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.pooler_metrics_port}:"
+            f" {error.strerror or error} (set KALE_POOL_POOLER_METRICS_PORT)"
+        ) from None
+    log.info("pooler metrics on %s:%d", settings.metrics_host, server.server_port)
+    return server
 
 
 def run_pooler(settings: Settings) -> None:

@@ -950,3 +950,71 @@ def test_the_service_image_leaves_the_devnet_out() -> None:
             copied.update(source.rstrip("/") for source in words[1:-1])
     assert "kale_devnet" in shipped
     assert set(shipped) - copied == {"kale_devnet"}
+
+
+# --- monitoring: the PrometheusRule and the Grafana dashboard --------------------------
+
+_METRIC = re.compile(r"\bkalepool_[a-z0-9_]+")
+
+
+def _exported_metric_names() -> set[str]:
+    """Every series name the processes export: each module that defines metrics is
+    imported, and the default registry's families spelled out as Prometheus shows them."""
+    import importlib
+
+    import prometheus_client
+
+    for module in (
+        "kalepool.chain.metrics",
+        "kalepool.db.health",
+        "kalepool.grpc_server",
+        "kalepool.limits",
+        "pool_service.metrics",
+        "pooler_agent.metrics",
+        "wallet_service.policy",
+    ):
+        importlib.import_module(module)
+    suffixes = {
+        "counter": ("_total",),
+        "histogram": ("_bucket", "_sum", "_count"),
+        "gauge": ("",),
+        "summary": ("_sum", "_count", ""),
+    }
+    names: set[str] = set()
+    for family in prometheus_client.REGISTRY.collect():
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    [rule] = [d for d in _docs(BASE) if d["kind"] == "PrometheusRule"]
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def test_every_alert_expression_uses_metrics_the_code_exports() -> None:
+    exported = _exported_metric_names()
+    for rule in _alert_rules():
+        used = set(_METRIC.findall(rule["expr"]))
+        assert used, f"{rule['alert']}: no kale-pool metric in its expression"
+        assert used <= exported, f"{rule['alert']}: not exported: {sorted(used - exported)}"
+
+
+def test_the_prometheus_rules_are_the_alert_engines_rules() -> None:
+    from pool_service.alerts import DATABASE_RULE, STORED_RULES
+
+    shipped = {rule["labels"]["rule"] for rule in _alert_rules()}
+    assert shipped == {*STORED_RULES, DATABASE_RULE}
+    assert "alerts.yaml" in yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
+
+
+def test_every_dashboard_panel_queries_metrics_the_code_exports() -> None:
+    import json
+
+    dashboard = json.loads((DEPLOY / "grafana" / "kale-pool.json").read_text())
+    exported = _exported_metric_names()
+    assert dashboard["panels"]
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used = set(_METRIC.findall(target["expr"]))
+            assert used, f"panel {panel['title']!r}: no kale-pool metric"
+            assert used <= exported, f"panel {panel['title']!r}: not exported: {used - exported}"

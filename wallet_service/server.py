@@ -23,6 +23,7 @@ from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, CertificateFiles, Identity
 from kalepool.v1 import wallet_pb2_grpc
 from wallet_service.keystore import Keyring, KeyringSource
+from wallet_service.metrics import start_database_watch
 from wallet_service.policy import PayoutLimits
 from wallet_service.service import WalletService
 from wallet_service.store import Store
@@ -156,4 +157,7 @@ async def start_wallet_for(
         drain_seconds=settings.shutdown_drain_seconds,
     )
     stack.push_async_callback(server.stop, 5.0)
+    start_database_watch(
+        conninfo, settings.monitor_interval_seconds, settings.db_health_timeout_seconds, stack
+    )
     return server

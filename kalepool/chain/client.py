@@ -26,6 +26,7 @@ from stellar_sdk.soroban_server_async import SorobanServerAsync
 
 from kalepool.chain.config import ChainConfig
 from kalepool.chain.errors import ChainDataError, ChainUnavailableError
+from kalepool.chain.metrics import CHAIN_RPC_CALLS
 from kalepool.masking import mask_url
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,14 @@ class ChainClient:
         failures = 0
         while True:
             try:
-                return await fn()
+                got = await fn()
             except Exception as exc:
                 if not is_transient(exc):
+                    CHAIN_RPC_CALLS.labels(what, "error").inc()
                     raise
                 failures += 1
                 if failures >= self.retry.attempts:
+                    CHAIN_RPC_CALLS.labels(what, "unavailable").inc()
                     raise ChainUnavailableError(
                         f"{what}: RPC at {mask_url(self.config.rpc_url)} failed "
                         f"{failures} times ({describe_failure(exc)})"
@@ -142,6 +145,9 @@ class ChainClient:
                 delay = self.retry.delay(failures)
                 log.warning("%s failed (%s); retrying in %.2fs", what, describe_failure(exc), delay)
                 await asyncio.sleep(delay)
+            else:
+                CHAIN_RPC_CALLS.labels(what, "ok").inc()
+                return got
 
     async def latest_ledger(self) -> LedgerInfo:
         """The latest closed ledger: its sequence and close time (the chain's clock)."""

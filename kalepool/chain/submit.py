@@ -50,6 +50,7 @@ from kalepool.chain.errors import (
     result_codes,
 )
 from kalepool.chain.farm_state import read_account
+from kalepool.chain.metrics import CHAIN_TRANSACTIONS
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ async def submit(
     _check_network(client, tx)
     if record is not None:
         await record(tx)
-    return await _Drive(client, tx, observe, sent_before=False).run()
+    return await _counted(tx, _Drive(client, tx, observe, sent_before=False).run())
 
 
 async def reconcile(
@@ -333,7 +334,19 @@ async def reconcile(
     envelope again. Never builds a new one.
     """
     _check_network(client, tx)
-    return await _Drive(client, tx, observe, sent_before=True).run()
+    return await _counted(tx, _Drive(client, tx, observe, sent_before=True).run())
+
+
+async def _counted(tx: SignedTx, drive: Awaitable[TxOutcome]) -> TxOutcome:
+    """The drive's outcome, counted in `kalepool_chain_transactions_total`."""
+    function = tx.function or tx.kind.value
+    try:
+        outcome = await drive
+    except ChainUnavailableError:
+        CHAIN_TRANSACTIONS.labels(function, "unavailable").inc()
+        raise
+    CHAIN_TRANSACTIONS.labels(function, outcome.status.value).inc()
+    return outcome
 
 
 def _check_network(client: ChainClient, tx: SignedTx) -> None:

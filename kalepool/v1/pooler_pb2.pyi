@@ -608,6 +608,8 @@ class HeartbeatRequest(_message.Message):
     MINING_FARMERS_FIELD_NUMBER: _builtins.int
     OBSERVED_BLOCK_INDEX_FIELD_NUMBER: _builtins.int
     LAST_CURSOR_FIELD_NUMBER: _builtins.int
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    MEMORY_PERCENT_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     """The agent's version."""
     capacity: _builtins.int
@@ -622,6 +624,10 @@ class HeartbeatRequest(_message.Message):
     """The chain's current block as the agent last saw it."""
     last_cursor: _builtins.int
     """The cursor of the last assignment the agent processed."""
+    cpu_percent: _builtins.int
+    """Share of the machine's CPU in use since the last heartbeat, in percent (0-100)."""
+    memory_percent: _builtins.int
+    """Share of the machine's memory in use, in percent (0-100)."""
     def __init__(
         self,
         *,
@@ -632,10 +638,12 @@ class HeartbeatRequest(_message.Message):
         mining_farmers: _builtins.int = ...,
         observed_block_index: _builtins.int = ...,
         last_cursor: _builtins.int = ...,
+        cpu_percent: _builtins.int = ...,
+        memory_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "mining_farmers", b"mining_farmers", "observed_block_index", b"observed_block_index", "threads", b"threads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "cpu_percent", b"cpu_percent", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "memory_percent", b"memory_percent", "mining_farmers", b"mining_farmers", "observed_block_index", b"observed_block_index", "threads", b"threads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

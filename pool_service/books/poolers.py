@@ -35,6 +35,8 @@ class Heartbeat:
     agent_version: str
     block_index: int
     last_cursor: int
+    cpu_percent: int | None = None  # None: an agent that does not report it
+    memory_percent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,8 @@ class PoolerStore:
                 "UPDATE poolers SET last_heartbeat_at = now(), heartbeat_capacity = %s,"
                 " heartbeat_hashes_per_second = %s, heartbeat_threads = %s,"
                 " heartbeat_mining_farmers = %s, heartbeat_agent_version = %s,"
-                " heartbeat_block_index = %s, heartbeat_last_cursor = %s"
+                " heartbeat_block_index = %s, heartbeat_last_cursor = %s,"
+                " heartbeat_cpu_percent = %s, heartbeat_memory_percent = %s"
                 " WHERE id = %s AND (last_heartbeat_at IS NULL"
                 " OR last_heartbeat_at <= now() - make_interval(secs => %s))",
                 (
@@ -203,6 +206,8 @@ class PoolerStore:
                     beat.agent_version,
                     beat.block_index,
                     beat.last_cursor,
+                    beat.cpu_percent,
+                    beat.memory_percent,
                     pooler_id,
                     min_seconds,
                 ),

@@ -31,6 +31,7 @@ from .rows import Rows, account
 SCHEMA_TABLES = {
     "schema_migrations",
     "pool.poolers",
+    "pool.alerts",
     "pool.pooler_api_keys",
     "pool.farmers",
     "wallet.custodial_wallets",
