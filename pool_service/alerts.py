@@ -12,28 +12,23 @@ most one replica wins. Rules over a replica's own calls (`api_latency`, `api_suc
 incidents. "Database unreachable" cannot be stored in the database it is about: its
 state lives in each replica's memory, and each replica posts its own.
 
-The post is `{"content": text, "text": text}` (Discord reads `content`, Slack `text`),
-retried with exponential backoff; a webhook that stays down is logged and never stops
-the service. No text holds a secret: subjects are ids, names and public addresses, and
-every text goes through `kalepool.masking.redact` on its way out.
+Posts go through `kalepool.webhook.Webhook` (Discord- and Slack-compatible, retried, never
+raising, redacted). No text holds a secret: subjects are ids, names and public addresses.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from kalepool.db.reads import Pool
 from kalepool.grpc_server import RPC_COUNT, RPC_LATENCY
-from kalepool.masking import mask_url, redact
 from kalepool.settings import Settings
 from kalepool.v1 import pool_pb2, pooler_pb2
+from kalepool.webhook import Webhook
 from pool_service.metrics import HARVESTS, PLANTS, STROOPS_PER_UNIT, Monitor, Observation
 
 log = logging.getLogger("pool_service.alerts")
@@ -293,51 +288,6 @@ class IncidentStore:
             )
             row = await cur.fetchone()
             return None if row is None else row[0]
-
-
-class Webhook:
-    """Posts alert texts to the webhook URL, with retries; never raises."""
-
-    def __init__(self, url: str | None, attempts: int, first_delay: float = 1.0) -> None:
-        self.url = url
-        self.attempts = attempts
-        self.first_delay = first_delay
-
-    async def post(self, text: str) -> bool:
-        """Post `text` (redacted); whether the webhook took it."""
-        text = redact(text)
-        log.warning("alert: %s", text)
-        if self.url is None:
-            return False
-        body = {"content": text, "text": text}
-        delay = self.first_delay
-        for attempt in range(1, self.attempts + 1):
-            why = await self._try(body)
-            if why is None:
-                return True
-            if attempt < self.attempts:
-                log.warning(
-                    "alert webhook %s: %s; retrying in %.0f s", mask_url(self.url), why, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
-        log.error("alert webhook %s gave up after %d tries", mask_url(self.url), self.attempts)
-        return False
-
-    async def _try(self, body: dict[str, str]) -> str | None:
-        """One post; None when it was taken, else why not."""
-        assert self.url is not None
-        try:
-            timeout = aiohttp.ClientTimeout(total=10)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(self.url, json=body) as answer,
-            ):
-                if 200 <= answer.status < 300:
-                    return None
-                return f"HTTP {answer.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return type(exc).__name__
 
 
 @dataclass

@@ -30,7 +30,8 @@ from kalepool.tls import (
     Identity,
 )
 from kalepool.v1 import pool_pb2_grpc, pooler_pb2_grpc
-from pool_service.alerts import AlertEngine, IncidentStore, Webhook
+from kalepool.webhook import Webhook
+from pool_service.alerts import AlertEngine, IncidentStore
 from pool_service.auth import FAILED_AUTH, POOLER_CALLS, Authenticator
 from pool_service.blocks import BlockReports
 from pool_service.books.blocks import BlockStore
@@ -209,14 +210,10 @@ async def start_pool_server(
         await stack.aclose()
         raise
     plants = PlantReconciler(plantings, planter)
-    webhook_url = settings.alert_webhook_url
     alerts = AlertEngine(
         Monitor(pool, chain, conninfo, settings.db_health_timeout_seconds),
         IncidentStore(pool),
-        Webhook(
-            webhook_url.get_secret_value() if webhook_url else None,
-            settings.alert_webhook_attempts,
-        ),
+        Webhook.of(settings),
         settings,
     )
     loops = [

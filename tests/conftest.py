@@ -56,6 +56,7 @@ from kalepool.db.embedded import start_embedded
 from kalepool.db.migrate import apply_migrations
 from kalepool.db.roles import ensure_roles
 from tests.dbkit import create_logins, drop_logins, owner_view
+from tests.webhooks import Receiver
 
 
 class PgServer:
@@ -169,3 +170,11 @@ def empty_db_conninfo(pg_server: PgServer) -> Iterator[str]:
     name = pg_server.create_database()
     yield pg_server.conninfo(name)
     pg_server.drop_database(name)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback (tests/webhooks.py), closed at the end."""
+    got = Receiver()
+    yield got
+    got.close()

@@ -17,6 +17,7 @@ stores no transaction.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
@@ -37,9 +38,13 @@ from kalepool.grpc_server import (
     StatusError,
 )
 from kalepool.settings import Settings
+from kalepool.webhook import Webhook
 from wallet_service.store import ChallengeRow, Refusal, Store, WalletRow
 
 log = logging.getLogger("wallet_service.policy")
+
+#: The alert a refused attempt posts (and the PrometheusRule's label for the same).
+ALERT_RULE = "payout_policy"
 
 REFUSALS = Counter(
     "kalepool_wallet_payout_refusals_total",
@@ -123,9 +128,13 @@ def signing_account(address: str) -> str | None:
 class PayoutPolicy:
     """The checks `WalletService` runs before it signs a payout, and the address change."""
 
-    def __init__(self, store: Store, limits: PayoutLimits) -> None:
+    def __init__(self, store: Store, limits: PayoutLimits, webhook: Webhook | None = None) -> None:
         self.store = store
         self.limits = limits
+        # Every refused attempt is an alert of its own (someone tried to move a farmer's
+        # money where the policy says no): posted beside the call, never delaying it.
+        self.webhook = webhook or Webhook(None, attempts=1)
+        self._posting: set[asyncio.Task[bool]] = set()
 
     async def _refuse(
         self,
@@ -143,6 +152,14 @@ class PayoutPolicy:
             refusal.caller or "-",
             refusal.detail,
         )
+        post = asyncio.create_task(
+            self.webhook.post(
+                f"[kale-pool] REFUSED {ALERT_RULE}: {refusal.action} of wallet"
+                f" {wallet.public_key if wallet else '-'} ({refusal.reason}): {refusal.detail}"
+            )
+        )
+        self._posting.add(post)  # held until done: the loop keeps only weak references
+        post.add_done_callback(self._posting.discard)
         raise error(refusal.detail)
 
     async def _check_destination(

@@ -22,6 +22,7 @@ from kalepool.limits import Limit, RateLimits
 from kalepool.settings import Settings
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, CertificateFiles, Identity
 from kalepool.v1 import wallet_pb2_grpc
+from kalepool.webhook import Webhook
 from wallet_service.keystore import Keyring, KeyringSource
 from wallet_service.metrics import start_database_watch
 from wallet_service.policy import PayoutLimits
@@ -73,6 +74,7 @@ async def start_wallet_server(
     pool_size: int = 10,
     statement_timeout_seconds: float = 30.0,
     limits: PayoutLimits | None = None,
+    webhook: Webhook | None = None,
     calls_per_minute: int = 30000,
     health_address: str | None = None,
     drain_seconds: float = 0.0,
@@ -96,7 +98,7 @@ async def start_wallet_server(
         statement_timeout_seconds=statement_timeout_seconds,
     )
     stack.push_async_callback(pool.close)
-    service = WalletService(Store(pool), keyring, chain, limits)
+    service = WalletService(Store(pool), keyring, chain, limits, webhook)
     rate_limits = RateLimits(pool, SERVICE_NAME)
     per_caller = Limit(CALLER_CALLS, calls_per_minute)
 
@@ -152,6 +154,7 @@ async def start_wallet_for(
         ca_pem=certs.ca_pem,
         statement_timeout_seconds=settings.db_timeout_seconds,
         limits=PayoutLimits.of(settings),
+        webhook=Webhook.of(settings),
         calls_per_minute=settings.rate_limit_wallet_per_minute,
         health_address=settings.wallet_health_listen or None,
         drain_seconds=settings.shutdown_drain_seconds,

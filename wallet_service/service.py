@@ -69,6 +69,7 @@ from kalepool.request_checks import (
     check_uuid,
 )
 from kalepool.v1 import common_pb2, wallet_pb2, wallet_pb2_grpc
+from kalepool.webhook import Webhook
 from wallet_service.keystore import Keyring, KeyringSource, generate_wallet
 from wallet_service.policy import SIGNATURE_BYTES, PayoutLimits, PayoutPolicy
 from wallet_service.store import Settlement, Store, Taken, TxRow, WalletRow
@@ -196,13 +197,14 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         keyring: Keyring | KeyringSource,
         chain: ChainClient,
         limits: PayoutLimits | None = None,
+        webhook: Webhook | None = None,
     ) -> None:
         self.store = store
         # A KeyringSource re-reads the master key file when it changes, so a key added by
         # `kale-pool wallet rotate-key` opens (and seals) without a restart.
         self._keyring = keyring
         self.chain = chain
-        self.policy = PayoutPolicy(store, limits or PayoutLimits())
+        self.policy = PayoutPolicy(store, limits or PayoutLimits(), webhook)
         # Which block can be planted now, read once for every plant checked meanwhile.
         self.plantable = PlantableReads.of(chain)
         self._locks: dict[str, asyncio.Lock] = {}

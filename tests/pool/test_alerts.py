@@ -9,11 +9,7 @@ a count over passes, not over time.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,63 +22,13 @@ from kalepool.db.migrate import apply_migrations
 from kalepool.grpc_server import RPC_COUNT
 from kalepool.tls import DevPki
 from kalepool.v1 import pool_pb2, pooler_pb2
-from pool_service.alerts import Webhook
+from kalepool.webhook import Webhook
 from pool_service.metrics import PLANTS, STROOPS_PER_UNIT
 from pool_service.server import PoolServer
+from tests.webhooks import Receiver
 
 from .conftest import PoolStage, pool_stage
 from .test_pooler_auth import bearer
-
-TOKEN = "hooktoken0123456789abcdefSECRET"
-
-
-class Receiver:
-    """A webhook on 127.0.0.1: records each JSON body; answers 500 to the first `fail`."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
-        self.fail = 0
-        received = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if received.fail > 0:
-                    received.fail -= 1
-                    self.send_response(500)
-                else:
-                    received.posts.append(json.loads(body))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/api/webhooks/{TOKEN}"
-
-    def texts(self, rule: str) -> list[str]:
-        """The posted texts about `rule`; every post carries both keys, alike."""
-        for post in self.posts:
-            assert post["content"] == post["text"]
-            assert TOKEN not in post["text"]
-        return [p["text"] for p in self.posts if f" {rule}: " in p["text"]]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    got = Receiver()
-    yield got
-    got.close()
 
 
 def alerting(receiver: Receiver, **settings: Any) -> dict[str, Any]:

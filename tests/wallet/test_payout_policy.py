@@ -16,7 +16,9 @@ from stellar_sdk import Keypair
 
 from kalepool.chain import kale_balance, read_account
 from kalepool.v1 import common_pb2, wallet_pb2
+from kalepool.webhook import Webhook
 from tests.waits import until
+from tests.webhooks import Receiver
 from wallet_service.policy import REFUSALS, PayoutLimits
 
 from .conftest import WalletStage
@@ -282,3 +284,33 @@ async def test_limits_and_expiry(wallet: WalletStage) -> None:
     assert await refusals(ws, signer_wallet) == [
         ("change_payout_address", "challenge_expired", "pool-client")
     ]
+
+
+async def test_a_refused_attempt_is_posted_to_the_operators_webhook(
+    wallet: WalletStage, receiver: Receiver
+) -> None:
+    ws = wallet
+    await ws.server.stop(0)
+    await ws.start(webhook=Webhook(receiver.url, attempts=2, first_delay=0.01))
+    payee = await funded_wallet(ws)
+    thief = await funded_wallet(ws)
+    farmer = await funded_wallet(ws, kale=3 * KALE, payout=payee)
+    await denied(
+        ws.stub.Transfer(
+            wallet_pb2.TransferRequest(
+                idempotency_key="steal:hook",
+                source_address=farmer,
+                destination_address=thief,
+                amount_stroops=KALE,
+            )
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+
+    def posted() -> list[str]:
+        return receiver.texts("payout_policy")
+
+    await until(lambda: bool(posted()), 10, what="the refusal's alert")
+    [text] = posted()
+    assert text.startswith("[kale-pool] REFUSED payout_policy: transfer of wallet")
+    assert farmer in text and "foreign_destination" in text
