@@ -82,8 +82,8 @@ class ContractState:
         """Whether plants may go out."""
         return not self.reasons
 
-    def message(self) -> str:
-        """One sentence for the refused caller and the log: what is wrong, what to do."""
+    def reason(self) -> str:
+        """What is wrong and what to do, in words (empty while plants go out)."""
         parts = []
         if HoldReason.CODE_CHANGED in self.reasons:
             acked = self.acknowledged.wasm_hash if self.acknowledged else "none"
@@ -93,7 +93,11 @@ class ContractState:
             )
         if HoldReason.PAUSED in self.reasons:
             parts.append("the farm is paused by its homesteader; plants resume when it is unpaused")
-        return wire.CONTRACT_HOLD_PREFIX + "; and ".join(parts) + ": nothing was planted"
+        return "; and ".join(parts)
+
+    def message(self) -> str:
+        """The refused caller's sentence: the watch's prefix, the reason, nothing done."""
+        return f"{wire.CONTRACT_HOLD_PREFIX}{self.reason()}: nothing was planted"
 
 
 _latest: ContractState | None = None
@@ -138,7 +142,7 @@ class ContractWatch:
             self._held_since = None
         elif self._held_since is None:
             self._held_since = now
-            log.warning("contract watch: plants held: %s", state.message())
+            log.warning("contract watch: plants held: %s", state.reason())
         state = ContractState(seen, acknowledged, farm.paused, now, self._held_since)
         WATCH_OK.set(1 if state.ok else 0)
         _latest = state

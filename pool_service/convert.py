@@ -75,7 +75,7 @@ def contract_status_pb(state: ContractState) -> pool_pb2.ContractStatus:
         paused=state.paused,
         plants_allowed=state.ok,
         held_since=wire.timestamp(state.held_since),
-        message="" if state.ok else state.message(),
+        message=state.reason(),
         checked_at=wire.timestamp(state.checked_at),
     )
 

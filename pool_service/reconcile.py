@@ -77,7 +77,7 @@ class PlantReconciler:
             signed = await asyncio.gather(*(self._signed(r) for r in requests))
             held = [r for r, s in zip(requests, signed, strict=True) if not s]
             if held:
-                log.warning(
+                log.info(
                     "plant reconciliation: %d unsent plant requests held by the contract"
                     " watch (%s, ...)",
                     len(held),
