@@ -39,10 +39,12 @@ from kale_devnet.network import (
     FRIENDBOT_CHANNELS,
     PROTOCOL_VERSION,
     DevnetIdentity,
+    farm_wasm,
     friendbot_channel_keypair,
     friendbot_keypair,
     homesteader_keypair,
     identity,
+    is_farm_wasm,
 )
 
 log = logging.getLogger(__name__)
@@ -300,6 +302,115 @@ class Chain:
             ),
             live_until,
         )
+
+    # ---- the farm's homestead controls (devnet admin) ------------------------------------
+
+    def _farm_instance(self) -> tuple[Entry, stellar_xdr.SCContractInstance]:
+        entry = self.state.get(instance_key(self.identity.farm_contract_id).to_xdr_bytes(), 0)
+        assert entry is not None and entry.data.contract_data is not None
+        instance = entry.data.contract_data.val.instance
+        assert instance is not None
+        return entry, instance
+
+    def _write_farm_instance(self, instance: stellar_xdr.SCContractInstance) -> None:
+        # Written as of the latest ledger: getLedgerEntries shows it at once, as it shows
+        # an applied homesteader transaction once its ledger closed.
+        entry, _ = self._farm_instance()
+        assert entry.data.contract_data is not None
+        view = StateView(self.state, self.latest.seq)
+        self._put_instance(
+            view,
+            self.identity.farm_contract_id,
+            instance.executable,
+            [(item.key, item.val) for item in instance.storage.sc_map or []]
+            if instance.storage is not None
+            else [],
+            entry.live_until or self.latest.seq + self.config.max_entry_ttl_ledgers - 1,
+        )
+        view.commit()
+
+    def farm_wasm_hash(self) -> bytes:
+        """The Wasm hash the farm's instance runs now."""
+        _, instance = self._farm_instance()
+        assert instance.executable.wasm_hash is not None
+        return bytes(instance.executable.wasm_hash.hash)
+
+    def farm_paused(self) -> bool:
+        """Whether the farm's instance storage says `FarmPaused` = true."""
+        _, instance = self._farm_instance()
+        key = farm.instance_key("FarmPaused").to_xdr_bytes()
+        for item in instance.storage.sc_map if instance.storage is not None else []:
+            if item.key.to_xdr_bytes() == key:
+                return v.as_bool(item.val)
+        return False
+
+    def set_farm_paused(self, paused: bool) -> bool:
+        """Pause or unpause the farm as the homesteader's `pause()` / `unpause()` leave it
+        (`FarmPaused` true / false in instance storage); whether anything changed."""
+        if self.farm_paused() == paused:
+            return False
+        _, instance = self._farm_instance()
+        key = farm.instance_key("FarmPaused")
+        kb = key.to_xdr_bytes()
+        items = [
+            (item.key, item.val)
+            for item in (instance.storage.sc_map if instance.storage is not None else [])
+            if item.key.to_xdr_bytes() != kb
+        ]
+        items.append((key, v.boolean(paused)))
+        self._write_farm_instance(
+            stellar_xdr.SCContractInstance(instance.executable, v.sorted_map(items).map)
+        )
+        log.info("farm %s", "paused" if paused else "unpaused")
+        return True
+
+    def upgrade_farm(self) -> tuple[bytes, int]:
+        """Upload the farm's next code version and point the farm at it, as a homesteader's
+        upload and `upgrade(wasm_hash)` leave the ledger: a new ContractCode entry and the
+        instance's executable naming its hash, storage untouched. The devnet keeps running
+        the same rules under the new hash. Returns (the new hash, its version)."""
+        version = len(self.register_farm_code()) + 1
+        code = farm_wasm(version)
+        wasm_hash = hashlib.sha256(code).digest()
+        view = StateView(self.state, self.latest.seq)
+        view.put(
+            contract_code_key(wasm_hash),
+            stellar_xdr.LedgerEntryData(
+                stellar_xdr.LedgerEntryType.CONTRACT_CODE,
+                contract_code=stellar_xdr.ContractCodeEntry(
+                    ext=stellar_xdr.ContractCodeEntryExt(0),
+                    hash=stellar_xdr.Hash(wasm_hash),
+                    code=code,
+                ),
+            ),
+            self.latest.seq + self.config.max_entry_ttl_ledgers - 1,
+        )
+        view.commit()
+        self.register_farm_code()
+        _, instance = self._farm_instance()
+        self._write_farm_instance(
+            stellar_xdr.SCContractInstance(
+                stellar_xdr.ContractExecutable(
+                    stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM,
+                    wasm_hash=stellar_xdr.Hash(wasm_hash),
+                ),
+                instance.storage,
+            )
+        )
+        log.info("farm upgraded to code version %d (%s)", version, wasm_hash.hex())
+        return wasm_hash, version
+
+    def register_farm_code(self) -> list[bytes]:
+        """Run every uploaded version of the farm's code natively (a reloaded state may
+        hold later versions); the hashes of all versions."""
+        runtime = self.contracts.runtimes[self.identity.farm_wasm_hash]
+        hashes = []
+        for entry in self.state.entries.values():
+            code = entry.data.contract_code
+            if code is not None and is_farm_wasm(code.code):
+                hashes.append(bytes(code.hash.hash))
+                self.contracts.runtimes.setdefault(bytes(code.hash.hash), runtime)
+        return hashes
 
     def _make_ledger(
         self,

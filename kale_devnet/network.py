@@ -29,7 +29,25 @@ def _custom_section(name: bytes, payload: bytes) -> bytes:
     return b"\x00" + bytes([len(body)]) + body
 
 
-FARM_WASM = b"\x00asm\x01\x00\x00\x00" + _custom_section(_WASM_SECTION_NAME, _WASM_NOTE)
+_WASM_HEADER = b"\x00asm\x01\x00\x00\x00"
+
+
+def farm_wasm(version: int = 1) -> bytes:
+    """The stand-in module of the farm's code, `version` 1 being the code deployed at
+    genesis. Each later version is another module (another hash) running the same rules:
+    what `Chain.upgrade_farm` uploads, as a homesteader's new release would be."""
+    if not 1 <= version <= 9999:
+        raise ValueError("a farm code version is from 1 to 9999")
+    note = _WASM_NOTE if version == 1 else _WASM_NOTE + f" (version {version})".encode()
+    return _WASM_HEADER + _custom_section(_WASM_SECTION_NAME, note)
+
+
+def is_farm_wasm(code: bytes) -> bool:
+    """Whether a code entry holds one of the farm's stand-in modules (any version)."""
+    return code.startswith(_WASM_HEADER) and _WASM_SECTION_NAME + _WASM_NOTE in code
+
+
+FARM_WASM = farm_wasm(1)
 
 
 def _seeded_keypair(label: str) -> Keypair:

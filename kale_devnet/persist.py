@@ -117,6 +117,7 @@ def load(config: DevnetConfig, path: Path) -> Chain:
         pending = [txn.parse(b64, chain.identity.network_id) for b64 in data["pending"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise StateFileError(f"{path} is damaged: {exc}") from None
+    chain.register_farm_code()  # a farm upgraded before the restart runs on
     for frame in pending:
         chain._enqueue(frame)
     return chain

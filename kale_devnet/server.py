@@ -2,7 +2,8 @@
 
 Start it in-process (`async with DevnetServer(config) as devnet: ...`, port 0 picks a
 free port) or standalone with `kale-pool devnet`. Admin JSON-RPC methods (`devnet_*`)
-close ledgers on demand, move the clock and set faults; they are never faulted.
+close ledgers on demand, move the clock, set faults, and pause, unpause or upgrade the
+farm (its homesteader's controls); they are never faulted.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class DevnetServer:
             "devnet_setFaults": self._admin_set_faults,
             "devnet_getFaults": self._admin_get_faults,
             "devnet_info": self._admin_info,
+            "devnet_setFarmPaused": self._admin_set_farm_paused,
+            "devnet_upgradeFarm": self._admin_upgrade_farm,
         }
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -300,6 +303,21 @@ class DevnetServer:
     async def _admin_info(self, params: dict[str, Any]) -> dict[str, Any]:
         return self.info()
 
+    async def _admin_set_farm_paused(self, params: dict[str, Any]) -> dict[str, Any]:
+        paused = params.get("paused")
+        if not isinstance(paused, bool):
+            raise RpcError(INVALID_PARAMS, "paused must be true or false")
+        changed = self.chain.set_farm_paused(paused)
+        self._save_in_background()
+        return {"paused": paused, "changed": changed}
+
+    async def _admin_upgrade_farm(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params:
+            raise RpcError(INVALID_PARAMS, "devnet_upgradeFarm takes no parameters")
+        wasm_hash, version = self.chain.upgrade_farm()
+        self._save_in_background()
+        return {"wasmHash": wasm_hash.hex(), "version": version}
+
     def info(self) -> dict[str, Any]:
         ident = self.chain.identity
         return {
@@ -309,6 +327,8 @@ class DevnetServer:
             "asset_issuer": ident.asset_issuer,
             "sac_contract_id": ident.sac_contract_id,
             "homesteader": ident.homesteader,
+            "farm_wasm_hash": self.chain.farm_wasm_hash().hex(),
+            "farm_paused": self.chain.farm_paused(),
             "ledger_seconds": self.config.ledger_seconds,
             "block_seconds": self.config.block_seconds,
             "protocol_version": PROTOCOL_VERSION,

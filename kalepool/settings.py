@@ -183,6 +183,12 @@ class Settings(BaseSettings):
     plant_reconcile_interval_seconds: float = Field(
         5.0, gt=0, description="How often plant requests without a recorded outcome are retried."
     )
+    contract_watch_interval_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often the pool reads the farm contract's code hash and pause flag"
+        " when nobody plants (every plant request checks them anyway).",
+    )
     harvest_timeout_seconds: float = Field(45.0, gt=0, description="Deadline of one harvest.")
     payout_settle_interval_seconds: float = Field(
         60.0, gt=0, description="Period of the pool's pass that drives pending payouts."

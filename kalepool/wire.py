@@ -8,7 +8,8 @@ failure, a status or a time reads the same wherever it is shown:
   (`farm#9`, `txINSUFFICIENT_BALANCE`, `PAYMENT_UNDERFUNDED`) and `FailureCode`;
 - statuses: transaction statuses (`TxStatus`), event statuses (`EventStatus`), farmer
   statuses (`FarmerStatus`);
-- times: `datetime`, chain times (Unix seconds) and `Timestamp`.
+- times: `datetime`, chain times (Unix seconds) and `Timestamp`;
+- refusals a client acts on by kind: the contract watch's hold of plants.
 
 Amounts travel as integer stroops; how they are written for people and for classic
 operations is `kalepool.amounts`.
@@ -245,3 +246,17 @@ def farmer_status_of_label(label: str) -> FarmerStatusPb:
         return _FARMER_STATUS[label.replace("-", "_")]
     except KeyError:
         raise ValueError(f"{label!r} is not a farmer status") from None
+
+
+# --- refusals a client tells apart --------------------------------------------------------
+
+# How RequestPlant's FAILED_PRECONDITION begins while the contract watch holds plants (the
+# farm's code changed and is not acknowledged, or the farm is paused): a hold lasts until
+# an operator or the homesteader acts, not until the next block, so a pooler agent asks
+# again slowly instead of every few seconds.
+CONTRACT_HOLD_PREFIX = "contract watch: "
+
+
+def is_contract_hold(detail: str | None) -> bool:
+    """Whether a refusal's message says the contract watch holds plants."""
+    return bool(detail) and str(detail).startswith(CONTRACT_HOLD_PREFIX)

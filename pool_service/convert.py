@@ -18,6 +18,7 @@ from pool_service.books.ledger import LedgerRow
 from pool_service.books.plantings import PlantingRow
 from pool_service.books.poolers import PoolerRow
 from pool_service.books.works import WorkRow
+from pool_service.contract_watch import ContractState
 
 # The ledger's kinds as the API names them, each by its own kind. The database keeps a
 # harvest as one entry (reward + stake), shown as REWARD.
@@ -61,6 +62,21 @@ def certificate_pb(row: CertificateRow) -> pool_pb2.PoolerCertificate:
         not_after=wire.timestamp(row.not_after),
         added_at=wire.timestamp(row.added_at),
         revoked_at=wire.timestamp(row.revoked_at),
+    )
+
+
+def contract_status_pb(state: ContractState) -> pool_pb2.ContractStatus:
+    acked = state.acknowledged
+    return pool_pb2.ContractStatus(
+        wasm_hash=state.wasm_hash,
+        acknowledged_wasm_hash=acked.wasm_hash if acked else "",
+        acknowledged_by=acked.acknowledged_by if acked else "",
+        acknowledged_at=wire.timestamp(acked.acknowledged_at if acked else None),
+        paused=state.paused,
+        plants_allowed=state.ok,
+        held_since=wire.timestamp(state.held_since),
+        message=state.reason(),
+        checked_at=wire.timestamp(state.checked_at),
     )
 
 

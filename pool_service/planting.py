@@ -47,6 +47,7 @@ from pool_service.books.farmers import FarmerRow, FarmerStore
 from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore, PlantRequestRow
 from pool_service.books.poolers import PoolerRow
 from pool_service.chain_view import ChainView
+from pool_service.contract_watch import ContractWatch
 from pool_service.locks import KeyedLocks
 from pool_service.metrics import PLANTS
 from pool_service.wallet import REFUSED_FOR_NOW, WalletClient, nothing_signed
@@ -183,7 +184,9 @@ class Attempt:
 
 class Planter:
     """Runs plant requests and drives plant requests to their record;
-    `on_planted(pooler_id)` is called when a new success is recorded."""
+    `on_planted(pooler_id)` is called when a new success is recorded. With a `watch`
+    (the service always gives one) no request is taken while the farm's code is not the
+    acknowledged one or the farm is paused (`pool_service.contract_watch`)."""
 
     def __init__(
         self,
@@ -193,7 +196,9 @@ class Planter:
         view: ChainView,
         settings: Settings,
         on_planted: Callable[[UUID], None],
+        watch: ContractWatch | None = None,
     ) -> None:
+        self.watch = watch
         self.farmers = farmers
         self.plantings = plantings
         self.wallet = wallet
@@ -212,6 +217,10 @@ class Planter:
     ) -> pooler_pb2.RequestPlantResponse:
         # Read now, never from the cache: a second-old view may name a block that is due.
         plantable = await self.view.plantable(fresh=True)
+        if self.watch is not None:
+            # The same read names the farm's code and pause flag: refused before anything
+            # is written, so a held farm leaves no request behind.
+            await self.watch.require_ok(plantable.current)
         target = plantable.target
         if block_index != target:
             current = plantable.current.index

@@ -17,6 +17,10 @@ about at most `concurrency` at once (a quarter of `plant_concurrency`), beside a
 through the RequestPlant calls' own limit. Each pass that takes a request counts an
 attempt, and one that stays pending waits twice as long before the next (up to
 `LONGEST_WAIT_DEADLINES` plant deadlines), so a few stuck requests never starve the rest.
+While the contract watch holds plants (`pool_service.contract_watch`: the farm's code
+changed, or it is paused) a pass sends nothing new: it asks the wallet about each request
+by its key first (`GetTransaction`) and drives only those the wallet already signed, which
+are followed to their outcome as always; the others wait, unsettled, for the hold to end.
 Replicas may all run it: taking a request is one statement that skips rows another holds
 and moves the taken ones to the back; the request's row lock, the pooler's advisory lock
 and `plantings_one_success` record each outcome once.
@@ -27,7 +31,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pool_service.books.plantings import PlantingStore
+import grpc
+
+from kalepool.v1 import wallet_pb2
+from pool_service.books.plantings import PlantingStore, PlantRequestRow
 from pool_service.planting import Planter
 
 log = logging.getLogger("pool_service")
@@ -65,6 +72,20 @@ class PlantReconciler:
         )
         if not requests:
             return 0
+        watch = self.planter.watch
+        if watch is not None and not await watch.plants_allowed():
+            signed = await asyncio.gather(*(self._signed(r) for r in requests))
+            held = [r for r, s in zip(requests, signed, strict=True) if not s]
+            if held:
+                log.info(
+                    "plant reconciliation: %d unsent plant requests held by the contract"
+                    " watch (%s, ...)",
+                    len(held),
+                    held[0].idempotency_key,
+                )
+            requests = [r for r, s in zip(requests, signed, strict=True) if s]
+            if not requests:
+                return 0
         results = await asyncio.gather(
             *(self.planter.drive(r, self._limit) for r in requests), return_exceptions=True
         )
@@ -84,3 +105,22 @@ class PlantReconciler:
                 )
         log.info("plant reconciliation: %d of %d requests settled", settled, len(requests))
         return settled
+
+    async def _signed(self, request: PlantRequestRow) -> bool:
+        """Whether the wallet already holds a transaction under the request's key (then
+        it is followed, never abandoned); False when it holds none or cannot say."""
+        try:
+            await self.planter.wallet.stub.GetTransaction(
+                wallet_pb2.GetTransactionRequest(idempotency_key=request.idempotency_key),
+                timeout=self.planter.settings.plant_timeout_seconds,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                log.warning(
+                    "plant request %s: the wallet cannot say whether it was signed (%s):"
+                    " held while the contract watch holds plants",
+                    request.idempotency_key,
+                    exc.code().name,
+                )
+            return False
+        return True

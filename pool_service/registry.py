@@ -19,7 +19,14 @@ from psycopg import errors as pg_errors
 
 from kalepool import wire
 from kalepool.amounts import format_kale
-from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from kalepool.grpc_server import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    caller_name,
+)
 from kalepool.request_checks import (
     check_account,
     check_idempotency_key,
@@ -35,6 +42,7 @@ from pool_service.books.enums import FarmerState, FarmerStatus
 from pool_service.books.farmers import FarmerRow, FarmerStore
 from pool_service.books.ledger import LedgerStore
 from pool_service.books.poolers import PoolerRow, PoolerStore
+from pool_service.contract_watch import ContractWatch
 from pool_service.payouts import Payouts
 from pool_service.validate import Page, check_name, check_stake_bps
 from pool_service.wallet import WalletClient, wallet_call
@@ -93,7 +101,9 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         payouts: Payouts,
         certificates: CertificateStore,
         ca_pem: bytes,
+        contract_watch: ContractWatch | None = None,
     ) -> None:
+        self.contract_watch = contract_watch
         self.poolers = poolers
         self.farmers = farmers
         self.ledger = ledger
@@ -572,6 +582,26 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         return pool_pb2.ChangeFarmerPayoutAddressResponse(
             farmer=convert.farmer_pb(row), previous_payout_address=changed.previous_payout_address
         )
+
+    # --- the contract watch ---------------------------------------------------------------
+
+    def _watch(self) -> ContractWatch:
+        if self.contract_watch is None:
+            raise Unavailable("this pool service runs no contract watch")
+        return self.contract_watch
+
+    async def GetContractStatus(
+        self, request: pool_pb2.GetContractStatusRequest, context: Any
+    ) -> pool_pb2.GetContractStatusResponse:
+        state = await self._watch().refresh()
+        return pool_pb2.GetContractStatusResponse(status=convert.contract_status_pb(state))
+
+    async def AcknowledgeContract(
+        self, request: pool_pb2.AcknowledgeContractRequest, context: Any
+    ) -> pool_pb2.AcknowledgeContractResponse:
+        by = caller_name(context) or "operator"
+        state = await self._watch().acknowledge(request.wasm_hash, by)
+        return pool_pb2.AcknowledgeContractResponse(status=convert.contract_status_pb(state))
 
 
 def _after(page: Page) -> tuple[str, str] | None:

@@ -37,6 +37,7 @@ from pool_service.blocks import BlockReports
 from pool_service.books.blocks import BlockStore
 from pool_service.books.certificates import CertificateStore
 from pool_service.books.compensations import CompensationStore
+from pool_service.books.contracts import ContractAckStore
 from pool_service.books.farmers import FarmerStore
 from pool_service.books.harvests import HarvestStore
 from pool_service.books.ledger import LedgerStore
@@ -45,6 +46,7 @@ from pool_service.books.plantings import PlantingStore
 from pool_service.books.poolers import PoolerStore
 from pool_service.books.works import WorkStore
 from pool_service.chain_view import ChainView
+from pool_service.contract_watch import ContractWatch
 from pool_service.deposits import ChainFollower
 from pool_service.feed import AssignmentFeed, Feeds
 from pool_service.harvesting import Harvester
@@ -75,6 +77,7 @@ class PoolServer:
     feeds: Feeds
     pool: Pool
     # The background loops (pool_service.loops.every), each stopped with the server:
+    # the contract watch (the farm's code and pause flag, pool_service.contract_watch),
     # plant reconciliation (unsettled plant requests driven again), harvests (when
     # harvest_interval_seconds is set), payout settlement (pending payouts driven) and
     # the chain follower (deposits credited, anyone's harvests recorded) and the monitor
@@ -152,6 +155,7 @@ async def start_pool_server(
     payouts = Payouts(farmers, PayoutStore(pool), wallet, view, settings)
     reports = BlockReports(poolers, BlockStore(pool), compensations, view, feeds)
     certificates = CertificateStore(pool)
+    watch = ContractWatch(ContractAckStore(pool), view)
     registry = PoolRegistry(
         poolers,
         farmers,
@@ -162,10 +166,11 @@ async def start_pool_server(
         payouts,
         certificates,
         ca_pem,
+        watch,
     )
     harvester = Harvester(harvests, works, wallet, view, settings, compensations)
     follower = ChainFollower(pool, chain, harvests)
-    planter = Planter(farmers, plantings, wallet, view, settings, feeds.notify)
+    planter = Planter(farmers, plantings, wallet, view, settings, feeds.notify, watch)
     pooler_api = PoolerApi(
         Authenticator(
             poolers,
@@ -217,6 +222,12 @@ async def start_pool_server(
         settings,
     )
     loops = [
+        # At once (the first sighting of the farm's code is recorded) and then regularly,
+        # so the gauge and the log follow the farm when nobody asks to plant.
+        asyncio.create_task(
+            every(settings.contract_watch_interval_seconds, watch.refresh, "contract watch"),
+            name="pool-contract-watch",
+        ),
         asyncio.create_task(
             every(
                 settings.plant_reconcile_interval_seconds, plants.reconcile, "plant reconciliation"

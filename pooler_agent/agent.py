@@ -8,8 +8,10 @@ Four loops share one event loop:
   mining ended early, the best hashes sent, and those works settled or past their time
   bound) and only then is the next one planted, so the agent's own plant never makes its
   own work late. A plant refused or failed is asked again, with backoff, while it still
-  makes sense. `OPENED` cancels the searches of older blocks and asks the pool to
-  harvest the blocks that just ended;
+  makes sense; one the pool's contract watch holds (the farm's code changed, or it is
+  paused) is asked again only after `CONTRACT_HOLD_BACKOFF`, whichever block. `OPENED`
+  cancels the searches of older blocks and asks the pool to harvest the blocks that
+  just ended;
 - the assignment stream: each assignment is mined (`WorkManager.assign`) until its
   deadline, its work submitted from a channel account (journaled before it is sent),
   and the result queued for `ReportWork`. A work whose fate is unknown is followed by
@@ -42,7 +44,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from stellar_sdk import Keypair
 
-from kalepool import __version__
+from kalepool import __version__, wire
 from kalepool.chain import ChainClient, Fault
 from kalepool.settings import Settings
 from kalepool.tls import CertificateFiles, Identity, MissingCertificateError
@@ -75,6 +77,10 @@ log = logging.getLogger(__name__)
 
 # Between lookups of a work transaction whose fate is unknown (the chain is not answering).
 FOLLOW_BACKOFF = Backoff(initial=0.5, maximum=15.0)
+# Between plant requests while the pool's contract watch holds plants (the farm's code
+# changed, or it is paused): a hold ends when a person acts, not at the next block, so the
+# agent asks slowly, across blocks, instead of every few seconds.
+CONTRACT_HOLD_BACKOFF = Backoff(initial=15.0, maximum=120.0)
 
 
 class AgentError(Exception):
@@ -87,6 +93,7 @@ class AgentStats:
 
     plant_requests: int = 0
     plant_refused: int = 0  # RequestPlant refused (FAILED_PRECONDITION and the like)
+    plant_held: int = 0  # ... of which the pool's contract watch held plants
     plant_errors: int = 0  # RequestPlant failed (the pool unreachable, ...)
     blocks_skipped: int = 0  # blocks judged too late to work
     assignments: int = 0
@@ -149,7 +156,9 @@ class PoolerAgent:
         harvest_attempts: int = 20,
         min_work_window: float = 30.0,
         follow_backoff: Backoff = FOLLOW_BACKOFF,
+        hold_backoff: Backoff = CONTRACT_HOLD_BACKOFF,
     ) -> None:
+        self.hold_backoff = hold_backoff
         self.pool = pool
         self.monitor = monitor
         self.manager = manager
@@ -190,6 +199,10 @@ class PoolerAgent:
         self._plant_block: int | None = None  # the block asked for last
         self._plant_failures = 0  # consecutive failures asking for `_plant_block`
         self._plant_not_before = 0.0  # loop time before which it is not asked again
+        # The pool's contract watch: consecutive holds, and the loop time before which no
+        # block is asked for (kept across blocks, unlike `_plant_not_before`).
+        self._holds = 0
+        self._held_until = 0.0
         self._expected: dict[int, tuple[set[str], float]] = {}  # planted, not yet assigned
         self._assigned: dict[int, set[str]] = {}  # block -> farmer ids assigned
         self._said: set[tuple[str, int]] = set()  # (what, block) logged once
@@ -359,7 +372,8 @@ class PoolerAgent:
             self._plant_block = block
             self._plant_failures = 0
             self._plant_not_before = 0.0
-        if asyncio.get_running_loop().time() < self._plant_not_before:
+        now = asyncio.get_running_loop().time()
+        if now < self._plant_not_before or now < self._held_until:
             return
         self._plant_task = self._spawn(self._plant(block), f"plant #{block}")
 
@@ -378,6 +392,11 @@ class PoolerAgent:
                 self.stats.plant_refused += 1
             else:
                 self.stats.plant_errors += 1
+            if exc.code == grpc.StatusCode.FAILED_PRECONDITION and wire.is_contract_hold(
+                exc.detail
+            ):
+                self._plant_held(index, exc.detail)
+                return
             self._plant_failed(index, "refused" if refused else "failed", str(exc))
             return
         finally:
@@ -399,11 +418,31 @@ class PoolerAgent:
             self._plant_failed(index, "planted nobody", f"{s.failed} failed, {s.pending} pending")
             return
         self._plant_failures = 0
+        if self._holds:
+            log.warning("the pool plants again (its contract watch let block %d through)", index)
+            self._holds = 0
         self._planted.add(index)
         planted = {p.farmer_id for p in answer.planted}
         waiting = planted - self._assigned.get(index, set())
         if waiting:
             self._expected[index] = (waiting, asyncio.get_running_loop().time())
+
+    def _plant_held(self, index: int, why: str) -> None:
+        """The pool holds every plant until an operator acknowledges the farm's new code
+        or the farm is unpaused: ask again after a long, growing delay, whatever block."""
+        self.stats.plant_held += 1
+        delay = self.hold_backoff.delay(self._holds)
+        self._holds += 1
+        self._held_until = asyncio.get_running_loop().time() + delay
+        # Loud when a hold begins; each later ask (minutes apart) is one quiet line.
+        level = logging.WARNING if self._holds == 1 else logging.INFO
+        log.log(
+            level,
+            "the pool holds plants (block %d): %s; asking again in %.0f s",
+            index,
+            why,
+            delay,
+        )
 
     def _plant_failed(self, index: int, what: str, why: str) -> None:
         """Ask for `index` again at a later tick, after a backoff."""

@@ -52,6 +52,12 @@ pooler_app.add_typer(cert_app, name="cert")
 app.add_typer(farmer_app, name="farmer")
 wallet_app = typer.Typer(help="The wallet's custody: master key rotation.", no_args_is_help=True)
 app.add_typer(wallet_app, name="wallet")
+contract_app = typer.Typer(
+    help="The contract watch (operator): plants are held while the farm contract runs code"
+    " nobody acknowledged, or is paused; see what the pool sees, acknowledge reviewed code.",
+    no_args_is_help=True,
+)
+app.add_typer(contract_app, name="contract")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -474,6 +480,31 @@ def pooler_cert_revoke(
 
     with pool_command():
         revoke_certificate(settings, pooler_id, fingerprint)
+
+
+@contract_app.command("status")
+def contract_status(ctx: typer.Context) -> None:
+    """The farm contract's code hash, the acknowledged one, paused, and whether plants go out."""
+    settings = settings_from(ctx)
+    from kalepool.app.contract import show_status
+
+    with pool_command():
+        show_status(settings)
+
+
+@contract_app.command("ack")
+def contract_ack(
+    ctx: typer.Context,
+    wasm_hash: Annotated[
+        str, typer.Argument(help="The code hash you reviewed: the one `contract status` shows.")
+    ],
+) -> None:
+    """Acknowledge the farm contract's current code after review: plants resume."""
+    settings = settings_from(ctx)
+    from kalepool.app.contract import acknowledge
+
+    with pool_command():
+        acknowledge(settings, wasm_hash)
 
 
 @farmer_app.command("add")

@@ -5,6 +5,9 @@ instance storage holds `FarmIndex` (absent until the first rollover: 0), `FarmBl
 and `FarmPaused` under `Vec[Symbol(name)]` keys; temporary storage holds `Block(i)` under
 `Vec[Symbol("Block"), U32(i)]` and `Pail(farmer, i)` under
 `Vec[Symbol("Pail"), Address, U32(i)]`. Structs are symbol-keyed maps, `None` is `Void`.
+The same instance entry names the contract's code: its executable is the Wasm hash an
+`upgrade` replaces, which the pool's contract watch compares with what an operator
+acknowledged.
 """
 
 from __future__ import annotations
@@ -103,6 +106,9 @@ class FarmInstance:
     homesteader: str | None
     asset_contract: str | None
     ledger: int  # the latest ledger when read
+    # The instance's executable: the SHA-256 of the contract's Wasm (None for a built-in
+    # executable such as a Stellar asset contract, never the farm's case).
+    wasm_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,7 @@ class CurrentBlock:
     paused: bool
     block: Block | None  # Block(index), None until it exists
     ledger: int  # the latest ledger when read
+    wasm_hash: bytes | None = None  # the farm's code (FarmInstance.wasm_hash)
 
     def can_open_next(self, close_time: int) -> bool:
         """Whether a plant applied in a ledger closing at `close_time` opens the next block."""
@@ -382,7 +389,15 @@ def decode_instance(data: stellar_xdr.LedgerEntryData, ledger: int) -> FarmInsta
     """The farm's instance storage from its instance entry."""
     if data.contract_data is None or data.contract_data.val.instance is None:
         raise ChainDataError("the farm's instance entry holds no contract instance")
-    storage = data.contract_data.val.instance.storage
+    instance = data.contract_data.val.instance
+    storage = instance.storage
+    executable = instance.executable
+    wasm_hash = (
+        bytes(executable.wasm_hash.hash)
+        if executable.type == stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM
+        and executable.wasm_hash is not None
+        else None
+    )
     items: dict[str, stellar_xdr.SCVal] = {}
     for item in storage.sc_map if storage is not None else []:
         try:
@@ -405,6 +420,7 @@ def decode_instance(data: stellar_xdr.LedgerEntryData, ledger: int) -> FarmInsta
             homesteader=None if homesteader is None else scval.from_address(homesteader).address,
             asset_contract=None if asset is None else scval.from_address(asset).address,
             ledger=ledger,
+            wasm_hash=wasm_hash,
         )
     except ValueError as exc:
         raise ChainDataError(f"farm instance storage: {exc}") from None
@@ -414,7 +430,8 @@ def decode_instance(data: stellar_xdr.LedgerEntryData, ledger: int) -> FarmInsta
 
 
 async def read_farm(client: ChainClient) -> FarmInstance:
-    """The farm's instance storage: FarmIndex, FarmBlock, paused, homesteader, asset."""
+    """The farm's instance storage (FarmIndex, FarmBlock, paused, homesteader, asset) and
+    its code's Wasm hash, in one read."""
     (entry,), latest = await get_entries(client, [instance_key(client.config.farm_contract_id)])
     if entry is None:
         raise ChainDataError(f"no farm contract instance at {client.config.farm_contract_id}")
@@ -465,6 +482,7 @@ async def current_block(client: ChainClient) -> CurrentBlock:
         paused=farm.paused,
         block=block,
         ledger=farm.ledger,
+        wasm_hash=farm.wasm_hash,
     )
 
 

@@ -1891,3 +1891,154 @@ class RevokePoolerCertificateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokePoolerCertificateResponse: _TypeAlias = RevokePoolerCertificateResponse  # noqa: Y015
+
+@_typing.final
+class ContractStatus(_message.Message):
+    """What the contract watch sees (PoolService.GetContractStatus)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WASM_HASH_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_WASM_HASH_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_BY_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_AT_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    PLANTS_ALLOWED_FIELD_NUMBER: _builtins.int
+    HELD_SINCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CHECKED_AT_FIELD_NUMBER: _builtins.int
+    wasm_hash: _builtins.str
+    """The farm contract's code hash now (the SHA-256 of its Wasm, 64 hex digits)."""
+    acknowledged_wasm_hash: _builtins.str
+    """The code hash last acknowledged (empty when none is yet)."""
+    acknowledged_by: _builtins.str
+    """Who acknowledged it: an operator certificate's common name, or `pool` for the
+    code the pool first saw.
+    """
+    paused: _builtins.bool
+    """Whether the farm is paused by its homesteader."""
+    plants_allowed: _builtins.bool
+    """Whether new plants go out (the code is the acknowledged one and the farm
+    is not paused).
+    """
+    message: _builtins.str
+    """Why plants are held, in words (empty while they go out)."""
+    @_builtins.property
+    def acknowledged_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was acknowledged."""
+
+    @_builtins.property
+    def held_since(self) -> _timestamp_pb2.Timestamp:
+        """Since when this pool process has held plants; unset while they go out."""
+
+    @_builtins.property
+    def checked_at(self) -> _timestamp_pb2.Timestamp:
+        """When the farm was read for this answer."""
+
+    def __init__(
+        self,
+        *,
+        wasm_hash: _builtins.str = ...,
+        acknowledged_wasm_hash: _builtins.str = ...,
+        acknowledged_by: _builtins.str = ...,
+        acknowledged_at: _timestamp_pb2.Timestamp | None = ...,
+        paused: _builtins.bool = ...,
+        plants_allowed: _builtins.bool = ...,
+        held_since: _timestamp_pb2.Timestamp | None = ...,
+        message: _builtins.str = ...,
+        checked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "checked_at", b"checked_at", "held_since", b"held_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_at", b"acknowledged_at", "acknowledged_by", b"acknowledged_by", "acknowledged_wasm_hash", b"acknowledged_wasm_hash", "checked_at", b"checked_at", "held_since", b"held_since", "message", b"message", "paused", b"paused", "plants_allowed", b"plants_allowed", "wasm_hash", b"wasm_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractStatus: _TypeAlias = ContractStatus  # noqa: Y015
+
+@_typing.final
+class GetContractStatusRequest(_message.Message):
+    """Request of PoolService.GetContractStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContractStatusRequest: _TypeAlias = GetContractStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetContractStatusResponse(_message.Message):
+    """Response of PoolService.GetContractStatus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___ContractStatus:
+        """The watch's state, read now."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___ContractStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContractStatusResponse: _TypeAlias = GetContractStatusResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeContractRequest(_message.Message):
+    """Request of PoolService.AcknowledgeContract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WASM_HASH_FIELD_NUMBER: _builtins.int
+    wasm_hash: _builtins.str
+    """The code hash reviewed: 64 hex digits, the farm's current code hash."""
+    def __init__(
+        self,
+        *,
+        wasm_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["wasm_hash", b"wasm_hash"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeContractRequest: _TypeAlias = AcknowledgeContractRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeContractResponse(_message.Message):
+    """Response of PoolService.AcknowledgeContract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___ContractStatus:
+        """The watch's state after the acknowledgement."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___ContractStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeContractResponse: _TypeAlias = AcknowledgeContractResponse  # noqa: Y015

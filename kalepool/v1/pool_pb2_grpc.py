@@ -155,6 +155,16 @@ class PoolServiceStub:
                 request_serializer=kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateResponse.FromString,
                 _registered_method=True)
+        self.GetContractStatus = channel.unary_unary(
+                '/kalepool.v1.PoolService/GetContractStatus',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.GetContractStatusRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.GetContractStatusResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeContract = channel.unary_unary(
+                '/kalepool.v1.PoolService/AcknowledgeContract',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractResponse.FromString,
+                _registered_method=True)
 
 
 class PoolServiceServicer:
@@ -354,6 +364,26 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetContractStatus(self, request, context):
+        """The contract watch: the farm contract's code hash now, the hash an operator
+        acknowledged, whether the farm is paused, and whether plants are held
+        (and since when). Reads the farm now; UNAVAILABLE when it cannot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeContract(self, request, context):
+        """Acknowledges the farm contract's current code after review, so plants
+        resume. The hash must be the one the farm runs now (FAILED_PRECONDITION
+        otherwise: an operator acknowledges exactly what they reviewed);
+        acknowledging the acknowledged code changes nothing. A paused farm stays
+        held until its homesteader unpauses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -476,6 +506,16 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.RevokePoolerCertificate,
                     request_deserializer=kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateResponse.SerializeToString,
+            ),
+            'GetContractStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContractStatus,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.GetContractStatusRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.GetContractStatusResponse.SerializeToString,
+            ),
+            'AcknowledgeContract': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeContract,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1127,6 +1167,60 @@ class PoolService:
             '/kalepool.v1.PoolService/RevokePoolerCertificate',
             kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateRequest.SerializeToString,
             kalepool_dot_v1_dot_pool__pb2.RevokePoolerCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContractStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/GetContractStatus',
+            kalepool_dot_v1_dot_pool__pb2.GetContractStatusRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.GetContractStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeContract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/AcknowledgeContract',
+            kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractResponse.FromString,
             options,
             channel_credentials,
             insecure,

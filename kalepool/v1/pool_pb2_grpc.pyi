@@ -128,6 +128,18 @@ class PoolServiceStub:
     (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
     NOT_FOUND when the pooler has no certificate with that fingerprint.
     """
+    GetContractStatus: _grpc.UnaryUnaryMultiCallable[_pool_pb2.GetContractStatusRequest, _pool_pb2.GetContractStatusResponse]
+    """The contract watch: the farm contract's code hash now, the hash an operator
+    acknowledged, whether the farm is paused, and whether plants are held
+    (and since when). Reads the farm now; UNAVAILABLE when it cannot.
+    """
+    AcknowledgeContract: _grpc.UnaryUnaryMultiCallable[_pool_pb2.AcknowledgeContractRequest, _pool_pb2.AcknowledgeContractResponse]
+    """Acknowledges the farm contract's current code after review, so plants
+    resume. The hash must be the one the farm runs now (FAILED_PRECONDITION
+    otherwise: an operator acknowledges exactly what they reviewed);
+    acknowledging the acknowledged code changes nothing. A paused farm stays
+    held until its homesteader unpauses it.
+    """
 
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
@@ -219,6 +231,18 @@ class PoolServiceAsyncStub(PoolServiceStub):
     """Revokes a pooler's certificate at once, open assignment streams included
     (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
     NOT_FOUND when the pooler has no certificate with that fingerprint.
+    """
+    GetContractStatus: _aio.UnaryUnaryMultiCallable[_pool_pb2.GetContractStatusRequest, _pool_pb2.GetContractStatusResponse]  # type: ignore[assignment]
+    """The contract watch: the farm contract's code hash now, the hash an operator
+    acknowledged, whether the farm is paused, and whether plants are held
+    (and since when). Reads the farm now; UNAVAILABLE when it cannot.
+    """
+    AcknowledgeContract: _aio.UnaryUnaryMultiCallable[_pool_pb2.AcknowledgeContractRequest, _pool_pb2.AcknowledgeContractResponse]  # type: ignore[assignment]
+    """Acknowledges the farm contract's current code after review, so plants
+    resume. The hash must be the one the farm runs now (FAILED_PRECONDITION
+    otherwise: an operator acknowledges exactly what they reviewed);
+    acknowledging the acknowledged code changes nothing. A paused farm stays
+    held until its homesteader unpauses it.
     """
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -452,6 +476,30 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revokes a pooler's certificate at once, open assignment streams included
         (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
         NOT_FOUND when the pooler has no certificate with that fingerprint.
+        """
+
+    @_abc_1.abstractmethod
+    def GetContractStatus(
+        self,
+        request: _pool_pb2.GetContractStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.GetContractStatusResponse, _abc.Awaitable[_pool_pb2.GetContractStatusResponse]]:
+        """The contract watch: the farm contract's code hash now, the hash an operator
+        acknowledged, whether the farm is paused, and whether plants are held
+        (and since when). Reads the farm now; UNAVAILABLE when it cannot.
+        """
+
+    @_abc_1.abstractmethod
+    def AcknowledgeContract(
+        self,
+        request: _pool_pb2.AcknowledgeContractRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.AcknowledgeContractResponse, _abc.Awaitable[_pool_pb2.AcknowledgeContractResponse]]:
+        """Acknowledges the farm contract's current code after review, so plants
+        resume. The hash must be the one the farm runs now (FAILED_PRECONDITION
+        otherwise: an operator acknowledges exactly what they reviewed);
+        acknowledging the acknowledged code changes nothing. A paused farm stays
+        held until its homesteader unpauses it.
         """
 
 def add_PoolServiceServicer_to_server(servicer: PoolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

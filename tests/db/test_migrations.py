@@ -55,6 +55,7 @@ SCHEMA_TABLES = {
     "wallet.key_rotations",
     "pool.rate_buckets",
     "wallet.rate_buckets",
+    "pool.contract_acks",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

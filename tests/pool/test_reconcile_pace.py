@@ -136,6 +136,7 @@ class _Driving:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.watch = None  # no contract watch: every request may be sent
         self.driving: set[int] = set()
         self.running = 0
         self.most = 0

@@ -12,6 +12,7 @@ from typing import Any, cast
 import grpc
 from stellar_sdk import Account, Keypair, StrKey, TransactionBuilder, scval
 
+from kalepool import wire
 from kalepool.chain import ChainClient, CurrentBlock, LedgerInfo, SignedTx, TxKind
 from kalepool.v1 import pooler_pb2, records_pb2
 from pooler_agent.agent import PoolerAgent
@@ -88,6 +89,7 @@ class FakePool:
     report_failures: list[grpc.StatusCode] = field(default_factory=list)  # next reports fail so
     failing_blocks: set[int] = field(default_factory=set)  # reports of these fail (INTERNAL)
     nobody_planted: int = 0  # the next plants answer that every farmer's plant failed
+    plant_holds: int = 0  # the next plants are refused by the pool's contract watch
     plants: list[int] = field(default_factory=list)
     reports: list[tuple[int, list[pooler_pb2.WorkReport]]] = field(default_factory=list)
     answer: Callable[[list[pooler_pb2.WorkReport]], pooler_pb2.ReportWorkResponse] | None = None
@@ -98,6 +100,13 @@ class FakePool:
         self, block_index: int, max_farmers: int = 0
     ) -> pooler_pb2.RequestPlantResponse:
         self.plants.append(block_index)
+        if self.plant_holds:
+            self.plant_holds -= 1
+            raise PoolError(
+                "RequestPlant",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                wire.CONTRACT_HOLD_PREFIX + "the farm is paused by its homesteader",
+            )
         if self.plant_failures:
             code = self.plant_failures.pop(0)
             raise PoolError("RequestPlant", code, f"block {block_index} cannot be planted now")

@@ -5,6 +5,7 @@ reporting a journaled one after a restart."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +18,7 @@ from kalepool.v1 import records_pb2
 from pooler_agent.agent import PoolerAgent
 from pooler_agent.block_monitor import PlantAction, plan_plant
 from pooler_agent.journal import WorkJournal
-from pooler_agent.pool_client import CursorFile, CursorTracker
+from pooler_agent.pool_client import Backoff, CursorFile, CursorTracker
 from pooler_agent.work_manager import MinedWork
 from pooler_agent.work_submitter import WorkStatus
 from tests.waits import until
@@ -193,6 +194,46 @@ async def test_a_refused_or_failed_due_plant_is_asked_again_until_answered(
         await ticks(chain)
     assert pool.plants == [8, 8, 8, 8]  # answered once: not asked again
     assert agent.stats.plant_refused == 2 and agent.stats.plant_errors == 1
+
+
+async def test_a_contract_hold_is_not_asked_again_at_once_even_in_a_new_block(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    chain = FakeChain()
+    chain.opened(7, 100)
+    pool = FakePool(plant_holds=1)
+    agent = make_agent(chain, pool, FakeSubmitter(), _cursors(tmp_path))
+    agent.hold_backoff = Backoff(initial=600, maximum=600)
+    with caplog.at_level(logging.INFO, logger="pooler_agent.agent"):
+        async with running(agent):
+            await until(lambda: pool.plants == [7])
+            await ticks(chain)
+            # A new block would be asked for at once after any other refusal.
+            chain.opened(8, 10)
+            await ticks(chain, 10)
+    assert pool.plants == [7]
+    assert agent.stats.plant_held == 1 and agent.stats.plant_refused == 1
+    [held] = [r for r in caplog.records if "the pool holds plants" in r.getMessage()]
+    assert held.levelno == logging.WARNING and "the farm is paused" in held.getMessage()
+    assert "asking again in 600 s" in held.getMessage()
+
+
+async def test_plants_resume_after_a_contract_hold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    chain = FakeChain()
+    chain.opened(7, 100)
+    pool = FakePool(plant_holds=2)
+    agent = make_agent(chain, pool, FakeSubmitter(), _cursors(tmp_path))
+    agent.hold_backoff = Backoff(initial=0.05, maximum=0.1)
+    with caplog.at_level(logging.INFO, logger="pooler_agent.agent"):
+        async with running(agent):
+            await until(lambda: pool.plants == [7, 7, 7])
+            await ticks(chain)
+    assert pool.plants == [7, 7, 7] and agent.stats.plant_held == 2
+    levels = [r.levelno for r in caplog.records if "the pool holds plants" in r.getMessage()]
+    assert levels == [logging.WARNING, logging.INFO]  # loud once per hold
+    assert any("the pool plants again" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_due_plant_that_planted_nobody_is_asked_again(tmp_path: Path) -> None:
