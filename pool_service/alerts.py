@@ -29,6 +29,7 @@ from kalepool.grpc_server import RPC_COUNT, RPC_LATENCY
 from kalepool.settings import Settings
 from kalepool.v1 import pool_pb2, pooler_pb2
 from kalepool.webhook import Webhook
+from pool_service.contract_watch import ContractWatch
 from pool_service.metrics import HARVESTS, PLANTS, STROOPS_PER_UNIT, Monitor, Observation
 
 log = logging.getLogger("pool_service.alerts")
@@ -237,6 +238,18 @@ def database_unreachable(
     return [Finding(f"database from {host}", f"unreachable: {seen.database.error}")]
 
 
+def contract_held(watch: ContractWatch | None) -> Judge:
+    """The contract watch's hold (the farm's code changed unacknowledged, or paused)."""
+
+    def judge(seen: Observation, window: Window, s: Settings, host: str) -> list[Finding] | None:
+        state = watch.latest if watch is not None else None
+        if state is None:
+            return None  # not checked yet: nothing to judge, nothing to resolve
+        return [] if state.ok else [Finding("farm contract", state.reason())]
+
+    return judge
+
+
 #: Rules whose incidents live in `pool.alerts`, by name (docs/operations.md's runbook).
 STORED_RULES: dict[str, Judge] = {
     "api_latency": api_latency,
@@ -247,6 +260,8 @@ STORED_RULES: dict[str, Judge] = {
     "pooler_cpu": _pooler_load("CPU", "cpu_percent", "alert_pooler_max_cpu_percent"),
     "pooler_memory": _pooler_load("memory", "memory_percent", "alert_pooler_max_memory_percent"),
 }
+#: The contract watch's rule, stored like the others; judged from the pool's own watch.
+CONTRACT_RULE = "contract_watch"
 #: Rules about this replica's own calls: only this replica resolves their incidents.
 PER_REPLICA_RULES = frozenset({"api_latency", "api_success", "contract_failures"})
 DATABASE_RULE = "database_unreachable"
@@ -298,6 +313,7 @@ class AlertEngine:
     store: IncidentStore
     webhook: Webhook
     settings: Settings
+    watch: ContractWatch | None = None
     host: str = field(default_factory=socket.gethostname)
     windows: Windows = field(default_factory=Windows)
     # The database rule's open incidents (subject -> when it opened): in memory, see above.
@@ -311,7 +327,8 @@ class AlertEngine:
         if not seen.database.up:
             return seen  # the window keeps growing until the rules can be judged again
         window = self.windows.take()
-        for rule, judge in STORED_RULES.items():
+        judges = {**STORED_RULES, CONTRACT_RULE: contract_held(self.watch)}
+        for rule, judge in judges.items():
             findings = judge(seen, window, self.settings, self.host)
             if findings is not None:
                 await self._judge_stored(rule, findings)

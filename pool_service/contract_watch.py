@@ -19,7 +19,7 @@ An operator reviews the new code and calls `AcknowledgeContract` with the hash t
 reviewed (`kale-pool contract ack HASH`); it must be the hash the farm runs now. A pause
 clears by itself when the homesteader unpauses. The state is the gauge
 `kalepool_contract_watch_ok` (1: plants go out, 0: held), a WARNING when a hold begins,
-and `latest_state()` for an alert engine in this process.
+and the alert `contract_watch` (the pool's alert engine reads `ContractWatch.latest`).
 """
 
 from __future__ import annotations
@@ -100,15 +100,6 @@ class ContractState:
         return f"{wire.CONTRACT_HOLD_PREFIX}{self.reason()}: nothing was planted"
 
 
-_latest: ContractState | None = None
-
-
-def latest_state() -> ContractState | None:
-    """The last state any watch of this process saw (None before its first check): the
-    hook for an alert engine, beside the `kalepool_contract_watch_ok` gauge."""
-    return _latest
-
-
 def wasm_hex(wasm_hash: bytes | None) -> str:
     """The hash as stored and shown; a farm without Wasm code is no farm we know."""
     if wasm_hash is None:
@@ -123,11 +114,12 @@ class ContractWatch:
         self.acks = acks
         self.view = view
         self._held_since: dt.datetime | None = None
+        #: The state of the last check (None before the first): what the alert engine reads.
+        self.latest: ContractState | None = None
 
     async def check(self, farm: CurrentBlock | FarmInstance) -> ContractState:
         """The state given a farm read already made (a plant check's own read); records
         the first sighting, sets the gauge and logs a hold's start and end."""
-        global _latest
         seen = wasm_hex(farm.wasm_hash)
         acknowledged = await self.acks.latest()
         if acknowledged is None:
@@ -145,7 +137,7 @@ class ContractWatch:
             log.warning("contract watch: plants held: %s", state.reason())
         state = ContractState(seen, acknowledged, farm.paused, now, self._held_since)
         WATCH_OK.set(1 if state.ok else 0)
-        _latest = state
+        self.latest = state
         return state
 
     async def refresh(self) -> ContractState:

@@ -220,6 +220,7 @@ async def start_pool_server(
         IncidentStore(pool),
         Webhook.of(settings),
         settings,
+        watch,
     )
     loops = [
         # At once (the first sighting of the farm's code is recorded) and then regularly,

@@ -1000,11 +1000,11 @@ def test_every_alert_expression_uses_metrics_the_code_exports() -> None:
 
 
 def test_the_prometheus_rules_are_the_alert_engines_rules() -> None:
-    from pool_service.alerts import DATABASE_RULE, STORED_RULES
+    from pool_service.alerts import CONTRACT_RULE, DATABASE_RULE, STORED_RULES
     from wallet_service.policy import ALERT_RULE as PAYOUT_POLICY
 
     shipped = {rule["labels"]["rule"] for rule in _alert_rules()}
-    assert shipped == {*STORED_RULES, DATABASE_RULE, PAYOUT_POLICY}
+    assert shipped == {*STORED_RULES, DATABASE_RULE, CONTRACT_RULE, PAYOUT_POLICY}
     assert "alerts.yaml" in yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
 
 

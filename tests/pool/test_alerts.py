@@ -206,3 +206,25 @@ async def test_the_webhook_is_retried_and_a_dead_one_never_raises(receiver: Rece
     receiver.fail = 10
     assert not await Webhook(receiver.url, attempts=2, first_delay=0.01).post("two")
     assert not await Webhook("http://127.0.0.1:9/nothing", attempts=2, first_delay=0.01).post("x")
+
+
+async def test_a_held_contract_fires_and_resolves_when_acknowledged(
+    pool: PoolStage, receiver: Receiver
+) -> None:
+    server = await pool.start(**alerting(receiver))
+    op = pool.operator()
+    await op.GetContractStatus(pool_pb2.GetContractStatusRequest())  # the first code recorded
+    await server.alerts.run_once()
+    assert receiver.texts("contract_watch") == []
+    upgraded = (await pool.stage.admin("devnet_upgradeFarm"))["wasmHash"]
+    await op.GetContractStatus(pool_pb2.GetContractStatusRequest())  # the watch reads it
+    for _ in range(2):
+        await server.alerts.run_once()
+    [firing] = receiver.texts("contract_watch")
+    assert "FIRING" in firing and upgraded in firing and "contract ack" in firing
+    await op.AcknowledgeContract(pool_pb2.AcknowledgeContractRequest(wasm_hash=upgraded))
+    await server.alerts.run_once()
+    assert [t.split(":")[0] for t in receiver.texts("contract_watch")] == [
+        "[kale-pool] FIRING contract_watch",
+        "[kale-pool] RESOLVED contract_watch",
+    ]
