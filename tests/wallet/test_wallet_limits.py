@@ -8,17 +8,10 @@ import grpc
 from kalepool.limits import RATE_LIMITED
 from kalepool.tls import POOL_CLIENT
 from kalepool.v1 import wallet_pb2, wallet_pb2_grpc
+from tests.pool.test_pooler_auth import code_of
 from wallet_service.server import SERVICE_NAME
 
 from .conftest import WalletStage
-
-
-async def code_of(call: object) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 async def test_two_wallet_servers_share_a_callers_bucket(wallet: WalletStage) -> None:
