@@ -44,7 +44,8 @@ async def start_web_for(settings: Settings) -> WebServer:
 
 async def _serve(settings: Settings) -> None:
     server = await start_web_for(settings)
-    print(f"farmers' web page: https://{settings.web_listen}/", flush=True)
+    host = (settings.web_listen or "").rpartition(":")[0] or "127.0.0.1"
+    print(f"farmers' web page: https://{host}:{server.port}/", flush=True)
     try:
         await wait_for_shutdown()
     finally:
