@@ -309,17 +309,22 @@ class _Telemetry(_CallScope):
 
 class AuthorizationInterceptor(_ScopedInterceptor):
     """Admits a call only when the client certificate's common name is allowed for its
-    service. Health and reflection admit the `admin` names only; other services not named
-    in `allowed` (PoolerService, which then demands an API key) admit any certificate of
-    the pool's CA, which mutual TLS already demands."""
+    service, or for that one method (a key ``service/Method`` of `allowed`: a caller
+    admitted to a few RPCs only, such as the farmers' web page). Health and reflection
+    admit the `admin` names only; other services not named in `allowed` (PoolerService,
+    which then demands an API key) admit any certificate of the pool's CA, which mutual
+    TLS already demands."""
 
     def __init__(self, allowed: Mapping[str, Iterable[str]], admin: Iterable[str]) -> None:
-        self.allowed = {service: frozenset(names) for service, names in allowed.items()}
+        self.allowed = {key: frozenset(names) for key, names in allowed.items()}
         self.admin = frozenset(admin)
 
     def scope(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> _CallScope:
-        service = _split(method)[0]
+        service, name = _split(method)
         allowed = self.admin if is_admin_service(service) else self.allowed.get(service)
+        per_method = self.allowed.get(f"{service}/{name}")
+        if allowed is not None and per_method is not None:
+            allowed = allowed | per_method
         return _Authorize(allowed, method, context)
 
 
@@ -346,7 +351,7 @@ class _Authorize(_CallScope):
             log.warning("refused caller=%s method=%s", name, self.method)
             await self.context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"caller {name!r} may not call {_split(self.method)[0]}",
+                f"caller {name!r} may not call {'.'.join(_split(self.method))}",
             )
 
 
@@ -435,7 +440,8 @@ class ServerSpec:
     address: str  # host:port; port 0 picks a free one
     identity: Identity  # the server's certificate and key
     ca_pem: bytes  # the CA whose client certificates are accepted
-    # service full name -> the client certificate common names allowed to call it
+    # service full name (or "service/Method", for that method only) -> the client
+    # certificate common names allowed to call it
     allowed_callers: Mapping[str, Iterable[str]] = field(default_factory=dict)
     error_map: ErrorMap = field(default_factory=dict)
     max_message_bytes: int = MAX_MESSAGE_BYTES

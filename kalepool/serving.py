@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +15,7 @@ from kalepool.db import resolve_conninfo
 from kalepool.db.migrate import MigrationError, apply_migrations
 from kalepool.db.roles import DbRole
 from kalepool.logs import configure_logging
+from kalepool.processes import wait_for_shutdown
 from kalepool.settings import ENV_PREFIX, Settings, SettingsError, load_settings
 
 ServiceStarter = Callable[[Settings, str, contextlib.AsyncExitStack], Awaitable[object]]
@@ -25,15 +25,6 @@ stack closes."""
 
 class StartupError(Exception):
     """A part could not start for a reason the operator can fix; the message says how."""
-
-
-async def wait_for_shutdown() -> None:
-    """Wait for Ctrl-C or SIGTERM (how Kubernetes stops a pod)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 def serve_metrics(settings: Settings, stack: contextlib.AsyncExitStack) -> str:

@@ -127,6 +127,27 @@ class Settings(BaseSettings):
         description="Plaintext address where pool_service answers gRPC health alone, for the"
         " kubelet's probes (unset: none; 0.0.0.0:50061 in a pod).",
     )
+    web_listen: str | None = Field(
+        None,
+        description="HTTPS address of the farmers' web page and its JSON API (farmer_web;"
+        " unset: not served; 127.0.0.1:8443 on a developer machine).",
+    )
+    web_pool_address: str | None = Field(
+        None,
+        description="The pool service the web page calls as farmer-web (unset: pool_listen).",
+    )
+    web_challenge_seconds: int = Field(
+        300, ge=10, le=3600, description="How long a sign-in challenge may be answered."
+    )
+    web_session_seconds: int = Field(
+        3600, ge=60, le=86400, description="How long a web sign-in session lasts."
+    )
+    web_rate_limit_ip_per_minute: int = Field(
+        120, ge=1, description="Web API requests a minute per client IP (in-process bucket)."
+    )
+    web_rate_limit_address_per_minute: int = Field(
+        10, ge=1, description="Sign-in attempts a minute per payout address (in-process bucket)."
+    )
     wallet_health_listen: str | None = Field(
         None,
         description="Plaintext address where wallet_service answers gRPC health alone, for the"

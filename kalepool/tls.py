@@ -278,13 +278,20 @@ def channel_credentials(identity: Identity, ca_pem: bytes) -> grpc.ChannelCreden
 
 
 # Names of the development identities. The services check a caller's common name:
-# the wallet service serves only POOL_CLIENT, PoolService only OPERATOR.
+# the wallet service serves only POOL_CLIENT, PoolService OPERATOR (every RPC) and
+# FARMER_WEB (the few read RPCs the farmers' web page needs, pool_service.server).
 POOL_SERVER = "pool-service"
 WALLET_SERVER = "wallet-service"
 POOL_CLIENT = "pool-client"
 OPERATOR = "operator"
+FARMER_WEB = "farmer-web"
+"""The farmers' web page calling PoolService (a client certificate)."""
+WEB_SERVER = "web-server"
+"""The farmers' web page's HTTPS server certificate."""
 # The deployment's own identities: never a pooler's, whatever key a caller sends.
-SERVICE_NAMES = frozenset({POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR})
+SERVICE_NAMES = frozenset(
+    {POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR, FARMER_WEB, WEB_SERVER}
+)
 
 
 def ensure_dev_identities(pki: DevPki) -> list[str]:
@@ -293,7 +300,9 @@ def ensure_dev_identities(pki: DevPki) -> list[str]:
     pki.server(WALLET_SERVER)
     pki.client(POOL_CLIENT)
     pki.client(OPERATOR)
-    return [POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR]
+    pki.client(FARMER_WEB)
+    pki.server(WEB_SERVER)
+    return [POOL_SERVER, WALLET_SERVER, POOL_CLIENT, OPERATOR, FARMER_WEB, WEB_SERVER]
 
 
 # --- a pooler's own key and its certificate -------------------------------------------

@@ -29,6 +29,7 @@ from kalepool.grpc_server import (
 )
 from kalepool.request_checks import (
     check_account,
+    check_destination,
     check_idempotency_key,
     check_uuid,
 )
@@ -437,8 +438,15 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             if status is None:
                 raise InvalidArgument(f"status {request.status} is not a farmer status")
             state = FarmerState(status)
-        page = Page(request.pagination, "farmers", pooler_id, state)
-        rows = await self.farmers.list_farmers(pooler_id, state, _after(page), page.size + 1)
+        payout = (
+            check_destination("payout_address", request.payout_address)
+            if request.payout_address
+            else None
+        )
+        page = Page(request.pagination, "farmers", pooler_id, state, payout)
+        rows = await self.farmers.list_farmers(
+            pooler_id, state, _after(page), page.size + 1, payout_address=payout
+        )
         shown = rows[: page.size]
         token = page.next_token(
             rows, [shown[-1].created_at.isoformat(), str(shown[-1].id)] if shown else []

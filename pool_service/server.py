@@ -22,6 +22,7 @@ from kalepool.grpc_server import BuiltServer, ServerSpec, build_server
 from kalepool.limits import Limit, RateLimits
 from kalepool.settings import Settings
 from kalepool.tls import (
+    FARMER_WEB,
     OPERATOR,
     POOL_CLIENT,
     POOL_SERVER,
@@ -65,6 +66,18 @@ log = logging.getLogger("pool_service")
 POOL_SERVICE = "kalepool.v1.PoolService"
 POOLER_SERVICE = "kalepool.v1.PoolerService"
 OPERATOR_CALLS = "operator"
+
+FARMER_WEB_RPCS = (
+    "ListPoolers",
+    "GetPoolerStats",
+    "ListBlocks",
+    "GetPoolStats",
+    "ListFarmers",
+    "GetFarmerBalance",
+)
+"""What the farmers' web page (`farmer-web`) may call: reads only, nothing that registers,
+moves KALE or changes a farmer (least privilege; docs/api.md). Every other PoolService
+RPC refuses it (PERMISSION_DENIED)."""
 
 
 @dataclass
@@ -118,6 +131,7 @@ async def start_pool_server(
     settings: Settings,
     wallet_server_name: str = WALLET_SERVER,
     operators: tuple[str, ...] = (OPERATOR,),
+    web_callers: tuple[str, ...] = (FARMER_WEB,),
     pool_size: int | None = None,
     feed_poll_seconds: float = 1.0,
     harvest_interval_seconds: float | None = 10.0,
@@ -126,9 +140,10 @@ async def start_pool_server(
 
     `identity` is the pool server's certificate (`pool-service`), `wallet_identity` the
     client certificate it presents to the wallet service (`pool-client`). PoolService
-    admits the `operators` common names only, each limited to
-    `rate_limit_operator_per_minute` calls; PoolerService admits a certificate of the CA
-    only together with the API key of the pooler it is registered for
+    admits the `operators` common names, and `web_callers` (the farmers' web page) for
+    `FARMER_WEB_RPCS` only, each limited to `rate_limit_operator_per_minute` calls;
+    PoolerService admits a certificate of the CA only together with the API key of the
+    pooler it is registered for
     (`pool_service.auth`: the pooler's calls and each certificate's refused attempts
     limited). The limits' buckets live in the database, shared by every replica. Unless
     `harvest_interval_seconds` is None, a background task harvests finished blocks'
@@ -202,7 +217,10 @@ async def start_pool_server(
         address=address,
         identity=identity,
         ca_pem=ca_pem,
-        allowed_callers={POOL_SERVICE: operators},
+        allowed_callers={
+            POOL_SERVICE: operators,
+            **{f"{POOL_SERVICE}/{rpc}": web_callers for rpc in FARMER_WEB_RPCS},
+        },
         caller_limits={POOL_SERVICE: limit_operator},
         error_map={psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE},
         health_address=settings.pool_health_listen or None,

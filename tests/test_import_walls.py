@@ -27,6 +27,7 @@ PLANTS = {
     "wallet": ("wallet_service/service.py", "pooler_agent.agent"),
     "pool": ("pool_service/planting.py", "wallet_service.keystore"),
     "pooler": ("pooler_agent/agent.py", "kalepool.db.reads"),
+    "web": ("farmer_web/pool.py", "kalepool.db.reads"),
     "devnet": ("kale_devnet/farm.py", "kalepool.settings"),
     "protocol": ("kalepool/protocol.py", "kalepool.tls"),
     "devnet-users": ("pool_service/server.py", "kale_devnet"),

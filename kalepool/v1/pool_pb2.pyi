@@ -785,10 +785,15 @@ class ListFarmersRequest(_message.Message):
     PAGINATION_FIELD_NUMBER: _builtins.int
     POOLER_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
     pooler_id: _builtins.str
     """Only farmers of this pooler; empty for all."""
     status: _common_pb2.FarmerStatus.ValueType
     """Only farmers with this status; FARMER_STATUS_UNSPECIFIED for all."""
+    payout_address: _builtins.str
+    """Only farmers whose payout address is this account (G...); empty for all. The
+    farmers' web page finds a signed-in farmer's farmers so.
+    """
     @_builtins.property
     def pagination(self) -> _common_pb2.Pagination:
         """Paging."""
@@ -799,10 +804,11 @@ class ListFarmersRequest(_message.Message):
         pagination: _common_pb2.Pagination | None = ...,
         pooler_id: _builtins.str = ...,
         status: _common_pb2.FarmerStatus.ValueType = ...,
+        payout_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pagination", b"pagination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pagination", b"pagination", "pooler_id", b"pooler_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pagination", b"pagination", "payout_address", b"payout_address", "pooler_id", b"pooler_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -109,12 +109,17 @@ class FarmerStore:
         state: FarmerState | None,
         after: tuple[str, str] | None,
         limit: int,
+        *,
+        payout_address: str | None = None,
     ) -> list[FarmerRow]:
         where = ["TRUE"]
         params: list[Any] = []
         if pooler_id is not None:
             where.append("f.pooler_id = %s")
             params.append(pooler_id)
+        if payout_address is not None:
+            where.append("f.payout_address = %s")
+            params.append(payout_address)
         if state is not None:
             where.append(FARMER_STATE_SQL[state])
         if after is not None:
