@@ -137,6 +137,23 @@ class Settings(BaseSettings):
     wallet_payout_max_transfers_per_hour: int = Field(
         30, ge=1, description="Payout transfers one wallet may make in any hour."
     )
+    pool_fee_bps: int = Field(
+        100,
+        ge=0,
+        le=10_000,
+        description="The pool's fee of each harvested reward, in basis points.",
+    )
+    pooler_share_bps: int = Field(
+        500,
+        ge=0,
+        le=10_000,
+        description="The pooler's share of each harvested reward, in basis points.",
+    )
+    pool_fee_address: str = Field(
+        "",
+        pattern=r"^(G[A-Z2-7]{55})?$",
+        description="The operator's account (G...) the pool's fee wallet pays out to.",
+    )
     api_key_length: int = Field(32, ge=16, le=128, description="Bytes of entropy in API keys.")
     rate_limit_requests_per_minute: int = Field(
         60, ge=1, description="PoolerService calls a minute per pooler (shared by replicas)."
@@ -236,6 +253,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_required(self) -> Settings:
+        if self.pool_fee_bps + self.pooler_share_bps > 10_000:
+            raise ValueError(
+                f"{ENV_PREFIX}POOL_FEE_BPS + {ENV_PREFIX}POOLER_SHARE_BPS is"
+                f" {self.pool_fee_bps + self.pooler_share_bps}; together they may take at most"
+                " 10000 (the whole reward)"
+            )
         if self.network is Network.DEVNET and not self.rpc_url:
             self.rpc_url = devnet_rpc_url(self.devnet_port)
         if self.network is not Network.DEVNET:
