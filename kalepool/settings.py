@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     payout_settle_interval_seconds: float = Field(
         60.0, gt=0, description="Period of the pool's pass that drives pending payouts."
     )
+    share_sweep_interval_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Period of the pool's pass that sweeps each harvest's fee and share.",
+    )
     deposit_poll_interval_seconds: float = Field(
         5.0, gt=0, description="Period of the pool's chain follower (deposits, harvests)."
     )

@@ -41,6 +41,7 @@ from pool_service.books.ledger import LedgerStore
 from pool_service.books.payouts import PayoutStore
 from pool_service.books.plantings import PlantingStore
 from pool_service.books.poolers import PoolerStore
+from pool_service.books.sweeps import SweepStore
 from pool_service.books.works import WorkStore
 from pool_service.chain_view import ChainView
 from pool_service.deposits import ChainFollower
@@ -52,6 +53,7 @@ from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
 from pool_service.reconcile import PlantReconciler
 from pool_service.registry import PoolRegistry
+from pool_service.shares import Shares
 from pool_service.wallet import WalletClient
 from pool_service.work import WorkReports
 
@@ -71,9 +73,11 @@ class PoolServer:
     pooler_api: PoolerApi
     feeds: Feeds
     pool: Pool
+    shares: Shares
     # The background loops (pool_service.loops.every), each stopped with the server:
     # plant reconciliation (unsettled plant requests driven again), harvests (when
-    # harvest_interval_seconds is set), payout settlement (pending payouts driven) and
+    # harvest_interval_seconds is set), payout settlement (pending payouts driven), shares
+    # (each harvest's fee and pooler share swept) and
     # the chain follower (deposits credited, anyone's harvests recorded).
     loops: list[asyncio.Task[None]]
     _stack: AsyncExitStack
@@ -196,6 +200,7 @@ async def start_pool_server(
         await stack.aclose()
         raise
     plants = PlantReconciler(plantings, planter)
+    shares = Shares(SweepStore(pool), wallet, settings)
     loops = [
         asyncio.create_task(
             every(
@@ -211,13 +216,17 @@ async def start_pool_server(
             every(settings.deposit_poll_interval_seconds, follower.run_once, "chain follower"),
             name="pool-deposits",
         ),
+        asyncio.create_task(
+            every(settings.share_sweep_interval_seconds, shares.run_once, "shares"),
+            name="pool-shares",
+        ),
     ]
     if harvest_interval_seconds is not None:
         loops.append(
             asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
         )
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, loops, stack)
+    return PoolServer(built, registry, pooler_api, feeds, pool, shares, loops, stack)
 
 
 async def start_pool_for(

@@ -35,7 +35,7 @@ from prometheus_client import Counter
 from stellar_sdk import Keypair, MuxedAccount, StrKey
 from stellar_sdk.exceptions import BadSignatureError
 
-from kalepool.amounts import STROOPS_PER_KALE, format_kale
+from kalepool.amounts import STROOPS_PER_KALE, format_kale, share_of
 from kalepool.chain import TxKind
 from kalepool.grpc_server import (
     FailedPrecondition,
@@ -102,12 +102,6 @@ def _default(name: str) -> int:
     value = Settings.model_fields[name].default
     assert isinstance(value, int)
     return value
-
-
-def share_of(reward: int, bps: int) -> int:
-    """The part of `reward` (stroops) that `bps` basis points take, rounded down: the
-    pool never takes a stroop more than its rate. The one rule of both services."""
-    return reward * bps // 10_000
 
 
 @dataclass(frozen=True)

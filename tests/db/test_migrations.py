@@ -54,6 +54,9 @@ SCHEMA_TABLES = {
     "wallet.key_rotations",
     "pool.rate_buckets",
     "wallet.rate_buckets",
+    "pool.accounts",
+    "pool.sweeps",
+    "pool.account_ledger",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

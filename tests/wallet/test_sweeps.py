@@ -13,11 +13,12 @@ import grpc
 import psycopg
 from stellar_sdk import Keypair
 
+from kalepool.amounts import share_of
 from kalepool.chain import build_work, current_block, kale_balance, read_block, sign, submit
 from kalepool.v1 import common_pb2, wallet_pb2
 from tests.chain.stage import mine
 from tests.waits import until
-from wallet_service.policy import PayoutLimits, share_of
+from wallet_service.policy import PayoutLimits
 
 from .conftest import WalletStage
 from .test_payout_policy import denied, refusals, refused_count
