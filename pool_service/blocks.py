@@ -20,6 +20,7 @@ from pool_service.books.blocks import BlockRow, BlockStore
 from pool_service.books.compensations import CompensationRow, CompensationStore
 from pool_service.books.enums import BlockStatus, CompensationKind
 from pool_service.books.poolers import PoolerRow, PoolerStore
+from pool_service.books.sweeps import AccountPayoutStore, SweepStore
 from pool_service.chain_view import ChainView
 from pool_service.feed import Feeds
 from pool_service.harvesting import harvest_pb
@@ -118,10 +119,14 @@ class BlockReports:
         compensations: CompensationStore,
         view: ChainView,
         feeds: Feeds,
+        shares: SweepStore,
+        share_payouts: AccountPayoutStore,
     ) -> None:
         self.poolers = poolers
         self.blocks = blocks
         self.compensations = compensations
+        self.shares = shares
+        self.share_payouts = share_payouts
         self.view = view
         self.feeds = feeds
 
@@ -239,6 +244,8 @@ class BlockReports:
         counts, _, rewards = _total(rows)
         unpaid = await self.compensations.unpaid(pooler_id)
         beat = await self.poolers.heartbeat(pooler_id)
+        account = await self.shares.share_account(pooler_id)
+        share = await self.share_payouts.totals(account.id) if account else None
         return pool_pb2.GetPoolerStatsResponse(
             pooler=convert.pooler_pb(pooler),
             blocks=len(rows),
@@ -255,6 +262,10 @@ class BlockReports:
             mining_farmers=(beat.heartbeat_mining_farmers or 0) if beat else 0,
             observed_block_index=(beat.heartbeat_block_index or 0) if beat else 0,
             last_cursor=(beat.heartbeat_last_cursor or 0) if beat else 0,
+            share_earned_stroops=share.earned if share else 0,
+            share_pending_stroops=share.pending if share else 0,
+            share_paid_stroops=share.paid if share else 0,
+            share_balance_stroops=share.balance if share else 0,
             as_of=wire.now(),
         )
 

@@ -100,6 +100,22 @@ def failure_pb(
     )
 
 
+def payout_tx_ref(
+    tx_hash: str | None, status: PayoutStatus, ledger: int | None
+) -> common_pb2.TransactionRef:
+    """The transfer of a payout (a farmer's or an account's): PENDING, SUCCESS or FAILED
+    (expired and rejected transfers are FAILED; the failure says why)."""
+    return common_pb2.TransactionRef(
+        tx_hash=tx_hash or "",
+        status={
+            PayoutStatus.PENDING: common_pb2.TX_STATUS_PENDING,
+            PayoutStatus.SUCCESS: common_pb2.TX_STATUS_SUCCESS,
+            PayoutStatus.FAILED: common_pb2.TX_STATUS_FAILED,
+        }[status],
+        ledger=ledger or 0,
+    )
+
+
 def tx_ref(
     tx_hash: str | None, status: EventStatus, ledger: int | None
 ) -> common_pb2.TransactionRef | None:

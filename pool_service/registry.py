@@ -36,6 +36,7 @@ from pool_service.books.farmers import FarmerRow, FarmerStore
 from pool_service.books.ledger import LedgerStore
 from pool_service.books.poolers import PoolerRow, PoolerStore
 from pool_service.payouts import Payouts
+from pool_service.shares import Shares
 from pool_service.validate import Page, check_name, check_stake_bps
 from pool_service.wallet import WalletClient, wallet_call
 
@@ -93,6 +94,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         payouts: Payouts,
         certificates: CertificateStore,
         ca_pem: bytes,
+        shares: Shares,
     ) -> None:
         self.poolers = poolers
         self.farmers = farmers
@@ -103,6 +105,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self.payouts = payouts
         self.certificates = certificates
         self.ca_pem = ca_pem
+        self.shares = shares
 
     # --- poolers ----------------------------------------------------------------------------
 
@@ -524,6 +527,11 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self, request: pool_pb2.ListCompensationsRequest, context: Any
     ) -> pool_pb2.ListCompensationsResponse:
         return await self.reports.list_compensations(request)
+
+    async def RequestPoolerPayout(
+        self, request: pool_pb2.RequestPoolerPayoutRequest, context: Any
+    ) -> pool_pb2.RequestPoolerPayoutResponse:
+        return await self.shares.request_pooler_payout(request)
 
     # --- the payout address: the wallet decides, the pool relays and keeps a copy ----------
 

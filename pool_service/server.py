@@ -41,7 +41,7 @@ from pool_service.books.ledger import LedgerStore
 from pool_service.books.payouts import PayoutStore
 from pool_service.books.plantings import PlantingStore
 from pool_service.books.poolers import PoolerStore
-from pool_service.books.sweeps import SweepStore
+from pool_service.books.sweeps import AccountPayoutStore, SweepStore
 from pool_service.books.works import WorkStore
 from pool_service.chain_view import ChainView
 from pool_service.deposits import ChainFollower
@@ -142,7 +142,11 @@ async def start_pool_server(
     view = ChainView(chain)
     feeds = Feeds()
     payouts = Payouts(farmers, PayoutStore(pool), wallet, view, settings)
-    reports = BlockReports(poolers, BlockStore(pool), compensations, view, feeds)
+    sweeps, share_payouts = SweepStore(pool), AccountPayoutStore(pool)
+    shares = Shares(sweeps, share_payouts, wallet, settings)
+    reports = BlockReports(
+        poolers, BlockStore(pool), compensations, view, feeds, sweeps, share_payouts
+    )
     certificates = CertificateStore(pool)
     registry = PoolRegistry(
         poolers,
@@ -154,6 +158,7 @@ async def start_pool_server(
         payouts,
         certificates,
         ca_pem,
+        shares,
     )
     harvester = Harvester(harvests, works, wallet, view, settings, compensations)
     follower = ChainFollower(pool, chain, harvests)
@@ -200,7 +205,6 @@ async def start_pool_server(
         await stack.aclose()
         raise
     plants = PlantReconciler(plantings, planter)
-    shares = Shares(SweepStore(pool), wallet, settings)
     loops = [
         asyncio.create_task(
             every(

@@ -34,16 +34,29 @@ import grpc
 
 from kalepool import wire
 from kalepool.amounts import share_of
+from kalepool.chain import Fault
+from kalepool.grpc_server import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from kalepool.request_checks import check_idempotency_key, check_uuid
 from kalepool.settings import Settings
-from kalepool.v1 import common_pb2, wallet_pb2
-from pool_service.books.enums import AccountKind, SweepPart
-from pool_service.books.sweeps import AccountRow, DueSweep, SweepStore
+from kalepool.v1 import common_pb2, pool_pb2, wallet_pb2
+from pool_service import convert
+from pool_service.books.enums import AccountKind, PayoutStatus, SweepPart
+from pool_service.books.sweeps import (
+    AccountPayoutRow,
+    AccountPayoutStore,
+    AccountRow,
+    DueSweep,
+    SweepStore,
+)
+from pool_service.locks import KeyedLocks
 from pool_service.wallet import WalletClient, nothing_signed
 
 log = logging.getLogger("pool_service.shares")
 
 # The owner id of the pool's fee wallet (a pooler's share wallet is owned by its pooler id).
 FEE_OWNER = uuid.UUID("6b1f0e7c-2d4a-4c5e-9f3b-6665652d6f77")
+# Account payout ids derived from (account, idempotency key): the same key, the same payout.
+_PAYOUT_ID_NAMESPACE = uuid.UUID("2f0e6a4b-8d55-4b8e-9a41-7368617265ff")
 
 _WALLET_TIMEOUT_SECONDS = 30.0
 
@@ -51,10 +64,20 @@ _WALLET_TIMEOUT_SECONDS = 30.0
 class Shares:
     """The shares loop: accounts made, sweeps recorded, driven and settled."""
 
-    def __init__(self, store: SweepStore, wallet: WalletClient, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: SweepStore,
+        payouts: AccountPayoutStore,
+        wallet: WalletClient,
+        settings: Settings,
+    ) -> None:
         self.store = store
+        self.payouts = payouts
         self.wallet = wallet
         self.settings = settings
+        # One payout decision per account at a time in this process; across replicas the
+        # account's row lock and its non-negative balance keep it whole.
+        self.locks: KeyedLocks[UUID] = KeyedLocks()
         self._ready: set[UUID] = set()  # accounts whose wallet exists and trusts KALE
         self._warned: set[str] = set()
 
@@ -192,6 +215,10 @@ class Shares:
         settled = 0
         for sweep in await self.store.pending():
             settled += await self.drive(sweep)
+        for payout in await self.payouts.pending():
+            async with self.locks.hold(payout.account_id):
+                done = await self.drive_payout(payout)
+            settled += done.status != PayoutStatus.PENDING
         return settled
 
     async def drive(self, sweep: DueSweep) -> bool:
@@ -233,3 +260,89 @@ class Shares:
             return True
         await self.store.still_pending(sweep.id, out.tx_hash or None)
         return False
+
+    # --- a pooler's share paid to its registered key ------------------------------------
+
+    async def request_pooler_payout(
+        self, request: pool_pb2.RequestPoolerPayoutRequest
+    ) -> pool_pb2.RequestPoolerPayoutResponse:
+        pooler_id = check_uuid("pooler_id", request.pooler_id)
+        if request.amount_stroops < 0:
+            raise InvalidArgument(
+                "amount_stroops must be 0 (the whole balance) or more,"
+                f" got {request.amount_stroops}"
+            )
+        key = check_idempotency_key(request.idempotency_key) if request.idempotency_key else None
+        account = await self.store.share_account(pooler_id)
+        if account is None:
+            if not await self.store.pooler_exists(pooler_id):
+                raise NotFound(f"no pooler {pooler_id}")
+            raise FailedPrecondition(
+                f"pooler {pooler_id} has no share account yet: nothing was shared with it"
+            )
+        payout_id = uuid.uuid5(_PAYOUT_ID_NAMESPACE, f"{account.id}:{key}") if key else uuid.uuid4()
+        async with self.locks.hold(account.id):
+            payout = await self.payouts.payout(payout_id)
+            if payout is None:
+                payout = await self.payouts.create(payout_id, account, request.amount_stroops, key)
+            elif request.amount_stroops not in (0, payout.amount):
+                raise AlreadyExists(
+                    f"idempotency key already made payout {payout.id} of {payout.amount} stroops"
+                )
+            if payout.status == PayoutStatus.PENDING:
+                payout = await self.drive_payout(payout)
+        return _payout_pb(payout)
+
+    async def drive_payout(self, payout: AccountPayoutRow) -> AccountPayoutRow:
+        """Ask the wallet for the payout's transfer from the share wallet (a replay when
+        it was made) and record what became certain."""
+        account = await self.store.account(payout.account_id)
+        assert account is not None  # a payout references its account
+        try:
+            response = await self.wallet.stub.Transfer(
+                wallet_pb2.TransferRequest(
+                    idempotency_key=payout.wallet_key,
+                    source_address=account.custodial_public_key,
+                    destination_address=payout.destination,
+                    amount_stroops=payout.amount,
+                ),
+                timeout=_WALLET_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if nothing_signed(exc, payout.wallet_key):
+                await self.payouts.failed(
+                    payout.id, None, exc.code().name, exc.details() or exc.code().name
+                )
+            else:
+                log.warning("account payout %s still pending (%s)", payout.id, exc.code().name)
+        else:
+            out = response.outcome
+            if out.status == common_pb2.TX_STATUS_SUCCESS:
+                await self.payouts.succeeded(payout.id, out.tx_hash, out.ledger)
+            elif out.status in (
+                common_pb2.TX_STATUS_FAILED,
+                common_pb2.TX_STATUS_EXPIRED,
+                common_pb2.TX_STATUS_REJECTED,
+            ):
+                await self.payouts.failed(
+                    payout.id,
+                    out.tx_hash or None,
+                    wire.failure_label(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
+                    out.failure.message or common_pb2.TxStatus.Name(out.status),
+                )
+            else:
+                await self.payouts.still_pending(payout.id, out.tx_hash or None)
+        settled = await self.payouts.payout(payout.id)
+        assert settled is not None
+        return settled
+
+
+def _payout_pb(row: AccountPayoutRow) -> pool_pb2.RequestPoolerPayoutResponse:
+    return pool_pb2.RequestPoolerPayoutResponse(
+        payout_id=str(row.id),
+        destination_address=row.destination,
+        amount_stroops=row.amount,
+        transaction=convert.payout_tx_ref(row.tx_hash, row.status, row.ledger),
+        failure=convert.failure_pb(row.status, Fault.POOL, row.error_code, row.error_message),
+        requested_at=wire.timestamp(row.requested_at),
+    )

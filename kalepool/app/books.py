@@ -23,7 +23,8 @@ themselves and not with the chain. This module compares the books with the chain
 - **token events**: every movement of KALE into or out of a custodial account in the
   chain's recent events (the ledgers of the blocks compared, or as many as the server
   still serves) is explained by the books: a harvest, a deposit, a planting's
-  stake, a payout, a sweep (out of a farmer's account into a pool account) or a close.
+  stake, a payout, a sweep (out of a farmer's account into a pool account), an account
+  payout (a pooler's share paid to its key) or a close.
 
 A difference is a line naming what disagrees; anything that will settle by itself
 (the reconciler, the harvest loop and the deposit follower drive it) is "in flight"
@@ -122,6 +123,7 @@ class _Books:
     deposits: list[dict[str, Any]]
     accounts: list[dict[str, Any]]  # the pool's fee and share accounts
     sweeps: list[dict[str, Any]]
+    account_payouts: list[dict[str, Any]]  # a pooler's share paid to its key
     followed_to: int  # the ledger the pool's chain followers have read up to
     first_plant_ledger: int | None  # the earliest plant ledger of the blocks compared
 
@@ -200,6 +202,11 @@ async def _read_books(conn: psycopg.AsyncConnection[Any], since_block: int) -> _
             "SELECT id, farmer_id, account_id, amount, status::text AS status, tx_hash,"
             " wallet_key FROM sweeps",
         ),
+        account_payouts=await _rows(
+            conn,
+            "SELECT id, account_id, amount, status::text AS status, tx_hash, wallet_key"
+            " FROM account_payouts",
+        ),
         followed_to=int(
             (await _rows(conn, "SELECT coalesce(min(ledger), 0) AS l FROM chain_cursors"))[0]["l"]
         ),
@@ -260,6 +267,11 @@ def _effects(books: _Books, events: Sequence[TokenEvent]) -> dict[UUID, list[Eff
             what = f"sweep {w['wallet_key'][:18]} pending ({kale(w['amount'])})"
             out[w["farmer_id"]].append(Effect(what, int(w["amount"])))
             out[w["account_id"]].append(Effect(what, int(w["amount"])))
+    for p in books.account_payouts:
+        if p["status"] == "pending":  # as a farmer's payout: debited when requested
+            out[p["account_id"]].append(
+                Effect(f"account payout {p['id']} pending ({kale(p['amount'])})", int(p["amount"]))
+            )
     recorded_harvests = {h["tx_hash"] for h in books.harvests if h["status"] == "success"}
     for t in books.transactions:
         farmer = by_address.get(t["source_account"])
@@ -424,7 +436,9 @@ def _check_transactions(books: _Books, report: BooksReport) -> None:
     plant_hashes = {p["tx_hash"]: p["status"] for p in books.plantings if p["tx_hash"]}
     harvest_hashes = {h["tx_hash"]: h["status"] for h in books.harvests if h["tx_hash"]}
     payouts = {p["wallet_key"]: p for p in books.payouts}
-    sweeps = {w["wallet_key"]: w for w in books.sweeps}
+    sweeps = {w["wallet_key"]: w for w in books.sweeps} | {
+        p["wallet_key"]: p for p in books.account_payouts
+    }
     departed = {f["custodial_public_key"] for f in books.farmers if f["status"] == "departed"}
     unsettled_plants = {r["idempotency_key"] for r in books.plant_requests}
     for t in books.transactions:
@@ -505,6 +519,8 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
     )
     accounts = books.account_by_address
     sweeping = {w["account_id"] for w in books.sweeps if w["status"] == "pending"}
+    paid_out = {p["tx_hash"] for p in books.account_payouts if p["status"] == "success"}
+    paying = {p["account_id"] for p in books.account_payouts if p["status"] == "pending"}
     wallet_harvests = {t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"}
     pending_plants = {r["farmer_id"] for r in books.plant_requests}
     pending_payouts = {p["farmer_id"] for p in books.payouts if p["status"] == "pending"} | {
@@ -580,10 +596,10 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
             explain(
                 e,
                 out_of_account,
-                False,
-                False,
-                "",
-                "left the account; nothing in the books records it",
+                e.tx_hash in paid_out,
+                out_of_account["id"] in paying,
+                "an account payout not settled yet",
+                "left the account; no account payout records it",
             )
     report.checked["token events"] = checked
 

@@ -1436,6 +1436,10 @@ class GetPoolerStatsResponse(_message.Message):
     MINING_FARMERS_FIELD_NUMBER: _builtins.int
     OBSERVED_BLOCK_INDEX_FIELD_NUMBER: _builtins.int
     LAST_CURSOR_FIELD_NUMBER: _builtins.int
+    SHARE_EARNED_STROOPS_FIELD_NUMBER: _builtins.int
+    SHARE_PENDING_STROOPS_FIELD_NUMBER: _builtins.int
+    SHARE_PAID_STROOPS_FIELD_NUMBER: _builtins.int
+    SHARE_BALANCE_STROOPS_FIELD_NUMBER: _builtins.int
     blocks: _builtins.int
     """Blocks counted."""
     total_reward_stroops: _builtins.int
@@ -1460,6 +1464,14 @@ class GetPoolerStatsResponse(_message.Message):
     """The chain's current block as it saw it, in its last heartbeat."""
     last_cursor: _builtins.int
     """The cursor of the last assignment it reported processed, in its last heartbeat."""
+    share_earned_stroops: _builtins.int
+    """Its share of its farmers' rewards swept into its share wallet, all time, in stroops."""
+    share_pending_stroops: _builtins.int
+    """Its share of harvests whose sweep is still pending, in stroops."""
+    share_paid_stroops: _builtins.int
+    """Its share paid out to its registered key (payouts less reversals), in stroops."""
+    share_balance_stroops: _builtins.int
+    """What its share account holds now (earned less paid), in stroops."""
     @_builtins.property
     def pooler(self) -> Global___Pooler:
         """The pooler."""
@@ -1495,10 +1507,14 @@ class GetPoolerStatsResponse(_message.Message):
         mining_farmers: _builtins.int = ...,
         observed_block_index: _builtins.int = ...,
         last_cursor: _builtins.int = ...,
+        share_earned_stroops: _builtins.int = ...,
+        share_pending_stroops: _builtins.int = ...,
+        share_paid_stroops: _builtins.int = ...,
+        share_balance_stroops: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts", "last_heartbeat_at", b"last_heartbeat_at", "pooler", b"pooler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "share_balance_stroops", b"share_balance_stroops", "share_earned_stroops", b"share_earned_stroops", "share_paid_stroops", b"share_paid_stroops", "share_pending_stroops", b"share_pending_stroops", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1891,3 +1907,81 @@ class RevokePoolerCertificateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokePoolerCertificateResponse: _TypeAlias = RevokePoolerCertificateResponse  # noqa: Y015
+
+@_typing.final
+class RequestPoolerPayoutRequest(_message.Message):
+    """Request of PoolService.RequestPoolerPayout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_STROOPS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    pooler_id: _builtins.str
+    """The pooler's id."""
+    amount_stroops: _builtins.int
+    """KALE to pay, in stroops; 0 pays the whole balance of its share account."""
+    idempotency_key: _builtins.str
+    """Makes retries safe: the same key is the same payout; empty for none."""
+    def __init__(
+        self,
+        *,
+        pooler_id: _builtins.str = ...,
+        amount_stroops: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "idempotency_key", b"idempotency_key", "pooler_id", b"pooler_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPoolerPayoutRequest: _TypeAlias = RequestPoolerPayoutRequest  # noqa: Y015
+
+@_typing.final
+class RequestPoolerPayoutResponse(_message.Message):
+    """Response of PoolService.RequestPoolerPayout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    DESTINATION_ADDRESS_FIELD_NUMBER: _builtins.int
+    AMOUNT_STROOPS_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    payout_id: _builtins.str
+    """The payout's id."""
+    destination_address: _builtins.str
+    """The pooler's registered key, the only address it is paid to (G...)."""
+    amount_stroops: _builtins.int
+    """KALE paid, in stroops."""
+    @_builtins.property
+    def transaction(self) -> _common_pb2.TransactionRef:
+        """The transfer; status PENDING, SUCCESS or FAILED."""
+
+    @_builtins.property
+    def failure(self) -> _common_pb2.Failure:
+        """Why it failed; unset otherwise."""
+
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was requested."""
+
+    def __init__(
+        self,
+        *,
+        payout_id: _builtins.str = ...,
+        destination_address: _builtins.str = ...,
+        amount_stroops: _builtins.int = ...,
+        transaction: _common_pb2.TransactionRef | None = ...,
+        failure: _common_pb2.Failure | None = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "requested_at", b"requested_at", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "destination_address", b"destination_address", "failure", b"failure", "payout_id", b"payout_id", "requested_at", b"requested_at", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPoolerPayoutResponse: _TypeAlias = RequestPoolerPayoutResponse  # noqa: Y015

@@ -128,6 +128,13 @@ class PoolServiceStub:
     (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
     NOT_FOUND when the pooler has no certificate with that fingerprint.
     """
+    RequestPoolerPayout: _grpc.UnaryUnaryMultiCallable[_pool_pb2.RequestPoolerPayoutRequest, _pool_pb2.RequestPoolerPayoutResponse]
+    """Pays a pooler's accrued share (its share account's balance, or part of it)
+    from its share wallet to the public key it registered: recorded and debited
+    before the wallet is asked, like a farmer's payout; the same key is the same
+    payout. FAILED_PRECONDITION when the pooler has no share account yet or the
+    amount is more than its balance.
+    """
 
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
@@ -219,6 +226,13 @@ class PoolServiceAsyncStub(PoolServiceStub):
     """Revokes a pooler's certificate at once, open assignment streams included
     (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
     NOT_FOUND when the pooler has no certificate with that fingerprint.
+    """
+    RequestPoolerPayout: _aio.UnaryUnaryMultiCallable[_pool_pb2.RequestPoolerPayoutRequest, _pool_pb2.RequestPoolerPayoutResponse]  # type: ignore[assignment]
+    """Pays a pooler's accrued share (its share account's balance, or part of it)
+    from its share wallet to the public key it registered: recorded and debited
+    before the wallet is asked, like a farmer's payout; the same key is the same
+    payout. FAILED_PRECONDITION when the pooler has no share account yet or the
+    amount is more than its balance.
     """
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -452,6 +466,19 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         """Revokes a pooler's certificate at once, open assignment streams included
         (they end within pooler_auth_recheck_seconds). Final; safe to repeat.
         NOT_FOUND when the pooler has no certificate with that fingerprint.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestPoolerPayout(
+        self,
+        request: _pool_pb2.RequestPoolerPayoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.RequestPoolerPayoutResponse, _abc.Awaitable[_pool_pb2.RequestPoolerPayoutResponse]]:
+        """Pays a pooler's accrued share (its share account's balance, or part of it)
+        from its share wallet to the public key it registered: recorded and debited
+        before the wallet is asked, like a farmer's payout; the same key is the same
+        payout. FAILED_PRECONDITION when the pooler has no share account yet or the
+        amount is more than its balance.
         """
 
 def add_PoolServiceServicer_to_server(servicer: PoolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,7 +16,8 @@ from uuid import UUID
 
 import psycopg
 
-from kalepool.db.reads import Pool, fetch_all, fetch_one
+from kalepool.db.reads import Pool, fetch_all, fetch_one, fetch_value
+from kalepool.grpc_server import FailedPrecondition
 from pool_service.books.enums import AccountKind, PayoutStatus, SweepPart
 
 
@@ -84,14 +85,6 @@ class Receiver:
     pooler_key: str
 
 
-@dataclass(frozen=True)
-class ShareTotals:
-    """What an account earned (credited sweeps) and what is still pending."""
-
-    earned: int
-    pending: int
-
-
 ACCOUNT_COLUMNS = (
     "id, kind::text, pooler_id, custodial_public_key, payout_address, current_balance, created_at"
 )
@@ -129,6 +122,20 @@ class SweepStore:
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE kind = 'pool_fee'",
         )
 
+    async def account(self, account_id: UUID) -> AccountRow | None:
+        return await fetch_one(
+            self.pool,
+            AccountRow,
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = %s",
+            (account_id,),
+        )
+
+    async def pooler_exists(self, pooler_id: UUID) -> bool:
+        found = await fetch_value(
+            self.pool, int, "SELECT 1 FROM poolers WHERE id = %s", (pooler_id,)
+        )
+        return found is not None
+
     async def share_account(self, pooler_id: UUID) -> AccountRow | None:
         return await fetch_one(
             self.pool,
@@ -155,18 +162,6 @@ class SweepStore:
             (account_id,),
         )
         assert row is not None
-        return row
-
-    async def totals(self, account_id: UUID) -> ShareTotals:
-        row = await fetch_one(
-            self.pool,
-            ShareTotals,
-            "SELECT coalesce(sum(amount) FILTER (WHERE status = 'success'), 0)::bigint AS earned,"
-            " coalesce(sum(amount) FILTER (WHERE status = 'pending'), 0)::bigint AS pending"
-            " FROM sweeps WHERE account_id = %s",
-            (account_id,),
-        )
-        assert row is not None  # an aggregate answers one row
         return row
 
     # --- sweeps -------------------------------------------------------------------------
@@ -283,3 +278,163 @@ class SweepStore:
                     "UPDATE sweeps SET tx_hash = %s WHERE id = %s AND status = 'pending'",
                     (tx_hash, sweep_id),
                 )
+
+
+@dataclass(frozen=True)
+class AccountPayoutRow:
+    id: UUID
+    account_id: UUID
+    destination: str
+    amount: int
+    request_key: str | None
+    wallet_key: str
+    status: PayoutStatus
+    tx_hash: str | None
+    ledger: int | None
+    error_code: str | None
+    error_message: str | None
+    requested_at: dt.datetime
+    completed_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class AccountTotals:
+    """An account's figures: credited sweeps, pending sweeps, paid out (less reversals),
+    and its balance."""
+
+    earned: int
+    pending: int
+    paid: int
+    balance: int
+
+
+ACCOUNT_PAYOUT_COLUMNS = (
+    "id, account_id, destination, amount, request_key, wallet_key, status::text, tx_hash,"
+    " ledger, error_code, error_message, requested_at, completed_at"
+)
+
+
+class AccountPayoutStore:
+    """Queries of an account's payouts and their entries (`account_payouts`,
+    `account_ledger`)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def payout(self, payout_id: UUID) -> AccountPayoutRow | None:
+        return await fetch_one(
+            self.pool,
+            AccountPayoutRow,
+            f"SELECT {ACCOUNT_PAYOUT_COLUMNS} FROM account_payouts WHERE id = %s",
+            (payout_id,),
+        )
+
+    async def create(
+        self, payout_id: UUID, account: AccountRow, amount: int, request_key: str | None
+    ) -> AccountPayoutRow:
+        """Record the payout and debit the account, in one transaction under its lock.
+        `amount` 0 pays the whole balance. FAILED_PRECONDITION past the balance."""
+        async with self.pool.connection() as conn, conn.transaction():
+            balance = await fetch_value(
+                conn,
+                int,
+                "SELECT current_balance FROM accounts WHERE id = %s FOR UPDATE",
+                (account.id,),
+            )
+            assert balance is not None
+            existing = await fetch_one(
+                conn,
+                AccountPayoutRow,
+                f"SELECT {ACCOUNT_PAYOUT_COLUMNS} FROM account_payouts WHERE id = %s",
+                (payout_id,),
+            )
+            if existing is not None:  # the same key won a race: that one is the payout
+                return existing
+            amount = amount or balance
+            if amount <= 0:
+                raise FailedPrecondition(f"account {account.id} has no balance to pay out")
+            if amount > balance:
+                raise FailedPrecondition(
+                    f"account {account.id} has {balance} stroops; a payout of {amount}"
+                    " would overdraw it"
+                )
+            row = await fetch_one(
+                conn,
+                AccountPayoutRow,
+                "INSERT INTO account_payouts (id, account_id, destination, amount, request_key,"
+                f" wallet_key) VALUES (%s, %s, %s, %s, %s, %s) RETURNING {ACCOUNT_PAYOUT_COLUMNS}",
+                (
+                    payout_id,
+                    account.id,
+                    account.payout_address,
+                    amount,
+                    request_key,
+                    f"account-payout:{payout_id}",
+                ),
+            )
+            assert row is not None
+            await conn.execute(
+                "INSERT INTO account_ledger (account_id, amount, kind, account_payout_id)"
+                " VALUES (%s, %s, 'payout', %s)",
+                (account.id, -amount, payout_id),
+            )
+            return row
+
+    async def pending(self) -> list[AccountPayoutRow]:
+        return await fetch_all(
+            self.pool,
+            AccountPayoutRow,
+            f"SELECT {ACCOUNT_PAYOUT_COLUMNS} FROM account_payouts WHERE status = 'pending'"
+            " ORDER BY requested_at",
+        )
+
+    async def succeeded(self, payout_id: UUID, tx_hash: str, ledger: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE account_payouts SET status = 'success', tx_hash = %s, ledger = %s,"
+                " completed_at = now() WHERE id = %s AND status = 'pending'",
+                (tx_hash, ledger, payout_id),
+            )
+
+    async def failed(self, payout_id: UUID, tx_hash: str | None, code: str, message: str) -> None:
+        """Settle as failed and give the debit back, together (once)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await fetch_one(
+                conn,
+                AccountPayoutRow,
+                "UPDATE account_payouts SET status = 'failed', tx_hash = coalesce(%s, tx_hash),"
+                " error_code = %s, error_message = %s, completed_at = now()"
+                f" WHERE id = %s AND status = 'pending' RETURNING {ACCOUNT_PAYOUT_COLUMNS}",
+                (tx_hash, code, message, payout_id),
+            )
+            if row is not None:
+                await conn.execute(
+                    "INSERT INTO account_ledger (account_id, amount, kind, account_payout_id)"
+                    " VALUES (%s, %s, 'payout_reversal', %s)",
+                    (row.account_id, row.amount, payout_id),
+                )
+
+    async def still_pending(self, payout_id: UUID, tx_hash: str | None) -> None:
+        if tx_hash:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE account_payouts SET tx_hash = %s WHERE id = %s AND status = 'pending'",
+                    (tx_hash, payout_id),
+                )
+
+    async def totals(self, account_id: UUID) -> AccountTotals:
+        row = await fetch_one(
+            self.pool,
+            AccountTotals,
+            "SELECT"
+            " (SELECT coalesce(sum(amount) FILTER (WHERE status = 'success'), 0) FROM sweeps"
+            "   WHERE account_id = %(a)s)::bigint AS earned,"
+            " (SELECT coalesce(sum(amount) FILTER (WHERE status = 'pending'), 0) FROM sweeps"
+            "   WHERE account_id = %(a)s)::bigint AS pending,"
+            " (SELECT coalesce(-sum(amount), 0) FROM account_ledger WHERE account_id = %(a)s"
+            "   AND kind IN ('payout', 'payout_reversal'))::bigint AS paid,"
+            " (SELECT current_balance FROM accounts WHERE id = %(a)s) AS balance",
+            {"a": account_id},
+        )
+        assert row is not None
+        return row

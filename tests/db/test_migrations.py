@@ -57,6 +57,7 @@ SCHEMA_TABLES = {
     "pool.accounts",
     "pool.sweeps",
     "pool.account_ledger",
+    "pool.account_payouts",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

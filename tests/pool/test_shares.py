@@ -1,13 +1,17 @@
 """Shares, with the real wallet, pool and devnet: a harvest of reward R credits the farmer
 R - fee - share, the fee wallet and the pooler's share wallet hold their parts on chain,
-each part is swept once (a pass again changes nothing), and `kale-pool check` finds the
+each part is swept once (a pass again changes nothing), the pooler's share is shown in
+its stats and paid to its registered key (once per key), and `kale-pool check` finds the
 books equal to the chain."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import grpc
 import psycopg
+import pytest
 from stellar_sdk import Keypair
 
 from kalepool.amounts import share_of
@@ -96,7 +100,9 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
         pool_fee_address=operator,
         share_sweep_interval_seconds=0.2,
     )
-    pooler, key = await pool.register_pooler()
+    # The pooler's registered key: an account of its own that trusts KALE.
+    pooler_key = await pool.stage.account(trust=True)
+    pooler, key = await pool.register_pooler(public_key=pooler_key.public_key)
     auth = bearer(key)
 
     farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE)
@@ -162,6 +168,36 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
     assert await _rows(pool, "SELECT id, status::text FROM sweeps ORDER BY id") == before
     assert await _rows(pool, "SELECT count(*) FROM balance_ledger") == entries_before
     assert await kale_balance(pool.chain, fee_wallet) == fee
+
+    # The pooler's share: earned, then paid to its registered key (once per key).
+    op = pool.operator()
+    stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id))
+    assert (stats.share_earned_stroops, stats.share_pending_stroops) == (share, 0)
+    assert (stats.share_paid_stroops, stats.share_balance_stroops) == (0, share)
+    ask = pool_pb2.RequestPoolerPayoutRequest(pooler_id=pooler.pooler_id, idempotency_key="p1")
+    paid = await op.RequestPoolerPayout(ask)
+    assert paid.transaction.status == common_pb2.TX_STATUS_SUCCESS, paid
+    assert paid.amount_stroops == share and paid.destination_address == pooler_key.public_key
+    assert await kale_balance(pool.chain, pooler_key.public_key) == share
+    assert await kale_balance(pool.chain, share_wallet) == 0
+    again = await op.RequestPoolerPayout(ask)
+    assert (
+        again.payout_id == paid.payout_id and again.transaction.tx_hash == paid.transaction.tx_hash
+    )
+    assert await kale_balance(pool.chain, pooler_key.public_key) == share
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await op.RequestPoolerPayout(
+            pool_pb2.RequestPoolerPayoutRequest(pooler_id=pooler.pooler_id, amount_stroops=1)
+        )
+    assert empty.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await op.RequestPoolerPayout(
+            pool_pb2.RequestPoolerPayoutRequest(pooler_id=str(uuid.uuid4()))
+        )
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+    stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id))
+    assert (stats.share_earned_stroops, stats.share_paid_stroops) == (share, share)
+    assert stats.share_balance_stroops == 0
 
     # The books agree with themselves and with the chain.
     with psycopg.connect(pool.conninfo) as conn:

@@ -22,7 +22,10 @@
 --                        wallet (the id is the wallet's owner id) and a balance derived
 --                        from its entries.
 -- pool.account_ledger    their append-only entries: 'pool_fee' / 'pooler_share' (+ the
---                        amount of a sweep, once it settled as a success).
+--                        amount of a sweep, once it settled as a success), 'payout' /
+--                        'payout_reversal' (an account payout's debit and its reversal).
+-- pool.account_payouts   an account's payouts to its payout address (a pooler's share
+--                        paid to its registered key), as a farmer's payouts.
 -- pool.shares_since()    when shares began: harvests recorded since owe them.
 -- pool.sweeps            the pool fee and the pooler's share of one harvest: its row and
 --                        the farmer's debit ('pool_fee' / 'pooler_share' entries of
@@ -221,31 +224,99 @@ CREATE TRIGGER balance_ledger_verify_sweep BEFORE INSERT ON pool.balance_ledger
 
 -- The accounts' side ------------------------------------------------------------------
 
-CREATE TYPE pool.account_entry_kind AS ENUM ('pool_fee', 'pooler_share');
+CREATE TYPE pool.account_entry_kind AS ENUM ('pool_fee', 'pooler_share', 'payout', 'payout_reversal');
+
+-- An account's payouts (a pooler's share paid to its registered key): as a farmer's, the
+-- row and its debit are written in one transaction before the wallet is asked under
+-- 'account-payout:<id>'; a failed one is reversed.
+CREATE TABLE pool.account_payouts (
+    id uuid PRIMARY KEY,
+    account_id uuid NOT NULL REFERENCES pool.accounts (id),
+    -- the account's payout address when requested
+    destination text NOT NULL,
+    amount bigint NOT NULL,
+    request_key text,
+    wallet_key text NOT NULL UNIQUE,
+    status pool.payout_status NOT NULL DEFAULT 'pending',
+    tx_hash text,
+    ledger bigint,
+    error_code text,
+    error_message text,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    completed_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT account_payouts_amount_positive CHECK (amount > 0),
+    CONSTRAINT account_payouts_request_key_key UNIQUE (account_id, request_key),
+    CONSTRAINT account_payouts_request_key_length CHECK (length(request_key) BETWEEN 1 AND 200),
+    CONSTRAINT account_payouts_tx_hash_format CHECK (tx_hash ~ '^[0-9a-f]{64}$'),
+    CONSTRAINT account_payouts_outcome CHECK (
+        (status = 'pending' AND completed_at IS NULL)
+        OR (status = 'success' AND tx_hash IS NOT NULL AND ledger IS NOT NULL
+            AND completed_at IS NOT NULL AND error_message IS NULL)
+        OR (status = 'failed' AND error_message IS NOT NULL AND completed_at IS NOT NULL))
+);
+CREATE INDEX account_payouts_pending ON pool.account_payouts (requested_at)
+    WHERE status = 'pending';
+CREATE TRIGGER account_payouts_immutable BEFORE UPDATE ON pool.account_payouts
+    FOR EACH ROW EXECUTE FUNCTION shared.guard_immutable_columns(
+        'id', 'account_id', 'destination', 'amount', 'request_key', 'wallet_key',
+        'requested_at');
+CREATE TRIGGER account_payouts_updated_at BEFORE UPDATE ON pool.account_payouts
+    FOR EACH ROW EXECUTE FUNCTION shared.touch_updated_at();
+CREATE TRIGGER account_payouts_no_delete BEFORE DELETE ON pool.account_payouts
+    FOR EACH ROW EXECUTE FUNCTION shared.refuse_mutation();
+CREATE TRIGGER account_payouts_no_truncate BEFORE TRUNCATE ON pool.account_payouts
+    FOR EACH STATEMENT EXECUTE FUNCTION shared.refuse_mutation();
+CREATE TRIGGER account_payouts_status_transition BEFORE UPDATE ON pool.account_payouts
+    FOR EACH ROW EXECUTE FUNCTION pool.sweeps_check_transition();
 
 CREATE TABLE pool.account_ledger (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id uuid NOT NULL REFERENCES pool.accounts (id),
     amount bigint NOT NULL,
     kind pool.account_entry_kind NOT NULL,
-    sweep_id uuid NOT NULL REFERENCES pool.sweeps (id),
+    sweep_id uuid REFERENCES pool.sweeps (id),
+    account_payout_id uuid REFERENCES pool.account_payouts (id),
     created_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT account_ledger_amount_positive CHECK (amount > 0)
+    CONSTRAINT account_ledger_kind_shape CHECK (CASE kind
+        WHEN 'pool_fee' THEN amount > 0 AND sweep_id IS NOT NULL AND account_payout_id IS NULL
+        WHEN 'pooler_share' THEN amount > 0 AND sweep_id IS NOT NULL
+            AND account_payout_id IS NULL
+        WHEN 'payout' THEN amount < 0 AND account_payout_id IS NOT NULL AND sweep_id IS NULL
+        WHEN 'payout_reversal' THEN amount > 0 AND account_payout_id IS NOT NULL
+            AND sweep_id IS NULL
+    END)
 );
 CREATE UNIQUE INDEX account_ledger_once_per_sweep ON pool.account_ledger (sweep_id);
+CREATE UNIQUE INDEX account_ledger_once_per_payout ON pool.account_ledger (account_payout_id, kind);
 CREATE INDEX account_ledger_account ON pool.account_ledger (account_id, id);
 CREATE TRIGGER account_ledger_append_only BEFORE UPDATE OR DELETE ON pool.account_ledger
     FOR EACH ROW EXECUTE FUNCTION shared.refuse_mutation();
 CREATE TRIGGER account_ledger_no_truncate BEFORE TRUNCATE ON pool.account_ledger
     FOR EACH STATEMENT EXECUTE FUNCTION shared.refuse_mutation();
 
--- A credit is exactly a successful sweep into this account, of its part.
+-- A credit is exactly a successful sweep into this account, of its part; a payout entry
+-- matches its payout (a debit not failed, a reversal only of a failed, debited one). The
+-- balance may not go below zero (accounts_balance_nonnegative).
 CREATE FUNCTION pool.account_ledger_verify() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pool, shared AS $$
 DECLARE
     s record;
 BEGIN
     PERFORM 1 FROM accounts WHERE id = NEW.account_id FOR UPDATE;
+    IF NEW.account_payout_id IS NOT NULL THEN
+        SELECT account_id, amount, status::text AS status INTO s
+            FROM account_payouts WHERE id = NEW.account_payout_id;
+        IF NOT FOUND OR s.account_id <> NEW.account_id OR s.amount <> abs(NEW.amount)
+           OR (NEW.kind = 'payout' AND s.status = 'failed')
+           OR (NEW.kind = 'payout_reversal' AND (s.status <> 'failed' OR NOT EXISTS (
+                SELECT 1 FROM account_ledger WHERE account_payout_id = NEW.account_payout_id
+                AND kind = 'payout'))) THEN
+            RAISE EXCEPTION 'a % entry must match its payout of the same account (a reversal only of a failed, debited one)', NEW.kind
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'account_ledger_reference';
+        END IF;
+        RETURN NEW;
+    END IF;
     SELECT account_id, amount, part::text AS part, status::text AS status INTO s
         FROM sweeps WHERE id = NEW.sweep_id;
     IF NOT FOUND OR s.account_id <> NEW.account_id OR s.amount <> NEW.amount
@@ -305,6 +376,17 @@ LANGUAGE sql STABLE SET search_path = pool, shared AS $$
     FROM sweeps s
     WHERE s.status = 'success'
       AND NOT EXISTS (SELECT 1 FROM account_ledger l WHERE l.sweep_id = s.id)
+    UNION ALL
+    SELECT format('account payout %s was never debited', p.id)
+    FROM account_payouts p
+    WHERE NOT EXISTS (SELECT 1 FROM account_ledger l
+                      WHERE l.account_payout_id = p.id AND l.kind = 'payout')
+    UNION ALL
+    SELECT format('account payout %s failed but its debit was never reversed', p.id)
+    FROM account_payouts p
+    WHERE p.status = 'failed'
+      AND NOT EXISTS (SELECT 1 FROM account_ledger l
+                      WHERE l.account_payout_id = p.id AND l.kind = 'payout_reversal')
 $$;
 
 INSERT INTO shared.role_grants (role, statement, added_by) VALUES
@@ -319,9 +401,13 @@ INSERT INTO shared.role_grants (role, statement, added_by) VALUES
     ('kalepool_pool',
      'GRANT UPDATE (status, tx_hash, ledger, error_code, error_message, completed_at,'
      ' updated_at) ON pool.sweeps TO kalepool_pool', '0020'),
+    ('kalepool_pool', 'GRANT SELECT, INSERT ON pool.account_payouts TO kalepool_pool', '0020'),
+    ('kalepool_pool',
+     'GRANT UPDATE (status, tx_hash, ledger, error_code, error_message, completed_at,'
+     ' updated_at) ON pool.account_payouts TO kalepool_pool', '0020'),
     ('kalepool_auditor',
-     'GRANT SELECT ON pool.accounts, pool.account_ledger, pool.sweeps TO kalepool_auditor',
-     '0020'),
+     'GRANT SELECT ON pool.accounts, pool.account_ledger, pool.sweeps, pool.account_payouts'
+     ' TO kalepool_auditor', '0020'),
     ('kalepool_auditor', 'GRANT EXECUTE ON FUNCTION pool.share_problems() TO kalepool_auditor',
      '0020'),
     ('kalepool_pool', 'GRANT EXECUTE ON FUNCTION pool.shares_since() TO kalepool_pool', '0020');
