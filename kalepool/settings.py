@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         le=10_000,
         description="The pooler's share of each harvested reward, in basis points.",
     )
+    pooler_obligation_limit_kale: int = Field(
+        10_000,
+        ge=0,
+        description="KALE of unpaid compensations a pooler may owe past its share balance"
+        " and still be given new farmers.",
+    )
     pool_fee_address: str = Field(
         "",
         pattern=r"^(G[A-Z2-7]{55})?$",

@@ -121,12 +121,15 @@ class BlockReports:
         feeds: Feeds,
         shares: SweepStore,
         share_payouts: AccountPayoutStore,
+        obligation_limit: int,
     ) -> None:
         self.poolers = poolers
         self.blocks = blocks
         self.compensations = compensations
         self.shares = shares
         self.share_payouts = share_payouts
+        # Stroops a pooler may owe past its share balance and still be given farmers.
+        self.obligation_limit = obligation_limit
         self.view = view
         self.feeds = feeds
 
@@ -246,6 +249,7 @@ class BlockReports:
         beat = await self.poolers.heartbeat(pooler_id)
         account = await self.shares.share_account(pooler_id)
         share = await self.share_payouts.totals(account.id) if account else None
+        excess = unpaid.by_pooler - (share.balance if share else 0)
         return pool_pb2.GetPoolerStatsResponse(
             pooler=convert.pooler_pb(pooler),
             blocks=len(rows),
@@ -266,6 +270,8 @@ class BlockReports:
             share_pending_stroops=share.pending if share else 0,
             share_paid_stroops=share.paid if share else 0,
             share_balance_stroops=share.balance if share else 0,
+            obligations_exceed_earnings=excess > 0,
+            closed_to_farmers=excess > self.obligation_limit,
             as_of=wire.now(),
         )
 
@@ -288,6 +294,20 @@ class BlockReports:
         )
         shown = rows[: page.size]
         token = page.next_token(rows, [shown[-1].id] if shown else [])
+        totals = await self.compensations.totals(pooler_id, farmer_id, owed_by)
         return pool_pb2.ListCompensationsResponse(
-            compensations=[compensation_pb(r) for r in shown], next_page_token=token
+            compensations=[compensation_pb(r) for r in shown],
+            next_page_token=token,
+            owed_stroops=totals.owed,
+            paid_stroops=totals.paid,
         )
+
+
+async def obligations_past_limit(reports: BlockReports, pooler_id: UUID) -> int | None:
+    """By how much a pooler's unpaid compensations exceed its share balance past the
+    limit (None when within it): such a pooler is given no new farmers."""
+    owed = (await reports.compensations.unpaid(pooler_id)).by_pooler
+    account = await reports.shares.share_account(pooler_id)
+    balance = (await reports.share_payouts.totals(account.id)).balance if account else 0
+    excess = owed - balance
+    return excess if excess > reports.obligation_limit else None

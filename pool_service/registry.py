@@ -29,7 +29,7 @@ from kalepool.settings import Settings
 from kalepool.tls import SERVICE_NAMES, ClientCertificate, check_client_certificate
 from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
 from pool_service import convert
-from pool_service.blocks import BlockReports
+from pool_service.blocks import BlockReports, obligations_past_limit
 from pool_service.books.certificates import CertificateStore
 from pool_service.books.enums import FarmerState, FarmerStatus
 from pool_service.books.farmers import FarmerRow, FarmerStore
@@ -302,6 +302,13 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             raise NotFound(f"no pooler {pooler_id}")
         if not pooler.is_active:
             raise FailedPrecondition(f"pooler {pooler_id} is disabled")
+        excess = await obligations_past_limit(self.reports, pooler_id)
+        if excess is not None:
+            raise FailedPrecondition(
+                f"pooler {pooler_id} owes {format_kale(excess)} KALE of compensations more than"
+                " its share balance covers, past the pool's limit: it takes no new farmers"
+                " until they are paid"
+            )
         if pooler.current_farmers >= pooler.max_farmers:
             raise FailedPrecondition(
                 f"pooler {pooler_id} is full ({pooler.current_farmers} of {pooler.max_farmers})"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 import psycopg
 
+from kalepool.amounts import STROOPS_PER_KALE
 from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import POOL
@@ -41,7 +42,7 @@ from pool_service.books.ledger import LedgerStore
 from pool_service.books.payouts import PayoutStore
 from pool_service.books.plantings import PlantingStore
 from pool_service.books.poolers import PoolerStore
-from pool_service.books.sweeps import AccountPayoutStore, SweepStore
+from pool_service.books.sweeps import AccountPayoutStore, CompensationPaymentStore, SweepStore
 from pool_service.books.works import WorkStore
 from pool_service.chain_view import ChainView
 from pool_service.deposits import ChainFollower
@@ -143,9 +144,16 @@ async def start_pool_server(
     feeds = Feeds()
     payouts = Payouts(farmers, PayoutStore(pool), wallet, view, settings)
     sweeps, share_payouts = SweepStore(pool), AccountPayoutStore(pool)
-    shares = Shares(sweeps, share_payouts, wallet, settings)
+    shares = Shares(sweeps, share_payouts, CompensationPaymentStore(pool), wallet, settings)
     reports = BlockReports(
-        poolers, BlockStore(pool), compensations, view, feeds, sweeps, share_payouts
+        poolers,
+        BlockStore(pool),
+        compensations,
+        view,
+        feeds,
+        sweeps,
+        share_payouts,
+        settings.pooler_obligation_limit_kale * STROOPS_PER_KALE,
     )
     certificates = CertificateStore(pool)
     registry = PoolRegistry(

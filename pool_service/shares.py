@@ -45,6 +45,8 @@ from pool_service.books.sweeps import (
     AccountPayoutRow,
     AccountPayoutStore,
     AccountRow,
+    CompensationPaymentRow,
+    CompensationPaymentStore,
     DueSweep,
     SweepStore,
 )
@@ -68,11 +70,13 @@ class Shares:
         self,
         store: SweepStore,
         payouts: AccountPayoutStore,
+        compensations: CompensationPaymentStore,
         wallet: WalletClient,
         settings: Settings,
     ) -> None:
         self.store = store
         self.payouts = payouts
+        self.compensations = compensations
         self.wallet = wallet
         self.settings = settings
         # One payout decision per account at a time in this process; across replicas the
@@ -219,7 +223,91 @@ class Shares:
             async with self.locks.hold(payout.account_id):
                 done = await self.drive_payout(payout)
             settled += done.status != PayoutStatus.PENDING
+        settled += await self.compensate()
         return settled
+
+    # --- compensations paid by whoever owes them ------------------------------------------
+
+    async def compensate(self) -> int:
+        """Pay each unpaid compensation from the account of whoever owes it (the fee
+        account for the pool's faults, the pooler's share account for its own), once that
+        account can cover it; drive the payments under way. How many settled."""
+        payers: dict[tuple[str, UUID], AccountRow | None] = {}
+        for due in await self.compensations.unpaid():
+            which = (due.owed_by, FEE_OWNER if due.owed_by == "pool" else due.pooler_id)
+            if which not in payers:
+                account = (
+                    await self.store.fee_account()
+                    if due.owed_by == "pool"
+                    else await self.store.share_account(due.pooler_id)
+                )
+                ready = account is not None and await self._is_ready(account)
+                payers[which] = account if ready else None
+            payer = payers[which]
+            if payer is None:
+                continue  # nobody to pay it from yet: it stays owed
+            async with self.locks.hold(payer.id):
+                if await self.compensations.create(due, payer.id) is None:
+                    log.debug(
+                        "compensation %s stays owed: %s account cannot cover %d stroops",
+                        due.compensation_id,
+                        due.owed_by,
+                        due.amount,
+                    )
+        settled = 0
+        for payment in await self.compensations.pending():
+            async with self.locks.hold(payment.account_id):
+                settled += await self.drive_compensation(payment)
+        return settled
+
+    async def drive_compensation(self, payment: CompensationPaymentRow) -> bool:
+        """Ask the wallet for the payment's transfer (a replay when it was made) and
+        record what became certain; whether it settled."""
+        try:
+            response = await self.wallet.stub.Transfer(
+                wallet_pb2.TransferRequest(
+                    idempotency_key=payment.wallet_key,
+                    source_address=payment.source,
+                    destination_address=payment.destination,
+                    amount_stroops=payment.amount,
+                ),
+                timeout=_WALLET_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if nothing_signed(exc, payment.wallet_key):
+                log.warning(
+                    "compensation payment %s refused by the wallet: %s", payment.id, exc.details()
+                )
+                await self.compensations.failed(
+                    payment.id, None, exc.code().name, exc.details() or exc.code().name
+                )
+                return True
+            log.warning("compensation payment %s still pending (%s)", payment.id, exc.code().name)
+            return False
+        out = response.outcome
+        if out.status == common_pb2.TX_STATUS_SUCCESS:
+            await self.compensations.succeeded(payment.id, out.tx_hash, out.ledger)
+            log.info(
+                "compensation %s paid: %d stroops to farmer %s",
+                payment.compensation_id,
+                payment.amount,
+                payment.farmer_id,
+            )
+            return True
+        if out.status in (
+            common_pb2.TX_STATUS_FAILED,
+            common_pb2.TX_STATUS_EXPIRED,
+            common_pb2.TX_STATUS_REJECTED,
+        ):
+            await self.compensations.failed(
+                payment.id,
+                out.tx_hash or None,
+                wire.failure_label(out.failure.code or common_pb2.FAILURE_CODE_TX_FAILED),
+                out.failure.message or common_pb2.TxStatus.Name(out.status),
+            )
+            return True
+        await self.compensations.still_pending(payment.id, out.tx_hash or None)
+        return False
 
     async def drive(self, sweep: DueSweep) -> bool:
         """Ask the wallet for the sweep (a replay when it was made) and record what became

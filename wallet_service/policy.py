@@ -13,6 +13,8 @@ cannot send a farmer's KALE anywhere but the farmer's registered payout address.
   harvest the wallet itself made for that account, at most the reward times the
   wallet's own basis points, once per harvest and part. A fee wallet pays the
   operator's address of the wallet's own settings, never one the pool names.
+- A fee or share wallet pays its registered address, or a farmer's open custodial wallet
+  (a compensation), within the same limits.
 - Every refusal is a row in `payout_refusals`, a count in
   `kalepool_wallet_payout_refusals_total{reason}` and a WARNING line.
 
@@ -232,11 +234,22 @@ class PayoutPolicy:
         self, wallet: WalletRow, destination: str, amount: int, *, key: str, caller: str | None
     ) -> None:
         """Refuse (and record) a transfer to any but the registered address, or over the
-        wallet's limits. Runs under the account's lock; across replicas the account's
-        sequence number lets only one of two racing transfers be stored and sent."""
-        await self._check_destination(
-            wallet, Action.TRANSFER, destination, key=key, caller=caller, amount=amount
-        )
+        wallet's limits. A fee or share wallet may also pay a farmer's open custodial
+        wallet (a compensation: it stays in the service's custody). Runs under the
+        account's lock; across replicas the account's sequence number lets only one of two
+        racing transfers be stored and sent."""
+        internal = False
+        if wallet.purpose is not WalletPurpose.FARMER:
+            target = await self.store.wallet(destination)
+            internal = (
+                target is not None
+                and target.purpose is WalletPurpose.FARMER
+                and target.closed_at is None
+            )
+        if not internal:
+            await self._check_destination(
+                wallet, Action.TRANSFER, destination, key=key, caller=caller, amount=amount
+            )
         recent = await self.store.recent_payouts(wallet.public_key)
         hourly = self.limits.max_transfers_per_hour
         if recent.transfers_last_hour >= hourly:

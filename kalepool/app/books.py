@@ -24,7 +24,8 @@ themselves and not with the chain. This module compares the books with the chain
   chain's recent events (the ledgers of the blocks compared, or as many as the server
   still serves) is explained by the books: a harvest, a deposit, a planting's
   stake, a payout, a sweep (out of a farmer's account into a pool account), an account
-  payout (a pooler's share paid to its key) or a close.
+  payout (a pooler's share paid to its key), a compensation payment (from a pool account
+  into a farmer's) or a close.
 
 A difference is a line naming what disagrees; anything that will settle by itself
 (the reconciler, the harvest loop and the deposit follower drive it) is "in flight"
@@ -124,6 +125,7 @@ class _Books:
     accounts: list[dict[str, Any]]  # the pool's fee and share accounts
     sweeps: list[dict[str, Any]]
     account_payouts: list[dict[str, Any]]  # a pooler's share paid to its key
+    compensation_payments: list[dict[str, Any]]  # from an account into a farmer's
     followed_to: int  # the ledger the pool's chain followers have read up to
     first_plant_ledger: int | None  # the earliest plant ledger of the blocks compared
 
@@ -207,6 +209,11 @@ async def _read_books(conn: psycopg.AsyncConnection[Any], since_block: int) -> _
             "SELECT id, account_id, amount, status::text AS status, tx_hash, wallet_key"
             " FROM account_payouts",
         ),
+        compensation_payments=await _rows(
+            conn,
+            "SELECT id, account_id, farmer_id, amount, status::text AS status, tx_hash,"
+            " wallet_key FROM compensation_payments",
+        ),
         followed_to=int(
             (await _rows(conn, "SELECT coalesce(min(ledger), 0) AS l FROM chain_cursors"))[0]["l"]
         ),
@@ -267,6 +274,13 @@ def _effects(books: _Books, events: Sequence[TokenEvent]) -> dict[UUID, list[Eff
             what = f"sweep {w['wallet_key'][:18]} pending ({kale(w['amount'])})"
             out[w["farmer_id"]].append(Effect(what, int(w["amount"])))
             out[w["account_id"]].append(Effect(what, int(w["amount"])))
+    for c in books.compensation_payments:
+        if c["status"] == "pending":
+            # The paying account is debited when the payment is recorded, the farmer
+            # credited when it settles: each differs from the chain once it applied.
+            what = f"compensation payment {c['id']} pending ({kale(c['amount'])})"
+            out[c["account_id"]].append(Effect(what, int(c["amount"])))
+            out[c["farmer_id"]].append(Effect(what, int(c["amount"])))
     for p in books.account_payouts:
         if p["status"] == "pending":  # as a farmer's payout: debited when requested
             out[p["account_id"]].append(
@@ -290,10 +304,12 @@ def _effects(books: _Books, events: Sequence[TokenEvent]) -> dict[UUID, list[Eff
     harvests = recorded_harvests | {
         t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"
     }
+    from_accounts = books.account_by_address
     for e in events:
         farmer = by_address.get(e.to_address or "")
         if (
             farmer is None
+            or (e.from_address or "") in from_accounts  # a compensation, counted above
             or e.kind not in ("transfer", "mint")
             or e.ledger <= books.followed_to
             or e.id in credited
@@ -436,9 +452,11 @@ def _check_transactions(books: _Books, report: BooksReport) -> None:
     plant_hashes = {p["tx_hash"]: p["status"] for p in books.plantings if p["tx_hash"]}
     harvest_hashes = {h["tx_hash"]: h["status"] for h in books.harvests if h["tx_hash"]}
     payouts = {p["wallet_key"]: p for p in books.payouts}
-    sweeps = {w["wallet_key"]: w for w in books.sweeps} | {
-        p["wallet_key"]: p for p in books.account_payouts
-    }
+    sweeps = (
+        {w["wallet_key"]: w for w in books.sweeps}
+        | {p["wallet_key"]: p for p in books.account_payouts}
+        | {c["wallet_key"]: c for c in books.compensation_payments}
+    )
     departed = {f["custodial_public_key"] for f in books.farmers if f["status"] == "departed"}
     unsettled_plants = {r["idempotency_key"] for r in books.plant_requests}
     for t in books.transactions:
@@ -519,8 +537,14 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
     )
     accounts = books.account_by_address
     sweeping = {w["account_id"] for w in books.sweeps if w["status"] == "pending"}
-    paid_out = {p["tx_hash"] for p in books.account_payouts if p["status"] == "success"}
-    paying = {p["account_id"] for p in books.account_payouts if p["status"] == "pending"}
+    compensated = {c["tx_hash"] for c in books.compensation_payments if c["status"] == "success"}
+    compensating = {c["farmer_id"] for c in books.compensation_payments if c["status"] == "pending"}
+    paid_out = {
+        p["tx_hash"] for p in books.account_payouts if p["status"] == "success"
+    } | compensated
+    paying = {p["account_id"] for p in books.account_payouts if p["status"] == "pending"} | {
+        c["account_id"] for c in books.compensation_payments if c["status"] == "pending"
+    }
     wallet_harvests = {t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"}
     pending_plants = {r["farmer_id"] for r in books.plant_requests}
     pending_payouts = {p["farmer_id"] for p in books.payouts if p["status"] == "pending"} | {
@@ -551,8 +575,8 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
             explain(
                 e,
                 into,
-                e.tx_hash in harvest_txs or e.id in deposit_events,
-                ours or e.ledger > books.followed_to,
+                e.tx_hash in harvest_txs or e.id in deposit_events or e.tx_hash in compensated,
+                ours or e.ledger > books.followed_to or into["id"] in compensating,
                 "the pool's harvest, not recorded yet"
                 if ours
                 else "not read by the deposit follower yet",
@@ -598,8 +622,8 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
                 out_of_account,
                 e.tx_hash in paid_out,
                 out_of_account["id"] in paying,
-                "an account payout not settled yet",
-                "left the account; no account payout records it",
+                "an account payout or compensation not settled yet",
+                "left the account; no account payout or compensation records it",
             )
     report.checked["token events"] = checked
 

@@ -1440,6 +1440,8 @@ class GetPoolerStatsResponse(_message.Message):
     SHARE_PENDING_STROOPS_FIELD_NUMBER: _builtins.int
     SHARE_PAID_STROOPS_FIELD_NUMBER: _builtins.int
     SHARE_BALANCE_STROOPS_FIELD_NUMBER: _builtins.int
+    OBLIGATIONS_EXCEED_EARNINGS_FIELD_NUMBER: _builtins.int
+    CLOSED_TO_FARMERS_FIELD_NUMBER: _builtins.int
     blocks: _builtins.int
     """Blocks counted."""
     total_reward_stroops: _builtins.int
@@ -1472,6 +1474,12 @@ class GetPoolerStatsResponse(_message.Message):
     """Its share paid out to its registered key (payouts less reversals), in stroops."""
     share_balance_stroops: _builtins.int
     """What its share account holds now (earned less paid), in stroops."""
+    obligations_exceed_earnings: _builtins.bool
+    """Whether the compensations it owes and has not paid exceed its share balance."""
+    closed_to_farmers: _builtins.bool
+    """Whether they exceed it by more than KALE_POOL_POOLER_OBLIGATION_LIMIT_KALE:
+    it is given no new farmers (RegisterFarmer is FAILED_PRECONDITION) until paid.
+    """
     @_builtins.property
     def pooler(self) -> Global___Pooler:
         """The pooler."""
@@ -1511,10 +1519,12 @@ class GetPoolerStatsResponse(_message.Message):
         share_pending_stroops: _builtins.int = ...,
         share_paid_stroops: _builtins.int = ...,
         share_balance_stroops: _builtins.int = ...,
+        obligations_exceed_earnings: _builtins.bool = ...,
+        closed_to_farmers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts", "last_heartbeat_at", b"last_heartbeat_at", "pooler", b"pooler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "share_balance_stroops", b"share_balance_stroops", "share_earned_stroops", b"share_earned_stroops", "share_paid_stroops", b"share_paid_stroops", "share_pending_stroops", b"share_pending_stroops", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "closed_to_farmers", b"closed_to_farmers", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "obligations_exceed_earnings", b"obligations_exceed_earnings", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "share_balance_stroops", b"share_balance_stroops", "share_earned_stroops", b"share_earned_stroops", "share_paid_stroops", b"share_paid_stroops", "share_pending_stroops", b"share_pending_stroops", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1568,8 +1578,14 @@ class ListCompensationsResponse(_message.Message):
 
     COMPENSATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OWED_STROOPS_FIELD_NUMBER: _builtins.int
+    PAID_STROOPS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
+    owed_stroops: _builtins.int
+    """What the compensations matching the filters (all pages) leave owed, in stroops."""
+    paid_stroops: _builtins.int
+    """What they have had paid (credited to the farmers' ledgers), in stroops."""
     @_builtins.property
     def compensations(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.Compensation]:
         """This page of compensations, newest first."""
@@ -1579,10 +1595,12 @@ class ListCompensationsResponse(_message.Message):
         *,
         compensations: _abc.Iterable[_records_pb2.Compensation] | None = ...,
         next_page_token: _builtins.str = ...,
+        owed_stroops: _builtins.int = ...,
+        paid_stroops: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compensations", b"compensations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compensations", b"compensations", "next_page_token", b"next_page_token", "owed_stroops", b"owed_stroops", "paid_stroops", b"paid_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -77,7 +77,8 @@ class LedgerStore:
             "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
             "  coalesce(p.block_index, h.block_index, c.block_index, sh.block_index)"
             "   AS block_index,"
-            "  coalesce(p.tx_hash, h.tx_hash, l.tx_hash, po.tx_hash, d.tx_hash, sw.tx_hash)"
+            "  coalesce(p.tx_hash, h.tx_hash, l.tx_hash, po.tx_hash, d.tx_hash, sw.tx_hash,"
+            "           cp.tx_hash)"
             "   AS tx_hash,"
             "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
             "           l.transaction_id::text, l.payout_id::text, l.deposit_id::text,"
@@ -91,6 +92,8 @@ class LedgerStore:
             " LEFT JOIN deposits d ON d.id = l.deposit_id"
             " LEFT JOIN sweeps sw ON sw.id = l.sweep_id"
             " LEFT JOIN harvests sh ON sh.id = sw.harvest_id"
+            " LEFT JOIN compensation_payments cp ON cp.compensation_id = l.compensation_id"
+            "  AND cp.status = 'success'"
             " WHERE l.farmer_id = %s) entries"
             " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
             (farmer_id, before_id, before_id, limit),

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import psycopg
+from psycopg import AsyncConnection
 
-from kalepool.db.reads import Pool, fetch_all, fetch_one, fetch_value
+from kalepool.db.reads import Pool, fetch_all, fetch_one, fetch_value, fetch_values
 from kalepool.grpc_server import FailedPrecondition
 from pool_service.books.enums import AccountKind, PayoutStatus, SweepPart
 
@@ -129,6 +131,18 @@ class SweepStore:
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = %s",
             (account_id,),
         )
+
+    @staticmethod
+    async def account_addresses(conn: AsyncConnection[Any], addresses: list[str]) -> set[str]:
+        """The pool's account wallets among these addresses (inside the caller's
+        transaction)."""
+        found = await fetch_values(
+            conn,
+            str,
+            "SELECT custodial_public_key FROM accounts WHERE custodial_public_key = ANY(%s)",
+            (addresses,),
+        )
+        return set(found)
 
     async def pooler_exists(self, pooler_id: UUID) -> bool:
         found = await fetch_value(
@@ -438,3 +452,160 @@ class AccountPayoutStore:
         )
         assert row is not None
         return row
+
+
+@dataclass(frozen=True)
+class CompensationDue:
+    """An unpaid compensation of a farmer that can receive, and who owes it."""
+
+    compensation_id: int
+    farmer_id: UUID
+    farmer_key: str
+    pooler_id: UUID
+    owed_by: str  # 'pool' or 'pooler'
+    amount: int
+
+
+@dataclass(frozen=True)
+class CompensationPaymentRow:
+    id: UUID
+    compensation_id: int
+    account_id: UUID
+    farmer_id: UUID
+    amount: int
+    wallet_key: str
+    status: PayoutStatus
+    source: str  # the paying account's wallet
+    destination: str  # the farmer's custodial account
+
+
+_PAYMENT_COLUMNS = (
+    "p.id, p.compensation_id, p.account_id, p.farmer_id, p.amount, p.wallet_key,"
+    " p.status::text, a.custodial_public_key AS source, f.custodial_public_key AS destination"
+)
+_PAYMENT_FROM = (
+    " FROM compensation_payments p JOIN accounts a ON a.id = p.account_id"
+    " JOIN farmers f ON f.id = p.farmer_id"
+)
+
+
+class CompensationPaymentStore:
+    """Compensations paid from the accounts (`compensation_payments`, the account's
+    `compensation` / `compensation_reversal` entries, the farmer's `compensation` entry)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def unpaid(self, limit: int = 100) -> list[CompensationDue]:
+        """Unpaid compensations with no payment under way, of farmers whose account can
+        receive (funded, not departed), oldest first."""
+        return await fetch_all(
+            self.pool,
+            CompensationDue,
+            "SELECT c.id AS compensation_id, c.farmer_id, f.custodial_public_key AS farmer_key,"
+            " c.pooler_id, c.owed_by::text AS owed_by, c.amount"
+            " FROM compensation_status c JOIN farmers f ON f.id = c.farmer_id"
+            " WHERE NOT c.is_paid AND f.is_funded AND f.status <> 'departed'"
+            " AND NOT EXISTS (SELECT 1 FROM compensation_payments p"
+            "  WHERE p.compensation_id = c.id AND p.status <> 'failed')"
+            " ORDER BY c.id LIMIT %s",
+            (limit,),
+        )
+
+    async def create(self, due: CompensationDue, account_id: UUID) -> UUID | None:
+        """Record the payment and debit the paying account, together. None when the
+        account cannot cover it now (the compensation stays owed) or another replica
+        started one."""
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                payment_id = await fetch_value(
+                    conn,
+                    UUID,
+                    "INSERT INTO compensation_payments (id, compensation_id, account_id,"
+                    " farmer_id, amount, wallet_key) SELECT i, %s, %s, %s, %s,"
+                    " 'compensation:' || i FROM gen_random_uuid() AS i RETURNING id",
+                    (due.compensation_id, account_id, due.farmer_id, due.amount),
+                )
+                await conn.execute(
+                    "INSERT INTO account_ledger (account_id, amount, kind,"
+                    " compensation_payment_id) VALUES (%s, %s, 'compensation', %s)",
+                    (account_id, -due.amount, payment_id),
+                )
+                return payment_id
+        except psycopg.errors.UniqueViolation:
+            return None  # a live payment exists already
+        except psycopg.errors.CheckViolation as exc:
+            if exc.diag.constraint_name == "accounts_balance_nonnegative":
+                return None
+            raise
+
+    async def payment(self, payment_id: UUID) -> CompensationPaymentRow | None:
+        return await fetch_one(
+            self.pool,
+            CompensationPaymentRow,
+            f"SELECT {_PAYMENT_COLUMNS}{_PAYMENT_FROM} WHERE p.id = %s",
+            (payment_id,),
+        )
+
+    async def pending(self) -> list[CompensationPaymentRow]:
+        return await fetch_all(
+            self.pool,
+            CompensationPaymentRow,
+            f"SELECT {_PAYMENT_COLUMNS}{_PAYMENT_FROM} WHERE p.status = 'pending'"
+            " ORDER BY p.requested_at",
+        )
+
+    async def succeeded(self, payment_id: UUID, tx_hash: str, ledger: int) -> None:
+        """Settle as a success and credit the farmer the compensation, together (once):
+        from then on it is paid (`compensation_status.is_paid`)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await fetch_one(
+                conn,
+                _Settled,
+                "UPDATE compensation_payments SET status = 'success', tx_hash = %s,"
+                " ledger = %s, completed_at = now() WHERE id = %s AND status = 'pending'"
+                " RETURNING compensation_id, farmer_id, account_id, amount",
+                (tx_hash, ledger, payment_id),
+            )
+            if row is not None:
+                await conn.execute(
+                    "INSERT INTO balance_ledger (farmer_id, amount, kind, compensation_id)"
+                    " VALUES (%s, %s, 'compensation', %s)",
+                    (row.farmer_id, row.amount, row.compensation_id),
+                )
+
+    async def failed(self, payment_id: UUID, tx_hash: str | None, code: str, message: str) -> None:
+        """Settle as failed and give the account its debit back, together (once)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await fetch_one(
+                conn,
+                _Settled,
+                "UPDATE compensation_payments SET status = 'failed',"
+                " tx_hash = coalesce(%s, tx_hash), error_code = %s, error_message = %s,"
+                " completed_at = now() WHERE id = %s AND status = 'pending'"
+                " RETURNING compensation_id, farmer_id, account_id, amount",
+                (tx_hash, code, message, payment_id),
+            )
+            if row is not None:
+                await conn.execute(
+                    "INSERT INTO account_ledger (account_id, amount, kind,"
+                    " compensation_payment_id) VALUES (%s, %s, 'compensation_reversal', %s)",
+                    (row.account_id, row.amount, payment_id),
+                )
+
+    async def still_pending(self, payment_id: UUID, tx_hash: str | None) -> None:
+        if tx_hash:
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE compensation_payments SET tx_hash = %s"
+                    " WHERE id = %s AND status = 'pending'",
+                    (tx_hash, payment_id),
+                )
+
+
+@dataclass(frozen=True)
+class _Settled:
+    compensation_id: int
+    farmer_id: UUID
+    account_id: UUID
+    amount: int

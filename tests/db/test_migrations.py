@@ -58,6 +58,7 @@ SCHEMA_TABLES = {
     "pool.sweeps",
     "pool.account_ledger",
     "pool.account_payouts",
+    "pool.compensation_payments",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

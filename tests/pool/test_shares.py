@@ -99,6 +99,7 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
         pooler_share_bps=SHARE_BPS,
         pool_fee_address=operator,
         share_sweep_interval_seconds=0.2,
+        pooler_obligation_limit_kale=100,
     )
     # The pooler's registered key: an account of its own that trusts KALE.
     pooler_key = await pool.stage.account(trust=True)
@@ -198,6 +199,59 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
     stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id))
     assert (stats.share_earned_stroops, stats.share_paid_stroops) == (share, share)
     assert stats.share_balance_stroops == 0
+
+    # Compensations (written here as the block settlement writes them, tested in
+    # test_blocks.py): one the pool owes, paid from the fee account into the farmer's
+    # account once; one the pooler owes, past its share balance (paid out above): it
+    # stays owed, the pooler is flagged and given no new farmers.
+    comp, big = fee // 2, 200 * KALE
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as conn:
+        await conn.execute(
+            "INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index,"
+            " compensation_type, owed_by, amount, reason) VALUES"
+            " (%s, %s, 4000000, 'plant_failure', 'pool', %s, 'the pool failed a plant'),"
+            " (%s, %s, 4000000, 'work_failure', 'pooler', %s, 'the pooler missed a work')",
+            (pooler.pooler_id, farmer.farmer_id, comp, pooler.pooler_id, farmer.farmer_id, big),
+        )
+    held = await kale_balance(pool.chain, farmer.custodial_address) or 0
+    deposits = await pool.deposited(farmer.farmer_id)
+
+    async def compensated() -> bool:
+        rows = await _rows(pool, "SELECT owed_by::text, is_paid FROM compensation_status")
+        return dict(rows) == {"pool": True, "pooler": False}
+
+    await until(compensated, 30)
+    assert await kale_balance(pool.chain, farmer.custodial_address) == held + comp
+    assert await kale_balance(pool.chain, fee_wallet) == fee - comp
+    for _ in range(2):  # once: more passes pay nothing again
+        await pool.server.shares.run_once()
+    assert await _rows(pool, "SELECT count(*), min(status::text) FROM compensation_payments") == [
+        (1, "success")
+    ]
+    assert await kale_balance(pool.chain, farmer.custodial_address) == held + comp
+    assert await pool.deposited(farmer.farmer_id) == deposits  # not taken for a deposit
+    credited = await _rows(
+        pool,
+        "SELECT amount FROM balance_ledger WHERE farmer_id = %s AND kind = 'compensation'",
+        farmer.farmer_id,
+    )
+    assert credited == [(comp,)]
+    listed = await op.ListCompensations(
+        pool_pb2.ListCompensationsRequest(pooler_id=pooler.pooler_id)
+    )
+    assert (listed.owed_stroops, listed.paid_stroops) == (big, comp)
+    assert sorted(c.paid for c in listed.compensations) == [False, True]
+    stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id))
+    assert stats.compensations_owed_stroops == big
+    assert stats.obligations_exceed_earnings and stats.closed_to_farmers
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await op.RegisterFarmer(
+            pool_pb2.RegisterFarmerRequest(
+                pooler_id=pooler.pooler_id, payout_address=Keypair.random().public_key
+            )
+        )
+    assert closed.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "takes no new farmers" in (closed.value.details() or "")
 
     # The books agree with themselves and with the chain.
     with psycopg.connect(pool.conninfo) as conn:

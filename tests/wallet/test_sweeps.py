@@ -2,7 +2,8 @@
 (all a thief of the pool pod holds) moves at most the wallet's own fraction of a reward
 the wallet itself harvested, once per harvest and part, and only into the fee wallet or a
 pooler share wallet the service holds; the fee wallet pays only the operator's address
-of the wallet's own settings; a share wallet pays its pooler's registered key."""
+of the wallet's own settings (or a farmer's custodial wallet: a compensation); a share
+wallet pays its pooler's registered key."""
 
 from __future__ import annotations
 
@@ -209,13 +210,36 @@ async def test_a_stolen_pool_credential_sweeps_at_most_the_fraction_once(
         )
     )
     assert paid.outcome.status == SUCCESS, paid
+    # A fee or share wallet pays a farmer's custodial wallet (a compensation, still in
+    # custody), but no other wallet of its kind and no foreign account.
+    await denied(
+        ws.stub.Transfer(
+            wallet_pb2.TransferRequest(
+                idempotency_key="fee:to-share",
+                source_address=fee,
+                destination_address=share,
+                amount_stroops=1,
+            )
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    compensated = await ws.stub.Transfer(
+        wallet_pb2.TransferRequest(
+            idempotency_key="compensation:1",
+            source_address=fee,
+            destination_address=other_farmer,
+            amount_stroops=most_fee,
+        )
+    )
+    assert compensated.outcome.status == SUCCESS, compensated
+    assert await kale_balance(ws.chain, other_farmer) == 10 * KALE + most_fee
     # The share wallet pays its pooler's registered key, and no one else.
     await denied(
         ws.stub.Transfer(
             wallet_pb2.TransferRequest(
                 idempotency_key="share:steal",
                 source_address=share,
-                destination_address=operator,
+                destination_address=thief,
                 amount_stroops=most_share,
             )
         ),

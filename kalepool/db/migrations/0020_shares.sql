@@ -26,6 +26,9 @@
 --                        'payout_reversal' (an account payout's debit and its reversal).
 -- pool.account_payouts   an account's payouts to its payout address (a pooler's share
 --                        paid to its registered key), as a farmer's payouts.
+-- pool.compensation_payments  a compensation paid from the account of whoever owes it
+--                        into the farmer's custodial account; the farmer's 'compensation'
+--                        entry is written when it settles, so is_paid follows the ledger.
 -- pool.shares_since()    when shares began: harvests recorded since owe them.
 -- pool.sweeps            the pool fee and the pooler's share of one harvest: its row and
 --                        the farmer's debit ('pool_fee' / 'pooler_share' entries of
@@ -224,7 +227,9 @@ CREATE TRIGGER balance_ledger_verify_sweep BEFORE INSERT ON pool.balance_ledger
 
 -- The accounts' side ------------------------------------------------------------------
 
-CREATE TYPE pool.account_entry_kind AS ENUM ('pool_fee', 'pooler_share', 'payout', 'payout_reversal');
+CREATE TYPE pool.account_entry_kind AS ENUM (
+    'pool_fee', 'pooler_share', 'payout', 'payout_reversal', 'compensation',
+    'compensation_reversal');
 
 -- An account's payouts (a pooler's share paid to its registered key): as a farmer's, the
 -- row and its debit are written in one transaction before the wallet is asked under
@@ -270,6 +275,52 @@ CREATE TRIGGER account_payouts_no_truncate BEFORE TRUNCATE ON pool.account_payou
 CREATE TRIGGER account_payouts_status_transition BEFORE UPDATE ON pool.account_payouts
     FOR EACH ROW EXECUTE FUNCTION pool.sweeps_check_transition();
 
+-- A compensation paid from the account of whoever owes it (the fee account for the
+-- pool's faults, the pooler's share account for its own) into the farmer's custodial
+-- account: the row and the account's debit first, then the wallet's transfer under
+-- 'compensation:<id>'; a success credits the farmer ('compensation' entry of
+-- balance_ledger, so compensation_status.is_paid follows), a failure reverses the debit
+-- and a later pass may try again. At most one live (not failed) payment per compensation.
+CREATE TABLE pool.compensation_payments (
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    compensation_id bigint NOT NULL REFERENCES pool.pooler_compensations (id),
+    account_id uuid NOT NULL REFERENCES pool.accounts (id),
+    farmer_id uuid NOT NULL REFERENCES pool.farmers (id),
+    amount bigint NOT NULL,
+    wallet_key text NOT NULL UNIQUE,
+    status pool.payout_status NOT NULL DEFAULT 'pending',
+    tx_hash text,
+    ledger bigint,
+    error_code text,
+    error_message text,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    completed_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT compensation_payments_amount_positive CHECK (amount > 0),
+    CONSTRAINT compensation_payments_tx_hash_format CHECK (tx_hash ~ '^[0-9a-f]{64}$'),
+    CONSTRAINT compensation_payments_outcome CHECK (
+        (status = 'pending' AND completed_at IS NULL)
+        OR (status = 'success' AND tx_hash IS NOT NULL AND ledger IS NOT NULL
+            AND completed_at IS NOT NULL AND error_message IS NULL)
+        OR (status = 'failed' AND error_message IS NOT NULL AND completed_at IS NOT NULL))
+);
+CREATE UNIQUE INDEX compensation_payments_live ON pool.compensation_payments (compensation_id)
+    WHERE status <> 'failed';
+CREATE INDEX compensation_payments_pending ON pool.compensation_payments (requested_at)
+    WHERE status = 'pending';
+CREATE TRIGGER compensation_payments_immutable BEFORE UPDATE ON pool.compensation_payments
+    FOR EACH ROW EXECUTE FUNCTION shared.guard_immutable_columns(
+        'id', 'compensation_id', 'account_id', 'farmer_id', 'amount', 'wallet_key',
+        'requested_at');
+CREATE TRIGGER compensation_payments_updated_at BEFORE UPDATE ON pool.compensation_payments
+    FOR EACH ROW EXECUTE FUNCTION shared.touch_updated_at();
+CREATE TRIGGER compensation_payments_no_delete BEFORE DELETE ON pool.compensation_payments
+    FOR EACH ROW EXECUTE FUNCTION shared.refuse_mutation();
+CREATE TRIGGER compensation_payments_no_truncate BEFORE TRUNCATE ON pool.compensation_payments
+    FOR EACH STATEMENT EXECUTE FUNCTION shared.refuse_mutation();
+CREATE TRIGGER compensation_payments_status_transition BEFORE UPDATE ON pool.compensation_payments
+    FOR EACH ROW EXECUTE FUNCTION pool.sweeps_check_transition();
+
 CREATE TABLE pool.account_ledger (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     account_id uuid NOT NULL REFERENCES pool.accounts (id),
@@ -277,18 +328,23 @@ CREATE TABLE pool.account_ledger (
     kind pool.account_entry_kind NOT NULL,
     sweep_id uuid REFERENCES pool.sweeps (id),
     account_payout_id uuid REFERENCES pool.account_payouts (id),
+    compensation_payment_id uuid REFERENCES pool.compensation_payments (id),
     created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT account_ledger_one_reference CHECK (
+        num_nonnulls(sweep_id, account_payout_id, compensation_payment_id) = 1),
     CONSTRAINT account_ledger_kind_shape CHECK (CASE kind
-        WHEN 'pool_fee' THEN amount > 0 AND sweep_id IS NOT NULL AND account_payout_id IS NULL
+        WHEN 'pool_fee' THEN amount > 0 AND sweep_id IS NOT NULL
         WHEN 'pooler_share' THEN amount > 0 AND sweep_id IS NOT NULL
-            AND account_payout_id IS NULL
-        WHEN 'payout' THEN amount < 0 AND account_payout_id IS NOT NULL AND sweep_id IS NULL
+        WHEN 'payout' THEN amount < 0 AND account_payout_id IS NOT NULL
         WHEN 'payout_reversal' THEN amount > 0 AND account_payout_id IS NOT NULL
-            AND sweep_id IS NULL
+        WHEN 'compensation' THEN amount < 0 AND compensation_payment_id IS NOT NULL
+        WHEN 'compensation_reversal' THEN amount > 0 AND compensation_payment_id IS NOT NULL
     END)
 );
 CREATE UNIQUE INDEX account_ledger_once_per_sweep ON pool.account_ledger (sweep_id);
 CREATE UNIQUE INDEX account_ledger_once_per_payout ON pool.account_ledger (account_payout_id, kind);
+CREATE UNIQUE INDEX account_ledger_once_per_compensation_payment
+    ON pool.account_ledger (compensation_payment_id, kind);
 CREATE INDEX account_ledger_account ON pool.account_ledger (account_id, id);
 CREATE TRIGGER account_ledger_append_only BEFORE UPDATE OR DELETE ON pool.account_ledger
     FOR EACH ROW EXECUTE FUNCTION shared.refuse_mutation();
@@ -304,6 +360,20 @@ DECLARE
     s record;
 BEGIN
     PERFORM 1 FROM accounts WHERE id = NEW.account_id FOR UPDATE;
+    IF NEW.compensation_payment_id IS NOT NULL THEN
+        SELECT account_id, amount, status::text AS status INTO s
+            FROM compensation_payments WHERE id = NEW.compensation_payment_id;
+        IF NOT FOUND OR s.account_id <> NEW.account_id OR s.amount <> abs(NEW.amount)
+           OR (NEW.kind = 'compensation' AND s.status = 'failed')
+           OR (NEW.kind = 'compensation_reversal' AND (s.status <> 'failed' OR NOT EXISTS (
+                SELECT 1 FROM account_ledger
+                WHERE compensation_payment_id = NEW.compensation_payment_id
+                AND kind = 'compensation'))) THEN
+            RAISE EXCEPTION 'a % entry must match its compensation payment from the same account (a reversal only of a failed, debited one)', NEW.kind
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'account_ledger_reference';
+        END IF;
+        RETURN NEW;
+    END IF;
     IF NEW.account_payout_id IS NOT NULL THEN
         SELECT account_id, amount, status::text AS status INTO s
             FROM account_payouts WHERE id = NEW.account_payout_id;
@@ -387,6 +457,24 @@ LANGUAGE sql STABLE SET search_path = pool, shared AS $$
     WHERE p.status = 'failed'
       AND NOT EXISTS (SELECT 1 FROM account_ledger l
                       WHERE l.account_payout_id = p.id AND l.kind = 'payout_reversal')
+    UNION ALL
+    SELECT format('compensation payment %s was never debited to account %s', p.id, p.account_id)
+    FROM compensation_payments p
+    WHERE NOT EXISTS (SELECT 1 FROM account_ledger l
+                      WHERE l.compensation_payment_id = p.id AND l.kind = 'compensation')
+    UNION ALL
+    SELECT format('compensation payment %s failed but its debit was never reversed', p.id)
+    FROM compensation_payments p
+    WHERE p.status = 'failed'
+      AND NOT EXISTS (SELECT 1 FROM account_ledger l
+                      WHERE l.compensation_payment_id = p.id
+                      AND l.kind = 'compensation_reversal')
+    UNION ALL
+    SELECT format('compensation payment %s succeeded but compensation %s was never credited',
+                  p.id, p.compensation_id)
+    FROM compensation_payments p
+    WHERE p.status = 'success'
+      AND NOT EXISTS (SELECT 1 FROM balance_ledger l WHERE l.compensation_id = p.compensation_id)
 $$;
 
 INSERT INTO shared.role_grants (role, statement, added_by) VALUES
@@ -402,12 +490,17 @@ INSERT INTO shared.role_grants (role, statement, added_by) VALUES
      'GRANT UPDATE (status, tx_hash, ledger, error_code, error_message, completed_at,'
      ' updated_at) ON pool.sweeps TO kalepool_pool', '0020'),
     ('kalepool_pool', 'GRANT SELECT, INSERT ON pool.account_payouts TO kalepool_pool', '0020'),
+    ('kalepool_pool', 'GRANT SELECT, INSERT ON pool.compensation_payments TO kalepool_pool',
+     '0020'),
+    ('kalepool_pool',
+     'GRANT UPDATE (status, tx_hash, ledger, error_code, error_message, completed_at,'
+     ' updated_at) ON pool.compensation_payments TO kalepool_pool', '0020'),
     ('kalepool_pool',
      'GRANT UPDATE (status, tx_hash, ledger, error_code, error_message, completed_at,'
      ' updated_at) ON pool.account_payouts TO kalepool_pool', '0020'),
     ('kalepool_auditor',
-     'GRANT SELECT ON pool.accounts, pool.account_ledger, pool.sweeps, pool.account_payouts'
-     ' TO kalepool_auditor', '0020'),
+     'GRANT SELECT ON pool.accounts, pool.account_ledger, pool.sweeps, pool.account_payouts,'
+     ' pool.compensation_payments TO kalepool_auditor', '0020'),
     ('kalepool_auditor', 'GRANT EXECUTE ON FUNCTION pool.share_problems() TO kalepool_auditor',
      '0020'),
     ('kalepool_pool', 'GRANT EXECUTE ON FUNCTION pool.shares_since() TO kalepool_pool', '0020');
