@@ -11,6 +11,14 @@ import re
 STROOPS_PER_KALE = 10_000_000
 """Stroops in one KALE (and in one XLM): every Stellar amount has 7 decimals."""
 
+
+def share_of(reward: int, bps: int) -> int:
+    """The part of `reward` (stroops) that `bps` basis points take, rounded down: the
+    pool never takes a stroop more than its rate. The one rule of the wallet (which caps
+    a sweep with it) and the pool (which asks for it)."""
+    return reward * bps // 10_000
+
+
 _AMOUNT = re.compile(r"([0-9]*)(?:\.([0-9]+))?", re.ASCII)
 
 

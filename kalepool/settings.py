@@ -175,6 +175,29 @@ class Settings(BaseSettings):
     wallet_payout_max_transfers_per_hour: int = Field(
         30, ge=1, description="Payout transfers one wallet may make in any hour."
     )
+    pool_fee_bps: int = Field(
+        100,
+        ge=0,
+        le=10_000,
+        description="The pool's fee of each harvested reward, in basis points.",
+    )
+    pooler_share_bps: int = Field(
+        500,
+        ge=0,
+        le=10_000,
+        description="The pooler's share of each harvested reward, in basis points.",
+    )
+    pooler_obligation_limit_kale: int = Field(
+        10_000,
+        ge=0,
+        description="KALE of unpaid compensations a pooler may owe past its share balance"
+        " and still be given new farmers.",
+    )
+    pool_fee_address: str = Field(
+        "",
+        pattern=r"^(G[A-Z2-7]{55})?$",
+        description="The operator's account (G...) the pool's fee wallet pays out to.",
+    )
     api_key_length: int = Field(32, ge=16, le=128, description="Bytes of entropy in API keys.")
     rate_limit_requests_per_minute: int = Field(
         60, ge=1, description="PoolerService calls a minute per pooler (shared by replicas)."
@@ -213,6 +236,11 @@ class Settings(BaseSettings):
     harvest_timeout_seconds: float = Field(45.0, gt=0, description="Deadline of one harvest.")
     payout_settle_interval_seconds: float = Field(
         60.0, gt=0, description="Period of the pool's pass that drives pending payouts."
+    )
+    share_sweep_interval_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Period of the pool's pass that sweeps each harvest's fee and share.",
     )
     deposit_poll_interval_seconds: float = Field(
         5.0, gt=0, description="Period of the pool's chain follower (deposits, harvests)."
@@ -330,6 +358,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_required(self) -> Settings:
+        if self.pool_fee_bps + self.pooler_share_bps > 10_000:
+            raise ValueError(
+                f"{ENV_PREFIX}POOL_FEE_BPS + {ENV_PREFIX}POOLER_SHARE_BPS is"
+                f" {self.pool_fee_bps + self.pooler_share_bps}; together they may take at most"
+                " 10000 (the whole reward)"
+            )
         if self.network is Network.DEVNET and not self.rpc_url:
             self.rpc_url = devnet_rpc_url(self.devnet_port)
         if self.network is not Network.DEVNET:

@@ -20,6 +20,7 @@ from pool_service.books.blocks import BlockRow, BlockStore
 from pool_service.books.compensations import CompensationRow, CompensationStore
 from pool_service.books.enums import BlockStatus, CompensationKind
 from pool_service.books.poolers import PoolerRow, PoolerStore
+from pool_service.books.sweeps import AccountPayoutStore, SweepStore
 from pool_service.chain_view import ChainView
 from pool_service.feed import Feeds
 from pool_service.harvesting import harvest_pb
@@ -118,10 +119,17 @@ class BlockReports:
         compensations: CompensationStore,
         view: ChainView,
         feeds: Feeds,
+        shares: SweepStore,
+        share_payouts: AccountPayoutStore,
+        obligation_limit: int,
     ) -> None:
         self.poolers = poolers
         self.blocks = blocks
         self.compensations = compensations
+        self.shares = shares
+        self.share_payouts = share_payouts
+        # Stroops a pooler may owe past its share balance and still be given farmers.
+        self.obligation_limit = obligation_limit
         self.view = view
         self.feeds = feeds
 
@@ -239,6 +247,9 @@ class BlockReports:
         counts, _, rewards = _total(rows)
         unpaid = await self.compensations.unpaid(pooler_id)
         beat = await self.poolers.heartbeat(pooler_id)
+        account = await self.shares.share_account(pooler_id)
+        share = await self.share_payouts.totals(account.id) if account else None
+        excess = unpaid.by_pooler - (share.balance if share else 0)
         return pool_pb2.GetPoolerStatsResponse(
             pooler=convert.pooler_pb(pooler),
             blocks=len(rows),
@@ -255,6 +266,12 @@ class BlockReports:
             mining_farmers=(beat.heartbeat_mining_farmers or 0) if beat else 0,
             observed_block_index=(beat.heartbeat_block_index or 0) if beat else 0,
             last_cursor=(beat.heartbeat_last_cursor or 0) if beat else 0,
+            share_earned_stroops=share.earned if share else 0,
+            share_pending_stroops=share.pending if share else 0,
+            share_paid_stroops=share.paid if share else 0,
+            share_balance_stroops=share.balance if share else 0,
+            obligations_exceed_earnings=excess > 0,
+            closed_to_farmers=excess > self.obligation_limit,
             as_of=wire.now(),
         )
 
@@ -277,6 +294,20 @@ class BlockReports:
         )
         shown = rows[: page.size]
         token = page.next_token(rows, [shown[-1].id] if shown else [])
+        totals = await self.compensations.totals(pooler_id, farmer_id, owed_by)
         return pool_pb2.ListCompensationsResponse(
-            compensations=[compensation_pb(r) for r in shown], next_page_token=token
+            compensations=[compensation_pb(r) for r in shown],
+            next_page_token=token,
+            owed_stroops=totals.owed,
+            paid_stroops=totals.paid,
         )
+
+
+async def obligations_past_limit(reports: BlockReports, pooler_id: UUID) -> int | None:
+    """By how much a pooler's unpaid compensations exceed its share balance past the
+    limit (None when within it): such a pooler is given no new farmers."""
+    owed = (await reports.compensations.unpaid(pooler_id)).by_pooler
+    account = await reports.shares.share_account(pooler_id)
+    balance = (await reports.share_payouts.totals(account.id)).balance if account else 0
+    excess = owed - balance
+    return excess if excess > reports.obligation_limit else None

@@ -31,6 +31,9 @@ LEDGER_KIND = {
     LedgerKind.FEE: records_pb2.LEDGER_ENTRY_KIND_FEE,
     LedgerKind.ADJUSTMENT: records_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
     LedgerKind.DEPOSIT: records_pb2.LEDGER_ENTRY_KIND_DEPOSIT,
+    LedgerKind.POOL_FEE: records_pb2.LEDGER_ENTRY_KIND_POOL_FEE,
+    LedgerKind.POOLER_SHARE: records_pb2.LEDGER_ENTRY_KIND_POOLER_SHARE,
+    LedgerKind.SWEEP_REVERSAL: records_pb2.LEDGER_ENTRY_KIND_SWEEP_REVERSAL,
 }
 
 
@@ -110,6 +113,22 @@ def failure_pb(
         fault,
         message or "",
         contract_error=wire.contract_error_number(code),
+    )
+
+
+def payout_tx_ref(
+    tx_hash: str | None, status: PayoutStatus, ledger: int | None
+) -> common_pb2.TransactionRef:
+    """The transfer of a payout (a farmer's or an account's): PENDING, SUCCESS or FAILED
+    (expired and rejected transfers are FAILED; the failure says why)."""
+    return common_pb2.TransactionRef(
+        tx_hash=tx_hash or "",
+        status={
+            PayoutStatus.PENDING: common_pb2.TX_STATUS_PENDING,
+            PayoutStatus.SUCCESS: common_pb2.TX_STATUS_SUCCESS,
+            PayoutStatus.FAILED: common_pb2.TX_STATUS_FAILED,
+        }[status],
+        ledger=ledger or 0,
     )
 
 

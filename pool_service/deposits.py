@@ -12,6 +12,8 @@ account:
   it as the reward, never twice (the pool's own harvest records the same transaction;
   `harvests_one_success` holds one). The farm mints a harvest (it is the asset's
   admin), so only a mint can be one;
+- a `transfer` from one of the pool's own accounts (the fee wallet, a pooler's share
+  wallet) is a compensation the shares loop pays and records itself: passed over;
 - anything else is a **deposit**: a `deposits` row, unique by the event id, whose
   trigger credits the farmer's ledger once. A movement of 0 (the asset contract accepts
   it) moves nothing and is passed over.
@@ -66,6 +68,7 @@ from pool_service.books.farmers import FarmerRow, FarmerStore
 from pool_service.books.harvests import HarvestStore, Pail
 from pool_service.books.ledger import LedgerStore
 from pool_service.books.plantings import PlantingStore
+from pool_service.books.sweeps import SweepStore
 
 log = logging.getLogger("pool_service.deposits")
 
@@ -142,10 +145,15 @@ class ChainFollower:
                 farmers = await FarmerStore.by_addresses(
                     conn, sorted({e.to_address for e in page.events if e.to_address})
                 )
+                ours = await SweepStore.account_addresses(
+                    conn, sorted({e.from_address for e in page.events if e.from_address})
+                )
                 applied = 0
                 for event in page.events:
                     if event.kind not in ("transfer", "mint") or event.to_address not in farmers:
                         continue
+                    if event.from_address in ours:
+                        continue  # a compensation, recorded by the shares loop
                     if event.amount <= 0:
                         continue  # nothing moved (the asset contract accepts a transfer of 0)
                     await self._apply(conn, farmers[event.to_address], event, page)

@@ -44,19 +44,12 @@ _WALLET_TIMEOUT_SECONDS = 30.0
 
 
 def payout_pb(row: PayoutRow) -> records_pb2.Payout:
-    status = {
-        PayoutStatus.PENDING: common_pb2.TX_STATUS_PENDING,
-        PayoutStatus.SUCCESS: common_pb2.TX_STATUS_SUCCESS,
-        PayoutStatus.FAILED: common_pb2.TX_STATUS_FAILED,
-    }[row.status]
     return records_pb2.Payout(
         payout_id=str(row.id),
         farmer_id=str(row.farmer_id),
         destination_address=row.destination,
         amount_stroops=row.amount,
-        transaction=common_pb2.TransactionRef(
-            tx_hash=row.tx_hash or "", status=status, ledger=row.ledger or 0
-        ),
+        transaction=convert.payout_tx_ref(row.tx_hash, row.status, row.ledger),
         failure=convert.failure_pb(
             row.status, row.fault or Fault.POOL, row.error_code, row.error_message
         ),

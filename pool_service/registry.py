@@ -37,7 +37,7 @@ from kalepool.settings import Settings
 from kalepool.tls import SERVICE_NAMES, ClientCertificate, check_client_certificate
 from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
 from pool_service import convert
-from pool_service.blocks import BlockReports
+from pool_service.blocks import BlockReports, obligations_past_limit
 from pool_service.books.certificates import CertificateStore
 from pool_service.books.enums import FarmerState, FarmerStatus
 from pool_service.books.farmers import FarmerRow, FarmerStore
@@ -45,6 +45,7 @@ from pool_service.books.ledger import LedgerStore
 from pool_service.books.poolers import PoolerRow, PoolerStore
 from pool_service.contract_watch import ContractWatch
 from pool_service.payouts import Payouts
+from pool_service.shares import Shares
 from pool_service.validate import Page, check_name, check_stake_bps
 from pool_service.wallet import WalletClient, wallet_call
 
@@ -102,6 +103,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         payouts: Payouts,
         certificates: CertificateStore,
         ca_pem: bytes,
+        shares: Shares,
         contract_watch: ContractWatch | None = None,
     ) -> None:
         self.contract_watch = contract_watch
@@ -114,6 +116,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self.payouts = payouts
         self.certificates = certificates
         self.ca_pem = ca_pem
+        self.shares = shares
 
     # --- poolers ----------------------------------------------------------------------------
 
@@ -310,6 +313,13 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             raise NotFound(f"no pooler {pooler_id}")
         if not pooler.is_active:
             raise FailedPrecondition(f"pooler {pooler_id} is disabled")
+        excess = await obligations_past_limit(self.reports, pooler_id)
+        if excess is not None:
+            raise FailedPrecondition(
+                f"pooler {pooler_id} owes {format_kale(excess)} KALE of compensations more than"
+                " its share balance covers, past the pool's limit: it takes no new farmers"
+                " until they are paid"
+            )
         if pooler.current_farmers >= pooler.max_farmers:
             raise FailedPrecondition(
                 f"pooler {pooler_id} is full ({pooler.current_farmers} of {pooler.max_farmers})"
@@ -542,6 +552,11 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         self, request: pool_pb2.ListCompensationsRequest, context: Any
     ) -> pool_pb2.ListCompensationsResponse:
         return await self.reports.list_compensations(request)
+
+    async def RequestPoolerPayout(
+        self, request: pool_pb2.RequestPoolerPayoutRequest, context: Any
+    ) -> pool_pb2.RequestPoolerPayoutResponse:
+        return await self.shares.request_pooler_payout(request)
 
     # --- the payout address: the wallet decides, the pool relays and keeps a copy ----------
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 import psycopg
 
+from kalepool.amounts import STROOPS_PER_KALE
 from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.db.reads import Pool, open_pool
 from kalepool.db.roles import POOL
@@ -45,6 +46,7 @@ from pool_service.books.ledger import LedgerStore
 from pool_service.books.payouts import PayoutStore
 from pool_service.books.plantings import PlantingStore
 from pool_service.books.poolers import PoolerStore
+from pool_service.books.sweeps import AccountPayoutStore, CompensationPaymentStore, SweepStore
 from pool_service.books.works import WorkStore
 from pool_service.chain_view import ChainView
 from pool_service.contract_watch import ContractWatch
@@ -58,6 +60,7 @@ from pool_service.planting import Planter
 from pool_service.pooler_api import PoolerApi
 from pool_service.reconcile import PlantReconciler
 from pool_service.registry import PoolRegistry
+from pool_service.shares import Shares
 from pool_service.wallet import WalletClient
 from pool_service.work import WorkReports
 
@@ -89,12 +92,14 @@ class PoolServer:
     pooler_api: PoolerApi
     feeds: Feeds
     pool: Pool
+    shares: Shares
     # The background loops (pool_service.loops.every), each stopped with the server:
     # the contract watch (the farm's code and pause flag, pool_service.contract_watch),
     # plant reconciliation (unsettled plant requests driven again), harvests (when
-    # harvest_interval_seconds is set), payout settlement (pending payouts driven) and
-    # the chain follower (deposits credited, anyone's harvests recorded) and the monitor
-    # (metrics read, alert rules judged: `alerts`).
+    # harvest_interval_seconds is set), payout settlement (pending payouts driven), shares
+    # (each harvest's fee and pooler share swept), the chain follower (deposits credited,
+    # anyone's harvests recorded) and the monitor (metrics read, alert rules judged:
+    # `alerts`).
     loops: list[asyncio.Task[None]]
     alerts: AlertEngine
     _stack: AsyncExitStack
@@ -168,7 +173,18 @@ async def start_pool_server(
     view = ChainView(chain)
     feeds = Feeds()
     payouts = Payouts(farmers, PayoutStore(pool), wallet, view, settings)
-    reports = BlockReports(poolers, BlockStore(pool), compensations, view, feeds)
+    sweeps, share_payouts = SweepStore(pool), AccountPayoutStore(pool)
+    shares = Shares(sweeps, share_payouts, CompensationPaymentStore(pool), wallet, settings)
+    reports = BlockReports(
+        poolers,
+        BlockStore(pool),
+        compensations,
+        view,
+        feeds,
+        sweeps,
+        share_payouts,
+        settings.pooler_obligation_limit_kale * STROOPS_PER_KALE,
+    )
     certificates = CertificateStore(pool)
     watch = ContractWatch(ContractAckStore(pool), view)
     registry = PoolRegistry(
@@ -181,6 +197,7 @@ async def start_pool_server(
         payouts,
         certificates,
         ca_pem,
+        shares,
         watch,
     )
     harvester = Harvester(harvests, works, wallet, view, settings, compensations)
@@ -265,13 +282,17 @@ async def start_pool_server(
             every(settings.monitor_interval_seconds, alerts.run_once, "monitor"),
             name="pool-monitor",
         ),
+        asyncio.create_task(
+            every(settings.share_sweep_interval_seconds, shares.run_once, "shares"),
+            name="pool-shares",
+        ),
     ]
     if harvest_interval_seconds is not None:
         loops.append(
             asyncio.create_task(harvester.run(harvest_interval_seconds), name="pool-harvest")
         )
     log.info("pool service listening on port %d", built.port)
-    return PoolServer(built, registry, pooler_api, feeds, pool, loops, alerts, stack)
+    return PoolServer(built, registry, pooler_api, feeds, pool, shares, loops, alerts, stack)
 
 
 async def start_pool_for(

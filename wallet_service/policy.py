@@ -8,6 +8,13 @@ cannot send a farmer's KALE anywhere but the farmer's registered payout address.
   by the CURRENT payout address's key. Single use; expires.
 - Per-wallet limits (KALE per day, transfers per hour) counted from the wallet's own
   `transactions`, so they hold across replicas (RESOURCE_EXHAUSTED).
+- A sweep (`Sweep`) moves the pool's fee or a pooler's share of one harvest out of a
+  farmer's account, only into a custodial wallet held for that part, only from a
+  harvest the wallet itself made for that account, at most the reward times the
+  wallet's own basis points, once per harvest and part. A fee wallet pays the
+  operator's address of the wallet's own settings, never one the pool names.
+- A fee or share wallet pays its registered address, or a farmer's open custodial wallet
+  (a compensation), within the same limits.
 - Every refusal is a row in `payout_refusals`, a count in
   `kalepool_wallet_payout_refusals_total{reason}` and a WARNING line.
 
@@ -22,6 +29,7 @@ import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from typing import NoReturn
 from uuid import UUID
@@ -30,7 +38,8 @@ from prometheus_client import Counter
 from stellar_sdk import Keypair, MuxedAccount, StrKey
 from stellar_sdk.exceptions import BadSignatureError
 
-from kalepool.amounts import STROOPS_PER_KALE, format_kale
+from kalepool.amounts import STROOPS_PER_KALE, format_kale, share_of
+from kalepool.chain import TxKind
 from kalepool.grpc_server import (
     FailedPrecondition,
     PermissionDenied,
@@ -39,7 +48,7 @@ from kalepool.grpc_server import (
 )
 from kalepool.settings import Settings
 from kalepool.webhook import Webhook
-from wallet_service.store import ChallengeRow, Refusal, Store, WalletRow
+from wallet_service.store import ChallengeRow, Refusal, Store, TxRow, WalletPurpose, WalletRow
 
 log = logging.getLogger("wallet_service.policy")
 
@@ -68,6 +77,10 @@ class Reason(StrEnum):
     CHALLENGE_USED = "challenge_used"
     CHALLENGE_ADDRESS_MISMATCH = "challenge_address_mismatch"
     BAD_SIGNATURE = "bad_signature"
+    FEE_ADDRESS = "fee_address"
+    SWEEP_DESTINATION = "sweep_destination"
+    SWEEP_HARVEST = "sweep_harvest"
+    SWEEP_AMOUNT = "sweep_amount"
 
 
 class Action(StrEnum):
@@ -76,6 +89,20 @@ class Action(StrEnum):
     TRANSFER = "transfer"
     CLOSE = "close"
     CHANGE = "change_payout_address"
+    CREATE = "create_wallet"
+    SWEEP = "sweep"
+
+
+class Part(StrEnum):
+    """The part of a reward a sweep moves: its idempotency key's prefix."""
+
+    FEE = "fee"
+    SHARE = "share"
+
+    @property
+    def purpose(self) -> WalletPurpose:
+        """The kind of wallet this part goes to."""
+        return WalletPurpose.POOL_FEE if self is Part.FEE else WalletPurpose.POOLER_SHARE
 
 
 def _default(name: str) -> int:
@@ -91,6 +118,12 @@ class PayoutLimits:
     max_kale_per_day: int = _default("wallet_payout_max_kale_per_day")
     max_transfers_per_hour: int = _default("wallet_payout_max_transfers_per_hour")
     challenge_seconds: int = _default("wallet_payout_challenge_seconds")
+    # The wallet's own rates for sweeps (KALE_POOL_POOL_FEE_BPS, ..._POOLER_SHARE_BPS) and
+    # the operator's address its fee wallet pays (KALE_POOL_POOL_FEE_ADDRESS; none: no
+    # fee wallet can be made).
+    pool_fee_bps: int = _default("pool_fee_bps")
+    pooler_share_bps: int = _default("pooler_share_bps")
+    pool_fee_address: str = ""
 
     @classmethod
     def of(cls, settings: Settings) -> PayoutLimits:
@@ -98,7 +131,14 @@ class PayoutLimits:
             max_kale_per_day=settings.wallet_payout_max_kale_per_day,
             max_transfers_per_hour=settings.wallet_payout_max_transfers_per_hour,
             challenge_seconds=settings.wallet_payout_challenge_seconds,
+            pool_fee_bps=settings.pool_fee_bps,
+            pooler_share_bps=settings.pooler_share_bps,
+            pool_fee_address=settings.pool_fee_address,
         )
+
+    def bps(self, part: Part) -> int:
+        """The wallet's basis points for a part."""
+        return self.pool_fee_bps if part is Part.FEE else self.pooler_share_bps
 
 
 def challenge_text(wallet: str, current: str, new: str, nonce: str, expires: dt.datetime) -> str:
@@ -211,11 +251,22 @@ class PayoutPolicy:
         self, wallet: WalletRow, destination: str, amount: int, *, key: str, caller: str | None
     ) -> None:
         """Refuse (and record) a transfer to any but the registered address, or over the
-        wallet's limits. Runs under the account's lock; across replicas the account's
-        sequence number lets only one of two racing transfers be stored and sent."""
-        await self._check_destination(
-            wallet, Action.TRANSFER, destination, key=key, caller=caller, amount=amount
-        )
+        wallet's limits. A fee or share wallet may also pay a farmer's open custodial
+        wallet (a compensation: it stays in the service's custody). Runs under the
+        account's lock; across replicas the account's sequence number lets only one of two
+        racing transfers be stored and sent."""
+        internal = False
+        if wallet.purpose is not WalletPurpose.FARMER:
+            target = await self.store.wallet(destination)
+            internal = (
+                target is not None
+                and target.purpose is WalletPurpose.FARMER
+                and target.closed_at is None
+            )
+        if not internal:
+            await self._check_destination(
+                wallet, Action.TRANSFER, destination, key=key, caller=caller, amount=amount
+            )
         recent = await self.store.recent_payouts(wallet.public_key)
         hourly = self.limits.max_transfers_per_hour
         if recent.transfers_last_hour >= hourly:
@@ -259,6 +310,110 @@ class PayoutPolicy:
         """Refuse (and record) a close into any but the registered address. A close is not
         counted against the limits: it pays the registered address, once."""
         await self._check_destination(wallet, Action.CLOSE, destination, key=key, caller=caller)
+
+    # --- fee and share wallets, sweeps ----------------------------------------------------
+
+    async def check_create(
+        self, purpose: WalletPurpose, payout_address: str, *, caller: str | None
+    ) -> None:
+        """Refuse (and record) a fee wallet paying any but the operator's address of the
+        wallet's own settings: the pool's word never decides where fees go."""
+        if purpose is not WalletPurpose.POOL_FEE:
+            return
+        expected = self.limits.pool_fee_address
+        if payout_address != expected:
+            await self._refuse(
+                None,
+                Refusal(
+                    None,
+                    Action.CREATE,
+                    Reason.FEE_ADDRESS,
+                    f"the fee wallet pays the operator's address set in the wallet service"
+                    f" (KALE_POOL_POOL_FEE_ADDRESS: {expected or 'not set'}),"
+                    f" not {payout_address}",
+                    destination=payout_address,
+                    caller=caller,
+                ),
+                PermissionDenied,
+            )
+
+    async def check_sweep(
+        self,
+        source: WalletRow,
+        destination: WalletRow | None,
+        destination_address: str,
+        harvest: TxRow | None,
+        harvest_hash: str,
+        part: Part,
+        amount: int,
+        *,
+        key: str,
+        caller: str | None,
+    ) -> None:
+        """Refuse (and record) a sweep the wallet's own rule does not allow: see the
+        module's docstring. Runs under the source account's lock, before anything is
+        built; once per harvest and part holds by the key (`<part>:<harvest hash>`)."""
+
+        async def refuse(reason: Reason, detail: str) -> NoReturn:
+            await self._refuse(
+                source,
+                Refusal(
+                    source.id,
+                    Action.SWEEP,
+                    reason,
+                    detail,
+                    destination_address,
+                    amount,
+                    key,
+                    caller=caller,
+                ),
+                PermissionDenied,
+            )
+
+        if source.purpose is not WalletPurpose.FARMER:
+            await refuse(
+                Reason.SWEEP_HARVEST,
+                f"wallet {source.public_key} is a {source.purpose} wallet: only a farmer's"
+                " harvest is swept",
+            )
+        if (
+            destination is None
+            or destination.purpose is not part.purpose
+            or destination.closed_at is not None
+        ):
+            what = (
+                "no wallet this service holds"
+                if destination is None
+                else "closed"
+                if destination.closed_at is not None
+                else f"a {destination.purpose} wallet"
+            )
+            await refuse(
+                Reason.SWEEP_DESTINATION,
+                f"a {part} sweep goes only into an open {part.purpose} wallet this service"
+                f" holds; {destination_address} is {what}",
+            )
+        if (
+            harvest is None
+            or harvest.kind is not TxKind.HARVEST
+            or harvest.status != "success"
+            or harvest.source_account != source.public_key
+            or harvest.return_value is None
+        ):
+            await refuse(
+                Reason.SWEEP_HARVEST,
+                f"{harvest_hash} is not a successful harvest this service made for"
+                f" {source.public_key}: only such a harvest's reward is swept",
+            )
+        reward = int(Decimal(harvest.return_value))
+        bps = self.limits.bps(part)
+        most = share_of(reward, bps)
+        if amount > most:
+            await refuse(
+                Reason.SWEEP_AMOUNT,
+                f"the {part} of harvest {harvest_hash} is at most {most} stroops"
+                f" ({bps} basis points of its reward of {reward}), not {amount}",
+            )
 
     # --- changing the payout address ---------------------------------------------------
 

@@ -71,8 +71,16 @@ from kalepool.request_checks import (
 from kalepool.v1 import common_pb2, wallet_pb2, wallet_pb2_grpc
 from kalepool.webhook import Webhook
 from wallet_service.keystore import Keyring, KeyringSource, generate_wallet
-from wallet_service.policy import SIGNATURE_BYTES, PayoutLimits, PayoutPolicy
-from wallet_service.store import Settlement, Store, Taken, TxRow, WalletRow
+from wallet_service.policy import SIGNATURE_BYTES, Part, PayoutLimits, PayoutPolicy
+from wallet_service.store import (
+    FeeWalletExists,
+    Settlement,
+    Store,
+    Taken,
+    TxRow,
+    WalletPurpose,
+    WalletRow,
+)
 
 log = logging.getLogger("wallet_service")
 
@@ -104,6 +112,17 @@ _TX_KIND: dict[TxKind, wallet_pb2.TxKind.ValueType] = {
     TxKind.TRUSTLINE: wallet_pb2.TX_KIND_TRUSTLINE,
     TxKind.TRANSFER: wallet_pb2.TX_KIND_TRANSFER,
     TxKind.CLOSE: wallet_pb2.TX_KIND_CLOSE,
+}
+
+
+_PURPOSE_PB: dict[WalletPurpose, wallet_pb2.WalletPurpose.ValueType] = {
+    WalletPurpose.FARMER: wallet_pb2.WALLET_PURPOSE_FARMER,
+    WalletPurpose.POOL_FEE: wallet_pb2.WALLET_PURPOSE_POOL_FEE,
+    WalletPurpose.POOLER_SHARE: wallet_pb2.WALLET_PURPOSE_POOLER_SHARE,
+}
+# Unspecified is a farmer's wallet (every caller from before purposes existed).
+_PURPOSE_OF_PB = {pb: purpose for purpose, pb in _PURPOSE_PB.items()} | {
+    wallet_pb2.WALLET_PURPOSE_UNSPECIFIED: WalletPurpose.FARMER
 }
 
 
@@ -238,6 +257,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         block_index: int | None = None,
         amount: int | None = None,
         before_build: Callable[[], Awaitable[Result | None]] | None = None,
+        sweep_of: Callable[[], uuid.UUID] | None = None,
     ) -> Result:
         source = wallet.public_key
         async with self._lock(source):
@@ -271,7 +291,14 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             with self.keyring.signer(wallet.sealed, source) as keypair:
                 signed = sign(unsigned, keypair)
             try:
-                row = await self._send(key, signed, request_digest, block_index, amount)
+                row = await self._send(
+                    key,
+                    signed,
+                    request_digest,
+                    block_index,
+                    amount,
+                    sweep_of() if sweep_of is not None else None,
+                )
             except Taken:
                 # Another process (a second replica, or a second call racing on this key)
                 # stored its envelope between our look-up and our insert; ours was never
@@ -304,13 +331,19 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         request_digest: bytes,
         block_index: int | None,
         amount: int | None,
+        sweep_of: uuid.UUID | None = None,
     ) -> TxRow:
         stored: list[uuid.UUID] = []
 
         async def record(tx: SignedTx) -> None:
             stored.append(
                 await self.store.insert_tx(
-                    key, tx, request_digest, block_index=block_index, amount=amount
+                    key,
+                    tx,
+                    request_digest,
+                    block_index=block_index,
+                    amount=amount,
+                    sweep_of=sweep_of,
                 )
             )
 
@@ -381,10 +414,30 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     ) -> wallet_pb2.CreateWalletResponse:
         owner = check_uuid("owner_id", request.owner_id)
         payout = check_account("payout_address", request.payout_address)
+        purpose = _PURPOSE_OF_PB.get(request.purpose)
+        if purpose is None:
+            raise InvalidArgument(f"purpose {request.purpose} is not a WalletPurpose")
+        await self.policy.check_create(purpose, payout, caller=_caller(context))
         public_key, sealed = generate_wallet(self.keyring)
-        row, created = await self.store.create_wallet(owner, public_key, sealed, payout)
+        try:
+            row, created = await self.store.create_wallet(
+                owner, public_key, sealed, payout, purpose
+            )
+        except FeeWalletExists:
+            raise AlreadyExists("the pool's fee wallet exists already, for another owner") from None
         if created:
-            log.info("created wallet %s for owner %s, payouts to %s", row.public_key, owner, payout)
+            log.info(
+                "created %s wallet %s for owner %s, payouts to %s",
+                purpose,
+                row.public_key,
+                owner,
+                payout,
+            )
+        elif row.purpose is not purpose:
+            raise AlreadyExists(
+                f"owner {owner} has a {row.purpose} wallet {row.public_key} already,"
+                f" not a {purpose} one"
+            )
         elif row.payout_address != payout:
             # Asking again never moves the payouts: only the farmer's signature does.
             raise AlreadyExists(
@@ -401,6 +454,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             created_at=wire.timestamp(row.created_at),
             closed=row.closed_at is not None,
             payout_address=row.payout_address or "",
+            purpose=_PURPOSE_PB[row.purpose],
         )
 
     async def GetWallet(
@@ -669,6 +723,62 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             async with self._lock(row.source_account):
                 row = await self._drive(await self.store.tx(row.id), None)
         return wallet_pb2.GetTransactionResponse(outcome=outcome_of_row(row, replayed=True))
+
+    async def Sweep(
+        self, request: wallet_pb2.SweepRequest, context: Any
+    ) -> wallet_pb2.SweepResponse:
+        key = check_idempotency_key(request.idempotency_key)
+        source = check_account("source_address", request.source_address)
+        destination = check_account("destination_address", request.destination_address)
+        harvest_hash = request.harvest_tx_hash
+        if len(harvest_hash) != 64 or any(c not in "0123456789abcdef" for c in harvest_hash):
+            raise InvalidArgument("harvest_tx_hash must be 64 lower-case hex characters")
+        prefix, _, named = key.partition(":")
+        if prefix not in (Part.FEE, Part.SHARE) or named != harvest_hash:
+            raise InvalidArgument(
+                f"a sweep's idempotency_key is fee:{harvest_hash} or share:{harvest_hash},"
+                f" not {show(key)}"
+            )
+        part = Part(prefix)
+        amount = request.amount_stroops
+        if amount <= 0:
+            raise InvalidArgument(f"amount_stroops must be more than 0, got {amount}")
+        if destination == source:
+            raise InvalidArgument("destination_address must differ from source_address")
+        wallet = await self._wallet(source)
+        caller = _caller(context)
+        harvest_id: list[uuid.UUID] = []
+
+        async def allowed() -> None:
+            harvest = await self.store.tx_by_hash(harvest_hash)
+            await self.policy.check_sweep(
+                await self._wallet(source),
+                await self.store.wallet(destination),
+                destination,
+                harvest,
+                harvest_hash,
+                part,
+                amount,
+                key=key,
+                caller=caller,
+            )
+            assert harvest is not None  # check_sweep refuses a missing one
+            harvest_id.append(harvest.id)
+
+        async def build() -> UnsignedTx:
+            return await build_payment(self.chain, source, destination, amount)
+
+        result = await self._transact(
+            wallet,
+            key,
+            TxKind.TRANSFER,
+            digest("sweep", source, destination, harvest_hash, amount),
+            build,
+            amount=amount,
+            before_build=_refusing(allowed),
+            sweep_of=lambda: harvest_id[0],
+        )
+        return wallet_pb2.SweepResponse(outcome=result.outcome)
 
     # --- the payout address (wallet_service.policy decides) -------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -40,6 +41,18 @@ def kind_of_label(label: str) -> TxKind:
     return _OF_DB_LABEL.get(label) or TxKind(label)
 
 
+class WalletPurpose(StrEnum):
+    """What a custodial wallet is for (`wallet.wallet_purpose`)."""
+
+    FARMER = "farmer"
+    POOL_FEE = "pool_fee"
+    POOLER_SHARE = "pooler_share"
+
+
+class FeeWalletExists(Exception):
+    """The pool's fee wallet exists already (under another owner)."""
+
+
 class Taken(Exception):
     """Another process stored a live transaction for this key or sequence number first."""
 
@@ -59,6 +72,10 @@ class WalletRow:
     closed_at: dt.datetime | None
     # the one address payouts may go to; None for a wallet that has none (pays nothing)
     payout_address: str | None
+    purpose: WalletPurpose  # read as the database's label
+
+    def __post_init__(self) -> None:
+        self.purpose = WalletPurpose(self.purpose)
 
     @property
     def sealed(self) -> Sealed:
@@ -107,7 +124,7 @@ class TxRow:
 
 _WALLET_COLUMNS = (
     "id, owner_id, public_key, ciphertext, nonce, key_id, key_version, created_at, closed_at,"
-    " payout_address"
+    " payout_address, purpose::text"
 )
 _TX_COLUMNS = (
     "id, idempotency_key, kind::text, source_account, sequence_number, min_time, max_time,"
@@ -142,26 +159,39 @@ class Store:
     # --- wallets --------------------------------------------------------------------------
 
     async def create_wallet(
-        self, owner_id: UUID, public_key: str, sealed: Sealed, payout_address: str
+        self,
+        owner_id: UUID,
+        public_key: str,
+        sealed: Sealed,
+        payout_address: str,
+        purpose: WalletPurpose = WalletPurpose.FARMER,
     ) -> tuple[WalletRow, bool]:
         """Insert the wallet unless the owner has one; (the owner's wallet, whether new).
-        An existing wallet is returned as it is (its payout address included)."""
+        An existing wallet is returned as it is (its payout address included).
+        :class:`FeeWalletExists` when another owner holds the one fee wallet."""
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(WalletRow))
-            await cur.execute(
-                f"INSERT INTO custodial_wallets (owner_id, public_key, ciphertext, nonce, key_id,"
-                f" key_version, payout_address) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                f" ON CONFLICT (owner_id) DO NOTHING RETURNING {_WALLET_COLUMNS}",
-                (
-                    owner_id,
-                    public_key,
-                    sealed.ciphertext,
-                    sealed.nonce,
-                    sealed.key_id,
-                    sealed.key_version,
-                    payout_address,
-                ),
-            )
+            try:
+                await cur.execute(
+                    "INSERT INTO custodial_wallets (owner_id, public_key, ciphertext, nonce,"
+                    " key_id, key_version, payout_address, purpose)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s::wallet_purpose)"
+                    f" ON CONFLICT (owner_id) DO NOTHING RETURNING {_WALLET_COLUMNS}",
+                    (
+                        owner_id,
+                        public_key,
+                        sealed.ciphertext,
+                        sealed.nonce,
+                        sealed.key_id,
+                        sealed.key_version,
+                        payout_address,
+                        purpose.value,
+                    ),
+                )
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name == "custodial_wallets_one_fee_wallet":
+                    raise FeeWalletExists() from None
+                raise
             row = await cur.fetchone()
             if row is not None:
                 return row, True
@@ -227,6 +257,7 @@ class Store:
         *,
         block_index: int | None,
         amount: int | None,
+        sweep_of: UUID | None = None,
     ) -> UUID:
         """Store a signed envelope before it is sent; links the owner of the signing
         wallet (a farmer id) when the source is one of the wallet's accounts.
@@ -239,10 +270,10 @@ class Store:
                 cur = await conn.execute(
                     "INSERT INTO transactions (idempotency_key, kind, farmer_id, block_index,"
                     " source_account, sequence_number, min_time, max_time, amount, envelope_xdr,"
-                    " tx_hash, request_digest)"
+                    " tx_hash, request_digest, sweep_of)"
                     " VALUES (%s, %s,"
                     " (SELECT owner_id FROM custodial_wallets WHERE public_key = %s),"
-                    " %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                     (
                         key,
                         kind_label(signed.kind),
@@ -256,6 +287,7 @@ class Store:
                         signed.envelope_xdr,
                         signed.hash,
                         digest,
+                        sweep_of,
                     ),
                 )
             except psycopg.errors.UniqueViolation as exc:
@@ -312,7 +344,8 @@ class Store:
 
     async def recent_payouts(self, source: str) -> RecentPayouts:
         """What `source` paid out lately: every payout transaction stored (signed) that
-        did or may still move KALE; failed, expired and rejected ones moved nothing."""
+        did or may still move KALE; failed, expired and rejected ones moved nothing. A
+        sweep (a fee or share into a custodial wallet) is no payout: not counted."""
         row = await fetch_one(
             self.pool,
             RecentPayouts,
@@ -320,7 +353,7 @@ class Store:
             " AS transfers_last_hour,"
             " coalesce(sum(amount), 0)::bigint AS stroops_last_day"
             " FROM transactions WHERE source_account = %s AND kind = 'payout'"
-            " AND NOT rejected AND status NOT IN ('failed', 'expired')"
+            " AND sweep_of IS NULL AND NOT rejected AND status NOT IN ('failed', 'expired')"
             " AND created_at > now() - interval '1 day'",
             (source,),
         )

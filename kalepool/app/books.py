@@ -6,7 +6,9 @@ plant the wallet sent and the pool never recorded leaves books that agree with
 themselves and not with the chain. This module compares the books with the chain:
 
 - **balances**: each farmer's ledger balance equals its custodial account's KALE on
-  chain, allowing for what is in flight (a pending payout, a plant or harvest whose
+  chain, and so does each pool account's (the fee account, the poolers' share
+  accounts), allowing for what is in flight (a pending payout or sweep, a plant or
+  harvest whose
   outcome is not recorded yet, KALE that reached the account in a ledger the chain
   follower has not read yet: a deposit, or a harvest by someone else), each named. The
   chain's balances are read before its token events, so every movement a balance
@@ -15,13 +17,15 @@ themselves and not with the chain. This module compares the books with the chain
   successful planting in the same block and every planting without a harvest has its
   pail; every worked pail a successful work record; no harvest recorded for a pail
   that is still there;
-- **transactions**: every transaction the wallet settled (plant, harvest, payout,
-  close) is an event of the pool's books (by its hash or its payout), and every
+- **transactions**: every transaction the wallet settled (plant, harvest, payout, sweep,
+  close) is an event of the pool's books (by its hash, its payout or its sweep), and every
   unsettled one is named as in flight;
 - **token events**: every movement of KALE into or out of a custodial account in the
   chain's recent events (the ledgers of the blocks compared, or as many as the server
   still serves) is explained by the books: a harvest, a deposit, a planting's
-  stake, a payout or a close.
+  stake, a payout, a sweep (out of a farmer's account into a pool account), an account
+  payout (a pooler's share paid to its key), a compensation payment (from a pool account
+  into a farmer's) or a close.
 
 A difference is a line naming what disagrees; anything that will settle by itself
 (the reconciler, the harvest loop and the deposit follower drive it) is "in flight"
@@ -118,12 +122,20 @@ class _Books:
     payouts: list[dict[str, Any]]
     transactions: list[dict[str, Any]]
     deposits: list[dict[str, Any]]
+    accounts: list[dict[str, Any]]  # the pool's fee and share accounts
+    sweeps: list[dict[str, Any]]
+    account_payouts: list[dict[str, Any]]  # a pooler's share paid to its key
+    compensation_payments: list[dict[str, Any]]  # from an account into a farmer's
     followed_to: int  # the ledger the pool's chain followers have read up to
     first_plant_ledger: int | None  # the earliest plant ledger of the blocks compared
 
     @property
     def farmer_by_address(self) -> dict[str, dict[str, Any]]:
         return {f["custodial_public_key"]: f for f in self.farmers}
+
+    @property
+    def account_by_address(self) -> dict[str, dict[str, Any]]:
+        return {a["custodial_public_key"]: a for a in self.accounts}
 
 
 async def _rows(
@@ -182,6 +194,26 @@ async def _read_books(conn: psycopg.AsyncConnection[Any], since_block: int) -> _
             )
         ],
         deposits=await _rows(conn, "SELECT event_id, farmer_id, amount, tx_hash FROM deposits"),
+        accounts=await _rows(
+            conn,
+            "SELECT id, kind::text AS kind, custodial_public_key, current_balance FROM accounts"
+            " ORDER BY created_at, id",
+        ),
+        sweeps=await _rows(
+            conn,
+            "SELECT id, farmer_id, account_id, amount, status::text AS status, tx_hash,"
+            " wallet_key FROM sweeps",
+        ),
+        account_payouts=await _rows(
+            conn,
+            "SELECT id, account_id, amount, status::text AS status, tx_hash, wallet_key"
+            " FROM account_payouts",
+        ),
+        compensation_payments=await _rows(
+            conn,
+            "SELECT id, account_id, farmer_id, amount, status::text AS status, tx_hash,"
+            " wallet_key FROM compensation_payments",
+        ),
         followed_to=int(
             (await _rows(conn, "SELECT coalesce(min(ledger), 0) AS l FROM chain_cursors"))[0]["l"]
         ),
@@ -235,6 +267,25 @@ def _effects(books: _Books, events: Sequence[TokenEvent]) -> dict[UUID, list[Eff
             out[p["farmer_id"]].append(
                 Effect(f"payout {p['id']} pending ({kale(p['amount'])})", int(p["amount"]))
             )
+    for w in books.sweeps:
+        if w["status"] == "pending":
+            # The farmer is debited when the sweep is recorded; the account credited when
+            # it settles: until then each differs from the chain once it applied.
+            what = f"sweep {w['wallet_key'][:18]} pending ({kale(w['amount'])})"
+            out[w["farmer_id"]].append(Effect(what, int(w["amount"])))
+            out[w["account_id"]].append(Effect(what, int(w["amount"])))
+    for c in books.compensation_payments:
+        if c["status"] == "pending":
+            # The paying account is debited when the payment is recorded, the farmer
+            # credited when it settles: each differs from the chain once it applied.
+            what = f"compensation payment {c['id']} pending ({kale(c['amount'])})"
+            out[c["account_id"]].append(Effect(what, int(c["amount"])))
+            out[c["farmer_id"]].append(Effect(what, int(c["amount"])))
+    for p in books.account_payouts:
+        if p["status"] == "pending":  # as a farmer's payout: debited when requested
+            out[p["account_id"]].append(
+                Effect(f"account payout {p['id']} pending ({kale(p['amount'])})", int(p["amount"]))
+            )
     recorded_harvests = {h["tx_hash"] for h in books.harvests if h["status"] == "success"}
     for t in books.transactions:
         farmer = by_address.get(t["source_account"])
@@ -253,10 +304,12 @@ def _effects(books: _Books, events: Sequence[TokenEvent]) -> dict[UUID, list[Eff
     harvests = recorded_harvests | {
         t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"
     }
+    from_accounts = books.account_by_address
     for e in events:
         farmer = by_address.get(e.to_address or "")
         if (
             farmer is None
+            or (e.from_address or "") in from_accounts  # a compensation, counted above
             or e.kind not in ("transfer", "mint")
             or e.ledger <= books.followed_to
             or e.id in credited
@@ -274,14 +327,16 @@ def _effects(books: _Books, events: Sequence[TokenEvent]) -> dict[UUID, list[Eff
 
 
 async def _read_balances(books: _Books, chain: ChainClient) -> list[tuple[dict[str, Any], int]]:
-    """Each funded, not departed farmer with its custodial account's KALE on chain now."""
+    """Each funded, not departed farmer and each pool account with its custodial
+    account's KALE on chain now."""
     farmers = [f for f in books.farmers if f["status"] != "departed" and f["is_funded"]]
-    keys = [trustline_key(chain, f["custodial_public_key"]) for f in farmers]
+    owners = [*farmers, *books.accounts]
+    keys = [trustline_key(chain, o["custodial_public_key"]) for o in owners]
     entries, _ = await get_entries(chain, keys)
     balances = []
-    for farmer, entry in zip(farmers, entries, strict=True):
+    for owner, entry in zip(owners, entries, strict=True):
         line = None if entry is None else entry.data.trust_line
-        balances.append((farmer, 0 if line is None else int(line.balance.int64)))
+        balances.append((owner, 0 if line is None else int(line.balance.int64)))
     return balances
 
 
@@ -298,7 +353,8 @@ def _check_balances(
         if difference == 0:
             continue
         pending = effects.get(farmer["id"], [])
-        where = f"farmer {farmer['id']} ({farmer['custodial_public_key']})"
+        who = f"{farmer['kind']} account" if "kind" in farmer else "farmer"
+        where = f"{who} {farmer['id']} ({farmer['custodial_public_key']})"
         summary = (
             f"{where}: ledger balance {kale(ledger)}, chain {kale(on_chain)}"
             f" (chain - ledger = {kale(difference)})"
@@ -396,6 +452,11 @@ def _check_transactions(books: _Books, report: BooksReport) -> None:
     plant_hashes = {p["tx_hash"]: p["status"] for p in books.plantings if p["tx_hash"]}
     harvest_hashes = {h["tx_hash"]: h["status"] for h in books.harvests if h["tx_hash"]}
     payouts = {p["wallet_key"]: p for p in books.payouts}
+    sweeps = (
+        {w["wallet_key"]: w for w in books.sweeps}
+        | {p["wallet_key"]: p for p in books.account_payouts}
+        | {c["wallet_key"]: c for c in books.compensation_payments}
+    )
     departed = {f["custodial_public_key"] for f in books.farmers if f["status"] == "departed"}
     unsettled_plants = {r["idempotency_key"] for r in books.plant_requests}
     for t in books.transactions:
@@ -421,14 +482,16 @@ def _check_transactions(books: _Books, report: BooksReport) -> None:
             else:
                 report.differences.append(f"{what}: failed on chain but no such harvest record")
         elif t["kind"] is TxKind.TRANSFER:
-            payout = payouts.get(t["idempotency_key"])
+            payout = payouts.get(t["idempotency_key"]) or sweeps.get(t["idempotency_key"])
             if payout is None:
-                report.differences.append(f"{what}: {status} on chain but no payout holds it")
+                report.differences.append(
+                    f"{what}: {status} on chain but no payout or sweep holds it"
+                )
             elif payout["status"] == "pending":
                 report.in_flight.append(f"{what}: {status} on chain, payout not settled yet")
             elif (payout["status"] == "success") != (status == "success"):
                 report.differences.append(
-                    f"{what}: {status} on chain but payout {payout['id']} is {payout['status']}"
+                    f"{what}: {status} on chain but its record {payout['id']} is {payout['status']}"
                 )
         elif (
             t["kind"] is TxKind.CLOSE
@@ -462,14 +525,31 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
     harvest_txs = {h["tx_hash"] for h in books.harvests if h["status"] == "success"}
     plant_txs = {p["tx_hash"] for p in books.plantings if p["status"] == "success"}
     deposit_events = {d["event_id"] for d in books.deposits}
-    settled_out = {p["tx_hash"] for p in books.payouts if p["status"] == "success"} | {
-        t["tx_hash"]
-        for t in books.transactions
-        if t["kind"] is TxKind.CLOSE and t["status"] == "success"
+    swept = {w["tx_hash"] for w in books.sweeps if w["status"] == "success"}
+    settled_out = (
+        {p["tx_hash"] for p in books.payouts if p["status"] == "success"}
+        | {
+            t["tx_hash"]
+            for t in books.transactions
+            if t["kind"] is TxKind.CLOSE and t["status"] == "success"
+        }
+        | swept
+    )
+    accounts = books.account_by_address
+    sweeping = {w["account_id"] for w in books.sweeps if w["status"] == "pending"}
+    compensated = {c["tx_hash"] for c in books.compensation_payments if c["status"] == "success"}
+    compensating = {c["farmer_id"] for c in books.compensation_payments if c["status"] == "pending"}
+    paid_out = {
+        p["tx_hash"] for p in books.account_payouts if p["status"] == "success"
+    } | compensated
+    paying = {p["account_id"] for p in books.account_payouts if p["status"] == "pending"} | {
+        c["account_id"] for c in books.compensation_payments if c["status"] == "pending"
     }
     wallet_harvests = {t["tx_hash"] for t in books.transactions if t["kind"] == "harvest"}
     pending_plants = {r["farmer_id"] for r in books.plant_requests}
-    pending_payouts = {p["farmer_id"] for p in books.payouts if p["status"] == "pending"}
+    pending_payouts = {p["farmer_id"] for p in books.payouts if p["status"] == "pending"} | {
+        w["farmer_id"] for w in books.sweeps if w["status"] == "pending"
+    }
     checked = 0
 
     def explain(
@@ -478,7 +558,8 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
         """Recorded: nothing to say; else in flight (`flight`) or a difference (`gap`)."""
         if recorded:
             return
-        where = f"farmer {farmer['id']}: {e.kind} of {kale(e.amount)} in tx {e.tx_hash[:12]}"
+        who = f"{farmer['kind']} account" if "kind" in farmer else "farmer"
+        where = f"{who} {farmer['id']}: {e.kind} of {kale(e.amount)} in tx {e.tx_hash[:12]}"
         where += f" (ledger {e.ledger})"
         if pending:
             report.in_flight.append(f"{where}: {flight}")
@@ -494,8 +575,8 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
             explain(
                 e,
                 into,
-                e.tx_hash in harvest_txs or e.id in deposit_events,
-                ours or e.ledger > books.followed_to,
+                e.tx_hash in harvest_txs or e.id in deposit_events or e.tx_hash in compensated,
+                ours or e.ledger > books.followed_to or into["id"] in compensating,
                 "the pool's harvest, not recorded yet"
                 if ours
                 else "not read by the deposit follower yet",
@@ -519,8 +600,30 @@ def _check_events(books: _Books, events: list[TokenEvent], report: BooksReport) 
                 out_of,
                 e.tx_hash in settled_out,
                 out_of["id"] in pending_payouts,
-                "a payout not settled yet",
-                "left the custodial account; no payout or close records it",
+                "a payout or sweep not settled yet",
+                "left the custodial account; no payout, sweep or close records it",
+            )
+        into_account = accounts.get(e.to_address or "")
+        if into_account is not None and e.kind in ("transfer", "mint"):
+            checked += 1
+            explain(
+                e,
+                into_account,
+                e.tx_hash in swept,
+                into_account["id"] in sweeping,
+                "a sweep not settled yet",
+                "reached the account; no sweep records it",
+            )
+        out_of_account = accounts.get(e.from_address or "")
+        if out_of_account is not None and e.kind in ("transfer", "burn", "clawback"):
+            checked += 1
+            explain(
+                e,
+                out_of_account,
+                e.tx_hash in paid_out,
+                out_of_account["id"] in paying,
+                "an account payout or compensation not settled yet",
+                "left the account; no account payout or compensation records it",
             )
     report.checked["token events"] = checked
 

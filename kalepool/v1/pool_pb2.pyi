@@ -1442,6 +1442,12 @@ class GetPoolerStatsResponse(_message.Message):
     MINING_FARMERS_FIELD_NUMBER: _builtins.int
     OBSERVED_BLOCK_INDEX_FIELD_NUMBER: _builtins.int
     LAST_CURSOR_FIELD_NUMBER: _builtins.int
+    SHARE_EARNED_STROOPS_FIELD_NUMBER: _builtins.int
+    SHARE_PENDING_STROOPS_FIELD_NUMBER: _builtins.int
+    SHARE_PAID_STROOPS_FIELD_NUMBER: _builtins.int
+    SHARE_BALANCE_STROOPS_FIELD_NUMBER: _builtins.int
+    OBLIGATIONS_EXCEED_EARNINGS_FIELD_NUMBER: _builtins.int
+    CLOSED_TO_FARMERS_FIELD_NUMBER: _builtins.int
     blocks: _builtins.int
     """Blocks counted."""
     total_reward_stroops: _builtins.int
@@ -1466,6 +1472,20 @@ class GetPoolerStatsResponse(_message.Message):
     """The chain's current block as it saw it, in its last heartbeat."""
     last_cursor: _builtins.int
     """The cursor of the last assignment it reported processed, in its last heartbeat."""
+    share_earned_stroops: _builtins.int
+    """Its share of its farmers' rewards swept into its share wallet, all time, in stroops."""
+    share_pending_stroops: _builtins.int
+    """Its share of harvests whose sweep is still pending, in stroops."""
+    share_paid_stroops: _builtins.int
+    """Its share paid out to its registered key (payouts less reversals), in stroops."""
+    share_balance_stroops: _builtins.int
+    """What its share account holds now (earned less paid), in stroops."""
+    obligations_exceed_earnings: _builtins.bool
+    """Whether the compensations it owes and has not paid exceed its share balance."""
+    closed_to_farmers: _builtins.bool
+    """Whether they exceed it by more than KALE_POOL_POOLER_OBLIGATION_LIMIT_KALE:
+    it is given no new farmers (RegisterFarmer is FAILED_PRECONDITION) until paid.
+    """
     @_builtins.property
     def pooler(self) -> Global___Pooler:
         """The pooler."""
@@ -1501,10 +1521,16 @@ class GetPoolerStatsResponse(_message.Message):
         mining_farmers: _builtins.int = ...,
         observed_block_index: _builtins.int = ...,
         last_cursor: _builtins.int = ...,
+        share_earned_stroops: _builtins.int = ...,
+        share_pending_stroops: _builtins.int = ...,
+        share_paid_stroops: _builtins.int = ...,
+        share_balance_stroops: _builtins.int = ...,
+        obligations_exceed_earnings: _builtins.bool = ...,
+        closed_to_farmers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts", "last_heartbeat_at", b"last_heartbeat_at", "pooler", b"pooler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "closed_to_farmers", b"closed_to_farmers", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "obligations_exceed_earnings", b"obligations_exceed_earnings", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "share_balance_stroops", b"share_balance_stroops", "share_earned_stroops", b"share_earned_stroops", "share_paid_stroops", b"share_paid_stroops", "share_pending_stroops", b"share_pending_stroops", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1558,8 +1584,14 @@ class ListCompensationsResponse(_message.Message):
 
     COMPENSATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OWED_STROOPS_FIELD_NUMBER: _builtins.int
+    PAID_STROOPS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
+    owed_stroops: _builtins.int
+    """What the compensations matching the filters (all pages) leave owed, in stroops."""
+    paid_stroops: _builtins.int
+    """What they have had paid (credited to the farmers' ledgers), in stroops."""
     @_builtins.property
     def compensations(self) -> _containers.RepeatedCompositeFieldContainer[_records_pb2.Compensation]:
         """This page of compensations, newest first."""
@@ -1569,10 +1601,12 @@ class ListCompensationsResponse(_message.Message):
         *,
         compensations: _abc.Iterable[_records_pb2.Compensation] | None = ...,
         next_page_token: _builtins.str = ...,
+        owed_stroops: _builtins.int = ...,
+        paid_stroops: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compensations", b"compensations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compensations", b"compensations", "next_page_token", b"next_page_token", "owed_stroops", b"owed_stroops", "paid_stroops", b"paid_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2048,3 +2082,81 @@ class AcknowledgeContractResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AcknowledgeContractResponse: _TypeAlias = AcknowledgeContractResponse  # noqa: Y015
+
+@_typing.final
+class RequestPoolerPayoutRequest(_message.Message):
+    """Request of PoolService.RequestPoolerPayout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_STROOPS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    pooler_id: _builtins.str
+    """The pooler's id."""
+    amount_stroops: _builtins.int
+    """KALE to pay, in stroops; 0 pays the whole balance of its share account."""
+    idempotency_key: _builtins.str
+    """Makes retries safe: the same key is the same payout; empty for none."""
+    def __init__(
+        self,
+        *,
+        pooler_id: _builtins.str = ...,
+        amount_stroops: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "idempotency_key", b"idempotency_key", "pooler_id", b"pooler_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPoolerPayoutRequest: _TypeAlias = RequestPoolerPayoutRequest  # noqa: Y015
+
+@_typing.final
+class RequestPoolerPayoutResponse(_message.Message):
+    """Response of PoolService.RequestPoolerPayout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    DESTINATION_ADDRESS_FIELD_NUMBER: _builtins.int
+    AMOUNT_STROOPS_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    payout_id: _builtins.str
+    """The payout's id."""
+    destination_address: _builtins.str
+    """The pooler's registered key, the only address it is paid to (G...)."""
+    amount_stroops: _builtins.int
+    """KALE paid, in stroops."""
+    @_builtins.property
+    def transaction(self) -> _common_pb2.TransactionRef:
+        """The transfer; status PENDING, SUCCESS or FAILED."""
+
+    @_builtins.property
+    def failure(self) -> _common_pb2.Failure:
+        """Why it failed; unset otherwise."""
+
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was requested."""
+
+    def __init__(
+        self,
+        *,
+        payout_id: _builtins.str = ...,
+        destination_address: _builtins.str = ...,
+        amount_stroops: _builtins.int = ...,
+        transaction: _common_pb2.TransactionRef | None = ...,
+        failure: _common_pb2.Failure | None = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "requested_at", b"requested_at", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "destination_address", b"destination_address", "failure", b"failure", "payout_id", b"payout_id", "requested_at", b"requested_at", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPoolerPayoutResponse: _TypeAlias = RequestPoolerPayoutResponse  # noqa: Y015

@@ -165,6 +165,11 @@ class PoolServiceStub:
                 request_serializer=kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractResponse.FromString,
                 _registered_method=True)
+        self.RequestPoolerPayout = channel.unary_unary(
+                '/kalepool.v1.PoolService/RequestPoolerPayout',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutResponse.FromString,
+                _registered_method=True)
 
 
 class PoolServiceServicer:
@@ -384,6 +389,17 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestPoolerPayout(self, request, context):
+        """Pays a pooler's accrued share (its share account's balance, or part of it)
+        from its share wallet to the public key it registered: recorded and debited
+        before the wallet is asked, like a farmer's payout; the same key is the same
+        payout. FAILED_PRECONDITION when the pooler has no share account yet or the
+        amount is more than its balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -516,6 +532,11 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.AcknowledgeContract,
                     request_deserializer=kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractResponse.SerializeToString,
+            ),
+            'RequestPoolerPayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPoolerPayout,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1221,6 +1242,33 @@ class PoolService:
             '/kalepool.v1.PoolService/AcknowledgeContract',
             kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractRequest.SerializeToString,
             kalepool_dot_v1_dot_pool__pb2.AcknowledgeContractResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPoolerPayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/RequestPoolerPayout',
+            kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

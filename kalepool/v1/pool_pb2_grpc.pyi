@@ -140,6 +140,13 @@ class PoolServiceStub:
     acknowledging the acknowledged code changes nothing. A paused farm stays
     held until its homesteader unpauses it.
     """
+    RequestPoolerPayout: _grpc.UnaryUnaryMultiCallable[_pool_pb2.RequestPoolerPayoutRequest, _pool_pb2.RequestPoolerPayoutResponse]
+    """Pays a pooler's accrued share (its share account's balance, or part of it)
+    from its share wallet to the public key it registered: recorded and debited
+    before the wallet is asked, like a farmer's payout; the same key is the same
+    payout. FAILED_PRECONDITION when the pooler has no share account yet or the
+    amount is more than its balance.
+    """
 
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
@@ -243,6 +250,13 @@ class PoolServiceAsyncStub(PoolServiceStub):
     otherwise: an operator acknowledges exactly what they reviewed);
     acknowledging the acknowledged code changes nothing. A paused farm stays
     held until its homesteader unpauses it.
+    """
+    RequestPoolerPayout: _aio.UnaryUnaryMultiCallable[_pool_pb2.RequestPoolerPayoutRequest, _pool_pb2.RequestPoolerPayoutResponse]  # type: ignore[assignment]
+    """Pays a pooler's accrued share (its share account's balance, or part of it)
+    from its share wallet to the public key it registered: recorded and debited
+    before the wallet is asked, like a farmer's payout; the same key is the same
+    payout. FAILED_PRECONDITION when the pooler has no share account yet or the
+    amount is more than its balance.
     """
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -500,6 +514,19 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         otherwise: an operator acknowledges exactly what they reviewed);
         acknowledging the acknowledged code changes nothing. A paused farm stays
         held until its homesteader unpauses it.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestPoolerPayout(
+        self,
+        request: _pool_pb2.RequestPoolerPayoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.RequestPoolerPayoutResponse, _abc.Awaitable[_pool_pb2.RequestPoolerPayoutResponse]]:
+        """Pays a pooler's accrued share (its share account's balance, or part of it)
+        from its share wallet to the public key it registered: recorded and debited
+        before the wallet is asked, like a farmer's payout; the same key is the same
+        payout. FAILED_PRECONDITION when the pooler has no share account yet or the
+        amount is more than its balance.
         """
 
 def add_PoolServiceServicer_to_server(servicer: PoolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

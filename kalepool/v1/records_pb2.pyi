@@ -105,6 +105,16 @@ class _LedgerEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ledge
     """A fee charged by the pool. Negative."""
     LEDGER_ENTRY_KIND_ADJUSTMENT: _LedgerEntryKind.ValueType  # 9
     """A correction written by an operator, with a note. Either sign."""
+    LEDGER_ENTRY_KIND_POOL_FEE: _LedgerEntryKind.ValueType  # 10
+    """The pool's fee of a harvest's reward, swept from the custodial account into the
+    pool's fee wallet. Negative.
+    """
+    LEDGER_ENTRY_KIND_POOLER_SHARE: _LedgerEntryKind.ValueType  # 11
+    """The pooler's share of a harvest's reward, swept from the custodial account into the
+    pooler's share wallet. Negative.
+    """
+    LEDGER_ENTRY_KIND_SWEEP_REVERSAL: _LedgerEntryKind.ValueType  # 12
+    """A failed sweep's debit given back. Positive."""
 
 class LedgerEntryKind(_LedgerEntryKind, metaclass=_LedgerEntryKindEnumTypeWrapper):
     """Kind of a balance ledger entry; a farmer's balance is the sum of its entries."""
@@ -129,6 +139,16 @@ LEDGER_ENTRY_KIND_FEE: LedgerEntryKind.ValueType  # 8
 """A fee charged by the pool. Negative."""
 LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind.ValueType  # 9
 """A correction written by an operator, with a note. Either sign."""
+LEDGER_ENTRY_KIND_POOL_FEE: LedgerEntryKind.ValueType  # 10
+"""The pool's fee of a harvest's reward, swept from the custodial account into the
+pool's fee wallet. Negative.
+"""
+LEDGER_ENTRY_KIND_POOLER_SHARE: LedgerEntryKind.ValueType  # 11
+"""The pooler's share of a harvest's reward, swept from the custodial account into the
+pooler's share wallet. Negative.
+"""
+LEDGER_ENTRY_KIND_SWEEP_REVERSAL: LedgerEntryKind.ValueType  # 12
+"""A failed sweep's debit given back. Positive."""
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
 
 @_typing.final

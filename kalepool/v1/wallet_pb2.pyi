@@ -70,6 +70,42 @@ TX_KIND_CLOSE: TxKind.ValueType  # 5
 """Payment of all KALE, trustline removal and account merge."""
 Global___TxKind: _TypeAlias = TxKind  # noqa: Y015
 
+class _WalletPurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WalletPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WalletPurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WALLET_PURPOSE_UNSPECIFIED: _WalletPurpose.ValueType  # 0
+    """Not set: a farmer's wallet."""
+    WALLET_PURPOSE_FARMER: _WalletPurpose.ValueType  # 1
+    """A farmer's custodial account: plants, harvests, payouts."""
+    WALLET_PURPOSE_POOL_FEE: _WalletPurpose.ValueType  # 2
+    """The pool's fee wallet (one): receives the pool fee of each harvest; pays
+    the operator's address.
+    """
+    WALLET_PURPOSE_POOLER_SHARE: _WalletPurpose.ValueType  # 3
+    """A pooler's share wallet (one per pooler): receives the pooler's share of
+    each harvest; pays the pooler's registered key.
+    """
+
+class WalletPurpose(_WalletPurpose, metaclass=_WalletPurposeEnumTypeWrapper):
+    """What a custodial wallet is for."""
+
+WALLET_PURPOSE_UNSPECIFIED: WalletPurpose.ValueType  # 0
+"""Not set: a farmer's wallet."""
+WALLET_PURPOSE_FARMER: WalletPurpose.ValueType  # 1
+"""A farmer's custodial account: plants, harvests, payouts."""
+WALLET_PURPOSE_POOL_FEE: WalletPurpose.ValueType  # 2
+"""The pool's fee wallet (one): receives the pool fee of each harvest; pays
+the operator's address.
+"""
+WALLET_PURPOSE_POOLER_SHARE: WalletPurpose.ValueType  # 3
+"""A pooler's share wallet (one per pooler): receives the pooler's share of
+each harvest; pays the pooler's registered key.
+"""
+Global___WalletPurpose: _TypeAlias = WalletPurpose  # noqa: Y015
+
 @_typing.final
 class TransactionOutcome(_message.Message):
     """The outcome of one transaction made by the wallet service."""
@@ -168,6 +204,7 @@ class Wallet(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CLOSED_FIELD_NUMBER: _builtins.int
     PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     public_key: _builtins.str
     """The wallet's public key (G...)."""
     owner_id: _builtins.str
@@ -180,6 +217,8 @@ class Wallet(_message.Message):
     """The one address its payouts and its close may pay (G..., M... or C...);
     empty when none is registered (such a wallet pays nothing).
     """
+    purpose: Global___WalletPurpose.ValueType
+    """What the wallet is for."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the key pair was generated."""
@@ -193,10 +232,11 @@ class Wallet(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         closed: _builtins.bool = ...,
         payout_address: _builtins.str = ...,
+        purpose: Global___WalletPurpose.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "created_at", b"created_at", "key_version", b"key_version", "owner_id", b"owner_id", "payout_address", b"payout_address", "public_key", b"public_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed", b"closed", "created_at", b"created_at", "key_version", b"key_version", "owner_id", b"owner_id", "payout_address", b"payout_address", "public_key", b"public_key", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -210,21 +250,29 @@ class CreateWalletRequest(_message.Message):
 
     OWNER_ID_FIELD_NUMBER: _builtins.int
     PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     owner_id: _builtins.str
     """The owner (a farmer id, UUID); at most one wallet per owner."""
     payout_address: _builtins.str
     """The farmer's own account (G...), the only address payouts may go to; its
     key signs any later change. Required.
     """
+    purpose: Global___WalletPurpose.ValueType
+    """What the wallet is for; unspecified is a farmer's. A fee wallet's
+    payout_address must be the wallet service's KALE_POOL_POOL_FEE_ADDRESS
+    (PERMISSION_DENIED otherwise, recorded); a pooler share wallet's is the
+    pooler's registered key.
+    """
     def __init__(
         self,
         *,
         owner_id: _builtins.str = ...,
         payout_address: _builtins.str = ...,
+        purpose: Global___WalletPurpose.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_id", b"owner_id", "payout_address", b"payout_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_id", b"owner_id", "payout_address", b"payout_address", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -796,3 +844,71 @@ class ChangePayoutAddressResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChangePayoutAddressResponse: _TypeAlias = ChangePayoutAddressResponse  # noqa: Y015
+
+@_typing.final
+class SweepRequest(_message.Message):
+    """Request of WalletService.Sweep."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    SOURCE_ADDRESS_FIELD_NUMBER: _builtins.int
+    DESTINATION_ADDRESS_FIELD_NUMBER: _builtins.int
+    HARVEST_TX_HASH_FIELD_NUMBER: _builtins.int
+    AMOUNT_STROOPS_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """"fee:<harvest_tx_hash>" into the fee wallet, "share:<harvest_tx_hash>"
+    into a pooler share wallet; any other form is INVALID_ARGUMENT.
+    """
+    source_address: _builtins.str
+    """The farmer's custodial account the harvest minted into (G...)."""
+    destination_address: _builtins.str
+    """The fee wallet or a pooler share wallet (G...), held by this service."""
+    harvest_tx_hash: _builtins.str
+    """The harvest transaction (64 lower-case hex characters) the wallet made
+    for the source and settled successfully.
+    """
+    amount_stroops: _builtins.int
+    """KALE to move, in stroops: more than 0, at most the harvest's reward times
+    the wallet's basis points for this part / 10000.
+    """
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        source_address: _builtins.str = ...,
+        destination_address: _builtins.str = ...,
+        harvest_tx_hash: _builtins.str = ...,
+        amount_stroops: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "destination_address", b"destination_address", "harvest_tx_hash", b"harvest_tx_hash", "idempotency_key", b"idempotency_key", "source_address", b"source_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepRequest: _TypeAlias = SweepRequest  # noqa: Y015
+
+@_typing.final
+class SweepResponse(_message.Message):
+    """Response of WalletService.Sweep."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcome(self) -> Global___TransactionOutcome:
+        """The payment transaction."""
+
+    def __init__(
+        self,
+        *,
+        outcome: Global___TransactionOutcome | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepResponse: _TypeAlias = SweepResponse  # noqa: Y015

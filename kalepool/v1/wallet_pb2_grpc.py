@@ -85,6 +85,11 @@ class WalletServiceStub:
                 request_serializer=kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressResponse.FromString,
                 _registered_method=True)
+        self.Sweep = channel.unary_unary(
+                '/kalepool.v1.WalletService/Sweep',
+                request_serializer=kalepool_dot_v1_dot_wallet__pb2.SweepRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_wallet__pb2.SweepResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -185,6 +190,22 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sweep(self, request, context):
+        """Moves the pool's fee or a pooler's share of one harvest's reward from the
+        farmer's custodial account into the fee wallet or the pooler's share wallet
+        (both custodial wallets of this service). The wallet's own rule, not the
+        caller's word: the destination is a wallet it holds made for that part, the
+        harvest is a successful harvest transaction it made for the source, the
+        amount is at most the reward times the wallet's own basis points
+        (KALE_POOL_POOL_FEE_BPS / KALE_POOL_POOLER_SHARE_BPS) / 10000, and the key
+        is "fee:<harvest hash>" or "share:<harvest hash>", so each part of a
+        harvest moves once. Anything else is PERMISSION_DENIED (recorded, nothing
+        signed). Not counted against the payout limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +258,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.ChangePayoutAddress,
                     request_deserializer=kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressResponse.SerializeToString,
+            ),
+            'Sweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sweep,
+                    request_deserializer=kalepool_dot_v1_dot_wallet__pb2.SweepRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_wallet__pb2.SweepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -510,6 +536,33 @@ class WalletService:
             '/kalepool.v1.WalletService/ChangePayoutAddress',
             kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressRequest.SerializeToString,
             kalepool_dot_v1_dot_wallet__pb2.ChangePayoutAddressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.WalletService/Sweep',
+            kalepool_dot_v1_dot_wallet__pb2.SweepRequest.SerializeToString,
+            kalepool_dot_v1_dot_wallet__pb2.SweepResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,6 +102,18 @@ class WalletServiceStub:
     PERMISSION_DENIED (recorded). Repeating the call that changed the address
     (same challenge, address and signature) answers the change again.
     """
+    Sweep: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.SweepRequest, _wallet_pb2.SweepResponse]
+    """Moves the pool's fee or a pooler's share of one harvest's reward from the
+    farmer's custodial account into the fee wallet or the pooler's share wallet
+    (both custodial wallets of this service). The wallet's own rule, not the
+    caller's word: the destination is a wallet it holds made for that part, the
+    harvest is a successful harvest transaction it made for the source, the
+    amount is at most the reward times the wallet's own basis points
+    (KALE_POOL_POOL_FEE_BPS / KALE_POOL_POOLER_SHARE_BPS) / 10000, and the key
+    is "fee:<harvest hash>" or "share:<harvest hash>", so each part of a
+    harvest moves once. Anything else is PERMISSION_DENIED (recorded, nothing
+    signed). Not counted against the payout limits.
+    """
 
 @_typing.type_check_only
 class WalletServiceAsyncStub(WalletServiceStub):
@@ -161,6 +173,18 @@ class WalletServiceAsyncStub(WalletServiceStub):
     used or other wallet's challenge, or another new address is
     PERMISSION_DENIED (recorded). Repeating the call that changed the address
     (same challenge, address and signature) answers the change again.
+    """
+    Sweep: _aio.UnaryUnaryMultiCallable[_wallet_pb2.SweepRequest, _wallet_pb2.SweepResponse]  # type: ignore[assignment]
+    """Moves the pool's fee or a pooler's share of one harvest's reward from the
+    farmer's custodial account into the fee wallet or the pooler's share wallet
+    (both custodial wallets of this service). The wallet's own rule, not the
+    caller's word: the destination is a wallet it holds made for that part, the
+    harvest is a successful harvest transaction it made for the source, the
+    amount is at most the reward times the wallet's own basis points
+    (KALE_POOL_POOL_FEE_BPS / KALE_POOL_POOLER_SHARE_BPS) / 10000, and the key
+    is "fee:<harvest hash>" or "share:<harvest hash>", so each part of a
+    harvest moves once. Anything else is PERMISSION_DENIED (recorded, nothing
+    signed). Not counted against the payout limits.
     """
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -278,6 +302,24 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         used or other wallet's challenge, or another new address is
         PERMISSION_DENIED (recorded). Repeating the call that changed the address
         (same challenge, address and signature) answers the change again.
+        """
+
+    @_abc_1.abstractmethod
+    def Sweep(
+        self,
+        request: _wallet_pb2.SweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.SweepResponse, _abc.Awaitable[_wallet_pb2.SweepResponse]]:
+        """Moves the pool's fee or a pooler's share of one harvest's reward from the
+        farmer's custodial account into the fee wallet or the pooler's share wallet
+        (both custodial wallets of this service). The wallet's own rule, not the
+        caller's word: the destination is a wallet it holds made for that part, the
+        harvest is a successful harvest transaction it made for the source, the
+        amount is at most the reward times the wallet's own basis points
+        (KALE_POOL_POOL_FEE_BPS / KALE_POOL_POOLER_SHARE_BPS) / 10000, and the key
+        is "fee:<harvest hash>" or "share:<harvest hash>", so each part of a
+        harvest moves once. Anything else is PERMISSION_DENIED (recorded, nothing
+        signed). Not counted against the payout limits.
         """
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,6 +11,8 @@
 | `harvests` | worked pails still to harvest, harvest attempts (`harvests`) |
 | `compensations` | what settled blocks owe farmers (`pooler_compensations`) |
 | `payouts` | payouts and their ledger entries (`payouts`, `balance_ledger`) |
+| `sweeps` | the pool's fee and share accounts, the sweeps of each harvest's fee and |
+| | share, their entries (`accounts`, `sweeps`, `account_ledger`, `balance_ledger`) |
 | `deposits` | the chain follower's position, deposits (`chain_cursors`, `deposits`) |
 | `ledger` | a farmer's ledger entries and totals (none: entries come with their source) |
 | `blocks` | block summaries, a block's events, the pool's figures (none) |

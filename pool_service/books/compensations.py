@@ -66,6 +66,14 @@ class Unpaid:
     by_pool: int
 
 
+@dataclass(frozen=True)
+class OwedPaid:
+    """Compensations' amounts owed (unpaid) and paid."""
+
+    owed: int
+    paid: int
+
+
 COMPENSATION_COLUMNS = (
     "id, pooler_id, farmer_id, block_index, compensation_type::text, owed_by::text, amount,"
     " reason, is_paid, created_at, paid_at"
@@ -219,6 +227,24 @@ class CompensationStore:
                 "n": limit,
             },
         )
+
+    async def totals(
+        self, pooler_id: UUID | None, farmer_id: UUID | None, owed_by: Fault | None
+    ) -> OwedPaid:
+        """What the compensations matching these filters leave owed and had paid."""
+        found = await fetch_one(
+            self.pool,
+            OwedPaid,
+            "SELECT coalesce(sum(amount) FILTER (WHERE NOT is_paid), 0)::bigint AS owed,"
+            " coalesce(sum(amount) FILTER (WHERE is_paid), 0)::bigint AS paid"
+            " FROM compensation_status"
+            " WHERE (%(p)s::uuid IS NULL OR pooler_id = %(p)s::uuid)"
+            " AND (%(f)s::uuid IS NULL OR farmer_id = %(f)s::uuid)"
+            " AND (%(o)s::text IS NULL OR owed_by::text = %(o)s::text)",
+            {"p": pooler_id, "f": farmer_id, "o": owed_by},
+        )
+        assert found is not None
+        return found
 
     async def unpaid(self, pooler_id: UUID) -> Unpaid:
         """What the pooler's compensations leave unpaid: owed by the pooler, and owed by

@@ -55,6 +55,24 @@ class LedgerKind(enum.StrEnum):
     COMPENSATION = "compensation"
     ADJUSTMENT = "adjustment"
     DEPOSIT = "deposit"
+    POOL_FEE = "pool_fee"
+    POOLER_SHARE = "pooler_share"
+    SWEEP_REVERSAL = "sweep_reversal"
+
+
+class AccountKind(enum.StrEnum):
+    """What a pool ledger account is (`accounts.kind`)."""
+
+    POOL_FEE = "pool_fee"
+    POOLER_SHARE = "pooler_share"
+
+
+class SweepPart(enum.StrEnum):
+    """The part of a harvest's reward a sweep moves (`sweeps.part`): the wallet key's
+    prefix too."""
+
+    FEE = "fee"
+    SHARE = "share"
 
 
 class CompensationKind(enum.StrEnum):

@@ -2,7 +2,9 @@
 
 Entries are written elsewhere, each with what it references: stakes and harvests by the
 database's triggers, deposits with their `deposits` row (`pool_service.books.deposits`),
-payouts and their reversals with their `payouts` row (`pool_service.books.payouts`).
+payouts and their reversals with their `payouts` row (`pool_service.books.payouts`), the
+pool fee, pooler share and their reversals with their `sweeps` row
+(`pool_service.books.sweeps`).
 """
 
 from __future__ import annotations
@@ -73,11 +75,14 @@ class LedgerStore:
             "SELECT * FROM ("
             " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
             "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
-            "  coalesce(p.block_index, h.block_index, c.block_index) AS block_index,"
-            "  coalesce(p.tx_hash, h.tx_hash, l.tx_hash, po.tx_hash, d.tx_hash) AS tx_hash,"
+            "  coalesce(p.block_index, h.block_index, c.block_index, sh.block_index)"
+            "   AS block_index,"
+            "  coalesce(p.tx_hash, h.tx_hash, l.tx_hash, po.tx_hash, d.tx_hash, sw.tx_hash,"
+            "           cp.tx_hash)"
+            "   AS tx_hash,"
             "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
-            "           l.transaction_id::text, l.payout_id::text, l.deposit_id::text)"
-            "   AS source_id,"
+            "           l.transaction_id::text, l.payout_id::text, l.deposit_id::text,"
+            "           l.sweep_id::text) AS source_id,"
             "  l.created_at"
             " FROM balance_ledger l"
             " LEFT JOIN plantings p ON p.id = l.planting_id"
@@ -85,6 +90,10 @@ class LedgerStore:
             " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
             " LEFT JOIN payouts po ON po.id = l.payout_id"
             " LEFT JOIN deposits d ON d.id = l.deposit_id"
+            " LEFT JOIN sweeps sw ON sw.id = l.sweep_id"
+            " LEFT JOIN harvests sh ON sh.id = sw.harvest_id"
+            " LEFT JOIN compensation_payments cp ON cp.compensation_id = l.compensation_id"
+            "  AND cp.status = 'success'"
             " WHERE l.farmer_id = %s) entries"
             " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
             (farmer_id, before_id, before_id, limit),

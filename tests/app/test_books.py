@@ -87,10 +87,12 @@ async def test_moves_behind_the_pools_back_are_named(pool: PoolStage) -> None:
     moved, plant = farmers[1].farmer_id, farmers[2].farmer_id
     assert any("chain - ledger = -1 KALE" in d for d in _lines(report, moved)), report
     assert any(
-        "left the custodial account; no payout or close records it" in d
+        "left the custodial account; no payout, sweep or close records it" in d
         for d in _lines(report, moved)
     ), report
-    assert any(sent.outcome.tx_hash in d and "no payout holds it" in d for d in report.differences)
+    assert any(
+        sent.outcome.tx_hash in d and "no payout or sweep holds it" in d for d in report.differences
+    )
     assert any("chain - ledger = -2 KALE" in d for d in _lines(report, plant)), report
     assert any(
         f"block {block}: a pail is on chain" in d and "no planting is recorded" in d

@@ -62,7 +62,10 @@ def _snapshot(conninfo: str) -> dict[str, Any]:
         "poolers": rows(conninfo, "SELECT id, public_key FROM poolers ORDER BY id"),
         "api_keys": rows(conninfo, "SELECT count(*) FROM pooler_api_keys")[0][0],
         "farmers": rows(conninfo, "SELECT id, custodial_public_key FROM farmers ORDER BY id"),
-        "wallets": rows(conninfo, "SELECT count(*) FROM custodial_wallets")[0][0],
+        # farmers' wallets (a pooler's share wallet is made when its first share is due)
+        "wallets": rows(
+            conninfo, "SELECT count(*) FROM custodial_wallets WHERE purpose = 'farmer'"
+        )[0][0],
     }
 
 

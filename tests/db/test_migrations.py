@@ -55,6 +55,11 @@ SCHEMA_TABLES = {
     "wallet.key_rotations",
     "pool.rate_buckets",
     "wallet.rate_buckets",
+    "pool.accounts",
+    "pool.sweeps",
+    "pool.account_ledger",
+    "pool.account_payouts",
+    "pool.compensation_payments",
     "pool.contract_acks",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")

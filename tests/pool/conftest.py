@@ -146,17 +146,23 @@ class PoolStage:
     # --- building blocks of the scenarios ------------------------------------------------
 
     async def register_pooler(
-        self, name: str = "rig", max_farmers: int = 10, *, certificate: str | None = ""
+        self,
+        name: str = "rig",
+        max_farmers: int = 10,
+        *,
+        certificate: str | None = "",
+        public_key: str | None = None,
     ) -> tuple[pool_pb2.Pooler, str]:
         """A pooler registered with the client certificate `certificate` of the stage's
-        CA (by default the one named like the pooler; None: registered without one)."""
+        CA (by default the one named like the pooler; None: registered without one) and
+        `public_key` (by default a fresh key nobody holds)."""
         from stellar_sdk import Keypair
 
         cert = name if certificate == "" else certificate
         made = await self.operator().RegisterPooler(
             pool_pb2.RegisterPoolerRequest(
                 name=name,
-                public_key=Keypair.random().public_key,
+                public_key=public_key or Keypair.random().public_key,
                 max_farmers=max_farmers,
                 certificate_pem=self.pki.client(cert).cert_pem.decode() if cert else "",
             )

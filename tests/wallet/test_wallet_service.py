@@ -32,12 +32,19 @@ PAYEE = Keypair.random()  # a payout address for wallets that never pay out
 SUCCESS = common_pb2.TX_STATUS_SUCCESS
 
 
-async def funded_wallet(ws: WalletStage, kale: int = 0, payout: str | None = None) -> str:
+async def funded_wallet(
+    ws: WalletStage,
+    kale: int = 0,
+    payout: str | None = None,
+    purpose: wallet_pb2.WalletPurpose.ValueType = wallet_pb2.WALLET_PURPOSE_UNSPECIFIED,
+) -> str:
     """A wallet created through the service (paying out to `payout`, else to a fresh
-    account nobody uses), funded by friendbot, trusting KALE."""
+    account nobody uses; made for `purpose`), funded by friendbot, trusting KALE."""
     made = await ws.stub.CreateWallet(
         wallet_pb2.CreateWalletRequest(
-            owner_id=str(uuid.uuid4()), payout_address=payout or Keypair.random().public_key
+            owner_id=str(uuid.uuid4()),
+            payout_address=payout or Keypair.random().public_key,
+            purpose=purpose,
         )
     )
     address = made.wallet.public_key

@@ -1,0 +1,261 @@
+"""Shares, with the real wallet, pool and devnet: a harvest of reward R credits the farmer
+R - fee - share, the fee wallet and the pooler's share wallet hold their parts on chain,
+each part is swept once (a pass again changes nothing), the pooler's share is shown in
+its stats and paid to its registered key (once per key), and `kale-pool check` finds the
+books equal to the chain."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+import psycopg
+import pytest
+from stellar_sdk import Keypair
+
+from kalepool.amounts import share_of
+from kalepool.app.books import audit_books
+from kalepool.chain import build_work, current_block, kale_balance, sign, submit
+from kalepool.db.consistency import check_consistency
+from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2
+from tests.chain.stage import mine
+from wallet_service.policy import PayoutLimits
+
+from .conftest import KALE, PoolStage, until
+from .test_pooler_auth import bearer
+
+FEE_BPS, SHARE_BPS = 100, 500
+
+
+async def _rows(pool: PoolStage, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as conn:
+        cur = await conn.execute(query, params)
+        return list(await cur.fetchall())
+
+
+async def _worked_and_harvested(pool: PoolStage, auth: Any, farmer: pool_pb2.Farmer) -> int:
+    """Plant, work from a pooler's account, open the next block, harvest; the reward."""
+    stub = pool.pooler()
+    block = (await current_block(pool.chain)).index
+    await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block), metadata=auth)
+    snapshot = await stub.GetAssignments(pooler_pb2.GetAssignmentsRequest(), metadata=auth)
+    worker = await pool.stage.account()
+    reports = []
+    for a in snapshot.assignments:
+        nonce, digest, zeros = mine(block, a.entropy, a.farmer_address, 1)
+        tx = await build_work(pool.chain, a.farmer_address, digest, nonce, source=worker.public_key)
+        outcome = await submit(pool.chain, sign(tx, worker))
+        assert outcome.ok, outcome.describe()
+        reports.append(
+            pooler_pb2.WorkReport(
+                farmer_id=a.farmer_id,
+                status=records_pb2.EVENT_STATUS_SUCCEEDED,
+                nonce=nonce,
+                hash=digest,
+                zeros=zeros,
+                gap=outcome.value or 0,
+                transaction=common_pb2.TransactionRef(
+                    tx_hash=outcome.hash, ledger=outcome.ledger or 0
+                ),
+            )
+        )
+    await stub.ReportWork(
+        pooler_pb2.ReportWorkRequest(block_index=block, results=reports), metadata=auth
+    )
+    now = await current_block(pool.chain)
+    await pool.stage.advance(now.next_block_at - (await pool.chain.latest_ledger()).close_time)
+
+    async def due() -> bool:
+        current = await current_block(pool.chain)
+        return current.can_open_next((await pool.chain.latest_ledger()).close_time)
+
+    await until(due)
+    await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block + 1), metadata=auth)
+    asked = await stub.RequestHarvest(
+        pooler_pb2.RequestHarvestRequest(block_index=block, farmer_ids=[farmer.farmer_id]),
+        metadata=auth,
+    )
+    assert [h.farmer_id for h in asked.harvested] == [farmer.farmer_id], asked
+    reward = asked.harvested[0].reward_stroops
+    assert reward > 0
+    return reward
+
+
+async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follow(
+    pool: PoolStage,
+) -> None:
+    operator = Keypair.random().public_key
+    wallet_port = pool.wallet.server.port
+    await pool.wallet.server.stop(0)
+    await pool.wallet.start(
+        wallet_port,
+        limits=PayoutLimits(
+            pool_fee_bps=FEE_BPS, pooler_share_bps=SHARE_BPS, pool_fee_address=operator
+        ),
+    )
+    await pool.start(
+        pool_fee_bps=FEE_BPS,
+        pooler_share_bps=SHARE_BPS,
+        pool_fee_address=operator,
+        share_sweep_interval_seconds=0.2,
+        pooler_obligation_limit_kale=100,
+    )
+    # The pooler's registered key: an account of its own that trusts KALE.
+    pooler_key = await pool.stage.account(trust=True)
+    pooler, key = await pool.register_pooler(public_key=pooler_key.public_key)
+    auth = bearer(key)
+
+    farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE)
+    reward = await _worked_and_harvested(pool, auth, farmer)
+    fee, share = share_of(reward, FEE_BPS), share_of(reward, SHARE_BPS)
+    assert fee > 0 and share > 0
+
+    # The first parts due make the fee and share wallets; the operator funds them with
+    # XLM (nothing is swept into a wallet that does not exist on chain).
+    async def made() -> bool:
+        return len(await _rows(pool, "SELECT 1 FROM accounts")) == 2
+
+    await until(made, 30)
+    assert await _rows(pool, "SELECT 1 FROM sweeps") == []
+    accounts = dict(await _rows(pool, "SELECT kind::text, custodial_public_key FROM accounts"))
+    fee_wallet, share_wallet = accounts["pool_fee"], accounts["pooler_share"]
+    assert await _rows(
+        pool, "SELECT pooler_id::text, payout_address FROM accounts WHERE kind = 'pooler_share'"
+    ) == [(pooler.pooler_id, pooler.public_key)]
+    for address in accounts.values():
+        await pool.stage.friendbot(address)
+
+    async def swept() -> bool:
+        rows = await _rows(pool, "SELECT status::text FROM sweeps")
+        return len(rows) == 2 and all(r[0] == "success" for r in rows)
+
+    await until(swept, 30)
+    # On chain: the parts left the farmer's account into the two wallets.
+    stake = 5 * KALE
+    assert await kale_balance(pool.chain, fee_wallet) == fee
+    assert await kale_balance(pool.chain, share_wallet) == share
+    # In the books: the farmer credited R - fee - share (its balance is its account's KALE
+    # on chain), the accounts their parts.
+    entries = await _rows(
+        pool,
+        "SELECT kind::text, amount FROM balance_ledger WHERE farmer_id = %s"
+        " AND kind::text IN ('harvest', 'pool_fee', 'pooler_share') ORDER BY id",
+        farmer.farmer_id,
+    )
+    assert entries == [("harvest", reward + stake), ("pool_fee", -fee), ("pooler_share", -share)]
+    got = (
+        await pool.operator().GetFarmer(pool_pb2.GetFarmerRequest(farmer_id=farmer.farmer_id))
+    ).farmer
+    assert got.balance_stroops == await kale_balance(pool.chain, farmer.custodial_address)
+    listed = await pool.operator().ListFarmerLedger(
+        pool_pb2.ListFarmerLedgerRequest(farmer_id=farmer.farmer_id)
+    )
+    swept_entries = {e.kind: e for e in listed.entries if e.amount_stroops in (-fee, -share)}
+    assert swept_entries[records_pb2.LEDGER_ENTRY_KIND_POOL_FEE].amount_stroops == -fee
+    shared = swept_entries[records_pb2.LEDGER_ENTRY_KIND_POOLER_SHARE]
+    assert shared.amount_stroops == -share and len(shared.tx_hash) == 64
+    assert dict(await _rows(pool, "SELECT kind::text, current_balance FROM accounts")) == {
+        "pool_fee": fee,
+        "pooler_share": share,
+    }
+
+    # Once: more passes sweep nothing again.
+    before = await _rows(pool, "SELECT id, status::text FROM sweeps ORDER BY id")
+    entries_before = await _rows(pool, "SELECT count(*) FROM balance_ledger")
+    assert pool.server is not None
+    for _ in range(2):
+        assert await pool.server.shares.run_once() == 0
+    assert await _rows(pool, "SELECT id, status::text FROM sweeps ORDER BY id") == before
+    assert await _rows(pool, "SELECT count(*) FROM balance_ledger") == entries_before
+    assert await kale_balance(pool.chain, fee_wallet) == fee
+
+    # The pooler's share: earned, then paid to its registered key (once per key).
+    op = pool.operator()
+    stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id))
+    assert (stats.share_earned_stroops, stats.share_pending_stroops) == (share, 0)
+    assert (stats.share_paid_stroops, stats.share_balance_stroops) == (0, share)
+    ask = pool_pb2.RequestPoolerPayoutRequest(pooler_id=pooler.pooler_id, idempotency_key="p1")
+    paid = await op.RequestPoolerPayout(ask)
+    assert paid.transaction.status == common_pb2.TX_STATUS_SUCCESS, paid
+    assert paid.amount_stroops == share and paid.destination_address == pooler_key.public_key
+    assert await kale_balance(pool.chain, pooler_key.public_key) == share
+    assert await kale_balance(pool.chain, share_wallet) == 0
+    again = await op.RequestPoolerPayout(ask)
+    assert (
+        again.payout_id == paid.payout_id and again.transaction.tx_hash == paid.transaction.tx_hash
+    )
+    assert await kale_balance(pool.chain, pooler_key.public_key) == share
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await op.RequestPoolerPayout(
+            pool_pb2.RequestPoolerPayoutRequest(pooler_id=pooler.pooler_id, amount_stroops=1)
+        )
+    assert empty.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await op.RequestPoolerPayout(
+            pool_pb2.RequestPoolerPayoutRequest(pooler_id=str(uuid.uuid4()))
+        )
+    assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+    stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id))
+    assert (stats.share_earned_stroops, stats.share_paid_stroops) == (share, share)
+    assert stats.share_balance_stroops == 0
+
+    # Compensations (written here as the block settlement writes them, tested in
+    # test_blocks.py): one the pool owes, paid from the fee account into the farmer's
+    # account once; one the pooler owes, past its share balance (paid out above): it
+    # stays owed, the pooler is flagged and given no new farmers.
+    comp, big = fee // 2, 200 * KALE
+    async with await psycopg.AsyncConnection.connect(pool.conninfo) as conn:
+        await conn.execute(
+            "INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index,"
+            " compensation_type, owed_by, amount, reason) VALUES"
+            " (%s, %s, 4000000, 'plant_failure', 'pool', %s, 'the pool failed a plant'),"
+            " (%s, %s, 4000000, 'work_failure', 'pooler', %s, 'the pooler missed a work')",
+            (pooler.pooler_id, farmer.farmer_id, comp, pooler.pooler_id, farmer.farmer_id, big),
+        )
+    held = await kale_balance(pool.chain, farmer.custodial_address) or 0
+    deposits = await pool.deposited(farmer.farmer_id)
+
+    async def compensated() -> bool:
+        rows = await _rows(pool, "SELECT owed_by::text, is_paid FROM compensation_status")
+        return dict(rows) == {"pool": True, "pooler": False}
+
+    await until(compensated, 30)
+    assert await kale_balance(pool.chain, farmer.custodial_address) == held + comp
+    assert await kale_balance(pool.chain, fee_wallet) == fee - comp
+    for _ in range(2):  # once: more passes pay nothing again
+        await pool.server.shares.run_once()
+    assert await _rows(pool, "SELECT count(*), min(status::text) FROM compensation_payments") == [
+        (1, "success")
+    ]
+    assert await kale_balance(pool.chain, farmer.custodial_address) == held + comp
+    assert await pool.deposited(farmer.farmer_id) == deposits  # not taken for a deposit
+    credited = await _rows(
+        pool,
+        "SELECT amount FROM balance_ledger WHERE farmer_id = %s AND kind = 'compensation'",
+        farmer.farmer_id,
+    )
+    assert credited == [(comp,)]
+    listed = await op.ListCompensations(
+        pool_pb2.ListCompensationsRequest(pooler_id=pooler.pooler_id)
+    )
+    assert (listed.owed_stroops, listed.paid_stroops) == (big, comp)
+    assert sorted(c.paid for c in listed.compensations) == [False, True]
+    stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id))
+    assert stats.compensations_owed_stroops == big
+    assert stats.obligations_exceed_earnings and stats.closed_to_farmers
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await op.RegisterFarmer(
+            pool_pb2.RegisterFarmerRequest(
+                pooler_id=pooler.pooler_id, payout_address=Keypair.random().public_key
+            )
+        )
+    assert closed.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "takes no new farmers" in (closed.value.details() or "")
+
+    # The books agree with themselves and with the chain.
+    with psycopg.connect(pool.conninfo) as conn:
+        assert check_consistency(conn) == []
+    report = await audit_books(pool.auditor_conninfo, pool.chain)
+    assert report.ok, report.differences
+    assert not report.in_flight, report.in_flight
