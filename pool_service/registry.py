@@ -558,6 +558,11 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
     ) -> pool_pb2.RequestPoolerPayoutResponse:
         return await self.shares.request_pooler_payout(request)
 
+    async def RequestFeePayout(
+        self, request: pool_pb2.RequestFeePayoutRequest, context: Any
+    ) -> pool_pb2.RequestFeePayoutResponse:
+        return await self.shares.request_fee_payout(request)
+
     # --- the payout address: the wallet decides, the pool relays and keeps a copy ----------
 
     async def NewFarmerPayoutChallenge(

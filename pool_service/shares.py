@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 from uuid import UUID
 
 import grpc
@@ -355,12 +356,6 @@ class Shares:
         self, request: pool_pb2.RequestPoolerPayoutRequest
     ) -> pool_pb2.RequestPoolerPayoutResponse:
         pooler_id = check_uuid("pooler_id", request.pooler_id)
-        if request.amount_stroops < 0:
-            raise InvalidArgument(
-                "amount_stroops must be 0 (the whole balance) or more,"
-                f" got {request.amount_stroops}"
-            )
-        key = check_idempotency_key(request.idempotency_key) if request.idempotency_key else None
         account = await self.store.share_account(pooler_id)
         if account is None:
             if not await self.store.pooler_exists(pooler_id):
@@ -368,18 +363,40 @@ class Shares:
             raise FailedPrecondition(
                 f"pooler {pooler_id} has no share account yet: nothing was shared with it"
             )
+        row = await self._account_payout(account, request.amount_stroops, request.idempotency_key)
+        return pool_pb2.RequestPoolerPayoutResponse(**_payout_fields(row))
+
+    async def request_fee_payout(
+        self, request: pool_pb2.RequestFeePayoutRequest
+    ) -> pool_pb2.RequestFeePayoutResponse:
+        account = await self.store.fee_account()
+        if account is None:
+            raise FailedPrecondition("the pool has no fee account yet: no fee was taken")
+        row = await self._account_payout(account, request.amount_stroops, request.idempotency_key)
+        return pool_pb2.RequestFeePayoutResponse(**_payout_fields(row))
+
+    async def _account_payout(
+        self, account: AccountRow, amount: int, idempotency_key: str
+    ) -> AccountPayoutRow:
+        """The payout of `amount` (0: the balance) from the account to the address its
+        wallet pays, made once per key and driven until certain or pending."""
+        if amount < 0:
+            raise InvalidArgument(
+                f"amount_stroops must be 0 (the whole balance) or more, got {amount}"
+            )
+        key = check_idempotency_key(idempotency_key) if idempotency_key else None
         payout_id = uuid.uuid5(_PAYOUT_ID_NAMESPACE, f"{account.id}:{key}") if key else uuid.uuid4()
         async with self.locks.hold(account.id):
             payout = await self.payouts.payout(payout_id)
             if payout is None:
-                payout = await self.payouts.create(payout_id, account, request.amount_stroops, key)
-            elif request.amount_stroops not in (0, payout.amount):
+                payout = await self.payouts.create(payout_id, account, amount, key)
+            elif amount not in (0, payout.amount):
                 raise AlreadyExists(
                     f"idempotency key already made payout {payout.id} of {payout.amount} stroops"
                 )
             if payout.status == PayoutStatus.PENDING:
                 payout = await self.drive_payout(payout)
-        return _payout_pb(payout)
+        return payout
 
     async def drive_payout(self, payout: AccountPayoutRow) -> AccountPayoutRow:
         """Ask the wallet for the payout's transfer from the share wallet (a replay when
@@ -425,12 +442,14 @@ class Shares:
         return settled
 
 
-def _payout_pb(row: AccountPayoutRow) -> pool_pb2.RequestPoolerPayoutResponse:
-    return pool_pb2.RequestPoolerPayoutResponse(
-        payout_id=str(row.id),
-        destination_address=row.destination,
-        amount_stroops=row.amount,
-        transaction=convert.payout_tx_ref(row.tx_hash, row.status, row.ledger),
-        failure=convert.failure_pb(row.status, Fault.POOL, row.error_code, row.error_message),
-        requested_at=wire.timestamp(row.requested_at),
-    )
+def _payout_fields(row: AccountPayoutRow) -> dict[str, Any]:
+    """An account payout as the fields its RPC's response carries (the pooler's and the
+    fee's responses carry the same)."""
+    return {
+        "payout_id": str(row.id),
+        "destination_address": row.destination,
+        "amount_stroops": row.amount,
+        "transaction": convert.payout_tx_ref(row.tx_hash, row.status, row.ledger),
+        "failure": convert.failure_pb(row.status, Fault.POOL, row.error_code, row.error_message),
+        "requested_at": wire.timestamp(row.requested_at),
+    }

@@ -2160,3 +2160,77 @@ class RequestPoolerPayoutResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestPoolerPayoutResponse: _TypeAlias = RequestPoolerPayoutResponse  # noqa: Y015
+
+@_typing.final
+class RequestFeePayoutRequest(_message.Message):
+    """Request of PoolService.RequestFeePayout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_STROOPS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    amount_stroops: _builtins.int
+    """KALE to pay, in stroops; 0 pays the whole balance of the fee account."""
+    idempotency_key: _builtins.str
+    """Makes retries safe: the same key is the same payout; empty for none."""
+    def __init__(
+        self,
+        *,
+        amount_stroops: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestFeePayoutRequest: _TypeAlias = RequestFeePayoutRequest  # noqa: Y015
+
+@_typing.final
+class RequestFeePayoutResponse(_message.Message):
+    """Response of PoolService.RequestFeePayout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_ID_FIELD_NUMBER: _builtins.int
+    DESTINATION_ADDRESS_FIELD_NUMBER: _builtins.int
+    AMOUNT_STROOPS_FIELD_NUMBER: _builtins.int
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    payout_id: _builtins.str
+    """The payout's id."""
+    destination_address: _builtins.str
+    """The operator's fee address, the only address the fee wallet pays (G...)."""
+    amount_stroops: _builtins.int
+    """KALE paid, in stroops."""
+    @_builtins.property
+    def transaction(self) -> _common_pb2.TransactionRef:
+        """The transfer; status PENDING, SUCCESS or FAILED."""
+
+    @_builtins.property
+    def failure(self) -> _common_pb2.Failure:
+        """Why it failed; unset otherwise."""
+
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was requested."""
+
+    def __init__(
+        self,
+        *,
+        payout_id: _builtins.str = ...,
+        destination_address: _builtins.str = ...,
+        amount_stroops: _builtins.int = ...,
+        transaction: _common_pb2.TransactionRef | None = ...,
+        failure: _common_pb2.Failure | None = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "requested_at", b"requested_at", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "destination_address", b"destination_address", "failure", b"failure", "payout_id", b"payout_id", "requested_at", b"requested_at", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestFeePayoutResponse: _TypeAlias = RequestFeePayoutResponse  # noqa: Y015

@@ -170,6 +170,11 @@ class PoolServiceStub:
                 request_serializer=kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutResponse.FromString,
                 _registered_method=True)
+        self.RequestFeePayout = channel.unary_unary(
+                '/kalepool.v1.PoolService/RequestFeePayout',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.RequestFeePayoutRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.RequestFeePayoutResponse.FromString,
+                _registered_method=True)
 
 
 class PoolServiceServicer:
@@ -400,6 +405,18 @@ class PoolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestFeePayout(self, request, context):
+        """Pays the pool's fee account (its balance, or part of it) from the fee wallet
+        to the operator's fee address, the one the wallet service's own settings name
+        (the wallet pays a fee wallet nowhere else): recorded and debited before the
+        wallet is asked; the same key is the same payout. FAILED_PRECONDITION when
+        no fee was taken yet or the amount is more than the balance (what is kept
+        for compensations the pool owes is the operator's call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -537,6 +554,11 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.RequestPoolerPayout,
                     request_deserializer=kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutResponse.SerializeToString,
+            ),
+            'RequestFeePayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestFeePayout,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.RequestFeePayoutRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.RequestFeePayoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1269,6 +1291,33 @@ class PoolService:
             '/kalepool.v1.PoolService/RequestPoolerPayout',
             kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutRequest.SerializeToString,
             kalepool_dot_v1_dot_pool__pb2.RequestPoolerPayoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestFeePayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/RequestFeePayout',
+            kalepool_dot_v1_dot_pool__pb2.RequestFeePayoutRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.RequestFeePayoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

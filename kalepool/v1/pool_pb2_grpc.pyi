@@ -147,6 +147,14 @@ class PoolServiceStub:
     payout. FAILED_PRECONDITION when the pooler has no share account yet or the
     amount is more than its balance.
     """
+    RequestFeePayout: _grpc.UnaryUnaryMultiCallable[_pool_pb2.RequestFeePayoutRequest, _pool_pb2.RequestFeePayoutResponse]
+    """Pays the pool's fee account (its balance, or part of it) from the fee wallet
+    to the operator's fee address, the one the wallet service's own settings name
+    (the wallet pays a fee wallet nowhere else): recorded and debited before the
+    wallet is asked; the same key is the same payout. FAILED_PRECONDITION when
+    no fee was taken yet or the amount is more than the balance (what is kept
+    for compensations the pool owes is the operator's call).
+    """
 
 @_typing.type_check_only
 class PoolServiceAsyncStub(PoolServiceStub):
@@ -257,6 +265,14 @@ class PoolServiceAsyncStub(PoolServiceStub):
     before the wallet is asked, like a farmer's payout; the same key is the same
     payout. FAILED_PRECONDITION when the pooler has no share account yet or the
     amount is more than its balance.
+    """
+    RequestFeePayout: _aio.UnaryUnaryMultiCallable[_pool_pb2.RequestFeePayoutRequest, _pool_pb2.RequestFeePayoutResponse]  # type: ignore[assignment]
+    """Pays the pool's fee account (its balance, or part of it) from the fee wallet
+    to the operator's fee address, the one the wallet service's own settings name
+    (the wallet pays a fee wallet nowhere else): recorded and debited before the
+    wallet is asked; the same key is the same payout. FAILED_PRECONDITION when
+    no fee was taken yet or the amount is more than the balance (what is kept
+    for compensations the pool owes is the operator's call).
     """
 
 class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -527,6 +543,20 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         before the wallet is asked, like a farmer's payout; the same key is the same
         payout. FAILED_PRECONDITION when the pooler has no share account yet or the
         amount is more than its balance.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestFeePayout(
+        self,
+        request: _pool_pb2.RequestFeePayoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.RequestFeePayoutResponse, _abc.Awaitable[_pool_pb2.RequestFeePayoutResponse]]:
+        """Pays the pool's fee account (its balance, or part of it) from the fee wallet
+        to the operator's fee address, the one the wallet service's own settings name
+        (the wallet pays a fee wallet nowhere else): recorded and debited before the
+        wallet is asked; the same key is the same payout. FAILED_PRECONDITION when
+        no fee was taken yet or the amount is more than the balance (what is kept
+        for compensations the pool owes is the operator's call).
         """
 
 def add_PoolServiceServicer_to_server(servicer: PoolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -85,7 +85,8 @@ async def _worked_and_harvested(pool: PoolStage, auth: Any, farmer: pool_pb2.Far
 async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follow(
     pool: PoolStage,
 ) -> None:
-    operator = Keypair.random().public_key
+    # The operator's fee address: an account of its own that trusts KALE.
+    operator = (await pool.stage.account(trust=True)).public_key
     wallet_port = pool.wallet.server.port
     await pool.wallet.server.stop(0)
     await pool.wallet.start(
@@ -252,6 +253,20 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
         )
     assert closed.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "takes no new farmers" in (closed.value.details() or "")
+
+    # The fee left after the compensation: paid to the operator's address, once per key.
+    fee_left = fee - comp
+    ask_fee = pool_pb2.RequestFeePayoutRequest(idempotency_key="fee-1")
+    fee_paid = await op.RequestFeePayout(ask_fee)
+    assert fee_paid.transaction.status == common_pb2.TX_STATUS_SUCCESS, fee_paid
+    assert (fee_paid.amount_stroops, fee_paid.destination_address) == (fee_left, operator)
+    assert await kale_balance(pool.chain, operator) == fee_left
+    assert await kale_balance(pool.chain, fee_wallet) == 0
+    assert (await op.RequestFeePayout(ask_fee)).payout_id == fee_paid.payout_id
+    assert await kale_balance(pool.chain, operator) == fee_left
+    with pytest.raises(grpc.aio.AioRpcError) as nothing_left:
+        await op.RequestFeePayout(pool_pb2.RequestFeePayoutRequest(amount_stroops=1))
+    assert nothing_left.value.code() is grpc.StatusCode.FAILED_PRECONDITION
 
     # The books agree with themselves and with the chain.
     with psycopg.connect(pool.conninfo) as conn:
