@@ -221,7 +221,9 @@ async def bench(args: argparse.Namespace) -> list[Run]:
     proc, state = await start_stack(data, args)
     runs: list[Run] = []
     try:
-        settings = Settings(network="devnet", data_dir=data, _env_file=None)  # type: ignore[call-arg]
+        settings = Settings(  # type: ignore[call-arg]
+            network="devnet", data_dir=data, rpc_url=state.rpc_url, _env_file=None
+        )
         chain = ChainClient(await resolve_chain_config(settings), poll_interval=1.0)
         bot = await Friendbot.for_network(settings, state.rpc_url)
         assert bot is not None
