@@ -29,9 +29,12 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+import grpc
 from stellar_sdk import Account, Asset, Keypair, TransactionBuilder
 
 from kalepool.app.demo import confirm_funding
@@ -41,11 +44,11 @@ from kalepool.app.poolers import PoolerBundle, provision_pooler
 from kalepool.app.runstate import RunState
 from kalepool.chain import ChainClient, SignedTx, current_block, read_account, submit
 from kalepool.chain.config import resolve_chain_config
-from kalepool.settings import Settings
+from kalepool.settings import Network, Settings
 from kalepool.tls import POOL_SERVER, Identity, channel_credentials
 from kalepool.v1 import pool_pb2, pooler_pb2, pooler_pb2_grpc
 
-import grpc
+T = TypeVar("T")
 
 KALE_POOL = shutil.which("kale-pool", path=str(Path(sys.executable).parent))
 
@@ -104,15 +107,23 @@ def stack_env(data: Path, args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-async def start_stack(data: Path, args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, RunState]:
+async def start_stack(
+    data: Path, args: argparse.Namespace
+) -> tuple[asyncio.subprocess.Process, RunState]:
     assert KALE_POOL is not None, "kale-pool is not installed in this environment"
     env = stack_env(data, args)
     log = (data.parent / "up.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        KALE_POOL, "up", "--no-demo", "--block-seconds", str(args.block_seconds),
-        env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+        KALE_POOL,
+        "up",
+        "--no-demo",
+        "--block-seconds",
+        str(args.block_seconds),
+        env=env,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    settings = Settings(network="devnet", data_dir=data, _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(network=Network.DEVNET, data_dir=data, _env_file=None)  # type: ignore[call-arg]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.returncode is not None:
@@ -129,10 +140,11 @@ async def start_stack(data: Path, args: argparse.Namespace) -> tuple[asyncio.sub
     raise SystemExit("the stack did not come up in 300 s")
 
 
-async def gather_limited(limit: int, coros: list) -> list:  # type: ignore[type-arg]
+async def gather_limited(limit: int, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run `coros`, at most `limit` at once (the setup, not what is measured)."""
     gate = asyncio.Semaphore(limit)
 
-    async def one(c):  # type: ignore[no-untyped-def]
+    async def one(c: Coroutine[Any, Any, T]) -> T:
         async with gate:
             return await c
 
@@ -199,7 +211,7 @@ async def when_due(chain: ChainClient) -> int:
         await asyncio.sleep(0.2)
 
 
-async def plant(stub: pooler_pb2_grpc.PoolerServiceStub, key: str, chain: ChainClient, n: int) -> tuple[int, float, int]:
+async def plant(stub: Any, key: str, chain: ChainClient, n: int) -> tuple[int, float, int]:
     block = await when_due(chain)
     started = time.monotonic()
     got = await stub.RequestPlant(
@@ -222,7 +234,7 @@ async def bench(args: argparse.Namespace) -> list[Run]:
     runs: list[Run] = []
     try:
         settings = Settings(  # type: ignore[call-arg]
-            network="devnet", data_dir=data, rpc_url=state.rpc_url, _env_file=None
+            network=Network.DEVNET, data_dir=data, rpc_url=state.rpc_url, _env_file=None
         )
         chain = ChainClient(await resolve_chain_config(settings), poll_interval=1.0)
         bot = await Friendbot.for_network(settings, state.rpc_url)
@@ -230,8 +242,14 @@ async def bench(args: argparse.Namespace) -> list[Run]:
         biggest = max(args.farmers)
         async with OperatorClient(settings, address=state.pool_address, timeout=60) as op:
             made = await provision_pooler(
-                op, settings, "bench", pool_address=state.pool_address, rpc_url=state.rpc_url,
-                chain=chain, friendbot=bot, max_farmers=biggest,
+                op,
+                settings,
+                "bench",
+                pool_address=state.pool_address,
+                rpc_url=state.rpc_url,
+                chain=chain,
+                friendbot=bot,
+                max_farmers=biggest,
             )
             await register_farmers(op, chain, bot, made.pooler.pooler_id, biggest)
         keys = await funded_keys(chain, bot, biggest)
