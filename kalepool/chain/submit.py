@@ -451,7 +451,20 @@ class _Drive:
                 async with self.client.limit:
                     got = await self.client.rpc.get_transaction(self.tx.hash)
             else:
-                got = await self.client.waiter.lookup(self.tx.hash, since=self.search_from)
+                # The waiter answers once a new ledger is searched; no ledger for the
+                # rest of `stall_seconds` is the stall `_check_stall` reports.
+                quiet = time.monotonic() - self.newest_seen_at
+                waiting = asyncio.ensure_future(
+                    self.client.waiter.lookup(self.tx.hash, since=self.search_from)
+                )
+                done, _ = await asyncio.wait(
+                    {waiting},
+                    timeout=max(0.0, self.client.stall_seconds - quiet) + self.client.poll_interval,
+                )
+                if not done:
+                    waiting.cancel()
+                    return None  # no answer: the loop's stall check decides
+                got = waiting.result()
                 if got.status == GetTransactionStatus.NOT_FOUND:
                     self.search_from = max(self.search_from, got.latest_ledger + 1)
         except Exception as exc:

@@ -72,7 +72,9 @@ class TxWaiter:
             if start > self._latest:
                 # Nothing new to read: wait for the next ledger (one cheap call a poll).
                 try:
-                    latest = await self.client.latest_ledger()
+                    # Asked once, not retried here: a failure is each drive's own to count.
+                    async with self.client.limit:
+                        latest = await self.client.rpc.get_latest_ledger()
                 except Exception as exc:  # every waiter gets it: each drive judges it
                     self._fail_all(exc)
                     continue
