@@ -457,12 +457,16 @@ class _Drive:
                 waiting = asyncio.ensure_future(
                     self.client.waiter.lookup(self.tx.hash, since=self.search_from)
                 )
-                done, _ = await asyncio.wait(
-                    {waiting},
-                    timeout=max(0.0, self.client.stall_seconds - quiet) + self.client.poll_interval,
-                )
+                try:
+                    done, _ = await asyncio.wait(
+                        {waiting},
+                        timeout=max(0.0, self.client.stall_seconds - quiet)
+                        + self.client.poll_interval,
+                    )
+                finally:
+                    if not waiting.done():
+                        waiting.cancel()  # timed out, or this drive was cancelled
                 if not done:
-                    waiting.cancel()
                     return None  # no answer: the loop's stall check decides
                 got = waiting.result()
                 if got.status == GetTransactionStatus.NOT_FOUND:
