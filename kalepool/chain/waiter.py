@@ -64,7 +64,15 @@ class TxWaiter:
         entry.futures.append(future)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Nobody waits for this answer any more: a hash nobody awaits is not scanned for.
+            if future in entry.futures:
+                entry.futures.remove(future)
+            if not entry.futures and self._waiting.get(tx_hash) is entry:
+                del self._waiting[tx_hash]
+            raise
 
     async def _run(self) -> None:
         while self._waiting:

@@ -20,6 +20,7 @@ from kalepool.chain import (
     TxStatus,
     build_trustline,
     read_account,
+    reconcile,
     sign,
     submit,
 )
@@ -76,6 +77,18 @@ async def test_many_transactions_are_confirmed_by_one_scan_of_their_ledger(stage
     for tx in txs:
         account = await read_account(client, tx.source)
         assert account is not None and account.sequence == tx.sequence
+
+
+async def test_a_drive_cancelled_while_it_waits_is_no_longer_awaited(stage: Stage) -> None:
+    client = stage.client
+    (tx,) = await signed_trustlines(stage, 1)
+    drive = asyncio.create_task(submit(client, tx))
+    await until(lambda: client.waiter.awaited == 1, what="the hash awaited")
+    drive.cancel()
+    await until(lambda: client.waiter.awaited == 0, what="the hash no longer awaited")
+    # Still queued: the chain applies it, and a reconcile by hash finds it.
+    await stage.close()
+    assert (await reconcile(client, tx)).ok
 
 
 async def test_a_lost_scan_answer_is_each_drives_own_and_they_keep_looking(stage: Stage) -> None:
