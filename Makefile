@@ -19,7 +19,7 @@ CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 # requirements-build.lock the build backend alone (the image's two stages).
 UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11
 
-.PHONY: run test test-python test-rust lint bench faults fuzz proto clean lock
+.PHONY: run test test-python test-rust lint bench bench-plant faults fuzz proto clean lock
 
 # The project itself: --no-deps (its dependencies came from the lock) and no build
 # isolation (the build backend too). pip then runs maturin's backend from the venv, which
@@ -67,6 +67,11 @@ test-python: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/miner_bench.py
+
+# Plant throughput of one backend beside the devnet's own ceiling (docs/performance.md):
+# make bench-plant ARGS="--farmers 200 500".
+bench-plant: $(STAMP)
+	$(BIN)/python bench/plant_bench.py $(ARGS)
 
 # The whole fault matrix against the real processes of `kale-pool up` (about half an
 # hour); the table in docs/reliability.md is rewritten with the figures it prints.

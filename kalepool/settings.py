@@ -222,7 +222,20 @@ class Settings(BaseSettings):
     # --- pool operation limits -----------------------------------------------
     max_farmers_per_pooler: int = Field(100, ge=1, description="Farmers one pooler may hold.")
     max_harvest_batch_size: int = Field(20, ge=1, description="Pails harvested per request.")
-    plant_concurrency: int = Field(16, ge=1, le=1000, description="Parallel plant transactions.")
+    plant_concurrency: int = Field(
+        1000,
+        ge=1,
+        le=10000,
+        description="Plants (and harvests) the pool asks the wallet for at once; each waits"
+        " for its ledger without holding a chain RPC slot (see chain_rpc_concurrency).",
+    )
+    chain_rpc_concurrency: int = Field(
+        64,
+        ge=1,
+        le=10000,
+        description="Requests one service has at the chain's RPC server at once (reads,"
+        " simulations, sends, the shared confirmation scan): protects the server.",
+    )
     plant_timeout_seconds: float = Field(30.0, gt=0, description="Deadline of one plant.")
     plant_reconcile_interval_seconds: float = Field(
         5.0, gt=0, description="How often plant requests without a recorded outcome are retried."

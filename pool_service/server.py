@@ -311,7 +311,9 @@ async def start_pool_for(
     """
     certs = CertificateFiles(settings.layout().certs)
     certs.check(POOL_SERVER, POOL_CLIENT)
-    chain = ChainClient(await resolve_chain_config(settings))
+    chain = ChainClient(
+        await resolve_chain_config(settings), max_in_flight=settings.chain_rpc_concurrency
+    )
     stack.push_async_callback(chain.aclose)
     server = await start_pool_server(
         address=settings.pool_listen,

@@ -143,7 +143,9 @@ async def start_wallet_for(
     keyring = KeyringSource(settings)
     certs = CertificateFiles(settings.layout().certs)
     certs.check(WALLET_SERVER)
-    chain = ChainClient(await resolve_chain_config(settings))
+    chain = ChainClient(
+        await resolve_chain_config(settings), max_in_flight=settings.chain_rpc_concurrency
+    )
     stack.push_async_callback(chain.aclose)
     server = await start_wallet_server(
         address=settings.wallet_listen,

@@ -27,6 +27,7 @@ from stellar_sdk.soroban_server_async import SorobanServerAsync
 from kalepool.chain.config import ChainConfig
 from kalepool.chain.errors import ChainDataError, ChainUnavailableError
 from kalepool.chain.metrics import CHAIN_RPC_CALLS
+from kalepool.chain.waiter import TxWaiter
 from kalepool.masking import mask_url
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,10 @@ class ChainClient:
 
     `poll_interval` paces `getTransaction` polling while a transaction is in flight;
     `stall_seconds` is how long submission waits without seeing a new ledger before it
-    calls the chain unavailable.
+    calls the chain unavailable. At most `max_in_flight` requests are at the server at
+    once (the limit protects the RPC server; waiting for a ledger holds no slot: the
+    shared :class:`~kalepool.chain.waiter.TxWaiter` polls once per ledger for every
+    transaction in flight).
     """
 
     def __init__(
@@ -95,15 +99,25 @@ class ChainClient:
         retry: RetryPolicy | None = None,
         poll_interval: float = 1.0,
         stall_seconds: float = 120.0,
+        max_in_flight: int = 64,
     ) -> None:
-        if poll_interval <= 0 or stall_seconds <= 0:
-            raise ValueError("poll_interval and stall_seconds must be positive")
+        if poll_interval <= 0 or stall_seconds <= 0 or max_in_flight <= 0:
+            raise ValueError("poll_interval, stall_seconds and max_in_flight must be positive")
         self.config = config
         self._own_rpc = rpc is None
         self.rpc = rpc if rpc is not None else SorobanServerAsync(config.rpc_url)
         self.retry = retry or RetryPolicy()
         self.poll_interval = poll_interval
         self.stall_seconds = stall_seconds
+        self.limit = asyncio.Semaphore(max_in_flight)
+        self._waiter: TxWaiter | None = None
+
+    @property
+    def waiter(self) -> TxWaiter:
+        """The confirmations of this client's transactions, awaited together."""
+        if self._waiter is None:
+            self._waiter = TxWaiter(self)
+        return self._waiter
 
     async def __aenter__(self) -> ChainClient:
         return self
@@ -130,7 +144,8 @@ class ChainClient:
         failures = 0
         while True:
             try:
-                got = await fn()
+                async with self.limit:
+                    got = await fn()
             except Exception as exc:
                 if not is_transient(exc):
                     CHAIN_RPC_CALLS.labels(what, "error").inc()

@@ -372,6 +372,11 @@ class _Drive:
         self.last_refusal: tuple[str, str | None] | None = None
         self.newest_ledger = -1
         self.newest_seen_at = time.monotonic()
+        # The first ledger not yet searched for the hash, known once a first send was
+        # answered with nothing lost before it (it cannot have applied earlier): look-ups
+        # then join the client's shared waiter. Unknown (a restart, a lost first send):
+        # the hash is asked for on its own, whatever ledger it applied in.
+        self.search_from: int | None = None
 
     async def run(self) -> TxOutcome:
         # The ledger we last sent in: the same envelope is sent again once per new ledger
@@ -393,7 +398,8 @@ class _Drive:
                     continue
             self.look_first = True
             try:
-                sent = await self.client.rpc.send_transaction(self.tx.envelope_xdr)
+                async with self.client.limit:
+                    sent = await self.client.rpc.send_transaction(self.tx.envelope_xdr)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -404,6 +410,8 @@ class _Drive:
                 await self._transport_failed("sendTransaction", exc)
                 continue
             self.failures = 0
+            if self.sends == 0 and not self.maybe_sent:
+                self.search_from = sent.latest_ledger + 1
             self.sends += 1
             self._saw_ledger(sent.latest_ledger)
             sent_in = sent.latest_ledger
@@ -439,7 +447,30 @@ class _Drive:
 
     async def _lookup(self) -> GetTransactionResponse | None:
         try:
-            got = await self.client.rpc.get_transaction(self.tx.hash)
+            if self.search_from is None:
+                async with self.client.limit:
+                    got = await self.client.rpc.get_transaction(self.tx.hash)
+            else:
+                # The waiter answers once a new ledger is searched; no ledger for the
+                # rest of `stall_seconds` is the stall `_check_stall` reports.
+                quiet = time.monotonic() - self.newest_seen_at
+                waiting = asyncio.ensure_future(
+                    self.client.waiter.lookup(self.tx.hash, since=self.search_from)
+                )
+                try:
+                    done, _ = await asyncio.wait(
+                        {waiting},
+                        timeout=max(0.0, self.client.stall_seconds - quiet)
+                        + self.client.poll_interval,
+                    )
+                finally:
+                    if not waiting.done():
+                        waiting.cancel()  # timed out, or this drive was cancelled
+                if not done:
+                    return None  # no answer: the loop's stall check decides
+                got = waiting.result()
+                if got.status == GetTransactionStatus.NOT_FOUND:
+                    self.search_from = max(self.search_from, got.latest_ledger + 1)
         except Exception as exc:
             if not is_transient(exc):
                 raise

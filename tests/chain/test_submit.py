@@ -330,9 +330,10 @@ async def test_transport_failures_are_retried_then_reported_as_the_chains(stage:
     assert stage.server.url.split("//")[1] in str(down.value)
     await stage.faults(fail_next={})
 
-    # getTransaction failing while a transaction is in flight: keep looking.
+    # The shared waiter's scan (getTransactions) failing while a transaction is in
+    # flight: each lost answer is the drive's own, and it keeps looking.
     signed = sign(await build_trustline(client, farmer.public_key), farmer)
-    await stage.faults(fail_next={"getTransaction": 3})
+    await stage.faults(fail_next={"getTransactions": 3})
     events: list[SubmitEvent] = []
     outcome = await submit(client, signed, observe=stage.closer(events=events))
     assert outcome.ok, outcome.describe()
