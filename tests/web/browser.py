@@ -86,5 +86,5 @@ async def shot(page: Page, name: str) -> None:
     where = os.environ.get("KALE_POOL_SCREENSHOTS")
     if not where:
         return
-    Path(where).mkdir(parents=True, exist_ok=True)
+    # Playwright makes the directory.
     await page.screenshot(path=str(Path(where) / f"{name}.png"), full_page=True)

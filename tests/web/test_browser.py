@@ -123,3 +123,98 @@ async def test_an_expired_challenge_is_refused_with_a_clear_message(
     await sign_shown_message(page, "signin-sign", keypair)
     await expect(page.locator("#signin-status")).to_contain_text("expired")
     await page.context.close()
+
+
+async def test_a_new_farmer_joins_funds_withdraws_and_leaves_in_the_browser(
+    web: WebStage,
+    browser: Browser,  # noqa: F811
+) -> None:
+    pooler, _ = await web.pool.register_pooler("join-rig", max_farmers=5)
+    # The farmer's own account, with a KALE trustline: payouts go there.
+    [payout] = await web.pool.stage.accounts(1, trust=True)
+    stranger = Keypair.random()
+    page = await _open(browser, web, "#join")
+    status = page.locator("#join-status")
+
+    async def ask_to_join() -> None:
+        await page.select_option("#join-pooler", pooler.pooler_id)
+        await page.fill("#join-address", payout.public_key)
+        await page.fill("#join-stake", "40")
+        await page.click("#join-form button")
+        await expect(page.locator("#join-sign pre.message")).to_contain_text("join")
+
+    # Malformed input is said in words; a signature by another key is the pool's refusal.
+    await page.fill("#join-address", payout.public_key)
+    await page.fill("#join-stake", "140")
+    await page.click("#join-form button")
+    await expect(status).to_contain_text("from 0 to 100")
+    await ask_to_join()
+    await sign_shown_message(page, "join-sign", stranger)
+    await expect(status).not_to_have_text(re.compile(r"^(|Sending…)$"))
+    await expect(page).to_have_url(re.compile("#join$"))
+
+    # Joined for real: the message names the action, the address and the stake.
+    await ask_to_join()
+    message = page.locator("#join-sign pre.message")
+    await expect(message).to_contain_text(payout.public_key)
+    await expect(message).to_contain_text("4000")
+    await shot(page, "join")
+    await sign_shown_message(page, "join-sign", payout)
+    await expect(page).to_have_url(re.compile(r"#farmer/[^/]+/funding$"))
+    farmer_id = page.url.split("#farmer/")[1].split("/")[0]
+
+    # Funding: the address, its QR code, what to send; the status follows by itself.
+    address = (await page.locator("#funding-address").text_content()) or ""
+    assert re.fullmatch(r"G[A-Z2-7]{55}", address), address
+    qr = page.locator("#funding-qr")
+    await expect(qr).to_have_attribute("src", f"/api/farmers/{farmer_id}/qr.svg")
+    await expect.poll(lambda: qr.evaluate("img => img.naturalWidth")).to_be_greater_than(0)
+    await expect(page.locator("#funding-min-xlm")).to_have_text(re.compile(r"^\d"))
+    await expect(page.locator("#funding-next")).not_to_be_empty()
+    await shot(page, "funding")
+    await web.pool.stage.friendbot(address)  # the XLM
+    state = page.locator("#funding-facts dd").first
+    await expect(state).to_have_text("active", timeout=60_000)
+    await web.pool.stage.friendbot(address, 5 * KALE)  # then the KALE
+    deposited = page.locator("#funding-facts dd").nth(3)
+    await expect(deposited).to_have_text("5", timeout=60_000)
+    exact = re.compile("50000000 stroops")
+    await expect(deposited.locator("span")).to_have_attribute("title", exact)
+
+    # The dashboard: balance, stake, the blocks' history and its CSV.
+    await page.click("#funding-dashboard")
+    facts = page.locator("#dashboard-facts")
+    await expect(facts).to_contain_text("40 %")
+    await expect(facts.locator("dd").nth(1)).to_have_text("5 KALE")
+    await expect(page.locator("#history-chart svg")).to_have_count(1)
+    await shot(page, "dashboard")
+    async with page.expect_download() as got:
+        await page.click("#dashboard-csv")
+    download = await got.value
+    csv = await asyncio.to_thread((await download.path()).read_text)
+    assert csv.splitlines()[0].startswith("block"), csv
+
+    # Withdraw 1.5 KALE: the exact stroops are what the farmer signs; it settles.
+    await page.click("#dashboard-withdraw")
+    await page.fill("#withdraw-amount", "1.5x")
+    await page.click("#withdraw-form button")
+    await expect(page.locator("#withdraw-status")).to_contain_text("at most 7 decimals")
+    await page.fill("#withdraw-amount", "1.5")
+    await page.click("#withdraw-form button")
+    await expect(page.locator("#withdraw-sign pre.message")).to_contain_text("15000000")
+    await sign_shown_message(page, "withdraw-sign", payout)
+    await expect(page.locator("#withdraw-status")).to_contain_text("requested")
+    row = page.locator("#payouts tr").first
+    await expect(row).to_contain_text("1.5")
+    await expect(row.locator("td").nth(2)).to_have_text("success", timeout=90_000)
+    await shot(page, "withdraw")
+
+    # Leave, signed too.
+    await page.goto(f"{web.url}/#farmer/{farmer_id}/leave")
+    await page.click("#leave-form button")
+    await expect(page.locator("#leave-sign pre.message")).to_contain_text("leave")
+    await sign_shown_message(page, "leave-sign", payout)
+    await expect(page.locator("#leave-status")).to_contain_text("You left the pool")
+    await shot(page, "leave")
+    assert _script_errors(page) == [], _script_errors(page)
+    await page.context.close()
