@@ -67,14 +67,16 @@ async function api(method, path, body) {
   return data;
 }
 
-// An API amount ({stroops, kale}, or stroops as a string) as [text, exact title].
-function kale(amount) {
+// An API amount ({stroops, kale} or {stroops, xlm}, or stroops as a string) as
+// [short text, exact title]: both assets count 10^7 stroops to the unit.
+function kale(amount, unit = "KALE") {
   if (amount === undefined || amount === null) return ["–", ""];
   const stroops = typeof amount === "object" ? String(amount.stroops) : String(amount);
-  const exact = typeof amount === "object" && amount.kale ? amount.kale : stroopsToKale(stroops);
+  const given = typeof amount === "object" ? amount.kale || amount.xlm : null;
+  const exact = given || stroopsToKale(stroops);
   const [whole, frac = ""] = exact.split(".");
   const trimmed = frac.replace(/0+$/, "");
-  return [trimmed ? `${whole}.${trimmed}` : whole, `${exact} KALE (${stroops} stroops)`];
+  return [trimmed ? `${whole}.${trimmed}` : whole, `${exact} ${unit} (${stroops} stroops)`];
 }
 
 function stroopsToKale(stroops) {
@@ -93,8 +95,8 @@ function kaleToStroops(text) {
   return String(stroops);
 }
 
-function amountNode(amount) {
-  const [text, title] = kale(amount);
+function amountNode(amount, unit = "KALE") {
+  const [text, title] = kale(amount, unit);
   return el("span", text, title ? { title, class: "amount" } : { class: "amount" });
 }
 
@@ -458,11 +460,11 @@ async function loadFunding(id) {
     const qr = $("funding-qr");
     const src = `/api/farmers/${encodeURIComponent(id)}/qr.svg`;
     if (qr.getAttribute("src") !== src) qr.setAttribute("src", src);
-    $("funding-min-xlm").textContent = funding.min_funding_xlm !== undefined ? kale(funding.min_funding_xlm)[0] : "–";
+    $("funding-min-xlm").replaceChildren(amountNode(funding.min_funding_xlm, "XLM"));
     $("funding-next").textContent = funding.next_step || "";
     facts("funding-facts", [
       ["Farmer", f.status],
-      ["XLM in the account", funding.xlm_balance !== undefined ? kale(funding.xlm_balance)[0] : "–"],
+      ["XLM in the account", amountNode(funding.xlm_balance, "XLM")],
       ["KALE trustline", yes(funding.trustline)],
       ["KALE deposited", amountNode(funding.kale_deposited)],
     ]);
@@ -539,7 +541,7 @@ function fillPayouts(id, payouts) {
   fill(id, payoutList(payouts), [
     (p) => when(p.created_at),
     (p) => kale(p.amount),
-    (p) => p.status,
+    (p) => (p.failure ? [`${p.status}: ${p.failure}`, p.failure] : p.status),
     (p) => (p.tx_hash ? el("code", `${p.tx_hash.slice(0, 12)}…`, { title: p.tx_hash }) : "–"),
   ], "No payout yet.");
 }
@@ -596,7 +598,9 @@ function onLeave(id) {
         askSignature($("leave-sign"), made, currentPayoutAddress, "leave-status", async (signature) => {
           const left = await api("POST", `${base}/leave`, { challenge_id: made.challenge_id, signature });
           $("leave-sign").replaceChildren();
-          setStatus("leave-status", `You left the pool (${left.status}). Your balance stays yours to withdraw.`, "good");
+          const pending = left.pending_harvests ? ` ${left.pending_harvests} harvests are still due first.` : "";
+          const now = left.status === "left" ? "has left" : "is leaving";
+          setStatus("leave-status", `Your farmer ${now} the pool.${pending} Its KALE and XLM go to your payout address.`, "good");
         });
       },
       (err) => needSignIn(err, "leave-status"),
