@@ -149,11 +149,16 @@ const SVG = "http://www.w3.org/2000/svg";
 // Bars (oldest first) of [label, stroops as string]; each bar's <title> is its exact value.
 function barChart(figure, title, bars) {
   figure.replaceChildren();
+  if (!bars.length) {
+    figure.appendChild(el("figcaption", `${title}: no blocks yet.`));
+    return;
+  }
   const width = 600;
   const height = 160;
   const pad = 24;
   const values = bars.map(([, v]) => Number(BigInt(v || "0")));
-  const max = Math.max(1, ...values);
+  const highest = Math.max(0, ...values);
+  const max = Math.max(1, highest);
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("role", "img");
@@ -191,7 +196,7 @@ function barChart(figure, title, bars) {
   const top = document.createElementNS(SVG, "text");
   top.setAttribute("x", "2");
   top.setAttribute("y", "14");
-  top.textContent = `${kale(String(max))[0]} KALE`;
+  top.textContent = `${kale(String(highest))[0]} KALE`;
   svg.appendChild(top);
   figure.appendChild(svg);
   figure.appendChild(el("figcaption", title));
@@ -487,9 +492,9 @@ async function loadDashboard(id) {
       api("GET", `${base}/history?limit=50`),
       api("GET", `${base}/payouts`),
     ]);
-    $("dashboard-title").textContent = `Dashboard · farmer ${f.farmer_id}`;
     const balance = f.balance || {};
     facts("dashboard-facts", [
+      ["Farmer", f.farmer_id],
       ["Status", f.status],
       ["Balance", withUnit(balance.balance || balance)],
       ["Available to withdraw", withUnit(balance.available || f.available)],

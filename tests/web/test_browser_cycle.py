@@ -74,7 +74,9 @@ async def test_a_farmer_joins_funds_and_sees_its_harvested_reward(
         await sign_shown_message(page, "join-sign", payout)
         await expect(page).to_have_url(re.compile(r"#farmer/[^/]+/funding$"))
         farmer_id = page.url.split("#farmer/")[1].split("/")[0]
-        address = (await page.locator("#funding-address").text_content()) or ""
+        shown = page.locator("#funding-address")
+        await expect(shown).to_have_text(re.compile(r"^G[A-Z2-7]{55}$"))
+        address = (await shown.text_content()) or ""
         await friendbot.xlm(address)
         await expect(page.locator("#funding-facts dd").first).to_have_text(
             "active", timeout=120_000
