@@ -128,9 +128,14 @@ class SignIn:
             raise SignInError(
                 f"the signature is not {challenge.address}'s signature of the challenge"
             )
+        return self.open(challenge.address)
+
+    def open(self, address: str) -> Session:
+        """A new session for `address`, whose key has just been proven: by a signed
+        sign-in challenge, or by a signed join the pool took (POST /api/join)."""
         session = Session(
             session_id=secrets.token_urlsafe(32),
-            address=challenge.address,
+            address=address,
             csrf_token=secrets.token_urlsafe(32),
             expires_at=self.clock() + dt.timedelta(seconds=self.session_seconds),
         )

@@ -36,6 +36,8 @@ from typing import Literal
 from stellar_sdk import Keypair
 from stellar_sdk.exceptions import BadSignatureError, Ed25519PublicKeyInvalidError
 
+from kalepool.bounds import INT64_MAX, STAKE_BPS_MAX
+
 Action = Literal["join", "payout", "leave"]
 ACTIONS: tuple[Action, ...] = ("join", "payout", "leave")
 HEADER = "kale-pool farmer action"
@@ -172,9 +174,11 @@ def parse(message: str) -> FarmerAction:
         nonce=values["nonce"],
         expires=expires,
         pooler_id=_uuid("pooler", values["pooler"]) if action == "join" else None,
-        stake_bps=_int("stake bps", values["stake bps"], 10_000) if action == "join" else None,
+        stake_bps=(
+            _int("stake bps", values["stake bps"], STAKE_BPS_MAX) if action == "join" else None
+        ),
         amount_stroops=(
-            _int("amount stroops", values["amount stroops"], 2**63 - 1)
+            _int("amount stroops", values["amount stroops"], INT64_MAX)
             if action == "payout"
             else None
         ),
