@@ -273,6 +273,28 @@ async def test_list_farmer_blocks_from_the_books(pool: PoolStage) -> None:
             " (10, %s, %s, %s, 900, 700, %s, 9, 'success')",
             (fid, pid, custodial, "c" * 64),
         )
+        # The pool's fee (60) and the pooler's share (30) of block 10's reward.
+        fee_account = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO accounts (id, kind, custodial_public_key, payout_address)"
+            " VALUES (%s, 'pool_fee', %s, %s)",
+            (fee_account, Keypair.random().public_key, Keypair.random().public_key),
+        )
+        await conn.execute(
+            "INSERT INTO accounts (id, kind, pooler_id, custodial_public_key, payout_address)"
+            " VALUES (%s, 'pooler_share', %s, %s, %s)",
+            (pid, pid, Keypair.random().public_key, Keypair.random().public_key),
+        )
+        for part, account, stroops, status, key in (
+            ("fee", fee_account, 60, "pending", "fee:" + "c" * 64),
+            ("share", pid, 30, "pending", "share:" + "c" * 64),
+        ):
+            await conn.execute(
+                "INSERT INTO sweeps (harvest_id, part, farmer_id, account_id, amount, wallet_key,"
+                " status) SELECT id, %s, %s, %s, %s, %s, %s FROM harvests WHERE block_index = 10"
+                " AND farmer_id = %s",
+                (part, fid, account, stroops, key, status, fid),
+            )
         await conn.execute(
             "INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index,"
             " compensation_type, owed_by, amount, reason) VALUES"
@@ -290,14 +312,15 @@ async def test_list_farmer_blocks_from_the_books(pool: PoolStage) -> None:
             b.harvested,
             b.reward_stroops,
             b.compensation_stroops,
+            b.fees_stroops,
             b.failure,
         )
         for b in listed.blocks
     ]
     assert got == [
-        (12, True, 300, False, 0, False, 0, 50, "no work came"),
-        (11, False, 0, False, 0, False, 0, 0, "the plant transaction expired"),
-        (10, True, 700, True, 7, True, 900, 0, ""),
+        (12, True, 300, False, 0, False, 0, 50, 0, "no work came"),
+        (11, False, 0, False, 0, False, 0, 0, 0, "the plant transaction expired"),
+        (10, True, 700, True, 7, True, 900, 0, 90, ""),
     ]
     # Pages of two, newest first.
     first = await web.ListFarmerBlocks(
