@@ -25,8 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stellar_sdk import Keypair
-from stellar_sdk.exceptions import BadSignatureError
+from kalepool.farmer_actions import signed_by
 
 MAX_CHALLENGES = 10_000
 """Open challenges kept at once; the oldest goes first (each is rate limited anyway)."""
@@ -125,15 +124,18 @@ class SignIn:
             raise SignInError("unknown or already used challenge; ask for a new one")
         if self.clock() >= challenge.expires_at:
             raise SignInError("the challenge has expired; ask for a new one")
-        try:
-            Keypair.from_public_key(challenge.address).verify_message(challenge.message, signature)
-        except BadSignatureError:
+        if not signed_by(challenge.address, challenge.message, signature):
             raise SignInError(
                 f"the signature is not {challenge.address}'s signature of the challenge"
-            ) from None
+            )
+        return self.open(challenge.address)
+
+    def open(self, address: str) -> Session:
+        """A new session for `address`, whose key has just been proven: by a signed
+        sign-in challenge, or by a signed join the pool took (POST /api/join)."""
         session = Session(
             session_id=secrets.token_urlsafe(32),
-            address=challenge.address,
+            address=address,
             csrf_token=secrets.token_urlsafe(32),
             expires_at=self.clock() + dt.timedelta(seconds=self.session_seconds),
         )

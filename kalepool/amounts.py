@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 
 STROOPS_PER_KALE = 10_000_000
+
+MIN_FUNDING_XLM_STROOPS = 20_000_000
+"""XLM a new custodial account needs at least (2 XLM: the account's two base reserves,
+the KALE trustline's reserve, and a margin for fees: thousands of plants). XLM has 7
+decimals too, so `exact_kale` writes XLM amounts as well."""
 """Stroops in one KALE (and in one XLM): every Stellar amount has 7 decimals."""
 
 

@@ -31,6 +31,10 @@ PEM_MAX = 16_384
 certificate runs past TEXT_MAX)."""
 BYTES_MAX = 1024
 REPEATED_MAX = 10_000
+PAGE_SIZE_MAX = 500
+"""Rows of one page of a List RPC (Pagination.page_size), and of a web API list."""
+STAKE_BPS_MAX = 10_000
+"""A farmer's stake: 0 to 10000 basis points (100 %)."""
 MESSAGE_MAX = 300
 """Characters of any error message a caller gets."""
 SHOWN_MAX = 40

@@ -279,7 +279,8 @@ def channel_credentials(identity: Identity, ca_pem: bytes) -> grpc.ChannelCreden
 
 # Names of the development identities. The services check a caller's common name:
 # the wallet service serves only POOL_CLIENT, PoolService OPERATOR (every RPC) and
-# FARMER_WEB (the few read RPCs the farmers' web page needs, pool_service.server).
+# FARMER_WEB (the RPCs the farmers' web page needs, its farmer actions only with the
+# farmer's signature: pool_service.server.FARMER_WEB_RPCS).
 POOL_SERVER = "pool-service"
 WALLET_SERVER = "wallet-service"
 POOL_CLIENT = "pool-client"

@@ -230,6 +230,7 @@ class BlockReports:
             compensations_unpaid_stroops=f.comp_unpaid,
             compensations_paid_stroops=f.comp_paid,
             as_of=wire.now(),
+            network_passphrase=self.view.chain.config.network_passphrase,
         )
 
     async def pooler_stats(

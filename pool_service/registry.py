@@ -17,13 +17,15 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from kalepool import wire
-from kalepool.amounts import format_kale
+from kalepool import farmer_actions, wire
+from kalepool.amounts import MIN_FUNDING_XLM_STROOPS, format_kale
+from kalepool.farmer_actions import Action, ActionError
 from kalepool.grpc_server import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
     caller_name,
 )
@@ -38,6 +40,7 @@ from kalepool.tls import SERVICE_NAMES, ClientCertificate, check_client_certific
 from kalepool.v1 import common_pb2, pool_pb2, pool_pb2_grpc, wallet_pb2
 from pool_service import convert
 from pool_service.blocks import BlockReports, obligations_past_limit
+from pool_service.books.actions import ActionNonceStore, farmer_blocks
 from pool_service.books.certificates import CertificateStore
 from pool_service.books.enums import FarmerState, FarmerStatus
 from pool_service.books.farmers import FarmerRow, FarmerStore
@@ -51,9 +54,6 @@ from pool_service.wallet import WalletClient, wallet_call
 
 log = logging.getLogger("pool_service")
 
-# XLM a new custodial account needs at least: the account's two base reserves, the
-# KALE trustline's reserve, and a margin for fees (0.5 XLM: thousands of plants).
-MIN_FUNDING_XLM_STROOPS = 20_000_000
 
 # Farmer ids derived from RegisterFarmer idempotency keys: the same key always names the
 # same farmer, so a retry finds the wallet (CreateWallet is idempotent per owner) and the
@@ -105,8 +105,17 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         ca_pem: bytes,
         shares: Shares,
         contract_watch: ContractWatch | None = None,
+        *,
+        nonces: ActionNonceStore,
+        network_passphrase: str,
+        signing_callers: frozenset[str],
     ) -> None:
         self.contract_watch = contract_watch
+        # Farmer actions (FarmerSignature): whose writes need the farmer's signature (the
+        # farmers' web page), the pool line they must name, and the nonces taken.
+        self.nonces = nonces
+        self.network_passphrase = network_passphrase
+        self.signing_callers = signing_callers
         self.poolers = poolers
         self.farmers = farmers
         self.ledger = ledger
@@ -291,6 +300,58 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         log.info("pooler %s: certificate %s revoked", pooler_id, fingerprint)
         return pool_pb2.RevokePoolerCertificateResponse(certificate=convert.certificate_pb(row))
 
+    # --- farmer actions: the farmer's own signature ---------------------------------------
+
+    async def _consent(
+        self,
+        context: Any,
+        signed: pool_pb2.FarmerSignature | None,
+        action: Action,
+        payout_address: str,
+        farmer_id: uuid.UUID | None = None,
+        **fields: Any,
+    ) -> None:
+        """Check the farmer's signed `action` (kalepool.farmer_actions) and take its nonce.
+
+        From a caller of `signing_callers` (the farmers' web page) a join, payout or leave
+        needs it: the web process alone cannot act for anyone. An operator may act
+        without one; one it sends is checked all the same. A malformed message is
+        INVALID_ARGUMENT; a wrong signer, a field unlike the request's, an expired or
+        already used action PERMISSION_DENIED; nothing is written before it passes."""
+        caller = caller_name(context)
+        if signed is None:
+            if caller in self.signing_callers:
+                raise PermissionDenied(
+                    f"a {action} from the web page needs the farmer's signed {action} action"
+                    " (farmer_signature)"
+                )
+            return
+        try:
+            farmer_actions.parse(signed.message)
+        except ActionError as exc:
+            raise InvalidArgument(f"farmer_signature: {exc}") from None
+        try:
+            got = farmer_actions.verify(
+                signed.message,
+                signed.signature,
+                action=action,
+                pool=self.network_passphrase,
+                farmer=str(farmer_id) if farmer_id else farmer_actions.NEW_FARMER,
+                payout_address=payout_address,
+                **fields,
+            )
+        except ActionError as exc:
+            raise PermissionDenied(f"farmer_signature: {exc}") from None
+        if not await self.nonces.use(got.nonce, action, payout_address, farmer_id, got.expires):
+            raise PermissionDenied(
+                "farmer_signature: this signed action was used already; sign a new one"
+            )
+        log.info("farmer action %s by %s taken (nonce %s)", action, payout_address, got.nonce)
+
+    @staticmethod
+    def _signature(request: Any) -> pool_pb2.FarmerSignature | None:
+        return request.farmer_signature if request.HasField("farmer_signature") else None
+
     # --- farmers ----------------------------------------------------------------------------
 
     async def RegisterFarmer(
@@ -300,6 +361,14 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         # A G… account: its key signs any later change of it (the wallet's payout policy).
         payout = check_account("payout_address", request.payout_address)
         bps = check_stake_bps(request.stake_bps)
+        await self._consent(
+            context,
+            self._signature(request),
+            "join",
+            payout,
+            pooler_id=str(pooler_id),
+            stake_bps=bps,
+        )
         if request.idempotency_key:
             key = check_idempotency_key(request.idempotency_key)
             farmer_id = uuid.uuid5(_FARMER_ID_NAMESPACE, key)
@@ -516,6 +585,17 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
     async def RequestPayout(
         self, request: pool_pb2.RequestPayoutRequest, context: Any
     ) -> pool_pb2.RequestPayoutResponse:
+        signed = self._signature(request)
+        if signed is not None or caller_name(context) in self.signing_callers:
+            farmer = await self._farmer(request.farmer_id)
+            await self._consent(
+                context,
+                signed,
+                "payout",
+                farmer.payout_address,
+                farmer.id,
+                amount_stroops=request.amount_stroops,
+            )
         return await self.payouts.request_payout(request)
 
     async def ListPayouts(
@@ -526,7 +606,45 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
     async def LeavePool(
         self, request: pool_pb2.LeavePoolRequest, context: Any
     ) -> pool_pb2.LeavePoolResponse:
+        signed = self._signature(request)
+        if signed is not None or caller_name(context) in self.signing_callers:
+            farmer = await self._farmer(request.farmer_id)
+            await self._consent(context, signed, "leave", farmer.payout_address, farmer.id)
         return await self.payouts.leave(request)
+
+    async def ListFarmerBlocks(
+        self, request: pool_pb2.ListFarmerBlocksRequest, context: Any
+    ) -> pool_pb2.ListFarmerBlocksResponse:
+        farmer_id = check_uuid("farmer_id", request.farmer_id)
+        page = Page(request.pagination, "farmer_blocks", farmer_id)
+        before: int | None = None
+        if page.after is not None:
+            if len(page.after) != 1 or not isinstance(page.after[0], int):
+                raise InvalidArgument("page_token is not a token this server issued")
+            before = page.after[0]
+        if await self.farmers.farmer(farmer_id) is None:
+            raise NotFound(f"no farmer {farmer_id}")
+        rows = await farmer_blocks(self.farmers.pool, farmer_id, before, page.size + 1)
+        shown = rows[: page.size]
+        token = page.next_token(rows, [shown[-1].block_index] if shown else [])
+        return pool_pb2.ListFarmerBlocksResponse(
+            blocks=[
+                pool_pb2.FarmerBlock(
+                    block_index=r.block_index,
+                    planted=r.planted,
+                    stake_stroops=r.stake,
+                    worked=r.worked,
+                    zeros=r.zeros,
+                    harvested=r.harvested,
+                    reward_stroops=r.reward,
+                    compensation_stroops=r.compensation,
+                    fees_stroops=r.fees,
+                    failure=r.failure or "",
+                )
+                for r in shown
+            ],
+            next_page_token=token,
+        )
 
     async def GetBlock(
         self, request: pool_pb2.GetBlockRequest, context: Any

@@ -36,6 +36,7 @@ from kalepool.webhook import Webhook
 from pool_service.alerts import AlertEngine, IncidentStore
 from pool_service.auth import FAILED_AUTH, POOLER_CALLS, Authenticator
 from pool_service.blocks import BlockReports
+from pool_service.books.actions import ActionNonceStore
 from pool_service.books.blocks import BlockStore
 from pool_service.books.certificates import CertificateStore
 from pool_service.books.compensations import CompensationStore
@@ -77,10 +78,20 @@ FARMER_WEB_RPCS = (
     "GetPoolStats",
     "ListFarmers",
     "GetFarmerBalance",
+    "GetFarmer",
+    "ListFarmerLedger",
+    "ListFarmerBlocks",
+    "ListPayouts",
+    "ConfirmFunding",
+    "RegisterFarmer",
+    "RequestPayout",
+    "LeavePool",
 )
-"""What the farmers' web page (`farmer-web`) may call: reads only, nothing that registers,
-moves KALE or changes a farmer (least privilege; docs/api.md). Every other PoolService
-RPC refuses it (PERMISSION_DENIED)."""
+"""What the farmers' web page (`farmer-web`) may call (least privilege; docs/api.md): the
+reads its pages show, ConfirmFunding (safe to repeat: it only checks the chain and adds
+the KALE trustline), and the three farmer actions, each of which the pool takes from it
+only with the farmer's own signature of the action (PoolRegistry._consent). Every other
+PoolService RPC refuses it (PERMISSION_DENIED)."""
 
 
 @dataclass
@@ -199,6 +210,9 @@ async def start_pool_server(
         ca_pem,
         shares,
         watch,
+        nonces=ActionNonceStore(pool),
+        network_passphrase=chain.config.network_passphrase,
+        signing_callers=frozenset(web_callers),
     )
     harvester = Harvester(harvests, works, wallet, view, settings, compensations)
     follower = ChainFollower(pool, chain, harvests)

@@ -10,12 +10,13 @@ import hashlib
 import json
 from typing import Any
 
+from kalepool.bounds import PAGE_SIZE_MAX, STAKE_BPS_MAX
 from kalepool.grpc_server import InvalidArgument
 from kalepool.v1 import common_pb2
 
 DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
-BPS_MAX = 10_000
+MAX_PAGE_SIZE = PAGE_SIZE_MAX
+BPS_MAX = STAKE_BPS_MAX
 
 
 def check_name(name: str) -> str:

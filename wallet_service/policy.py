@@ -35,11 +35,11 @@ from typing import NoReturn
 from uuid import UUID
 
 from prometheus_client import Counter
-from stellar_sdk import Keypair, MuxedAccount, StrKey
-from stellar_sdk.exceptions import BadSignatureError
+from stellar_sdk import MuxedAccount, StrKey
 
 from kalepool.amounts import STROOPS_PER_KALE, format_kale, share_of
 from kalepool.chain import TxKind
+from kalepool.farmer_actions import signed_by
 from kalepool.grpc_server import (
     FailedPrecondition,
     PermissionDenied,
@@ -516,9 +516,7 @@ class PayoutPolicy:
             )
         signer = signing_account(challenge.signer_address)
         assert signer is not None  # new_challenge issues none for a contract
-        try:
-            Keypair.from_public_key(signer).verify_message(challenge.message, signature)
-        except BadSignatureError:
+        if not signed_by(signer, challenge.message, signature):
             await refuse(
                 Reason.BAD_SIGNATURE,
                 f"the signature is not {challenge.signer_address}'s signature of challenge"

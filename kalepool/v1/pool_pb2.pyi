@@ -601,6 +601,7 @@ class RegisterFarmerRequest(_message.Message):
     PAYOUT_ADDRESS_FIELD_NUMBER: _builtins.int
     STAKE_BPS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    FARMER_SIGNATURE_FIELD_NUMBER: _builtins.int
     pooler_id: _builtins.str
     """The pooler to farm with."""
     payout_address: _builtins.str
@@ -612,6 +613,12 @@ class RegisterFarmerRequest(_message.Message):
     """Share of the KALE balance to stake in each plant, in basis points (0 to 10000)."""
     idempotency_key: _builtins.str
     """Optional; a retry with the same key returns the farmer the first call created."""
+    @_builtins.property
+    def farmer_signature(self) -> Global___FarmerSignature:
+        """The payout address's signature of a `join` action naming this pooler, address and
+        stake: required from the farmers' web page (farmer-web), optional for an operator.
+        """
+
     def __init__(
         self,
         *,
@@ -619,10 +626,11 @@ class RegisterFarmerRequest(_message.Message):
         payout_address: _builtins.str = ...,
         stake_bps: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        farmer_signature: Global___FarmerSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["farmer_signature", b"farmer_signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "payout_address", b"payout_address", "pooler_id", b"pooler_id", "stake_bps", b"stake_bps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["farmer_signature", b"farmer_signature", "idempotency_key", b"idempotency_key", "payout_address", b"payout_address", "pooler_id", b"pooler_id", "stake_bps", b"stake_bps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -977,22 +985,30 @@ class RequestPayoutRequest(_message.Message):
     FARMER_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_STROOPS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    FARMER_SIGNATURE_FIELD_NUMBER: _builtins.int
     farmer_id: _builtins.str
     """The farmer's id."""
     amount_stroops: _builtins.int
     """KALE to pay out, in stroops; 0 pays out the whole available balance."""
     idempotency_key: _builtins.str
     """Makes retries safe: a second call with the same key returns the same payout."""
+    @_builtins.property
+    def farmer_signature(self) -> Global___FarmerSignature:
+        """The payout address's signature of a `payout` action naming this farmer and amount:
+        required from the farmers' web page (farmer-web), optional for an operator.
+        """
+
     def __init__(
         self,
         *,
         farmer_id: _builtins.str = ...,
         amount_stroops: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        farmer_signature: Global___FarmerSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["farmer_signature", b"farmer_signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "farmer_id", b"farmer_id", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_stroops", b"amount_stroops", "farmer_id", b"farmer_id", "farmer_signature", b"farmer_signature", "idempotency_key", b"idempotency_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1085,20 +1101,175 @@ class LeavePoolRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FARMER_ID_FIELD_NUMBER: _builtins.int
+    FARMER_SIGNATURE_FIELD_NUMBER: _builtins.int
     farmer_id: _builtins.str
     """The farmer's id."""
+    @_builtins.property
+    def farmer_signature(self) -> Global___FarmerSignature:
+        """The payout address's signature of a `leave` action naming this farmer: required
+        from the farmers' web page (farmer-web), optional for an operator.
+        """
+
     def __init__(
         self,
         *,
         farmer_id: _builtins.str = ...,
+        farmer_signature: Global___FarmerSignature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["farmer_signature", b"farmer_signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["farmer_id", b"farmer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["farmer_id", b"farmer_id", "farmer_signature", b"farmer_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeavePoolRequest: _TypeAlias = LeavePoolRequest  # noqa: Y015
+
+@_typing.final
+class FarmerSignature(_message.Message):
+    """A farmer's own consent to one action: its payout key's SEP-53 signature ("Stellar
+    Signed Message") of an action message (kalepool/farmer_actions.py: action, pool, farmer,
+    payout address, the action's fields, a nonce and an expiry). The pool checks the
+    signature, that every field equals the request's, the expiry, and that the nonce was
+    never used; so the web page cannot act for a farmer without the farmer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """The exact text signed, at most 600 characters."""
+    signature: _builtins.bytes
+    """The 64-byte ed25519 signature of the text (SEP-53); never a key."""
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FarmerSignature: _TypeAlias = FarmerSignature  # noqa: Y015
+
+@_typing.final
+class ListFarmerBlocksRequest(_message.Message):
+    """Request of PoolService.ListFarmerBlocks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FARMER_ID_FIELD_NUMBER: _builtins.int
+    PAGINATION_FIELD_NUMBER: _builtins.int
+    farmer_id: _builtins.str
+    """The farmer's id."""
+    @_builtins.property
+    def pagination(self) -> _common_pb2.Pagination:
+        """Paging (by block, newest first)."""
+
+    def __init__(
+        self,
+        *,
+        farmer_id: _builtins.str = ...,
+        pagination: _common_pb2.Pagination | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pagination", b"pagination"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["farmer_id", b"farmer_id", "pagination", b"pagination"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFarmerBlocksRequest: _TypeAlias = ListFarmerBlocksRequest  # noqa: Y015
+
+@_typing.final
+class FarmerBlock(_message.Message):
+    """One block as one farmer lived it, from the pool's books."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_INDEX_FIELD_NUMBER: _builtins.int
+    PLANTED_FIELD_NUMBER: _builtins.int
+    STAKE_STROOPS_FIELD_NUMBER: _builtins.int
+    WORKED_FIELD_NUMBER: _builtins.int
+    ZEROS_FIELD_NUMBER: _builtins.int
+    HARVESTED_FIELD_NUMBER: _builtins.int
+    REWARD_STROOPS_FIELD_NUMBER: _builtins.int
+    COMPENSATION_STROOPS_FIELD_NUMBER: _builtins.int
+    FEES_STROOPS_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    block_index: _builtins.int
+    """The block."""
+    planted: _builtins.bool
+    """Whether a plant of the farmer landed in the block."""
+    stake_stroops: _builtins.int
+    """KALE staked by that plant, in stroops."""
+    worked: _builtins.bool
+    """Whether a work for the farmer landed."""
+    zeros: _builtins.int
+    """The most leading zeros of its landed work (0 if none)."""
+    harvested: _builtins.bool
+    """Whether its pail was harvested."""
+    reward_stroops: _builtins.int
+    """The reward harvested, in stroops (the stake excluded)."""
+    compensation_stroops: _builtins.int
+    """Compensations owed to the farmer for the block, in stroops."""
+    fees_stroops: _builtins.int
+    """The pool's fee and the pooler's share taken from the block's reward, in stroops."""
+    failure: _builtins.str
+    """The last failure recorded for the farmer in the block (plant, work or harvest), in
+    one sentence; empty when none.
+    """
+    def __init__(
+        self,
+        *,
+        block_index: _builtins.int = ...,
+        planted: _builtins.bool = ...,
+        stake_stroops: _builtins.int = ...,
+        worked: _builtins.bool = ...,
+        zeros: _builtins.int = ...,
+        harvested: _builtins.bool = ...,
+        reward_stroops: _builtins.int = ...,
+        compensation_stroops: _builtins.int = ...,
+        fees_stroops: _builtins.int = ...,
+        failure: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_index", b"block_index", "compensation_stroops", b"compensation_stroops", "failure", b"failure", "fees_stroops", b"fees_stroops", "harvested", b"harvested", "planted", b"planted", "reward_stroops", b"reward_stroops", "stake_stroops", b"stake_stroops", "worked", b"worked", "zeros", b"zeros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FarmerBlock: _TypeAlias = FarmerBlock  # noqa: Y015
+
+@_typing.final
+class ListFarmerBlocksResponse(_message.Message):
+    """Response of PoolService.ListFarmerBlocks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def blocks(self) -> _containers.RepeatedCompositeFieldContainer[Global___FarmerBlock]:
+        """This page of blocks, newest first."""
+
+    def __init__(
+        self,
+        *,
+        blocks: _abc.Iterable[Global___FarmerBlock] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks", b"blocks", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFarmerBlocksResponse: _TypeAlias = ListFarmerBlocksResponse  # noqa: Y015
 
 @_typing.final
 class LeavePoolResponse(_message.Message):
@@ -1320,6 +1491,7 @@ class GetPoolStatsResponse(_message.Message):
     AS_OF_FIELD_NUMBER: _builtins.int
     CURRENT_BLOCK_OPENED_AT_FIELD_NUMBER: _builtins.int
     NEXT_BLOCK_DUE_AT_FIELD_NUMBER: _builtins.int
+    NETWORK_PASSPHRASE_FIELD_NUMBER: _builtins.int
     current_block_index: _builtins.int
     """The chain's current block as the pool last saw it."""
     poolers_total: _builtins.int
@@ -1348,6 +1520,10 @@ class GetPoolStatsResponse(_message.Message):
     """Compensations recorded and not paid yet, in stroops."""
     compensations_paid_stroops: _builtins.int
     """Compensations paid, in stroops."""
+    network_passphrase: _builtins.str
+    """The network's passphrase: the `pool:` line of a farmer action message
+    (FarmerSignature), so a signature for one network's pool is refused by another's.
+    """
     @_builtins.property
     def counts(self) -> Global___CycleCounts:
         """Attempts and outcomes in the blocks counted."""
@@ -1385,10 +1561,11 @@ class GetPoolStatsResponse(_message.Message):
         as_of: _timestamp_pb2.Timestamp | None = ...,
         current_block_opened_at: _timestamp_pb2.Timestamp | None = ...,
         next_block_due_at: _timestamp_pb2.Timestamp | None = ...,
+        network_passphrase: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts", "current_block_opened_at", b"current_block_opened_at", "next_block_due_at", b"next_block_due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "blocks", b"blocks", "compensations_paid_stroops", b"compensations_paid_stroops", "compensations_unpaid_stroops", b"compensations_unpaid_stroops", "counts", b"counts", "current_block_index", b"current_block_index", "current_block_opened_at", b"current_block_opened_at", "farmers_active", b"farmers_active", "farmers_departed", b"farmers_departed", "farmers_leaving", b"farmers_leaving", "farmers_pending_funding", b"farmers_pending_funding", "next_block_due_at", b"next_block_due_at", "poolers_active", b"poolers_active", "poolers_total", b"poolers_total", "total_balance_stroops", b"total_balance_stroops", "total_paid_out_stroops", b"total_paid_out_stroops", "total_reward_stroops", b"total_reward_stroops", "total_staked_stroops", b"total_staked_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "blocks", b"blocks", "compensations_paid_stroops", b"compensations_paid_stroops", "compensations_unpaid_stroops", b"compensations_unpaid_stroops", "counts", b"counts", "current_block_index", b"current_block_index", "current_block_opened_at", b"current_block_opened_at", "farmers_active", b"farmers_active", "farmers_departed", b"farmers_departed", "farmers_leaving", b"farmers_leaving", "farmers_pending_funding", b"farmers_pending_funding", "network_passphrase", b"network_passphrase", "next_block_due_at", b"next_block_due_at", "poolers_active", b"poolers_active", "poolers_total", b"poolers_total", "total_balance_stroops", b"total_balance_stroops", "total_paid_out_stroops", b"total_paid_out_stroops", "total_reward_stroops", b"total_reward_stroops", "total_staked_stroops", b"total_staked_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -90,6 +90,11 @@ class PoolServiceStub:
                 request_serializer=kalepool_dot_v1_dot_pool__pb2.ListFarmerLedgerRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_pool__pb2.ListFarmerLedgerResponse.FromString,
                 _registered_method=True)
+        self.ListFarmerBlocks = channel.unary_unary(
+                '/kalepool.v1.PoolService/ListFarmerBlocks',
+                request_serializer=kalepool_dot_v1_dot_pool__pb2.ListFarmerBlocksRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_pool__pb2.ListFarmerBlocksResponse.FromString,
+                _registered_method=True)
         self.RequestPayout = channel.unary_unary(
                 '/kalepool.v1.PoolService/RequestPayout',
                 request_serializer=kalepool_dot_v1_dot_pool__pb2.RequestPayoutRequest.SerializeToString,
@@ -261,6 +266,15 @@ class PoolServiceServicer:
 
     def ListFarmerLedger(self, request, context):
         """Lists a farmer's balance ledger entries, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFarmerBlocks(self, request, context):
+        """Lists a farmer's blocks, newest first: for each block it took part in, whether it
+        planted (and its stake), worked (and the zeros), was harvested (and the reward),
+        the compensation and fees recorded, and the last failure.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -474,6 +488,11 @@ def add_PoolServiceServicer_to_server(servicer, server):
                     servicer.ListFarmerLedger,
                     request_deserializer=kalepool_dot_v1_dot_pool__pb2.ListFarmerLedgerRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_pool__pb2.ListFarmerLedgerResponse.SerializeToString,
+            ),
+            'ListFarmerBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFarmerBlocks,
+                    request_deserializer=kalepool_dot_v1_dot_pool__pb2.ListFarmerBlocksRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_pool__pb2.ListFarmerBlocksResponse.SerializeToString,
             ),
             'RequestPayout': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestPayout,
@@ -859,6 +878,33 @@ class PoolService:
             '/kalepool.v1.PoolService/ListFarmerLedger',
             kalepool_dot_v1_dot_pool__pb2.ListFarmerLedgerRequest.SerializeToString,
             kalepool_dot_v1_dot_pool__pb2.ListFarmerLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFarmerBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.PoolService/ListFarmerBlocks',
+            kalepool_dot_v1_dot_pool__pb2.ListFarmerBlocksRequest.SerializeToString,
+            kalepool_dot_v1_dot_pool__pb2.ListFarmerBlocksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,11 @@ class PoolServiceStub:
     """
     ListFarmerLedger: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListFarmerLedgerRequest, _pool_pb2.ListFarmerLedgerResponse]
     """Lists a farmer's balance ledger entries, newest first."""
+    ListFarmerBlocks: _grpc.UnaryUnaryMultiCallable[_pool_pb2.ListFarmerBlocksRequest, _pool_pb2.ListFarmerBlocksResponse]
+    """Lists a farmer's blocks, newest first: for each block it took part in, whether it
+    planted (and its stake), worked (and the zeros), was harvested (and the reward),
+    the compensation and fees recorded, and the last failure.
+    """
     RequestPayout: _grpc.UnaryUnaryMultiCallable[_pool_pb2.RequestPayoutRequest, _pool_pb2.RequestPayoutResponse]
     """Sends KALE from the farmer's custodial account to its registered payout
     address (never elsewhere). Idempotent per idempotency_key.
@@ -197,6 +202,11 @@ class PoolServiceAsyncStub(PoolServiceStub):
     """
     ListFarmerLedger: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListFarmerLedgerRequest, _pool_pb2.ListFarmerLedgerResponse]  # type: ignore[assignment]
     """Lists a farmer's balance ledger entries, newest first."""
+    ListFarmerBlocks: _aio.UnaryUnaryMultiCallable[_pool_pb2.ListFarmerBlocksRequest, _pool_pb2.ListFarmerBlocksResponse]  # type: ignore[assignment]
+    """Lists a farmer's blocks, newest first: for each block it took part in, whether it
+    planted (and its stake), worked (and the zeros), was harvested (and the reward),
+    the compensation and fees recorded, and the last failure.
+    """
     RequestPayout: _aio.UnaryUnaryMultiCallable[_pool_pb2.RequestPayoutRequest, _pool_pb2.RequestPayoutResponse]  # type: ignore[assignment]
     """Sends KALE from the farmer's custodial account to its registered payout
     address (never elsewhere). Idempotent per idempotency_key.
@@ -379,6 +389,17 @@ class PoolServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pool_pb2.ListFarmerLedgerResponse, _abc.Awaitable[_pool_pb2.ListFarmerLedgerResponse]]:
         """Lists a farmer's balance ledger entries, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListFarmerBlocks(
+        self,
+        request: _pool_pb2.ListFarmerBlocksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pool_pb2.ListFarmerBlocksResponse, _abc.Awaitable[_pool_pb2.ListFarmerBlocksResponse]]:
+        """Lists a farmer's blocks, newest first: for each block it took part in, whether it
+        planted (and its stake), worked (and the zeros), was harvested (and the reward),
+        the compensation and fees recorded, and the last failure.
+        """
 
     @_abc_1.abstractmethod
     def RequestPayout(

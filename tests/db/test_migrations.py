@@ -61,6 +61,7 @@ SCHEMA_TABLES = {
     "pool.account_payouts",
     "pool.compensation_payments",
     "pool.contract_acks",
+    "pool.action_nonces",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

@@ -265,15 +265,17 @@ async def test_an_address_over_its_sign_in_limit_gets_429(web: WebStage) -> None
     assert status == 200
 
 
-async def test_farmer_web_may_call_only_its_read_rpcs(pool: PoolStage) -> None:
+async def test_farmer_web_may_call_only_its_rpcs(pool: PoolStage) -> None:
+    """Reads and the signed farmer actions only (tests/pool/test_farmer_actions.py: the
+    actions need the farmer's signature); nothing of an operator's."""
     stub = pool.operator(FARMER_WEB)
     listed = await stub.ListPoolers(pool_pb2.ListPoolersRequest())
     assert listed is not None
     for call, request in (
-        (stub.RegisterFarmer, pool_pb2.RegisterFarmerRequest()),
-        (stub.RequestPayout, pool_pb2.RequestPayoutRequest()),
-        (stub.GetFarmer, pool_pb2.GetFarmerRequest()),
-        (stub.ListFarmerLedger, pool_pb2.ListFarmerLedgerRequest()),
+        (stub.RegisterPooler, pool_pb2.RegisterPoolerRequest()),
+        (stub.RotatePoolerApiKey, pool_pb2.RotatePoolerApiKeyRequest()),
+        (stub.ListCompensations, pool_pb2.ListCompensationsRequest()),
+        (stub.NewFarmerPayoutChallenge, pool_pb2.NewFarmerPayoutChallengeRequest()),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call(request)
