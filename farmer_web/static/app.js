@@ -544,9 +544,9 @@ function payoutList(payouts) {
 
 function fillPayouts(id, payouts) {
   fill(id, payoutList(payouts), [
-    (p) => when(p.created_at),
     (p) => kale(p.amount),
     (p) => (p.failure ? [`${p.status}: ${p.failure}`, p.failure] : p.status),
+    (p) => when(p.created_at),
     (p) => (p.tx_hash ? el("code", `${p.tx_hash.slice(0, 12)}…`, { title: p.tx_hash }) : "–"),
   ], "No payout yet.");
 }
