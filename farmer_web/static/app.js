@@ -318,7 +318,8 @@ async function loadPool() {
   try {
     const data = await api("GET", "/api/pool");
     poolCache = data;
-    summary.textContent = `Block ${data.current_block_index} · ${data.poolers.length} poolers · ${data.farmers_active} active farmers`;
+    const count = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+    summary.textContent = `Block ${data.current_block_index} · ${count(data.poolers.length, "pooler")} · ${count(data.farmers_active, "active farmer")}`;
     fill("poolers", data.poolers, [
       (p) => p.name,
       (p) => `${p.current_farmers} / ${p.max_farmers}`,

@@ -99,6 +99,12 @@ async def test_a_farmer_joins_funds_and_sees_its_harvested_reward(
         csv = await asyncio.to_thread((await (await got.value).path()).read_text)
         assert len(csv.strip().splitlines()) >= 2, csv
 
+        # The pool view, farming: the blocks' table and the chart of their rewards.
+        await page.goto(state.web_url)
+        await expect(page.locator("#blocks tr td").first).not_to_have_text("No block farmed yet.")
+        await expect(page.locator("#blocks-chart rect.bar")).not_to_have_count(0)
+        await shot(page, "pool-farming")
+
         await page.goto(f"{state.web_url}#farmer/{farmer_id}/leave")
         await page.click("#leave-form button")
         await sign_shown_message(page, "leave-sign", payout)
