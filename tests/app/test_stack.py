@@ -241,3 +241,14 @@ def test_an_events_log_made_wider_before_is_narrowed(tmp_path: Path) -> None:
     with _event_log(settings):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text() == "an older run\n"
+
+
+def test_the_web_page_has_a_port_and_url_unless_left_out(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, web_listen="127.0.0.1:0")
+    served = Ports.plan(settings)
+    assert served.web > 0 and served.web_url == f"https://127.0.0.1:{served.web}/"
+    left_out = Ports.plan(settings, web=False)
+    assert left_out.web == 0 and left_out.web_url == ""
+    # Unset, `up` serves it where a developer expects it.
+    default = Ports.plan(load_settings(data_dir=tmp_path), web=True)
+    assert default.web_url == "https://127.0.0.1:8443/"
