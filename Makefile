@@ -19,7 +19,8 @@ CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 # requirements-build.lock the build backend alone (the image's two stages).
 UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11
 
-.PHONY: run test test-python test-rust lint bench bench-plant faults fuzz proto clean lock
+.PHONY: run test test-python test-rust lint bench bench-plant faults fuzz proto clean lock \
+	chromium screenshots browser-cycle
 
 # The project itself: --no-deps (its dependencies came from the lock) and no build
 # isolation (the build backend too). pip then runs maturin's backend from the venv, which
@@ -62,8 +63,35 @@ test-rust: $(STAMP)
 
 # Two workers: much of the suite waits on ledgers and processes, so two run in the time
 # of one; a test module stays on one worker (its module-scoped stages are built once).
-test-python: $(STAMP)
+test-python: $(STAMP) chromium
 	$(BIN)/python -m pytest -n 2 --dist loadscope
+
+# The browser tests (tests/web/test_browser*.py) drive the system's Chromium, never a
+# browser Playwright downloads: Debian's `chromium` is installed here when it is missing
+# and this machine can (root, apt-get). Without one those tests skip, naming the package.
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || [ -n "$$KALE_POOL_CHROMIUM" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+	         --no-install-recommends chromium; } \
+	    || echo "chromium could not be installed: the browser tests will skip"; \
+	else echo "no Chromium (install Debian's chromium package): the browser tests will skip"; fi
+
+# The page's screenshots in docs/images (docs/farmers.md shows them), from the browser
+# tests' own runs: the fast ones and the whole cycle (its pool and dashboard farming).
+screenshots: $(STAMP) chromium
+	KALE_POOL_SCREENSHOTS=docs/images $(BIN)/python -m pytest tests/web/test_browser.py -n 0 -q
+	KALE_POOL_SCREENSHOTS=docs/images KALE_POOL_BROWSER_CYCLE=1 $(BIN)/python -m pytest \
+	  tests/web/test_browser_cycle.py -n 0 -q --timeout=900
+
+# A farmer's whole cycle in the browser against `kale-pool up`: join, fund, watch a block
+# planted, worked and harvested with its reward, withdraw, leave (a few minutes).
+browser-cycle: $(STAMP) chromium
+	KALE_POOL_BROWSER_CYCLE=1 $(BIN)/python -m pytest tests/web/test_browser_cycle.py -n 0 -q \
+	  --timeout=900 $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/miner_bench.py

@@ -95,6 +95,7 @@ def stack_env(data: Path, args: argparse.Namespace) -> dict[str, str]:
             "KALE_POOL_WALLET_LISTEN": "127.0.0.1:0",
             "KALE_POOL_POOL_LISTEN": "127.0.0.1:0",
             "KALE_POOL_METRICS_PORT": "0",
+            "KALE_POOL_WEB_LISTEN": "127.0.0.1:0",
             "KALE_POOL_DEVNET_LEDGER_SECONDS": str(args.ledger_seconds),
             "KALE_POOL_MAX_FARMERS_PER_POOLER": biggest,
             "KALE_POOL_MAX_FARMERS_CAPACITY": biggest,

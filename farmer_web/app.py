@@ -541,10 +541,13 @@ def pay_uri(address: str) -> str:
 async def get_qr(request: web.Request) -> web.Response:
     """The custodial address as a QR code (SVG) for a wallet's camera."""
     _, farmer = await _owned(request)
-    svg = segno.make(pay_uri(farmer.custodial_address), error="m").svg_inline(
-        scale=4, dark="#000", light="#fff"
+    # A standalone SVG document (with its namespace): the page shows it in an <img>,
+    # which renders nothing of an inline fragment without one.
+    out = io.BytesIO()
+    segno.make(pay_uri(farmer.custodial_address), error="m").save(
+        out, kind="svg", scale=4, dark="#000", light="#fff", xmldecl=False
     )
-    return web.Response(text=svg, content_type="image/svg+xml")
+    return web.Response(body=out.getvalue(), content_type="image/svg+xml")
 
 
 def _rows(request: web.Request) -> int:

@@ -37,6 +37,7 @@ def up_env(data: Path, **extra: str) -> dict[str, str]:
             "KALE_POOL_WALLET_LISTEN": "127.0.0.1:0",
             "KALE_POOL_POOL_LISTEN": "127.0.0.1:0",
             "KALE_POOL_METRICS_PORT": "0",
+            "KALE_POOL_WEB_LISTEN": "127.0.0.1:0",
             "KALE_POOL_MINING_THREADS": "1",
             "KALE_POOL_WORK_DELAY_SECONDS": "3",
             "KALE_POOL_BLOCK_POLL_INTERVAL_SECONDS": "1",

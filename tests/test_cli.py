@@ -172,8 +172,20 @@ def _free_ports_env(env: dict[str, str]) -> dict[str, str]:
         "KALE_POOL_WALLET_LISTEN": "127.0.0.1:0",
         "KALE_POOL_POOL_LISTEN": "127.0.0.1:0",
         "KALE_POOL_METRICS_PORT": "0",
+        "KALE_POOL_WEB_LISTEN": "127.0.0.1:0",
         "COLUMNS": "200",
     }
+
+
+def _web_json(url: str, ca: Path) -> Any:
+    """A GET of the farmers' web page's API, trusting the development CA alone."""
+    import json
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(url, timeout=30, context=context) as response:
+        return json.loads(response.read())
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, seconds: float = 180) -> str:
@@ -274,7 +286,7 @@ def test_up_no_demo_serves_the_operator_and_stops_on_ctrl_c(env: dict[str, str])
             assert part in output, output
         assert "pooler-1" not in output  # --no-demo: no poolers, no farmers
         state = _stack(env)
-        assert state is not None and set(state.processes) == {"devnet", "wallet", "pool"}
+        assert state is not None and set(state.processes) == {"devnet", "wallet", "pool", "web"}
         certs = data / "certs"
         for name in ("ca", "pool-service", "wallet-service", "pool-client", "operator"):
             assert (certs / f"{name}.pem").is_file(), name
@@ -319,6 +331,13 @@ def test_up_no_demo_serves_the_operator_and_stops_on_ctrl_c(env: dict[str, str])
         funded = run("farmer", "fund", farmer_id, "--kale", "5", env=env)
         assert funded.returncode == 0, funded.stderr
         assert "is funded and active" in funded.stdout and "5 KALE paid" in funded.stdout
+        # The farmers' web page, its own process, shows them over HTTPS (the dev CA).
+        assert f"farmers' web page: {state.web_url}" in output, output
+        assert state.web_url.startswith("https://127.0.0.1:")
+        assert state.processes["web"].address == state.web_url
+        view = _web_json(state.web_url + "api/pool", certs / "ca.pem")
+        [rig] = [p for p in view["poolers"] if p["name"] == "rig-7"]
+        assert rig["current_farmers"] == 1 and view["farmers_active"] == 1, view
         # ...and those calls show in the pool's own metrics endpoint.
         import urllib.request
 
@@ -330,9 +349,11 @@ def test_up_no_demo_serves_the_operator_and_stops_on_ctrl_c(env: dict[str, str])
         assert status.returncode == 0, status.stderr
         assert status.stdout.startswith(f"kale-pool up is running on {data}"), status.stdout
         assert "rig-7" in status.stdout and "schema current" in status.stdout
+        assert f"farmers' web page: {state.web_url}" in status.stdout, status.stdout
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, output + rest
+        assert rest.index("web: stopping") < rest.index("pool: stopping")
         assert rest.index("pool: stopping") < rest.index("wallet: stopping")
         assert rest.index("wallet: stopping") < rest.index("devnet: stopping")
         assert rest.rstrip().endswith("stopped")

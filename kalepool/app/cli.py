@@ -159,14 +159,24 @@ def up(
         bool,
         typer.Option("--no-demo", help="The bare pool: services only, no poolers or farmers."),
     ] = False,
+    no_web: Annotated[
+        bool,
+        typer.Option(
+            "--no-web",
+            help="Leave out the farmers' web page (served on KALE_POOL_WEB_LISTEN,"
+            " default 127.0.0.1:8443).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the pool on this machine, farming: database, devnet, services, poolers, demo
-    farmers, each part its own process; until Ctrl-C (or --blocks)."""
+    """Run the pool on this machine, farming: database, devnet, services, the farmers' web
+    page, poolers, demo farmers, each part its own process; until Ctrl-C (or --blocks)."""
     settings = settings_from(ctx, devnet_block_seconds=block_seconds)
     from kalepool.app.runstate import StackLockedError
     from kalepool.app.stack import UpError, UpOptions, run_up
 
-    options = UpOptions(poolers=poolers, farmers=farmers, blocks=blocks, demo=not no_demo)
+    options = UpOptions(
+        poolers=poolers, farmers=farmers, blocks=blocks, demo=not no_demo, web=not no_web
+    )
     try:
         with operator_errors():
             code = run_up(settings, options)

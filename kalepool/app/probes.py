@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 
 import aiohttp
 import grpc
@@ -41,6 +42,17 @@ async def http_ok(url: str, wait: float = 2.0) -> bool:
     """Whether ``url`` answers 200."""
     async with (
         aiohttp.ClientSession() as http,
+        http.get(url, timeout=aiohttp.ClientTimeout(total=wait)) as response,
+    ):
+        return response.status == 200
+
+
+async def https_ok(url: str, ca_pem: bytes, wait: float = 2.0) -> bool:
+    """Whether ``url`` answers 200 over TLS whose certificate the CA ``ca_pem`` signed
+    for the URL's host (as a browser trusting that CA checks it)."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as http,
         http.get(url, timeout=aiohttp.ClientTimeout(total=wait)) as response,
     ):
         return response.status == 200

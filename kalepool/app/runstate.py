@@ -35,7 +35,7 @@ class ProcessInfo:
     """One process of the stack."""
 
     pid: int
-    role: str  # devnet | wallet | pool | pooler
+    role: str  # devnet | wallet | pool | web | pooler
     log: str  # its log file
     address: str = ""  # where it listens (host:port or URL), if it does
 
@@ -52,6 +52,7 @@ class RunState:
     supervisor_pid: int
     processes: dict[str, ProcessInfo] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)  # part -> /metrics URL
+    web_url: str = ""  # the farmers' web page ("" when `up` does not serve it)
 
     def save(self, settings: Settings) -> Path:
         """Write the state atomically (readers never see half a file)."""

@@ -4,10 +4,12 @@ Order of start-up: the database (embedded PostgreSQL in the data directory unles
 `DATABASE_URL` is set) and its migrations, the development certificates, then the
 processes, each waited on until ready: the devnet (`kale-pool devnet --state ...`, so a
 rerun continues the same chain), the wallet service (`python -m wallet_service`), the
-pool service (`python -m pool_service`). Unless `--no-demo`, the local poolers are then
-provisioned (`kalepool.app.poolers`) and the demo farmers registered and funded
-(`kalepool.app.demo`), and one `kale-pool pooler` process per pooler is started, talking
-to the pool over mutual TLS exactly as a remote mining machine does.
+pool service (`python -m pool_service`), and the farmers' web page (`python -m farmer_web`,
+HTTPS on `KALE_POOL_WEB_LISTEN`, 127.0.0.1:8443 unless set; `--no-web` leaves it out).
+Unless `--no-demo`, the local poolers are then provisioned (`kalepool.app.poolers`) and
+the demo farmers registered and funded (`kalepool.app.demo`), and one `kale-pool pooler`
+process per pooler is started, talking to the pool over mutual TLS exactly as a remote
+mining machine does.
 
 Each part gets its settings in its environment (`KALE_POOL_*`, `DATABASE_URL`): every
 effective setting but the secrets, and of those only the ones it uses (`PART_SECRETS`:
@@ -44,7 +46,14 @@ from kalepool.app.funding import Friendbot, FundingError
 from kalepool.app.observer import EVENT_LOGGER, PlainObserver, StackObserver
 from kalepool.app.operator import OperatorClient
 from kalepool.app.poolers import PoolerSetupError, ProvisionedPooler, provision_pooler
-from kalepool.app.probes import free_port, grpc_serving, http_ok, port_taken, split_address
+from kalepool.app.probes import (
+    free_port,
+    grpc_serving,
+    http_ok,
+    https_ok,
+    port_taken,
+    split_address,
+)
 from kalepool.app.runstate import ProcessInfo, RunState
 from kalepool.app.supervisor import Part, PartFailed, Supervisor
 from kalepool.app.view import make_view
@@ -71,6 +80,9 @@ PART_SECRETS: dict[str, frozenset[str]] = {
     "devnet": frozenset(),  # a chain of its own: no database, no key
     "wallet": frozenset({"database_url", "master_key", "master_key_file"}),
     "pool": frozenset({"database_url"}),
+    # The web page holds no key and no database: every write it forwards is signed by
+    # the farmer and checked by the pool.
+    "web": frozenset(),
     # A mining machine has no database and no master key; its own API key and fee
     # accounts come from its pooler.env, never from the supervisor's settings.
     "pooler": frozenset(),
@@ -88,6 +100,8 @@ _BLOCKS_EXTRA = 3
 # The pool credits a deposit once its chain follower sees it: a few ledgers.
 _DEPOSIT_WAIT_LEDGERS = 5
 _WILDCARDS = ("0.0.0.0", "::", "")
+# Where `up` serves the farmers' web page when KALE_POOL_WEB_LISTEN is not set.
+DEFAULT_WEB_LISTEN = "127.0.0.1:8443"
 
 
 def blocks_timeout(want: int, chain: ChainConfig) -> float:
@@ -118,6 +132,7 @@ class UpOptions:
     farmers: int = 6
     blocks: int | None = None  # stop after this many complete cycles
     demo: bool = True  # False: the bare pool (services only)
+    web: bool = True  # False: no farmers' web page
 
 
 def check_options(settings: Settings, options: UpOptions) -> None:
@@ -210,14 +225,19 @@ class Ports:
     metrics_host: str
     pool_metrics: int
     wallet_metrics: int
+    web_host: str = "127.0.0.1"
+    web: int = 0  # 0: no web page
 
     @classmethod
-    def plan(cls, settings: Settings) -> Ports:
+    def plan(cls, settings: Settings, web: bool = True) -> Ports:
         try:
             wallet_host, wallet = split_address(settings.wallet_listen)
             pool_host, pool = split_address(settings.pool_listen)
+            web_host, web_port = split_address(settings.web_listen or DEFAULT_WEB_LISTEN)
         except ValueError as error:
-            raise UpError(f"{ENV_PREFIX}WALLET_LISTEN / POOL_LISTEN: {error}") from None
+            raise UpError(
+                f"{ENV_PREFIX}WALLET_LISTEN / POOL_LISTEN / WEB_LISTEN: {error}"
+            ) from None
         metrics = settings.metrics_port
         return cls(
             devnet=settings.devnet_port or free_port(),
@@ -229,6 +249,8 @@ class Ports:
             pool_metrics=metrics or free_port(settings.metrics_host),
             # The wallet's metrics next to the pool's (both processes serve their own).
             wallet_metrics=metrics + 1 if metrics else free_port(settings.metrics_host),
+            web_host=web_host,
+            web=(web_port or free_port(web_host)) if web else 0,
         )
 
     def check(self, devnet: bool) -> None:
@@ -241,6 +263,8 @@ class Ports:
         ]
         if devnet:
             wanted.insert(0, ("the devnet", "127.0.0.1", self.devnet, "DEVNET_PORT"))
+        if self.web:
+            wanted.append(("the farmers' web page", self.web_host, self.web, "WEB_LISTEN"))
         for what, host, port, setting in wanted:
             why = port_taken(host, port)
             if why is not None:
@@ -256,6 +280,14 @@ class Ports:
     @property
     def pool_address(self) -> str:
         return f"{_connect_host(self.pool_host)}:{self.pool}"
+
+    @property
+    def web_url(self) -> str:
+        """The page's address in a browser ("" when it is not served)."""
+        if not self.web:
+            return ""
+        host = _connect_host(self.web_host)
+        return f"https://{f'[{host}]' if ':' in host else host}:{self.web}/"
 
     def metrics_url(self, port: int) -> str:
         return f"http://{_connect_host(self.metrics_host)}:{port}/metrics"
@@ -372,6 +404,7 @@ class Stack:
             wallet_address=ports.wallet_address,
             started_at=self.started,
             supervisor_pid=os.getpid(),
+            web_url=ports.web_url,
             metrics={
                 "pool": ports.metrics_url(ports.pool_metrics),
                 "wallet": ports.metrics_url(ports.wallet_metrics),
@@ -383,10 +416,15 @@ class Stack:
             await self._start_part(self._devnet_part(ports, rpc_url))
         await self._start_part(self._wallet_part(ports))
         await self._start_part(self._pool_part(ports))
+        if ports.web:
+            # Before the demo: the page shows the poolers and farmers as they join.
+            await self._start_part(self._web_part(ports))
+            self.observer.event(f"farmers' web page: {ports.web_url}", level="good")
         if self.options.demo:
             await self._provision(ports)
+        web = f", farmers' web page at {ports.web_url}" if ports.web else ""
         self.observer.event(
-            f"running: pool at {ports.pool_address}, logs in {self.layout.logs};"
+            f"running: pool at {ports.pool_address}{web}, logs in {self.layout.logs};"
             " Ctrl-C stops everything",
             level="good",
         )
@@ -508,6 +546,26 @@ class Stack:
                 POOL_SERVER,
                 "kalepool.v1.PoolService",
             ),
+        )
+
+    def _web_part(self, ports: Ports) -> Part:
+        """The farmers' web page: HTTPS with the `web-server` certificate, calling the
+        pool as `farmer-web`; ready once its page answers over TLS checked against the
+        development CA."""
+        url = ports.web_url
+        return Part(
+            name="web",
+            role="web",
+            argv=[sys.executable, "-m", "farmer_web"],
+            env=self._env(
+                "web",
+                {
+                    "web_listen": f"{ports.web_host}:{ports.web}",
+                    "web_pool_address": ports.pool_address,
+                },
+            ),
+            address=url,
+            probe=lambda: https_ok(url, self.pki.ca_pem),
         )
 
     def _pooler_part(self, pooler: ProvisionedPooler) -> Part:
@@ -676,7 +734,7 @@ def run_up(settings: Settings, options: UpOptions, console: Console | None = Non
 
         console = _out()
     with StackLock(settings), _event_log(settings):
-        ports = Ports.plan(settings)
+        ports = Ports.plan(settings, web=options.web)
         ports.check(settings.network is Network.DEVNET)
         stack = Stack(settings, options, ports, PlainObserver(console), console)
         code = asyncio.run(stack.run())

@@ -173,6 +173,8 @@ def show_status(settings: Settings, console: Console | None = None) -> int:
         f"kale-pool up is running on {root} (pid {state.supervisor_pid}, since {started},"
         f" {state.network}, chain at {mask_url(state.rpc_url)})"
     )
+    if state.web_url:
+        console.print(f"farmers' web page: {state.web_url}", highlight=False)
     console.print(processes_table(state))
     try:
         for item in asyncio.run(pool_tables(settings, state)):

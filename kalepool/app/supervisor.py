@@ -44,7 +44,7 @@ class Part:
     """One process of the stack, as the supervisor starts it."""
 
     name: str  # also its log file's name: logs/<name>.log
-    role: str  # devnet | wallet | pool | pooler
+    role: str  # devnet | wallet | pool | web | pooler
     argv: list[str]
     env: dict[str, str]
     address: str = ""  # where it listens, for `status`

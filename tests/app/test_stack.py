@@ -127,6 +127,7 @@ async def test_no_part_but_the_wallet_gets_the_master_key(tmp_path: Path, how: s
         stack._devnet_part(ports, settings.rpc_url or ""),
         stack._wallet_part(ports),
         stack._pool_part(ports),
+        stack._web_part(ports),
         stack._pooler_part(_local_pooler(settings)),
     ]
     marks = tmp_path / "marks"
@@ -141,11 +142,13 @@ async def test_no_part_but_the_wallet_gets_the_master_key(tmp_path: Path, how: s
         assert not _MASTER_KEY_VARS & env.keys(), name
         assert key not in json.dumps(env), name
     # The devnet gets no secret at all; the pool the database only; a pooler its own key.
-    devnet, pool, pooler = envs["devnet"], envs["pool"], envs["pooler-1"]
+    devnet, pool, pooler, web = envs["devnet"], envs["pool"], envs["pooler-1"], envs["web"]
     secret_vars = {"DATABASE_URL"} | {
         f"{ENV_PREFIX}{name.upper()}" for name in secret_settings() if name != "database_url"
     }
     assert not secret_vars & devnet.keys()
+    assert not secret_vars & web.keys()  # the web page: no key, no database
+    assert web[f"{ENV_PREFIX}WEB_POOL_ADDRESS"] == ports.pool_address
     assert secret_vars & pool.keys() == {"DATABASE_URL"}
     assert pool["DATABASE_URL"] == as_role(stack.conninfo, POOL)
     assert conninfo_to_dict(pool["DATABASE_URL"])["user"] == "kalepool_pool"
@@ -157,7 +160,7 @@ async def test_no_part_but_the_wallet_gets_the_master_key(tmp_path: Path, how: s
     assert pooler[f"{ENV_PREFIX}POOLER_API_KEY"] == "kp_the_poolers_own"
     assert pooler[f"{ENV_PREFIX}DATA_DIR"] == str(settings.layout().root / "poolers" / "pooler-1")
     # Everything that is not a secret still reaches every part.
-    for env in (wallet, devnet, pool, pooler):
+    for env in (wallet, devnet, pool, pooler, web):
         assert env[f"{ENV_PREFIX}NETWORK"] == "devnet"
         assert env[f"{ENV_PREFIX}RPC_URL"] == settings.rpc_url
 
@@ -238,3 +241,14 @@ def test_an_events_log_made_wider_before_is_narrowed(tmp_path: Path) -> None:
     with _event_log(settings):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text() == "an older run\n"
+
+
+def test_the_web_page_has_a_port_and_url_unless_left_out(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, web_listen="127.0.0.1:0")
+    served = Ports.plan(settings)
+    assert served.web > 0 and served.web_url == f"https://127.0.0.1:{served.web}/"
+    left_out = Ports.plan(settings, web=False)
+    assert left_out.web == 0 and left_out.web_url == ""
+    # Unset, `up` serves it where a developer expects it.
+    default = Ports.plan(load_settings(data_dir=tmp_path), web=True)
+    assert default.web_url == "https://127.0.0.1:8443/"

@@ -1,7 +1,8 @@
 """`kale-pool up` end to end, through the real processes it starts (devnet, wallet, pool,
 two pooler agents), on short blocks, free ports and a temporary data directory.
 
-It farms three complete cycles and exits 0 with its summary; every reward recorded is
+It farms three complete cycles and exits 0 with its summary; the farmers' web page it
+serves (its own process, its URL printed) shows the demo farmers; every reward recorded is
 the one the contract returned (each harvest's transaction read back from the chain); the
 books agree with the events; nothing it started is left running; a concurrent second
 `up` is refused in one line. Then `up --blocks 1` on the same data directory continues:
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import select
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -167,6 +170,19 @@ async def _answers(data: Path, state: RunState, farmers: int) -> list[tuple[str,
     for part, url in state.metrics.items():
         with await asyncio.to_thread(urllib.request.urlopen, url, timeout=30) as page_:
             got.append((f"{part} metrics", await asyncio.to_thread(page_.read)))
+    # The farmers' web page (its own process, HTTPS with the development CA) shows the
+    # demo farmers in the pool view.
+    assert state.web_url.startswith("https://127.0.0.1:"), state.web_url
+    context = ssl.create_default_context(cafile=str(data / "certs" / "ca.pem"))
+    opened = await asyncio.to_thread(
+        urllib.request.urlopen, state.web_url + "api/pool", timeout=30, context=context
+    )
+    with opened as page_:
+        raw = await asyncio.to_thread(page_.read)
+    view = json.loads(raw)
+    assert sum(p["current_farmers"] for p in view["poolers"]) == farmers, view
+    assert view["farmers_active"] == farmers, view
+    got.append(("farmers' web page /api/pool", raw))
     assert len(state.metrics) >= 2  # the pool's and the wallet's
     return got
 
@@ -204,6 +220,7 @@ async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
     text = (await output).decode()
     assert proc.returncode == 0, text
     assert "farmed blocks" in text and "3 of 3 blocks farmed" in text, text
+    assert f"farmers' web page: {state.web_url}" in text, text
     assert "Traceback" not in text
     await nothing_left(state, data)
 

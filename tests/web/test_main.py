@@ -63,7 +63,7 @@ async def test_it_serves_the_page_over_https_and_prints_its_url(tmp_path: Path) 
         async with aiohttp.ClientSession(connector=connector) as http:
             async with http.get(url) as page:
                 assert page.status == 200
-                assert "<h1>kale-pool</h1>" in await page.text()
+                assert "<title>kale-pool</title>" in await page.text()
             async with http.get(f"{url}api/pool") as pool:
                 assert pool.status == 503
                 body = await pool.json()
