@@ -84,13 +84,13 @@ chromium:
 # tests' own runs: the fast ones and the whole cycle (its pool and dashboard farming).
 screenshots: $(STAMP) chromium
 	KALE_POOL_SCREENSHOTS=docs/images $(BIN)/python -m pytest tests/web/test_browser.py -n 0 -q
-	KALE_POOL_SCREENSHOTS=docs/images KALE_POOL_BROWSER_CYCLE=1 $(BIN)/python -m pytest \
+	KALE_POOL_SCREENSHOTS=docs/images $(BIN)/python -m pytest \
 	  tests/web/test_browser_cycle.py -n 0 -q --timeout=900
 
 # A farmer's whole cycle in the browser against `kale-pool up`: join, fund, watch a block
 # planted, worked and harvested with its reward, withdraw, leave (a few minutes).
 browser-cycle: $(STAMP) chromium
-	KALE_POOL_BROWSER_CYCLE=1 $(BIN)/python -m pytest tests/web/test_browser_cycle.py -n 0 -q \
+	$(BIN)/python -m pytest tests/web/test_browser_cycle.py -n 0 -q \
 	  --timeout=900 $(ARGS)
 
 bench: $(STAMP)

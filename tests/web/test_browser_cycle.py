@@ -1,13 +1,13 @@
-"""A farmer's whole cycle in the browser against `kale-pool up` (`make browser-cycle`, a
-few minutes; the default suite skips it): the stack's own processes on short blocks, the
-page at the URL `up` printed. A new farmer joins (the manual signing path), funds
-through the devnet's friendbot, and watches its blocks planted, worked and harvested by
-the demo pooler until a reward shows on the dashboard and in the CSV; then leaves."""
+"""A farmer's whole cycle in the browser against `kale-pool up` (in the default suite,
+about a minute and a half; `make browser-cycle` runs it alone): the stack's own processes
+on short blocks, the page at the URL `up` printed. A new farmer joins (the manual signing
+path), funds through the devnet's friendbot, and watches its blocks planted, worked and
+harvested by the demo pooler until a reward shows on the dashboard and in the CSV; then
+leaves."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,13 +22,7 @@ from kalepool.chain import ChainClient, resolve_chain_config
 from tests.stackkit import settings_for, spawn_up, wait_running
 from tests.web.browser import browser, open_context, shot, sign_shown_message  # noqa: F401
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.environ.get("KALE_POOL_BROWSER_CYCLE"),
-        reason="a few minutes of blocks: `make browser-cycle` runs it",
-    ),
-]
+pytestmark = pytest.mark.slow
 KALE = 10_000_000
 
 
