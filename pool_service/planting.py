@@ -244,7 +244,17 @@ class Planter:
         succeeded = {r.farmer_id: r for r in recorded if r.status == EventStatus.SUCCESS}
         attempts = [Attempt(f, row=succeeded.get(f.id)) for f in farmers]
         todo = [a for a in attempts if a.row is None]
-        await asyncio.gather(*(self._attempt(pooler.id, block_index, a) for a in todo))
+        # Written down before the wallet is called, all in one transaction: a crash from
+        # here on leaves unsettled requests, which the reconciler drives to their record.
+        opened = await self.plantings.open_plant_requests(
+            pooler.id,
+            block_index,
+            [(a.farmer.id, plant_key(a.farmer.id, block_index), stake_for(a.farmer)) for a in todo],
+        )
+        by_farmer = {r.farmer_id: r for r in opened}
+        for a in todo:
+            a.request = by_farmer[a.farmer.id]
+        await asyncio.gather(*(self._attempt(a) for a in todo))
 
         planted = {
             a.farmer.id: a.row for a in attempts if a.row and a.row.status == EventStatus.SUCCESS
@@ -276,14 +286,9 @@ class Planter:
             ),
         )
 
-    async def _attempt(self, pooler_id: UUID, block_index: int, attempt: Attempt) -> None:
-        farmer = attempt.farmer
-        # Written down before the wallet is called: a crash from here on leaves an
-        # unsettled request, which the reconciler drives to its record.
-        request = await self.plantings.open_plant_request(
-            pooler_id, farmer.id, block_index, plant_key(farmer.id, block_index), stake_for(farmer)
-        )
-        attempt.request = request
+    async def _attempt(self, attempt: Attempt) -> None:
+        request = attempt.request
+        assert request is not None  # opened by `_plant`
         if request.settled_at is not None and request.planting_id is not None:
             # Settled by a success (e.g. the plant landed in the next block).
             attempt.row = await self.plantings.planting(request.planting_id)

@@ -47,6 +47,7 @@ from kalepool.chain import (
     build_payment,
     build_plant,
     build_trustline,
+    pail_changes_of,
     read_account,
     read_pail_changes,
     read_pails,
@@ -101,6 +102,9 @@ class Result:
 
     outcome: wallet_pb2.TransactionOutcome
     row: TxRow | None
+    # The chain's outcome when this call followed the transaction to its ledger (its meta
+    # says what it changed); None for a replay or a refusal.
+    chain: TxOutcome | None = None
 
 
 # The wallet API's kind of each transaction the wallet makes (all but `work`, the
@@ -291,7 +295,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             with self.keyring.signer(wallet.sealed, source) as keypair:
                 signed = sign(unsigned, keypair)
             try:
-                row = await self._send(
+                row, followed = await self._send(
                     key,
                     signed,
                     request_digest,
@@ -310,7 +314,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                         "time; nothing was sent: retry"
                     ) from None
                 return await self._replay(row, key, request_digest)
-            return Result(outcome_of_row(row, replayed=False), row)
+            return Result(outcome_of_row(row, replayed=False), row, followed)
 
     async def _replay(self, row: TxRow, key: str, request_digest: bytes) -> Result:
         """The stored transaction of a key used before, reconciled with the chain first
@@ -332,7 +336,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         block_index: int | None,
         amount: int | None,
         sweep_of: uuid.UUID | None = None,
-    ) -> TxRow:
+    ) -> tuple[TxRow, TxOutcome | None]:
+        """Record, send and follow `signed`: its stored row, and the chain's outcome when
+        it was followed to the end (None when left pending)."""
         stored: list[uuid.UUID] = []
 
         async def record(tx: SignedTx) -> None:
@@ -355,13 +361,13 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             if not stored:
                 raise Unavailable(f"the chain cannot be reached: {exc}") from None
             log.warning("tx %s left pending: %s", signed.hash, exc)
-            return await self.store.tx(stored[0])
+            return await self.store.tx(stored[0]), None
         tx_id = stored[0]
         done = settlement(signed.kind, outcome)
         if done is not None:
             await self.store.settle(tx_id, done)
         log.info("tx %s %s %s", signed.kind.value, signed.hash, outcome.describe())
-        return await self.store.tx(tx_id)
+        return await self.store.tx(tx_id), outcome
 
     def _observer(self, stored: list[uuid.UUID]) -> Callable[[SubmitEvent], Awaitable[None]]:
         async def observe(event: SubmitEvent) -> None:
@@ -562,20 +568,27 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             out.failure.fault = common_pb2.FAULT_PARTY_NONE
         row = result.row
         if out.status == common_pb2.TX_STATUS_SUCCESS and row is not None and row.ledger:
-            found = await self._pail_of(farmer, block, row)
+            found = await self._pail_of(farmer, block, row, result.chain)
             if found is not None:
                 response.block_index, response.plant_ledger = found
         return response
 
-    async def _pail_of(self, farmer: str, block: int, row: TxRow) -> tuple[int, int] | None:
+    async def _pail_of(
+        self, farmer: str, block: int, row: TxRow, followed: TxOutcome | None = None
+    ) -> tuple[int, int] | None:
         """(block, ledger) of the pail an applied plant opened. Its transaction's meta
-        says it (the pail it created), even once the pail is gone (harvested, expired);
-        only when the RPC no longer knows the transaction (or cannot read it) is the pail
+        says it (the pail it created), even once the pail is gone (harvested, expired):
+        the meta this call followed it to (`followed`), else read again by hash; only when
+        the RPC no longer knows the transaction (or cannot read it) is the pail
         looked for on chain: the one of `block` or the next whose sequence is the plant's
         ledger (it may have applied after the block became due, opening the next). None
         when neither says."""
         try:
-            changes = await read_pail_changes(self.chain, row.tx_hash)
+            changes = None
+            if followed is not None and followed.hash == row.tx_hash:
+                changes = pail_changes_of(followed, self.chain.config.farm_contract_id)
+            if changes is None:
+                changes = await read_pail_changes(self.chain, row.tx_hash)
         except ChainUnavailableError as exc:
             raise Unavailable(
                 f"the plant applied in ledger {row.ledger} but its pail cannot be read: {exc}"
