@@ -134,8 +134,7 @@ async def test_answered_when_sent_and_each_plant_recorded_as_it_lands(pool: Pool
     pooler, key = await pool.register_pooler(max_farmers=10)
     auth = bearer(key)
     farmers = [
-        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=20 * KALE)
-        for _ in range(3)
+        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=20 * KALE) for _ in range(3)
     ]
     broke = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, ledger_kale=30 * KALE)
     block = (await current_block(pool.chain)).index
