@@ -548,11 +548,15 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         block = request.block_index
         wallet = await self._wallet(farmer)
 
+        checked_at: list[int] = []  # the chain's clock the block check read
+
         async def check_block() -> Result | None:
             try:
-                target = (await self.plantable.get(fresh=True)).target
+                plantable = await self.plantable.get(fresh=True)
             except ChainError as exc:
                 raise Unavailable(f"the farm cannot be read: {exc}") from None
+            target = plantable.target
+            checked_at.append(plantable.close_time)
             if block == target:
                 return None
             return Result(
@@ -573,7 +577,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             key,
             TxKind.PLANT,
             digest("plant", farmer, block, stake),
-            lambda: build_plant(self.chain, farmer, stake),
+            # Time bounds from the clock the block check read just before (one read less).
+            lambda: build_plant(self.chain, farmer, stake, now=checked_at[-1]),
             block_index=block,
             before_build=check_block,
             on_sent=sent.set,
