@@ -9,7 +9,10 @@ that proves nothing leaves the request unsettled: the reconciler (`pool_service.
 asks again with the same key until it does. Asking again for the same (pooler, block)
 plants nobody twice: farmers with a recorded success are answered from the record, the
 wallet replays any transaction it already made for a key, and the database holds one
-success per (farmer, block) and one request per (farmer, block).
+success per (farmer, block) and one request per (farmer, block). A request that asks to
+be answered when sent (`answer_when_sent`) gets its answer once the wallet has sent
+every plant; the sent ones are then driven to their record in the background, the same
+way (the reconciler remains the fallback).
 
 Two judgements are the pool's own, and are made from the chain and the request, never
 from who drives it (a first call, a repeat, the reconciler of any replica):
