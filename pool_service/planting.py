@@ -9,7 +9,10 @@ that proves nothing leaves the request unsettled: the reconciler (`pool_service.
 asks again with the same key until it does. Asking again for the same (pooler, block)
 plants nobody twice: farmers with a recorded success are answered from the record, the
 wallet replays any transaction it already made for a key, and the database holds one
-success per (farmer, block) and one request per (farmer, block).
+success per (farmer, block) and one request per (farmer, block). A request that asks to
+be answered when sent (`answer_when_sent`) gets its answer once the wallet has sent
+every plant; the sent ones are then driven to their record in the background, the same
+way (the reconciler remains the fallback).
 
 Two judgements are the pool's own, and are made from the chain and the request, never
 from who drives it (a first call, a repeat, the reconciler of any replica):
@@ -211,10 +214,14 @@ class Planter:
         # Requests this process is asking the wallet about right now (the reconciler
         # leaves them to the call in flight).
         self.driving: set[int] = set()
+        # Background follows of plants answered when sent (kept referenced until done).
+        self._following: set[asyncio.Task[None]] = set()
 
     async def request(
-        self, pooler: PoolerRow, block_index: int, max_farmers: int
+        self, pooler: PoolerRow, block_index: int, max_farmers: int, *, when_sent: bool = False
     ) -> pooler_pb2.RequestPlantResponse:
+        """Plant the pooler's farmers in the block; answered once all have settled, or
+        with `when_sent` once all are sent (followed to their record in the background)."""
         # Read now, never from the cache: a second-old view may name a block that is due.
         plantable = await self.view.plantable(fresh=True)
         if self.watch is not None:
@@ -232,10 +239,10 @@ class Planter:
         # One request per (pooler, block) at a time in this process; the database's
         # unique keys and locks hold across processes.
         async with self.locks.hold((pooler.id, block_index)):
-            return await self._plant(pooler, block_index, max_farmers)
+            return await self._plant(pooler, block_index, max_farmers, when_sent)
 
     async def _plant(
-        self, pooler: PoolerRow, block_index: int, max_farmers: int
+        self, pooler: PoolerRow, block_index: int, max_farmers: int, when_sent: bool
     ) -> pooler_pb2.RequestPlantResponse:
         await self.plantings.claim_block(pooler.id, block_index)
         limit = min(max_farmers or pooler.max_farmers, self.settings.max_farmers_per_pooler)
@@ -244,7 +251,22 @@ class Planter:
         succeeded = {r.farmer_id: r for r in recorded if r.status == EventStatus.SUCCESS}
         attempts = [Attempt(f, row=succeeded.get(f.id)) for f in farmers]
         todo = [a for a in attempts if a.row is None]
-        await asyncio.gather(*(self._attempt(pooler.id, block_index, a) for a in todo))
+        # Written down before the wallet is called, all in one transaction: a crash from
+        # here on leaves unsettled requests, which the reconciler drives to their record.
+        opened = await self.plantings.open_plant_requests(
+            pooler.id,
+            block_index,
+            [(a.farmer.id, plant_key(a.farmer.id, block_index), stake_for(a.farmer)) for a in todo],
+        )
+        by_farmer = {r.farmer_id: r for r in opened}
+        for a in todo:
+            a.request = by_farmer[a.farmer.id]
+        await asyncio.gather(*(self._attempt(a, when_sent) for a in todo))
+        sent = [a.request for a in todo if a.row is None and a.request is not None]
+        if when_sent and sent:
+            # Answered now; each is followed to its record here (the reconciler is the
+            # fallback), and its assignment reaches the stream as it lands.
+            self._follow(pooler.id, block_index, sent)
 
         planted = {
             a.farmer.id: a.row for a in attempts if a.row and a.row.status == EventStatus.SUCCESS
@@ -276,29 +298,49 @@ class Planter:
             ),
         )
 
-    async def _attempt(self, pooler_id: UUID, block_index: int, attempt: Attempt) -> None:
-        farmer = attempt.farmer
-        # Written down before the wallet is called: a crash from here on leaves an
-        # unsettled request, which the reconciler drives to its record.
-        request = await self.plantings.open_plant_request(
-            pooler_id, farmer.id, block_index, plant_key(farmer.id, block_index), stake_for(farmer)
-        )
-        attempt.request = request
+    async def _attempt(self, attempt: Attempt, when_sent: bool) -> None:
+        request = attempt.request
+        assert request is not None  # opened by `_plant`
         if request.settled_at is not None and request.planting_id is not None:
             # Settled by a success (e.g. the plant landed in the next block).
             attempt.row = await self.plantings.planting(request.planting_id)
             return
-        attempt.row = await self.drive(request)
+        attempt.row = await self.drive(request, when_sent=when_sent)
+
+    def _follow(self, pooler_id: UUID, block_index: int, requests: list[PlantRequestRow]) -> None:
+        """Drive sent plants to their record in the background (the wallet answers each
+        once settled); the (pooler, block) is marked settled when all are."""
+
+        async def follow() -> None:
+            rows = await asyncio.gather(*(self.drive(r) for r in requests))
+            if all(row is not None for row in rows):
+                await self.plantings.plant_settled(pooler_id, block_index)
+
+        task = asyncio.get_running_loop().create_task(follow())
+        self._following.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._following.discard(t)
+            if not t.cancelled() and (exc := t.exception()) is not None:
+                # The requests stay unsettled: the reconciler drives them.
+                log.warning("plants of block %d left to the reconciler: %s", block_index, exc)
+
+        task.add_done_callback(done)
 
     async def drive(
-        self, request: PlantRequestRow, limit: asyncio.Semaphore | None = None
+        self,
+        request: PlantRequestRow,
+        limit: asyncio.Semaphore | None = None,
+        *,
+        when_sent: bool = False,
     ) -> PlantingRow | None:
         """Ask the wallet for the request's plant (the same key and parameters every
         time: it replays what it already signed) and record what the answer settles.
         The record that settles the request, or None while its fate is unknown.
 
         At most `limit` (default: `plant_concurrency`, shared by RequestPlant calls) at
-        once; the reconciler passes a smaller limit of its own."""
+        once; the reconciler passes a smaller limit of its own. `when_sent`: the wallet
+        answers once the plant is sent (PENDING: None here) instead of once settled."""
         self.driving.add(request.id)
         try:
             async with limit or self._limit:
@@ -309,6 +351,7 @@ class Planter:
                             farmer_address=request.custodial_public_key,
                             block_index=request.block_index,
                             stake_stroops=request.stake_amount,
+                            answer_when_sent=when_sent,
                         ),
                         timeout=self.settings.plant_timeout_seconds,
                     )

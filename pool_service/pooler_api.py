@@ -52,7 +52,9 @@ class PoolerApi(pooler_pb2_grpc.PoolerServiceServicer):
         self, request: pooler_pb2.RequestPlantRequest, context: Any
     ) -> pooler_pb2.RequestPlantResponse:
         pooler = await self.auth.pooler(context)
-        return await self.planter.request(pooler, request.block_index, request.max_farmers)
+        return await self.planter.request(
+            pooler, request.block_index, request.max_farmers, when_sent=request.answer_when_sent
+        )
 
     async def StreamAssignments(
         self, request: pooler_pb2.StreamAssignmentsRequest, context: Any

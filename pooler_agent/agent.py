@@ -411,9 +411,11 @@ class PoolerAgent:
             s.pending,
             s.total_requested,
         )
-        if s.total_requested and not s.planted:
-            # Nobody planted (yet): a due block is not opened by this, and the pool tries
-            # failed farmers again on the next request. Not a plant: ask again.
+        if s.total_requested and not s.planted and not s.pending:
+            # Nobody planted nor on the way: a due block is not opened by this, and the
+            # pool tries failed farmers again on the next request. Not a plant: ask again.
+            # (Pending plants are sent: the pool answers before they land, and each
+            # reaches the assignment stream as it does.)
             self.stats.plant_errors += 1
             self._plant_failed(index, "planted nobody", f"{s.failed} failed, {s.pending} pending")
             return

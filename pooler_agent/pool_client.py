@@ -267,7 +267,10 @@ class PoolClient:
         return await self._call(
             "RequestPlant",
             self.stub.RequestPlant,
-            pooler_pb2.RequestPlantRequest(block_index=block_index, max_farmers=max_farmers),
+            # Answered once the plants are sent: each lands on the assignment stream.
+            pooler_pb2.RequestPlantRequest(
+                block_index=block_index, max_farmers=max_farmers, answer_when_sent=True
+            ),
         )
 
     async def report_work(

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -47,6 +47,7 @@ from kalepool.chain import (
     build_payment,
     build_plant,
     build_trustline,
+    pail_changes_of,
     read_account,
     read_pail_changes,
     read_pails,
@@ -101,6 +102,9 @@ class Result:
 
     outcome: wallet_pb2.TransactionOutcome
     row: TxRow | None
+    # The chain's outcome when this call followed the transaction to its ledger (its meta
+    # says what it changed); None for a replay or a refusal.
+    chain: TxOutcome | None = None
 
 
 # The wallet API's kind of each transaction the wallet makes (all but `work`, the
@@ -206,6 +210,10 @@ def settlement(kind: TxKind, outcome: TxOutcome) -> Settlement | None:
 
 Build = Callable[[], Awaitable[UnsignedTx]]
 
+# Outcomes of plants answered when sent, kept for the Plant that asks again (bounded: a
+# caller that never asks again leaves its entry until newer ones push it out).
+_FOLLOWED_KEPT = 20_000
+
 
 class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     """kalepool.v1.WalletService over a Store, a Keyring and a ChainClient."""
@@ -227,6 +235,11 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         # Which block can be planted now, read once for every plant checked meanwhile.
         self.plantable = PlantableReads.of(chain)
         self._locks: dict[str, asyncio.Lock] = {}
+        # Plants answered when sent and still followed to their ledger here.
+        self._following: set[asyncio.Task[Result]] = set()
+        # Outcomes those followed plants settled with, by key, until the next Plant with
+        # the key takes it (its pail is then read from the meta, not asked for again).
+        self._followed: dict[str, TxOutcome] = {}
 
     @property
     def keyring(self) -> Keyring:
@@ -258,6 +271,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         amount: int | None = None,
         before_build: Callable[[], Awaitable[Result | None]] | None = None,
         sweep_of: Callable[[], uuid.UUID] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Result:
         source = wallet.public_key
         async with self._lock(source):
@@ -291,13 +305,14 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             with self.keyring.signer(wallet.sealed, source) as keypair:
                 signed = sign(unsigned, keypair)
             try:
-                row = await self._send(
+                row, followed = await self._send(
                     key,
                     signed,
                     request_digest,
                     block_index,
                     amount,
                     sweep_of() if sweep_of is not None else None,
+                    on_sent,
                 )
             except Taken:
                 # Another process (a second replica, or a second call racing on this key)
@@ -310,7 +325,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                         "time; nothing was sent: retry"
                     ) from None
                 return await self._replay(row, key, request_digest)
-            return Result(outcome_of_row(row, replayed=False), row)
+            return Result(outcome_of_row(row, replayed=False), row, followed)
 
     async def _replay(self, row: TxRow, key: str, request_digest: bytes) -> Result:
         """The stored transaction of a key used before, reconciled with the chain first
@@ -332,7 +347,10 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         block_index: int | None,
         amount: int | None,
         sweep_of: uuid.UUID | None = None,
-    ) -> TxRow:
+        on_sent: Callable[[], None] | None = None,
+    ) -> tuple[TxRow, TxOutcome | None]:
+        """Record, send and follow `signed`: its stored row, and the chain's outcome when
+        it was followed to the end (None when left pending)."""
         stored: list[uuid.UUID] = []
 
         async def record(tx: SignedTx) -> None:
@@ -349,26 +367,30 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
 
         try:
             outcome = await submit(
-                self.chain, signed, record=record, observe=self._observer(stored)
+                self.chain, signed, record=record, observe=self._observer(stored, on_sent)
             )
         except ChainUnavailableError as exc:
             if not stored:
                 raise Unavailable(f"the chain cannot be reached: {exc}") from None
             log.warning("tx %s left pending: %s", signed.hash, exc)
-            return await self.store.tx(stored[0])
+            return await self.store.tx(stored[0]), None
         tx_id = stored[0]
         done = settlement(signed.kind, outcome)
         if done is not None:
             await self.store.settle(tx_id, done)
         log.info("tx %s %s %s", signed.kind.value, signed.hash, outcome.describe())
-        return await self.store.tx(tx_id)
+        return await self.store.tx(tx_id), outcome
 
-    def _observer(self, stored: list[uuid.UUID]) -> Callable[[SubmitEvent], Awaitable[None]]:
+    def _observer(
+        self, stored: list[uuid.UUID], on_sent: Callable[[], None] | None = None
+    ) -> Callable[[SubmitEvent], Awaitable[None]]:
         async def observe(event: SubmitEvent) -> None:
             if not stored:
                 return
             if event.step in (SubmitStep.SENT, SubmitStep.DUPLICATE):
                 await self.store.mark(stored[0], "pending")
+                if on_sent is not None:
+                    on_sent()
             elif event.step is SubmitStep.SEND_LOST:
                 await self.store.mark(stored[0], "submitted")
 
@@ -526,11 +548,15 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         block = request.block_index
         wallet = await self._wallet(farmer)
 
+        checked_at: list[int] = []  # the chain's clock the block check read
+
         async def check_block() -> Result | None:
             try:
-                target = (await self.plantable.get(fresh=True)).target
+                plantable = await self.plantable.get(fresh=True)
             except ChainError as exc:
                 raise Unavailable(f"the farm cannot be read: {exc}") from None
+            target = plantable.target
+            checked_at.append(plantable.close_time)
             if block == target:
                 return None
             return Result(
@@ -545,15 +571,26 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                 None,
             )
 
-        result = await self._transact(
+        sent = asyncio.Event()
+        transact = self._transact(
             wallet,
             key,
             TxKind.PLANT,
             digest("plant", farmer, block, stake),
-            lambda: build_plant(self.chain, farmer, stake),
+            # Time bounds from the clock the block check read just before (one read less).
+            lambda: build_plant(self.chain, farmer, stake, now=checked_at[-1]),
             block_index=block,
             before_build=check_block,
+            on_sent=sent.set,
         )
+        if request.answer_when_sent:
+            got = await self._until_sent(key, transact, sent)
+            if isinstance(got, wallet_pb2.PlantResponse):
+                return got
+            result = got
+        else:
+            result = await transact
+        followed = self._followed.pop(key, None) or result.chain
         response = wallet_pb2.PlantResponse(outcome=result.outcome)
         out = response.outcome
         if out.HasField("failure") and out.failure.code == common_pb2.FAILURE_CODE_PAIL_EXISTS:
@@ -562,20 +599,65 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             out.failure.fault = common_pb2.FAULT_PARTY_NONE
         row = result.row
         if out.status == common_pb2.TX_STATUS_SUCCESS and row is not None and row.ledger:
-            found = await self._pail_of(farmer, block, row)
+            found = await self._pail_of(farmer, block, row, followed)
             if found is not None:
                 response.block_index, response.plant_ledger = found
         return response
 
-    async def _pail_of(self, farmer: str, block: int, row: TxRow) -> tuple[int, int] | None:
+    async def _until_sent(
+        self, key: str, transact: Coroutine[Any, Any, Result], sent: asyncio.Event
+    ) -> Result | wallet_pb2.PlantResponse:
+        """Run a plant's `_transact` in a task of its own: its Result when it ends before
+        anything is sent (a refusal, a replay), else, once the RPC server has accepted the
+        transaction, its PENDING answer, while the task follows it to its ledger and
+        settles its row (its outcome kept for the next Plant with the key)."""
+        task = asyncio.create_task(transact)
+        self._following.add(task)
+        answered = False
+
+        def done(t: asyncio.Task[Result]) -> None:
+            self._following.discard(t)
+            if t.cancelled():
+                return
+            if (exc := t.exception()) is not None:
+                if answered:
+                    log.warning("plant %s: following it failed: %s", show(key), exc)
+                return
+            chain = t.result().chain
+            if answered and chain is not None:
+                while len(self._followed) >= _FOLLOWED_KEPT:
+                    self._followed.pop(next(iter(self._followed)))
+                self._followed[key] = chain
+
+        task.add_done_callback(done)
+        waiting = asyncio.create_task(sent.wait())
+        try:
+            await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if task.done():
+            return task.result()
+        answered = True
+        row = await self.store.tx_by_key(key)
+        assert row is not None  # stored before it was sent
+        return wallet_pb2.PlantResponse(outcome=outcome_of_row(row, replayed=False))
+
+    async def _pail_of(
+        self, farmer: str, block: int, row: TxRow, followed: TxOutcome | None = None
+    ) -> tuple[int, int] | None:
         """(block, ledger) of the pail an applied plant opened. Its transaction's meta
-        says it (the pail it created), even once the pail is gone (harvested, expired);
-        only when the RPC no longer knows the transaction (or cannot read it) is the pail
+        says it (the pail it created), even once the pail is gone (harvested, expired):
+        the meta this call followed it to (`followed`), else read again by hash; only when
+        the RPC no longer knows the transaction (or cannot read it) is the pail
         looked for on chain: the one of `block` or the next whose sequence is the plant's
         ledger (it may have applied after the block became due, opening the next). None
         when neither says."""
         try:
-            changes = await read_pail_changes(self.chain, row.tx_hash)
+            changes = None
+            if followed is not None and followed.hash == row.tx_hash:
+                changes = pail_changes_of(followed, self.chain.config.farm_contract_id)
+            if changes is None:
+                changes = await read_pail_changes(self.chain, row.tx_hash)
         except ChainUnavailableError as exc:
             raise Unavailable(
                 f"the plant applied in ledger {row.ledger} but its pail cannot be read: {exc}"

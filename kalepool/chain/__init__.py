@@ -33,7 +33,13 @@ from kalepool.chain.errors import (
     SimulationError,
 )
 from kalepool.chain.events import EventPage, TokenEvent, read_token_events
-from kalepool.chain.farm_calls import FarmCall, PailChanges, read_farm_call, read_pail_changes
+from kalepool.chain.farm_calls import (
+    FarmCall,
+    PailChanges,
+    pail_changes_of,
+    read_farm_call,
+    read_pail_changes,
+)
 from kalepool.chain.farm_state import (
     AccountState,
     Block,
@@ -112,6 +118,7 @@ __all__ = [
     "build_work",
     "current_block",
     "kale_balance",
+    "pail_changes_of",
     "read_account",
     "read_block",
     "read_farm",

@@ -100,16 +100,18 @@ async def _source_account(client: ChainClient, source: str | Account) -> Account
         raise AccountNotFoundError(source) from None
 
 
-async def time_bounds(client: ChainClient, max_time: int | None = None) -> tuple[int, int]:
-    """(min_time, max_time) from the chain's clock: now and now + tx_timeout_seconds."""
-    latest = await client.latest_ledger()
+async def time_bounds(
+    client: ChainClient, max_time: int | None = None, *, now: int | None = None
+) -> tuple[int, int]:
+    """(min_time, max_time) from the chain's clock: now and now + tx_timeout_seconds.
+    `now`: a latest ledger's close time the caller has just read (no second read)."""
+    if now is None:
+        now = (await client.latest_ledger()).close_time
     if max_time is None:
-        max_time = latest.close_time + client.config.tx_timeout_seconds
-    if max_time <= latest.close_time:
-        raise ValueError(
-            f"max_time {max_time} is not after the latest ledger's close time {latest.close_time}"
-        )
-    return latest.close_time, max_time
+        max_time = now + client.config.tx_timeout_seconds
+    if max_time <= now:
+        raise ValueError(f"max_time {max_time} is not after the latest ledger's close time {now}")
+    return now, max_time
 
 
 def _builder(client: ChainClient, account: Account, bounds: tuple[int, int]) -> TransactionBuilder:
@@ -192,10 +194,12 @@ async def invoke(
     args: Sequence[stellar_xdr.SCVal],
     *,
     max_time: int | None = None,
+    now: int | None = None,
 ) -> UnsignedTx:
-    """Build, simulate and assemble one contract call paid for by `source`."""
+    """Build, simulate and assemble one contract call paid for by `source` (`now`: see
+    `time_bounds`)."""
     account = await _source_account(client, source)
-    bounds = await time_bounds(client, max_time)
+    bounds = await time_bounds(client, max_time, now=now)
     envelope = (
         _builder(client, account, bounds)
         .append_invoke_contract_function_op(contract_id, function, list(args))
@@ -266,11 +270,13 @@ async def build_plant(
     *,
     source: str | Account | None = None,
     max_time: int | None = None,
+    now: int | None = None,
 ) -> UnsignedTx:
     """`plant(farmer, amount)`: open the farmer's pail, staking `amount` stroops of KALE.
 
     Paid by `source` (default: the farmer). When someone else pays, the result
-    `needs_auth` the farmer: call :func:`authorize` with the farmer's key.
+    `needs_auth` the farmer: call :func:`authorize` with the farmer's key. `now`: the
+    chain's clock just read (the plant's block check reads it), for the time bounds.
     """
     check_address(farmer)
     _check_int("plant amount", amount, 0, protocol.I128_MAX)
@@ -282,6 +288,7 @@ async def build_plant(
         "plant",
         [scval.to_address(farmer), scval.to_int128(amount)],
         max_time=max_time,
+        now=now,
     )
 
 

@@ -23,7 +23,7 @@ from stellar_sdk.transaction_envelope import TransactionEnvelope
 from kalepool.chain.client import ChainClient
 from kalepool.chain.errors import ChainDataError, NotAFarmCallError
 from kalepool.chain.farm_state import Pail, decode_pail
-from kalepool.chain.submit import SignedTx, TxStatus, contract_call, outcome_of
+from kalepool.chain.submit import SignedTx, TxOutcome, TxStatus, contract_call, outcome_of
 
 FUNCTIONS = ("plant", "work", "harvest")
 _SV = stellar_xdr.SCValType
@@ -224,6 +224,21 @@ async def read_pail_changes(client: ChainClient, tx_hash: str) -> PailChanges | 
     except ChainDataError as exc:
         raise ChainDataError(f"transaction {wanted}: {exc}") from None
     return PailChanges(wanted, got.ledger, succeeded, created, removed)
+
+
+def pail_changes_of(outcome: TxOutcome, farm: str) -> PailChanges | None:
+    """What an applied transaction the caller followed to its ledger did to the farm's
+    pails, from the meta its outcome already holds (no second request: `read_pail_changes`
+    is for a transaction known only by hash). None when the outcome carries no meta (not
+    applied, or the server gave none); ChainDataError as `read_pail_changes`."""
+    if outcome.meta is None or outcome.ledger is None:
+        return None
+    succeeded = outcome.status is TxStatus.SUCCESS
+    try:
+        created, removed = pail_changes(outcome.meta, farm)
+    except ChainDataError as exc:
+        raise ChainDataError(f"transaction {outcome.hash}: {exc}") from None
+    return PailChanges(outcome.hash, outcome.ledger, succeeded, created, removed)
 
 
 def pail_changes(

@@ -20,7 +20,7 @@ import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -219,6 +219,9 @@ class TxOutcome:
     fee_charged: int | None = None
     result_xdr: str | None = None
     sends: int = 0  # how many times the envelope was handed to sendTransaction
+    # The applied transaction's result meta, decoded once: what it changed (e.g. the pail
+    # a plant opened) without asking the server again. None unless applied.
+    meta: stellar_xdr.TransactionMeta | None = field(default=None, repr=False, compare=False)
 
     @property
     def hash(self) -> str:
@@ -552,6 +555,7 @@ def outcome_of(
         fee = int(result.fee_charged.int64)
     return_value = None
     diagnostics: list[str | stellar_xdr.DiagnosticEvent] = list(got.diagnostic_events_xdr or [])
+    meta = None
     if got.result_meta_xdr:
         meta = stellar_xdr.TransactionMeta.from_xdr(got.result_meta_xdr)
         if meta.v4 is not None:
@@ -584,4 +588,5 @@ def outcome_of(
         fee_charged=fee,
         result_xdr=got.result_xdr,
         sends=sends,
+        meta=meta,
     )

@@ -27,47 +27,47 @@ from kalepool.v1 import common_pb2 as kalepool_dot_v1_dot_common__pb2
 from kalepool.v1 import records_pb2 as kalepool_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kalepool/v1/pooler.proto\x12\x0bkalepool.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18kalepool/v1/common.proto\x1a\x19kalepool/v1/records.proto\"\x97\x02\n\nAssignment\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x13\n\x0bplanting_id\x18\x02 \x01(\t\x12\x11\n\tfarmer_id\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61rmer_address\x18\x04 \x01(\t\x12\x13\n\x0b\x62lock_index\x18\x05 \x01(\r\x12\x0f\n\x07\x65ntropy\x18\x06 \x01(\x0c\x12\x15\n\rstake_stroops\x18\x07 \x01(\x03\x12\x14\n\x0cplant_ledger\x18\x08 \x01(\r\x12\x33\n\x0f\x62lock_opened_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rwork_deadline\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x02\n\nWorkReport\x12\x11\n\tfarmer_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.kalepool.v1.EventStatus\x12\r\n\x05nonce\x18\x03 \x01(\x04\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12\r\n\x05zeros\x18\x05 \x01(\r\x12\x0b\n\x03gap\x18\x06 \x01(\r\x12\x30\n\x0btransaction\x18\x07 \x01(\x0b\x32\x1b.kalepool.v1.TransactionRef\x12%\n\x07\x66\x61ilure\x18\x08 \x01(\x0b\x32\x14.kalepool.v1.Failure\x12\x17\n\x0fhashes_computed\x18\t \x01(\x04\x12\x30\n\x0csubmitted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x13RequestPlantRequest\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12\x13\n\x0bmax_farmers\x18\x02 \x01(\r\"w\n\x0cPlantSummary\x12\x17\n\x0ftotal_requested\x18\x01 \x01(\r\x12\x0f\n\x07planted\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x1c\n\x14total_staked_stroops\x18\x05 \x01(\x03\"\xdd\x01\n\x14RequestPlantResponse\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12+\n\x07planted\x18\x02 \x03(\x0b\x32\x1a.kalepool.v1.PlantingEvent\x12*\n\x06\x66\x61iled\x18\x03 \x03(\x0b\x32\x1a.kalepool.v1.PlantingEvent\x12+\n\x07pending\x18\x04 \x03(\x0b\x32\x1a.kalepool.v1.PlantingEvent\x12*\n\x07summary\x18\x05 \x01(\x0b\x32\x19.kalepool.v1.PlantSummary\"0\n\x18StreamAssignmentsRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\x04\"H\n\x19StreamAssignmentsResponse\x12+\n\nassignment\x18\x01 \x01(\x0b\x32\x17.kalepool.v1.Assignment\",\n\x15GetAssignmentsRequest\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\"[\n\x16GetAssignmentsResponse\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12,\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x17.kalepool.v1.Assignment\"R\n\x11ReportWorkRequest\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12(\n\x07results\x18\x02 \x03(\x0b\x32\x17.kalepool.v1.WorkReport\"d\n\x11WorkReportOutcome\x12\x11\n\tfarmer_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.kalepool.v1.ReportOutcome\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xd0\x01\n\x12ReportWorkResponse\x12\x10\n\x08recorded\x18\x01 \x01(\r\x12\x18\n\x10\x61lready_recorded\x18\x02 \x01(\r\x12\x19\n\x11ready_for_harvest\x18\x03 \x03(\t\x12!\n\x19\x63ompensation_owed_stroops\x18\x04 \x01(\x03\x12\x30\n\x08outcomes\x18\x05 \x03(\x0b\x32\x1e.kalepool.v1.WorkReportOutcome\x12\x0f\n\x07refused\x18\x06 \x01(\r\x12\r\n\x05retry\x18\x07 \x01(\r\"@\n\x15RequestHarvestRequest\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12\x12\n\nfarmer_ids\x18\x02 \x03(\t\"\xd0\x01\n\x16RequestHarvestResponse\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12,\n\tharvested\x18\x02 \x03(\x0b\x32\x19.kalepool.v1.HarvestEvent\x12)\n\x06\x66\x61iled\x18\x03 \x03(\x0b\x32\x19.kalepool.v1.HarvestEvent\x12*\n\x07pending\x18\x04 \x03(\x0b\x32\x19.kalepool.v1.HarvestEvent\x12\x1c\n\x14total_reward_stroops\x18\x05 \x01(\x03\"\xdf\x01\n\x10HeartbeatRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x19\n\x11hashes_per_second\x18\x03 \x01(\x04\x12\x0f\n\x07threads\x18\x04 \x01(\r\x12\x16\n\x0emining_farmers\x18\x05 \x01(\r\x12\x1c\n\x14observed_block_index\x18\x06 \x01(\r\x12\x13\n\x0blast_cursor\x18\x07 \x01(\x04\x12\x13\n\x0b\x63pu_percent\x18\x08 \x01(\r\x12\x16\n\x0ememory_percent\x18\t \x01(\r\"\xb2\x02\n\x11HeartbeatResponse\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63urrent_block_index\x18\x02 \x01(\r\x12\x18\n\x10interval_seconds\x18\x03 \x01(\r\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.kalepool.v1.PoolerStatus\x12\x16\n\x0e\x61\x63tive_farmers\x18\x05 \x01(\r\x12;\n\x17\x63urrent_block_opened_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_block_due_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc3\x01\n\rReportOutcome\x12\x1e\n\x1aREPORT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17REPORT_OUTCOME_RECORDED\x10\x01\x12#\n\x1fREPORT_OUTCOME_ALREADY_RECORDED\x10\x02\x12\x1a\n\x16REPORT_OUTCOME_PENDING\x10\x03\x12\x18\n\x14REPORT_OUTCOME_RETRY\x10\x04\x12\x1a\n\x16REPORT_OUTCOME_REFUSED\x10\x05\x32\x9b\x04\n\rPoolerService\x12S\n\x0cRequestPlant\x12 .kalepool.v1.RequestPlantRequest\x1a!.kalepool.v1.RequestPlantResponse\x12\x64\n\x11StreamAssignments\x12%.kalepool.v1.StreamAssignmentsRequest\x1a&.kalepool.v1.StreamAssignmentsResponse0\x01\x12Y\n\x0eGetAssignments\x12\".kalepool.v1.GetAssignmentsRequest\x1a#.kalepool.v1.GetAssignmentsResponse\x12M\n\nReportWork\x12\x1e.kalepool.v1.ReportWorkRequest\x1a\x1f.kalepool.v1.ReportWorkResponse\x12Y\n\x0eRequestHarvest\x12\".kalepool.v1.RequestHarvestRequest\x1a#.kalepool.v1.RequestHarvestResponse\x12J\n\tHeartbeat\x12\x1d.kalepool.v1.HeartbeatRequest\x1a\x1e.kalepool.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kalepool/v1/pooler.proto\x12\x0bkalepool.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18kalepool/v1/common.proto\x1a\x19kalepool/v1/records.proto\"\x97\x02\n\nAssignment\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\x12\x13\n\x0bplanting_id\x18\x02 \x01(\t\x12\x11\n\tfarmer_id\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61rmer_address\x18\x04 \x01(\t\x12\x13\n\x0b\x62lock_index\x18\x05 \x01(\r\x12\x0f\n\x07\x65ntropy\x18\x06 \x01(\x0c\x12\x15\n\rstake_stroops\x18\x07 \x01(\x03\x12\x14\n\x0cplant_ledger\x18\x08 \x01(\r\x12\x33\n\x0f\x62lock_opened_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rwork_deadline\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x02\n\nWorkReport\x12\x11\n\tfarmer_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.kalepool.v1.EventStatus\x12\r\n\x05nonce\x18\x03 \x01(\x04\x12\x0c\n\x04hash\x18\x04 \x01(\x0c\x12\r\n\x05zeros\x18\x05 \x01(\r\x12\x0b\n\x03gap\x18\x06 \x01(\r\x12\x30\n\x0btransaction\x18\x07 \x01(\x0b\x32\x1b.kalepool.v1.TransactionRef\x12%\n\x07\x66\x61ilure\x18\x08 \x01(\x0b\x32\x14.kalepool.v1.Failure\x12\x17\n\x0fhashes_computed\x18\t \x01(\x04\x12\x30\n\x0csubmitted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x13RequestPlantRequest\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12\x13\n\x0bmax_farmers\x18\x02 \x01(\r\x12\x18\n\x10\x61nswer_when_sent\x18\x03 \x01(\x08\"w\n\x0cPlantSummary\x12\x17\n\x0ftotal_requested\x18\x01 \x01(\r\x12\x0f\n\x07planted\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x1c\n\x14total_staked_stroops\x18\x05 \x01(\x03\"\xdd\x01\n\x14RequestPlantResponse\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12+\n\x07planted\x18\x02 \x03(\x0b\x32\x1a.kalepool.v1.PlantingEvent\x12*\n\x06\x66\x61iled\x18\x03 \x03(\x0b\x32\x1a.kalepool.v1.PlantingEvent\x12+\n\x07pending\x18\x04 \x03(\x0b\x32\x1a.kalepool.v1.PlantingEvent\x12*\n\x07summary\x18\x05 \x01(\x0b\x32\x19.kalepool.v1.PlantSummary\"0\n\x18StreamAssignmentsRequest\x12\x14\n\x0c\x61\x66ter_cursor\x18\x01 \x01(\x04\"H\n\x19StreamAssignmentsResponse\x12+\n\nassignment\x18\x01 \x01(\x0b\x32\x17.kalepool.v1.Assignment\",\n\x15GetAssignmentsRequest\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\"[\n\x16GetAssignmentsResponse\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12,\n\x0b\x61ssignments\x18\x02 \x03(\x0b\x32\x17.kalepool.v1.Assignment\"R\n\x11ReportWorkRequest\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12(\n\x07results\x18\x02 \x03(\x0b\x32\x17.kalepool.v1.WorkReport\"d\n\x11WorkReportOutcome\x12\x11\n\tfarmer_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.kalepool.v1.ReportOutcome\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xd0\x01\n\x12ReportWorkResponse\x12\x10\n\x08recorded\x18\x01 \x01(\r\x12\x18\n\x10\x61lready_recorded\x18\x02 \x01(\r\x12\x19\n\x11ready_for_harvest\x18\x03 \x03(\t\x12!\n\x19\x63ompensation_owed_stroops\x18\x04 \x01(\x03\x12\x30\n\x08outcomes\x18\x05 \x03(\x0b\x32\x1e.kalepool.v1.WorkReportOutcome\x12\x0f\n\x07refused\x18\x06 \x01(\r\x12\r\n\x05retry\x18\x07 \x01(\r\"@\n\x15RequestHarvestRequest\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12\x12\n\nfarmer_ids\x18\x02 \x03(\t\"\xd0\x01\n\x16RequestHarvestResponse\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\r\x12,\n\tharvested\x18\x02 \x03(\x0b\x32\x19.kalepool.v1.HarvestEvent\x12)\n\x06\x66\x61iled\x18\x03 \x03(\x0b\x32\x19.kalepool.v1.HarvestEvent\x12*\n\x07pending\x18\x04 \x03(\x0b\x32\x19.kalepool.v1.HarvestEvent\x12\x1c\n\x14total_reward_stroops\x18\x05 \x01(\x03\"\xdf\x01\n\x10HeartbeatRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x19\n\x11hashes_per_second\x18\x03 \x01(\x04\x12\x0f\n\x07threads\x18\x04 \x01(\r\x12\x16\n\x0emining_farmers\x18\x05 \x01(\r\x12\x1c\n\x14observed_block_index\x18\x06 \x01(\r\x12\x13\n\x0blast_cursor\x18\x07 \x01(\x04\x12\x13\n\x0b\x63pu_percent\x18\x08 \x01(\r\x12\x16\n\x0ememory_percent\x18\t \x01(\r\"\xb2\x02\n\x11HeartbeatResponse\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63urrent_block_index\x18\x02 \x01(\r\x12\x18\n\x10interval_seconds\x18\x03 \x01(\r\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.kalepool.v1.PoolerStatus\x12\x16\n\x0e\x61\x63tive_farmers\x18\x05 \x01(\r\x12;\n\x17\x63urrent_block_opened_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_block_due_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc3\x01\n\rReportOutcome\x12\x1e\n\x1aREPORT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17REPORT_OUTCOME_RECORDED\x10\x01\x12#\n\x1fREPORT_OUTCOME_ALREADY_RECORDED\x10\x02\x12\x1a\n\x16REPORT_OUTCOME_PENDING\x10\x03\x12\x18\n\x14REPORT_OUTCOME_RETRY\x10\x04\x12\x1a\n\x16REPORT_OUTCOME_REFUSED\x10\x05\x32\x9b\x04\n\rPoolerService\x12S\n\x0cRequestPlant\x12 .kalepool.v1.RequestPlantRequest\x1a!.kalepool.v1.RequestPlantResponse\x12\x64\n\x11StreamAssignments\x12%.kalepool.v1.StreamAssignmentsRequest\x1a&.kalepool.v1.StreamAssignmentsResponse0\x01\x12Y\n\x0eGetAssignments\x12\".kalepool.v1.GetAssignmentsRequest\x1a#.kalepool.v1.GetAssignmentsResponse\x12M\n\nReportWork\x12\x1e.kalepool.v1.ReportWorkRequest\x1a\x1f.kalepool.v1.ReportWorkResponse\x12Y\n\x0eRequestHarvest\x12\".kalepool.v1.RequestHarvestRequest\x1a#.kalepool.v1.RequestHarvestResponse\x12J\n\tHeartbeat\x12\x1d.kalepool.v1.HeartbeatRequest\x1a\x1e.kalepool.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kalepool.v1.pooler_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPORTOUTCOME']._serialized_start=2589
-  _globals['_REPORTOUTCOME']._serialized_end=2784
+  _globals['_REPORTOUTCOME']._serialized_start=2615
+  _globals['_REPORTOUTCOME']._serialized_end=2810
   _globals['_ASSIGNMENT']._serialized_start=128
   _globals['_ASSIGNMENT']._serialized_end=407
   _globals['_WORKREPORT']._serialized_start=410
   _globals['_WORKREPORT']._serialized_end=704
   _globals['_REQUESTPLANTREQUEST']._serialized_start=706
-  _globals['_REQUESTPLANTREQUEST']._serialized_end=769
-  _globals['_PLANTSUMMARY']._serialized_start=771
-  _globals['_PLANTSUMMARY']._serialized_end=890
-  _globals['_REQUESTPLANTRESPONSE']._serialized_start=893
-  _globals['_REQUESTPLANTRESPONSE']._serialized_end=1114
-  _globals['_STREAMASSIGNMENTSREQUEST']._serialized_start=1116
-  _globals['_STREAMASSIGNMENTSREQUEST']._serialized_end=1164
-  _globals['_STREAMASSIGNMENTSRESPONSE']._serialized_start=1166
-  _globals['_STREAMASSIGNMENTSRESPONSE']._serialized_end=1238
-  _globals['_GETASSIGNMENTSREQUEST']._serialized_start=1240
-  _globals['_GETASSIGNMENTSREQUEST']._serialized_end=1284
-  _globals['_GETASSIGNMENTSRESPONSE']._serialized_start=1286
-  _globals['_GETASSIGNMENTSRESPONSE']._serialized_end=1377
-  _globals['_REPORTWORKREQUEST']._serialized_start=1379
-  _globals['_REPORTWORKREQUEST']._serialized_end=1461
-  _globals['_WORKREPORTOUTCOME']._serialized_start=1463
-  _globals['_WORKREPORTOUTCOME']._serialized_end=1563
-  _globals['_REPORTWORKRESPONSE']._serialized_start=1566
-  _globals['_REPORTWORKRESPONSE']._serialized_end=1774
-  _globals['_REQUESTHARVESTREQUEST']._serialized_start=1776
-  _globals['_REQUESTHARVESTREQUEST']._serialized_end=1840
-  _globals['_REQUESTHARVESTRESPONSE']._serialized_start=1843
-  _globals['_REQUESTHARVESTRESPONSE']._serialized_end=2051
-  _globals['_HEARTBEATREQUEST']._serialized_start=2054
-  _globals['_HEARTBEATREQUEST']._serialized_end=2277
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2280
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2586
-  _globals['_POOLERSERVICE']._serialized_start=2787
-  _globals['_POOLERSERVICE']._serialized_end=3326
+  _globals['_REQUESTPLANTREQUEST']._serialized_end=795
+  _globals['_PLANTSUMMARY']._serialized_start=797
+  _globals['_PLANTSUMMARY']._serialized_end=916
+  _globals['_REQUESTPLANTRESPONSE']._serialized_start=919
+  _globals['_REQUESTPLANTRESPONSE']._serialized_end=1140
+  _globals['_STREAMASSIGNMENTSREQUEST']._serialized_start=1142
+  _globals['_STREAMASSIGNMENTSREQUEST']._serialized_end=1190
+  _globals['_STREAMASSIGNMENTSRESPONSE']._serialized_start=1192
+  _globals['_STREAMASSIGNMENTSRESPONSE']._serialized_end=1264
+  _globals['_GETASSIGNMENTSREQUEST']._serialized_start=1266
+  _globals['_GETASSIGNMENTSREQUEST']._serialized_end=1310
+  _globals['_GETASSIGNMENTSRESPONSE']._serialized_start=1312
+  _globals['_GETASSIGNMENTSRESPONSE']._serialized_end=1403
+  _globals['_REPORTWORKREQUEST']._serialized_start=1405
+  _globals['_REPORTWORKREQUEST']._serialized_end=1487
+  _globals['_WORKREPORTOUTCOME']._serialized_start=1489
+  _globals['_WORKREPORTOUTCOME']._serialized_end=1589
+  _globals['_REPORTWORKRESPONSE']._serialized_start=1592
+  _globals['_REPORTWORKRESPONSE']._serialized_end=1800
+  _globals['_REQUESTHARVESTREQUEST']._serialized_start=1802
+  _globals['_REQUESTHARVESTREQUEST']._serialized_end=1866
+  _globals['_REQUESTHARVESTRESPONSE']._serialized_start=1869
+  _globals['_REQUESTHARVESTRESPONSE']._serialized_end=2077
+  _globals['_HEARTBEATREQUEST']._serialized_start=2080
+  _globals['_HEARTBEATREQUEST']._serialized_end=2303
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2306
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2612
+  _globals['_POOLERSERVICE']._serialized_start=2813
+  _globals['_POOLERSERVICE']._serialized_end=3352
 # @@protoc_insertion_point(module_scope)

@@ -213,21 +213,28 @@ class RequestPlantRequest(_message.Message):
 
     BLOCK_INDEX_FIELD_NUMBER: _builtins.int
     MAX_FARMERS_FIELD_NUMBER: _builtins.int
+    ANSWER_WHEN_SENT_FIELD_NUMBER: _builtins.int
     block_index: _builtins.int
     """The block to plant in: the block the pooler saw open, or the next one
     when the current block is at least 300 s old (the pool's plant opens it).
     """
     max_farmers: _builtins.int
     """Plant at most this many farmers (the machine's capacity); 0 for all."""
+    answer_when_sent: _builtins.bool
+    """Answer as soon as every plant is sent (each then listed as pending, unless its
+    outcome was known before the send) instead of when all have landed; each planted
+    farmer reaches the assignment stream as its plant lands.
+    """
     def __init__(
         self,
         *,
         block_index: _builtins.int = ...,
         max_farmers: _builtins.int = ...,
+        answer_when_sent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_index", b"block_index", "max_farmers", b"max_farmers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_when_sent", b"answer_when_sent", "block_index", b"block_index", "max_farmers", b"max_farmers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -422,6 +422,7 @@ class PlantRequest(_message.Message):
     FARMER_ADDRESS_FIELD_NUMBER: _builtins.int
     BLOCK_INDEX_FIELD_NUMBER: _builtins.int
     STAKE_STROOPS_FIELD_NUMBER: _builtins.int
+    ANSWER_WHEN_SENT_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Makes retries safe; suggested form "plant:<farmer_id>:<block_index>"."""
     farmer_address: _builtins.str
@@ -433,6 +434,12 @@ class PlantRequest(_message.Message):
     """
     stake_stroops: _builtins.int
     """KALE to stake (burn), in stroops; 0 or more, at most the account's KALE balance."""
+    answer_when_sent: _builtins.bool
+    """Answer as soon as the plant is accepted by the RPC server (a PENDING outcome with
+    its tx_hash) instead of when it settles; the wallet service follows it to its ledger
+    all the same, and a later Plant with the same key answers the settled outcome.
+    Refusals and outcomes known before the send are answered as without it.
+    """
     def __init__(
         self,
         *,
@@ -440,10 +447,11 @@ class PlantRequest(_message.Message):
         farmer_address: _builtins.str = ...,
         block_index: _builtins.int = ...,
         stake_stroops: _builtins.int = ...,
+        answer_when_sent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_index", b"block_index", "farmer_address", b"farmer_address", "idempotency_key", b"idempotency_key", "stake_stroops", b"stake_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_when_sent", b"answer_when_sent", "block_index", b"block_index", "farmer_address", b"farmer_address", "idempotency_key", b"idempotency_key", "stake_stroops", b"stake_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -171,10 +171,12 @@ class PlantingStore:
 
     # --- plant requests --------------------------------------------------------------------
 
-    async def open_plant_request(
-        self, pooler_id: UUID, farmer_id: UUID, block_index: int, key: str, stake: int
-    ) -> PlantRequestRow:
-        """The farmer's plant request for the block, written before the wallet is called.
+    async def open_plant_requests(
+        self, pooler_id: UUID, block_index: int, wanted: Sequence[tuple[UUID, str, int]]
+    ) -> list[PlantRequestRow]:
+        """The plant requests of farmers of one (pooler, block), each (farmer_id, key,
+        stake), written before the wallet is called: three statements in one transaction
+        for the whole batch. Returned in no particular order.
 
         The first request stores its stake; every later one (a repeat, another replica,
         the reconciler) drives the same key with the same stored stake, so the wallet
@@ -182,27 +184,33 @@ class PlantingStore:
         failure is opened again for a new attempt (`attempts` + 1, its age counted from
         now); one settled by a success, or still unsettled, is returned as it is.
         """
+        if not wanted:
+            return []
+        farmer_ids = [w[0] for w in wanted]
+        keys = [w[1] for w in wanted]
+        stakes = [w[2] for w in wanted]
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO plant_requests (idempotency_key, farmer_id, pooler_id, block_index,"
-                " stake_amount) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (key, farmer_id, pooler_id, block_index, stake),
+                " stake_amount) SELECT k, f, %s, %s, s"
+                " FROM unnest(%s::text[], %s::uuid[], %s::bigint[]) AS w(k, f, s)"
+                " ORDER BY k ON CONFLICT DO NOTHING",
+                (pooler_id, block_index, keys, farmer_ids, stakes),
             )
             await conn.execute(
                 "UPDATE plant_requests r SET settled_at = NULL, planting_id = NULL,"
                 " attempts = r.attempts + 1, opened_at = now() FROM plantings p"
-                " WHERE r.idempotency_key = %s AND p.id = r.planting_id AND p.status = 'failed'",
-                (key,),
+                " WHERE r.idempotency_key = ANY(%s) AND p.id = r.planting_id"
+                " AND p.status = 'failed'",
+                (keys,),
             )
-            row = await fetch_one(
+            return await fetch_all(
                 conn,
                 PlantRequestRow,
                 f"SELECT {PLANT_REQUEST_COLUMNS} FROM plant_requests r"
-                " JOIN farmers f ON f.id = r.farmer_id WHERE r.idempotency_key = %s",
-                (key,),
+                " JOIN farmers f ON f.id = r.farmer_id WHERE r.idempotency_key = ANY(%s)",
+                (keys,),
             )
-            assert row is not None  # inserted, or there already
-            return row
 
     async def take_unsettled_plant_requests(
         self, limit: int, deadline: float, longest_wait: float, busy: Sequence[int] = ()

@@ -6,6 +6,7 @@ cannot run (a harvest made from inside another contract's call, meta v3, malform
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from kalepool.chain import (
     build_trustline,
     build_work,
     current_block,
+    pail_changes_of,
     read_block,
     read_farm_call,
     read_pail,
@@ -48,6 +50,10 @@ async def test_a_plant_creates_a_pail_and_a_strangers_harvest_removes_it(stage: 
     assert planted.ok and planted.ledger is not None
     opened = Pail(farmer.public_key, 0, planted.ledger, None, stake, None)
     assert await read_pail_changes(client, planted.hash) == PailChanges(
+        planted.hash, planted.ledger, True, (opened,), ()
+    )
+    # The same from the meta the outcome it was followed to holds, with no request.
+    assert pail_changes_of(planted, client.config.farm_contract_id) == PailChanges(
         planted.hash, planted.ledger, True, (opened,), ()
     )
 
@@ -102,6 +108,12 @@ async def test_payments_touch_no_pail_and_unknown_transactions_are_none(stage: S
         assert await read_pail_changes(client, outcome.hash.upper()) == PailChanges(
             outcome.hash, outcome.ledger, True, (), ()
         )
+        farm = client.config.farm_contract_id
+        assert pail_changes_of(outcome, farm) == PailChanges(
+            outcome.hash, outcome.ledger, True, (), ()
+        )
+    # An outcome without meta (never applied) says nothing.
+    assert pail_changes_of(dataclasses.replace(classic, meta=None), farm) is None
     assert await read_pail_changes(client, "00" * 32) is None
     with pytest.raises(ValueError, match="not a transaction hash"):
         await read_pail_changes(client, "xyz")

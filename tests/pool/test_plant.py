@@ -126,3 +126,49 @@ async def test_a_wrong_block_is_refused_and_the_due_one_accepted(pool: PoolStage
     )
     assert [p.farmer_id for p in opened.planted] == [farmer.farmer_id]
     assert (await current_block(pool.chain)).index == now.index + 1
+
+
+async def test_answered_when_sent_and_each_plant_recorded_as_it_lands(pool: PoolStage) -> None:
+    # No reconciler: what records the plants is the request's own follow-up.
+    await pool.start(plant_reconcile_interval_seconds=3600)
+    pooler, key = await pool.register_pooler(max_farmers=10)
+    auth = bearer(key)
+    farmers = [
+        await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=20 * KALE) for _ in range(3)
+    ]
+    broke = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, ledger_kale=30 * KALE)
+    block = (await current_block(pool.chain)).index
+    stub = pool.pooler()
+    await pool.wallet.closer.hold()  # no ledger closes: the plants can only be sent
+    sent = await stub.RequestPlant(
+        pooler_pb2.RequestPlantRequest(block_index=block, answer_when_sent=True), metadata=auth
+    )
+    ids = {f.farmer_id for f in farmers}
+    assert {p.farmer_id for p in sent.pending} == ids and not sent.planted
+    # Refused before anything was sent (the stake cannot be burned): answered as failed.
+    assert [f.farmer_id for f in sent.failed] == [broke.farmer_id]
+    assert sent.summary.pending == 3 and sent.summary.failed == 1
+    assert [r for r in await _planting_rows(pool) if r[1] == "success"] == []
+    pool.wallet.closer.release()
+
+    async def recorded() -> bool:
+        return {r[0] for r in await _planting_rows(pool) if r[1] == "success"} == ids
+
+    await until(recorded)
+    for farmer in farmers:
+        pail = await read_pail(pool.chain, farmer.custodial_address, block)
+        assert pail is not None
+        row = next(r for r in await _planting_rows(pool) if r[0] == farmer.farmer_id)
+        assert row[3] == pail.sequence  # recorded where the chain put the pail
+    # Each is an assignment of the block, as the stream would carry it.
+    listed = await stub.GetAssignments(
+        pooler_pb2.GetAssignmentsRequest(block_index=block), metadata=auth
+    )
+    assert {a.farmer_id for a in listed.assignments} == ids
+    # Asked again: the same plants, recorded once, nothing signed twice.
+    transactions = await pool.count("transactions")
+    again = await stub.RequestPlant(
+        pooler_pb2.RequestPlantRequest(block_index=block, answer_when_sent=True), metadata=auth
+    )
+    assert {p.farmer_id for p in again.planted} == ids and not again.pending
+    assert await pool.count("transactions") == transactions

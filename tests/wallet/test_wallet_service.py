@@ -330,6 +330,50 @@ async def test_twenty_parallel_plants(wallet: WalletStage) -> None:
     assert len({a.outcome.tx_hash for a in answers}) == 20
 
 
+async def test_a_plant_answered_when_sent_is_followed_to_its_pail(wallet: WalletStage) -> None:
+    ws = wallet
+    farmer = await funded_wallet(ws, kale=10 * KALE)
+    block = (await current_block(ws.chain)).index
+    request = wallet_pb2.PlantRequest(
+        idempotency_key=f"plant:{farmer}:{block}",
+        farmer_address=farmer,
+        block_index=block,
+        stake_stroops=KALE,
+        answer_when_sent=True,
+    )
+    await ws.closer.hold()  # no ledger closes: the plant can only be sent
+    sent = await ws.stub.Plant(request)
+    assert sent.outcome.status == common_pb2.TX_STATUS_PENDING, sent
+    assert sent.outcome.tx_hash and not sent.plant_ledger
+    assert await read_pail(ws.chain, farmer, block) is None
+    ws.closer.release()
+
+    # The wallet follows it by itself: its pail opens without another call.
+    async def landed() -> bool:
+        return await read_pail(ws.chain, farmer, block) is not None
+
+    await until(landed)
+    # Asked again (the same key and parameters), the answer is the settled plant, where
+    # its pail is; nothing second is signed.
+    again = await ws.stub.Plant(request)
+    assert again.outcome.status == SUCCESS and again.outcome.replayed, again
+    assert again.outcome.tx_hash == sent.outcome.tx_hash
+    pail = await read_pail(ws.chain, farmer, block)
+    assert pail is not None
+    assert (again.block_index, again.plant_ledger) == (block, pail.sequence)
+    # A request refused before anything is sent is answered as without the flag.
+    wrong = await ws.stub.Plant(
+        wallet_pb2.PlantRequest(
+            idempotency_key=f"plant:{farmer}:{block + 5}",
+            farmer_address=farmer,
+            block_index=block + 5,
+            answer_when_sent=True,
+        )
+    )
+    assert wrong.outcome.status == common_pb2.TX_STATUS_REJECTED
+    assert wrong.outcome.failure.code == common_pb2.FAILURE_CODE_BLOCK_MISMATCH
+
+
 async def test_crash_after_record_is_reconciled_to_exactly_one(wallet: WalletStage) -> None:
     import psycopg
 
