@@ -70,7 +70,12 @@ def clients(
     done: Any,
 ) -> None:
     """The poolers' machines: open the streams, report each arrival's wall time."""
-    asyncio.run(_clients(port, ca, streams, bare_port, expect, ready, done))
+    try:
+        asyncio.run(_clients(port, ca, streams, bare_port, expect, ready, done))
+    except BaseException as exc:  # the parent waits on the queues: tell it
+        ready.put(exc)
+        done.put(exc)
+        raise
 
 
 async def _clients(
@@ -163,19 +168,33 @@ async def bare_server(bare: Bare, identity: Identity, ca: bytes) -> tuple[grpc.a
 
 
 async def open_block(stage: PoolStage, first: Pooler) -> tuple[int, int, int]:
-    """The current block, opened on chain (one funded farmer planted through RequestPlant
-    when the farm has no entry for it yet): (block index, its latest ledger, plants)."""
+    """A block opened by a real plant after another one finished (so the previous block
+    can be asked about too): one funded farmer of `first` planted through RequestPlant in
+    the current block, the chain's clock moved to the next block's time, and the farmer
+    planted again, opening it. (block index, its latest ledger, plants of it so far)."""
     block = (await current_block(stage.chain)).index
-    planted = 0
-    if await read_block(stage.chain, block) is None:
-        planted = 1
-        await stage.funded_farmer(first.pooler_id)
-        got = await stage.pooler().RequestPlant(
-            pooler_pb2.RequestPlantRequest(block_index=block), metadata=first.auth
-        )
-        assert got.summary.planted == 1, got
+    await stage.funded_farmer(first.pooler_id)
+    stub = stage.pooler()
+    got = await stub.RequestPlant(
+        pooler_pb2.RequestPlantRequest(block_index=block), metadata=first.auth
+    )
+    assert got.summary.planted == 1, got
+    now = await current_block(stage.chain)
+    await stage.stage.advance(now.next_block_at - (await stage.chain.latest_ledger()).close_time)
+
+    async def due() -> bool:
+        current = await current_block(stage.chain)
+        return current.can_open_next((await stage.chain.latest_ledger()).close_time)
+
+    await until(due)
+    block += 1
+    got = await stub.RequestPlant(
+        pooler_pb2.RequestPlantRequest(block_index=block), metadata=first.auth
+    )
+    assert got.summary.planted == 1, got
+    assert await read_block(stage.chain, block) is not None
     latest = await stage.chain.latest_ledger()
-    return block, latest.sequence, planted
+    return block, latest.sequence, 1
 
 
 async def record_all(
@@ -243,7 +262,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             child.start()
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, ready.get, True, 60)
+            if isinstance(got := await loop.run_in_executor(None, ready.get, True, 60), Exception):
+                raise got
             feeds = stage.server.feeds
             await until(
                 lambda: (
@@ -261,6 +281,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             first = min(committed.values())
             await replay(bare, poolers, sorted(t - first for t in committed.values()))
             arrived = await loop.run_in_executor(None, done.get, True, 180)
+            if isinstance(arrived, Exception):
+                raise arrived
             child.join(10)
             await bare_srv.stop(0)
             stage.wallet.closer.release()
