@@ -172,7 +172,12 @@ async def open_block(stage: PoolStage, first: Pooler) -> tuple[int, int, int]:
     can be asked about too): one funded farmer of `first` planted through RequestPlant in
     the current block, the chain's clock moved to the next block's time, and the farmer
     planted again, opening it. (block index, its latest ledger, plants of it so far)."""
-    block = (await current_block(stage.chain)).index
+
+    async def target() -> int:
+        current = await current_block(stage.chain)
+        return current.plant_target((await stage.chain.latest_ledger()).close_time)
+
+    block = await target()
     await stage.funded_farmer(first.pooler_id)
     stub = stage.pooler()
     got = await stub.RequestPlant(
@@ -187,7 +192,7 @@ async def open_block(stage: PoolStage, first: Pooler) -> tuple[int, int, int]:
         return current.can_open_next((await stage.chain.latest_ledger()).close_time)
 
     await until(due)
-    block += 1
+    block = await target()
     got = await stub.RequestPlant(
         pooler_pb2.RequestPlantRequest(block_index=block), metadata=first.auth
     )

@@ -71,10 +71,13 @@ class Pooler:
 
 
 @contextlib.asynccontextmanager
-async def staged_pool(conninfo: str, **settings: Any) -> AsyncIterator[PoolStage]:
-    """The pool's test stage on `conninfo`, restarted with open limits (and `settings`)."""
+async def staged_pool(
+    conninfo: str, devnet: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[PoolStage]:
+    """The pool's test stage on `conninfo` (the devnet given `devnet`'s settings),
+    restarted with open limits (and `settings`)."""
     with tempfile.TemporaryDirectory(prefix="kale-pool-bench-pki-") as certs:
-        async with pool_stage(conninfo, DevPki(Path(certs))) as stage:
+        async with pool_stage(conninfo, DevPki(Path(certs)), **(devnet or {})) as stage:
             await stage.start(**(OPEN_LIMITS | settings))
             yield stage
 
