@@ -137,7 +137,9 @@ def timed(conn: psycopg.Connection[Any], text: str, params: Any) -> float:
         return time.perf_counter() - started
 
 
-def measure(conninfo: str, statements: list[Statement], runs: int) -> list[dict[str, Any]]:
+def measure(
+    conninfo: str, statements: list[Statement], runs: int, budget_s: float = 5.0
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         top = conn.execute("SELECT max(id) FROM pool.plantings").fetchone()
@@ -150,8 +152,12 @@ def measure(conninfo: str, statements: list[Statement], runs: int) -> list[dict[
             entry: dict[str, Any] = {"statement": " ".join(s.text.split()), "calls": s.calls}
             try:
                 entry["whole_reads"] = seq_scans(conn, s.text, s.params[0])
-                got = [timed(conn, s.text, s.params[i % len(s.params)]) for i in range(runs)]
+                got: list[float] = []
+                budget = time.monotonic() + budget_s  # a slow statement: fewer runs
+                while len(got) < runs and (len(got) < 5 or time.monotonic() < budget):
+                    got.append(timed(conn, s.text, s.params[len(got) % len(s.params)]))
                 entry.update(percentiles(got))
+                print(f"  {entry['p95'] * 1e3:9.3f} ms p95  {entry['statement'][:90]}", flush=True)
             except psycopg.Error as exc:
                 entry["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
             rows.append(entry)
