@@ -120,7 +120,7 @@ def generate(conninfo: str, low: int, top: int) -> dict[str, float]:
         changed = rebuild_derived_state(conn)
         took["rebuild_derived_state"] = time.monotonic() - started
         print(f"  derived state   {took['rebuild_derived_state']:6.1f} s ({changed} rows)")
-        conn.execute("ANALYZE")
+        conn.execute("VACUUM ANALYZE")  # the rebuild rewrote farmers and block records
         for table in ("plantings", "works", "harvests", "balance_ledger", "plant_requests"):
             row = conn.execute(f"SELECT count(*) FROM pool.{table}").fetchone()  # type: ignore[arg-type]
             print(f"  {table:<15} {row[0] if row else 0:>9,} rows", flush=True)
