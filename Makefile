@@ -19,8 +19,8 @@ CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 # requirements-build.lock the build backend alone (the image's two stages).
 UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11
 
-.PHONY: run test test-python test-rust lint bench bench-plant faults fuzz proto clean lock \
-	chromium screenshots browser-cycle
+.PHONY: run test test-python test-rust lint bench bench-miner bench-agent bench-assignments \
+	bench-rpc bench-db bench-plant faults fuzz proto clean lock chromium screenshots browser-cycle
 
 # The project itself: --no-deps (its dependencies came from the lock) and no build
 # isolation (the build backend too). pip then runs maturin's backend from the venv, which
@@ -93,8 +93,28 @@ browser-cycle: $(STAMP) chromium
 	$(BIN)/python -m pytest tests/web/test_browser_cycle.py -n 0 -q \
 	  --timeout=900 $(ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python bench/miner_bench.py
+# Every benchmark but the plant throughput (docs/performance.md), each beside its reference
+# measured in the same run, each writing its figures under bench/results/ (about 15 min).
+bench: bench-miner bench-agent bench-assignments bench-rpc bench-db
+
+bench-miner: $(STAMP)
+	$(BIN)/python bench/miner_bench.py --json bench/results/miner.json
+
+# The pooler agent mining 50 farmers at once against one plain search on the same cores.
+bench-agent: $(STAMP)
+	$(BIN)/python bench/agent_bench.py $(ARGS)
+
+# Plant recorded -> assignment on StreamAssignments, 10 poolers x 200 farmers.
+bench-assignments: $(STAMP)
+	$(BIN)/python bench/assign_bench.py $(ARGS)
+
+# Every PoolerService RPC under 10 poolers x 200 farmers, beside the health check.
+bench-rpc: $(STAMP)
+	$(BIN)/python bench/rpc_bench.py $(ARGS)
+
+# Every statement the services ran, over a million event rows, beside a primary-key lookup.
+bench-db: $(STAMP)
+	$(BIN)/python bench/db_bench.py $(ARGS)
 
 # Plant throughput of one backend beside the devnet's own ceiling (docs/performance.md):
 # make bench-plant ARGS="--farmers 200 500".
