@@ -9,7 +9,8 @@ HTTPS on `KALE_POOL_WEB_LISTEN`, 127.0.0.1:8443 unless set; `--no-web` leaves it
 Unless `--no-demo`, the local poolers are then provisioned (`kalepool.app.poolers`) and
 the demo farmers registered and funded (`kalepool.app.demo`), and one `kale-pool pooler`
 process per pooler is started, talking to the pool over mutual TLS exactly as a remote
-mining machine does.
+mining machine does. On the devnet `up` also plays the operator for the pool's fee and
+shares (`kalepool.app.fees`): its fee account, and XLM for the fee and share wallets.
 
 Each part gets its settings in its environment (`KALE_POOL_*`, `DATABASE_URL`): every
 effective setting but the secrets, and of those only the ones it uses (`PART_SECRETS`:
