@@ -442,6 +442,11 @@ class DataLayout:
         """Log files of background processes."""
         return self.root / "logs"
 
+    @property
+    def devnet_fee_account(self) -> Path:
+        """The devnet operator's fee account key `kale-pool up` made (devnet money only)."""
+        return self.root / "demo" / "fee-account.json"
+
     def ensure(self) -> None:
         """Create the directories, private to the user (0700): they hold keys and money.
 

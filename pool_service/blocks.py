@@ -211,6 +211,8 @@ class BlockReports:
         counts, staked, rewards = _total(rows)
         f = await self.blocks.pool_figures()
         opened, due = convert.block_times(chain) if chain is not None else (None, None)
+        account = await self.shares.fee_account()
+        fee = await self.share_payouts.totals(account.id) if account else None
         return pool_pb2.GetPoolStatsResponse(
             current_block_index=chain.index if chain is not None else 0,
             current_block_opened_at=opened,
@@ -231,6 +233,10 @@ class BlockReports:
             compensations_paid_stroops=f.comp_paid,
             as_of=wire.now(),
             network_passphrase=self.view.chain.config.network_passphrase,
+            fee_earned_stroops=fee.earned if fee else 0,
+            fee_pending_stroops=fee.pending if fee else 0,
+            fee_balance_stroops=fee.balance if fee else 0,
+            fee_account_address=account.custodial_public_key if account else "",
         )
 
     async def pooler_stats(
@@ -273,6 +279,7 @@ class BlockReports:
             share_balance_stroops=share.balance if share else 0,
             obligations_exceed_earnings=excess > 0,
             closed_to_farmers=excess > self.obligation_limit,
+            share_account_address=account.custodial_public_key if account else "",
             as_of=wire.now(),
         )
 

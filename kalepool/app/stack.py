@@ -9,7 +9,8 @@ HTTPS on `KALE_POOL_WEB_LISTEN`, 127.0.0.1:8443 unless set; `--no-web` leaves it
 Unless `--no-demo`, the local poolers are then provisioned (`kalepool.app.poolers`) and
 the demo farmers registered and funded (`kalepool.app.demo`), and one `kale-pool pooler`
 process per pooler is started, talking to the pool over mutual TLS exactly as a remote
-mining machine does.
+mining machine does. On the devnet `up` also plays the operator for the pool's fee and
+shares (`kalepool.app.fees`): its fee account, and XLM for the fee and share wallets.
 
 Each part gets its settings in its environment (`KALE_POOL_*`, `DATABASE_URL`): every
 effective setting but the secrets, and of those only the ones it uses (`PART_SECRETS`:
@@ -33,7 +34,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import grpc
 from pydantic import SecretStr
@@ -41,6 +42,13 @@ from rich.console import Console
 
 from kalepool.app.cycles import BlockOutcome, CycleWatcher, failure_lines, summary_table
 from kalepool.app.demo import DemoFarmer, provision_demo, wait_for_deposits
+from kalepool.app.fees import (
+    PoolAccountFunder,
+    fund_fee_account,
+    read_figures,
+    takings,
+    up_fee_account,
+)
 from kalepool.app.files import open_private_append
 from kalepool.app.funding import Friendbot, FundingError
 from kalepool.app.observer import EVENT_LOGGER, PlainObserver, StackObserver
@@ -71,6 +79,9 @@ from kalepool.tls import (
     ensure_dev_identities,
 )
 from kalepool.v1 import pool_pb2
+
+if TYPE_CHECKING:
+    from stellar_sdk import Keypair
 
 # What each part of the stack gets of the effective settings, here and only here: every
 # setting but the secrets, and of the secrets only those the part uses. A secret is a
@@ -311,6 +322,8 @@ class Stack:
     farmers: list[DemoFarmer] = field(default_factory=list)
     conninfo: str = ""
     outcomes: list[BlockOutcome] | None = None  # --blocks: the run's blocks, for the summary
+    takings: str = ""  # --blocks: the fee and shares taken, as the pool last reported them
+    fee_account: Keypair | None = None  # the devnet operator's, when `up` made it
 
     def __post_init__(self) -> None:
         self.layout = self.settings.layout()
@@ -361,6 +374,8 @@ class Stack:
             RunState.clear(self.settings)
         if self.outcomes is not None:
             code = self._print_summary(self.outcomes, code)
+            if self.takings:
+                self.console.print(f"taken so far: {self.takings}", highlight=False)
         return code
 
     def _print_summary(self, outcomes: list[BlockOutcome], code: int) -> int:
@@ -410,8 +425,13 @@ class Stack:
                 "wallet": ports.metrics_url(ports.wallet_metrics),
             },
         )
-        # The settings every part shares: the chain this stack talks to.
-        self.settings = settings = settings.model_copy(update={"rpc_url": rpc_url})
+        # The settings every part shares: the chain this stack talks to, and on the devnet
+        # the operator's fee account `up` keeps unless the operator named one.
+        shared: dict[str, Any] = {"rpc_url": rpc_url}
+        self.fee_account = await asyncio.to_thread(up_fee_account, settings)
+        if self.fee_account is not None:
+            shared["pool_fee_address"] = self.fee_account.public_key
+        self.settings = settings = settings.model_copy(update=shared)
         if devnet:
             await self._start_part(self._devnet_part(ports, rpc_url))
         await self._start_part(self._wallet_part(ports))
@@ -420,6 +440,8 @@ class Stack:
             # Before the demo: the page shows the poolers and farmers as they join.
             await self._start_part(self._web_part(ports))
             self.observer.event(f"farmers' web page: {ports.web_url}", level="good")
+        if self.fee_account is not None:
+            await self._fund_fee_account(ports)
         if self.options.demo:
             await self._provision(ports)
         web = f", farmers' web page at {ports.web_url}" if ports.web else ""
@@ -591,17 +613,39 @@ class Stack:
             stop_grace=self.settings.request_timeout_seconds + 10,
         )
 
+    async def _clients(self, ports: Ports) -> Friendbot | None:
+        """The operator's client of the pool, the chain and the friendbot (None: the
+        network has none), made once."""
+        settings = self.settings
+        if self.op is None:
+            self.op = OperatorClient(settings, address=ports.pool_address)
+        if self.chain is None:
+            self.chain = ChainClient(await resolve_chain_config(settings), poll_interval=0.5)
+            assert self.state is not None
+            self.friendbot = await Friendbot.for_network(settings, self.state.rpc_url)
+        return self.friendbot
+
+    async def _fund_fee_account(self, ports: Ports) -> None:
+        """The devnet operator's fee account on chain, trusting KALE (the fee wallet pays
+        it)."""
+        friendbot = await self._clients(ports)
+        assert friendbot is not None and self.chain is not None and self.fee_account is not None
+        new = await fund_fee_account(self.chain, friendbot, self.fee_account)
+        self.observer.event(
+            f"operator's fee account {self.fee_account.public_key}:"
+            f" {'funded now' if new else 'found again'}, key in"
+            f" {self.layout.devnet_fee_account} (the pool's fee is paid out there)"
+        )
+
     async def _provision(self, ports: Ports) -> None:
         settings = self.settings
-        self.op = OperatorClient(settings, address=ports.pool_address)
-        self.chain = ChainClient(await resolve_chain_config(settings), poll_interval=0.5)
-        assert self.state is not None
-        self.friendbot = await Friendbot.for_network(settings, self.state.rpc_url)
-        if self.friendbot is None:
+        if await self._clients(ports) is None:
             raise UpError(
                 f"{settings.network.value} has no friendbot to fund demo accounts:"
                 " run with --no-demo"
             )
+        assert self.op is not None and self.chain is not None and self.friendbot is not None
+        assert self.state is not None
         names = [f"pooler-{i}" for i in range(1, self.options.poolers + 1)]
         self.poolers = list(
             await asyncio.gather(
@@ -661,6 +705,14 @@ class Stack:
         }
         if watcher is not None:
             waits["cycles"] = asyncio.create_task(watcher.watch(view_stop, want))
+        # On the devnet the pool's fee and share wallets get XLM as the pool makes them:
+        # beside the farm, never in its way (it only logs what goes wrong).
+        funding: asyncio.Task[None] | None = None
+        devnet = self.settings.network is Network.DEVNET
+        if devnet and self.op is not None and self.friendbot is not None:
+            assert self.chain is not None
+            funder = PoolAccountFunder(self.op, self.chain, self.friendbot, live)
+            funding = asyncio.create_task(funder.run(view_stop), name="fund-pool-accounts")
         timeout = None
         if want is not None and self.chain is not None:
             timeout = blocks_timeout(want, self.chain.config)
@@ -687,9 +739,16 @@ class Stack:
             await asyncio.gather(*waits.values(), return_exceptions=True)
             with contextlib.suppress(Exception):
                 await view
+            if funding is not None:
+                funding.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await funding
         if want is not None and watcher is not None:
             try:
                 self.outcomes = await watcher.final(want)
+                assert self.op is not None
+                stats, _, poolers = await read_figures(self.op)
+                self.takings = takings(stats, poolers)
             except grpc.aio.AioRpcError as error:
                 live.event(f"the pool's block report failed: {error.details()}", level="error")
                 self.outcomes = sorted(watcher.completed.values(), key=lambda o: o.index)

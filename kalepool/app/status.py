@@ -13,12 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from kalepool.amounts import format_kale
+from kalepool.app.fees import read_figures, takings
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
 from kalepool.app.tables import format_age, format_span, poolers_table
 from kalepool.masking import mask_url
 from kalepool.settings import Settings
-from kalepool.v1 import common_pb2, pool_pb2
 from kalepool.wire import when
 
 
@@ -102,19 +102,7 @@ async def pool_tables(settings: Settings, state: RunState) -> list[Table | str]:
     now = dt.datetime.now(dt.UTC)
     out: list[Table | str] = []
     async with OperatorClient(settings, address=state.pool_address, timeout=10) as op:
-        stats = await op.pool.GetPoolStats(pool_pb2.GetPoolStatsRequest(), timeout=op.timeout)
-        listing = await op.pool.ListPoolers(
-            pool_pb2.ListPoolersRequest(pagination=common_pb2.Pagination(page_size=100)),
-            timeout=op.timeout,
-        )
-        details = await asyncio.gather(
-            *(
-                op.pool.GetPoolerStats(
-                    pool_pb2.GetPoolerStatsRequest(pooler_id=p.pooler_id), timeout=op.timeout
-                )
-                for p in listing.poolers
-            )
-        )
+        stats, poolers, details = await read_figures(op)
     block = f"current block {stats.current_block_index}"
     opened = when(stats.current_block_opened_at)
     if opened is not None:
@@ -128,8 +116,8 @@ async def pool_tables(settings: Settings, state: RunState) -> list[Table | str]:
             else f", the next was due {format_span(-left)} ago (the next plant opens it)"
         )
     out.append(block)
-    by_id = {p.pooler_id: d for p, d in zip(listing.poolers, details, strict=True)}
-    out.append(poolers_table(list(listing.poolers), by_id, now=now))
+    by_id = {p.pooler_id: d for p, d in zip(poolers, details, strict=True)}
+    out.append(poolers_table(poolers, by_id, now=now))
     totals = Table("pool", "", show_header=False, title="totals", title_justify="left")
     totals.add_row("farmers active", str(stats.farmers_active))
     totals.add_row("farmers waiting for funding", str(stats.farmers_pending_funding))
@@ -143,6 +131,7 @@ async def pool_tables(settings: Settings, state: RunState) -> list[Table | str]:
     totals.add_row("rewards", f"{format_kale(stats.total_reward_stroops)} KALE")
     totals.add_row("farmers' balances", f"{format_kale(stats.total_balance_stroops)} KALE")
     totals.add_row("paid out", f"{format_kale(stats.total_paid_out_stroops)} KALE")
+    totals.add_row("fee and shares taken", takings(stats, details))
     out.append(totals)
     return out
 

@@ -1492,6 +1492,10 @@ class GetPoolStatsResponse(_message.Message):
     CURRENT_BLOCK_OPENED_AT_FIELD_NUMBER: _builtins.int
     NEXT_BLOCK_DUE_AT_FIELD_NUMBER: _builtins.int
     NETWORK_PASSPHRASE_FIELD_NUMBER: _builtins.int
+    FEE_EARNED_STROOPS_FIELD_NUMBER: _builtins.int
+    FEE_PENDING_STROOPS_FIELD_NUMBER: _builtins.int
+    FEE_BALANCE_STROOPS_FIELD_NUMBER: _builtins.int
+    FEE_ACCOUNT_ADDRESS_FIELD_NUMBER: _builtins.int
     current_block_index: _builtins.int
     """The chain's current block as the pool last saw it."""
     poolers_total: _builtins.int
@@ -1523,6 +1527,16 @@ class GetPoolStatsResponse(_message.Message):
     network_passphrase: _builtins.str
     """The network's passphrase: the `pool:` line of a farmer action message
     (FarmerSignature), so a signature for one network's pool is refused by another's.
+    """
+    fee_earned_stroops: _builtins.int
+    """The pool's fee swept into its fee wallet, all time, in stroops."""
+    fee_pending_stroops: _builtins.int
+    """The fee of harvests whose sweep is still pending, in stroops."""
+    fee_balance_stroops: _builtins.int
+    """What the fee account holds now (earned less paid to the operator), in stroops."""
+    fee_account_address: _builtins.str
+    """The fee wallet's account (G...), made when the first fee is due; empty before.
+    It receives nothing until it exists on chain (the operator funds it with XLM).
     """
     @_builtins.property
     def counts(self) -> Global___CycleCounts:
@@ -1562,10 +1576,14 @@ class GetPoolStatsResponse(_message.Message):
         current_block_opened_at: _timestamp_pb2.Timestamp | None = ...,
         next_block_due_at: _timestamp_pb2.Timestamp | None = ...,
         network_passphrase: _builtins.str = ...,
+        fee_earned_stroops: _builtins.int = ...,
+        fee_pending_stroops: _builtins.int = ...,
+        fee_balance_stroops: _builtins.int = ...,
+        fee_account_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts", "current_block_opened_at", b"current_block_opened_at", "next_block_due_at", b"next_block_due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "blocks", b"blocks", "compensations_paid_stroops", b"compensations_paid_stroops", "compensations_unpaid_stroops", b"compensations_unpaid_stroops", "counts", b"counts", "current_block_index", b"current_block_index", "current_block_opened_at", b"current_block_opened_at", "farmers_active", b"farmers_active", "farmers_departed", b"farmers_departed", "farmers_leaving", b"farmers_leaving", "farmers_pending_funding", b"farmers_pending_funding", "network_passphrase", b"network_passphrase", "next_block_due_at", b"next_block_due_at", "poolers_active", b"poolers_active", "poolers_total", b"poolers_total", "total_balance_stroops", b"total_balance_stroops", "total_paid_out_stroops", b"total_paid_out_stroops", "total_reward_stroops", b"total_reward_stroops", "total_staked_stroops", b"total_staked_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "blocks", b"blocks", "compensations_paid_stroops", b"compensations_paid_stroops", "compensations_unpaid_stroops", b"compensations_unpaid_stroops", "counts", b"counts", "current_block_index", b"current_block_index", "current_block_opened_at", b"current_block_opened_at", "farmers_active", b"farmers_active", "farmers_departed", b"farmers_departed", "farmers_leaving", b"farmers_leaving", "farmers_pending_funding", b"farmers_pending_funding", "fee_account_address", b"fee_account_address", "fee_balance_stroops", b"fee_balance_stroops", "fee_earned_stroops", b"fee_earned_stroops", "fee_pending_stroops", b"fee_pending_stroops", "network_passphrase", b"network_passphrase", "next_block_due_at", b"next_block_due_at", "poolers_active", b"poolers_active", "poolers_total", b"poolers_total", "total_balance_stroops", b"total_balance_stroops", "total_paid_out_stroops", b"total_paid_out_stroops", "total_reward_stroops", b"total_reward_stroops", "total_staked_stroops", b"total_staked_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1625,6 +1643,7 @@ class GetPoolerStatsResponse(_message.Message):
     SHARE_BALANCE_STROOPS_FIELD_NUMBER: _builtins.int
     OBLIGATIONS_EXCEED_EARNINGS_FIELD_NUMBER: _builtins.int
     CLOSED_TO_FARMERS_FIELD_NUMBER: _builtins.int
+    SHARE_ACCOUNT_ADDRESS_FIELD_NUMBER: _builtins.int
     blocks: _builtins.int
     """Blocks counted."""
     total_reward_stroops: _builtins.int
@@ -1662,6 +1681,10 @@ class GetPoolerStatsResponse(_message.Message):
     closed_to_farmers: _builtins.bool
     """Whether they exceed it by more than KALE_POOL_POOLER_OBLIGATION_LIMIT_KALE:
     it is given no new farmers (RegisterFarmer is FAILED_PRECONDITION) until paid.
+    """
+    share_account_address: _builtins.str
+    """Its share wallet's account (G...), made when its first share is due; empty
+    before. It receives nothing until it exists on chain (funded with XLM).
     """
     @_builtins.property
     def pooler(self) -> Global___Pooler:
@@ -1704,10 +1727,11 @@ class GetPoolerStatsResponse(_message.Message):
         share_balance_stroops: _builtins.int = ...,
         obligations_exceed_earnings: _builtins.bool = ...,
         closed_to_farmers: _builtins.bool = ...,
+        share_account_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "counts", b"counts", "last_heartbeat_at", b"last_heartbeat_at", "pooler", b"pooler"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "closed_to_farmers", b"closed_to_farmers", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "obligations_exceed_earnings", b"obligations_exceed_earnings", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "share_balance_stroops", b"share_balance_stroops", "share_earned_stroops", b"share_earned_stroops", "share_paid_stroops", b"share_paid_stroops", "share_pending_stroops", b"share_pending_stroops", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "as_of", b"as_of", "blocks", b"blocks", "capacity", b"capacity", "closed_to_farmers", b"closed_to_farmers", "compensations_due_stroops", b"compensations_due_stroops", "compensations_owed_stroops", b"compensations_owed_stroops", "counts", b"counts", "hashes_per_second", b"hashes_per_second", "last_cursor", b"last_cursor", "last_heartbeat_at", b"last_heartbeat_at", "mining_farmers", b"mining_farmers", "obligations_exceed_earnings", b"obligations_exceed_earnings", "observed_block_index", b"observed_block_index", "pooler", b"pooler", "share_account_address", b"share_account_address", "share_balance_stroops", b"share_balance_stroops", "share_earned_stroops", b"share_earned_stroops", "share_paid_stroops", b"share_paid_stroops", "share_pending_stroops", b"share_pending_stroops", "stream_connected", b"stream_connected", "threads", b"threads", "total_reward_stroops", b"total_reward_stroops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 from rich.console import Console
+from stellar_sdk import Keypair
 
+from kalepool.app.fees import takings, up_fee_account
 from kalepool.app.observer import EVENT_LOGGER, RecordingObserver
 from kalepool.app.poolers import PoolerBundle, ProvisionedPooler, mining_settings
 from kalepool.app.stack import (
@@ -36,7 +38,13 @@ from kalepool.app.stack import (
 from kalepool.app.supervisor import Part
 from kalepool.chain import ChainConfig
 from kalepool.db.roles import POOL, WALLET, as_role
-from kalepool.settings import ENV_PREFIX, STELLAR_LEDGER_SECONDS, Settings, load_settings
+from kalepool.settings import (
+    ENV_PREFIX,
+    STELLAR_LEDGER_SECONDS,
+    Network,
+    Settings,
+    load_settings,
+)
 from kalepool.v1 import pool_pb2
 
 
@@ -252,3 +260,35 @@ def test_the_web_page_has_a_port_and_url_unless_left_out(tmp_path: Path) -> None
     # Unset, `up` serves it where a developer expects it.
     default = Ports.plan(load_settings(data_dir=tmp_path), web=True)
     assert default.web_url == "https://127.0.0.1:8443/"
+
+
+def test_on_the_devnet_up_keeps_one_fee_account_unless_the_operator_names_one(
+    tmp_path: Path,
+) -> None:
+    devnet = load_settings(data_dir=tmp_path / "data", network="devnet")
+    made = up_fee_account(devnet)
+    assert made is not None
+    path = devnet.layout().devnet_fee_account
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["address"] == made.public_key
+    again = up_fee_account(devnet)  # a rerun: the same account, not a new one
+    assert again is not None and again.secret == made.secret
+    # The operator's own address is used as it is; testnet's fee account is theirs to set.
+    theirs = devnet.model_copy(update={"pool_fee_address": Keypair.random().public_key})
+    assert up_fee_account(theirs) is None
+    testnet = load_settings(data_dir=tmp_path / "testnet").model_copy(
+        update={"network": Network.TESTNET}
+    )
+    assert up_fee_account(testnet) is None
+    assert not testnet.layout().devnet_fee_account.exists()
+
+
+def test_takings_sum_the_poolers_shares_and_show_the_fee() -> None:
+    stats = pool_pb2.GetPoolStatsResponse(fee_earned_stroops=1_000_000, fee_pending_stroops=5)
+    poolers = [
+        pool_pb2.GetPoolerStatsResponse(share_earned_stroops=30_000_000),
+        pool_pb2.GetPoolerStatsResponse(share_earned_stroops=20_000_000, share_pending_stroops=1),
+    ]
+    assert takings(stats, poolers) == (
+        "pool fee 0.1 KALE (0.0000005 pending), poolers' shares 5 KALE (0.0000001 pending)"
+    )

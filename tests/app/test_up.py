@@ -4,7 +4,9 @@ two pooler agents), on short blocks, free ports and a temporary data directory.
 It farms three complete cycles and exits 0 with its summary; the farmers' web page it
 serves (its own process, its URL printed) shows the demo farmers; every reward recorded is
 the one the contract returned (each harvest's transaction read back from the chain); the
-books agree with the events; nothing it started is left running; a concurrent second
+pool took its fee and the poolers' shares on chain (into wallets `up` funded, the fee
+wallet paying the devnet fee account `up` keeps) and says so; the books agree with the
+events; nothing it started is left running; a concurrent second
 `up` is refused in one line. Then `up --blocks 1` on the same data directory continues:
 the same chain, poolers and farmers, nothing registered or recorded twice. No secret (a
 custodial seed, the master key, a pooler's API key or fee account key) is anywhere it
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -38,6 +42,7 @@ from stellar_sdk.soroban_server_async import SorobanServerAsync
 from kale_devnet import DevnetConfig, DevnetServer
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
+from kalepool.chain import ChainClient, read_account, resolve_chain_config
 from kalepool.db.consistency import check_consistency
 from kalepool.db.embedded import start_embedded
 from kalepool.tls import POOL_CLIENT, WALLET_SERVER, DevPki, channel_credentials
@@ -94,10 +99,57 @@ async def _rewards_match_the_chain(data: Path, conninfo: str, tmp_path: Path) ->
     return len(harvests)
 
 
+async def _fees_and_shares_on_chain(data: Path, conninfo: str, tmp_path: Path) -> None:
+    """The pool took its fee and the poolers' shares on chain: a fee sweep and a share
+    sweep succeeded, the fee wallet pays the operator's devnet fee account `up` keeps
+    (which exists and trusts KALE), and each fee and share wallet holds on chain the KALE
+    its books say (plus those of its sweeps still pending at the stop that landed)."""
+    swept = dict(
+        rows(
+            conninfo,
+            "SELECT part::text, count(*) FROM sweeps WHERE status = 'success'"
+            " AND tx_hash IS NOT NULL GROUP BY part",
+        )
+    )
+    assert swept.get("fee", 0) >= 1 and swept.get("share", 0) >= 1, swept
+    operator = json.loads((data / "demo" / "fee-account.json").read_text())["address"]
+    accounts = rows(
+        conninfo,
+        "SELECT a.kind::text, a.custodial_public_key, a.payout_address, a.current_balance,"
+        " (SELECT coalesce(array_agg(amount), '{}') FROM sweeps s"
+        "   WHERE s.account_id = a.id AND s.status = 'pending')"
+        " FROM accounts a",
+    )
+    fee = [a for a in accounts if a[0] == "pool_fee"]
+    assert len(fee) == 1 and fee[0][2] == operator, accounts
+    assert fee[0][3] > 0, fee
+    copy = tmp_path / "chain-fees.json"
+    shutil.copy(data / "devnet" / "state.json", copy)
+    async with DevnetServer(DevnetConfig(port=0, manual=True, state_path=copy)) as devnet:
+        settings = settings_for(data).model_copy(update={"rpc_url": f"{devnet.url}/"})
+        async with ChainClient(await resolve_chain_config(settings)) as chain:
+            held = await read_account(chain, operator)
+            assert held is not None and held.kale is not None  # exists, trusts KALE
+            for kind, address, _, balance, pending in accounts:
+                state = await read_account(chain, address)
+                assert state is not None and state.kale is not None, (kind, address)
+                landed = {
+                    sum(c)
+                    for n in range(len(pending) + 1)
+                    for c in itertools.combinations(pending, n)
+                }
+                assert state.kale.balance - balance in landed, (kind, state, balance, pending)
+
+
 def _allowed_secret_files(data: Path) -> list[Path]:
     """The files meant to hold a secret (0600): the devnet's master key, each local
-    pooler's `pooler.env` (its API key and fee accounts' keys)."""
-    return [data / "wallet" / "master.key", *data.glob("poolers/*/pooler.env")]
+    pooler's `pooler.env` (its API key and fee accounts' keys), the devnet operator's fee
+    account key."""
+    return [
+        data / "wallet" / "master.key",
+        *data.glob("poolers/*/pooler.env"),
+        data / "demo" / "fee-account.json",
+    ]
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -126,6 +178,9 @@ def _secrets(data: Path, conninfo: str) -> list[Secret]:
         for n, channel in enumerate(c for c in channels.split(",") if c):
             seed = StrKey.decode_ed25519_secret_seed(channel)
             found.append(Secret(f"fee account {n} key of {name}", seed, stellar_seed=True))
+    operator = json.loads((data / "demo" / "fee-account.json").read_text())["secret"]
+    seed = StrKey.decode_ed25519_secret_seed(operator)
+    found.append(Secret("the devnet operator's fee account key", seed, stellar_seed=True))
     return found
 
 
@@ -246,6 +301,9 @@ async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
     assert again.returncode == 0, rerun
     assert "found again" in rerun and "registered (" not in rerun, rerun
     assert "1 of 1 blocks farmed" in rerun
+    # The fee and the shares the pool took (swept on chain), as the summary reports them.
+    taken = re.search(r"taken so far: pool fee ([\d.,]+) KALE .* shares ([\d.,]+) KALE", rerun)
+    assert taken is not None and "0" not in (taken[1], taken[2]), rerun
     server = await asyncio.to_thread(start_embedded, data / "postgres")
     try:
         conninfo = server.conninfo
@@ -254,6 +312,7 @@ async def test_up_farms_continues_without_duplicating_and_refuses_a_second(
         with psycopg.connect(conninfo) as conn:
             assert check_consistency(conn) == []
         await _rewards_match_the_chain(data, conninfo, tmp_path)
+        await _fees_and_shares_on_chain(data, conninfo, tmp_path)
     finally:
         await asyncio.to_thread(server.release)
     # The stack is stopped: `kale-pool check` proves the books against its saved chain.

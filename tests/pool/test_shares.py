@@ -106,6 +106,9 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
     pooler_key = await pool.stage.account(trust=True)
     pooler, key = await pool.register_pooler(public_key=pooler_key.public_key)
     auth = bearer(key)
+    # No wallet before the first part is due: no address to fund yet.
+    before = await pool.operator().GetPoolStats(pool_pb2.GetPoolStatsRequest())
+    assert before.fee_account_address == "" and before.fee_earned_stroops == 0
 
     farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE)
     reward = await _worked_and_harvested(pool, auth, farmer)
@@ -176,6 +179,12 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
     stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pooler.pooler_id))
     assert (stats.share_earned_stroops, stats.share_pending_stroops) == (share, 0)
     assert (stats.share_paid_stroops, stats.share_balance_stroops) == (0, share)
+    # The wallets' addresses too: how `kale-pool up` finds the ones to fund on the devnet.
+    assert stats.share_account_address == share_wallet
+    totals = await op.GetPoolStats(pool_pb2.GetPoolStatsRequest())
+    assert totals.fee_account_address == fee_wallet
+    assert (totals.fee_earned_stroops, totals.fee_pending_stroops) == (fee, 0)
+    assert totals.fee_balance_stroops == fee
     ask = pool_pb2.RequestPoolerPayoutRequest(pooler_id=pooler.pooler_id, idempotency_key="p1")
     paid = await op.RequestPoolerPayout(ask)
     assert paid.transaction.status == common_pb2.TX_STATUS_SUCCESS, paid
