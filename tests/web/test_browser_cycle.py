@@ -2,8 +2,8 @@
 about a minute and a half; `make browser-cycle` runs it alone): the stack's own processes
 on short blocks, the page at the URL `up` printed. A new farmer joins (the manual signing
 path), funds through the devnet's friendbot, and watches its blocks planted, worked and
-harvested by the demo pooler until a reward shows on the dashboard and in the CSV; then
-leaves."""
+harvested by the demo pooler until a reward shows on the dashboard and in the CSV;
+withdraws and sees it settle; then leaves."""
 
 from __future__ import annotations
 
@@ -92,6 +92,15 @@ async def test_a_farmer_joins_funds_and_sees_its_harvested_reward(
             await page.click("#dashboard-csv")
         csv = await asyncio.to_thread((await (await got.value).path()).read_text)
         assert len(csv.strip().splitlines()) >= 2, csv
+
+        # A withdrawal, signed by the payout key, settles on chain.
+        await page.click("#dashboard-withdraw")
+        await page.fill("#withdraw-amount", "2")
+        await page.click("#withdraw-form button")
+        await sign_shown_message(page, "withdraw-sign", payout)
+        await expect(page.locator("#withdraw-status")).to_contain_text("requested")
+        paid = page.locator("#payouts tr").first
+        await expect(paid.locator("td").nth(1)).to_have_text("success", timeout=120_000)
 
         # The pool view, farming: the blocks' table and the chart of their rewards.
         await page.goto(state.web_url)
