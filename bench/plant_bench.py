@@ -188,18 +188,21 @@ def _parts(pid: int, data: Path) -> list[tuple[str, int]]:
     found = []
     below = set(_descendants(pid))
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(entry.name) not in below and str(data) not in cmdline:
-            continue
+        if entry.name.isdigit() and str(data) in _cmdline(int(entry.name)):
+            below.update([int(entry.name), *_descendants(int(entry.name))])
+    for child in sorted(below):
+        cmdline = _cmdline(child)
         part = next((name for name, mark in PARTS if mark in cmdline), None)
         if part is not None:
-            found.append((part, int(entry.name)))
+            found.append((part, child))
     return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def peak_rss(pid: int, data: Path) -> dict[str, int]:
