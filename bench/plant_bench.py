@@ -206,8 +206,9 @@ def _cmdline(pid: int) -> str:
 
 
 def peak_rss(pid: int, data: Path) -> dict[str, int]:
-    """Peak resident memory (VmHWM, bytes) of each part of the stack, summed per part
-    (PostgreSQL is several processes; each counts its shared pages too)."""
+    """Peak resident memory (VmHWM, bytes) of each part of the stack; for PostgreSQL,
+    several processes sharing their buffers, the largest of them (a sum would count the
+    shared pages once per process)."""
     peaks: dict[str, int] = {}
     for part, child in _parts(pid, data):
         try:
@@ -216,7 +217,7 @@ def peak_rss(pid: int, data: Path) -> dict[str, int]:
             continue
         hwm = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
         if hwm is not None:
-            peaks[part] = peaks.get(part, 0) + int(hwm.split()[1]) * 1024
+            peaks[part] = max(peaks.get(part, 0), int(hwm.split()[1]) * 1024)
     return peaks
 
 
