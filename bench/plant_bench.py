@@ -404,7 +404,23 @@ async def onboard(
     await create_accounts(chain, bot, [m.custodial_address for m in made])
     cpu2, funded = cpu(), time.monotonic()
     ids = [m.farmer.farmer_id for m in made]
-    await gather_limited(concurrency, [confirm_funding(op, i, 1.0) for i in ids])
+    retried = 0
+
+    async def confirm(farmer_id: str) -> None:
+        # UNAVAILABLE says "retry" (the call is idempotent); counted, and printed.
+        nonlocal retried
+        for _ in range(5):
+            try:
+                await confirm_funding(op, farmer_id, 1.0)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                retried += 1
+                print(f"  ConfirmFunding retried: {exc.details()}", flush=True)
+        raise SystemExit(f"ConfirmFunding of {farmer_id} stayed unavailable")
+
+    await gather_limited(concurrency, [confirm(i) for i in ids])
     cpu3, confirmed = cpu(), time.monotonic()
     return Onboarded(
         n,
