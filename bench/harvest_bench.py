@@ -2,7 +2,8 @@
 
 The stack and onboarding of `plant_bench.py`, then, through the public API and the chain:
 
-- one `RequestPlant` for N farmers the moment a block is due (`plant_bench.plant`);
+- one `RequestPlant` for N farmers the moment a block is due (`plant_bench.plant`), and
+  the plants it answered pending waited for (the pool goes on with them);
 - each pail worked on chain: a nonce found by `miner_ext` (one leading zero, the least
   the contract takes), `work` sent from an account of the bench's (one per pail: no
   sequence conflicts), the results reported with `ReportWork` as a pooler would;
@@ -75,12 +76,27 @@ class Run:
         )
 
 
+async def settled_assignments(stub: Any, auth: Any, block: int, n: int) -> list[Any]:
+    """The block's assignments once its plants have settled: `RequestPlant` answers
+    plants still pending as such, and the pool goes on with them; waited for until all N
+    are there or none came for 30 s."""
+    seen, quiet_since = -1, time.monotonic()
+    while True:
+        got = await stub.GetAssignments(
+            pooler_pb2.GetAssignmentsRequest(block_index=block), metadata=auth, timeout=120
+        )
+        assignments = [a for a in got.assignments if a.block_index == block]
+        if len(assignments) > seen:
+            seen, quiet_since = len(assignments), time.monotonic()
+        if seen >= n or time.monotonic() - quiet_since > 30:
+            print(f"  {seen} of {n} pails planted in block {block}", flush=True)
+            return assignments
+        await asyncio.sleep(5)
+
+
 async def work(chain: ChainClient, stub: Any, auth: Any, block: int, keys: list[Keypair]) -> int:
     """Work every pail of `block` on chain and report it; how many were worked."""
-    got = await stub.GetAssignments(
-        pooler_pb2.GetAssignmentsRequest(block_index=block), metadata=auth, timeout=120
-    )
-    assignments = [a for a in got.assignments if a.block_index == block]
+    assignments = await settled_assignments(stub, auth, block, len(keys))
 
     async def one(a: Any, key: Keypair) -> pooler_pb2.WorkReport | None:
         raw = StrKey.decode_ed25519_public_key(a.farmer_address)
