@@ -525,7 +525,7 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ledger-seconds", type=int, default=5)
     parser.add_argument("--block-seconds", type=int, default=240)
     parser.add_argument(
-        "--concurrency", type=int, default=32, help="onboarding calls at once (the client's)"
+        "--concurrency", type=int, default=1000, help="onboarding calls at once (the client's)"
     )
     parser.add_argument("--env", nargs="*", default=[], help="KALE_POOL_X=Y for the stack")
     parser.add_argument("--json", type=Path, help="write the figures here")
