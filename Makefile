@@ -20,7 +20,8 @@ CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11
 
 .PHONY: run test test-python test-rust lint bench bench-miner bench-agent bench-assignments \
-	bench-rpc bench-db bench-plant faults fuzz proto clean lock chromium screenshots browser-cycle
+	bench-rpc bench-db bench-plant bench-onboard bench-harvest faults fuzz proto clean lock \
+	chromium screenshots browser-cycle
 
 # The project itself: --no-deps (its dependencies came from the lock) and no build
 # isolation (the build backend too). pip then runs maturin's backend from the venv, which
@@ -120,6 +121,15 @@ bench-db: $(STAMP)
 # make bench-plant ARGS="--farmers 200 500".
 bench-plant: $(STAMP)
 	$(BIN)/python bench/plant_bench.py $(ARGS)
+
+# Onboarding (RegisterFarmer, ConfirmFunding) and harvests of worked pails, each beside
+# the same ceiling, with each process's peak memory (docs/performance.md):
+# make bench-onboard ARGS="--farmers 500 2000 --concurrency 1000".
+bench-onboard: $(STAMP)
+	$(BIN)/python bench/onboard_bench.py $(ARGS)
+
+bench-harvest: $(STAMP)
+	$(BIN)/python bench/harvest_bench.py $(ARGS)
 
 # The whole fault matrix against the real processes of `kale-pool up` (about half an
 # hour); the table in docs/reliability.md is rewritten with the figures it prints.

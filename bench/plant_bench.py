@@ -30,13 +30,14 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from stellar_sdk import Account, Asset, Keypair, TransactionBuilder
+from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
 from kalepool.app.demo import confirm_funding
 from kalepool.app.funding import Friendbot, ensure_account
@@ -88,7 +89,7 @@ class Run:
 
 def stack_env(data: Path, args: argparse.Namespace) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KALE_POOL_", "DATABASE_URL"))}
-    biggest = str(max(args.farmers))
+    biggest = str(getattr(args, "capacity", None) or max(args.farmers))
     env.update(
         {
             "KALE_POOL_DATA_DIR": str(data),
@@ -153,27 +154,290 @@ async def gather_limited(limit: int, coros: list[Coroutine[Any, Any, T]]) -> lis
     return await asyncio.gather(*(one(c) for c in coros))
 
 
-async def register_farmers(
-    op: OperatorClient, chain: ChainClient, bot: Friendbot, pooler_id: str, n: int
+# The processes of `kale-pool up`, told apart by their command line (the first match).
+PARTS = (
+    ("devnet", "kalepool.app.cli devnet"),
+    ("wallet", "-m wallet_service"),
+    ("pool", "-m pool_service"),
+    ("pooler agent", "kalepool.app.cli pooler"),
+    ("postgres", "postgres"),
+)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: Linux only)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _parts(pid: int, data: Path) -> list[tuple[str, int]]:
+    """(part, pid) of every process of the stack: those below `pid` and those naming its
+    data directory (PostgreSQL's server leaves the process tree when it starts)."""
+    found = []
+    below = set(_descendants(pid))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and str(data) in _cmdline(int(entry.name)):
+            below.update([int(entry.name), *_descendants(int(entry.name))])
+    for child in sorted(below):
+        cmdline = _cmdline(child)
+        part = next((name for name, mark in PARTS if mark in cmdline), None)
+        if part is not None:
+            found.append((part, child))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def peak_rss(pid: int, data: Path) -> dict[str, int]:
+    """Peak resident memory (VmHWM, bytes) of each part of the stack; for PostgreSQL,
+    several processes sharing their buffers, the largest of them (a sum would count the
+    shared pages once per process)."""
+    peaks: dict[str, int] = {}
+    for part, child in _parts(pid, data):
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        hwm = next((line for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        if hwm is not None:
+            peaks[part] = max(peaks.get(part, 0), int(hwm.split()[1]) * 1024)
+    return peaks
+
+
+def cpu_seconds(pid: int, data: Path) -> dict[str, float]:
+    """CPU time (user + system) each part of the stack has used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for part, child in _parts(pid, data):
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[part] = used.get(part, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def print_peak_rss(peaks: dict[str, int]) -> None:
+    print("peak RSS: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in sorted(peaks.items())))
+
+
+class Stack:
+    """`kale-pool up --no-demo` in a temporary directory, a chain client and the
+    friendbot: what every bench here starts from."""
+
+    def __init__(self, args: argparse.Namespace, farmers: int) -> None:
+        self.args = args
+        self.farmers = farmers
+        self.base = Path(tempfile.mkdtemp(prefix="kale-pool-bench-"))
+        self.data = self.base / "data"
+
+    async def __aenter__(self) -> Stack:
+        self.args.capacity = self.farmers
+        self.proc, self.state = await start_stack(self.data, self.args)
+        self.settings = Settings(  # type: ignore[call-arg]
+            network=Network.DEVNET, data_dir=self.data, rpc_url=self.state.rpc_url, _env_file=None
+        )
+        self.chain = ChainClient(await resolve_chain_config(self.settings), poll_interval=1.0)
+        bot = await Friendbot.for_network(self.settings, self.state.rpc_url)
+        assert bot is not None
+        self.bot = bot
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.bot.close()
+        await self.chain.aclose()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(self.proc.wait(), 60)
+        except TimeoutError:
+            self.proc.kill()
+        if not self.args.keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+        else:
+            print(f"kept {self.base}")
+
+    def operator(self) -> OperatorClient:
+        return OperatorClient(self.settings, address=self.state.pool_address, timeout=120)
+
+    async def pooler(self, op: OperatorClient, name: str = "bench") -> Any:
+        """A pooler for every farmer of the run (its account funded by the friendbot)."""
+        return await provision_pooler(
+            op,
+            self.settings,
+            name,
+            pool_address=self.state.pool_address,
+            rpc_url=self.state.rpc_url,
+            chain=self.chain,
+            friendbot=self.bot,
+            max_farmers=self.farmers,
+        )
+
+    def pooler_stub(self, name: str = "bench") -> tuple[grpc.aio.Channel, Any]:
+        bundle = PoolerBundle.of(self.settings, name)
+        channel = grpc.aio.secure_channel(
+            self.state.pool_address,
+            channel_credentials(
+                Identity(bundle.cert.read_bytes(), bundle.key.read_bytes()), bundle.ca.read_bytes()
+            ),
+            options=[("grpc.ssl_target_name_override", POOL_SERVER)],
+        )
+        return channel, pooler_pb2_grpc.PoolerServiceStub(channel)
+
+    def peak_rss(self) -> dict[str, int]:
+        return peak_rss(self.proc.pid, self.data)
+
+    def cpu(self) -> dict[str, float]:
+        return cpu_seconds(self.proc.pid, self.data)
+
+
+# Create-account operations per transaction (the network's limit is 100).
+OPS_PER_TX = 100
+
+
+async def create_accounts(
+    chain: ChainClient, bot: Friendbot, addresses: list[str], xlm: int = 50
 ) -> None:
-    async def one() -> None:
-        made = await op.pool.RegisterFarmer(
+    """Create `addresses` with `xlm` XLM each: a friendbot-funded account per hundred,
+    each sending one transaction of a hundred create-account operations, all at once
+    (the friendbot alone funds 32 accounts a ledger: 2,000 would take a minute's ledgers)."""
+    chunks = [addresses[i : i + OPS_PER_TX] for i in range(0, len(addresses), OPS_PER_TX)]
+    funders = [Keypair.random() for _ in chunks]
+    await gather_limited(32, [ensure_account(chain, bot, f.public_key) for f in funders])
+    passphrase = chain.config.network_passphrase
+
+    async def one(funder: Keypair, chunk: list[str]) -> None:
+        acc = await read_account(chain, funder.public_key)
+        assert acc is not None
+        builder = TransactionBuilder(
+            Account(funder.public_key, acc.sequence), passphrase, base_fee=100
+        ).set_timeout(120)
+        for address in chunk:
+            builder.append_create_account_op(address, str(xlm))
+        tx = builder.build()
+        tx.sign(funder)
+        # Sent and followed by hand: the chain client's submission takes one operation.
+        sent = await chain.rpc.send_transaction(tx)
+        if sent.status != SendTransactionStatus.PENDING:
+            raise SystemExit(f"creating accounts refused: {sent.status} {sent.error_result_xdr}")
+        while True:
+            await asyncio.sleep(1)
+            got = await chain.rpc.get_transaction(sent.hash)
+            if got.status == GetTransactionStatus.SUCCESS:
+                return
+            if got.status != GetTransactionStatus.NOT_FOUND:
+                raise SystemExit(f"creating accounts failed: {got.status} {got.result_xdr}")
+
+    await asyncio.gather(*(one(f, c) for f, c in zip(funders, chunks, strict=True)))
+
+
+@dataclass
+class Onboarded:
+    """N farmers registered, their accounts created, their funding confirmed."""
+
+    farmers: int
+    farmer_ids: list[str]
+    register_seconds: float
+    fund_seconds: float
+    confirm_seconds: float
+    # CPU seconds each process used while registering and while confirming.
+    register_cpu: dict[str, float]
+    confirm_cpu: dict[str, float]
+
+    def line(self) -> str:
+        n = self.farmers
+        return (
+            f"N={n:5d}  RegisterFarmer: {self.register_seconds:6.1f} s"
+            f" ({n / self.register_seconds:6.1f}/s)  accounts created: {self.fund_seconds:5.1f} s"
+            f"  ConfirmFunding: {self.confirm_seconds:6.1f} s ({n / self.confirm_seconds:6.1f}/s)"
+            f"\n  register {_cpu(self.register_cpu)}\n  confirm {_cpu(self.confirm_cpu)}"
+        )
+
+
+def _cpu(used: dict[str, float]) -> str:
+    return "CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(used.items()))
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+async def onboard(
+    op: OperatorClient,
+    chain: ChainClient,
+    bot: Friendbot,
+    pooler_id: str,
+    n: int,
+    concurrency: int,
+    cpu: Callable[[], dict[str, float]],
+) -> Onboarded:
+    """Register N farmers, create their custodial accounts, confirm their funding (the
+    KALE trustline), each step for all N before the next, `concurrency` calls at once."""
+
+    async def register() -> pool_pb2.RegisterFarmerResponse:
+        return await op.pool.RegisterFarmer(
             pool_pb2.RegisterFarmerRequest(
                 pooler_id=pooler_id, payout_address=Keypair.random().public_key
             ),
-            timeout=60,
+            timeout=120,
         )
-        await ensure_account(chain, bot, made.custodial_address)
-        await confirm_funding(op, made.farmer.farmer_id, 1.0)
 
-    started = time.monotonic()
-    await gather_limited(32, [one() for _ in range(n)])
-    print(f"registered, funded and confirmed {n} farmers in {time.monotonic() - started:.1f} s")
+    cpu0, started = cpu(), time.monotonic()
+    made = await gather_limited(concurrency, [register() for _ in range(n)])
+    cpu1, registered = cpu(), time.monotonic()
+    await create_accounts(chain, bot, [m.custodial_address for m in made])
+    cpu2, funded = cpu(), time.monotonic()
+    ids = [m.farmer.farmer_id for m in made]
+    retried = 0
+
+    async def confirm(farmer_id: str) -> None:
+        # UNAVAILABLE says "retry" (the call is idempotent); counted, and printed.
+        nonlocal retried
+        for _ in range(5):
+            try:
+                await confirm_funding(op, farmer_id, 1.0)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                retried += 1
+                print(f"  ConfirmFunding retried: {exc.details()}", flush=True)
+        raise SystemExit(f"ConfirmFunding of {farmer_id} stayed unavailable")
+
+    await gather_limited(concurrency, [confirm(i) for i in ids])
+    cpu3, confirmed = cpu(), time.monotonic()
+    return Onboarded(
+        n,
+        ids,
+        registered - started,
+        funded - registered,
+        confirmed - funded,
+        _spent(cpu0, cpu1),
+        _spent(cpu2, cpu3),
+    )
 
 
 async def funded_keys(chain: ChainClient, bot: Friendbot, n: int) -> list[Keypair]:
     keys = [Keypair.random() for _ in range(n)]
-    await gather_limited(32, [ensure_account(chain, bot, k.public_key) for k in keys])
+    await create_accounts(chain, bot, [k.public_key for k in keys])
     return keys
 
 
@@ -250,70 +514,50 @@ async def plant(stub: Any, key: str, chain: ChainClient, n: int) -> tuple[int, f
 
 
 async def bench(args: argparse.Namespace) -> list[Run]:
-    base = Path(tempfile.mkdtemp(prefix="plant-bench-"))
-    data = base / "data"
-    proc, state = await start_stack(data, args)
     runs: list[Run] = []
-    try:
-        settings = Settings(  # type: ignore[call-arg]
-            network=Network.DEVNET, data_dir=data, rpc_url=state.rpc_url, _env_file=None
-        )
-        chain = ChainClient(await resolve_chain_config(settings), poll_interval=1.0)
-        bot = await Friendbot.for_network(settings, state.rpc_url)
-        assert bot is not None
-        biggest = max(args.farmers)
-        async with OperatorClient(settings, address=state.pool_address, timeout=60) as op:
-            made = await provision_pooler(
+    biggest = max(args.farmers)
+    async with Stack(args, biggest) as stack:
+        async with stack.operator() as op:
+            made = await stack.pooler(op)
+            onboarded = await onboard(
                 op,
-                settings,
-                "bench",
-                pool_address=state.pool_address,
-                rpc_url=state.rpc_url,
-                chain=chain,
-                friendbot=bot,
-                max_farmers=biggest,
+                stack.chain,
+                stack.bot,
+                made.pooler.pooler_id,
+                biggest,
+                args.concurrency,
+                stack.cpu,
             )
-            await register_farmers(op, chain, bot, made.pooler.pooler_id, biggest)
-        keys = await funded_keys(chain, bot, biggest)
-        bundle = PoolerBundle.of(settings, "bench")
-        channel = grpc.aio.secure_channel(
-            state.pool_address,
-            channel_credentials(
-                Identity(bundle.cert.read_bytes(), bundle.key.read_bytes()), bundle.ca.read_bytes()
-            ),
-            options=[("grpc.ssl_target_name_override", POOL_SERVER)],
-        )
-        stub = pooler_pb2_grpc.PoolerServiceStub(channel)
+        print(onboarded.line(), flush=True)
+        keys = await funded_keys(stack.chain, stack.bot, biggest)
+        channel, stub = stack.pooler_stub()
         for n in args.farmers:
-            c_seconds, c_ledgers = await ceiling(chain, keys[:n])
-            planted, p_seconds, p_ledgers = await plant(stub, made.api_key, chain, n)
+            c_seconds, c_ledgers = await ceiling(stack.chain, keys[:n])
+            planted, p_seconds, p_ledgers = await plant(stub, made.api_key, stack.chain, n)
             run = Run(n, planted, p_seconds, p_ledgers, c_seconds, c_ledgers)
             print(run.line(), flush=True)
             runs.append(run)
         await channel.close()
-        await bot.close()
-        await chain.aclose()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            await asyncio.wait_for(proc.wait(), 60)
-        except TimeoutError:
-            proc.kill()
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            print(f"kept {base}")
+        print_peak_rss(stack.peak_rss())
     return runs
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stack's options, shared by the benches here."""
+    parser.add_argument("--ledger-seconds", type=int, default=5)
+    parser.add_argument("--block-seconds", type=int, default=240)
+    parser.add_argument(
+        "--concurrency", type=int, default=1000, help="onboarding calls at once (the client's)"
+    )
+    parser.add_argument("--env", nargs="*", default=[], help="KALE_POOL_X=Y for the stack")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--farmers", type=int, nargs="+", default=[200, 500])
-    parser.add_argument("--ledger-seconds", type=int, default=5)
-    parser.add_argument("--block-seconds", type=int, default=240)
-    parser.add_argument("--env", nargs="*", default=[], help="KALE_POOL_X=Y for the stack")
-    parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    common_arguments(parser)
     args = parser.parse_args(argv)
     runs = asyncio.run(bench(args))
     if args.json:

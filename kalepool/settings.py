@@ -221,7 +221,12 @@ class Settings(BaseSettings):
 
     # --- pool operation limits -----------------------------------------------
     max_farmers_per_pooler: int = Field(100, ge=1, description="Farmers one pooler may hold.")
-    max_harvest_batch_size: int = Field(20, ge=1, description="Pails harvested per request.")
+    max_harvest_batch_size: int = Field(
+        1000,
+        ge=1,
+        description="Pails the harvest loop reads and harvests at once (a page); a pass goes"
+        " on to the next page while the last one settled any.",
+    )
     plant_concurrency: int = Field(
         1000,
         ge=1,

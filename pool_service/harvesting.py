@@ -251,7 +251,9 @@ class Harvester:
                 f"block {block_index} is not over: the farm's current block is {current}"
             )
         await self.observe(current, latest, pooler.id, block_index)
-        pails = await self.harvests.pails(current, pooler.id, block_index, farmer_ids)
+        # Every pail of the block asked for (at most one per farmer of the pooler's).
+        limit = max(pooler.max_farmers, len(farmer_ids), 1)
+        pails = await self.harvests.pails(current, pooler.id, block_index, farmer_ids, limit)
         done = await self.harvest(pails)
         await self._settle(current, latest)
         rows = await self.harvests.harvests(pooler.id, block_index, farmer_ids)
@@ -283,10 +285,22 @@ class Harvester:
         view = await self.view.plantable()
         current, latest = view.current.index, view.latest_ledger
         await self.observe(current, latest)
-        pails = await self.harvests.pails(current, limit=self.settings.max_harvest_batch_size)
-        if pails:
-            await self.harvest(pails)
+        await self.harvest_pages(current)
         await self._settle(current, latest)
+
+    async def harvest_pages(self, current: int) -> None:
+        """Harvest finished blocks' worked pails a page (`max_harvest_batch_size`) at a
+        time, all of a page at once, on to the next page while the last was full and
+        settled at least one pail (those left pending come first again: a page where
+        nothing settles ends the pass, until the next)."""
+        size = self.settings.max_harvest_batch_size
+        while True:
+            pails = await self.harvests.pails(current, limit=size)
+            if not pails:
+                return
+            done = await self.harvest(pails)
+            if len(pails) < size or len(done.pending) >= len(pails):
+                return
 
     async def run(self, interval: float) -> None:
         """Harvest every finished block's worked pails, forever, every `interval` s."""

@@ -436,6 +436,13 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             raise NotFound(f"no farmer {farmer_id}")
         return row
 
+    async def _account(self, address: str) -> common_pb2.AccountState:
+        got = await wallet_call(
+            self.wallet.stub.GetWallet(wallet_pb2.GetWalletRequest(public_key=address)),
+            "read the custodial account",
+        )
+        return got.account
+
     async def ConfirmFunding(
         self, request: pool_pb2.ConfirmFundingRequest, context: Any
     ) -> pool_pb2.ConfirmFundingResponse:
@@ -443,41 +450,42 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
         if farmer.status != FarmerStatus.ACTIVE:
             raise FailedPrecondition(f"farmer {farmer.id} is {farmer.status}")
         address = farmer.custodial_public_key
-        got = await wallet_call(
-            self.wallet.stub.GetWallet(wallet_pb2.GetWalletRequest(public_key=address)),
-            "read the custodial account",
+        # One wallet call: EnsureTrustline reads the account, adds the trustline when it
+        # is missing (awaiting its ledger) and answers the account as it last read it.
+        ensure = wallet_pb2.EnsureTrustlineRequest(
+            idempotency_key=f"trustline:{address}", public_key=address
         )
-        account = got.account
-        detail = ""
-        if not account.exists:
-            detail = (
-                f"account {address} does not exist on chain yet: send it at least"
-                f" {format_kale(MIN_FUNDING_XLM_STROOPS)} XLM"
-            )
-        elif not account.kale_trustline:
+        try:
             trust = await wallet_call(
-                self.wallet.stub.EnsureTrustline(
-                    wallet_pb2.EnsureTrustlineRequest(
-                        idempotency_key=f"trustline:{address}", public_key=address
-                    )
-                ),
-                "add the KALE trustline",
+                self.wallet.stub.EnsureTrustline(ensure), "add the KALE trustline"
             )
-            status = trust.outcome.status
-            if not trust.already_present and status != common_pb2.TX_STATUS_SUCCESS:
-                if status == common_pb2.TX_STATUS_PENDING:
-                    detail = "the KALE trustline transaction is pending; confirm again shortly"
-                else:
-                    detail = (
-                        f"the KALE trustline could not be added: {trust.outcome.failure.message}"
-                    )
-            if not detail:
-                account = (
-                    await wallet_call(
-                        self.wallet.stub.GetWallet(wallet_pb2.GetWalletRequest(public_key=address)),
-                        "read the custodial account",
-                    )
-                ).account
+        except FailedPrecondition:
+            # Refused before anything was signed: most often the account does not exist
+            # yet, which the answer explains. If it exists now, it may have appeared
+            # since: asked once more, and a second refusal stands.
+            account = await self._account(address)
+            if not account.exists:
+                return pool_pb2.ConfirmFundingResponse(
+                    farmer=convert.farmer_pb(farmer),
+                    funded=False,
+                    account=account,
+                    detail=(
+                        f"account {address} does not exist on chain yet: send it at least"
+                        f" {format_kale(MIN_FUNDING_XLM_STROOPS)} XLM"
+                    ),
+                )
+            trust = await wallet_call(
+                self.wallet.stub.EnsureTrustline(ensure), "add the KALE trustline"
+            )
+        # A wallet of an earlier version answers no account: read it.
+        account = trust.account if trust.HasField("account") else await self._account(address)
+        detail = ""
+        status = trust.outcome.status
+        if not trust.already_present and status != common_pb2.TX_STATUS_SUCCESS:
+            if status == common_pb2.TX_STATUS_PENDING:
+                detail = "the KALE trustline transaction is pending; confirm again shortly"
+            else:
+                detail = f"the KALE trustline could not be added: {trust.outcome.failure.message}"
         if detail:
             return pool_pb2.ConfirmFundingResponse(
                 farmer=convert.farmer_pb(farmer), funded=False, account=account, detail=detail

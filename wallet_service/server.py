@@ -154,6 +154,7 @@ async def start_wallet_for(
         chain=chain,
         identity=certs.identity(WALLET_SERVER),
         ca_pem=certs.ca_pem,
+        pool_size=settings.db_pool_size,
         statement_timeout_seconds=settings.db_timeout_seconds,
         limits=PayoutLimits.of(settings),
         webhook=Webhook.of(settings),

@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from stellar_sdk import StrKey
+from stellar_sdk import Account, StrKey
 from stellar_sdk import xdr as stellar_xdr
 
 from kalepool import wire
 from kalepool.bounds import show
 from kalepool.chain import (
     AccountNotFoundError,
+    AccountState,
     ChainClient,
     ChainDataError,
     ChainError,
@@ -205,6 +206,24 @@ def settlement(kind: TxKind, outcome: TxOutcome) -> Settlement | None:
         contract_error=None if err is None else err.number,
         fault=fault.value,
         rejected=outcome.status.value == "rejected",
+    )
+
+
+def account_pb(address: str, read: tuple[AccountState | None, int]) -> common_pb2.AccountState:
+    """An account as read on chain (`read`: the state, None when it does not exist, and
+    the ledger it was read at)."""
+    state, ledger = read
+    if state is None:
+        return common_pb2.AccountState(address=address, exists=False, observed_ledger=ledger)
+    reserve = (2 + state.sub_entries) * BASE_RESERVE_STROOPS
+    return common_pb2.AccountState(
+        address=address,
+        exists=True,
+        xlm_balance_stroops=state.xlm_balance,
+        xlm_available_stroops=max(0, state.xlm_balance - reserve),
+        kale_trustline=state.kale is not None,
+        kale_balance_stroops=state.kale.balance if state.kale else 0,
+        observed_ledger=state.ledger,
     )
 
 
@@ -489,23 +508,16 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         )
 
     async def _account_state(self, address: str) -> common_pb2.AccountState:
+        return account_pb(address, await self._read_account(address))
+
+    async def _read_account(self, address: str) -> tuple[AccountState | None, int]:
+        """The account on chain (None when it does not exist) and the ledger read at."""
         try:
             state = await read_account(self.chain, address)
             ledger = state.ledger if state else (await self.chain.latest_ledger()).sequence
         except ChainUnavailableError as exc:
             raise Unavailable(f"the chain cannot be reached: {exc}") from None
-        if state is None:
-            return common_pb2.AccountState(address=address, exists=False, observed_ledger=ledger)
-        reserve = (2 + state.sub_entries) * BASE_RESERVE_STROOPS
-        return common_pb2.AccountState(
-            address=address,
-            exists=True,
-            xlm_balance_stroops=state.xlm_balance,
-            xlm_available_stroops=max(0, state.xlm_balance - reserve),
-            kale_trustline=state.kale is not None,
-            kale_balance_stroops=state.kale.balance if state.kale else 0,
-            observed_ledger=state.ledger,
-        )
+        return state, ledger
 
     async def EnsureTrustline(
         self, request: wallet_pb2.EnsureTrustlineRequest, context: Any
@@ -513,29 +525,41 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         key = check_idempotency_key(request.idempotency_key)
         address = check_account("public_key", request.public_key)
         wallet = await self._wallet(address)
-        present = False
+        # The account as read before building (inside the account's lock): whether the
+        # trustline is there, and the sequence the transaction takes (no second read).
+        before: AccountState | None = None
 
         async def check_present() -> Result | None:
-            nonlocal present
-            state = await self._account_state(address)
-            if not state.exists:
+            nonlocal before
+            state, _ = await self._read_account(address)
+            if state is None:
                 raise FailedPrecondition(
                     f"account {address} does not exist on chain: fund it with XLM first"
                 )
-            present = state.kale_trustline
-            return Result(wallet_pb2.TransactionOutcome(), None) if present else None
+            before = state
+            return Result(wallet_pb2.TransactionOutcome(), None) if state.kale else None
+
+        def source() -> str | Account:
+            return address if before is None else Account(address, before.sequence)
 
         result = await self._transact(
             wallet,
             key,
             TxKind.TRUSTLINE,
             digest("trustline", address),
-            lambda: build_trustline(self.chain, address),
+            lambda: build_trustline(self.chain, source()),
             before_build=check_present,
         )
-        if present:
-            return wallet_pb2.EnsureTrustlineResponse(already_present=True)
-        return wallet_pb2.EnsureTrustlineResponse(outcome=result.outcome)
+        if before is not None and before.kale is not None:
+            return wallet_pb2.EnsureTrustlineResponse(
+                already_present=True, account=account_pb(address, (before, before.ledger))
+            )
+        if result.outcome.status == common_pb2.TX_STATUS_SUCCESS or before is None:
+            # Applied (the account changed), or a replay: nothing read yet.
+            account = await self._account_state(address)
+        else:
+            account = account_pb(address, (before, before.ledger))
+        return wallet_pb2.EnsureTrustlineResponse(outcome=result.outcome, account=account)
 
     async def Plant(
         self, request: wallet_pb2.PlantRequest, context: Any

@@ -392,21 +392,30 @@ class EnsureTrustlineResponse(_message.Message):
 
     ALREADY_PRESENT_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
     already_present: _builtins.bool
     """True when the trustline existed before the call and no transaction was needed."""
     @_builtins.property
     def outcome(self) -> Global___TransactionOutcome:
         """The trustline transaction; unset when already_present."""
 
+    @_builtins.property
+    def account(self) -> _common_pb2.AccountState:
+        """The account on chain as this call last read it: after the trustline transaction
+        applied, else when the trustline was found present or before the transaction was
+        sent (pending, failed). Spares the caller a GetWallet.
+        """
+
     def __init__(
         self,
         *,
         already_present: _builtins.bool = ...,
         outcome: Global___TransactionOutcome | None = ...,
+        account: _common_pb2.AccountState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "outcome", b"outcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "already_present", b"already_present", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

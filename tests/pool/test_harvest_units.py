@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from stellar_sdk import Keypair
 
 from kalepool.chain import LedgerInfo
 from kalepool.chain import Pail as ChainPail
@@ -183,3 +184,72 @@ async def test_a_pass_reads_the_farm_once_and_the_follower_only_for_a_gone_pail(
     await _harvester(store, view, tmp_path).run_once()
     assert (view.views, view.chain.latest_reads, store.follower_reads) == (1, 1, 1)
     assert [w.error_code for w in store.observed] == ["PAIL_MISSING"] * 3
+
+
+# --- pages of the loop --------------------------------------------------------------------
+
+
+class _PagedStore(_Store):
+    """Worked pails not yet harvested, read a page (`limit`) at a time, oldest first."""
+
+    def __init__(self, pails: list[Pail]) -> None:
+        super().__init__([])
+        self.left = list(pails)
+        self.limits: list[int] = []
+
+    async def pails(self, *args: Any, limit: int = 200, **kwargs: Any) -> list[Pail]:
+        self.limits.append(limit)
+        return self.left[:limit]
+
+    async def record(self, pail: Pail, *, status: str, **rest: Any) -> None:
+        await super().record(pail, status=status)
+        if status == "success":
+            self.left.remove(pail)
+
+
+class _Harvests:
+    """Harvests every pail but those of `stuck` farmers (answered pending)."""
+
+    def __init__(self, stuck: set[str]) -> None:
+        self.stuck = stuck
+        self.asked = 0
+
+    async def Harvest(self, request: wallet_pb2.HarvestRequest, **options: Any) -> Any:
+        self.asked += 1
+        if request.farmer_address in self.stuck:
+            out = wallet_pb2.TransactionOutcome(status=common_pb2.TX_STATUS_PENDING)
+            return wallet_pb2.HarvestResponse(outcome=out)
+        out = wallet_pb2.TransactionOutcome(status=common_pb2.TX_STATUS_SUCCESS, ledger=9)
+        return wallet_pb2.HarvestResponse(outcome=out, reward_stroops=1)
+
+
+def _paged(store: _PagedStore, stub: _Harvests, tmp_path: Path, size: int) -> Harvester:
+    harvester = _harvester(store, _View(), tmp_path)
+    harvester.wallet = cast(WalletClient, type("W", (), {"stub": stub})())
+    harvester.settings = harvester.settings.model_copy(update={"max_harvest_batch_size": size})
+    return harvester
+
+
+def _addressed(n: int) -> list[Pail]:
+    return [Pail(uuid.uuid4(), uuid.uuid4(), 41, Keypair.random().public_key, 0) for _ in range(n)]
+
+
+async def test_a_pass_harvests_every_page_not_only_the_first(tmp_path: Path) -> None:
+    pails = _addressed(25)
+    store, stub = _PagedStore(pails), _Harvests(set())
+    await _paged(store, stub, tmp_path, 10).run_once()
+    # Pages of 10, 10 and 5: every pail harvested once in one pass.
+    assert store.limits == [10, 10, 10] and not store.left and stub.asked == 25
+    assert [s for _, s in store.recorded] == ["success"] * 25
+
+
+async def test_a_page_where_nothing_settles_ends_the_pass(tmp_path: Path) -> None:
+    pails = _addressed(12)
+    stuck = {p.custodial_public_key for p in pails[:10]}
+    store, stub = _PagedStore(pails), _Harvests(stuck)
+    await _paged(store, stub, tmp_path, 10).run_once()
+    # The first page settles nothing: the pass stops there (the next pass asks again).
+    assert store.limits == [10] and stub.asked == 10 and len(store.left) == 12
+    stub.stuck = set()
+    await _paged(store, stub, tmp_path, 10).run_once()
+    assert not store.left and stub.asked == 22

@@ -60,6 +60,9 @@ async def funded_wallet(
         )
     )
     assert trust.outcome.status == SUCCESS, trust
+    # The account as read after the trustline applied: the caller needs no GetWallet.
+    assert trust.account.exists and trust.account.kale_trustline, trust
+    assert trust.account.observed_ledger >= trust.outcome.ledger
     if kale:
         await ws.stage.friendbot(address, kale)
 
@@ -83,7 +86,8 @@ async def test_cycle_plant_work_harvest_returns_the_chains_reward(
     again = await ws.stub.EnsureTrustline(
         wallet_pb2.EnsureTrustlineRequest(idempotency_key="t2", public_key=farmer)
     )
-    assert again.already_present
+    assert again.already_present and not again.HasField("outcome")
+    assert again.account.kale_trustline and again.account.kale_balance_stroops == 50 * KALE
 
     block = (await current_block(ws.chain)).index
     stake = 5 * KALE
