@@ -178,9 +178,9 @@ async def open_pool(
     role ``conninfo`` logs in as. A connection is checked when it is taken from the
     pool (`check_connection`: a round trip only when it was not checked in the last
     few seconds or the server spoke on it), so a pool that outlived a PostgreSQL
-    restart hands out fresh connections instead of broken ones; a statement timeout (when given) bounds every
-    query of the service, set when each connection opens. It is whole milliseconds,
-    rounded up: PostgreSQL reads 0 as no timeout at all.
+    restart hands out fresh connections instead of broken ones; a statement timeout
+    (when given) bounds every query of the service, set when each connection opens. It
+    is whole milliseconds, rounded up: PostgreSQL reads 0 as no timeout at all.
     """
     options = [role.search_path]
     if statement_timeout_seconds is not None:
