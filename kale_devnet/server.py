@@ -48,6 +48,15 @@ class _InjectedHttpError(Exception):
     """Answer with a plain HTTP error, as a proxy in front of an RPC node might."""
 
 
+def _answer(req_id: Any, result_json: str) -> str:
+    """A JSON-RPC answer around a result already encoded as JSON."""
+    return f'{{"jsonrpc": "2.0", "id": {json.dumps(req_id)}, "result": {result_json}}}'
+
+
+def _json_text(text: str) -> web.Response:
+    return web.Response(text=text, content_type="application/json")
+
+
 def _rpc_error(req_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message}}
 
@@ -212,8 +221,8 @@ class DevnetServer:
                 if not payload:
                     return web.json_response(_rpc_error(None, INVALID_REQUEST, "empty batch"))
                 answers = [await self._one(item) for item in payload]
-                return web.json_response(answers)
-            return web.json_response(await self._one(payload))
+                return _json_text("[" + ",".join(answers) + "]")
+            return _json_text(await self._one(payload))
         except _InjectedHttpError as exc:
             return web.Response(status=503, text=f"{exc}\n")
         except _LoseResponse:
@@ -224,47 +233,47 @@ class DevnetServer:
                 transport.abort()
             raise asyncio.CancelledError from None
 
-    async def _one(self, item: Any) -> dict[str, Any]:
+    async def _one(self, item: Any) -> str:
+        """One request's answer as JSON text (results are encoded by the RPC service,
+        which keeps the large ones it answers again and again)."""
         if not isinstance(item, dict):
-            return _rpc_error(None, INVALID_REQUEST, "invalid request")
+            return json.dumps(_rpc_error(None, INVALID_REQUEST, "invalid request"))
         req_id = item.get("id")
         method = item.get("method")
         if item.get("jsonrpc") != "2.0" or not isinstance(method, str):
-            return _rpc_error(req_id, INVALID_REQUEST, "invalid request")
+            return json.dumps(_rpc_error(req_id, INVALID_REQUEST, "invalid request"))
         if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, str | int)):
-            return _rpc_error(None, INVALID_REQUEST, "invalid request id")
+            return json.dumps(_rpc_error(None, INVALID_REQUEST, "invalid request id"))
         params = item.get("params")
         admin = self._admin.get(method)
         if admin is not None:
             try:
-                return {
-                    "jsonrpc": "2.0",
-                    "id": req_id,
-                    "result": await admin(_admin_params(params)),
-                }
+                return _answer(req_id, json.dumps(await admin(_admin_params(params))))
             except RpcError as exc:
-                return _rpc_error(req_id, exc.code, exc.message)
+                return json.dumps(_rpc_error(req_id, exc.code, exc.message))
         delay = self.faults.latency(method)
         if delay:
             await asyncio.sleep(delay)
         if method in self.rpc.methods and self.faults.should_fail(method):
             if self.faults.config.error_kind == "http":
                 raise _InjectedHttpError("service unavailable (injected fault)")
-            return _rpc_error(req_id, INTERNAL_ERROR, "internal error (injected fault)")
+            return json.dumps(_rpc_error(req_id, INTERNAL_ERROR, "internal error (injected fault)"))
         try:
-            result = self.rpc.call(method, params)
+            if method == "sendTransaction":
+                result = self.rpc.call(method, params)
+                if result.get("status") == "PENDING" and self.faults.lose_send():
+                    raise _LoseResponse
+                text = json.dumps(result)
+            else:
+                text = self.rpc.call_json(method, params)
         except RpcError as exc:
-            return _rpc_error(req_id, exc.code, exc.message)
+            return json.dumps(_rpc_error(req_id, exc.code, exc.message))
+        except _LoseResponse:
+            raise
         except Exception:
             log.exception("internal error in %s", method)
-            return _rpc_error(req_id, INTERNAL_ERROR, "internal error")
-        if (
-            method == "sendTransaction"
-            and result.get("status") == "PENDING"
-            and self.faults.lose_send()
-        ):
-            raise _LoseResponse
-        return {"jsonrpc": "2.0", "id": req_id, "result": result}
+            return json.dumps(_rpc_error(req_id, INTERNAL_ERROR, "internal error"))
+        return _answer(req_id, text)
 
     # ---- admin -----------------------------------------------------------------------
 
