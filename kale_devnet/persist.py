@@ -21,7 +21,9 @@ so a restored chain answers exactly as before the restart.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
@@ -34,6 +36,8 @@ from kale_devnet import txn
 from kale_devnet.chain import Chain, EventRecord, LedgerRecord, TxRecord
 from kale_devnet.config import DevnetConfig
 from kale_devnet.ledger import Entry, is_temporary, key_of
+
+log = logging.getLogger(__name__)
 
 FORMAT = "kale-pool-devnet-state"
 VERSION = 2  # 2: the snapshot names its journal; 1 (no journal) is still read
@@ -90,9 +94,8 @@ def dump(chain: Chain, journal: int = 0) -> dict[str, Any]:
 
 
 def delta(chain: Chain, through: int) -> dict[str, Any]:
-    """What changed since ledger `through` was journaled: the entries touched since
-    (then forgotten as touched), the ledgers after it with their transactions and
-    events, the counters."""
+    """What changed since ledger `through` was journaled: the entries touched since,
+    the ledgers after it with their transactions and events, the counters."""
     state = chain.state
     entries: list[list[Any]] = []
     deleted: list[str] = []
@@ -102,7 +105,6 @@ def delta(chain: Chain, through: int) -> dict[str, Any]:
             deleted.append(base64.b64encode(kb).decode())
         else:
             entries.append([entry.ledger_entry_b64, entry.live_until, state.is_temporary(kb)])
-    state.touched.clear()
     ledgers = [
         rec for seq in range(through + 1, chain.latest.seq + 1) if (rec := chain.ledgers.get(seq))
     ]
@@ -288,14 +290,26 @@ class Store:
         assert self._fh is not None
         line = json.dumps(delta(self.chain, self._through), separators=(",", ":")) + "\n"
         raw = line.encode()
-        self._fh.write(raw)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        end = self._fh.tell()
+        try:
+            self._fh.write(raw)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError:
+            # No half line left for the next one to follow (a replay would refuse it);
+            # what it held stays touched and goes into the next line.
+            with contextlib.suppress(OSError):
+                self._fh.truncate(end)
+            raise
+        self.chain.state.touched.clear()
         self._through = self.chain.latest.seq
         self._journal_bytes += len(raw)
-        if self._journal_bytes >= COMPACT_RATIO * self._snapshot_bytes and (
-            self._writing is None or self._writing.done()
-        ):
+        if self._writing is not None and self._writing.done():
+            failed = self._writing.exception()
+            self._writing = None
+            if failed is not None:  # the journal goes on; the old snapshot stays valid
+                log.error("writing the devnet state snapshot failed: %s", failed)
+        if self._writing is None and self._journal_bytes >= COMPACT_RATIO * self._snapshot_bytes:
             self._compact_in_background()
 
     def snapshot(self) -> None:

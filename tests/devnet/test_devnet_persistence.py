@@ -224,3 +224,26 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+async def test_a_failed_journal_write_leaves_no_half_line_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails (a full disk) raises, leaves the journal as it was, and what it
+    held goes into the next line: the reload has every change."""
+    state = tmp_path / "chain.json"
+    server = DevnetServer(devnet_config(state_path=state))
+    server.chain.set_farm_paused(True)  # an entry changed, not yet journaled
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        server.close_ledger()
+    monkeypatch.undo()
+    (journal,) = persist.journals(state).values()
+    assert journal.read_bytes() == b""
+    server.close_ledger()
+    reloaded = persist.load(devnet_config(), state)
+    assert reloaded.farm_paused() and reloaded.latest.seq == server.chain.latest.seq
