@@ -174,7 +174,8 @@ class Chain:
 
     @property
     def oldest_ledger(self) -> int:
-        return min(self.ledgers) if self.ledgers else self.latest.seq
+        # Ledgers are added in order (closes, a reload): the first key is the oldest.
+        return next(iter(self.ledgers)) if self.ledgers else self.latest.seq
 
     def next_close_time(self, wall: float | None = None) -> int:
         """The close time the next ledger will get (manual: a fixed step; auto: the wall clock)."""
@@ -724,7 +725,10 @@ class Chain:
                 )
 
     def _prune(self) -> None:
-        oldest = self.latest.seq - self.config.history_ledgers + 1
+        self.forget_before(self.latest.seq - self.config.history_ledgers + 1)
+
+    def forget_before(self, oldest: int) -> None:
+        """Drop the ledgers, transactions and events older than ledger `oldest`."""
         for seq in [s for s in self.ledgers if s < oldest]:
             for h in self.ledgers.pop(seq).tx_hashes:
                 self.txs.pop(h, None)

@@ -241,6 +241,9 @@ class LedgerState:
     def __init__(self) -> None:
         self.entries: dict[bytes, Entry] = {}
         self._temporary: set[bytes] = set()
+        # Keys set or deleted since the state file last took them (persist's journal
+        # writes only these at a close, not every entry).
+        self.touched: set[bytes] = set()
 
     def get(self, kb: bytes, seq: int) -> Entry | None:
         entry = self.entries.get(kb)
@@ -249,6 +252,7 @@ class LedgerState:
         return entry
 
     def set(self, kb: bytes, entry: Entry | None, temporary: bool) -> None:
+        self.touched.add(kb)
         if entry is None:
             self.entries.pop(kb, None)
             self._temporary.discard(kb)

@@ -6,6 +6,7 @@ import base64
 import binascii
 import bisect
 import itertools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
@@ -14,7 +15,7 @@ from typing import Any
 from stellar_sdk import StrKey
 from stellar_sdk import xdr as stellar_xdr
 
-from kale_devnet.chain import Chain, EventRecord, TxRecord, event_id
+from kale_devnet.chain import Chain, EventRecord, LedgerRecord, TxRecord, event_id
 from kale_devnet.ledger import LT
 from kale_devnet.network import PROTOCOL_VERSION
 from kale_devnet.txn import EnvelopeError
@@ -105,6 +106,9 @@ class RpcService:
         self.chain = chain
         self.base_url = base_url
         self.healthy = healthy
+        # getLatestLedger's answer as JSON, kept for its ledger: it carries the ledger's
+        # whole close meta (hundreds of kB for a ledger of plants), asked for many times
+        self._latest_json: tuple[LedgerRecord, str] | None = None
         self.methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "getHealth": self.get_health,
             "getNetwork": self.get_network,
@@ -125,6 +129,16 @@ class RpcService:
         if handler is None:
             raise RpcError(METHOD_NOT_FOUND, "method not found")
         return handler(_params(params))
+
+    def call_json(self, method: str, params: Any) -> str:
+        """`call`'s answer as JSON text (getLatestLedger's encoded once per ledger)."""
+        if method != "getLatestLedger":
+            return json.dumps(self.call(method, params))
+        _params(params)
+        latest = self.chain.latest
+        if self._latest_json is None or self._latest_json[0] is not latest:
+            self._latest_json = (latest, json.dumps(self.get_latest_ledger({})))
+        return self._latest_json[1]
 
     # ---- the ledger --------------------------------------------------------------------
 

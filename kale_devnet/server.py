@@ -15,7 +15,6 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +48,15 @@ class _InjectedHttpError(Exception):
     """Answer with a plain HTTP error, as a proxy in front of an RPC node might."""
 
 
+def _answer(req_id: Any, result_json: str) -> str:
+    """A JSON-RPC answer around a result already encoded as JSON."""
+    return f'{{"jsonrpc": "2.0", "id": {json.dumps(req_id)}, "result": {result_json}}}'
+
+
+def _json_text(text: str) -> web.Response:
+    return web.Response(text=text, content_type="application/json")
+
+
 def _rpc_error(req_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message}}
 
@@ -59,8 +67,11 @@ class DevnetServer:
     def __init__(self, config: DevnetConfig | None = None) -> None:
         self.config = config or DevnetConfig()
         self.config.validate()
-        if self.config.state_path is not None and self.config.state_path.exists():
-            self.chain = persist.load(self.config, self.config.state_path)
+        # With a state file, the store journals every change (persist.Store).
+        self._store: persist.Store | None = None
+        if self.config.state_path is not None:
+            self._store = persist.Store.open(self.config, self.config.state_path)
+            self.chain = self._store.chain
         else:
             self.chain = Chain(self.config)
         self.faults = FaultInjector(self.config.faults)
@@ -70,8 +81,6 @@ class DevnetServer:
         self._port = self.config.port
         self._last_close_wall = time.time()
         self._closed = asyncio.Condition() if _has_loop() else None
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devnet-state")
-        self._writes: list[Future[None]] = []
         self._admin: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "devnet_closeLedger": self._admin_close,
             "devnet_advanceTime": self._admin_advance,
@@ -100,7 +109,6 @@ class DevnetServer:
 
     async def start(self) -> None:
         self._closed = asyncio.Condition()
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devnet-state")
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -121,11 +129,9 @@ class DevnetServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for pending in self._writes:
-            await asyncio.wrap_future(pending)
-        self._writes = []
-        self._writer.shutdown(wait=True)
-        self.save()
+        if self._store is not None:
+            await asyncio.to_thread(self._store.wait)
+            self._store.close()
 
     async def __aenter__(self) -> DevnetServer:
         await self.start()
@@ -135,26 +141,25 @@ class DevnetServer:
         await self.stop()
 
     def save(self) -> None:
-        """Persist the chain now (when a state file is configured)."""
-        if self.config.state_path is not None:
-            persist.save(self.chain, self.config.state_path)
+        """Snapshot the chain now (when a state file is configured)."""
+        if self._store is not None:
+            self._store.snapshot()
 
-    def _save_in_background(self) -> None:
-        # The snapshot is taken now, on the loop (consistent); one writer thread writes the
-        # snapshots in order, so the file on disk is always some whole, recent state.
-        if self.config.state_path is None:
-            return
-        data = persist.serialize(self.chain)
-        self._writes = [w for w in self._writes if not w.done()]
-        self._writes.append(self._writer.submit(persist.write, data, self.config.state_path))
+    def _record(self) -> None:
+        # Journaled (and fsynced) on the loop, before anything can see the change: a
+        # ledger reported closed is on disk.
+        if self._store is not None:
+            self._store.record()
 
     # ---- ledgers ---------------------------------------------------------------------
 
-    def close_ledger(self, close_time: int | None = None) -> LedgerRecord:
-        """Close one ledger now (persisting it when a state file is configured)."""
+    def close_ledger(self, close_time: int | None = None, *, journal: bool = True) -> LedgerRecord:
+        """Close one ledger now (journaled when a state file is configured; `journal`
+        False leaves that to the caller, before it reports the close)."""
         record = self.chain.close_ledger(close_time)
         self._last_close_wall = time.time()
-        self._save_in_background()
+        if journal:
+            self._record()
         if self._closed is not None:
             asyncio.get_running_loop().create_task(self._notify())
         return record
@@ -216,8 +221,8 @@ class DevnetServer:
                 if not payload:
                     return web.json_response(_rpc_error(None, INVALID_REQUEST, "empty batch"))
                 answers = [await self._one(item) for item in payload]
-                return web.json_response(answers)
-            return web.json_response(await self._one(payload))
+                return _json_text("[" + ",".join(answers) + "]")
+            return _json_text(await self._one(payload))
         except _InjectedHttpError as exc:
             return web.Response(status=503, text=f"{exc}\n")
         except _LoseResponse:
@@ -228,47 +233,47 @@ class DevnetServer:
                 transport.abort()
             raise asyncio.CancelledError from None
 
-    async def _one(self, item: Any) -> dict[str, Any]:
+    async def _one(self, item: Any) -> str:
+        """One request's answer as JSON text (results are encoded by the RPC service,
+        which keeps the large ones it answers again and again)."""
         if not isinstance(item, dict):
-            return _rpc_error(None, INVALID_REQUEST, "invalid request")
+            return json.dumps(_rpc_error(None, INVALID_REQUEST, "invalid request"))
         req_id = item.get("id")
         method = item.get("method")
         if item.get("jsonrpc") != "2.0" or not isinstance(method, str):
-            return _rpc_error(req_id, INVALID_REQUEST, "invalid request")
+            return json.dumps(_rpc_error(req_id, INVALID_REQUEST, "invalid request"))
         if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, str | int)):
-            return _rpc_error(None, INVALID_REQUEST, "invalid request id")
+            return json.dumps(_rpc_error(None, INVALID_REQUEST, "invalid request id"))
         params = item.get("params")
         admin = self._admin.get(method)
         if admin is not None:
             try:
-                return {
-                    "jsonrpc": "2.0",
-                    "id": req_id,
-                    "result": await admin(_admin_params(params)),
-                }
+                return _answer(req_id, json.dumps(await admin(_admin_params(params))))
             except RpcError as exc:
-                return _rpc_error(req_id, exc.code, exc.message)
+                return json.dumps(_rpc_error(req_id, exc.code, exc.message))
         delay = self.faults.latency(method)
         if delay:
             await asyncio.sleep(delay)
         if method in self.rpc.methods and self.faults.should_fail(method):
             if self.faults.config.error_kind == "http":
                 raise _InjectedHttpError("service unavailable (injected fault)")
-            return _rpc_error(req_id, INTERNAL_ERROR, "internal error (injected fault)")
+            return json.dumps(_rpc_error(req_id, INTERNAL_ERROR, "internal error (injected fault)"))
         try:
-            result = self.rpc.call(method, params)
+            if method == "sendTransaction":
+                result = self.rpc.call(method, params)
+                if result.get("status") == "PENDING" and self.faults.lose_send():
+                    raise _LoseResponse
+                text = json.dumps(result)
+            else:
+                text = self.rpc.call_json(method, params)
         except RpcError as exc:
-            return _rpc_error(req_id, exc.code, exc.message)
+            return json.dumps(_rpc_error(req_id, exc.code, exc.message))
+        except _LoseResponse:
+            raise
         except Exception:
             log.exception("internal error in %s", method)
-            return _rpc_error(req_id, INTERNAL_ERROR, "internal error")
-        if (
-            method == "sendTransaction"
-            and result.get("status") == "PENDING"
-            and self.faults.lose_send()
-        ):
-            raise _LoseResponse
-        return {"jsonrpc": "2.0", "id": req_id, "result": result}
+            return json.dumps(_rpc_error(req_id, INTERNAL_ERROR, "internal error"))
+        return _answer(req_id, text)
 
     # ---- admin -----------------------------------------------------------------------
 
@@ -280,16 +285,21 @@ class DevnetServer:
             raise RpcError(INTERNAL_ERROR, "ledger closing is stalled (injected fault)")
         applied: list[str] = []
         record = self.chain.latest
-        for _ in range(count):
-            record = self.close_ledger()
-            applied.extend(record.tx_hashes)
+        try:
+            for _ in range(count):
+                record = self.close_ledger(journal=False)
+                applied.extend(record.tx_hashes)
+        finally:
+            self._record()  # one journal line (and fsync) for the whole run of closes
         return {"sequence": record.seq, "closeTime": record.close_time, "applied": applied}
 
     async def _admin_advance(self, params: dict[str, Any]) -> dict[str, Any]:
         seconds = params.get("seconds")
         if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 0:
             raise RpcError(INVALID_PARAMS, "seconds must be a non-negative integer")
-        return {"nextCloseTime": self.chain.advance_time(seconds)}
+        next_close = self.chain.advance_time(seconds)
+        self._record()
+        return {"nextCloseTime": next_close}
 
     async def _admin_set_faults(self, params: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -308,14 +318,14 @@ class DevnetServer:
         if not isinstance(paused, bool):
             raise RpcError(INVALID_PARAMS, "paused must be true or false")
         changed = self.chain.set_farm_paused(paused)
-        self._save_in_background()
+        self._record()
         return {"paused": paused, "changed": changed}
 
     async def _admin_upgrade_farm(self, params: dict[str, Any]) -> dict[str, Any]:
         if params:
             raise RpcError(INVALID_PARAMS, "devnet_upgradeFarm takes no parameters")
         wasm_hash, version = self.chain.upgrade_farm()
-        self._save_in_background()
+        self._record()
         return {"wasmHash": wasm_hash.hex(), "version": version}
 
     def info(self) -> dict[str, Any]:

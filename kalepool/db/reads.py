@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import enum
 import math
+import select
+import time
 import types
 import typing
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -129,6 +132,39 @@ async def fetch_values(
         return [_checked(kind, r[0]) for r in await cur.fetchall()]
 
 
+CHECK_AFTER_SECONDS = 5.0
+"""A pooled connection checked (a round trip) this recently is handed out unchecked,
+unless its socket has something to read."""
+
+_checked_at: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _server_spoke(conn: AsyncConnection[Any]) -> bool:
+    """Whether an idle connection's socket has something to read (no round trip): the
+    server never speaks to an idle connection unasked but to end it (a shutdown or
+    restart sends its FATAL, a dead server leaves the socket at end of file)."""
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+async def check_connection(conn: AsyncConnection[Any]) -> None:
+    """The pool's check on checkout: a round trip (psycopg_pool's own check) only when
+    the connection was last checked over CHECK_AFTER_SECONDS ago or the server has said
+    something on it since; otherwise nothing (a checkout costs no round trip under load).
+    Raises when the connection is broken, so the pool takes another."""
+    last = _checked_at.get(conn)
+    if (
+        last is not None
+        and time.monotonic() - last < CHECK_AFTER_SECONDS
+        and not conn.broken
+        and not _server_spoke(conn)
+    ):
+        return
+    await AsyncConnectionPool.check_connection(conn)
+    _checked_at[conn] = time.monotonic()
+
+
 async def open_pool(
     conninfo: str,
     *,
@@ -139,11 +175,12 @@ async def open_pool(
     """The connection pool a service runs on (autocommit connections).
 
     Every connection sees ``role``'s schemas by name (its search_path), whichever
-    role ``conninfo`` logs in as. Every connection is checked when it is taken from
-    the pool, so a pool that outlived a PostgreSQL restart hands out fresh
-    connections instead of broken ones; a statement timeout (when given) bounds every
-    query of the service, set when each connection opens. It is whole milliseconds,
-    rounded up: PostgreSQL reads 0 as no timeout at all.
+    role ``conninfo`` logs in as. A connection is checked when it is taken from the
+    pool (`check_connection`: a round trip only when it was not checked in the last
+    few seconds or the server spoke on it), so a pool that outlived a PostgreSQL
+    restart hands out fresh connections instead of broken ones; a statement timeout
+    (when given) bounds every query of the service, set when each connection opens. It
+    is whole milliseconds, rounded up: PostgreSQL reads 0 as no timeout at all.
     """
     options = [role.search_path]
     if statement_timeout_seconds is not None:
@@ -155,7 +192,7 @@ async def open_pool(
         min_size=1,
         max_size=max_size,
         kwargs=kwargs,
-        check=AsyncConnectionPool.check_connection,
+        check=check_connection,
         open=False,
     )
     try:

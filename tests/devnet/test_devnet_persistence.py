@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
+import signal
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
-from stellar_sdk import Asset, scval
+from stellar_sdk import Asset, Keypair, scval
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
+from stellar_sdk.soroban_server_async import SorobanServerAsync
 
-from kale_devnet import DevnetServer
+from kale_devnet import DevnetServer, persist
 from kale_devnet.persist import StateFileError
 
 from .kit import KALE, Kit, devnet_config, mine
+
+KALE_POOL = shutil.which("kale-pool", path=str(Path(sys.executable).parent))
 
 
 async def test_state_survives_restart(tmp_path: Path) -> None:
@@ -91,3 +99,151 @@ async def test_damaged_state_is_refused(tmp_path: Path) -> None:
         DevnetServer(devnet_config(state_path=state))
     assert json.loads(state.read_text()) == {"format": "something else"}  # left as it was
     assert scval  # keep the import used
+
+
+async def test_a_reported_ledger_survives_sigkill(tmp_path: Path) -> None:
+    """`kale-pool devnet --state` killed (SIGKILL, no clean-up) while ledgers close every
+    second: every ledger it reported closed, and the transaction in it, is there after
+    the restart; what was journaled since the last snapshot is replayed."""
+    state = tmp_path / "devnet.json"
+
+    async def start() -> tuple[asyncio.subprocess.Process, str]:
+        assert KALE_POOL is not None
+        proc = await asyncio.create_subprocess_exec(
+            *[KALE_POOL, "devnet", "--port", "0", "--ledger-seconds", "1"],
+            *["--block-seconds", "60", "--state", str(state)],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        return proc, first.rsplit(" ", 1)[-1].strip()
+
+    proc, url = await start()
+    funded: list[tuple[str, str]] = []  # (address, the hash of its friendbot transaction)
+    try:
+        rpc = SorobanServerAsync(url)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(4):
+                address = Keypair.random().public_key
+                async with http.get(f"{url}/friendbot", params={"addr": address}) as r:
+                    assert r.status == 200, await r.text()
+                    funded.append((address, (await r.json())["hash"]))
+        reported = (await rpc.get_latest_ledger()).sequence
+        got = await rpc.get_transaction(funded[-1][1])
+        assert got.status == GetTransactionStatus.SUCCESS
+        reported = max(reported, (await rpc.get_latest_ledger()).sequence)
+        await rpc.close()
+        assert persist.journals(state), "the closes since the start are journaled"
+    finally:
+        proc.kill()  # SIGKILL: no last snapshot
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    proc, url = await start()
+    try:
+        rpc = SorobanServerAsync(url)
+        assert (await rpc.get_latest_ledger()).sequence >= reported
+        for address, tx_hash in funded:
+            assert (await rpc.get_transaction(tx_hash)).status == GetTransactionStatus.SUCCESS
+            assert (await rpc.load_account(address)).sequence > 0
+        await rpc.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode == 0
+    assert not persist.journals(state), "a clean stop leaves one snapshot, no journal"
+
+
+async def test_journal_is_compacted(tmp_path: Path) -> None:
+    """Each close appends to the journal; once it outgrows the snapshot a new snapshot
+    replaces it: the journal stays within the snapshot's size however long the chain
+    runs, and the chain reloads the same."""
+    state = tmp_path / "chain.json"
+    async with (
+        DevnetServer(devnet_config(state_path=state)) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        kit = Kit(server, http)
+        payer, payee = await kit.new_accounts(2)
+        seen: set[int] = set()
+        for _ in range(60):
+            tx = (
+                (await kit.builder(payer))
+                .append_payment_op(payee.public_key, Asset.native(), "1")
+                .build()
+            )
+            tx.sign(payer)
+            await kit.submit(tx)
+            found = persist.journals(state)
+            seen.update(found)
+            journal_bytes = sum(_size(p) for p in found.values())
+            # the last line may end past the snapshot's size; a background snapshot
+            # may still be writing the older journal's replacement
+            assert journal_bytes <= 3 * state.stat().st_size, (journal_bytes, found)
+            assert len(found) <= 2, found
+        assert len(seen) >= 3, f"the journal was never compacted: {sorted(seen)}"
+        latest = await kit.rpc.get_latest_ledger()
+        balances = (await kit.balances(payer.public_key), await kit.balances(payee.public_key))
+        await kit.aclose()
+    async with (
+        DevnetServer(devnet_config(state_path=state)) as server,
+        aiohttp.ClientSession() as http,
+    ):
+        kit = Kit(server, http)
+        assert (await kit.rpc.get_latest_ledger()).id == latest.id
+        assert (
+            await kit.balances(payer.public_key),
+            await kit.balances(payee.public_key),
+        ) == balances
+        await kit.aclose()
+
+
+async def test_journal_replay_skips_a_torn_last_line_and_refuses_damage(tmp_path: Path) -> None:
+    """A last journal line cut short (a crash mid-write, never reported) is skipped; a
+    damaged line before it is refused."""
+    state = tmp_path / "chain.json"
+    server = DevnetServer(devnet_config(state_path=state))
+    before = server.chain.latest.seq
+    server.close_ledger(journal=False)
+    server.save()  # snapshot at before + 1
+    server.close_ledger()  # journaled: before + 2
+    (journal,) = persist.journals(state).values()
+    good = journal.read_bytes()
+    journal.write_bytes(good + b'{"latest": 9')  # torn, never fsynced
+    assert persist.load(devnet_config(), state).latest.seq == before + 2
+    journal.write_bytes(b'{"latest": 9\n' + good)
+    with pytest.raises(StateFileError, match="damaged at line 1"):
+        persist.load(devnet_config(), state)
+
+
+def _size(path: Path) -> int:
+    """A file's size; 0 once gone (a background snapshot deletes the journals it covers)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+async def test_a_failed_journal_write_leaves_no_half_line_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails (a full disk) raises, leaves the journal as it was, and what it
+    held goes into the next line: the reload has every change."""
+    state = tmp_path / "chain.json"
+    server = DevnetServer(devnet_config(state_path=state))
+    server.chain.set_farm_paused(True)  # an entry changed, not yet journaled
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        server.close_ledger()
+    monkeypatch.undo()
+    (journal,) = persist.journals(state).values()
+    assert journal.read_bytes() == b""
+    server.close_ledger()
+    reloaded = persist.load(devnet_config(), state)
+    assert reloaded.farm_paused() and reloaded.latest.seq == server.chain.latest.seq
