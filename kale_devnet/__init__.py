@@ -3,6 +3,7 @@
 from kale_devnet.config import DevnetConfig
 from kale_devnet.faults import FaultConfig
 from kale_devnet.network import DevnetIdentity, identity
+from kale_devnet.persist import copy_state
 from kale_devnet.server import DevnetServer, DevnetThread
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "DevnetServer",
     "DevnetThread",
     "FaultConfig",
+    "copy_state",
     "identity",
 ]

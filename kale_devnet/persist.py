@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -171,6 +172,16 @@ def journals(path: Path) -> dict[int, Path]:
             if item.name.startswith(prefix) and item.name[len(prefix) :].isdigit():
                 found[int(item.name[len(prefix) :])] = item
     return found
+
+
+def copy_state(path: Path, to: Path) -> None:
+    """Copy a stopped devnet's state to `to`: the snapshot and the journals beside it
+    (renamed after `to`), so that a devnet started on the copy sees every ledger the
+    original closed, those only journalled since its last snapshot included."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, to)
+    for number, journal in journals(path).items():
+        shutil.copyfile(journal, journal_path(to, number))
 
 
 def serialize(chain: Chain, journal: int = 0) -> str:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -702,11 +701,11 @@ async def _chain_for(settings: Settings) -> AsyncIterator[ChainClient]:
                     f"the stack is stopped and its devnet chain cannot be served: {error}"
                     " (--offline checks the books against themselves only)"
                 ) from None
-            from kale_devnet import DevnetConfig, DevnetServer
+            from kale_devnet import DevnetConfig, DevnetServer, copy_state
 
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             copy = scratch / "state.json"
-            shutil.copy(saved, copy)
+            copy_state(saved, copy)
             devnet = DevnetServer(
                 DevnetConfig(
                     port=0,

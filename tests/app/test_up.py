@@ -22,7 +22,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import ssl
 import subprocess
@@ -38,7 +37,7 @@ from stellar_sdk import StrKey, scval
 from stellar_sdk import xdr as stellar_xdr
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 
-from kale_devnet import DevnetConfig, DevnetServer
+from kale_devnet import DevnetConfig, DevnetServer, copy_state
 from kalepool.app.operator import OperatorClient
 from kalepool.app.runstate import RunState
 from kalepool.chain import ChainClient, read_account, resolve_chain_config
@@ -82,7 +81,7 @@ async def _rewards_match_the_chain(data: Path, conninfo: str, tmp_path: Path) ->
         conninfo, "SELECT tx_hash, reward_amount FROM harvests WHERE status = 'success'"
     )
     copy = tmp_path / "chain.json"  # read a copy: the rerun continues the original
-    shutil.copy(data / "devnet" / "state.json", copy)
+    copy_state(data / "devnet" / "state.json", copy)
     async with DevnetServer(DevnetConfig(port=0, manual=True, state_path=copy)) as devnet:
         rpc = SorobanServerAsync(devnet.url)
         try:
@@ -123,7 +122,7 @@ async def _fees_and_shares_on_chain(data: Path, conninfo: str, tmp_path: Path) -
     assert len(fee) == 1 and fee[0][2] == operator, accounts
     assert fee[0][3] > 0, fee
     copy = tmp_path / "chain-fees.json"
-    shutil.copy(data / "devnet" / "state.json", copy)
+    copy_state(data / "devnet" / "state.json", copy)
     async with DevnetServer(DevnetConfig(port=0, manual=True, state_path=copy)) as devnet:
         settings = settings_for(data).model_copy(update={"rpc_url": f"{devnet.url}/"})
         async with ChainClient(await resolve_chain_config(settings)) as chain:

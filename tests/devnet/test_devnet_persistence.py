@@ -218,6 +218,26 @@ async def test_journal_replay_skips_a_torn_last_line_and_refuses_damage(tmp_path
         persist.load(devnet_config(), state)
 
 
+def test_a_copy_holds_what_was_only_journaled(tmp_path: Path) -> None:
+    """`copy_state` takes the journals with the snapshot: a devnet loaded from the copy
+    of a state left by a crash (snapshot + journal) has every ledger the original closed."""
+    state = tmp_path / "chain.json"
+    server = DevnetServer(devnet_config(state_path=state))
+    server.close_ledger(journal=False)
+    server.save()
+    server.close_ledger()
+    server.close_ledger()  # two closes only in the journal, as after a SIGKILL
+    closed = server.chain.latest.seq
+    assert persist.journals(state)
+    copy = tmp_path / "elsewhere" / "copy.json"
+    persist.copy_state(state, copy)
+    assert persist.load(devnet_config(), copy).latest.seq == closed
+    # The snapshot alone would have lost them: what the copy had to take.
+    alone = tmp_path / "alone.json"
+    shutil.copyfile(state, alone)
+    assert persist.load(devnet_config(), alone).latest.seq < closed
+
+
 def _size(path: Path) -> int:
     """A file's size; 0 once gone (a background snapshot deletes the journals it covers)."""
     try:
