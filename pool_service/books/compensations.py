@@ -129,7 +129,11 @@ SELECT p.pooler_id, p.farmer_id, p.block_index, 'work_failure', o.owed_by::fault
        ELSE 'the work failed (reported as the ' || v.fault || '''s fault): ' || v.error_message
   END,
   p.id, v.id
-FROM plantings p JOIN mean m ON m.block_index = p.block_index
+FROM mean m
+-- Each settled block's own rows, through the block's index (OFFSET 0 keeps the planner
+-- from joining the whole table: most passes settle no block or one).
+CROSS JOIN LATERAL (SELECT * FROM plantings p WHERE p.block_index = m.block_index
+  AND p.status = 'success' OFFSET 0) p
 -- The verdict: the failure observed on chain (it confirms a reported one, keeping its
 -- party), else the last one reported.
 LEFT JOIN LATERAL (SELECT w.id, w.fault::text AS fault, w.error_message, w.observed_on_chain
@@ -152,11 +156,10 @@ INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensatio
   owed_by, amount, reason, planting_id)
 SELECT last.pooler_id, last.farmer_id, last.block_index, 'plant_failure', 'pool', m.reward,
   'the pool failed to plant: ' || last.error_message, last.id
-FROM (SELECT DISTINCT ON (p.farmer_id, p.block_index) p.*
-      FROM plantings p WHERE p.status = 'failed'
-      AND p.block_index IN (SELECT block_index FROM mean)
-      ORDER BY p.farmer_id, p.block_index, p.id DESC) last
-JOIN mean m ON m.block_index = last.block_index
+FROM mean m
+CROSS JOIN LATERAL (SELECT DISTINCT ON (p.farmer_id) p.*
+      FROM plantings p WHERE p.block_index = m.block_index AND p.status = 'failed'
+      ORDER BY p.farmer_id, p.id DESC) last
 WHERE last.fault = 'pool' AND m.reward > 0
   AND NOT EXISTS (SELECT 1 FROM plantings p WHERE p.farmer_id = last.farmer_id
     AND p.block_index = last.block_index AND p.status = 'success')
@@ -168,7 +171,9 @@ INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensatio
 SELECT DISTINCT ON (h.farmer_id, h.block_index) h.pooler_id, h.farmer_id, h.block_index,
   'harvest_failure', 'pool', p.stake_amount + m.reward,
   'the pool did not harvest the worked pail before it was gone: ' || h.error_message, h.id
-FROM harvests h JOIN mean m ON m.block_index = h.block_index
+FROM mean m
+CROSS JOIN LATERAL (SELECT * FROM harvests h WHERE h.block_index = m.block_index
+  AND h.error_code = 'PAIL_MISSING' OFFSET 0) h
 JOIN plantings p ON p.farmer_id = h.farmer_id AND p.block_index = h.block_index
   AND p.status = 'success'
 WHERE h.error_code = 'PAIL_MISSING' AND h.fault = 'pool'
