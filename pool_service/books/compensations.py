@@ -100,23 +100,18 @@ WITH seen AS (
   WHERE NOT EXISTS (SELECT 1 FROM settled_blocks s WHERE s.block_index = c.block_index
     AND s.events = c.events)
 ), settled AS (
-  -- Tested in the select list, block by block through the indexes (a WHERE NOT EXISTS
-  -- may be planned as an anti-join reading the table whole, even for one block).
-  SELECT block_index, events FROM (
-    SELECT b.block_index, b.events, EXISTS (
-      SELECT 1 FROM works w WHERE w.block_index = b.block_index AND w.status = 'success'
-      AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = w.farmer_id
-        AND h.block_index = w.block_index
-        AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))) AS unharvested,
-    EXISTS (
-      SELECT 1 FROM plantings p WHERE p.block_index = b.block_index AND p.status = 'success'
-      AND p.ledger > %(oldest_ledger)s
-      AND NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
-        AND w.block_index = p.block_index AND (w.status = 'success' OR w.observed_on_chain))
-      AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
-        AND h.block_index = p.block_index AND h.status = 'success')) AS unknown_work
-    FROM seen b) t
-  WHERE NOT unharvested AND NOT unknown_work
+  SELECT b.block_index, b.events FROM seen b WHERE NOT EXISTS (
+    SELECT 1 FROM works w WHERE w.block_index = b.block_index AND w.status = 'success'
+    AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = w.farmer_id
+      AND h.block_index = w.block_index
+      AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING')))
+  AND NOT EXISTS (
+    SELECT 1 FROM plantings p WHERE p.block_index = b.block_index AND p.status = 'success'
+    AND p.ledger > %(oldest_ledger)s
+    AND NOT EXISTS (SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
+      AND w.block_index = p.block_index AND (w.status = 'success' OR w.observed_on_chain))
+    AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
+      AND h.block_index = p.block_index AND h.status = 'success'))
 ), mean AS (
   SELECT s.block_index, coalesce((SELECT round(avg(h.reward_amount)) FROM harvests h
     WHERE h.block_index = s.block_index AND h.status = 'success'), 0)::bigint AS reward
