@@ -6,7 +6,7 @@ through the API. The poolers' clients run in a separate process: 10 `StreamAssig
 streams, one per pooler, each presenting its pooler's certificate and API key.
 
 - **feed**: every farmer's plant of the block recorded the way the planter records a
-  wallet's answer (`PlantingStore.open_plant_request`, then `record_planting` in one
+  wallet's answer (`PlantingStore.open_plant_requests`, then `record_planting` in one
   transaction, then the feed woken: `Planter`'s `on_planted`, `Feeds.notify`), all 2,000
   at once, 64 in flight (a block's first ledger answering every plant together);
   latency = the stream delivering the assignment - the record's commit (wall clocks of
@@ -214,8 +214,8 @@ async def record_all(
 
     async def one(pooler_id: UUID, farmer_id: UUID) -> None:
         async with gate:
-            request = await store.open_plant_request(
-                pooler_id, farmer_id, block, plant_key(farmer_id, block), 0
+            (request,) = await store.open_plant_requests(
+                pooler_id, block, [(farmer_id, plant_key(farmer_id, block), 0)]
             )
             outcome = NewPlanting(
                 farmer_id=farmer_id,

@@ -95,6 +95,15 @@ class Settings(BaseSettings):
         ),
     )
     db_pool_size: int = Field(20, ge=1, le=500, description="Database connections per process.")
+    db_stream_pool_size: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description=(
+            "Database connections of the pool service kept apart for its assignment"
+            " streams' reads, so a burst of plant records never queues them."
+        ),
+    )
     db_timeout_seconds: float = Field(
         30.0, gt=0, description="Statement timeout of every service database connection."
     )

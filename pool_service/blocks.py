@@ -203,11 +203,7 @@ class BlockReports:
         # (its idle pails are not counted as failed works before it is known to be over).
         current = chain.index if chain is not None else await self.blocks.newest_block()
         low = await self.blocks.last_blocks(None, request.last_blocks)
-        rows = [
-            r
-            for r in await self.blocks.blocks(current, None)
-            if low is None or r.block_index >= low
-        ]
+        rows = await self.blocks.blocks(current, None, since=low)
         counts, staked, rewards = _total(rows)
         f = await self.blocks.pool_figures()
         opened, due = convert.block_times(chain) if chain is not None else (None, None)
@@ -246,11 +242,7 @@ class BlockReports:
         pooler = await self._pooler(pooler_id)
         current = await self.view.current_index()
         low = await self.blocks.last_blocks(pooler_id, request.last_blocks)
-        rows = [
-            r
-            for r in await self.blocks.blocks(current, pooler_id)
-            if low is None or r.block_index >= low
-        ]
+        rows = await self.blocks.blocks(current, pooler_id, since=low)
         counts, _, rewards = _total(rows)
         unpaid = await self.compensations.unpaid(pooler_id)
         beat = await self.poolers.heartbeat(pooler_id)

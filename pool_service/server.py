@@ -176,6 +176,17 @@ async def start_pool_server(
         statement_timeout_seconds=settings.db_timeout_seconds,
     )
     stack.push_async_callback(pool.close)
+    # The assignment streams read on connections of their own: on the shared pool each
+    # wake's read queued behind the plant records of a block's first ledgers (every
+    # connection held by a record waiting on its pooler's lock), which delayed the
+    # assignments by hundreds of milliseconds (docs/performance.md).
+    stream_pool = await open_pool(
+        conninfo,
+        role=POOL,
+        max_size=settings.db_stream_pool_size,
+        statement_timeout_seconds=settings.db_timeout_seconds,
+    )
+    stack.push_async_callback(stream_pool.close)
     wallet = WalletClient(wallet_address, wallet_identity, ca_pem, wallet_server_name)
     stack.push_async_callback(wallet.close)
 
@@ -227,7 +238,7 @@ async def start_pool_server(
             settings.pooler_auth_recheck_seconds,
         ),
         planter,
-        AssignmentFeed(plantings, view, feeds, feed_poll_seconds),
+        AssignmentFeed(PlantingStore(stream_pool), view, feeds, feed_poll_seconds),
         WorkReports(plantings, works, view),
         harvester,
         view,

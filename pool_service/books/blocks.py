@@ -21,7 +21,8 @@ from pool_service.books.works import WORK_COLUMNS, WorkRow
 # One (pooler, block) row with the outcome counts the API defines, computed from the
 # events: a work "failed or never came" (a planted pail with no work row and no harvest,
 # which proves it was worked, counts once the block is over), a harvest "failed for
-# good" (the pail is gone), and the pails still waiting for their harvest.
+# good" (the pail is gone), and the pails still waiting for their harvest. Only for the
+# block `k` in hand (see `_PER_BLOCK`): each count probes that block's events alone.
 _PER_POOLER = """
 SELECT b.pooler_id, b.block_index, b.total_farmers, b.successful_plants, b.failed_plants,
   b.successful_works,
@@ -48,16 +49,30 @@ SELECT b.pooler_id, b.block_index, b.total_farmers, b.successful_plants, b.faile
        AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))) AS open_pails,
   (SELECT coalesce(max(w.zeros), 0) FROM works w WHERE w.pooler_id = b.pooler_id
      AND w.block_index = b.block_index AND w.status = 'success') AS best_zeros
-FROM block_operations b WHERE (%(pooler)s::uuid IS NULL OR b.pooler_id = %(pooler)s::uuid)
+FROM block_operations b WHERE b.block_index = k.block_index
+  AND (%(pooler)s::uuid IS NULL OR b.pooler_id = %(pooler)s::uuid)
 """
 
 # Per block (over the poolers asked for), with its status: the chain's current block or
 # a newer one is active; an over block with no successful work failed; one whose worked
 # pails are all harvested (or gone) is completed; else it is being harvested.
+# The blocks asked for (`k`, newest first) are chosen from `block_operations` before any
+# event is read, and each is summed on its own (LATERAL), so a LIMIT over this stops
+# after its rows: a page of blocks reads that page's events, not the whole history.
 _PER_BLOCK = f"""
-WITH per AS ({_PER_POOLER}),
-blocks AS (
-  SELECT block_index, sum(total_farmers)::bigint AS total_farmers,
+SELECT k.block_index, t.*, CASE
+    WHEN k.block_index >= %(current)s THEN 'active'
+    WHEN t.works_succeeded = 0 THEN 'failed'
+    WHEN t.open_pails = 0 THEN 'completed'
+    ELSE 'harvesting' END AS status
+FROM (SELECT DISTINCT block_index FROM block_operations
+  WHERE (%(pooler)s::uuid IS NULL OR pooler_id = %(pooler)s::uuid)
+  AND (%(block)s::bigint IS NULL OR block_index = %(block)s::bigint)
+  AND (%(before)s::bigint IS NULL OR block_index < %(before)s::bigint)
+  AND (%(since)s::bigint IS NULL OR block_index >= %(since)s::bigint)
+  ORDER BY block_index DESC) k
+CROSS JOIN LATERAL (
+  SELECT sum(total_farmers)::bigint AS total_farmers,
     sum(successful_plants)::bigint AS plants_succeeded,
     sum(failed_plants)::bigint AS plants_failed,
     sum(successful_works)::bigint AS works_succeeded,
@@ -72,14 +87,8 @@ blocks AS (
     max(harvest_completed_at) AS harvest_completed_at,
     sum(open_pails)::bigint AS open_pails,
     max(best_zeros)::integer AS best_zeros
-  FROM per GROUP BY block_index
-)
-SELECT *, CASE
-    WHEN block_index >= %(current)s THEN 'active'
-    WHEN works_succeeded = 0 THEN 'failed'
-    WHEN open_pails = 0 THEN 'completed'
-    ELSE 'harvesting' END AS status
-FROM blocks
+  FROM ({_PER_POOLER}) per
+) t
 """
 
 
@@ -152,13 +161,12 @@ class BlockStore:
         status: BlockStatus | None = None,
         block_index: int | None = None,
         before: int | None = None,
+        since: int | None = None,
         limit: int | None = None,
     ) -> list[BlockRow]:
-        """Block summaries, newest first."""
-        where = ["(%(status)s::text IS NULL OR status = %(status)s::text)"]
-        where.append("(%(block)s::bigint IS NULL OR block_index = %(block)s::bigint)")
-        where.append("(%(before)s::bigint IS NULL OR block_index < %(before)s::bigint)")
-        sql = f"SELECT * FROM ({_PER_BLOCK}) s WHERE {' AND '.join(where)}"
+        """Block summaries, newest first (`before`: below it; `since`: from it on)."""
+        sql = f"SELECT * FROM ({_PER_BLOCK}) s"
+        sql += " WHERE (%(status)s::text IS NULL OR status = %(status)s::text)"
         sql += " ORDER BY block_index DESC LIMIT %(limit)s"
         params = {
             "pooler": pooler_id,
@@ -166,6 +174,7 @@ class BlockStore:
             "status": status,
             "block": block_index,
             "before": before,
+            "since": since,
             "limit": limit,
         }
         return await fetch_all(self.pool, BlockRow, sql, params)

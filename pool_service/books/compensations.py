@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from kalepool.chain import Fault
-from kalepool.db.reads import Pool, fetch_all, fetch_one
+from kalepool.db.reads import Pool, fetch_all, fetch_one, fetch_value
 from pool_service.books.enums import CompensationKind
 
 log = logging.getLogger("pool_service.compensation")
@@ -79,14 +79,28 @@ COMPENSATION_COLUMNS = (
     " reason, is_paid, created_at, paid_at"
 )
 
-# Blocks over (below %(current)s) whose worked pails all settled, with their mean reward.
+# One statement, so one snapshot for all of it: the blocks over (below %(current)s)
+# whose worked pails all settled, with their mean reward; what each owes, written; and
+# each settled block's event count remembered in `settled_blocks`.
 # A planted pail's work is settled once it succeeded, was observed on chain, or the pail
 # was harvested (by anyone); a pail planted at or before %(oldest_ledger)s is past its
 # lifetime and nothing more can be learnt of it.
-_SETTLED = """
-WITH settled AS (
-  SELECT DISTINCT b.block_index FROM block_operations b
-  WHERE b.block_index < %(current)s AND NOT EXISTS (
+# A block already found settled on the same number of events is passed by: events are
+# append-only and each raises its block's `block_operations` counters by one in its own
+# transaction, so an unchanged count means the very events it was settled on (and
+# settlement, once reached, stays: `current` and `oldest_ledger` only grow). A new event
+# of it changes the count and it is examined again; the writes are idempotent
+# (`pooler_compensations_once`), so nothing is missed and nothing is counted twice.
+SETTLE = """
+WITH seen AS (
+  SELECT c.block_index, c.events FROM (
+    SELECT b.block_index, sum(b.successful_plants + b.failed_plants + b.successful_works
+      + b.failed_works + b.successful_harvests + b.failed_harvests)::bigint AS events
+    FROM block_operations b WHERE b.block_index < %(current)s GROUP BY b.block_index) c
+  WHERE NOT EXISTS (SELECT 1 FROM settled_blocks s WHERE s.block_index = c.block_index
+    AND s.events = c.events)
+), settled AS (
+  SELECT b.block_index, b.events FROM seen b WHERE NOT EXISTS (
     SELECT 1 FROM works w WHERE w.block_index = b.block_index AND w.status = 'success'
     AND NOT EXISTS (SELECT 1 FROM harvests h WHERE h.farmer_id = w.farmer_id
       AND h.block_index = w.block_index
@@ -102,12 +116,7 @@ WITH settled AS (
   SELECT s.block_index, coalesce((SELECT round(avg(h.reward_amount)) FROM harvests h
     WHERE h.block_index = s.block_index AND h.status = 'success'), 0)::bigint AS reward
   FROM settled s
-)
-"""
-
-_WORK_FAILURES = (
-    _SETTLED
-    + """
+), work_failures AS (
 INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensation_type,
   owed_by, amount, reason, planting_id, work_id)
 SELECT p.pooler_id, p.farmer_id, p.block_index, 'work_failure', o.owed_by::fault_party,
@@ -120,7 +129,11 @@ SELECT p.pooler_id, p.farmer_id, p.block_index, 'work_failure', o.owed_by::fault
        ELSE 'the work failed (reported as the ' || v.fault || '''s fault): ' || v.error_message
   END,
   p.id, v.id
-FROM plantings p JOIN mean m ON m.block_index = p.block_index
+FROM mean m
+-- Each settled block's own rows, through the block's index (OFFSET 0 keeps the planner
+-- from joining the whole table: most passes settle no block or one).
+CROSS JOIN LATERAL (SELECT * FROM plantings p WHERE p.block_index = m.block_index
+  AND p.status = 'success' OFFSET 0) p
 -- The verdict: the failure observed on chain (it confirms a reported one, keeping its
 -- party), else the last one reported.
 LEFT JOIN LATERAL (SELECT w.id, w.fault::text AS fault, w.error_message, w.observed_on_chain
@@ -137,36 +150,30 @@ WHERE p.status = 'success'
   AND o.owed_by IN ('pool', 'pooler')
   AND p.stake_amount + m.reward > 0
 ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
-"""
-)
-
-_PLANT_FAILURES = (
-    _SETTLED
-    + """
+RETURNING 1
+), plant_failures AS (
 INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensation_type,
   owed_by, amount, reason, planting_id)
 SELECT last.pooler_id, last.farmer_id, last.block_index, 'plant_failure', 'pool', m.reward,
   'the pool failed to plant: ' || last.error_message, last.id
-FROM (SELECT DISTINCT ON (p.farmer_id, p.block_index) p.*
-      FROM plantings p WHERE p.status = 'failed'
-      ORDER BY p.farmer_id, p.block_index, p.id DESC) last
-JOIN mean m ON m.block_index = last.block_index
+FROM mean m
+CROSS JOIN LATERAL (SELECT DISTINCT ON (p.farmer_id) p.*
+      FROM plantings p WHERE p.block_index = m.block_index AND p.status = 'failed'
+      ORDER BY p.farmer_id, p.id DESC) last
 WHERE last.fault = 'pool' AND m.reward > 0
   AND NOT EXISTS (SELECT 1 FROM plantings p WHERE p.farmer_id = last.farmer_id
     AND p.block_index = last.block_index AND p.status = 'success')
 ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
-"""
-)
-
-_HARVEST_FAILURES = (
-    _SETTLED
-    + """
+RETURNING 1
+), harvest_failures AS (
 INSERT INTO pooler_compensations (pooler_id, farmer_id, block_index, compensation_type,
   owed_by, amount, reason, harvest_id)
 SELECT DISTINCT ON (h.farmer_id, h.block_index) h.pooler_id, h.farmer_id, h.block_index,
   'harvest_failure', 'pool', p.stake_amount + m.reward,
   'the pool did not harvest the worked pail before it was gone: ' || h.error_message, h.id
-FROM harvests h JOIN mean m ON m.block_index = h.block_index
+FROM mean m
+CROSS JOIN LATERAL (SELECT * FROM harvests h WHERE h.block_index = m.block_index
+  AND h.error_code = 'PAIL_MISSING' OFFSET 0) h
 JOIN plantings p ON p.farmer_id = h.farmer_id AND p.block_index = h.block_index
   AND p.status = 'success'
 WHERE h.error_code = 'PAIL_MISSING' AND h.fault = 'pool'
@@ -175,8 +182,14 @@ WHERE h.error_code = 'PAIL_MISSING' AND h.fault = 'pool'
   AND p.stake_amount + m.reward > 0
 ORDER BY h.farmer_id, h.block_index, h.id
 ON CONFLICT ON CONSTRAINT pooler_compensations_once DO NOTHING
-"""
+RETURNING 1
+), remembered AS (
+INSERT INTO settled_blocks (block_index, events) SELECT block_index, events FROM settled
+ON CONFLICT (block_index) DO UPDATE SET events = EXCLUDED.events, settled_at = now()
 )
+SELECT (SELECT count(*) FROM work_failures) + (SELECT count(*) FROM plant_failures)
+  + (SELECT count(*) FROM harvest_failures)
+"""
 
 
 class CompensationStore:
@@ -188,12 +201,8 @@ class CompensationStore:
     async def settle(self, current_block: int, oldest_ledger: int) -> int:
         """Write what settled blocks below `current_block` owe (pails planted at or before
         `oldest_ledger` are past their lifetime); how many rows were new."""
-        written = 0
         params = {"current": current_block, "oldest_ledger": oldest_ledger}
-        async with self.pool.connection() as conn, conn.transaction():
-            for sql in (_WORK_FAILURES, _PLANT_FAILURES, _HARVEST_FAILURES):
-                cur = await conn.execute(sql, params)
-                written += max(cur.rowcount, 0)
+        written = await fetch_value(self.pool, int, SETTLE, params) or 0
         if written:
             log.info("recorded %d compensation(s) of blocks below %d", written, current_block)
         return written

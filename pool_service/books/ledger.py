@@ -69,33 +69,35 @@ class LedgerStore:
 
     async def ledger(self, farmer_id: UUID, before_id: int | None, limit: int) -> list[LedgerRow]:
         """The farmer's ledger entries, newest first, with the balance after each."""
+        # The running balance needs every entry of the farmer, but only its own table:
+        # the page is chosen first and only its rows are joined to their sources.
         return await fetch_all(
             self.pool,
             LedgerRow,
-            "SELECT * FROM ("
-            " SELECT l.id, l.farmer_id, l.kind::text AS kind, l.amount,"
-            "  (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after,"
+            "SELECT e.id, e.farmer_id, e.kind::text AS kind, e.amount, e.balance_after,"
             "  coalesce(p.block_index, h.block_index, c.block_index, sh.block_index)"
             "   AS block_index,"
-            "  coalesce(p.tx_hash, h.tx_hash, l.tx_hash, po.tx_hash, d.tx_hash, sw.tx_hash,"
+            "  coalesce(p.tx_hash, h.tx_hash, e.tx_hash, po.tx_hash, d.tx_hash, sw.tx_hash,"
             "           cp.tx_hash)"
             "   AS tx_hash,"
-            "  coalesce(l.planting_id::text, l.harvest_id::text, l.compensation_id::text,"
-            "           l.transaction_id::text, l.payout_id::text, l.deposit_id::text,"
-            "           l.sweep_id::text) AS source_id,"
-            "  l.created_at"
-            " FROM balance_ledger l"
-            " LEFT JOIN plantings p ON p.id = l.planting_id"
-            " LEFT JOIN harvests h ON h.id = l.harvest_id"
-            " LEFT JOIN pooler_compensations c ON c.id = l.compensation_id"
-            " LEFT JOIN payouts po ON po.id = l.payout_id"
-            " LEFT JOIN deposits d ON d.id = l.deposit_id"
-            " LEFT JOIN sweeps sw ON sw.id = l.sweep_id"
+            "  coalesce(e.planting_id::text, e.harvest_id::text, e.compensation_id::text,"
+            "           e.transaction_id::text, e.payout_id::text, e.deposit_id::text,"
+            "           e.sweep_id::text) AS source_id,"
+            "  e.created_at"
+            " FROM (SELECT * FROM ("
+            "   SELECT l.*, (sum(l.amount) OVER (ORDER BY l.id))::bigint AS balance_after"
+            "   FROM balance_ledger l WHERE l.farmer_id = %s) entries"
+            "  WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s) e"
+            " LEFT JOIN plantings p ON p.id = e.planting_id"
+            " LEFT JOIN harvests h ON h.id = e.harvest_id"
+            " LEFT JOIN pooler_compensations c ON c.id = e.compensation_id"
+            " LEFT JOIN payouts po ON po.id = e.payout_id"
+            " LEFT JOIN deposits d ON d.id = e.deposit_id"
+            " LEFT JOIN sweeps sw ON sw.id = e.sweep_id"
             " LEFT JOIN harvests sh ON sh.id = sw.harvest_id"
-            " LEFT JOIN compensation_payments cp ON cp.compensation_id = l.compensation_id"
+            " LEFT JOIN compensation_payments cp ON cp.compensation_id = e.compensation_id"
             "  AND cp.status = 'success'"
-            " WHERE l.farmer_id = %s) entries"
-            " WHERE %s::bigint IS NULL OR id < %s::bigint ORDER BY id DESC LIMIT %s",
+            " ORDER BY e.id DESC",
             (farmer_id, before_id, before_id, limit),
         )
 

@@ -62,6 +62,7 @@ SCHEMA_TABLES = {
     "pool.compensation_payments",
     "pool.contract_acks",
     "pool.action_nonces",
+    "pool.settled_blocks",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

@@ -220,6 +220,28 @@ async def test_block_and_stats_bad_input(pool: PoolStage) -> None:
     assert list(token_page.compensations) == [] and not token_page.next_page_token
 
 
+def _settled_on(pool: PoolStage, block: int) -> tuple[int, object] | None:
+    """The sweep's record of a settled block: (its event count then, when)."""
+    with psycopg.connect(pool.conninfo) as conn:
+        row = conn.execute(
+            "SELECT events, settled_at FROM settled_blocks WHERE block_index = %s", (block,)
+        ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def _events(pool: PoolStage, block: int) -> int:
+    """The block's event rows, every pooler's, counted from the events themselves."""
+    with psycopg.connect(pool.conninfo) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM plantings WHERE block_index = %(b)s)"
+            " + (SELECT count(*) FROM works WHERE block_index = %(b)s)"
+            " + (SELECT count(*) FROM harvests WHERE block_index = %(b)s)",
+            {"b": block},
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def test_missing_work_is_compensated_once_by_the_pooler(
     pool: PoolStage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -262,6 +284,10 @@ async def test_missing_work_is_compensated_once_by_the_pooler(
     # A plant that failed by the pool's fault is owed by the pool (the block's average
     # reward: nothing was burned); one that failed by the farmer's own fault is owed by
     # nobody. (Recorded here as the planter records them.)
+    # The sweep remembers the settled block with its event count (so later passes skip
+    # it while the count stands); the late plants below change the count.
+    settled_on = _settled_on(pool, w.block)
+    assert settled_on is not None and settled_on[0] == _events(pool, w.block)
     pool_fault = await pool.funded_farmer(w.pooler.pooler_id)
     own_fault = await pool.funded_farmer(w.pooler.pooler_id)
     with psycopg.connect(pool.conninfo, autocommit=True) as conn:
@@ -291,6 +317,13 @@ async def test_missing_work_is_compensated_once_by_the_pooler(
     monkeypatch.setattr(Harvester, "run_once", counted)
     await pool.start(harvest_interval=0.05)
     await until(lambda: passes >= 3, what="three passes of the harvest loop")
+    # Examined again for its two new events, written once; and then passed by: more
+    # passes with no new event leave its record as it was.
+    resettled = _settled_on(pool, w.block)
+    assert resettled is not None and resettled[0] == settled_on[0] + 2
+    seen = passes
+    await until(lambda: passes >= seen + 3, what="three more passes of the harvest loop")
+    assert _settled_on(pool, w.block) == resettled
     await pool.start()
     op = pool.operator()
     assert await pool.count("pooler_compensations") == 2

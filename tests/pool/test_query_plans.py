@@ -20,10 +20,6 @@ WHOLE_TABLE_READS: dict[str, str] = {
         "every compensation is listed to tell the paid from the unpaid (a join on the"
         " ledger no index can answer); pooler_compensations holds failures only"
     ),
-    "WITH per AS (": (
-        "ListBlocks and the pool's block statistics aggregate every (pooler, block)"
-        " record before choosing blocks: known, measured, to be bounded by block"
-    ),
 }
 
 
