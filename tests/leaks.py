@@ -85,11 +85,14 @@ class LeakScanner:
 
     def __init__(self, secrets: Iterable[Secret]) -> None:
         self.secrets = list(secrets)
-        self._needles = [
-            (secret.label, name, needle)
-            for secret in self.secrets
-            for name, needle in encodings(secret).items()
-        ]
+        # One needle per distinct text of a secret: base64 and base64url (or hex and HEX)
+        # coincide when its encoding holds none of the characters they differ in, and a
+        # leak found twice is still one leak.
+        needles: dict[tuple[str, bytes], str] = {}
+        for secret in self.secrets:
+            for name, needle in encodings(secret).items():
+                needles.setdefault((secret.label, needle), name)
+        self._needles = [(label, name, needle) for (label, needle), name in needles.items()]
 
     def scan_bytes(self, data: bytes, where: str) -> list[Leak]:
         return [Leak(label, name, where) for label, name, needle in self._needles if needle in data]
