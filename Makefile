@@ -20,7 +20,7 @@ CARGO_BUILD_FLAGS := $(CARGO_FLAGS) --locked
 UV_COMPILE := UV_CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11
 
 .PHONY: run test test-python test-rust lint bench bench-miner bench-agent bench-assignments \
-	bench-rpc bench-db bench-plant bench-onboard bench-harvest faults fuzz proto clean lock \
+	bench-rpc bench-db bench-plant bench-replicas bench-onboard bench-harvest faults fuzz proto clean lock \
 	chromium screenshots browser-cycle
 
 # The project itself: --no-deps (its dependencies came from the lock) and no build
@@ -121,6 +121,11 @@ bench-db: $(STAMP)
 # make bench-plant ARGS="--farmers 200 500".
 bench-plant: $(STAMP)
 	$(BIN)/python bench/plant_bench.py $(ARGS)
+
+# Plant throughput with 1, 2 and 3 pool replicas and wallet processes on one database
+# (docs/performance.md, "Replicas"): make bench-replicas ARGS="--farmers 500".
+bench-replicas: $(STAMP)
+	$(BIN)/python bench/replicas_bench.py $(ARGS)
 
 # Onboarding (RegisterFarmer, ConfirmFunding) and harvests of worked pails, each beside
 # the same ceiling, with each process's peak memory (docs/performance.md):

@@ -291,10 +291,13 @@ class Stack:
             max_farmers=self.farmers,
         )
 
-    def pooler_stub(self, name: str = "bench") -> tuple[grpc.aio.Channel, Any]:
+    def pooler_stub(
+        self, name: str = "bench", address: str | None = None
+    ) -> tuple[grpc.aio.Channel, Any]:
+        """Pooler `name`'s client of the pool at `address` (the stack's pool unless named)."""
         bundle = PoolerBundle.of(self.settings, name)
         channel = grpc.aio.secure_channel(
-            self.state.pool_address,
+            address or self.state.pool_address,
             channel_credentials(
                 Identity(bundle.cert.read_bytes(), bundle.key.read_bytes()), bundle.ca.read_bytes()
             ),
@@ -478,11 +481,19 @@ async def when_due(chain: ChainClient) -> int:
 
 
 async def plant(stub: Any, key: str, chain: ChainClient, n: int) -> tuple[int, float, int]:
-    """(planted, seconds until the last pail's assignment, ledgers spanned).
+    """(planted, seconds until the last pail's assignment, ledgers spanned), the plant
+    sent the moment a block is due."""
+    block = await when_due(chain)
+    ledgers, seconds = await plant_block(stub, key, block, n)
+    spanned = max(ledgers) - min(ledgers) + 1 if ledgers else 0
+    return len(ledgers), seconds, spanned
+
+
+async def plant_block(stub: Any, key: str, block: int, n: int) -> tuple[list[int], float]:
+    """(the ledger of each planted pail, seconds until the last pail's assignment).
 
     `RequestPlant` answers once the plants are sent; each planted farmer then shows as an
     assignment of the block (what a pooler's stream carries), looked for every 0.5 s."""
-    block = await when_due(chain)
     auth = (("authorization", f"Bearer {key}"),)
     started = time.monotonic()
     got = await stub.RequestPlant(
@@ -509,8 +520,7 @@ async def plant(stub: Any, key: str, chain: ChainClient, n: int) -> tuple[int, f
     seconds = time.monotonic() - started
     if len(ledgers) < n:
         print(f"  block {block}: {len(ledgers)} of {n} planted")
-    spanned = max(ledgers) - min(ledgers) + 1 if ledgers else 0
-    return len(ledgers), seconds, spanned
+    return ledgers, seconds
 
 
 async def bench(args: argparse.Namespace) -> list[Run]:
