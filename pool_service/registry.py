@@ -569,11 +569,15 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             response.account.CopyFrom(got.account)
         return response
 
-    async def ListFarmerLedger(
-        self, request: pool_pb2.ListFarmerLedgerRequest, context: Any
-    ) -> pool_pb2.ListFarmerLedgerResponse:
+    async def _farmer_page(
+        self,
+        request: pool_pb2.ListFarmerLedgerRequest | pool_pb2.ListFarmerBlocksRequest,
+        kind: str,
+    ) -> tuple[uuid.UUID, Page, int | None]:
+        """A page of one farmer's history: the farmer (NOT_FOUND if unknown), the page and
+        the position it continues before (the last one shown, from the token)."""
         farmer_id = check_uuid("farmer_id", request.farmer_id)
-        page = Page(request.pagination, "ledger", farmer_id)
+        page = Page(request.pagination, kind, farmer_id)
         before: int | None = None
         if page.after is not None:
             if len(page.after) != 1 or not isinstance(page.after[0], int):
@@ -581,6 +585,12 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
             before = page.after[0]
         if await self.farmers.farmer(farmer_id) is None:
             raise NotFound(f"no farmer {farmer_id}")
+        return farmer_id, page, before
+
+    async def ListFarmerLedger(
+        self, request: pool_pb2.ListFarmerLedgerRequest, context: Any
+    ) -> pool_pb2.ListFarmerLedgerResponse:
+        farmer_id, page, before = await self._farmer_page(request, "ledger")
         rows = await self.ledger.ledger(farmer_id, before, page.size + 1)
         shown = rows[: page.size]
         token = page.next_token(rows, [shown[-1].id] if shown else [])
@@ -623,15 +633,7 @@ class PoolRegistry(pool_pb2_grpc.PoolServiceServicer):
     async def ListFarmerBlocks(
         self, request: pool_pb2.ListFarmerBlocksRequest, context: Any
     ) -> pool_pb2.ListFarmerBlocksResponse:
-        farmer_id = check_uuid("farmer_id", request.farmer_id)
-        page = Page(request.pagination, "farmer_blocks", farmer_id)
-        before: int | None = None
-        if page.after is not None:
-            if len(page.after) != 1 or not isinstance(page.after[0], int):
-                raise InvalidArgument("page_token is not a token this server issued")
-            before = page.after[0]
-        if await self.farmers.farmer(farmer_id) is None:
-            raise NotFound(f"no farmer {farmer_id}")
+        farmer_id, page, before = await self._farmer_page(request, "farmer_blocks")
         rows = await farmer_blocks(self.farmers.pool, farmer_id, before, page.size + 1)
         shown = rows[: page.size]
         token = page.next_token(rows, [shown[-1].block_index] if shown else [])
