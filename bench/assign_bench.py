@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import multiprocessing
 import os
 import secrets
@@ -40,6 +39,7 @@ from uuid import UUID
 import grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
+from figures import write_figures
 from poolkit import Pooler, bench_database, ms, percentiles, register, staged_pool
 
 from kalepool.chain import current_block, read_block
@@ -319,9 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench/results/assignments.json"))
     args = parser.parse_args(argv)
     result = asyncio.run(bench(args))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_figures(args.json, result)
     return 0
 
 

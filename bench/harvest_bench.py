@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from figures import write_figures
 from plant_bench import (
     Stack,
     ceiling,
     common_arguments,
     funded_keys,
     gather_limited,
-    onboard,
+    onboarded_pooler,
     plant,
     print_peak_rss,
     when_due,
@@ -154,18 +154,7 @@ async def bench(args: argparse.Namespace) -> tuple[list[Run], dict[str, int]]:
     biggest = max(args.farmers)
     async with Stack(args, biggest) as stack:
         keys = await funded_keys(stack.chain, stack.bot, biggest)
-        async with stack.operator() as op:
-            made = await stack.pooler(op)
-            onboarded = await onboard(
-                op,
-                stack.chain,
-                stack.bot,
-                made.pooler.pooler_id,
-                biggest,
-                args.concurrency,
-                stack.cpu,
-            )
-        print(onboarded.line(), flush=True)
+        made = await onboarded_pooler(stack, biggest, args.concurrency)
         channel, stub = stack.pooler_stub()
         auth = (("authorization", f"Bearer {made.api_key}"),)
         for n in args.farmers:
@@ -197,10 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser)
     args = parser.parse_args(argv)
     runs, peaks = asyncio.run(bench(args))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        figures = [asdict(r) | {"ratio": r.ratio} for r in runs]
-        args.json.write_text(json.dumps({"runs": figures, "peak_rss": peaks}, indent=2))
+    figures = [asdict(r) | {"ratio": r.ratio} for r in runs]
+    write_figures(args.json, {"runs": figures, "peak_rss": peaks})
     return 0
 
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from dataclasses import asdict, dataclass
 
+from figures import write_figures
 from plant_bench import (
     Onboarded,
     Stack,
@@ -93,15 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser)
     args = parser.parse_args(argv)
     runs, peaks = asyncio.run(bench(args))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        figures = [
-            {k: v for k, v in asdict(r.onboarded).items() if k != "farmer_ids"}
-            | {"ceiling_seconds": r.ceiling_seconds, "ceiling_ledgers": r.ceiling_ledgers}
-            | {"ratio": r.ratio}
-            for r in runs
-        ]
-        args.json.write_text(json.dumps({"runs": figures, "peak_rss": peaks}, indent=2))
+    figures = [
+        {k: v for k, v in asdict(r.onboarded).items() if k != "farmer_ids"}
+        | {"ceiling_seconds": r.ceiling_seconds, "ceiling_ledgers": r.ceiling_ledgers}
+        | {"ratio": r.ratio}
+        for r in runs
+    ]
+    write_figures(args.json, {"runs": figures, "peak_rss": peaks})
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from figures import write_figures
 from stellar_sdk import Account, Asset, Keypair, TransactionBuilder
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
@@ -527,18 +527,7 @@ async def bench(args: argparse.Namespace) -> list[Run]:
     runs: list[Run] = []
     biggest = max(args.farmers)
     async with Stack(args, biggest) as stack:
-        async with stack.operator() as op:
-            made = await stack.pooler(op)
-            onboarded = await onboard(
-                op,
-                stack.chain,
-                stack.bot,
-                made.pooler.pooler_id,
-                biggest,
-                args.concurrency,
-                stack.cpu,
-            )
-        print(onboarded.line(), flush=True)
+        made = await onboarded_pooler(stack, biggest, args.concurrency)
         keys = await funded_keys(stack.chain, stack.bot, biggest)
         channel, stub = stack.pooler_stub()
         for n in args.farmers:
@@ -550,6 +539,18 @@ async def bench(args: argparse.Namespace) -> list[Run]:
         await channel.close()
         print_peak_rss(stack.peak_rss())
     return runs
+
+
+async def onboarded_pooler(stack: Stack, n: int, concurrency: int) -> Any:
+    """One pooler registered on the stack with `n` farmers onboarded to it (registered,
+    funded, confirmed; the line printed): the pooler as `Stack.pooler` made it."""
+    async with stack.operator() as op:
+        made = await stack.pooler(op)
+        onboarded = await onboard(
+            op, stack.chain, stack.bot, made.pooler.pooler_id, n, concurrency, stack.cpu
+        )
+    print(onboarded.line(), flush=True)
+    return made
 
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -570,9 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser)
     args = parser.parse_args(argv)
     runs = asyncio.run(bench(args))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps([asdict(r) | {"ratio": r.ratio} for r in runs], indent=2))
+    write_figures(args.json, [asdict(r) | {"ratio": r.ratio} for r in runs])
     return 0
 
 

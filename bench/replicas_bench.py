@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import signal
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import grpc
+from figures import write_figures
 from plant_bench import (
     Stack,
     _parts,
@@ -242,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser)
     args = parser.parse_args(argv)
     runs = asyncio.run(bench(args))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps([asdict(r) | {"ratio": r.ratio} for r in runs], indent=2))
+    write_figures(args.json, [asdict(r) | {"ratio": r.ratio} for r in runs])
     return 0
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import sys
@@ -37,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
 from assign_bench import open_block, record_all
+from figures import write_figures
 from poolkit import Pooler, bench_database, ms, percentiles, register, staged_pool
 
 from kalepool.tls import OPERATOR, POOL_SERVER, Identity, channel_credentials
@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench/results/rpc.json"))
     args = parser.parse_args(argv)
     result = asyncio.run(bench(args))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_figures(args.json, result)
     return 0
 
 
