@@ -10,8 +10,10 @@ account:
   and however deep inside another contract's call) is the **harvest** of (farmer, i):
   the `harvests` row is made sure of, with the pail's stake and the minted amount less
   it as the reward, never twice (the pool's own harvest records the same transaction;
-  `harvests_one_success` holds one). The farm mints a harvest (it is the asset's
-  admin), so only a mint can be one;
+  `harvests_one_success` holds one). A harvest the custodial account sent itself is
+  the pool's own (only the wallet holds its key), read before the harvest loop
+  recorded it: recorded as the pool's, so it is swept; any other is observed. The farm
+  mints a harvest (it is the asset's admin), so only a mint can be one;
 - a `transfer` from one of the pool's own accounts (the fee wallet, a pooler's share
   wallet) is a compensation the shares loop pays and records itself: passed over;
 - anything else is a **deposit**: a `deposits` row, unique by the event id, whose
@@ -234,7 +236,8 @@ class ChainFollower:
             if pails:
                 pail = await self._which(conn, farmer, event, pails)
                 if pail is not None:
-                    await self._harvest(conn, farmer, event, pail)
+                    own = changes.source == farmer.custodial_public_key
+                    await self._harvest(conn, farmer, event, pail, own)
                 return
         if await DepositStore.deposit(conn, farmer.id, event):
             log.info(
@@ -313,10 +316,18 @@ class ChainFollower:
         return pail
 
     async def _harvest(
-        self, conn: AsyncConnection[Any], farmer: FarmerRow, event: TokenEvent, pail: FarmPail
+        self,
+        conn: AsyncConnection[Any],
+        farmer: FarmerRow,
+        event: TokenEvent,
+        pail: FarmPail,
+        own: bool,
     ) -> None:
         """A harvest of the farmer's pail seen on chain, made by anyone: recorded once,
-        with the pail's stake and the rest of the minted amount as the reward."""
+        with the pail's stake and the rest of the minted amount as the reward. `own`: the
+        custodial account sent it itself, so the wallet signed it (the pool's own harvest,
+        seen here before the harvester recorded its answer): recorded as the pool's, not
+        as observed, so its fee and share are swept like any other."""
         planted = await PlantingStore.success_of(conn, farmer.id, pail.index)
         if planted is not None and planted.stake_amount != pail.stake:
             log.warning(
@@ -340,13 +351,14 @@ class ChainFollower:
             reward=reward,
             tx_hash=event.tx_hash,
             ledger=event.ledger,
-            observed_on_chain=True,
+            observed_on_chain=not own,
         )
         if row is not None:
             log.info(
-                "harvest of farmer %s block %d seen on chain (tx %s): reward %d",
+                "harvest of farmer %s block %d seen on chain (tx %s, %s): reward %d",
                 farmer.id,
                 pail.index,
                 event.tx_hash,
+                "sent by its wallet" if own else "sent by someone else",
                 reward,
             )

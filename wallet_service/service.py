@@ -857,6 +857,15 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
 
         async def allowed() -> None:
             harvest = await self.store.tx_by_hash(harvest_hash)
+            if harvest is not None and not harvest.settled and harvest.source_account == source:
+                # The pool can see a harvest on chain (its chain follower) before this
+                # service recorded its outcome: settle it from the chain first. The
+                # source's lock, the harvest's too, is held here.
+                harvest = await self._drive(harvest, None)
+                if not harvest.settled:  # the chain cannot tell yet: asked again later
+                    raise Unavailable(
+                        f"harvest {harvest_hash} is not settled yet: nothing was signed, retry"
+                    )
             await self.policy.check_sweep(
                 await self._wallet(source),
                 await self.store.wallet(destination),

@@ -56,6 +56,9 @@ class PailChanges:
     tx_hash: str
     ledger: int
     succeeded: bool
+    # The transaction's source account (of the inner one, under a fee bump): a harvest a
+    # custodial account sent itself was signed with its key, which only the wallet holds.
+    source: str
     created: tuple[Pail, ...]  # pails it opened (a plant): farmer, index, sequence, stake
     removed: tuple[Pail, ...]  # pails it removed (a harvest), as they were just before
 
@@ -210,7 +213,7 @@ async def read_pail_changes(client: ChainClient, tx_hash: str) -> PailChanges | 
     found = await _applied(client, tx_hash)
     if found is None:
         return None
-    wanted, got, _ = found
+    wanted, got, envelope = found
     assert got.ledger is not None  # _applied checked it
     succeeded = got.status == GetTransactionStatus.SUCCESS
     if not got.result_meta_xdr:
@@ -223,7 +226,8 @@ async def read_pail_changes(client: ChainClient, tx_hash: str) -> PailChanges | 
         created, removed = pail_changes(meta, client.config.farm_contract_id)
     except ChainDataError as exc:
         raise ChainDataError(f"transaction {wanted}: {exc}") from None
-    return PailChanges(wanted, got.ledger, succeeded, created, removed)
+    source = envelope.transaction.source.account_id
+    return PailChanges(wanted, got.ledger, succeeded, source, created, removed)
 
 
 def pail_changes_of(outcome: TxOutcome, farm: str) -> PailChanges | None:
@@ -238,7 +242,7 @@ def pail_changes_of(outcome: TxOutcome, farm: str) -> PailChanges | None:
         created, removed = pail_changes(outcome.meta, farm)
     except ChainDataError as exc:
         raise ChainDataError(f"transaction {outcome.hash}: {exc}") from None
-    return PailChanges(outcome.hash, outcome.ledger, succeeded, created, removed)
+    return PailChanges(outcome.hash, outcome.ledger, succeeded, outcome.tx.source, created, removed)
 
 
 def pail_changes(

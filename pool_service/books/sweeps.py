@@ -192,8 +192,8 @@ class SweepStore:
     async def unswept(self, fee: bool, poolers: list[UUID], limit: int = 200) -> list[Unswept]:
         """Parts not swept yet of the pool's own successful harvests recorded since shares
         began (`shares_since()`) and within SWEEP_WINDOW_DAYS, oldest first: the fee
-        (when `fee`) and the shares of these `poolers`. A harvest the chain follower
-        recorded (made by someone else) is not the wallet's to sweep."""
+        (when `fee`) and the shares of these `poolers`. A harvest someone else made
+        (observed on chain) is not the wallet's to sweep."""
         return await fetch_all(
             self.pool,
             Unswept,

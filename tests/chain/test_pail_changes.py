@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any
 
 import pytest
-from stellar_sdk import Keypair, scval
+from stellar_sdk import Keypair, TransactionBuilder, scval
 from stellar_sdk import xdr as stellar_xdr
 
 from kale_devnet import farm as devnet_farm
@@ -50,11 +50,11 @@ async def test_a_plant_creates_a_pail_and_a_strangers_harvest_removes_it(stage: 
     assert planted.ok and planted.ledger is not None
     opened = Pail(farmer.public_key, 0, planted.ledger, None, stake, None)
     assert await read_pail_changes(client, planted.hash) == PailChanges(
-        planted.hash, planted.ledger, True, (opened,), ()
+        planted.hash, planted.ledger, True, farmer.public_key, (opened,), ()
     )
     # The same from the meta the outcome it was followed to holds, with no request.
     assert pail_changes_of(planted, client.config.farm_contract_id) == PailChanges(
-        planted.hash, planted.ledger, True, (opened,), ()
+        planted.hash, planted.ledger, True, farmer.public_key, (opened,), ()
     )
 
     block = await read_block(client, 0)
@@ -66,7 +66,7 @@ async def test_a_plant_creates_a_pail_and_a_strangers_harvest_removes_it(stage: 
     assert worked.ok and worked.ledger is not None
     # Work updates the pail: neither created nor removed.
     assert await read_pail_changes(client, worked.hash) == PailChanges(
-        worked.hash, worked.ledger, True, (), ()
+        worked.hash, worked.ledger, True, pooler.public_key, (), ()
     )
     pail = await read_pail(client, farmer.public_key, 0)
     assert pail is not None and pail.gap is not None and pail.zeros is not None
@@ -87,7 +87,9 @@ async def test_a_plant_creates_a_pail_and_a_strangers_harvest_removes_it(stage: 
     changes = await read_pail_changes(client, harvested.hash)
     # The pail as it was just before the harvest: what the reward was computed from.
     gone = Pail(farmer.public_key, 0, planted.ledger, pail.gap, stake, zeros)
-    assert changes == PailChanges(harvested.hash, harvested.ledger, True, (), (gone,))
+    assert changes == PailChanges(
+        harvested.hash, harvested.ledger, True, stranger.public_key, (), (gone,)
+    )
     assert changes.removed_for(farmer.public_key) == [gone]
     assert changes.removed_for(other.public_key) == []
     assert await read_pail(client, farmer.public_key, 0) is None
@@ -106,11 +108,11 @@ async def test_payments_touch_no_pail_and_unknown_transactions_are_none(stage: S
     for outcome in (classic, contract, trustline):
         assert outcome.ok and outcome.ledger is not None
         assert await read_pail_changes(client, outcome.hash.upper()) == PailChanges(
-            outcome.hash, outcome.ledger, True, (), ()
+            outcome.hash, outcome.ledger, True, outcome.tx.source, (), ()
         )
         farm = client.config.farm_contract_id
         assert pail_changes_of(outcome, farm) == PailChanges(
-            outcome.hash, outcome.ledger, True, (), ()
+            outcome.hash, outcome.ledger, True, outcome.tx.source, (), ()
         )
     # An outcome without meta (never applied) says nothing.
     assert pail_changes_of(dataclasses.replace(classic, meta=None), farm) is None
@@ -175,6 +177,7 @@ async def test_a_router_transaction_is_read_by_its_storage_not_its_call() -> Non
         tx_hash,
         161,
         True,
+        TransactionBuilder.from_xdr(envelope, crafted.PASSPHRASE).transaction.source.account_id,
         (Pail(planter, 42, 160, None, KALE, None),),
         (Pail(farmer, 41, 100, 7, 3 * KALE, 6),),
     )

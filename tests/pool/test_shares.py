@@ -18,7 +18,7 @@ from kalepool.amounts import share_of
 from kalepool.app.books import audit_books
 from kalepool.chain import build_work, current_block, kale_balance, sign, submit
 from kalepool.db.consistency import check_consistency
-from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2
+from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2, wallet_pb2
 from tests.chain.stage import mine
 from wallet_service.policy import PayoutLimits
 
@@ -36,6 +36,19 @@ async def _rows(pool: PoolStage, query: str, *params: Any) -> list[tuple[Any, ..
 
 async def _worked_and_harvested(pool: PoolStage, auth: Any, farmer: pool_pb2.Farmer) -> int:
     """Plant, work from a pooler's account, open the next block, harvest; the reward."""
+    block = await _worked(pool, auth)
+    asked = await pool.pooler().RequestHarvest(
+        pooler_pb2.RequestHarvestRequest(block_index=block, farmer_ids=[farmer.farmer_id]),
+        metadata=auth,
+    )
+    assert [h.farmer_id for h in asked.harvested] == [farmer.farmer_id], asked
+    reward = asked.harvested[0].reward_stroops
+    assert reward > 0
+    return reward
+
+
+async def _worked(pool: PoolStage, auth: Any) -> int:
+    """Plant, work from a pooler's account and open the next block; the worked block."""
     stub = pool.pooler()
     block = (await current_block(pool.chain)).index
     await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block), metadata=auth)
@@ -72,19 +85,13 @@ async def _worked_and_harvested(pool: PoolStage, auth: Any, farmer: pool_pb2.Far
 
     await until(due)
     await stub.RequestPlant(pooler_pb2.RequestPlantRequest(block_index=block + 1), metadata=auth)
-    asked = await stub.RequestHarvest(
-        pooler_pb2.RequestHarvestRequest(block_index=block, farmer_ids=[farmer.farmer_id]),
-        metadata=auth,
-    )
-    assert [h.farmer_id for h in asked.harvested] == [farmer.farmer_id], asked
-    reward = asked.harvested[0].reward_stroops
-    assert reward > 0
-    return reward
+    return block
 
 
-async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follow(
-    pool: PoolStage,
-) -> None:
+async def _with_fees(pool: PoolStage) -> tuple[pool_pb2.Pooler, Any, str, str]:
+    """Wallet and pool restarted taking FEE_BPS and SHARE_BPS, paying the fee to an
+    operator account; a pooler registered with a key of its own: (pooler, its auth, its
+    key's address, the operator's address)."""
     # The operator's fee address: an account of its own that trusts KALE.
     operator = (await pool.stage.account(trust=True)).public_key
     wallet_port = pool.wallet.server.port
@@ -103,9 +110,37 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
         pooler_obligation_limit_kale=100,
     )
     # The pooler's registered key: an account of its own that trusts KALE.
-    pooler_key = await pool.stage.account(trust=True)
-    pooler, key = await pool.register_pooler(public_key=pooler_key.public_key)
-    auth = bearer(key)
+    pooler_key = (await pool.stage.account(trust=True)).public_key
+    pooler, key = await pool.register_pooler(public_key=pooler_key)
+    return pooler, bearer(key), pooler_key, operator
+
+
+async def _accounts_made(pool: PoolStage) -> dict[str, str]:
+    """Once the first parts due made the fee and the share wallets: kind -> address."""
+
+    async def made() -> bool:
+        return len(await _rows(pool, "SELECT 1 FROM accounts")) == 2
+
+    await until(made, 30)
+    return dict(await _rows(pool, "SELECT kind::text, custodial_public_key FROM accounts"))
+
+
+async def _funded_and_swept(pool: PoolStage, accounts: dict[str, str]) -> None:
+    """Fund the wallets with XLM as the operator does; return once both parts are swept."""
+    for address in accounts.values():
+        await pool.stage.friendbot(address)
+
+    async def swept() -> bool:
+        rows = await _rows(pool, "SELECT status::text FROM sweeps")
+        return len(rows) == 2 and all(r[0] == "success" for r in rows)
+
+    await until(swept, 30)
+
+
+async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follow(
+    pool: PoolStage,
+) -> None:
+    pooler, auth, pooler_key, operator = await _with_fees(pool)
     # No wallet before the first part is due: no address to fund yet.
     before = await pool.operator().GetPoolStats(pool_pb2.GetPoolStatsRequest())
     assert before.fee_account_address == "" and before.fee_earned_stroops == 0
@@ -117,24 +152,13 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
 
     # The first parts due make the fee and share wallets; the operator funds them with
     # XLM (nothing is swept into a wallet that does not exist on chain).
-    async def made() -> bool:
-        return len(await _rows(pool, "SELECT 1 FROM accounts")) == 2
-
-    await until(made, 30)
+    accounts = await _accounts_made(pool)
     assert await _rows(pool, "SELECT 1 FROM sweeps") == []
-    accounts = dict(await _rows(pool, "SELECT kind::text, custodial_public_key FROM accounts"))
     fee_wallet, share_wallet = accounts["pool_fee"], accounts["pooler_share"]
     assert await _rows(
         pool, "SELECT pooler_id::text, payout_address FROM accounts WHERE kind = 'pooler_share'"
     ) == [(pooler.pooler_id, pooler.public_key)]
-    for address in accounts.values():
-        await pool.stage.friendbot(address)
-
-    async def swept() -> bool:
-        rows = await _rows(pool, "SELECT status::text FROM sweeps")
-        return len(rows) == 2 and all(r[0] == "success" for r in rows)
-
-    await until(swept, 30)
+    await _funded_and_swept(pool, accounts)
     # On chain: the parts left the farmer's account into the two wallets.
     stake = 5 * KALE
     assert await kale_balance(pool.chain, fee_wallet) == fee
@@ -188,14 +212,14 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
     ask = pool_pb2.RequestPoolerPayoutRequest(pooler_id=pooler.pooler_id, idempotency_key="p1")
     paid = await op.RequestPoolerPayout(ask)
     assert paid.transaction.status == common_pb2.TX_STATUS_SUCCESS, paid
-    assert paid.amount_stroops == share and paid.destination_address == pooler_key.public_key
-    assert await kale_balance(pool.chain, pooler_key.public_key) == share
+    assert paid.amount_stroops == share and paid.destination_address == pooler_key
+    assert await kale_balance(pool.chain, pooler_key) == share
     assert await kale_balance(pool.chain, share_wallet) == 0
     again = await op.RequestPoolerPayout(ask)
     assert (
         again.payout_id == paid.payout_id and again.transaction.tx_hash == paid.transaction.tx_hash
     )
-    assert await kale_balance(pool.chain, pooler_key.public_key) == share
+    assert await kale_balance(pool.chain, pooler_key) == share
     with pytest.raises(grpc.aio.AioRpcError) as empty:
         await op.RequestPoolerPayout(
             pool_pb2.RequestPoolerPayoutRequest(pooler_id=pooler.pooler_id, amount_stroops=1)
@@ -283,3 +307,50 @@ async def test_a_harvest_pays_the_fee_and_the_share_on_chain_and_the_books_follo
     report = await audit_books(pool.auditor_conninfo, pool.chain)
     assert report.ok, report.differences
     assert not report.in_flight, report.in_flight
+
+
+async def test_the_pools_own_harvest_read_first_by_the_chain_follower_is_swept(
+    pool: PoolStage,
+) -> None:
+    """The harvest loop and the chain follower race to record the pool's own harvest (both
+    see its ledger within a poll). Read first by the follower, it is recorded as the
+    pool's own (the farmer's custodial account sent it, with the key only the wallet
+    holds), so its fee and share are swept all the same; the harvest loop asking again
+    finds the same harvest, recorded once."""
+    pooler, auth, _, _ = await _with_fees(pool)
+    farmer = await pool.funded_farmer(pooler.pooler_id, stake_bps=5000, kale=10 * KALE)
+    block = await _worked(pool, auth)
+    # The harvest as the pool's harvest loop asks the wallet for it, its answer never
+    # recorded (a pool gone after asking): the chain follower alone records it.
+    made = await pool.wallet.stub.Harvest(
+        wallet_pb2.HarvestRequest(
+            idempotency_key=f"harvest:{farmer.farmer_id}:{block}",
+            farmer_address=farmer.custodial_address,
+            block_index=block,
+        )
+    )
+    assert made.outcome.status == common_pb2.TX_STATUS_SUCCESS, made
+
+    async def recorded() -> bool:
+        return bool(await _rows(pool, "SELECT 1 FROM harvests"))
+
+    await until(recorded, 30)
+    assert await _rows(pool, "SELECT tx_hash, observed_on_chain, reward_amount FROM harvests") == [
+        (made.outcome.tx_hash, False, made.reward_stroops)
+    ]
+    accounts = await _accounts_made(pool)
+    await _funded_and_swept(pool, accounts)
+    assert await kale_balance(pool.chain, accounts["pool_fee"]) == share_of(
+        made.reward_stroops, FEE_BPS
+    )
+    assert await kale_balance(pool.chain, accounts["pooler_share"]) == share_of(
+        made.reward_stroops, SHARE_BPS
+    )
+    asked = await pool.pooler().RequestHarvest(
+        pooler_pb2.RequestHarvestRequest(block_index=block, farmer_ids=[farmer.farmer_id]),
+        metadata=auth,
+    )
+    assert [(h.farmer_id, h.transaction.tx_hash) for h in asked.harvested] == [
+        (farmer.farmer_id, made.outcome.tx_hash)
+    ]
+    assert len(await _rows(pool, "SELECT 1 FROM harvests")) == 1

@@ -32,6 +32,13 @@ FEE_BPS, SHARE_BPS = 100, 500
 async def harvest(ws: WalletStage, farmer: str, opener: str) -> wallet_pb2.HarvestResponse:
     """Plant (with a stake), work from a pooler's account, let the next block open (the
     `opener` wallet plants it) and harvest `farmer`'s pail through the service."""
+    done = await ws.stub.Harvest(await ready_to_harvest(ws, farmer, opener))
+    assert done.outcome.status == SUCCESS and done.reward_stroops > 0, done
+    return done
+
+
+async def ready_to_harvest(ws: WalletStage, farmer: str, opener: str) -> wallet_pb2.HarvestRequest:
+    """Plant, work and open the next block as `harvest` does; the harvest to ask for."""
     block = (await current_block(ws.chain)).index
     planted = await ws.stub.Plant(
         wallet_pb2.PlantRequest(
@@ -62,13 +69,9 @@ async def harvest(ws: WalletStage, farmer: str, opener: str) -> wallet_pb2.Harve
         )
     )
     assert opened.outcome.status == SUCCESS, opened
-    done = await ws.stub.Harvest(
-        wallet_pb2.HarvestRequest(
-            idempotency_key=f"harvest:{farmer}:{block}", farmer_address=farmer, block_index=block
-        )
+    return wallet_pb2.HarvestRequest(
+        idempotency_key=f"harvest:{farmer}:{block}", farmer_address=farmer, block_index=block
     )
-    assert done.outcome.status == SUCCESS and done.reward_stroops > 0, done
-    return done
 
 
 async def test_a_stolen_pool_credential_sweeps_at_most_the_fraction_once(
@@ -255,3 +258,58 @@ async def test_a_stolen_pool_credential_sweeps_at_most_the_fraction_once(
     )
     assert out.outcome.status == SUCCESS, out
     assert await kale_balance(ws.chain, pooler_key) == most_share
+
+
+async def test_a_harvest_left_pending_is_settled_from_the_chain_before_its_sweep(
+    wallet: WalletStage,
+) -> None:
+    """The pool's chain follower may record a harvest from the chain while the wallet's
+    own row of it is still pending (its caller went away before the outcome): a sweep of
+    it settles the harvest from the chain first, where it refused it before."""
+    ws = wallet
+    operator = await funded_wallet(ws)
+    await ws.server.stop(0)
+    await ws.start(limits=PayoutLimits(pool_fee_bps=FEE_BPS, pool_fee_address=operator))
+    fee = await funded_wallet(ws, payout=operator, purpose=wallet_pb2.WALLET_PURPOSE_POOL_FEE)
+    farmer = await funded_wallet(ws, kale=10 * KALE)
+    opener = await funded_wallet(ws)
+    request = await ready_to_harvest(ws, farmer, opener)
+
+    async def row() -> tuple[str, str] | None:
+        async with await psycopg.AsyncConnection.connect(ws.conninfo) as conn:
+            cur = await conn.execute(
+                "SELECT status::text, tx_hash FROM transactions WHERE idempotency_key = %s",
+                (request.idempotency_key,),
+            )
+            got = await cur.fetchone()
+        return None if got is None else (str(got[0]), str(got[1]))
+
+    async def sent() -> bool:
+        return (await row() or ("",))[0] == "pending"
+
+    await ws.closer.hold()  # the harvest can only be sent
+    call = ws.stub.Harvest(request)
+    await until(sent)
+    call.cancel()  # its caller goes away: nobody follows it now
+    ws.closer.release()
+
+    async def applied() -> bool:
+        return await kale_balance(ws.chain, farmer) != 9 * KALE
+
+    await until(applied)  # the harvest is on chain ...
+    status, harvest_hash = await row() or ("", "")
+    assert status == "pending"  # ... and the wallet's row does not know it yet
+
+    amount = 1
+    swept = await ws.stub.Sweep(
+        wallet_pb2.SweepRequest(
+            idempotency_key=f"fee:{harvest_hash}",
+            source_address=farmer,
+            destination_address=fee,
+            harvest_tx_hash=harvest_hash,
+            amount_stroops=amount,
+        )
+    )
+    assert swept.outcome.status == SUCCESS, swept
+    assert (await row() or ("",))[0] == "success"
+    assert await kale_balance(ws.chain, fee) == amount
