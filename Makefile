@@ -65,7 +65,7 @@ test-rust: $(STAMP)
 # Two workers: much of the suite waits on ledgers and processes, so two run in the time
 # of one; a test module stays on one worker (its module-scoped stages are built once).
 test-python: $(STAMP) chromium
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=15
 
 # The browser tests (tests/web/test_browser*.py) drive the system's Chromium, never a
 # browser Playwright downloads: Debian's `chromium` is installed here when it is missing
