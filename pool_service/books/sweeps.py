@@ -502,13 +502,19 @@ class CompensationPaymentStore:
         return await fetch_all(
             self.pool,
             CompensationDue,
+            # `unpaid_compensations` (kept by the database as compensations are written
+            # and paid) holds the unpaid ones alone, in id order: none paid is read, and
+            # each is looked up by its id (OFFSET 0: not a join over every compensation).
             "SELECT c.id AS compensation_id, c.farmer_id, f.custodial_public_key AS farmer_key,"
             " c.pooler_id, c.owed_by::text AS owed_by, c.amount"
-            " FROM compensation_status c JOIN farmers f ON f.id = c.farmer_id"
-            " WHERE NOT c.is_paid AND f.is_funded AND f.status <> 'departed'"
+            " FROM unpaid_compensations u"
+            " CROSS JOIN LATERAL (SELECT * FROM pooler_compensations c"
+            "  WHERE c.id = u.compensation_id OFFSET 0) c"
+            " JOIN farmers f ON f.id = c.farmer_id"
+            " WHERE f.is_funded AND f.status <> 'departed'"
             " AND NOT EXISTS (SELECT 1 FROM compensation_payments p"
             "  WHERE p.compensation_id = c.id AND p.status <> 'failed')"
-            " ORDER BY c.id LIMIT %s",
+            " ORDER BY u.compensation_id LIMIT %s",
             (limit,),
         )
 
