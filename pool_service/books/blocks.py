@@ -84,8 +84,10 @@ WITH k AS (
   FROM k JOIN block_event_counts n ON n.block_index = k.block_index
   LEFT JOIN settled_block_counts s ON s.pooler_id = k.pooler_id
     AND s.block_index = k.block_index AND s.events = n.events
+  -- OFFSET 0 keeps the subquery whole, its filter a one-time test: pulled up, the
+  -- counts would be computed for every row before the join dropped them
   LEFT JOIN LATERAL (SELECT * FROM pool.block_outcomes(k.block_index, k.pooler_id)
-    WHERE s.pooler_id IS NULL) o ON true
+    WHERE s.pooler_id IS NULL OFFSET 0) o ON true
 )
 SELECT count(DISTINCT block_index) AS blocks,
   coalesce(sum(plants_succeeded), 0)::bigint AS plants_succeeded,

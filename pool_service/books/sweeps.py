@@ -503,14 +503,14 @@ class CompensationPaymentStore:
             self.pool,
             CompensationDue,
             # `unpaid_compensations` (kept by the database as compensations are written
-            # and paid) holds the unpaid ones alone, in id order: none paid is read, and
-            # each is looked up by its id (OFFSET 0: not a join over every compensation).
+            # and paid) holds the unpaid ones alone, with their farmer: read in id order,
+            # or from the farmers who can receive when they are few; no paid one is read.
+            # Each is then looked up by its id (OFFSET 0: not a join over every one).
             "SELECT c.id AS compensation_id, c.farmer_id, f.custodial_public_key AS farmer_key,"
             " c.pooler_id, c.owed_by::text AS owed_by, c.amount"
-            " FROM unpaid_compensations u"
+            " FROM unpaid_compensations u JOIN farmers f ON f.id = u.farmer_id"
             " CROSS JOIN LATERAL (SELECT * FROM pooler_compensations c"
             "  WHERE c.id = u.compensation_id OFFSET 0) c"
-            " JOIN farmers f ON f.id = c.farmer_id"
             " WHERE f.is_funded AND f.status <> 'departed'"
             " AND NOT EXISTS (SELECT 1 FROM compensation_payments p"
             "  WHERE p.compensation_id = c.id AND p.status <> 'failed')"

@@ -25,8 +25,8 @@
 --                      statement triggers on pool.pooler_compensations and
 --                      pool.balance_ledger, in the transaction of the write.
 --
--- pool.unpaid_compensations  the ids of the compensations not yet paid, kept by the same
---                      triggers.
+-- pool.unpaid_compensations  the compensations not yet paid (id, farmer), kept by the
+--                      same triggers.
 --
 -- All three are derived state: no service role may write them (the guard below; 0019's
 -- shared.in_derived_write()), pool.derived_total_problems() reports any that disagree
@@ -190,8 +190,13 @@ CREATE TRIGGER compensation_totals_no_truncate BEFORE TRUNCATE ON pool.compensat
 -- The compensations not yet paid (the shares loop pays the oldest first: it reads them
 -- here, not past every paid one).
 CREATE TABLE pool.unpaid_compensations (
-    compensation_id bigint PRIMARY KEY REFERENCES pool.pooler_compensations (id)
+    compensation_id bigint PRIMARY KEY REFERENCES pool.pooler_compensations (id),
+    -- the compensation's farmer: the loop pays only farmers who can receive, so it may
+    -- start from them when they are few
+    farmer_id       uuid NOT NULL REFERENCES pool.farmers (id)
 );
+
+CREATE INDEX unpaid_compensations_farmer ON pool.unpaid_compensations (farmer_id);
 
 CREATE TRIGGER unpaid_compensations_derived BEFORE INSERT OR UPDATE OR DELETE
     ON pool.unpaid_compensations FOR EACH ROW EXECUTE FUNCTION shared.guard_derived_rows();
@@ -218,8 +223,8 @@ BEGIN
     SELECT pooler_id, owed_by, sum(amount), 0 FROM written
     GROUP BY pooler_id, owed_by ORDER BY pooler_id, owed_by
     ON CONFLICT (pooler_id, owed_by) DO UPDATE SET unpaid = t.unpaid + EXCLUDED.unpaid;
-    INSERT INTO unpaid_compensations (compensation_id)
-    SELECT w.id FROM written w
+    INSERT INTO unpaid_compensations (compensation_id, farmer_id)
+    SELECT w.id, w.farmer_id FROM written w
     WHERE NOT EXISTS (SELECT 1 FROM balance_ledger l WHERE l.compensation_id = w.id);
     RETURN NULL;
 END;
@@ -265,15 +270,17 @@ LANGUAGE sql STABLE SET search_path = pool, shared AS $$
         WHERE (coalesce(t.unpaid, 0), coalesce(t.paid, 0))
               IS DISTINCT FROM (coalesce(e.unpaid, 0), coalesce(e.paid, 0))
         UNION ALL
-        SELECT 2, format('compensation %s: %s but %s',
+        SELECT 2, format('compensation %s: %s',
                       coalesce(u.compensation_id, c.id),
-                      CASE WHEN u.compensation_id IS NULL THEN 'unpaid' ELSE 'paid' END,
-                      CASE WHEN u.compensation_id IS NULL THEN 'missing from unpaid_compensations'
-                           ELSE 'listed in unpaid_compensations' END)
-        FROM (SELECT c.id FROM pooler_compensations c WHERE NOT EXISTS (
+                      CASE WHEN u.compensation_id IS NULL
+                               THEN 'unpaid but missing from unpaid_compensations'
+                           WHEN c.id IS NULL THEN 'paid (or none) but in unpaid_compensations'
+                           ELSE format('unpaid_compensations names farmer %s, not %s',
+                                       u.farmer_id, c.farmer_id) END)
+        FROM (SELECT c.id, c.farmer_id FROM pooler_compensations c WHERE NOT EXISTS (
                 SELECT 1 FROM balance_ledger l WHERE l.compensation_id = c.id)) c
         FULL JOIN unpaid_compensations u ON u.compensation_id = c.id
-        WHERE c.id IS NULL OR u.compensation_id IS NULL
+        WHERE c.id IS NULL OR u.compensation_id IS NULL OR u.farmer_id <> c.farmer_id
         UNION ALL
         -- A remembered row counts only while its block's events are those it was computed
         -- on; one that counts must equal the live counts.
@@ -381,14 +388,16 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     changed := changed + n;
 
-    INSERT INTO unpaid_compensations (compensation_id)
-    SELECT c.id FROM pooler_compensations c
-    WHERE NOT EXISTS (SELECT 1 FROM balance_ledger l WHERE l.compensation_id = c.id)
-    ON CONFLICT DO NOTHING;
+    DELETE FROM unpaid_compensations u
+    WHERE EXISTS (SELECT 1 FROM balance_ledger l WHERE l.compensation_id = u.compensation_id)
+       OR NOT EXISTS (SELECT 1 FROM pooler_compensations c
+                      WHERE c.id = u.compensation_id AND c.farmer_id = u.farmer_id);
     GET DIAGNOSTICS n = ROW_COUNT;
     changed := changed + n;
-    DELETE FROM unpaid_compensations u
-    WHERE EXISTS (SELECT 1 FROM balance_ledger l WHERE l.compensation_id = u.compensation_id);
+    INSERT INTO unpaid_compensations (compensation_id, farmer_id)
+    SELECT c.id, c.farmer_id FROM pooler_compensations c
+    WHERE NOT EXISTS (SELECT 1 FROM balance_ledger l WHERE l.compensation_id = c.id)
+    ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS n = ROW_COUNT;
     changed := changed + n;
 
