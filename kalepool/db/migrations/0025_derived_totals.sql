@@ -191,12 +191,12 @@ CREATE TRIGGER compensation_totals_no_truncate BEFORE TRUNCATE ON pool.compensat
 -- here, not past every paid one).
 CREATE TABLE pool.unpaid_compensations (
     compensation_id bigint PRIMARY KEY REFERENCES pool.pooler_compensations (id),
-    -- the compensation's farmer: the loop pays only farmers who can receive, so it may
-    -- start from them when they are few
+    -- the compensation's farmer: the loop pays only farmers who can receive, so it
+    -- starts from them, each one's oldest first
     farmer_id       uuid NOT NULL REFERENCES pool.farmers (id)
 );
 
-CREATE INDEX unpaid_compensations_farmer ON pool.unpaid_compensations (farmer_id);
+CREATE INDEX unpaid_compensations_farmer ON pool.unpaid_compensations (farmer_id, compensation_id);
 
 CREATE TRIGGER unpaid_compensations_derived BEFORE INSERT OR UPDATE OR DELETE
     ON pool.unpaid_compensations FOR EACH ROW EXECUTE FUNCTION shared.guard_derived_rows();
