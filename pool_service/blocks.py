@@ -1,9 +1,9 @@
 """Block history, statistics and compensations as the operators see them (PoolService
 GetBlock, ListBlocks, GetPoolStats, GetPoolerStats, ListCompensations).
 
-Everything is computed from the event tables and `block_operations` (whose counters
-the database's triggers derive from the events: `pool_service.books.blocks`); nothing
-here writes.
+Everything is computed from the event tables and the state the database's triggers
+derive from them (`block_operations`' counters, settled blocks' counts, compensation
+totals: `pool_service.books.blocks`); nothing here writes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from kalepool.grpc_server import InvalidArgument, NotFound, Unavailable
 from kalepool.request_checks import check_uuid
 from kalepool.v1 import common_pb2, pool_pb2, records_pb2
 from pool_service import convert
-from pool_service.books.blocks import BlockRow, BlockStore
+from pool_service.books.blocks import BlockRow, BlockStore, BlockTotals
 from pool_service.books.compensations import CompensationRow, CompensationStore
 from pool_service.books.enums import BlockStatus, CompensationKind
 from pool_service.books.poolers import PoolerRow, PoolerStore
@@ -85,20 +85,15 @@ def _summary(row: BlockRow, pooler_id: UUID | None) -> pool_pb2.BlockSummary:
     )
 
 
-def _total(rows: list[BlockRow]) -> tuple[pool_pb2.CycleCounts, int, int]:
-    counts = pool_pb2.CycleCounts()
-    staked = rewards = 0
-    for r in rows:
-        c = _counts(r)
-        counts.plants_succeeded += c.plants_succeeded
-        counts.plants_failed += c.plants_failed
-        counts.works_succeeded += c.works_succeeded
-        counts.works_failed += c.works_failed
-        counts.harvests_succeeded += c.harvests_succeeded
-        counts.harvests_failed += c.harvests_failed
-        staked += r.total_staked
-        rewards += r.total_rewards
-    return counts, staked, rewards
+def _total_counts(t: BlockTotals) -> pool_pb2.CycleCounts:
+    return pool_pb2.CycleCounts(
+        plants_succeeded=t.plants_succeeded,
+        plants_failed=t.plants_failed,
+        works_succeeded=t.works_succeeded,
+        works_failed=t.works_failed,
+        harvests_succeeded=t.harvests_succeeded,
+        harvests_failed=t.harvests_failed,
+    )
 
 
 def _before(page: Page) -> int | None:
@@ -203,8 +198,7 @@ class BlockReports:
         # (its idle pails are not counted as failed works before it is known to be over).
         current = chain.index if chain is not None else await self.blocks.newest_block()
         low = await self.blocks.last_blocks(None, request.last_blocks)
-        rows = await self.blocks.blocks(current, None, since=low)
-        counts, staked, rewards = _total(rows)
+        totals = await self.blocks.totals(current, None, low)
         f = await self.blocks.pool_figures()
         opened, due = convert.block_times(chain) if chain is not None else (None, None)
         account = await self.shares.fee_account()
@@ -219,10 +213,10 @@ class BlockReports:
             farmers_active=f.active,
             farmers_leaving=f.leaving,
             farmers_departed=f.departed,
-            blocks=len(rows),
-            counts=counts,
-            total_staked_stroops=staked,
-            total_reward_stroops=rewards,
+            blocks=totals.blocks,
+            counts=_total_counts(totals),
+            total_staked_stroops=totals.total_staked,
+            total_reward_stroops=totals.total_rewards,
             total_paid_out_stroops=f.paid_out,
             total_balance_stroops=f.balance,
             compensations_unpaid_stroops=f.comp_unpaid,
@@ -242,8 +236,7 @@ class BlockReports:
         pooler = await self._pooler(pooler_id)
         current = await self.view.current_index()
         low = await self.blocks.last_blocks(pooler_id, request.last_blocks)
-        rows = await self.blocks.blocks(current, pooler_id, since=low)
-        counts, _, rewards = _total(rows)
+        totals = await self.blocks.totals(current, pooler_id, low)
         unpaid = await self.compensations.unpaid(pooler_id)
         beat = await self.poolers.heartbeat(pooler_id)
         account = await self.shares.share_account(pooler_id)
@@ -251,9 +244,9 @@ class BlockReports:
         excess = unpaid.by_pooler - (share.balance if share else 0)
         return pool_pb2.GetPoolerStatsResponse(
             pooler=convert.pooler_pb(pooler),
-            blocks=len(rows),
-            counts=counts,
-            total_reward_stroops=rewards,
+            blocks=totals.blocks,
+            counts=_total_counts(totals),
+            total_reward_stroops=totals.total_rewards,
             compensations_owed_stroops=unpaid.by_pooler,
             compensations_due_stroops=unpaid.by_pool,
             stream_connected=self.feeds.connected(pooler_id),

@@ -2,9 +2,10 @@
 
 The work is done in SQL, each service's in its own schema (``pool.consistency_problems()``
 and ``pool.rebuild_derived_state()``, migration 0005; ``pool.payout_problems()``, 0008;
-``wallet.transaction_problems()``, 0012; ``pool.share_problems()``, 0020) so the database
-is the one home of the rules; these wrappers give `kale-pool check` (as the owner or the
-auditor, who may read both services' rows) and the tests a typed call.
+``wallet.transaction_problems()``, 0012; ``pool.share_problems()``, 0020;
+``pool.derived_total_problems()``, 0025: compensation totals, settled blocks' counts) so
+the database is the one home of the rules; these wrappers give `kale-pool check` (as the
+owner or the auditor, who may read both services' rows) and the tests a typed call.
 """
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ def check_consistency(conn: psycopg.Connection[Any]) -> list[str]:
 
     Read-only. Each problem is one human-readable line naming the row at fault.
     """
-    # A database migrated only part of the way (before 0020) has no shares to prove.
-    shares = conn.execute("SELECT to_regprocedure('pool.share_problems()') IS NOT NULL").fetchone()
-    rows = conn.execute(
+    sql = (
         "SELECT problem FROM pool.consistency_problems() AS problem"
         " UNION ALL SELECT problem FROM wallet.transaction_problems() AS problem"
         " UNION ALL SELECT problem FROM pool.payout_problems() AS problem"
-        + (
-            " UNION ALL SELECT problem FROM pool.share_problems() AS problem"
-            if shares and shares[0]
-            else ""
-        )
-    ).fetchall()
+    )
+    # A database migrated only part of the way (before 0020, 0025) lacks the later checks.
+    for later in ("pool.share_problems()", "pool.derived_total_problems()"):
+        found = conn.execute("SELECT to_regprocedure(%s) IS NOT NULL", (later,)).fetchone()
+        if found and found[0]:
+            sql += f" UNION ALL SELECT problem FROM {later} AS problem"
+    rows = conn.execute(sql).fetchall()
     return [str(row[0]) for row in rows]
 
 

@@ -18,48 +18,15 @@ from pool_service.books.harvests import HARVEST_COLUMNS, HarvestRow
 from pool_service.books.plantings import PLANTING_COLUMNS, PlantingRow
 from pool_service.books.works import WORK_COLUMNS, WorkRow
 
-# One (pooler, block) row with the outcome counts the API defines, computed from the
-# events: a work "failed or never came" (a planted pail with no work row and no harvest,
-# which proves it was worked, counts once the block is over), a harvest "failed for
-# good" (the pail is gone), and the pails still waiting for their harvest. Only for the
-# block `k` in hand (see `_PER_BLOCK`): each count probes that block's events alone.
-_PER_POOLER = """
-SELECT b.pooler_id, b.block_index, b.total_farmers, b.successful_plants, b.failed_plants,
-  b.successful_works,
-  -- a failure observed on chain that confirms one the pooler reported is the same one
-  b.failed_works - (SELECT count(*) FROM works o WHERE o.pooler_id = b.pooler_id
-     AND o.block_index = b.block_index AND o.status = 'failed' AND o.observed_on_chain
-     AND EXISTS (SELECT 1 FROM works r WHERE r.farmer_id = o.farmer_id
-       AND r.block_index = o.block_index AND r.status = 'failed'
-       AND NOT r.observed_on_chain)) AS failed_works,
-  b.successful_harvests, b.total_staked, b.total_rewards,
-  b.plant_requested_at, b.plant_completed_at, b.work_completed_at, b.harvest_completed_at,
-  (SELECT count(*) FROM plantings p WHERE p.pooler_id = b.pooler_id
-     AND p.block_index = b.block_index AND p.status = 'success' AND NOT EXISTS (
-       SELECT 1 FROM works w WHERE w.farmer_id = p.farmer_id
-       AND w.block_index = p.block_index) AND NOT EXISTS (
-       SELECT 1 FROM harvests h WHERE h.farmer_id = p.farmer_id
-       AND h.block_index = p.block_index AND h.status = 'success')) AS unworked,
-  (SELECT count(*) FROM harvests h WHERE h.pooler_id = b.pooler_id
-     AND h.block_index = b.block_index AND h.error_code = 'PAIL_MISSING') AS gone,
-  (SELECT count(*) FROM works w WHERE w.pooler_id = b.pooler_id
-     AND w.block_index = b.block_index AND w.status = 'success' AND NOT EXISTS (
-       SELECT 1 FROM harvests h WHERE h.farmer_id = w.farmer_id
-       AND h.block_index = w.block_index
-       AND (h.status = 'success' OR h.error_code = 'PAIL_MISSING'))) AS open_pails,
-  (SELECT coalesce(max(w.zeros), 0) FROM works w WHERE w.pooler_id = b.pooler_id
-     AND w.block_index = b.block_index AND w.status = 'success') AS best_zeros
-FROM block_operations b WHERE b.block_index = k.block_index
-  AND (%(pooler)s::uuid IS NULL OR b.pooler_id = %(pooler)s::uuid)
-"""
-
-# Per block (over the poolers asked for), with its status: the chain's current block or
-# a newer one is active; an over block with no successful work failed; one whose worked
-# pails are all harvested (or gone) is completed; else it is being harvested.
+# Per block (over the poolers asked for, each one's outcome counts from
+# `pool.block_outcomes`, migration 0025: the one home of their rules), with its status:
+# the chain's current block or a newer one is active; an over block with no successful
+# work failed; one whose worked pails are all harvested (or gone) is completed; else it
+# is being harvested.
 # The blocks asked for (`k`, newest first) are chosen from `block_operations` before any
 # event is read, and each is summed on its own (LATERAL), so a LIMIT over this stops
 # after its rows: a page of blocks reads that page's events, not the whole history.
-_PER_BLOCK = f"""
+_PER_BLOCK = """
 SELECT k.block_index, t.*, CASE
     WHEN k.block_index >= %(current)s THEN 'active'
     WHEN t.works_succeeded = 0 THEN 'failed'
@@ -87,9 +54,68 @@ CROSS JOIN LATERAL (
     max(harvest_completed_at) AS harvest_completed_at,
     sum(open_pails)::bigint AS open_pails,
     max(best_zeros)::integer AS best_zeros
-  FROM ({_PER_POOLER}) per
+  FROM pool.block_outcomes(k.block_index, %(pooler)s::uuid) per
 ) t
 """
+
+# The statistics' sums over the (pooler, block) rows asked for (`since`: from that block
+# on). A settled block's counts are read from `settled_block_counts` while its events are
+# those they were computed on (the same number: events are append-only); any other row
+# is computed live (`block_outcomes`, only for it: the LATERAL's filter). So the all-time
+# figures read one small row per (pooler, block) and the events of the few blocks not
+# settled yet, not the whole history. A planted pail never worked counts as a failed work
+# once its block is over (below `current`), as `BlockRow.works_failed` has it.
+_TOTALS = """
+WITH k AS (
+  SELECT b.pooler_id, b.block_index FROM block_operations b
+  WHERE (%(pooler)s::uuid IS NULL OR b.pooler_id = %(pooler)s::uuid)
+  AND (%(since)s::bigint IS NULL OR b.block_index >= %(since)s::bigint)
+), c AS (
+  SELECT k.block_index,
+    coalesce(s.successful_plants, o.successful_plants) AS plants_succeeded,
+    coalesce(s.failed_plants, o.failed_plants) AS plants_failed,
+    coalesce(s.successful_works, o.successful_works) AS works_succeeded,
+    coalesce(s.failed_works, o.failed_works) AS works_failed_recorded,
+    coalesce(s.unworked, o.unworked) AS unworked,
+    coalesce(s.successful_harvests, o.successful_harvests) AS harvests_succeeded,
+    coalesce(s.gone, o.gone) AS harvests_failed,
+    coalesce(s.total_staked, o.total_staked) AS total_staked,
+    coalesce(s.total_rewards, o.total_rewards) AS total_rewards
+  FROM k JOIN block_event_counts n ON n.block_index = k.block_index
+  LEFT JOIN settled_block_counts s ON s.pooler_id = k.pooler_id
+    AND s.block_index = k.block_index AND s.events = n.events
+  -- OFFSET 0 keeps the subquery whole, its filter a one-time test: pulled up, the
+  -- counts would be computed for every row before the join dropped them
+  LEFT JOIN LATERAL (SELECT * FROM pool.block_outcomes(k.block_index, k.pooler_id)
+    WHERE s.pooler_id IS NULL OFFSET 0) o ON true
+)
+SELECT count(DISTINCT block_index) AS blocks,
+  coalesce(sum(plants_succeeded), 0)::bigint AS plants_succeeded,
+  coalesce(sum(plants_failed), 0)::bigint AS plants_failed,
+  coalesce(sum(works_succeeded), 0)::bigint AS works_succeeded,
+  coalesce(sum(works_failed_recorded + CASE WHEN block_index < %(current)s
+    THEN unworked ELSE 0 END), 0)::bigint AS works_failed,
+  coalesce(sum(harvests_succeeded), 0)::bigint AS harvests_succeeded,
+  coalesce(sum(harvests_failed), 0)::bigint AS harvests_failed,
+  coalesce(sum(total_staked), 0)::bigint AS total_staked,
+  coalesce(sum(total_rewards), 0)::bigint AS total_rewards
+FROM c
+"""
+
+
+@dataclass(frozen=True)
+class BlockTotals:
+    """The statistics' sums over blocks: how many, their outcome counts and amounts."""
+
+    blocks: int
+    plants_succeeded: int
+    plants_failed: int
+    works_succeeded: int
+    works_failed: int
+    harvests_succeeded: int
+    harvests_failed: int
+    total_staked: int
+    total_rewards: int
 
 
 @dataclass(frozen=True)
@@ -179,6 +205,17 @@ class BlockStore:
         }
         return await fetch_all(self.pool, BlockRow, sql, params)
 
+    async def totals(self, current: int, pooler_id: UUID | None, since: int | None) -> BlockTotals:
+        """The sums over the blocks of one pooler or all (`since`: from that block on)."""
+        found = await fetch_one(
+            self.pool,
+            BlockTotals,
+            _TOTALS,
+            {"pooler": pooler_id, "current": current, "since": since},
+        )
+        assert found is not None
+        return found
+
     async def block_poolers(self, current: int, block_index: int) -> list[tuple[UUID, BlockRow]]:
         """The summary of each pooler that took part in the block."""
         ids = await fetch_values(
@@ -257,10 +294,9 @@ class BlockStore:
             " (SELECT coalesce(sum(current_balance), 0) FROM farmers)::bigint AS balance,"
             " (SELECT coalesce(-sum(amount), 0) FROM balance_ledger"
             "   WHERE kind IN ('payout', 'payout_reversal'))::bigint AS paid_out,"
-            " (SELECT coalesce(sum(amount), 0) FROM compensation_status"
-            "   WHERE NOT is_paid)::bigint AS comp_unpaid,"
-            " (SELECT coalesce(sum(amount), 0) FROM compensation_status"
-            "   WHERE is_paid)::bigint AS comp_paid",
+            # kept per (pooler, owed_by) as compensations are written and paid
+            " (SELECT coalesce(sum(unpaid), 0) FROM compensation_totals)::bigint AS comp_unpaid,"
+            " (SELECT coalesce(sum(paid), 0) FROM compensation_totals)::bigint AS comp_paid",
         )
         assert figures is not None
         return figures

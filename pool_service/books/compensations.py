@@ -26,7 +26,9 @@ successful harvests in the whole pool (none: 0). A zero amount writes nothing (t
 table requires a positive one). The database's `pooler_compensations_once` makes the
 writes idempotent: every pass may run them again, concurrent replicas included.
 
-Read back through the `compensation_status` view, which adds whether each is paid.
+Read back through the `compensation_status` view, which adds whether each is paid; the
+sums owed and paid per pooler from `compensation_totals`, which the database keeps as
+compensations are written and paid (migration 0025).
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ COMPENSATION_COLUMNS = (
 
 # One statement, so one snapshot for all of it: the blocks over (below %(current)s)
 # whose worked pails all settled, with their mean reward; what each owes, written; and
-# each settled block's event count remembered in `settled_blocks`.
+# each settled block's event count remembered in `settled_blocks` (the database then
+# remembers the block's outcome counts with it, `settled_block_counts`, migration 0025).
 # A planted pail's work is settled once it succeeded, was observed on chain, or the pail
 # was harvested (by anyone); a pail planted at or before %(oldest_ledger)s is past its
 # lifetime and nothing more can be learnt of it.
@@ -93,12 +96,9 @@ COMPENSATION_COLUMNS = (
 # (`pooler_compensations_once`), so nothing is missed and nothing is counted twice.
 SETTLE = """
 WITH seen AS (
-  SELECT c.block_index, c.events FROM (
-    SELECT b.block_index, sum(b.successful_plants + b.failed_plants + b.successful_works
-      + b.failed_works + b.successful_harvests + b.failed_harvests)::bigint AS events
-    FROM block_operations b WHERE b.block_index < %(current)s GROUP BY b.block_index) c
-  WHERE NOT EXISTS (SELECT 1 FROM settled_blocks s WHERE s.block_index = c.block_index
-    AND s.events = c.events)
+  SELECT c.block_index, c.events FROM block_event_counts c
+  WHERE c.block_index < %(current)s AND NOT EXISTS (SELECT 1 FROM settled_blocks s
+    WHERE s.block_index = c.block_index AND s.events = c.events)
 ), settled AS (
   SELECT b.block_index, b.events FROM seen b WHERE NOT EXISTS (
     SELECT 1 FROM works w WHERE w.block_index = b.block_index AND w.status = 'success'
@@ -240,31 +240,39 @@ class CompensationStore:
     async def totals(
         self, pooler_id: UUID | None, farmer_id: UUID | None, owed_by: Fault | None
     ) -> OwedPaid:
-        """What the compensations matching these filters leave owed and had paid."""
-        found = await fetch_one(
-            self.pool,
-            OwedPaid,
-            "SELECT coalesce(sum(amount) FILTER (WHERE NOT is_paid), 0)::bigint AS owed,"
-            " coalesce(sum(amount) FILTER (WHERE is_paid), 0)::bigint AS paid"
-            " FROM compensation_status"
-            " WHERE (%(p)s::uuid IS NULL OR pooler_id = %(p)s::uuid)"
-            " AND (%(f)s::uuid IS NULL OR farmer_id = %(f)s::uuid)"
-            " AND (%(o)s::text IS NULL OR owed_by::text = %(o)s::text)",
-            {"p": pooler_id, "f": farmer_id, "o": owed_by},
-        )
+        """What the compensations matching these filters leave owed and had paid: from
+        the totals kept per (pooler, owed_by) (`compensation_totals`, one row each), or
+        for one farmer from that farmer's compensations (a few, by its index)."""
+        params = {"p": pooler_id, "f": farmer_id, "o": owed_by}
+        if farmer_id is None:
+            sql = (
+                "SELECT coalesce(sum(unpaid), 0)::bigint AS owed,"
+                " coalesce(sum(paid), 0)::bigint AS paid FROM compensation_totals"
+                " WHERE (%(p)s::uuid IS NULL OR pooler_id = %(p)s::uuid)"
+                " AND (%(o)s::text IS NULL OR owed_by::text = %(o)s::text)"
+            )
+        else:
+            sql = (
+                "SELECT coalesce(sum(amount) FILTER (WHERE NOT is_paid), 0)::bigint AS owed,"
+                " coalesce(sum(amount) FILTER (WHERE is_paid), 0)::bigint AS paid"
+                " FROM compensation_status WHERE farmer_id = %(f)s::uuid"
+                " AND (%(p)s::uuid IS NULL OR pooler_id = %(p)s::uuid)"
+                " AND (%(o)s::text IS NULL OR owed_by::text = %(o)s::text)"
+            )
+        found = await fetch_one(self.pool, OwedPaid, sql, params)
         assert found is not None
         return found
 
     async def unpaid(self, pooler_id: UUID) -> Unpaid:
         """What the pooler's compensations leave unpaid: owed by the pooler, and owed by
-        the pool to the pooler's farmers."""
+        the pool to the pooler's farmers (`compensation_totals`: two rows)."""
         found = await fetch_one(
             self.pool,
             Unpaid,
-            "SELECT coalesce(sum(amount) FILTER (WHERE owed_by = 'pooler'), 0)::bigint"
+            "SELECT coalesce(sum(unpaid) FILTER (WHERE owed_by = 'pooler'), 0)::bigint"
             "  AS by_pooler,"
-            " coalesce(sum(amount) FILTER (WHERE owed_by = 'pool'), 0)::bigint AS by_pool"
-            " FROM compensation_status WHERE pooler_id = %s AND NOT is_paid",
+            " coalesce(sum(unpaid) FILTER (WHERE owed_by = 'pool'), 0)::bigint AS by_pool"
+            " FROM compensation_totals WHERE pooler_id = %s",
             (pooler_id,),
         )
         assert found is not None

@@ -502,14 +502,25 @@ class CompensationPaymentStore:
         return await fetch_all(
             self.pool,
             CompensationDue,
+            # `unpaid_compensations` (kept by the database as compensations are written
+            # and paid) holds the unpaid ones alone, with their farmer: for each farmer
+            # who can receive, its oldest `limit` with no payment under way (by the
+            # farmer's index), then the oldest of all those: the same rows as the oldest
+            # `limit` overall; no paid one is read, nor one of a farmer who cannot
+            # receive. Each is
+            # looked up by its id (OFFSET 0: not a join over every compensation).
             "SELECT c.id AS compensation_id, c.farmer_id, f.custodial_public_key AS farmer_key,"
             " c.pooler_id, c.owed_by::text AS owed_by, c.amount"
-            " FROM compensation_status c JOIN farmers f ON f.id = c.farmer_id"
-            " WHERE NOT c.is_paid AND f.is_funded AND f.status <> 'departed'"
-            " AND NOT EXISTS (SELECT 1 FROM compensation_payments p"
-            "  WHERE p.compensation_id = c.id AND p.status <> 'failed')"
-            " ORDER BY c.id LIMIT %s",
-            (limit,),
+            " FROM farmers f CROSS JOIN LATERAL (SELECT u.compensation_id"
+            "  FROM unpaid_compensations u WHERE u.farmer_id = f.id"
+            "  AND NOT EXISTS (SELECT 1 FROM compensation_payments p"
+            "   WHERE p.compensation_id = u.compensation_id AND p.status <> 'failed')"
+            "  ORDER BY u.compensation_id LIMIT %(n)s) u"
+            " CROSS JOIN LATERAL (SELECT * FROM pooler_compensations c"
+            "  WHERE c.id = u.compensation_id OFFSET 0) c"
+            " WHERE f.is_funded AND f.status <> 'departed'"
+            " ORDER BY u.compensation_id LIMIT %(n)s",
+            {"n": limit},
         )
 
     async def create(self, due: CompensationDue, account_id: UUID) -> UUID | None:

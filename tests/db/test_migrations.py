@@ -63,6 +63,9 @@ SCHEMA_TABLES = {
     "pool.contract_acks",
     "pool.action_nonces",
     "pool.settled_blocks",
+    "pool.settled_block_counts",
+    "pool.compensation_totals",
+    "pool.unpaid_compensations",
 }
 OUR_SCHEMAS = ("public", "pool", "wallet", "shared")
 

@@ -336,6 +336,40 @@ def test_a_service_cannot_pose_as_the_rebuild_to_write_derived_state(
     assert after == before
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE pool.compensation_totals SET unpaid = 0",
+        "INSERT INTO pool.compensation_totals SELECT id, 'pool', 0, 1 FROM pool.poolers",
+        "DELETE FROM pool.unpaid_compensations",
+        "INSERT INTO pool.settled_block_counts SELECT pooler_id, block_index, 0, 9, 9, 9, 9, 9,"
+        " 9, 9, 9, 9 FROM pool.block_operations",
+        "SELECT pool.remember_block_counts(7)",
+    ],
+)
+def test_the_pool_cannot_pose_as_the_rebuild_to_write_derived_totals(
+    db: Conn, books: dict[str, Any], as_role: Any, statement: str
+) -> None:
+    """The totals of 0025 are written by the triggers alone: the pool's role, which the
+    triggers write them as, is refused a write of its own, the rebuild's flag set."""
+    tables = ("compensation_totals", "unpaid_compensations", "settled_block_counts")
+    with db.transaction():  # a remembered row that differs, so a remember would write
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute(
+            "INSERT INTO settled_block_counts SELECT pooler_id, block_index, 0, 1, 1, 1, 1, 1,"
+            " 1, 1, 1, 1 FROM block_operations"
+        )
+    before = [db.execute(f"SELECT * FROM pool.{t} ORDER BY 1").fetchall() for t in tables]
+    assert before[0] and before[1]  # books holds an unpaid compensation
+    conn = as_role(POOL)
+    with conn.transaction():
+        conn.execute("SET LOCAL kalepool.rebuilding_derived = 'on'")
+        with pytest.raises(errors.GeneratedAlways):
+            conn.execute(statement)
+    after = [db.execute(f"SELECT * FROM pool.{t} ORDER BY 1").fetchall() for t in tables]
+    assert after == before
+
+
 def test_the_owner_still_rebuilds_derived_state(db: Conn, books: dict[str, Any]) -> None:
     farmer = books["farmer"]
     db.execute("SELECT set_config('kalepool.rebuilding_derived', 'on', false)")

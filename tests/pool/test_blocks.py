@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from kalepool.chain import build_work, current_block, sign, submit
+from kalepool.db.consistency import check_consistency
 from kalepool.v1 import common_pb2, pool_pb2, pooler_pb2, records_pb2
 from pool_service.harvesting import Harvester
 from tests.chain.stage import mine
@@ -242,6 +243,90 @@ def _events(pool: PoolStage, block: int) -> int:
     return int(row[0])
 
 
+def _remembered(pool: PoolStage, block: int) -> list[int]:
+    """The event counts the block's remembered outcome counts were computed on."""
+    with psycopg.connect(pool.conninfo) as conn:
+        rows = conn.execute(
+            "SELECT events FROM settled_block_counts WHERE block_index = %s ORDER BY pooler_id",
+            (block,),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+async def _stats_are_the_blocks_sums(pool: PoolStage, pooler_ids: list[str]) -> None:
+    """The all-time statistics (remembered counts where a block settled) equal the sums
+    of the blocks as ListBlocks computes them, live from the events; the compensation
+    sums (kept as they are written and paid) equal the sums of the listed ones."""
+    op = pool.operator()
+    for pid in ["", *pooler_ids]:
+        page = common_pb2.Pagination(page_size=100)
+        listed = await op.ListBlocks(pool_pb2.ListBlocksRequest(pooler_id=pid, pagination=page))
+        assert not listed.next_page_token
+        counts = pool_pb2.CycleCounts()
+        for b in listed.blocks:
+            for field in ("plants_succeeded", "plants_failed", "works_succeeded"):
+                setattr(counts, field, getattr(counts, field) + getattr(b.counts, field))
+            for field in ("works_failed", "harvests_succeeded", "harvests_failed"):
+                setattr(counts, field, getattr(counts, field) + getattr(b.counts, field))
+        rewards = sum(b.total_reward_stroops for b in listed.blocks)
+        if pid:
+            stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pid))
+            assert (stats.blocks, stats.counts, stats.total_reward_stroops) == (
+                len(listed.blocks),
+                counts,
+                rewards,
+            )
+        else:
+            every = await op.GetPoolStats(pool_pb2.GetPoolStatsRequest())
+            staked = sum(b.total_staked_stroops for b in listed.blocks)
+            assert (every.blocks, every.counts, every.total_reward_stroops) == (
+                len(listed.blocks),
+                counts,
+                rewards,
+            )
+            assert every.total_staked_stroops == staked
+
+    everything = await op.ListCompensations(
+        pool_pb2.ListCompensationsRequest(pagination=common_pb2.Pagination(page_size=100))
+    )
+    assert not everything.next_page_token
+    comps = list(everything.compensations)
+    requests = [pool_pb2.ListCompensationsRequest()]
+    requests += [pool_pb2.ListCompensationsRequest(pooler_id=p) for p in pooler_ids]
+    requests += [pool_pb2.ListCompensationsRequest(farmer_id=c.farmer_id) for c in comps]
+    requests += [
+        pool_pb2.ListCompensationsRequest(owed_by=party)
+        for party in (common_pb2.FAULT_PARTY_POOL, common_pb2.FAULT_PARTY_POOLER)
+    ]
+    for request in requests:
+        got = await op.ListCompensations(request)
+        mine = [
+            c
+            for c in comps
+            if request.pooler_id in ("", c.pooler_id)
+            and request.farmer_id in ("", c.farmer_id)
+            and request.owed_by in (common_pb2.FAULT_PARTY_UNSPECIFIED, c.owed_by)
+        ]
+        assert (got.owed_stroops, got.paid_stroops) == (
+            sum(c.amount_stroops for c in mine if not c.paid),
+            sum(c.amount_stroops for c in mine if c.paid),
+        )
+    every = await op.GetPoolStats(pool_pb2.GetPoolStatsRequest())
+    assert (every.compensations_unpaid_stroops, every.compensations_paid_stroops) == (
+        sum(c.amount_stroops for c in comps if not c.paid),
+        sum(c.amount_stroops for c in comps if c.paid),
+    )
+    for pid in pooler_ids:
+        stats = await op.GetPoolerStats(pool_pb2.GetPoolerStatsRequest(pooler_id=pid))
+        unpaid = [c for c in comps if c.pooler_id == pid and not c.paid]
+        assert (stats.compensations_owed_stroops, stats.compensations_due_stroops) == (
+            sum(c.amount_stroops for c in unpaid if c.owed_by == common_pb2.FAULT_PARTY_POOLER),
+            sum(c.amount_stroops for c in unpaid if c.owed_by == common_pb2.FAULT_PARTY_POOL),
+        )
+    with psycopg.connect(pool.conninfo) as conn:
+        assert check_consistency(conn) == []
+
+
 async def test_missing_work_is_compensated_once_by_the_pooler(
     pool: PoolStage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,6 +373,9 @@ async def test_missing_work_is_compensated_once_by_the_pooler(
     # it while the count stands); the late plants below change the count.
     settled_on = _settled_on(pool, w.block)
     assert settled_on is not None and settled_on[0] == _events(pool, w.block)
+    # Its outcome counts are remembered with it, and read by the statistics.
+    assert _remembered(pool, w.block) == [settled_on[0]]
+    await _stats_are_the_blocks_sums(pool, [w.pooler.pooler_id])
     pool_fault = await pool.funded_farmer(w.pooler.pooler_id)
     own_fault = await pool.funded_farmer(w.pooler.pooler_id)
     with psycopg.connect(pool.conninfo, autocommit=True) as conn:
@@ -300,6 +388,9 @@ async def test_missing_work_is_compensated_once_by_the_pooler(
                 " error_code, error_message) VALUES (%s, %s, %s, 'failed', %s, %s, 'refused')",
                 (w.block, farmer.farmer_id, w.pooler.pooler_id, fault, code),
             )
+    # Late events: the remembered counts no longer count (the block is summed live).
+    assert _remembered(pool, w.block) == [settled_on[0]] != [_events(pool, w.block)]
+    await _stats_are_the_blocks_sums(pool, [w.pooler.pooler_id])
     # Asked again, and by the background loop: each written once.
     await pool.pooler().RequestHarvest(
         pooler_pb2.RequestHarvestRequest(block_index=w.block), metadata=w.auth
@@ -321,6 +412,7 @@ async def test_missing_work_is_compensated_once_by_the_pooler(
     # passes with no new event leave its record as it was.
     resettled = _settled_on(pool, w.block)
     assert resettled is not None and resettled[0] == settled_on[0] + 2
+    assert _remembered(pool, w.block) == [resettled[0]]
     seen = passes
     await until(lambda: passes >= seen + 3, what="three more passes of the harvest loop")
     assert _settled_on(pool, w.block) == resettled
@@ -349,3 +441,4 @@ async def test_missing_work_is_compensated_once_by_the_pooler(
     assert paid.compensations[0].paid and paid.compensations[0].paid_at.seconds > 0
     unpaid = await op.ListCompensations(pool_pb2.ListCompensationsRequest(unpaid_only=True))
     assert [x.farmer_id for x in unpaid.compensations] == [pool_fault.farmer_id]
+    await _stats_are_the_blocks_sums(pool, [w.pooler.pooler_id])

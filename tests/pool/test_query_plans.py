@@ -20,6 +20,10 @@ WHOLE_TABLE_READS: dict[str, str] = {
         "every compensation is listed to tell the paid from the unpaid (a join on the"
         " ledger no index can answer); pooler_compensations holds failures only"
     ),
+    "FROM k JOIN block_event_counts": (
+        "the statistics' sums read one block_operations row per (pooler, block) for the"
+        " blocks' event counts; the events themselves only for blocks not settled"
+    ),
 }
 
 
