@@ -39,7 +39,6 @@ import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +47,7 @@ from figures import write_figures
 from stellar_sdk import Account, Asset, Keypair, TransactionBuilder, TransactionEnvelope
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
+from kalepool.amounts import exact_kale
 from kalepool.app.demo import confirm_funding
 from kalepool.app.funding import KALE, Friendbot, ensure_account, ensure_trustline, wait_for_account
 from kalepool.app.operator import OperatorClient
@@ -450,7 +450,7 @@ async def give_kale(chain: ChainClient, bot: Friendbot, keys: list[Keypair], str
 
     await gather_limited(16, [funder_ready(f, c) for f, c in zip(funders, chunks, strict=True)])
     passphrase = chain.config.network_passphrase
-    amount = str(Decimal(stroops) / KALE)
+    amount = exact_kale(stroops)
 
     async def one(funder: Keypair, chunk: list[Keypair]) -> None:
         acc = await read_account(chain, funder.public_key)
@@ -607,7 +607,8 @@ async def plant_ceiling(
     max_time = now + 600
 
     async def build(key: Keypair, acc: Any) -> SignedTx:
-        assert acc is not None and acc.kale is not None and acc.kale.balance >= stake
+        assert acc is not None
+        assert stake == 0 or (acc.kale is not None and acc.kale.balance >= stake)
         account = Account(key.public_key, acc.sequence)
         return sign(
             await build_plant(
@@ -700,7 +701,7 @@ async def bench(args: argparse.Namespace) -> list[Run]:
     async with Stack(args, biggest) as stack:
         made = await onboarded_pooler(stack, biggest, args.concurrency)
         keys = await funded_keys(stack.chain, stack.bot, biggest)
-        if args.plant_ceiling:
+        if args.plant_ceiling and stake > 0:
             # Each account plants once per N: enough KALE for every stake.
             await give_kale(stack.chain, stack.bot, keys, stake * len(args.farmers))
         channel, stub = stack.pooler_stub()
@@ -763,12 +764,16 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the ceiling of N plants (a block of its own per N)",
     )
     parser.add_argument(
-        "--stake-kale", type=int, default=1, help="each ceiling plant's stake, in KALE (> 0)"
+        "--stake-kale",
+        type=int,
+        default=1,
+        help="each ceiling plant's stake, in KALE (0: no KALE moves, as for this bench's"
+        " farmers, who hold none)",
     )
     common_arguments(parser)
     args = parser.parse_args(argv)
-    if args.stake_kale < 1:
-        parser.error("--stake-kale must be 1 or more")
+    if args.stake_kale < 0:
+        parser.error("--stake-kale must be 0 or more")
     runs = asyncio.run(bench(args))
     write_figures(args.json, [r.figures() for r in runs])
     return 0
