@@ -11,10 +11,18 @@ For each N, in its own block:
   farmer shows as an assignment of the block (its pail on chain, recorded by the pool;
   looked for every 0.5 s); the ledgers the pails landed in are counted;
 - **ceiling**: N independent XLM payments (one per account, so no sequence conflicts)
-  sent to the same devnet at once and followed to their ledgers, in the same run.
+  sent to the same devnet at once and followed to their ledgers, in the same run;
+- **plant ceiling**: N independent `plant` calls (one per fresh account holding KALE,
+  each staking some, paid and signed by the farmer as the wallet does), built and
+  simulated with the chain client's own builders the moment a block is due (a plant's
+  footprint names the block it opens), then, with the clock started, sent all at once
+  and followed to their ledgers: what the devnet alone can apply of the same kind of
+  transaction, in its own block.
 
-It prints the plant rate (farmers/s), the ceiling (transactions/s) and their ratio. No
-assertion: absolute times depend on what else runs on the machine.
+It prints the plant rate (farmers/s), both ceilings (transactions/s) and the ratios, and
+the CPU seconds each process of the stack spent: during the backend's plant, and during
+the plant ceiling's simulations and its application (the devnet's alone is the chain's
+cost per plant). No assertion: absolute times depend on what else runs on the machine.
 
     .venv/bin/python bench/plant_bench.py --farmers 200 500
 """
@@ -30,21 +38,30 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from figures import write_figures
-from stellar_sdk import Account, Asset, Keypair, TransactionBuilder
+from stellar_sdk import Account, Asset, Keypair, TransactionBuilder, TransactionEnvelope
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
+from kalepool.amounts import exact_kale
 from kalepool.app.demo import confirm_funding
-from kalepool.app.funding import Friendbot, ensure_account
+from kalepool.app.funding import KALE, Friendbot, ensure_account, ensure_trustline, wait_for_account
 from kalepool.app.operator import OperatorClient
 from kalepool.app.poolers import PoolerBundle, provision_pooler
 from kalepool.app.runstate import RunState
-from kalepool.chain import ChainClient, SignedTx, current_block, read_account, submit
+from kalepool.chain import (
+    ChainClient,
+    SignedTx,
+    build_plant,
+    current_block,
+    read_account,
+    sign,
+    submit,
+)
 from kalepool.chain.config import resolve_chain_config
 from kalepool.settings import Network, Settings
 from kalepool.tls import POOL_SERVER, Identity, channel_credentials
@@ -56,8 +73,39 @@ KALE_POOL = shutil.which("kale-pool", path=str(Path(sys.executable).parent))
 
 
 @dataclass
+class PlantCeiling:
+    """N plants the devnet applied with no backend in between: built and simulated
+    (`prepare_*`), then sent at once and followed to their ledgers."""
+
+    plants: int
+    seconds: float
+    ledgers: int
+    in_first_two: int  # applied in the block's first two ledgers
+    prepare_seconds: float
+    prepare_cpu: dict[str, float]  # CPU seconds by process while building and simulating
+    cpu: dict[str, float]  # ... while sending and applying
+
+    @property
+    def rate(self) -> float:
+        return self.plants / self.seconds
+
+    def line(self) -> str:
+        devnet = self.cpu.get("devnet", 0.0)
+        simulate = self.prepare_cpu.get("devnet", 0.0)
+        return (
+            f"  plant ceiling: {self.plants} in {self.seconds:5.1f} s over {self.ledgers}"
+            f" ledgers ({self.rate:6.1f} tx/s; {self.in_first_two} in the first two), prepared"
+            f" in {self.prepare_seconds:.1f} s\n  plant ceiling devnet CPU: apply"
+            f" {devnet:.1f} s ({devnet / self.plants * 1e3:.1f} ms/plant), simulate"
+            f" {simulate:.1f} s ({simulate / self.plants * 1e3:.1f} ms/plant)\n"
+            f"  plant ceiling apply {_cpu(self.cpu)}\n  plant ceiling simulate"
+            f" {_cpu(self.prepare_cpu)}"
+        )
+
+
+@dataclass
 class Run:
-    """One N: the plant and the ceiling measured beside it."""
+    """One N: the plant and the ceilings measured beside it."""
 
     farmers: int
     planted: int
@@ -65,6 +113,10 @@ class Run:
     plant_ledgers: int
     ceiling_seconds: float
     ceiling_ledgers: int
+    # Added with the plant ceiling (the fields above are the bench's first figures).
+    plant_in_first_two: int = 0  # pails in the block's first two ledgers
+    plant_cpu: dict[str, float] = field(default_factory=dict)  # CPU s by process, the plant
+    plant_ceiling: PlantCeiling | None = None
 
     @property
     def plant_rate(self) -> float:
@@ -78,13 +130,34 @@ class Run:
     def ratio(self) -> float:
         return self.plant_rate / self.ceiling_rate
 
+    @property
+    def plant_ratio(self) -> float | None:
+        """The plant rate against the plant ceiling's."""
+        return None if self.plant_ceiling is None else self.plant_rate / self.plant_ceiling.rate
+
     def line(self) -> str:
-        return (
+        text = (
             f"N={self.farmers:5d}  plant: {self.planted} in {self.plant_seconds:6.1f} s over "
-            f"{self.plant_ledgers:3d} ledgers ({self.plant_rate:6.1f}/s)  ceiling: "
+            f"{self.plant_ledgers:3d} ledgers ({self.plant_rate:6.1f}/s;"
+            f" {self.plant_in_first_two} in the first two)  ceiling: "
             f"{self.ceiling_seconds:5.1f} s over {self.ceiling_ledgers} ledgers "
             f"({self.ceiling_rate:6.1f} tx/s)  ratio {self.ratio:.3f}"
         )
+        if self.plant_cpu:
+            text += f"\n  plant {_cpu(self.plant_cpu)}"
+        if self.plant_ceiling is not None:
+            text += f"\n{self.plant_ceiling.line()}\n  ratio to the plant ceiling"
+            text += f" {self.plant_ratio:.3f}"
+        return text
+
+    def figures(self) -> dict[str, Any]:
+        """The JSON figures: the fields and the ratios."""
+        rate = None if self.plant_ceiling is None else self.plant_ceiling.rate
+        return asdict(self) | {
+            "ratio": self.ratio,
+            "plant_ceiling_rate": rate,
+            "plant_ratio": self.plant_ratio,
+        }
 
 
 def stack_env(data: Path, args: argparse.Namespace) -> dict[str, str]:
@@ -337,17 +410,61 @@ async def create_accounts(
             builder.append_create_account_op(address, str(xlm))
         tx = builder.build()
         tx.sign(funder)
-        # Sent and followed by hand: the chain client's submission takes one operation.
-        sent = await chain.rpc.send_transaction(tx)
-        if sent.status != SendTransactionStatus.PENDING:
-            raise SystemExit(f"creating accounts refused: {sent.status} {sent.error_result_xdr}")
-        while True:
-            await asyncio.sleep(1)
-            got = await chain.rpc.get_transaction(sent.hash)
-            if got.status == GetTransactionStatus.SUCCESS:
-                return
-            if got.status != GetTransactionStatus.NOT_FOUND:
-                raise SystemExit(f"creating accounts failed: {got.status} {got.result_xdr}")
+        await send_batch(chain, tx, "creating accounts")
+
+    await asyncio.gather(*(one(f, c) for f, c in zip(funders, chunks, strict=True)))
+
+
+async def send_batch(chain: ChainClient, tx: TransactionEnvelope, what: str) -> None:
+    """Send a signed transaction of many operations and wait until it applies (by hand:
+    the chain client's submission takes one operation)."""
+    sent = await chain.rpc.send_transaction(tx)
+    if sent.status != SendTransactionStatus.PENDING:
+        raise SystemExit(f"{what} refused: {sent.status} {sent.error_result_xdr}")
+    while True:
+        await asyncio.sleep(1)
+        got = await chain.rpc.get_transaction(sent.hash)
+        if got.status == GetTransactionStatus.SUCCESS:
+            return
+        if got.status != GetTransactionStatus.NOT_FOUND:
+            raise SystemExit(f"{what} failed: {got.status} {got.result_xdr}")
+
+
+# Accounts given KALE per transaction: each signs its trustline, and an envelope holds 20
+# signatures at most (the funder's is one).
+KALE_PER_TX = 19
+
+
+async def give_kale(chain: ChainClient, bot: Friendbot, keys: list[Keypair], stroops: int) -> None:
+    """A KALE trustline and `stroops` of KALE for each of `keys` (existing accounts): a
+    funder per nineteen, given the KALE by the friendbot, sends one transaction of their
+    trustlines (each signed by its account) and payments, all at once."""
+    chunks = [keys[i : i + KALE_PER_TX] for i in range(0, len(keys), KALE_PER_TX)]
+    funders = [Keypair.random() for _ in chunks]
+
+    async def funder_ready(funder: Keypair, chunk: list[Keypair]) -> None:
+        await ensure_account(chain, bot, funder.public_key)
+        await ensure_trustline(chain, funder)
+        await bot.kale_stroops(funder.public_key, stroops * len(chunk))
+        await wait_for_account(chain, funder.public_key, kale_at_least=stroops * len(chunk))
+
+    await gather_limited(16, [funder_ready(f, c) for f, c in zip(funders, chunks, strict=True)])
+    passphrase = chain.config.network_passphrase
+    amount = exact_kale(stroops)
+
+    async def one(funder: Keypair, chunk: list[Keypair]) -> None:
+        acc = await read_account(chain, funder.public_key)
+        assert acc is not None
+        builder = TransactionBuilder(
+            Account(funder.public_key, acc.sequence), passphrase, base_fee=100
+        ).set_timeout(120)
+        for key in chunk:
+            builder.append_change_trust_op(chain.config.asset, source=key.public_key)
+            builder.append_payment_op(key.public_key, chain.config.asset, amount)
+        tx = builder.build()
+        for signer in (funder, *chunk):
+            tx.sign(signer)
+        await send_batch(chain, tx, "giving KALE")
 
     await asyncio.gather(*(one(f, c) for f, c in zip(funders, chunks, strict=True)))
 
@@ -469,6 +586,58 @@ async def ceiling(chain: ChainClient, keys: list[Keypair]) -> tuple[float, int]:
     return seconds, max(ledgers) - min(ledgers) + 1
 
 
+def in_first_two(ledgers: list[int]) -> int:
+    """How many of a block's pails landed in its first two ledgers (the first pail's
+    ledger opened the block)."""
+    return sum(1 for ledger in ledgers if ledger <= min(ledgers) + 1) if ledgers else 0
+
+
+async def plant_ceiling(
+    chain: ChainClient, keys: list[Keypair], stake: int, cpu: Callable[[], dict[str, float]]
+) -> PlantCeiling:
+    """N independent plants, one per account of `keys` (each holding at least `stake`
+    stroops of KALE), each paid and signed by its farmer as the wallet's are. Built and
+    simulated once a block is due (a plant's footprint names the block it would open, and
+    nobody else plants here), with time bounds wide enough for them all; then, clock
+    started, sent at once and followed to their ledgers."""
+    await when_due(chain)
+    cpu0, started = cpu(), time.monotonic()
+    accounts = await gather_limited(64, [read_account(chain, k.public_key) for k in keys])
+    now = (await chain.latest_ledger()).close_time
+    max_time = now + 600
+
+    async def build(key: Keypair, acc: Any) -> SignedTx:
+        assert acc is not None
+        assert stake == 0 or (acc.kale is not None and acc.kale.balance >= stake)
+        account = Account(key.public_key, acc.sequence)
+        return sign(
+            await build_plant(
+                chain, key.public_key, stake, source=account, now=now, max_time=max_time
+            ),
+            key,
+        )
+
+    signed = await gather_limited(16, [build(k, a) for k, a in zip(keys, accounts, strict=True)])
+    cpu1, prepared = cpu(), time.monotonic()
+    prepare_seconds, started = prepared - started, prepared
+    outcomes = await asyncio.gather(*(submit(chain, s) for s in signed))
+    seconds = time.monotonic() - started
+    cpu2 = cpu()
+    bad = [o.describe() for o in outcomes if not o.ok]
+    if bad:
+        raise SystemExit(f"ceiling plants failed ({len(bad)}): {bad[:3]}")
+    ledgers = [o.ledger or 0 for o in outcomes]
+    return PlantCeiling(
+        len(keys),
+        seconds,
+        max(ledgers) - min(ledgers) + 1,
+        in_first_two(ledgers),
+        prepare_seconds,
+        _spent(cpu0, cpu1),
+        _spent(cpu1, cpu2),
+    )
+
+
 async def when_due(chain: ChainClient) -> int:
     """Wait until the current block is due; the block a plant now opens."""
     while True:
@@ -480,13 +649,15 @@ async def when_due(chain: ChainClient) -> int:
         await asyncio.sleep(0.2)
 
 
-async def plant(stub: Any, key: str, chain: ChainClient, n: int) -> tuple[int, float, int]:
-    """(planted, seconds until the last pail's assignment, ledgers spanned), the plant
-    sent the moment a block is due."""
+async def plant(
+    stub: Any, key: str, chain: ChainClient, n: int, cpu: Callable[[], dict[str, float]]
+) -> tuple[list[int], float, dict[str, float]]:
+    """(the ledger of each planted pail, seconds until the last pail's assignment, CPU
+    seconds by process meanwhile), the plant sent the moment a block is due."""
     block = await when_due(chain)
+    before = cpu()
     ledgers, seconds = await plant_block(stub, key, block, n)
-    spanned = max(ledgers) - min(ledgers) + 1 if ledgers else 0
-    return len(ledgers), seconds, spanned
+    return ledgers, seconds, _spent(before, cpu())
 
 
 async def plant_block(stub: Any, key: str, block: int, n: int) -> tuple[list[int], float]:
@@ -526,14 +697,32 @@ async def plant_block(stub: Any, key: str, block: int, n: int) -> tuple[list[int
 async def bench(args: argparse.Namespace) -> list[Run]:
     runs: list[Run] = []
     biggest = max(args.farmers)
+    stake = args.stake_kale * KALE
     async with Stack(args, biggest) as stack:
         made = await onboarded_pooler(stack, biggest, args.concurrency)
         keys = await funded_keys(stack.chain, stack.bot, biggest)
+        if args.plant_ceiling and stake > 0:
+            # Each account plants once per N: enough KALE for every stake.
+            await give_kale(stack.chain, stack.bot, keys, stake * len(args.farmers))
         channel, stub = stack.pooler_stub()
         for n in args.farmers:
             c_seconds, c_ledgers = await ceiling(stack.chain, keys[:n])
-            planted, p_seconds, p_ledgers = await plant(stub, made.api_key, stack.chain, n)
-            run = Run(n, planted, p_seconds, p_ledgers, c_seconds, c_ledgers)
+            pc = None
+            if args.plant_ceiling:
+                pc = await plant_ceiling(stack.chain, keys[:n], stake, stack.cpu)
+            ledgers, p_seconds, p_cpu = await plant(stub, made.api_key, stack.chain, n, stack.cpu)
+            spanned = max(ledgers) - min(ledgers) + 1 if ledgers else 0
+            run = Run(
+                n,
+                len(ledgers),
+                p_seconds,
+                spanned,
+                c_seconds,
+                c_ledgers,
+                in_first_two(ledgers),
+                p_cpu,
+                pc,
+            )
             print(run.line(), flush=True)
             runs.append(run)
         await channel.close()
@@ -568,10 +757,25 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--farmers", type=int, nargs="+", default=[200, 500])
+    parser.add_argument(
+        "--no-plant-ceiling",
+        dest="plant_ceiling",
+        action="store_false",
+        help="skip the ceiling of N plants (a block of its own per N)",
+    )
+    parser.add_argument(
+        "--stake-kale",
+        type=int,
+        default=1,
+        help="each ceiling plant's stake, in KALE (0: no KALE moves, as for this bench's"
+        " farmers, who hold none)",
+    )
     common_arguments(parser)
     args = parser.parse_args(argv)
+    if args.stake_kale < 0:
+        parser.error("--stake-kale must be 0 or more")
     runs = asyncio.run(bench(args))
-    write_figures(args.json, [asdict(r) | {"ratio": r.ratio} for r in runs])
+    write_figures(args.json, [r.figures() for r in runs])
     return 0
 
 

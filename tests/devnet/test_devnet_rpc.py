@@ -13,7 +13,7 @@ from stellar_sdk.soroban_rpc import GetTransactionStatus
 
 from kale_devnet import identity
 
-from .kit import Kit
+from .kit import KALE, Kit
 
 
 async def raw_post(kit: Kit, body: Any, *, raw: bytes | None = None) -> tuple[int, Any]:
@@ -48,6 +48,37 @@ async def test_latest_ledger_moves_with_closes_and_decodes(kit: Kit) -> None:
     assert meta.v2 is not None
     assert meta.v2.ledger_header.header.ledger_seq.uint32 == latest.sequence
     assert meta.v2.ledger_header.hash.hash.hex() == latest.id
+
+
+async def test_latest_ledger_meta_carries_each_applied_transaction(kit: Kit) -> None:
+    """The close meta of a ledger with transactions (a plant staking KALE and a payment,
+    applied together) decodes, encodes back to the same bytes, and carries each one's
+    hash, result and metas as getTransaction reports them, in application order."""
+    farmer, payer = await kit.new_accounts(2, trust=True, kale=10 * KALE)
+    plant = await kit.prepare_invoke(
+        farmer, "plant", [scval.to_address(farmer.public_key), scval.to_int128(KALE)]
+    )
+    pay = (await kit.builder(payer)).append_payment_op(farmer.public_key, kit.asset, "1").build()
+    pay.sign(payer)
+    hashes = [(await kit.send(tx)).hash for tx in (plant, pay)]
+    await kit.close()
+    latest = await kit.rpc.get_latest_ledger()
+    meta = stellar_xdr.LedgerCloseMeta.from_xdr(latest.metadata_xdr)
+    assert meta.to_xdr() == latest.metadata_xdr
+    assert meta.v2 is not None
+    assert meta.v2.ledger_header.header.to_xdr() == latest.header_xdr
+    got = {h: await kit.rpc.get_transaction(h) for h in hashes}
+    assert all(g.status == GetTransactionStatus.SUCCESS for g in got.values())
+    applied = meta.v2.tx_processing
+    assert [e.result.transaction_hash.hash.hex() for e in applied] == sorted(
+        hashes, key=lambda h: got[h].application_order or 0
+    )
+    for entry in applied:
+        tx = got[entry.result.transaction_hash.hash.hex()]
+        assert entry.result.result.to_xdr() == tx.result_xdr
+        assert entry.tx_apply_processing.to_xdr() == tx.result_meta_xdr
+        assert entry.post_tx_apply_fee_processing.ledger_entry_changes == []
+    assert meta.v2.tx_set.to_xdr()  # the ledger's transaction set, decoded
 
 
 async def test_advance_time_moves_the_next_close(kit: Kit) -> None:
