@@ -23,7 +23,13 @@ from pool_service.books.payouts import PayoutRow, PayoutStore
 from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore, PlantRequestRow
 from pool_service.chain_view import ChainView
 from pool_service.payouts import Payouts
-from pool_service.planting import Planter, Unsettled, decide_answer, decide_refusal
+from pool_service.planting import (
+    Planter,
+    Unsettled,
+    decide_answer,
+    decide_item,
+    decide_refusal,
+)
 from pool_service.wallet import NOTHING_SIGNED, REFUSED_FOR_NOW, WalletClient
 
 FARMER = uuid.uuid4()
@@ -87,6 +93,21 @@ def test_a_key_used_with_other_parameters_is_pending_and_said_loudly(
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert REQUEST.idempotency_key in record.getMessage()
     assert "other parameters" in record.getMessage()
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK])
+def test_an_items_refusal_in_a_batch_is_judged_as_a_calls(code: grpc.StatusCode) -> None:
+    """A PlantBatch item's error settles (or leaves pending) its plant exactly as the same
+    status of a whole call would."""
+    result = wallet_pb2.PlantItemResult(
+        idempotency_key=REQUEST.idempotency_key,
+        error=wallet_pb2.ItemError(code=code.value[0], message="details"),
+    )
+    assert decide_item(REQUEST, result, late=False) == decide_refusal(REQUEST, _error(code))
+
+
+def test_an_item_the_batch_left_unanswered_stays_pending() -> None:
+    assert decide_item(REQUEST, None, late=False) is Unsettled.PENDING
 
 
 # --- one rule for planting and payouts --------------------------------------------------
@@ -236,13 +257,18 @@ def _settings(tmp_path: Path, **values: Any) -> Settings:
 
 
 class _Plants:
-    """A wallet stub that answers every Plant with one answer."""
+    """A wallet stub that answers every plant of a PlantBatch with one answer."""
 
     def __init__(self, answer: wallet_pb2.PlantResponse) -> None:
         self.answer = answer
 
-    async def Plant(self, request: wallet_pb2.PlantRequest, **options: Any) -> Any:
-        return self.answer
+    async def PlantBatch(self, request: wallet_pb2.PlantBatchRequest, **options: Any) -> Any:
+        return wallet_pb2.PlantBatchResponse(
+            results=[
+                wallet_pb2.PlantItemResult(idempotency_key=p.idempotency_key, plant=self.answer)
+                for p in request.plants
+            ]
+        )
 
 
 class _Recorder:
