@@ -862,23 +862,25 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         # Those sent and still followed are PENDING: their rows, in one read.
         following = [k for k, a in asks.items() if not a.done.done()]
         rows = await self.store.txs_by_keys(following) if following else {}
-        answers: list[wallet_pb2.PlantResponse | Exception] = []
-        for plant in plants:
+
+        async def answer(plant: PlantAsked) -> wallet_pb2.PlantResponse:
             ask = asks.get(plant.key)
             if ask is None:
-                answers.append(NotFound(f"the wallet service holds no wallet {plant.farmer}"))
-            elif ask.done.done():
-                try:
-                    answers.append(await self._plant_response(plant, ask.done.result()))
-                except Exception as exc:
-                    answers.append(exc)
-            else:
-                self._keep_followed(ask)
-                row = rows[plant.key]  # stored before it was sent
-                answers.append(
-                    wallet_pb2.PlantResponse(outcome=outcome_of_row(row, replayed=False))
-                )
-        return answers
+                raise NotFound(f"the wallet service holds no wallet {plant.farmer}")
+            if ask.done.done():
+                return await self._plant_response(plant, ask.done.result())
+            self._keep_followed(ask)
+            row = rows[plant.key]  # stored before it was sent
+            return wallet_pb2.PlantResponse(outcome=outcome_of_row(row, replayed=False))
+
+        # Together: a replayed success may read its pail from the chain.
+        answers = await asyncio.gather(*(answer(p) for p in plants), return_exceptions=True)
+        out: list[wallet_pb2.PlantResponse | Exception] = []
+        for got in answers:
+            if isinstance(got, BaseException) and not isinstance(got, Exception):
+                raise got
+            out.append(got)
+        return out
 
     def _plant_ask(self, wallet: WalletRow, plant: PlantAsked) -> TxAsk:
         """The transaction of one plant: its block checked before building (a refusal is
