@@ -408,7 +408,12 @@ class Planter:
                         timeout=self.settings.plant_timeout_seconds,
                     )
                 except grpc.aio.AioRpcError as exc:
-                    decisions = [decide_refusal(r, exc) for r in requests]
+                    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and len(requests) > 1:
+                        # One malformed item refuses the whole batch (nothing signed):
+                        # asked one by one below, only that one fails.
+                        decisions = None
+                    else:
+                        decisions = [decide_refusal(r, exc) for r in requests]
                 else:
                     results = {r.idempotency_key: r for r in response.results}
                     deadline = self.settings.plant_timeout_seconds
@@ -418,6 +423,11 @@ class Planter:
                     ]
         finally:
             self.driving.difference_update(ids)
+        if decisions is None:
+            alone = await asyncio.gather(
+                *(self._drive_batch([r], limit, when_sent) for r in requests)
+            )
+            return [row for rows in alone for row in rows]
         return list(
             await asyncio.gather(
                 *(self._record(r, d) for r, d in zip(requests, decisions, strict=True))

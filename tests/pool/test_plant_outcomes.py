@@ -313,3 +313,55 @@ async def test_a_block_that_moved_on_is_judged_by_the_requests_age(
     # The same path for a first call and the reconciler: only the age decides.
     assert row is not None and row.fault == fault
     assert [p.fault for p in store.recorded] == [fault]
+
+
+class _RefusesMalformed:
+    """A wallet stub that refuses a PlantBatch holding a malformed item whole
+    (INVALID_ARGUMENT, as the wallet does) and answers the others' plants with one answer."""
+
+    def __init__(self, answer: wallet_pb2.PlantResponse) -> None:
+        self.answer = answer
+        self.calls: list[int] = []
+
+    async def PlantBatch(self, request: wallet_pb2.PlantBatchRequest, **options: Any) -> Any:
+        self.calls.append(len(request.plants))
+        if any(p.farmer_address == "malformed" for p in request.plants):
+            raise _error(grpc.StatusCode.INVALID_ARGUMENT)
+        return wallet_pb2.PlantBatchResponse(
+            results=[
+                wallet_pb2.PlantItemResult(idempotency_key=p.idempotency_key, plant=self.answer)
+                for p in request.plants
+            ]
+        )
+
+
+async def test_a_batch_refused_for_one_malformed_item_fails_that_one_only(tmp_path: Path) -> None:
+    failed = _answer(
+        common_pb2.TX_STATUS_FAILED,
+        code=common_pb2.FAILURE_CODE_INSUFFICIENT_KALE,
+        fault=common_pb2.FAULT_PARTY_FARMER,
+    )
+    stub = _RefusesMalformed(failed)
+    store = _Recorder()
+    planter = Planter(
+        cast(FarmerStore, None),
+        cast(PlantingStore, store),
+        cast(WalletClient, type("W", (), {"stub": stub})()),
+        cast(ChainView, None),
+        _settings(tmp_path, plant_batch_size=10),
+        lambda _: None,
+    )
+    requests = [
+        dataclasses.replace(
+            REQUEST, id=i, idempotency_key=f"plant:{i}", custodial_public_key=address
+        )
+        for i, address in enumerate(["G" + "A" * 55, "malformed", "G" + "C" * 55])
+    ]
+    rows = await planter.drive_many(requests)
+    assert stub.calls == [3, 1, 1, 1]  # the batch, then each alone
+    assert [r.fault if r else None for r in rows] == ["farmer", "pool", "farmer"]
+    assert [r.error_code if r else None for r in rows] == [
+        "INSUFFICIENT_KALE",
+        "INTERNAL",
+        "INSUFFICIENT_KALE",
+    ]
