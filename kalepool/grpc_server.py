@@ -374,19 +374,25 @@ class _MapErrors(_CallScope):
         self.context = context
 
     async def error(self, exc: BaseException) -> NoReturn:
-        if isinstance(exc, StatusError):
-            await self.context.abort(exc.code, cut(redact(exc.message)))
-        for kind, code in self.owner.error_map.items():
-            if isinstance(exc, kind):
-                # a mapped exception's text may quote what it failed on (a URL, a value)
-                await self.context.abort(code, cut(redact(str(exc))))
-        # A bug: the caller learns an incident id, the log gets the traceback. Services
-        # must keep secrets out of exceptions too, since the log keeps them.
-        incident = uuid.uuid4().hex[:12]
-        log.error("unexpected error in %s (incident %s)", self.method, incident, exc_info=exc)
-        await self.context.abort(
-            grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log"
-        )
+        await self.context.abort(*status_of(exc, self.owner.error_map, self.method))
+
+
+def status_of(exc: BaseException, error_map: ErrorMap, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller gets for `exc` (raised by `method`): a
+    StatusError's own, a mapped exception's code with its text, else INTERNAL with an
+    incident id (the traceback goes to the log). The one rule for a call's error and for
+    the error of one item of a batch call."""
+    if isinstance(exc, StatusError):
+        return exc.code, cut(redact(exc.message))
+    for kind, code in error_map.items():
+        if isinstance(exc, kind):
+            # a mapped exception's text may quote what it failed on (a URL, a value)
+            return code, cut(redact(str(exc)))
+    # A bug: the caller learns an incident id, the log gets the traceback. Services
+    # must keep secrets out of exceptions too, since the log keeps them.
+    incident = uuid.uuid4().hex[:12]
+    log.error("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log"
 
 
 CallerCheck = Callable[[str], Awaitable[None]]

@@ -240,8 +240,17 @@ class Settings(BaseSettings):
         1000,
         ge=1,
         le=10000,
-        description="Plants (and harvests) the pool asks the wallet for at once; each waits"
-        " for its ledger without holding a chain RPC slot (see chain_rpc_concurrency).",
+        description="Wallet calls for plants (a PlantBatch is one call) and harvests the"
+        " pool has in flight at once; each waits for its ledger without holding a chain RPC"
+        " slot (see chain_rpc_concurrency).",
+    )
+    plant_batch_size: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Plants the pool sends the wallet in one PlantBatch call (the wallet"
+        " takes at most 1000): each call costs the wallet one rate-limit token, one block"
+        " check, one read of the accounts and one insert, whatever its size.",
     )
     chain_rpc_concurrency: int = Field(
         64,

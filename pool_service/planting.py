@@ -33,7 +33,7 @@ import asyncio
 import dataclasses
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -53,7 +53,13 @@ from pool_service.chain_view import ChainView
 from pool_service.contract_watch import ContractWatch
 from pool_service.locks import KeyedLocks
 from pool_service.metrics import PLANTS
-from pool_service.wallet import REFUSED_FOR_NOW, WalletClient, nothing_signed
+from pool_service.wallet import (
+    REFUSED_FOR_NOW,
+    ItemRefusal,
+    Refusal,
+    WalletClient,
+    nothing_signed,
+)
 
 log = logging.getLogger("pool_service")
 
@@ -139,7 +145,21 @@ def decide_answer(
     return _failed(request, tx_hash, fault, code, message)
 
 
-def decide_refusal(request: PlantRequestRow, exc: grpc.aio.AioRpcError) -> Decision:
+def decide_item(
+    request: PlantRequestRow, result: wallet_pb2.PlantItemResult | None, *, late: bool
+) -> Decision:
+    """What the wallet's answer to one item of a PlantBatch means: its plant's answer
+    (`decide_answer`) or its refusal (`decide_refusal`); an item the wallet did not
+    answer (never the case) proves nothing."""
+    if result is None:
+        log.warning("the wallet's batch answer left out plant %s", request.idempotency_key)
+        return Unsettled.PENDING
+    if result.HasField("error"):
+        return decide_refusal(request, ItemRefusal(result.error))
+    return decide_answer(request, result.plant, late=late)
+
+
+def decide_refusal(request: PlantRequestRow, exc: Refusal) -> Decision:
     """A wallet call that ended in an error status: a failure only when it proves nothing
     was signed and nothing will be; otherwise the plant may be on its way, or be asked
     again (a refusal for now), and stays pending."""
@@ -259,9 +279,20 @@ class Planter:
             [(a.farmer.id, plant_key(a.farmer.id, block_index), stake_for(a.farmer)) for a in todo],
         )
         by_farmer = {r.farmer_id: r for r in opened}
+        # Settled by a success already (e.g. the plant landed in the next block): its
+        # record; the others are asked of the wallet, in batches.
+        settled: list[tuple[Attempt, int]] = []
+        asked: list[tuple[Attempt, PlantRequestRow]] = []
         for a in todo:
-            a.request = by_farmer[a.farmer.id]
-        await asyncio.gather(*(self._attempt(a, when_sent) for a in todo))
+            request = a.request = by_farmer[a.farmer.id]
+            if request.settled_at is not None and request.planting_id is not None:
+                settled.append((a, request.planting_id))
+            else:
+                asked.append((a, request))
+        read = await asyncio.gather(*(self.plantings.planting(p) for _, p in settled))
+        driven = await self.drive_many([r for _, r in asked], when_sent=when_sent)
+        for (a, _), row in zip([*settled, *asked], [*read, *driven], strict=True):
+            a.row = row
         sent = [a.request for a in todo if a.row is None and a.request is not None]
         if when_sent and sent:
             # Answered now; each is followed to its record here (the reconciler is the
@@ -298,21 +329,13 @@ class Planter:
             ),
         )
 
-    async def _attempt(self, attempt: Attempt, when_sent: bool) -> None:
-        request = attempt.request
-        assert request is not None  # opened by `_plant`
-        if request.settled_at is not None and request.planting_id is not None:
-            # Settled by a success (e.g. the plant landed in the next block).
-            attempt.row = await self.plantings.planting(request.planting_id)
-            return
-        attempt.row = await self.drive(request, when_sent=when_sent)
-
     def _follow(self, pooler_id: UUID, block_index: int, requests: list[PlantRequestRow]) -> None:
         """Drive sent plants to their record in the background (the wallet answers each
-        once settled); the (pooler, block) is marked settled when all are."""
+        batch once its plants settled: one more call per batch, not per plant); the
+        (pooler, block) is marked settled when all are."""
 
         async def follow() -> None:
-            rows = await asyncio.gather(*(self.drive(r) for r in requests))
+            rows = await self.drive_many(requests)
             if all(row is not None for row in rows):
                 await self.plantings.plant_settled(pooler_id, block_index)
 
@@ -334,34 +357,86 @@ class Planter:
         *,
         when_sent: bool = False,
     ) -> PlantingRow | None:
-        """Ask the wallet for the request's plant (the same key and parameters every
-        time: it replays what it already signed) and record what the answer settles.
-        The record that settles the request, or None while its fate is unknown.
+        """`drive_many` of one request."""
+        (row,) = await self.drive_many([request], limit, when_sent=when_sent)
+        return row
 
-        At most `limit` (default: `plant_concurrency`, shared by RequestPlant calls) at
-        once; the reconciler passes a smaller limit of its own. `when_sent`: the wallet
-        answers once the plant is sent (PENDING: None here) instead of once settled."""
-        self.driving.add(request.id)
+    async def drive_many(
+        self,
+        requests: Sequence[PlantRequestRow],
+        limit: asyncio.Semaphore | None = None,
+        *,
+        when_sent: bool = False,
+    ) -> list[PlantingRow | None]:
+        """Ask the wallet for the requests' plants (the same key and parameters every
+        time: it replays what it already signed), `plant_batch_size` to a `PlantBatch`
+        call, and record what each answer settles. For each request, the record that
+        settles it, or None while its fate is unknown.
+
+        At most `limit` calls (default: `plant_concurrency`, shared by RequestPlant
+        calls) at once; the reconciler passes a smaller limit of its own. `when_sent`:
+        the wallet answers once the plants are sent (PENDING: None here) instead of once
+        settled."""
+        size = self.settings.plant_batch_size
+        batches = [requests[i : i + size] for i in range(0, len(requests), size)]
+        driven = await asyncio.gather(
+            *(self._drive_batch(b, limit or self._limit, when_sent) for b in batches)
+        )
+        return [row for rows in driven for row in rows]
+
+    async def _drive_batch(
+        self, requests: Sequence[PlantRequestRow], limit: asyncio.Semaphore, when_sent: bool
+    ) -> list[PlantingRow | None]:
+        ids = [r.id for r in requests]
+        self.driving.update(ids)
         try:
-            async with limit or self._limit:
+            async with limit:
                 try:
-                    response = await self.wallet.stub.Plant(
-                        wallet_pb2.PlantRequest(
-                            idempotency_key=request.idempotency_key,
-                            farmer_address=request.custodial_public_key,
-                            block_index=request.block_index,
-                            stake_stroops=request.stake_amount,
+                    response = await self.wallet.stub.PlantBatch(
+                        wallet_pb2.PlantBatchRequest(
+                            plants=[
+                                wallet_pb2.PlantItem(
+                                    idempotency_key=r.idempotency_key,
+                                    farmer_address=r.custodial_public_key,
+                                    block_index=r.block_index,
+                                    stake_stroops=r.stake_amount,
+                                )
+                                for r in requests
+                            ],
                             answer_when_sent=when_sent,
                         ),
                         timeout=self.settings.plant_timeout_seconds,
                     )
                 except grpc.aio.AioRpcError as exc:
-                    decision = decide_refusal(request, exc)
+                    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT and len(requests) > 1:
+                        # One malformed item refuses the whole batch (nothing signed):
+                        # asked one by one below, only that one fails.
+                        decisions = None
+                    else:
+                        decisions = [decide_refusal(r, exc) for r in requests]
                 else:
-                    late = request.age() >= self.settings.plant_timeout_seconds
-                    decision = decide_answer(request, response, late=late)
+                    results = {r.idempotency_key: r for r in response.results}
+                    deadline = self.settings.plant_timeout_seconds
+                    decisions = [
+                        decide_item(r, results.get(r.idempotency_key), late=r.age() >= deadline)
+                        for r in requests
+                    ]
         finally:
-            self.driving.discard(request.id)
+            self.driving.difference_update(ids)
+        if decisions is None:
+            alone = await asyncio.gather(
+                *(self._drive_batch([r], limit, when_sent) for r in requests)
+            )
+            return [row for rows in alone for row in rows]
+        return list(
+            await asyncio.gather(
+                *(self._record(r, d) for r, d in zip(requests, decisions, strict=True))
+            )
+        )
+
+    async def _record(self, request: PlantRequestRow, decision: Decision) -> PlantingRow | None:
+        """Record what a decision settles: the record that settles the request, or None
+        while its fate is unknown."""
         if decision is Unsettled.PENDING:
             return None
         if decision is Unsettled.PAIL_EXISTS:

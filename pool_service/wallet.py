@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -21,7 +21,7 @@ from kalepool.grpc_server import (
     Unavailable,
 )
 from kalepool.tls import WALLET_SERVER, Identity, channel_credentials
-from kalepool.v1 import wallet_pb2_grpc
+from kalepool.v1 import wallet_pb2, wallet_pb2_grpc
 
 T = TypeVar("T")
 
@@ -55,7 +55,33 @@ REFUSED_FOR_NOW: frozenset[grpc.StatusCode] = frozenset(
 )
 
 
-def nothing_signed(exc: grpc.aio.AioRpcError, key: str) -> bool:
+class Refusal(Protocol):
+    """A wallet refusal: a call's error (`grpc.aio.AioRpcError`) or one item's
+    (`ItemRefusal`), read the same way."""
+
+    def code(self) -> grpc.StatusCode: ...
+
+    def details(self) -> str | None: ...
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ItemRefusal:
+    """The refusal of one item of a batch call (`wallet_pb2.ItemError`), as a Refusal."""
+
+    def __init__(self, error: wallet_pb2.ItemError) -> None:
+        self._code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+        self._details = error.message
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def nothing_signed(exc: Refusal, key: str) -> bool:
     """Whether the wallet's refusal of the call made under `key` proves nothing was
     signed (see NOTHING_SIGNED). ALREADY_EXISTS is logged as an error: the pool asked
     again with other parameters than its first call under that key, which must never

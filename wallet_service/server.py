@@ -12,7 +12,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import grpc
-import psycopg
 
 from kalepool.chain import ChainClient, resolve_chain_config
 from kalepool.db.reads import Pool, open_pool
@@ -26,7 +25,7 @@ from kalepool.webhook import Webhook
 from wallet_service.keystore import Keyring, KeyringSource
 from wallet_service.metrics import start_database_watch
 from wallet_service.policy import PayoutLimits
-from wallet_service.service import WalletService
+from wallet_service.service import ERRORS, WalletService
 from wallet_service.store import Store
 
 log = logging.getLogger("wallet_service")
@@ -115,7 +114,7 @@ async def start_wallet_server(
         ca_pem=ca_pem,
         allowed_callers={SERVICE_NAME: allowed_callers},
         caller_limits={SERVICE_NAME: limit_caller},
-        error_map={psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE},
+        error_map=ERRORS,
         health_address=health_address,
         drain_seconds=drain_seconds,
     )

@@ -15,11 +15,13 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import grpc
+import psycopg
 from stellar_sdk import Account, StrKey
 from stellar_sdk import xdr as stellar_xdr
 
@@ -50,6 +52,7 @@ from kalepool.chain import (
     build_trustline,
     pail_changes_of,
     read_account,
+    read_accounts,
     read_pail_changes,
     read_pails,
     reconcile,
@@ -58,11 +61,13 @@ from kalepool.chain import (
 )
 from kalepool.grpc_server import (
     AlreadyExists,
+    ErrorMap,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unavailable,
     caller_name,
+    status_of,
 )
 from kalepool.request_checks import (
     check_account,
@@ -76,9 +81,9 @@ from wallet_service.keystore import Keyring, KeyringSource, generate_wallet
 from wallet_service.policy import SIGNATURE_BYTES, Part, PayoutLimits, PayoutPolicy
 from wallet_service.store import (
     FeeWalletExists,
+    NewTx,
     Settlement,
     Store,
-    Taken,
     TxRow,
     WalletPurpose,
     WalletRow,
@@ -229,6 +234,81 @@ def account_pb(address: str, read: tuple[AccountState | None, int]) -> common_pb
 
 Build = Callable[[], Awaitable[UnsignedTx]]
 
+
+def _done_future() -> asyncio.Future[Result]:
+    done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    # Retrieved here too: an ask answered when sent may end with nobody awaiting it.
+    done.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return done
+
+
+@dataclass(eq=False)
+class TxAsk:
+    """One transaction asked of `_transact_many`, and where it stands."""
+
+    wallet: WalletRow  # the source's
+    key: str
+    kind: TxKind
+    digest: bytes  # of what was asked (`digest`)
+    # Builds it, given the source: the account as read with the others of its group
+    # (`with_accounts`), else its address.
+    build: Callable[[str | Account], Awaitable[UnsignedTx]]
+    block_index: int | None = None
+    amount: int | None = None
+    # Checked under the lock before building: raises to refuse, or answers early.
+    before_build: Callable[[], Awaitable[Result | None]] | None = None
+    sweep_of: Callable[[], uuid.UUID] | None = None
+    # Set once the RPC server accepted the envelope (queued, or already queued).
+    sent: asyncio.Event = field(default_factory=asyncio.Event)
+    # Its Result, or its refusal, once known.
+    done: asyncio.Future[Result] = field(default_factory=_done_future)
+    locked: bool = False  # whether it holds its account's lock
+
+    @property
+    def source(self) -> str:
+        return self.wallet.public_key
+
+
+@dataclass(frozen=True)
+class PlantAsked:
+    """One plant asked for (a PlantRequest's or a PlantItem's fields), checked."""
+
+    key: str
+    farmer: str
+    block: int
+    stake: int
+
+
+def _checked_plant(item: wallet_pb2.PlantItem) -> PlantAsked:
+    """The plant an item asks for; INVALID_ARGUMENT for a malformed one."""
+    key = check_idempotency_key(item.idempotency_key)
+    farmer = check_account("farmer_address", item.farmer_address)
+    stake = item.stake_stroops
+    if stake < 0:
+        raise InvalidArgument(f"stake_stroops must be 0 or more, got {stake}")
+    return PlantAsked(key, farmer, item.block_index, stake)
+
+
+async def _sent_or_done(ask: TxAsk) -> None:
+    """Until the ask's envelope is accepted by the RPC server, or the ask ended."""
+    sent: asyncio.Future[Any] = asyncio.ensure_future(ask.sent.wait())
+    try:
+        await asyncio.wait({sent, ask.done}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sent.cancel()
+
+
+def _no_account(address: str) -> FailedPrecondition:
+    return FailedPrecondition(f"account {address} does not exist on chain: fund it with XLM first")
+
+
+# Items of one PlantBatch, at most.
+PLANT_BATCH_MAX = 1000
+
+# Exceptions other than StatusError the service's calls map to a status (its server's
+# `error_map`, and each item of a batch): the database out of reach is UNAVAILABLE.
+ERRORS: ErrorMap = {psycopg.OperationalError: grpc.StatusCode.UNAVAILABLE}
+
 # Outcomes of plants answered when sent, kept for the Plant that asks again (bounded: a
 # caller that never asks again leaves its entry until newer ones push it out).
 _FOLLOWED_KEPT = 20_000
@@ -254,8 +334,12 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         # Which block can be planted now, read once for every plant checked meanwhile.
         self.plantable = PlantableReads.of(chain)
         self._locks: dict[str, asyncio.Lock] = {}
-        # Plants answered when sent and still followed to their ledger here.
-        self._following: set[asyncio.Task[Result]] = set()
+        # Plants answered when sent, still followed to their ledger here.
+        self._follows: set[asyncio.Future[None]] = set()
+        # Asks whose rest runs in a task of its own (a replay, a send followed to its
+        # ledger), and those tasks, kept referenced until done.
+        self._handed_off: set[TxAsk] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         # Outcomes those followed plants settled with, by key, until the next Plant with
         # the key takes it (its pail is then read from the meta, not asked for again).
         self._followed: dict[str, TxOutcome] = {}
@@ -290,61 +374,226 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
         amount: int | None = None,
         before_build: Callable[[], Awaitable[Result | None]] | None = None,
         sweep_of: Callable[[], uuid.UUID] | None = None,
-        on_sent: Callable[[], None] | None = None,
     ) -> Result:
-        source = wallet.public_key
-        async with self._lock(source):
-            row = await self.store.tx_by_key(key)
-            if row is not None and not row.rejected:
-                return await self._replay(row, key, request_digest)
-            if wallet.closed_at is not None:
-                raise FailedPrecondition(f"wallet {source} is closed")
-            if before_build is not None:
-                early = await before_build()
-                if early is not None:
-                    return early
+        """One transaction: `_transact_many` of one; its refusal is raised."""
+        ask = TxAsk(
+            wallet,
+            key,
+            kind,
+            request_digest,
+            lambda _source: build(),
+            block_index=block_index,
+            amount=amount,
+            before_build=before_build,
+            sweep_of=sweep_of,
+        )
+        await self._transact_many([ask])
+        return await ask.done
+
+    async def _transact_many(self, asks: Sequence[TxAsk], *, with_accounts: bool = False) -> None:
+        """Make the transactions asked for, each from its own source account (at most
+        one ask per account); each ask's `done` holds its Result or its refusal when
+        this returns, and its `sent` is set once its envelope was accepted.
+
+        Every ask takes the path of one transaction (the module's docstring), under its
+        account's lock; the asks whose lock is free now go through it together, sharing
+        one look-up of their keys, one read of their accounts (`with_accounts`: the
+        build then gets the account read, else the address) and one insert of their
+        envelopes (each stored before it is sent, as always); an ask whose account is
+        busy (a transaction of it in flight) waits for the lock on its own, and then
+        goes through the same path as a group of one.
+        """
+        free: list[TxAsk] = []
+        busy: list[TxAsk] = []
+        try:
+            # In the accounts' order: two groups never wait for each other's locks.
+            for ask in sorted(asks, key=lambda a: a.source):
+                lock = self._lock(ask.source)
+                if lock.locked():
+                    busy.append(ask)
+                else:
+                    await lock.acquire()
+                    ask.locked = True
+                    free.append(ask)
+        except BaseException as exc:
+            for ask in free:
+                self._finish(ask, exc)
+            raise
+
+        async def alone(ask: TxAsk) -> None:
             try:
-                unsigned = await build()
-            except AccountNotFoundError:
-                raise FailedPrecondition(
-                    f"account {source} does not exist on chain: fund it with XLM first"
-                ) from None
-            except ContractError as exc:
-                fault = attribute_fault(kind, exc, payer=Fault.FARMER)
-                code = wire.chain_failure_code(exc.code)
-                return Result(refused(key, kind, source, code, fault, str(exc), exc.number), None)
-            except SimulationError as exc:
-                fault = attribute_fault(kind, exc, payer=Fault.FARMER)
-                return Result(
-                    refused(key, kind, source, common_pb2.FAILURE_CODE_TX_FAILED, fault, str(exc)),
-                    None,
-                )
-            except ChainUnavailableError as exc:
-                raise Unavailable(f"the chain cannot be reached: {exc}") from None
-            with self.keyring.signer(wallet.sealed, source) as keypair:
-                signed = sign(unsigned, keypair)
+                await self._lock(ask.source).acquire()
+            except BaseException as exc:
+                self._finish(ask, exc)
+                raise
+            ask.locked = True
+            await self._group([ask], with_accounts)
+
+        await asyncio.gather(self._group(free, with_accounts), *(alone(a) for a in busy))
+
+    async def _group(self, asks: list[TxAsk], with_accounts: bool) -> None:
+        """`_transact_many`'s path for asks whose locks are held. Each ask ends either
+        here (`_finish`: a refusal, an early answer, or the error that stopped the
+        group) or in a task of its own (its replay, or its send and follow to the
+        ledger, each at its own pace), which releases the lock when done."""
+        if not asks:
+            return
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            rows = await self.store.txs_by_keys([a.key for a in asks])
+            building: list[TxAsk] = []
+            for ask in asks:
+                row = rows.get(ask.key)
+                if row is not None and not row.rejected:
+                    tasks.append(self._hand_off(ask, self._replay(row, ask.key, ask.digest)))
+                elif ask.wallet.closed_at is not None:
+                    self._finish(ask, FailedPrecondition(f"wallet {ask.source} is closed"))
+                else:
+                    building.append(ask)
+            # The checks before building, together (a plant's block check is one read
+            # of the farm shared by all: `PlantableReads`).
+            go = await asyncio.gather(*(self._checked(a) for a in building))
+            building = [a for a, ok in zip(building, go, strict=True) if ok]
+            sources: dict[str, str | Account] = {a.source: a.source for a in building}
+            if with_accounts and building:
+                try:
+                    accounts = await read_accounts(self.chain, [a.source for a in building])
+                except ChainError as exc:
+                    for ask in building:
+                        self._finish(ask, Unavailable(f"the chain cannot be reached: {exc}"))
+                    accounts = {}
+                for ask in building:
+                    state = accounts.get(ask.source)
+                    if state is None:
+                        self._finish(ask, _no_account(ask.source))
+                    else:
+                        sources[ask.source] = Account(ask.source, state.sequence)
+                building = [a for a in building if not a.done.done()]
+            built = await asyncio.gather(*(self._build(a, sources[a.source]) for a in building))
+            signed = [(a, tx) for a, tx in zip(building, built, strict=True) if tx is not None]
+            # Stored before any is sent, in one statement: never lost.
+            stored = await self.store.insert_txs(
+                [
+                    NewTx(
+                        ask.key,
+                        tx,
+                        ask.digest,
+                        ask.block_index,
+                        ask.amount,
+                        ask.sweep_of() if ask.sweep_of is not None else None,
+                    )
+                    for ask, tx in signed
+                ]
+            )
+            for ask, tx in signed:
+                tx_id = stored.get(ask.key)
+                if tx_id is None:
+                    tasks.append(self._hand_off(ask, self._taken(ask)))
+                else:
+                    tasks.append(self._hand_off(ask, self._send(tx_id, tx, ask)))
+        except BaseException as exc:
+            # Nothing of the asks still here was stored: each ends with the error.
+            for ask in asks:
+                if ask not in self._handed_off:
+                    self._finish(ask, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        # Cancelled with the call (as one transaction's call always was: its row stays
+        # unsettled until a replay or the start-up reconciliation drives it).
+        await asyncio.gather(*tasks)
+
+    async def _checked(self, ask: TxAsk) -> bool:
+        """Whether the ask goes on to be built: its `before_build` (if any) neither
+        refused it nor answered it early (either ends it)."""
+        if ask.before_build is None:
+            return True
+        try:
+            early = await ask.before_build()
+        except Exception as exc:
+            self._finish(ask, exc)
+            return False
+        if early is not None:
+            self._finish(ask, early)
+            return False
+        return True
+
+    async def _build(self, ask: TxAsk, source: str | Account) -> SignedTx | None:
+        """Build, simulate and sign the ask's transaction; None when that ended the ask
+        (a refusal at simulation, a missing account, the chain out of reach)."""
+        kind = ask.kind
+        try:
+            unsigned = await ask.build(source)
+        except AccountNotFoundError:
+            self._finish(ask, _no_account(ask.source))
+            return None
+        except ContractError as exc:
+            fault = attribute_fault(kind, exc, payer=Fault.FARMER)
+            code = wire.chain_failure_code(exc.code)
+            out = refused(ask.key, kind, ask.source, code, fault, str(exc), exc.number)
+            self._finish(ask, Result(out, None))
+            return None
+        except SimulationError as exc:
+            fault = attribute_fault(kind, exc, payer=Fault.FARMER)
+            out = refused(
+                ask.key, kind, ask.source, common_pb2.FAILURE_CODE_TX_FAILED, fault, str(exc)
+            )
+            self._finish(ask, Result(out, None))
+            return None
+        except ChainUnavailableError as exc:
+            self._finish(ask, Unavailable(f"the chain cannot be reached: {exc}"))
+            return None
+        except Exception as exc:
+            self._finish(ask, exc)
+            return None
+        with self.keyring.signer(ask.wallet.sealed, ask.source) as keypair:
+            return sign(unsigned, keypair)
+
+    def _hand_off(self, ask: TxAsk, work: Coroutine[Any, Any, Result]) -> asyncio.Task[None]:
+        """Run the rest of an ask in a task of its own, which ends it."""
+        self._handed_off.add(ask)
+
+        async def run() -> None:
             try:
-                row, followed = await self._send(
-                    key,
-                    signed,
-                    request_digest,
-                    block_index,
-                    amount,
-                    sweep_of() if sweep_of is not None else None,
-                    on_sent,
-                )
-            except Taken:
-                # Another process (a second replica, or a second call racing on this key)
-                # stored its envelope between our look-up and our insert; ours was never
-                # sent. The key's transaction is the winner's: replay it.
-                row = await self.store.tx_by_key(key)
-                if row is None or row.rejected:
-                    raise Unavailable(
-                        f"another transaction of account {source} was signed at the same "
-                        "time; nothing was sent: retry"
-                    ) from None
-                return await self._replay(row, key, request_digest)
-            return Result(outcome_of_row(row, replayed=False), row, followed)
+                result = await work
+            except BaseException as exc:
+                self._finish(ask, exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                self._finish(ask, result)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _finish(self, ask: TxAsk, outcome: Result | BaseException) -> None:
+        """End an ask (once): its outcome or refusal, and its account's lock released."""
+        if ask.done.done():
+            return
+        if isinstance(outcome, Result):
+            ask.done.set_result(outcome)
+        elif isinstance(outcome, Exception):
+            ask.done.set_exception(outcome)
+        else:  # cancelled
+            ask.done.cancel()
+        self._handed_off.discard(ask)
+        if ask.locked:
+            ask.locked = False
+            self._lock(ask.source).release()
+
+    async def _taken(self, ask: TxAsk) -> Result:
+        """The key's transaction when another process (a second replica, or a second
+        call racing on this key) stored its envelope between our look-up and our insert;
+        ours was never sent. The key's transaction is the winner's: replay it."""
+        row = await self.store.tx_by_key(ask.key)
+        if row is None or row.rejected:
+            raise Unavailable(
+                f"another transaction of account {ask.source} was signed at the same "
+                "time; nothing was sent: retry"
+            )
+        return await self._replay(row, ask.key, ask.digest)
 
     async def _replay(self, row: TxRow, key: str, request_digest: bytes) -> Result:
         """The stored transaction of a key used before, reconciled with the chain first
@@ -358,47 +607,24 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             row = await self._drive(row, None)
         return Result(outcome_of_row(row, replayed=True), row)
 
-    async def _send(
-        self,
-        key: str,
-        signed: SignedTx,
-        request_digest: bytes,
-        block_index: int | None,
-        amount: int | None,
-        sweep_of: uuid.UUID | None = None,
-        on_sent: Callable[[], None] | None = None,
-    ) -> tuple[TxRow, TxOutcome | None]:
-        """Record, send and follow `signed`: its stored row, and the chain's outcome when
-        it was followed to the end (None when left pending)."""
-        stored: list[uuid.UUID] = []
-
-        async def record(tx: SignedTx) -> None:
-            stored.append(
-                await self.store.insert_tx(
-                    key,
-                    tx,
-                    request_digest,
-                    block_index=block_index,
-                    amount=amount,
-                    sweep_of=sweep_of,
-                )
-            )
-
+    async def _send(self, tx_id: uuid.UUID, signed: SignedTx, ask: TxAsk) -> Result:
+        """Send and follow `signed`, stored as row `tx_id`: its outcome, with the chain's
+        when it was followed to the end (left pending when the chain went out of reach)."""
         try:
             outcome = await submit(
-                self.chain, signed, record=record, observe=self._observer(stored, on_sent)
+                self.chain, signed, observe=self._observer([tx_id], ask.sent.set)
             )
         except ChainUnavailableError as exc:
-            if not stored:
-                raise Unavailable(f"the chain cannot be reached: {exc}") from None
             log.warning("tx %s left pending: %s", signed.hash, exc)
-            return await self.store.tx(stored[0]), None
-        tx_id = stored[0]
+            row = await self.store.tx(tx_id)
+            return Result(outcome_of_row(row, replayed=False), row)
         done = settlement(signed.kind, outcome)
-        if done is not None:
-            await self.store.settle(tx_id, done)
         log.info("tx %s %s %s", signed.kind.value, signed.hash, outcome.describe())
-        return await self.store.tx(tx_id), outcome
+        if done is not None:
+            row = await self.store.settle(tx_id, done)
+        else:
+            row = await self.store.tx(tx_id)
+        return Result(outcome_of_row(row, replayed=False), row, outcome)
 
     def _observer(
         self, stored: list[uuid.UUID], on_sent: Callable[[], None] | None = None
@@ -426,7 +652,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             return row
         done = settlement(signed.kind, outcome)
         if done is not None:
-            await self.store.settle(row.id, done)
+            return await self.store.settle(row.id, done)
         return await self.store.tx(row.id)
 
     async def reconcile_all(self) -> int:
@@ -564,14 +790,101 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
     async def Plant(
         self, request: wallet_pb2.PlantRequest, context: Any
     ) -> wallet_pb2.PlantResponse:
-        key = check_idempotency_key(request.idempotency_key)
-        farmer = check_account("farmer_address", request.farmer_address)
-        stake = request.stake_stroops
-        if stake < 0:
-            raise InvalidArgument(f"stake_stroops must be 0 or more, got {stake}")
-        block = request.block_index
-        wallet = await self._wallet(farmer)
+        item = wallet_pb2.PlantItem(
+            idempotency_key=request.idempotency_key,
+            farmer_address=request.farmer_address,
+            block_index=request.block_index,
+            stake_stroops=request.stake_stroops,
+        )
+        (answer,) = await self._plant_many([_checked_plant(item)], request.answer_when_sent)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
+    async def PlantBatch(
+        self, request: wallet_pb2.PlantBatchRequest, context: Any
+    ) -> wallet_pb2.PlantBatchResponse:
+        items = request.plants
+        if not 1 <= len(items) <= PLANT_BATCH_MAX:
+            raise InvalidArgument(
+                f"plants must hold 1 to {PLANT_BATCH_MAX} items, got {len(items)}"
+            )
+        plants: list[PlantAsked] = []
+        keys: set[str] = set()
+        farmers: set[str] = set()
+        for i, item in enumerate(items):
+            try:
+                plant = _checked_plant(item)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"plants[{i}]: {exc.message}") from None
+            if plant.key in keys:
+                raise InvalidArgument(f"plants[{i}]: idempotency_key {plant.key} given twice")
+            if plant.farmer in farmers:
+                raise InvalidArgument(f"plants[{i}]: farmer_address {plant.farmer} given twice")
+            keys.add(plant.key)
+            farmers.add(plant.farmer)
+            plants.append(plant)
+        answers = await self._plant_many(plants, request.answer_when_sent)
+        response = wallet_pb2.PlantBatchResponse()
+        for plant, answer in zip(plants, answers, strict=True):
+            result = response.results.add(idempotency_key=plant.key)
+            if isinstance(answer, BaseException):
+                code, message = status_of(answer, ERRORS, "PlantBatch")
+                result.error.code = code.value[0]
+                result.error.message = message
+            else:
+                result.plant.CopyFrom(answer)
+        return response
+
+    async def _plant_many(
+        self, plants: Sequence[PlantAsked], when_sent: bool
+    ) -> list[wallet_pb2.PlantResponse | Exception]:
+        """The plants of one Plant or PlantBatch (at most one per farmer), each answered
+        on its own: its response, or its refusal. One path for both RPCs: the wallets in
+        one read, then `_transact_many` (one look-up of the keys, one block check, one
+        read of the accounts, one insert). `when_sent`: answered once each is sent (see
+        PlantRequest.answer_when_sent), the sent ones followed to their ledger here."""
+        wallets = await self.store.wallets([p.farmer for p in plants])
+        asks: dict[str, TxAsk] = {}
+        for plant in plants:
+            wallet = wallets.get(plant.farmer)
+            if wallet is not None:
+                asks[plant.key] = self._plant_ask(wallet, plant)
+        work = asyncio.ensure_future(self._transact_many(list(asks.values()), with_accounts=True))
+        if when_sent:
+            # In a task of its own: the sent plants are followed to their ledger after
+            # the answer (and after a cancelled call).
+            self._follows.add(work)
+            work.add_done_callback(self._follows.discard)
+            await asyncio.gather(*(_sent_or_done(a) for a in asks.values()))
+        else:
+            await work
+        # Those sent and still followed are PENDING: their rows, in one read.
+        following = [k for k, a in asks.items() if not a.done.done()]
+        rows = await self.store.txs_by_keys(following) if following else {}
+
+        async def answer(plant: PlantAsked) -> wallet_pb2.PlantResponse:
+            ask = asks.get(plant.key)
+            if ask is None:
+                raise NotFound(f"the wallet service holds no wallet {plant.farmer}")
+            if ask.done.done():
+                return await self._plant_response(plant, ask.done.result())
+            self._keep_followed(ask)
+            row = rows[plant.key]  # stored before it was sent
+            return wallet_pb2.PlantResponse(outcome=outcome_of_row(row, replayed=False))
+
+        # Together: a replayed success may read its pail from the chain.
+        answers = await asyncio.gather(*(answer(p) for p in plants), return_exceptions=True)
+        out: list[wallet_pb2.PlantResponse | Exception] = []
+        for got in answers:
+            if isinstance(got, BaseException) and not isinstance(got, Exception):
+                raise got
+            out.append(got)
+        return out
+
+    def _plant_ask(self, wallet: WalletRow, plant: PlantAsked) -> TxAsk:
+        """The transaction of one plant: its block checked before building (a refusal is
+        a REJECTED outcome), time bounds from the clock that check read."""
         checked_at: list[int] = []  # the chain's clock the block check read
 
         async def check_block() -> Result | None:
@@ -581,40 +894,51 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
                 raise Unavailable(f"the farm cannot be read: {exc}") from None
             target = plantable.target
             checked_at.append(plantable.close_time)
-            if block == target:
+            if plant.block == target:
                 return None
             return Result(
                 refused(
-                    key,
+                    plant.key,
                     TxKind.PLANT,
-                    farmer,
+                    plant.farmer,
                     common_pb2.FAILURE_CODE_BLOCK_MISMATCH,
                     Fault.NONE,
-                    f"block {block} cannot be planted now: the block to plant is {target}",
+                    f"block {plant.block} cannot be planted now: the block to plant is {target}",
                 ),
                 None,
             )
 
-        sent = asyncio.Event()
-        transact = self._transact(
+        return TxAsk(
             wallet,
-            key,
+            plant.key,
             TxKind.PLANT,
-            digest("plant", farmer, block, stake),
+            digest("plant", plant.farmer, plant.block, plant.stake),
             # Time bounds from the clock the block check read just before (one read less).
-            lambda: build_plant(self.chain, farmer, stake, now=checked_at[-1]),
-            block_index=block,
+            lambda source: build_plant(
+                self.chain, plant.farmer, plant.stake, source=source, now=checked_at[-1]
+            ),
+            block_index=plant.block,
             before_build=check_block,
-            on_sent=sent.set,
         )
-        if request.answer_when_sent:
-            got = await self._until_sent(key, transact, sent)
-            if isinstance(got, wallet_pb2.PlantResponse):
-                return got
-            result = got
-        else:
-            result = await transact
-        followed = self._followed.pop(key, None) or result.chain
+
+    def _keep_followed(self, ask: TxAsk) -> None:
+        """Keep the chain's outcome of a plant answered when sent, once followed, for the
+        next Plant with its key (its pail is then read from the meta, not asked again)."""
+
+        def done(f: asyncio.Future[Result]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return
+            chain = f.result().chain
+            if chain is not None:
+                while len(self._followed) >= _FOLLOWED_KEPT:
+                    self._followed.pop(next(iter(self._followed)))
+                self._followed[ask.key] = chain
+
+        ask.done.add_done_callback(done)
+
+    async def _plant_response(self, plant: PlantAsked, result: Result) -> wallet_pb2.PlantResponse:
+        """A plant's answer from its Result: where its pail is once applied."""
+        followed = self._followed.pop(plant.key, None) or result.chain
         response = wallet_pb2.PlantResponse(outcome=result.outcome)
         out = response.outcome
         if out.HasField("failure") and out.failure.code == common_pb2.FAILURE_CODE_PAIL_EXISTS:
@@ -623,48 +947,10 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):
             out.failure.fault = common_pb2.FAULT_PARTY_NONE
         row = result.row
         if out.status == common_pb2.TX_STATUS_SUCCESS and row is not None and row.ledger:
-            found = await self._pail_of(farmer, block, row, followed)
+            found = await self._pail_of(plant.farmer, plant.block, row, followed)
             if found is not None:
                 response.block_index, response.plant_ledger = found
         return response
-
-    async def _until_sent(
-        self, key: str, transact: Coroutine[Any, Any, Result], sent: asyncio.Event
-    ) -> Result | wallet_pb2.PlantResponse:
-        """Run a plant's `_transact` in a task of its own: its Result when it ends before
-        anything is sent (a refusal, a replay), else, once the RPC server has accepted the
-        transaction, its PENDING answer, while the task follows it to its ledger and
-        settles its row (its outcome kept for the next Plant with the key)."""
-        task = asyncio.create_task(transact)
-        self._following.add(task)
-        answered = False
-
-        def done(t: asyncio.Task[Result]) -> None:
-            self._following.discard(t)
-            if t.cancelled():
-                return
-            if (exc := t.exception()) is not None:
-                if answered:
-                    log.warning("plant %s: following it failed: %s", show(key), exc)
-                return
-            chain = t.result().chain
-            if answered and chain is not None:
-                while len(self._followed) >= _FOLLOWED_KEPT:
-                    self._followed.pop(next(iter(self._followed)))
-                self._followed[key] = chain
-
-        task.add_done_callback(done)
-        waiting = asyncio.create_task(sent.wait())
-        try:
-            await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiting.cancel()
-        if task.done():
-            return task.result()
-        answered = True
-        row = await self.store.tx_by_key(key)
-        assert row is not None  # stored before it was sent
-        return wallet_pb2.PlantResponse(outcome=outcome_of_row(row, replayed=False))
 
     async def _pail_of(
         self, farmer: str, block: int, row: TxRow, followed: TxOutcome | None = None

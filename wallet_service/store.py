@@ -9,6 +9,7 @@ Plain SQL over a psycopg async pool (autocommit: each statement stands alone, an
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -51,10 +52,6 @@ class WalletPurpose(StrEnum):
 
 class FeeWalletExists(Exception):
     """The pool's fee wallet exists already (under another owner)."""
-
-
-class Taken(Exception):
-    """Another process stored a live transaction for this key or sequence number first."""
 
 
 @dataclass
@@ -134,6 +131,18 @@ _TX_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class NewTx:
+    """A signed transaction to store before it is sent, and what it was asked for."""
+
+    key: str
+    signed: SignedTx
+    digest: bytes
+    block_index: int | None
+    amount: int | None
+    sweep_of: UUID | None = None
+
+
 @dataclass
 class Settlement:
     """The final (or still unknown) outcome to write on a row."""
@@ -211,6 +220,16 @@ class Store:
             (public_key,),
         )
 
+    async def wallets(self, public_keys: Sequence[str]) -> dict[str, WalletRow]:
+        """The wallets of these public keys (one statement), by key; absent ones left out."""
+        rows = await fetch_all(
+            self.pool,
+            WalletRow,
+            f"SELECT {_WALLET_COLUMNS} FROM custodial_wallets WHERE public_key = ANY(%s)",
+            (list(public_keys),),
+        )
+        return {row.public_key: row for row in rows}
+
     async def wallet_by_id(self, wallet_id: UUID) -> WalletRow | None:
         return await fetch_one(
             self.pool,
@@ -229,17 +248,35 @@ class Store:
 
     # --- transactions -----------------------------------------------------------------------
 
-    async def _one_tx(self, where: str, params: tuple[Any, ...]) -> TxRow | None:
+    async def _txs(
+        self, query: str, params: tuple[Any, ...] = (), *, distinct: str = ""
+    ) -> list[TxRow]:
+        """Rows of `transactions` (`query` follows the SELECT of their columns). Read by
+        psycopg's `class_row`, whose `TxRow.__post_init__` maps the kind's database
+        label (`fetch_all` would read 'payout' as a TxKind, and fail)."""
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(TxRow))
-            await cur.execute(f"SELECT {_TX_COLUMNS} FROM transactions WHERE {where}", params)
-            return await cur.fetchone()
+            await cur.execute(f"SELECT {distinct} {_TX_COLUMNS} FROM transactions {query}", params)
+            return await cur.fetchall()
+
+    async def _one_tx(self, where: str, params: tuple[Any, ...]) -> TxRow | None:
+        rows = await self._txs(f"WHERE {where}", params)
+        return rows[0] if rows else None
 
     async def tx_by_key(self, key: str) -> TxRow | None:
         """The transaction holding `key` (the live one; else the latest rejected attempt)."""
-        return await self._one_tx(
-            "idempotency_key = %s ORDER BY rejected, created_at DESC LIMIT 1", (key,)
+        return (await self.txs_by_keys([key])).get(key)
+
+    async def txs_by_keys(self, keys: Sequence[str]) -> dict[str, TxRow]:
+        """The transaction holding each key (as `tx_by_key`), in one statement; keys
+        never used are left out."""
+        rows = await self._txs(
+            # the live row first, as `tx_by_key`
+            "WHERE idempotency_key = ANY(%s) ORDER BY idempotency_key, rejected, created_at DESC",
+            (list(keys),),
+            distinct="DISTINCT ON (idempotency_key)",
         )
+        return {row.idempotency_key: row for row in rows}
 
     async def tx_by_hash(self, tx_hash: str) -> TxRow | None:
         return await self._one_tx("tx_hash = %s", (tx_hash,))
@@ -249,52 +286,54 @@ class Store:
         assert row is not None
         return row
 
-    async def insert_tx(
-        self,
-        key: str,
-        signed: SignedTx,
-        digest: bytes,
-        *,
-        block_index: int | None,
-        amount: int | None,
-        sweep_of: UUID | None = None,
-    ) -> UUID:
-        """Store a signed envelope before it is sent; links the owner of the signing
-        wallet (a farmer id) when the source is one of the wallet's accounts.
-
-        Raises :class:`Taken` when another process stored a live transaction for the key
-        (or the account's sequence number) first: the caller then sends nothing.
-        """
+    async def insert_txs(self, txs: Sequence[NewTx]) -> dict[str, UUID]:
+        """Store signed envelopes before they are sent, in one statement; links the owner
+        of each signing wallet (a farmer id) when the source is one of the wallet's
+        accounts. The ids of the rows stored, by key: a key left out was taken, another
+        live transaction holding the key (or the account's sequence number) already
+        (another process, or a call racing on it), and its envelope must not be sent."""
+        if not txs:
+            return {}
+        columns: list[list[Any]] = [[] for _ in range(12)]
+        for tx in txs:
+            signed = tx.signed
+            values = (
+                tx.key,
+                kind_label(signed.kind),
+                tx.block_index,
+                signed.source,
+                signed.sequence,
+                signed.min_time,
+                signed.max_time,
+                tx.amount,
+                signed.envelope_xdr,
+                signed.hash,
+                tx.digest,
+                tx.sweep_of,
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
         async with self.pool.connection() as conn:
-            try:
-                cur = await conn.execute(
-                    "INSERT INTO transactions (idempotency_key, kind, farmer_id, block_index,"
-                    " source_account, sequence_number, min_time, max_time, amount, envelope_xdr,"
-                    " tx_hash, request_digest, sweep_of)"
-                    " VALUES (%s, %s,"
-                    " (SELECT owner_id FROM custodial_wallets WHERE public_key = %s),"
-                    " %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                    (
-                        key,
-                        kind_label(signed.kind),
-                        signed.source,
-                        block_index,
-                        signed.source,
-                        signed.sequence,
-                        signed.min_time,
-                        signed.max_time,
-                        amount,
-                        signed.envelope_xdr,
-                        signed.hash,
-                        digest,
-                        sweep_of,
-                    ),
-                )
-            except psycopg.errors.UniqueViolation as exc:
-                raise Taken(str(exc.diag.constraint_name)) from None
-            row = await cur.fetchone()
-            assert row is not None
-            return UUID(str(row[0]))
+            # ON CONFLICT DO NOTHING covers every unique index (the live key, the live
+            # sequence number of an account, the hash): a conflicting row is skipped,
+            # the others are stored.
+            cur = await conn.execute(
+                "INSERT INTO transactions (idempotency_key, kind, farmer_id, block_index,"
+                " source_account, sequence_number, min_time, max_time, amount, envelope_xdr,"
+                " tx_hash, request_digest, sweep_of)"
+                " SELECT n.key, n.kind::transaction_kind, w.owner_id, n.block_index, n.source,"
+                " n.sequence, n.min_time, n.max_time, n.amount, n.envelope, n.hash, n.digest,"
+                " n.sweep_of"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::bigint[],"
+                " %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::text[],"
+                " %s::bytea[], %s::uuid[])"
+                " AS n(key, kind, block_index, source, sequence, min_time, max_time, amount,"
+                " envelope, hash, digest, sweep_of)"
+                " LEFT JOIN custodial_wallets w ON w.public_key = n.source"
+                " ON CONFLICT DO NOTHING RETURNING idempotency_key, id",
+                columns,
+            )
+            return {str(key): UUID(str(tx_id)) for key, tx_id in await cur.fetchall()}
 
     async def mark(self, tx_id: UUID, status: str) -> None:
         """Move an unsettled row along (prepared -> submitted / pending)."""
@@ -306,15 +345,18 @@ class Store:
                 (status, tx_id, status),
             )
 
-    async def settle(self, tx_id: UUID, s: Settlement) -> None:
-        """Write a final outcome (once: a settled row is left as it is)."""
+    async def settle(self, tx_id: UUID, s: Settlement) -> TxRow:
+        """Write a final outcome (once: a settled row is left as it is); the row as it
+        stands after, read in the same statement when this one settled it."""
         async with self.pool.connection() as conn:
-            await conn.execute(
+            cur = conn.cursor(row_factory=class_row(TxRow))
+            await cur.execute(
                 "UPDATE transactions SET status = %s::transaction_status, ledger = %s,"
                 " error_code = %s, error_message = %s, result_xdr = %s, fee_charged = %s,"
                 " return_value = %s, contract_error = %s, fault = %s::fault_party,"
                 " rejected = %s, settled_at = now()"
-                " WHERE id = %s AND status IN ('prepared', 'submitted', 'pending')",
+                " WHERE id = %s AND status IN ('prepared', 'submitted', 'pending')"
+                f" RETURNING {_TX_COLUMNS}",
                 (
                     s.status,
                     s.ledger,
@@ -329,15 +371,14 @@ class Store:
                     tx_id,
                 ),
             )
+            row = await cur.fetchone()
+        return row if row is not None else await self.tx(tx_id)
 
     async def unsettled(self) -> list[TxRow]:
-        return await fetch_all(
-            self.pool,
-            TxRow,
-            f"SELECT {_TX_COLUMNS} FROM transactions"
-            " WHERE status IN ('prepared', 'submitted', 'pending')"
+        return await self._txs(
+            "WHERE status IN ('prepared', 'submitted', 'pending')"
             " AND source_account IN (SELECT public_key FROM custodial_wallets)"
-            " ORDER BY created_at",
+            " ORDER BY created_at"
         )
 
     # --- the payout policy ------------------------------------------------------------------

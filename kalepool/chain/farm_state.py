@@ -491,10 +491,30 @@ async def current_block(client: ChainClient) -> CurrentBlock:
 
 async def read_account(client: ChainClient, account_id: str) -> AccountState | None:
     """XLM balance, sequence and KALE trustline of an account; None when it does not exist."""
-    check_account(account_id)
-    (acc, tl), latest = await get_entries(
-        client, [account_key(account_id), trustline_key(client, account_id)]
-    )
+    return (await read_accounts(client, [account_id]))[account_id]
+
+
+async def read_accounts(
+    client: ChainClient, account_ids: Sequence[str]
+) -> dict[str, AccountState | None]:
+    """Many accounts at once (batched `getLedgerEntries`: each account's entry and its
+    KALE trustline, `MAX_KEYS_PER_CALL` keys a request), keyed by account id; None for
+    one that does not exist."""
+    for account_id in account_ids:
+        check_account(account_id)
+    keys: list[stellar_xdr.LedgerKey] = []
+    for account_id in account_ids:
+        keys += [account_key(account_id), trustline_key(client, account_id)]
+    entries, latest = await get_entries(client, keys)
+    out: dict[str, AccountState | None] = {}
+    for i, account_id in enumerate(account_ids):
+        out[account_id] = _account_state(account_id, entries[2 * i], entries[2 * i + 1], latest)
+    return out
+
+
+def _account_state(
+    account_id: str, acc: _Entry | None, tl: _Entry | None, latest: int
+) -> AccountState | None:
     if acc is None or acc.data.account is None:
         return None
     account = acc.data.account

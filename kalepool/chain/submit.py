@@ -16,7 +16,6 @@ The rules (Stellar's own guidance; docs/protocol.md, "Submitting safely"):
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -186,7 +185,13 @@ def sign(tx: UnsignedTx, *signers: Keypair) -> SignedTx:
         )
     if tx.source not in {kp.public_key for kp in signers}:
         raise ValueError(f"the fee source {tx.source} must sign the envelope")
-    envelope = copy.deepcopy(tx.envelope)
+    # Signing appends to the envelope's signatures only: a new envelope over the same
+    # transaction keeps the unsigned one as it was, without a deep copy of the whole
+    # transaction (its footprint and auth entries: most of a plant's signing time).
+    unsigned = tx.envelope
+    envelope = TransactionEnvelope(
+        unsigned.transaction, unsigned.network_passphrase, list(unsigned.signatures)
+    )
     for keypair in signers:
         envelope.sign(keypair)
     return SignedTx._of(envelope)

@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from kalepool.v1 import common_pb2 as kalepool_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kalepool/v1/wallet.proto\x12\x0bkalepool.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18kalepool/v1/common.proto\"\xeb\x03\n\x12TransactionOutcome\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.kalepool.v1.TxKind\x12\x0f\n\x07tx_hash\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.kalepool.v1.TxStatus\x12\x0e\n\x06ledger\x18\x05 \x01(\r\x12\x16\n\x0esource_address\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03\x12\x1b\n\x13\x66\x65\x65_charged_stroops\x18\x08 \x01(\x03\x12\"\n\x15\x63ontract_return_value\x18\t \x01(\x03H\x00\x88\x01\x01\x12%\n\x07\x66\x61ilure\x18\n \x01(\x0b\x32\x14.kalepool.v1.Failure\x12\x10\n\x08replayed\x18\x0b \x01(\x08\x12\x30\n\x0csubmitted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x18\n\x16_contract_return_value\"\xc8\x01\n\x06Wallet\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63losed\x18\x05 \x01(\x08\x12\x16\n\x0epayout_address\x18\x06 \x01(\t\x12+\n\x07purpose\x18\x07 \x01(\x0e\x32\x1a.kalepool.v1.WalletPurpose\"l\n\x13\x43reateWalletRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x16\n\x0epayout_address\x18\x02 \x01(\t\x12+\n\x07purpose\x18\x03 \x01(\x0e\x32\x1a.kalepool.v1.WalletPurpose\"L\n\x14\x43reateWalletResponse\x12#\n\x06wallet\x18\x01 \x01(\x0b\x32\x13.kalepool.v1.Wallet\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"&\n\x10GetWalletRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\"d\n\x11GetWalletResponse\x12#\n\x06wallet\x18\x01 \x01(\x0b\x32\x13.kalepool.v1.Wallet\x12*\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x19.kalepool.v1.AccountState\"E\n\x16\x45nsureTrustlineRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\"\x90\x01\n\x17\x45nsureTrustlineResponse\x12\x17\n\x0f\x61lready_present\x18\x01 \x01(\x08\x12\x30\n\x07outcome\x18\x02 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\x12*\n\x07\x61\x63\x63ount\x18\x03 \x01(\x0b\x32\x19.kalepool.v1.AccountState\"\x85\x01\n\x0cPlantRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x61rmer_address\x18\x02 \x01(\t\x12\x13\n\x0b\x62lock_index\x18\x03 \x01(\r\x12\x15\n\rstake_stroops\x18\x04 \x01(\x03\x12\x18\n\x10\x61nswer_when_sent\x18\x05 \x01(\x08\"l\n\rPlantResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\x12\x13\n\x0b\x62lock_index\x18\x02 \x01(\r\x12\x14\n\x0cplant_ledger\x18\x03 \x01(\r\"V\n\x0eHarvestRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x61rmer_address\x18\x02 \x01(\t\x12\x13\n\x0b\x62lock_index\x18\x03 \x01(\r\"[\n\x0fHarvestResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\x12\x16\n\x0ereward_stroops\x18\x02 \x01(\x03\"w\n\x0fTransferRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0esource_address\x18\x02 \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\x03 \x01(\t\x12\x16\n\x0e\x61mount_stroops\x18\x04 \x01(\x03\"D\n\x10TransferResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\"^\n\x12\x43loseWalletRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\x03 \x01(\t\"~\n\x13\x43loseWalletResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\x12\x19\n\x11kale_sent_stroops\x18\x02 \x01(\x03\x12\x1a\n\x12xlm_merged_stroops\x18\x03 \x01(\x03\"L\n\x15GetTransactionRequest\x12\x19\n\x0fidempotency_key\x18\x01 \x01(\tH\x00\x12\x11\n\x07tx_hash\x18\x02 \x01(\tH\x00\x42\x05\n\x03key\"J\n\x16GetTransactionResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\"K\n\x19NewPayoutChallengeRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x1a\n\x12new_payout_address\x18\x02 \x01(\t\"\x8b\x01\n\x1aNewPayoutChallengeResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0esigner_address\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x1a\x43hangePayoutAddressRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x14\n\x0c\x63hallenge_id\x18\x02 \x01(\t\x12\x1a\n\x12new_payout_address\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"u\n\x1b\x43hangePayoutAddressResponse\x12#\n\x06wallet\x18\x01 \x01(\x0b\x32\x13.kalepool.v1.Wallet\x12\x1f\n\x17previous_payout_address\x18\x02 \x01(\t\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x8d\x01\n\x0cSweepRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0esource_address\x18\x02 \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\x03 \x01(\t\x12\x17\n\x0fharvest_tx_hash\x18\x04 \x01(\t\x12\x16\n\x0e\x61mount_stroops\x18\x05 \x01(\x03\"A\n\rSweepResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome*\x89\x01\n\x06TxKind\x12\x17\n\x13TX_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rTX_KIND_PLANT\x10\x01\x12\x13\n\x0fTX_KIND_HARVEST\x10\x02\x12\x15\n\x11TX_KIND_TRUSTLINE\x10\x03\x12\x14\n\x10TX_KIND_TRANSFER\x10\x04\x12\x11\n\rTX_KIND_CLOSE\x10\x05*\x88\x01\n\rWalletPurpose\x12\x1e\n\x1aWALLET_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15WALLET_PURPOSE_FARMER\x10\x01\x12\x1b\n\x17WALLET_PURPOSE_POOL_FEE\x10\x02\x12\x1f\n\x1bWALLET_PURPOSE_POOLER_SHARE\x10\x03\x32\x9b\x07\n\rWalletService\x12S\n\x0c\x43reateWallet\x12 .kalepool.v1.CreateWalletRequest\x1a!.kalepool.v1.CreateWalletResponse\x12J\n\tGetWallet\x12\x1d.kalepool.v1.GetWalletRequest\x1a\x1e.kalepool.v1.GetWalletResponse\x12\\\n\x0f\x45nsureTrustline\x12#.kalepool.v1.EnsureTrustlineRequest\x1a$.kalepool.v1.EnsureTrustlineResponse\x12>\n\x05Plant\x12\x19.kalepool.v1.PlantRequest\x1a\x1a.kalepool.v1.PlantResponse\x12\x44\n\x07Harvest\x12\x1b.kalepool.v1.HarvestRequest\x1a\x1c.kalepool.v1.HarvestResponse\x12G\n\x08Transfer\x12\x1c.kalepool.v1.TransferRequest\x1a\x1d.kalepool.v1.TransferResponse\x12P\n\x0b\x43loseWallet\x12\x1f.kalepool.v1.CloseWalletRequest\x1a .kalepool.v1.CloseWalletResponse\x12Y\n\x0eGetTransaction\x12\".kalepool.v1.GetTransactionRequest\x1a#.kalepool.v1.GetTransactionResponse\x12\x65\n\x12NewPayoutChallenge\x12&.kalepool.v1.NewPayoutChallengeRequest\x1a\'.kalepool.v1.NewPayoutChallengeResponse\x12h\n\x13\x43hangePayoutAddress\x12\'.kalepool.v1.ChangePayoutAddressRequest\x1a(.kalepool.v1.ChangePayoutAddressResponse\x12>\n\x05Sweep\x12\x19.kalepool.v1.SweepRequest\x1a\x1a.kalepool.v1.SweepResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18kalepool/v1/wallet.proto\x12\x0bkalepool.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18kalepool/v1/common.proto\"\xeb\x03\n\x12TransactionOutcome\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.kalepool.v1.TxKind\x12\x0f\n\x07tx_hash\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.kalepool.v1.TxStatus\x12\x0e\n\x06ledger\x18\x05 \x01(\r\x12\x16\n\x0esource_address\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03\x12\x1b\n\x13\x66\x65\x65_charged_stroops\x18\x08 \x01(\x03\x12\"\n\x15\x63ontract_return_value\x18\t \x01(\x03H\x00\x88\x01\x01\x12%\n\x07\x66\x61ilure\x18\n \x01(\x0b\x32\x14.kalepool.v1.Failure\x12\x10\n\x08replayed\x18\x0b \x01(\x08\x12\x30\n\x0csubmitted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x18\n\x16_contract_return_value\"\xc8\x01\n\x06Wallet\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63losed\x18\x05 \x01(\x08\x12\x16\n\x0epayout_address\x18\x06 \x01(\t\x12+\n\x07purpose\x18\x07 \x01(\x0e\x32\x1a.kalepool.v1.WalletPurpose\"l\n\x13\x43reateWalletRequest\x12\x10\n\x08owner_id\x18\x01 \x01(\t\x12\x16\n\x0epayout_address\x18\x02 \x01(\t\x12+\n\x07purpose\x18\x03 \x01(\x0e\x32\x1a.kalepool.v1.WalletPurpose\"L\n\x14\x43reateWalletResponse\x12#\n\x06wallet\x18\x01 \x01(\x0b\x32\x13.kalepool.v1.Wallet\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"&\n\x10GetWalletRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\"d\n\x11GetWalletResponse\x12#\n\x06wallet\x18\x01 \x01(\x0b\x32\x13.kalepool.v1.Wallet\x12*\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x19.kalepool.v1.AccountState\"E\n\x16\x45nsureTrustlineRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\"\x90\x01\n\x17\x45nsureTrustlineResponse\x12\x17\n\x0f\x61lready_present\x18\x01 \x01(\x08\x12\x30\n\x07outcome\x18\x02 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\x12*\n\x07\x61\x63\x63ount\x18\x03 \x01(\x0b\x32\x19.kalepool.v1.AccountState\"\x85\x01\n\x0cPlantRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x61rmer_address\x18\x02 \x01(\t\x12\x13\n\x0b\x62lock_index\x18\x03 \x01(\r\x12\x15\n\rstake_stroops\x18\x04 \x01(\x03\x12\x18\n\x10\x61nswer_when_sent\x18\x05 \x01(\x08\"l\n\rPlantResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\x12\x13\n\x0b\x62lock_index\x18\x02 \x01(\r\x12\x14\n\x0cplant_ledger\x18\x03 \x01(\r\"h\n\tPlantItem\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x61rmer_address\x18\x02 \x01(\t\x12\x13\n\x0b\x62lock_index\x18\x03 \x01(\r\x12\x15\n\rstake_stroops\x18\x04 \x01(\x03\"U\n\x11PlantBatchRequest\x12&\n\x06plants\x18\x01 \x03(\x0b\x32\x16.kalepool.v1.PlantItem\x12\x18\n\x10\x61nswer_when_sent\x18\x02 \x01(\x08\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8a\x01\n\x0fPlantItemResult\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12+\n\x05plant\x18\x02 \x01(\x0b\x32\x1a.kalepool.v1.PlantResponseH\x00\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x16.kalepool.v1.ItemErrorH\x00\x42\x08\n\x06result\"C\n\x12PlantBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.kalepool.v1.PlantItemResult\"V\n\x0eHarvestRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x61rmer_address\x18\x02 \x01(\t\x12\x13\n\x0b\x62lock_index\x18\x03 \x01(\r\"[\n\x0fHarvestResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\x12\x16\n\x0ereward_stroops\x18\x02 \x01(\x03\"w\n\x0fTransferRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0esource_address\x18\x02 \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\x03 \x01(\t\x12\x16\n\x0e\x61mount_stroops\x18\x04 \x01(\x03\"D\n\x10TransferResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\"^\n\x12\x43loseWalletRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\x03 \x01(\t\"~\n\x13\x43loseWalletResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\x12\x19\n\x11kale_sent_stroops\x18\x02 \x01(\x03\x12\x1a\n\x12xlm_merged_stroops\x18\x03 \x01(\x03\"L\n\x15GetTransactionRequest\x12\x19\n\x0fidempotency_key\x18\x01 \x01(\tH\x00\x12\x11\n\x07tx_hash\x18\x02 \x01(\tH\x00\x42\x05\n\x03key\"J\n\x16GetTransactionResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome\"K\n\x19NewPayoutChallengeRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x1a\n\x12new_payout_address\x18\x02 \x01(\t\"\x8b\x01\n\x1aNewPayoutChallengeResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0esigner_address\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x1a\x43hangePayoutAddressRequest\x12\x12\n\npublic_key\x18\x01 \x01(\t\x12\x14\n\x0c\x63hallenge_id\x18\x02 \x01(\t\x12\x1a\n\x12new_payout_address\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"u\n\x1b\x43hangePayoutAddressResponse\x12#\n\x06wallet\x18\x01 \x01(\x0b\x32\x13.kalepool.v1.Wallet\x12\x1f\n\x17previous_payout_address\x18\x02 \x01(\t\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x8d\x01\n\x0cSweepRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x16\n\x0esource_address\x18\x02 \x01(\t\x12\x1b\n\x13\x64\x65stination_address\x18\x03 \x01(\t\x12\x17\n\x0fharvest_tx_hash\x18\x04 \x01(\t\x12\x16\n\x0e\x61mount_stroops\x18\x05 \x01(\x03\"A\n\rSweepResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0b\x32\x1f.kalepool.v1.TransactionOutcome*\x89\x01\n\x06TxKind\x12\x17\n\x13TX_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rTX_KIND_PLANT\x10\x01\x12\x13\n\x0fTX_KIND_HARVEST\x10\x02\x12\x15\n\x11TX_KIND_TRUSTLINE\x10\x03\x12\x14\n\x10TX_KIND_TRANSFER\x10\x04\x12\x11\n\rTX_KIND_CLOSE\x10\x05*\x88\x01\n\rWalletPurpose\x12\x1e\n\x1aWALLET_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15WALLET_PURPOSE_FARMER\x10\x01\x12\x1b\n\x17WALLET_PURPOSE_POOL_FEE\x10\x02\x12\x1f\n\x1bWALLET_PURPOSE_POOLER_SHARE\x10\x03\x32\xea\x07\n\rWalletService\x12S\n\x0c\x43reateWallet\x12 .kalepool.v1.CreateWalletRequest\x1a!.kalepool.v1.CreateWalletResponse\x12J\n\tGetWallet\x12\x1d.kalepool.v1.GetWalletRequest\x1a\x1e.kalepool.v1.GetWalletResponse\x12\\\n\x0f\x45nsureTrustline\x12#.kalepool.v1.EnsureTrustlineRequest\x1a$.kalepool.v1.EnsureTrustlineResponse\x12>\n\x05Plant\x12\x19.kalepool.v1.PlantRequest\x1a\x1a.kalepool.v1.PlantResponse\x12M\n\nPlantBatch\x12\x1e.kalepool.v1.PlantBatchRequest\x1a\x1f.kalepool.v1.PlantBatchResponse\x12\x44\n\x07Harvest\x12\x1b.kalepool.v1.HarvestRequest\x1a\x1c.kalepool.v1.HarvestResponse\x12G\n\x08Transfer\x12\x1c.kalepool.v1.TransferRequest\x1a\x1d.kalepool.v1.TransferResponse\x12P\n\x0b\x43loseWallet\x12\x1f.kalepool.v1.CloseWalletRequest\x1a .kalepool.v1.CloseWalletResponse\x12Y\n\x0eGetTransaction\x12\".kalepool.v1.GetTransactionRequest\x1a#.kalepool.v1.GetTransactionResponse\x12\x65\n\x12NewPayoutChallenge\x12&.kalepool.v1.NewPayoutChallengeRequest\x1a\'.kalepool.v1.NewPayoutChallengeResponse\x12h\n\x13\x43hangePayoutAddress\x12\'.kalepool.v1.ChangePayoutAddressRequest\x1a(.kalepool.v1.ChangePayoutAddressResponse\x12>\n\x05Sweep\x12\x19.kalepool.v1.SweepRequest\x1a\x1a.kalepool.v1.SweepResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kalepool.v1.wallet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TXKIND']._serialized_start=3010
-  _globals['_TXKIND']._serialized_end=3147
-  _globals['_WALLETPURPOSE']._serialized_start=3150
-  _globals['_WALLETPURPOSE']._serialized_end=3286
+  _globals['_TXKIND']._serialized_start=3457
+  _globals['_TXKIND']._serialized_end=3594
+  _globals['_WALLETPURPOSE']._serialized_start=3597
+  _globals['_WALLETPURPOSE']._serialized_end=3733
   _globals['_TRANSACTIONOUTCOME']._serialized_start=101
   _globals['_TRANSACTIONOUTCOME']._serialized_end=592
   _globals['_WALLET']._serialized_start=595
@@ -57,34 +57,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLANTREQUEST']._serialized_end=1479
   _globals['_PLANTRESPONSE']._serialized_start=1481
   _globals['_PLANTRESPONSE']._serialized_end=1589
-  _globals['_HARVESTREQUEST']._serialized_start=1591
-  _globals['_HARVESTREQUEST']._serialized_end=1677
-  _globals['_HARVESTRESPONSE']._serialized_start=1679
-  _globals['_HARVESTRESPONSE']._serialized_end=1770
-  _globals['_TRANSFERREQUEST']._serialized_start=1772
-  _globals['_TRANSFERREQUEST']._serialized_end=1891
-  _globals['_TRANSFERRESPONSE']._serialized_start=1893
-  _globals['_TRANSFERRESPONSE']._serialized_end=1961
-  _globals['_CLOSEWALLETREQUEST']._serialized_start=1963
-  _globals['_CLOSEWALLETREQUEST']._serialized_end=2057
-  _globals['_CLOSEWALLETRESPONSE']._serialized_start=2059
-  _globals['_CLOSEWALLETRESPONSE']._serialized_end=2185
-  _globals['_GETTRANSACTIONREQUEST']._serialized_start=2187
-  _globals['_GETTRANSACTIONREQUEST']._serialized_end=2263
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=2265
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=2339
-  _globals['_NEWPAYOUTCHALLENGEREQUEST']._serialized_start=2341
-  _globals['_NEWPAYOUTCHALLENGEREQUEST']._serialized_end=2416
-  _globals['_NEWPAYOUTCHALLENGERESPONSE']._serialized_start=2419
-  _globals['_NEWPAYOUTCHALLENGERESPONSE']._serialized_end=2558
-  _globals['_CHANGEPAYOUTADDRESSREQUEST']._serialized_start=2560
-  _globals['_CHANGEPAYOUTADDRESSREQUEST']._serialized_end=2677
-  _globals['_CHANGEPAYOUTADDRESSRESPONSE']._serialized_start=2679
-  _globals['_CHANGEPAYOUTADDRESSRESPONSE']._serialized_end=2796
-  _globals['_SWEEPREQUEST']._serialized_start=2799
-  _globals['_SWEEPREQUEST']._serialized_end=2940
-  _globals['_SWEEPRESPONSE']._serialized_start=2942
-  _globals['_SWEEPRESPONSE']._serialized_end=3007
-  _globals['_WALLETSERVICE']._serialized_start=3289
-  _globals['_WALLETSERVICE']._serialized_end=4212
+  _globals['_PLANTITEM']._serialized_start=1591
+  _globals['_PLANTITEM']._serialized_end=1695
+  _globals['_PLANTBATCHREQUEST']._serialized_start=1697
+  _globals['_PLANTBATCHREQUEST']._serialized_end=1782
+  _globals['_ITEMERROR']._serialized_start=1784
+  _globals['_ITEMERROR']._serialized_end=1826
+  _globals['_PLANTITEMRESULT']._serialized_start=1829
+  _globals['_PLANTITEMRESULT']._serialized_end=1967
+  _globals['_PLANTBATCHRESPONSE']._serialized_start=1969
+  _globals['_PLANTBATCHRESPONSE']._serialized_end=2036
+  _globals['_HARVESTREQUEST']._serialized_start=2038
+  _globals['_HARVESTREQUEST']._serialized_end=2124
+  _globals['_HARVESTRESPONSE']._serialized_start=2126
+  _globals['_HARVESTRESPONSE']._serialized_end=2217
+  _globals['_TRANSFERREQUEST']._serialized_start=2219
+  _globals['_TRANSFERREQUEST']._serialized_end=2338
+  _globals['_TRANSFERRESPONSE']._serialized_start=2340
+  _globals['_TRANSFERRESPONSE']._serialized_end=2408
+  _globals['_CLOSEWALLETREQUEST']._serialized_start=2410
+  _globals['_CLOSEWALLETREQUEST']._serialized_end=2504
+  _globals['_CLOSEWALLETRESPONSE']._serialized_start=2506
+  _globals['_CLOSEWALLETRESPONSE']._serialized_end=2632
+  _globals['_GETTRANSACTIONREQUEST']._serialized_start=2634
+  _globals['_GETTRANSACTIONREQUEST']._serialized_end=2710
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=2712
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=2786
+  _globals['_NEWPAYOUTCHALLENGEREQUEST']._serialized_start=2788
+  _globals['_NEWPAYOUTCHALLENGEREQUEST']._serialized_end=2863
+  _globals['_NEWPAYOUTCHALLENGERESPONSE']._serialized_start=2866
+  _globals['_NEWPAYOUTCHALLENGERESPONSE']._serialized_end=3005
+  _globals['_CHANGEPAYOUTADDRESSREQUEST']._serialized_start=3007
+  _globals['_CHANGEPAYOUTADDRESSREQUEST']._serialized_end=3124
+  _globals['_CHANGEPAYOUTADDRESSRESPONSE']._serialized_start=3126
+  _globals['_CHANGEPAYOUTADDRESSRESPONSE']._serialized_end=3243
+  _globals['_SWEEPREQUEST']._serialized_start=3246
+  _globals['_SWEEPREQUEST']._serialized_end=3387
+  _globals['_SWEEPRESPONSE']._serialized_start=3389
+  _globals['_SWEEPRESPONSE']._serialized_end=3454
+  _globals['_WALLETSERVICE']._serialized_start=3736
+  _globals['_WALLETSERVICE']._serialized_end=4738
 # @@protoc_insertion_point(module_scope)

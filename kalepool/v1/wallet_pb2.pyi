@@ -18,9 +18,11 @@ A key reused with different parameters is ALREADY_EXISTS. A REJECTED
 outcome does not hold its key: a retry with the same key tries afresh.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from kalepool.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -497,6 +499,164 @@ class PlantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlantResponse: _TypeAlias = PlantResponse  # noqa: Y015
+
+@_typing.final
+class PlantItem(_message.Message):
+    """One plant of a PlantBatchRequest: the fields of a PlantRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    FARMER_ADDRESS_FIELD_NUMBER: _builtins.int
+    BLOCK_INDEX_FIELD_NUMBER: _builtins.int
+    STAKE_STROOPS_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Makes retries safe; suggested form "plant:<farmer_id>:<block_index>"."""
+    farmer_address: _builtins.str
+    """The farmer's custodial address (G...), held by the wallet service."""
+    block_index: _builtins.int
+    """The block the pail must open in (as PlantRequest.block_index)."""
+    stake_stroops: _builtins.int
+    """KALE to stake (burn), in stroops; 0 or more."""
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        farmer_address: _builtins.str = ...,
+        block_index: _builtins.int = ...,
+        stake_stroops: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block_index", b"block_index", "farmer_address", b"farmer_address", "idempotency_key", b"idempotency_key", "stake_stroops", b"stake_stroops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlantItem: _TypeAlias = PlantItem  # noqa: Y015
+
+@_typing.final
+class PlantBatchRequest(_message.Message):
+    """Request of WalletService.PlantBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLANTS_FIELD_NUMBER: _builtins.int
+    ANSWER_WHEN_SENT_FIELD_NUMBER: _builtins.int
+    answer_when_sent: _builtins.bool
+    """As PlantRequest.answer_when_sent, for every item: the call answers once each
+    plant is sent (PENDING) or known before the send; the service follows the sent
+    ones to their ledgers, and a later PlantBatch (or Plant) with the same keys
+    answers their settled outcomes.
+    """
+    @_builtins.property
+    def plants(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlantItem]:
+        """The plants, 1 to 1000; each idempotency_key and each farmer_address at most once."""
+
+    def __init__(
+        self,
+        *,
+        plants: _abc.Iterable[Global___PlantItem] | None = ...,
+        answer_when_sent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_when_sent", b"answer_when_sent", "plants", b"plants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlantBatchRequest: _TypeAlias = PlantBatchRequest  # noqa: Y015
+
+@_typing.final
+class ItemError(_message.Message):
+    """A refusal of one item of a batch: the status a Plant of that item would have
+    ended with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code, by number (google.rpc.Code: 5 NOT_FOUND, 6 ALREADY_EXISTS,
+    9 FAILED_PRECONDITION, 14 UNAVAILABLE, ...).
+    """
+    message: _builtins.str
+    """Why, in one sentence."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemError: _TypeAlias = ItemError  # noqa: Y015
+
+@_typing.final
+class PlantItemResult(_message.Message):
+    """The answer to one item of a PlantBatchRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PLANT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """The item's idempotency key."""
+    @_builtins.property
+    def plant(self) -> Global___PlantResponse:
+        """The plant's answer (its outcome may itself be REJECTED or FAILED)."""
+
+    @_builtins.property
+    def error(self) -> Global___ItemError:
+        """The status the item was refused with; nothing was signed unless the code
+        says it may have been (see docs/wallet.md).
+        """
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        plant: Global___PlantResponse | None = ...,
+        error: Global___ItemError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "plant", b"plant", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "idempotency_key", b"idempotency_key", "plant", b"plant", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["plant", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___PlantItemResult: _TypeAlias = PlantItemResult  # noqa: Y015
+
+@_typing.final
+class PlantBatchResponse(_message.Message):
+    """Response of WalletService.PlantBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlantItemResult]:
+        """One result per item, in the order of the request's plants."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___PlantItemResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlantBatchResponse: _TypeAlias = PlantBatchResponse  # noqa: Y015
 
 @_typing.final
 class HarvestRequest(_message.Message):

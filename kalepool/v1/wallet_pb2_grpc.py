@@ -55,6 +55,11 @@ class WalletServiceStub:
                 request_serializer=kalepool_dot_v1_dot_wallet__pb2.PlantRequest.SerializeToString,
                 response_deserializer=kalepool_dot_v1_dot_wallet__pb2.PlantResponse.FromString,
                 _registered_method=True)
+        self.PlantBatch = channel.unary_unary(
+                '/kalepool.v1.WalletService/PlantBatch',
+                request_serializer=kalepool_dot_v1_dot_wallet__pb2.PlantBatchRequest.SerializeToString,
+                response_deserializer=kalepool_dot_v1_dot_wallet__pb2.PlantBatchResponse.FromString,
+                _registered_method=True)
         self.Harvest = channel.unary_unary(
                 '/kalepool.v1.WalletService/Harvest',
                 request_serializer=kalepool_dot_v1_dot_wallet__pb2.HarvestRequest.SerializeToString,
@@ -127,6 +132,21 @@ class WalletServiceServicer:
     def Plant(self, request, context):
         """Calls the farm contract's plant(farmer, stake) signed by the farmer's
         custodial key, opening its pail in the given block.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlantBatch(self, request, context):
+        """Plants many farmers in one call: each item is checked, signed, stored and
+        sent exactly as a Plant with the same fields would be (the same idempotency
+        keys: a PlantBatch and a Plant of one key replay each other), and answered on
+        its own: one item's refusal (a wrong block, a wallet not held, a key used
+        with other parameters, an account missing on chain) never fails the others.
+        One caller rate-limit token, one block check and one read of the accounts
+        serve the whole batch. 1 to 1000 items, each key and each farmer_address at
+        most once (INVALID_ARGUMENT otherwise, or for any malformed item: nothing is
+        done).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +248,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.Plant,
                     request_deserializer=kalepool_dot_v1_dot_wallet__pb2.PlantRequest.FromString,
                     response_serializer=kalepool_dot_v1_dot_wallet__pb2.PlantResponse.SerializeToString,
+            ),
+            'PlantBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlantBatch,
+                    request_deserializer=kalepool_dot_v1_dot_wallet__pb2.PlantBatchRequest.FromString,
+                    response_serializer=kalepool_dot_v1_dot_wallet__pb2.PlantBatchResponse.SerializeToString,
             ),
             'Harvest': grpc.unary_unary_rpc_method_handler(
                     servicer.Harvest,
@@ -374,6 +399,33 @@ class WalletService:
             '/kalepool.v1.WalletService/Plant',
             kalepool_dot_v1_dot_wallet__pb2.PlantRequest.SerializeToString,
             kalepool_dot_v1_dot_wallet__pb2.PlantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlantBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kalepool.v1.WalletService/PlantBatch',
+            kalepool_dot_v1_dot_wallet__pb2.PlantBatchRequest.SerializeToString,
+            kalepool_dot_v1_dot_wallet__pb2.PlantBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

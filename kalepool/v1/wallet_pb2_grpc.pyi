@@ -68,6 +68,17 @@ class WalletServiceStub:
     """Calls the farm contract's plant(farmer, stake) signed by the farmer's
     custodial key, opening its pail in the given block.
     """
+    PlantBatch: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.PlantBatchRequest, _wallet_pb2.PlantBatchResponse]
+    """Plants many farmers in one call: each item is checked, signed, stored and
+    sent exactly as a Plant with the same fields would be (the same idempotency
+    keys: a PlantBatch and a Plant of one key replay each other), and answered on
+    its own: one item's refusal (a wrong block, a wallet not held, a key used
+    with other parameters, an account missing on chain) never fails the others.
+    One caller rate-limit token, one block check and one read of the accounts
+    serve the whole batch. 1 to 1000 items, each key and each farmer_address at
+    most once (INVALID_ARGUMENT otherwise, or for any malformed item: nothing is
+    done).
+    """
     Harvest: _grpc.UnaryUnaryMultiCallable[_wallet_pb2.HarvestRequest, _wallet_pb2.HarvestResponse]
     """Calls the farm contract's harvest(farmer, block_index) for a finished
     block; returns the reward the contract returned.
@@ -139,6 +150,17 @@ class WalletServiceAsyncStub(WalletServiceStub):
     Plant: _aio.UnaryUnaryMultiCallable[_wallet_pb2.PlantRequest, _wallet_pb2.PlantResponse]  # type: ignore[assignment]
     """Calls the farm contract's plant(farmer, stake) signed by the farmer's
     custodial key, opening its pail in the given block.
+    """
+    PlantBatch: _aio.UnaryUnaryMultiCallable[_wallet_pb2.PlantBatchRequest, _wallet_pb2.PlantBatchResponse]  # type: ignore[assignment]
+    """Plants many farmers in one call: each item is checked, signed, stored and
+    sent exactly as a Plant with the same fields would be (the same idempotency
+    keys: a PlantBatch and a Plant of one key replay each other), and answered on
+    its own: one item's refusal (a wrong block, a wallet not held, a key used
+    with other parameters, an account missing on chain) never fails the others.
+    One caller rate-limit token, one block check and one read of the accounts
+    serve the whole batch. 1 to 1000 items, each key and each farmer_address at
+    most once (INVALID_ARGUMENT otherwise, or for any malformed item: nothing is
+    done).
     """
     Harvest: _aio.UnaryUnaryMultiCallable[_wallet_pb2.HarvestRequest, _wallet_pb2.HarvestResponse]  # type: ignore[assignment]
     """Calls the farm contract's harvest(farmer, block_index) for a finished
@@ -232,6 +254,23 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_wallet_pb2.PlantResponse, _abc.Awaitable[_wallet_pb2.PlantResponse]]:
         """Calls the farm contract's plant(farmer, stake) signed by the farmer's
         custodial key, opening its pail in the given block.
+        """
+
+    @_abc_1.abstractmethod
+    def PlantBatch(
+        self,
+        request: _wallet_pb2.PlantBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_pb2.PlantBatchResponse, _abc.Awaitable[_wallet_pb2.PlantBatchResponse]]:
+        """Plants many farmers in one call: each item is checked, signed, stored and
+        sent exactly as a Plant with the same fields would be (the same idempotency
+        keys: a PlantBatch and a Plant of one key replay each other), and answered on
+        its own: one item's refusal (a wrong block, a wallet not held, a key used
+        with other parameters, an account missing on chain) never fails the others.
+        One caller rate-limit token, one block check and one read of the accounts
+        serve the whole batch. 1 to 1000 items, each key and each farmer_address at
+        most once (INVALID_ARGUMENT otherwise, or for any malformed item: nothing is
+        done).
         """
 
     @_abc_1.abstractmethod

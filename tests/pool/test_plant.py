@@ -129,8 +129,9 @@ async def test_a_wrong_block_is_refused_and_the_due_one_accepted(pool: PoolStage
 
 
 async def test_answered_when_sent_and_each_plant_recorded_as_it_lands(pool: PoolStage) -> None:
-    # No reconciler: what records the plants is the request's own follow-up.
-    await pool.start(plant_reconcile_interval_seconds=3600)
+    # No reconciler: what records the plants is the request's own follow-up. Two
+    # farmers to a PlantBatch: the four go in two calls, each followed by one more.
+    await pool.start(plant_reconcile_interval_seconds=3600, plant_batch_size=2)
     pooler, key = await pool.register_pooler(max_farmers=10)
     auth = bearer(key)
     farmers = [

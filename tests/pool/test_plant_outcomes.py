@@ -23,7 +23,13 @@ from pool_service.books.payouts import PayoutRow, PayoutStore
 from pool_service.books.plantings import NewPlanting, PlantingRow, PlantingStore, PlantRequestRow
 from pool_service.chain_view import ChainView
 from pool_service.payouts import Payouts
-from pool_service.planting import Planter, Unsettled, decide_answer, decide_refusal
+from pool_service.planting import (
+    Planter,
+    Unsettled,
+    decide_answer,
+    decide_item,
+    decide_refusal,
+)
 from pool_service.wallet import NOTHING_SIGNED, REFUSED_FOR_NOW, WalletClient
 
 FARMER = uuid.uuid4()
@@ -87,6 +93,21 @@ def test_a_key_used_with_other_parameters_is_pending_and_said_loudly(
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert REQUEST.idempotency_key in record.getMessage()
     assert "other parameters" in record.getMessage()
+
+
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c != grpc.StatusCode.OK])
+def test_an_items_refusal_in_a_batch_is_judged_as_a_calls(code: grpc.StatusCode) -> None:
+    """A PlantBatch item's error settles (or leaves pending) its plant exactly as the same
+    status of a whole call would."""
+    result = wallet_pb2.PlantItemResult(
+        idempotency_key=REQUEST.idempotency_key,
+        error=wallet_pb2.ItemError(code=code.value[0], message="details"),
+    )
+    assert decide_item(REQUEST, result, late=False) == decide_refusal(REQUEST, _error(code))
+
+
+def test_an_item_the_batch_left_unanswered_stays_pending() -> None:
+    assert decide_item(REQUEST, None, late=False) is Unsettled.PENDING
 
 
 # --- one rule for planting and payouts --------------------------------------------------
@@ -236,13 +257,18 @@ def _settings(tmp_path: Path, **values: Any) -> Settings:
 
 
 class _Plants:
-    """A wallet stub that answers every Plant with one answer."""
+    """A wallet stub that answers every plant of a PlantBatch with one answer."""
 
     def __init__(self, answer: wallet_pb2.PlantResponse) -> None:
         self.answer = answer
 
-    async def Plant(self, request: wallet_pb2.PlantRequest, **options: Any) -> Any:
-        return self.answer
+    async def PlantBatch(self, request: wallet_pb2.PlantBatchRequest, **options: Any) -> Any:
+        return wallet_pb2.PlantBatchResponse(
+            results=[
+                wallet_pb2.PlantItemResult(idempotency_key=p.idempotency_key, plant=self.answer)
+                for p in request.plants
+            ]
+        )
 
 
 class _Recorder:
@@ -287,3 +313,55 @@ async def test_a_block_that_moved_on_is_judged_by_the_requests_age(
     # The same path for a first call and the reconciler: only the age decides.
     assert row is not None and row.fault == fault
     assert [p.fault for p in store.recorded] == [fault]
+
+
+class _RefusesMalformed:
+    """A wallet stub that refuses a PlantBatch holding a malformed item whole
+    (INVALID_ARGUMENT, as the wallet does) and answers the others' plants with one answer."""
+
+    def __init__(self, answer: wallet_pb2.PlantResponse) -> None:
+        self.answer = answer
+        self.calls: list[int] = []
+
+    async def PlantBatch(self, request: wallet_pb2.PlantBatchRequest, **options: Any) -> Any:
+        self.calls.append(len(request.plants))
+        if any(p.farmer_address == "malformed" for p in request.plants):
+            raise _error(grpc.StatusCode.INVALID_ARGUMENT)
+        return wallet_pb2.PlantBatchResponse(
+            results=[
+                wallet_pb2.PlantItemResult(idempotency_key=p.idempotency_key, plant=self.answer)
+                for p in request.plants
+            ]
+        )
+
+
+async def test_a_batch_refused_for_one_malformed_item_fails_that_one_only(tmp_path: Path) -> None:
+    failed = _answer(
+        common_pb2.TX_STATUS_FAILED,
+        code=common_pb2.FAILURE_CODE_INSUFFICIENT_KALE,
+        fault=common_pb2.FAULT_PARTY_FARMER,
+    )
+    stub = _RefusesMalformed(failed)
+    store = _Recorder()
+    planter = Planter(
+        cast(FarmerStore, None),
+        cast(PlantingStore, store),
+        cast(WalletClient, type("W", (), {"stub": stub})()),
+        cast(ChainView, None),
+        _settings(tmp_path, plant_batch_size=10),
+        lambda _: None,
+    )
+    requests = [
+        dataclasses.replace(
+            REQUEST, id=i, idempotency_key=f"plant:{i}", custodial_public_key=address
+        )
+        for i, address in enumerate(["G" + "A" * 55, "malformed", "G" + "C" * 55])
+    ]
+    rows = await planter.drive_many(requests)
+    assert stub.calls == [3, 1, 1, 1]  # the batch, then each alone
+    assert [r.fault if r else None for r in rows] == ["farmer", "pool", "farmer"]
+    assert [r.error_code if r else None for r in rows] == [
+        "INSUFFICIENT_KALE",
+        "INTERNAL",
+        "INSUFFICIENT_KALE",
+    ]
