@@ -57,7 +57,8 @@ def compensation_pb(row: CompensationRow) -> records_pb2.Compensation:
     )
 
 
-def _counts(row: BlockRow) -> pool_pb2.CycleCounts:
+def _counts(row: BlockRow | BlockTotals) -> pool_pb2.CycleCounts:
+    """A block's counts, or the same counts summed over blocks."""
     return pool_pb2.CycleCounts(
         plants_succeeded=row.plants_succeeded,
         plants_failed=row.plants_failed,
@@ -82,17 +83,6 @@ def _summary(row: BlockRow, pooler_id: UUID | None) -> pool_pb2.BlockSummary:
         work_completed_at=wire.timestamp(row.work_completed_at),
         harvest_completed_at=wire.timestamp(row.harvest_completed_at),
         best_zeros=row.best_zeros,
-    )
-
-
-def _total_counts(t: BlockTotals) -> pool_pb2.CycleCounts:
-    return pool_pb2.CycleCounts(
-        plants_succeeded=t.plants_succeeded,
-        plants_failed=t.plants_failed,
-        works_succeeded=t.works_succeeded,
-        works_failed=t.works_failed,
-        harvests_succeeded=t.harvests_succeeded,
-        harvests_failed=t.harvests_failed,
     )
 
 
@@ -214,7 +204,7 @@ class BlockReports:
             farmers_leaving=f.leaving,
             farmers_departed=f.departed,
             blocks=totals.blocks,
-            counts=_total_counts(totals),
+            counts=_counts(totals),
             total_staked_stroops=totals.total_staked,
             total_reward_stroops=totals.total_rewards,
             total_paid_out_stroops=f.paid_out,
@@ -245,7 +235,7 @@ class BlockReports:
         return pool_pb2.GetPoolerStatsResponse(
             pooler=convert.pooler_pb(pooler),
             blocks=totals.blocks,
-            counts=_total_counts(totals),
+            counts=_counts(totals),
             total_reward_stroops=totals.total_rewards,
             compensations_owed_stroops=unpaid.by_pooler,
             compensations_due_stroops=unpaid.by_pool,
