@@ -398,14 +398,9 @@ async def create_accounts(
     chunks = [addresses[i : i + OPS_PER_TX] for i in range(0, len(addresses), OPS_PER_TX)]
     funders = [Keypair.random() for _ in chunks]
     await gather_limited(32, [ensure_account(chain, bot, f.public_key) for f in funders])
-    passphrase = chain.config.network_passphrase
 
     async def one(funder: Keypair, chunk: list[str]) -> None:
-        acc = await read_account(chain, funder.public_key)
-        assert acc is not None
-        builder = TransactionBuilder(
-            Account(funder.public_key, acc.sequence), passphrase, base_fee=100
-        ).set_timeout(120)
+        builder = await _funder_builder(chain, funder)
         for address in chunk:
             builder.append_create_account_op(address, str(xlm))
         tx = builder.build()
@@ -413,6 +408,16 @@ async def create_accounts(
         await send_batch(chain, tx, "creating accounts")
 
     await asyncio.gather(*(one(f, c) for f, c in zip(funders, chunks, strict=True)))
+
+
+async def _funder_builder(chain: ChainClient, funder: Keypair) -> TransactionBuilder:
+    """A transaction of the funder's, its operations to be appended (many accounts a
+    transaction: fewer to send)."""
+    acc = await read_account(chain, funder.public_key)
+    assert acc is not None
+    return TransactionBuilder(
+        Account(funder.public_key, acc.sequence), chain.config.network_passphrase, base_fee=100
+    ).set_timeout(120)
 
 
 async def send_batch(chain: ChainClient, tx: TransactionEnvelope, what: str) -> None:
@@ -449,15 +454,10 @@ async def give_kale(chain: ChainClient, bot: Friendbot, keys: list[Keypair], str
         await wait_for_account(chain, funder.public_key, kale_at_least=stroops * len(chunk))
 
     await gather_limited(16, [funder_ready(f, c) for f, c in zip(funders, chunks, strict=True)])
-    passphrase = chain.config.network_passphrase
     amount = exact_kale(stroops)
 
     async def one(funder: Keypair, chunk: list[Keypair]) -> None:
-        acc = await read_account(chain, funder.public_key)
-        assert acc is not None
-        builder = TransactionBuilder(
-            Account(funder.public_key, acc.sequence), passphrase, base_fee=100
-        ).set_timeout(120)
+        builder = await _funder_builder(chain, funder)
         for key in chunk:
             builder.append_change_trust_op(chain.config.asset, source=key.public_key)
             builder.append_payment_op(key.public_key, chain.config.asset, amount)
